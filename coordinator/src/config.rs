@@ -1,0 +1,73 @@
+//! The coordinator's configuration.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wdml_proto::RunSettings;
+
+use crate::{Error, Result};
+
+/// What the coordinator needs to run one experiment. The run settings are passed to
+/// every node verbatim: the coordinator itself only reads `rounds`, `nodes` and `seed`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where `config.json`, `metrics.jsonl` and `summary.json` go.
+    pub run_dir: PathBuf,
+    /// The settings every node receives when it joins.
+    pub settings: RunSettings,
+    /// Start once this many nodes have joined and the join timeout has passed
+    /// (the run starts at once when all `settings.nodes` have joined).
+    pub min_nodes: u32,
+    pub join_timeout: Duration,
+    /// A round closes when every participant reported, or after this long.
+    pub round_timeout: Duration,
+    /// How long nodes wait for their neighbours' predictions within a round.
+    pub exchange_timeout: Duration,
+    /// A node silent for this long (no heartbeat, no report) is marked gone.
+    pub heartbeat_timeout: Duration,
+    /// The fully resolved scenario, written to `config.json` for the record.
+    pub resolved: serde_json::Value,
+}
+
+impl Config {
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        let s = &self.settings;
+        if s.nodes == 0 {
+            return Err(Error::config("nodes", "at least one node is needed"));
+        }
+        if s.rounds == 0 {
+            return Err(Error::config("run.rounds", "must be at least 1"));
+        }
+        if self.min_nodes == 0 || self.min_nodes > s.nodes {
+            return Err(Error::config(
+                "coordinator.min_nodes",
+                format!("must be between 1 and the number of nodes ({}), got {}", s.nodes, self.min_nodes),
+            ));
+        }
+        for (field, value) in [
+            ("coordinator.join_timeout_ms", self.join_timeout),
+            ("coordinator.round_timeout_ms", self.round_timeout),
+            ("exchange.timeout_ms", self.exchange_timeout),
+            ("coordinator.heartbeat_timeout_ms", self.heartbeat_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(field, "must be greater than 0"));
+            }
+        }
+        if self.exchange_timeout >= self.round_timeout {
+            return Err(Error::config(
+                "exchange.timeout_ms",
+                "must be shorter than coordinator.round_timeout_ms: the exchange is one part of a round",
+            ));
+        }
+        let heartbeat = Duration::from_millis(u64::from(s.heartbeat_interval_ms));
+        if heartbeat.is_zero() || heartbeat * 2 > self.heartbeat_timeout {
+            return Err(Error::config(
+                "coordinator.heartbeat_interval_ms",
+                "must be greater than 0 and at most half of coordinator.heartbeat_timeout_ms",
+            ));
+        }
+        Ok(())
+    }
+}

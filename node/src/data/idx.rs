@@ -1,0 +1,477 @@
+//! The IDX file format of MNIST-style datasets (MNIST, Fashion-MNIST, KMNIST…).
+//!
+//! An IDX file is a big-endian header — a magic number `0x0000TTDD` (`TT` the element
+//! type, `08` for u8; `DD` the number of dimensions), then one u32 per dimension — followed
+//! by the elements in row-major order. Only the two u8 layouts these datasets use are
+//! accepted: images `[n, h, w]` (magic `0x00000803`) and labels `[n]` (magic `0x00000801`).
+//!
+//! Files may be gzipped or not; gzip is detected from its magic bytes `1f 8b`, never from
+//! the file name. Every error names the file it came from.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use flate2::Compression;
+use flate2::read::MultiGzDecoder;
+use flate2::write::GzEncoder;
+
+use super::ImageSet;
+use crate::{Error, Result};
+
+/// Magic number of a u8 IDX file with 3 dimensions: images `[n, h, w]`.
+pub const IMAGES_MAGIC: u32 = 0x0000_0803;
+/// Magic number of a u8 IDX file with 1 dimension: labels `[n]`.
+pub const LABELS_MAGIC: u32 = 0x0000_0801;
+
+/// The first two bytes of every gzip stream (RFC 1952).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Images as parsed from an IDX images file: `count` rows of `height * width` u8 pixels.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Images {
+    /// Row-major pixels, `count * height * width` of them.
+    pub pixels: Vec<u8>,
+    /// Number of images.
+    pub count: usize,
+    /// Rows per image.
+    pub height: usize,
+    /// Columns per image.
+    pub width: usize,
+}
+
+// Summarised: the derived form would print every pixel.
+impl std::fmt::Debug for Images {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Images")
+            .field("count", &self.count)
+            .field("height", &self.height)
+            .field("width", &self.width)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads an images file and a labels file and checks that they describe the same images.
+pub fn read_set(images: &Path, labels: &Path, classes: usize) -> Result<ImageSet> {
+    let images_bytes = read_bytes(images)?;
+    let labels_bytes = read_bytes(labels)?;
+    parse_set(&images_bytes, images, &labels_bytes, labels, classes)
+}
+
+/// Parses an images file and a labels file already in memory (gzipped or not); `*_source`
+/// only names them in errors.
+pub fn parse_set(
+    images: &[u8],
+    images_source: &Path,
+    labels: &[u8],
+    labels_source: &Path,
+    classes: usize,
+) -> Result<ImageSet> {
+    let images = parse_images(images, images_source)?;
+    let labels = parse_labels(labels, labels_source, classes)?;
+    if labels.len() != images.count {
+        return Err(data_error(
+            labels_source,
+            format!(
+                "holds {} labels but {} holds {} images",
+                labels.len(),
+                images_source.display(),
+                images.count
+            ),
+        ));
+    }
+    Ok(ImageSet {
+        images: images.pixels,
+        labels,
+        height: images.height,
+        width: images.width,
+    })
+}
+
+/// Reads an IDX images file (gzipped or not).
+pub fn read_images(path: &Path) -> Result<Images> {
+    parse_images(&read_bytes(path)?, path)
+}
+
+/// Reads an IDX labels file (gzipped or not), rejecting any label `>= classes`.
+pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
+    parse_labels(&read_bytes(path)?, path, classes)
+}
+
+/// Parses an IDX images file held in memory (gzipped or not); `source` names it in errors.
+pub fn parse_images(bytes: &[u8], source: &Path) -> Result<Images> {
+    let mut reader = decoder(bytes);
+    let dims = read_header(
+        &mut reader,
+        source,
+        IMAGES_MAGIC,
+        "images [n, height, width]",
+    )?;
+    let (count, height, width) = (dims[0], dims[1], dims[2]);
+    if count == 0 || height == 0 || width == 0 {
+        return Err(data_error(
+            source,
+            format!("empty images: header says {count} images of {height}×{width}"),
+        ));
+    }
+    let len = count
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(width))
+        .ok_or_else(|| data_error(source, format!("{count}×{height}×{width} pixels overflow")))?;
+    let what = format!("{count} images of {height}×{width}");
+    let pixels = read_body(&mut reader, source, len, &what)?;
+    Ok(Images {
+        pixels,
+        count,
+        height,
+        width,
+    })
+}
+
+/// Parses an IDX labels file held in memory (gzipped or not), rejecting any label
+/// `>= classes`; `source` names it in errors.
+pub fn parse_labels(bytes: &[u8], source: &Path, classes: usize) -> Result<Vec<u8>> {
+    let mut reader = decoder(bytes);
+    let dims = read_header(&mut reader, source, LABELS_MAGIC, "labels [n]")?;
+    let count = dims[0];
+    if count == 0 {
+        return Err(data_error(source, "empty labels: header says 0 labels"));
+    }
+    let labels = read_body(&mut reader, source, count, &format!("{count} labels"))?;
+    if let Some((index, label)) = labels
+        .iter()
+        .enumerate()
+        .find(|&(_, &label)| usize::from(label) >= classes)
+    {
+        return Err(data_error(
+            source,
+            format!("label {label} at index {index} is out of range (expected < {classes})"),
+        ));
+    }
+    Ok(labels)
+}
+
+/// Encodes images as an (uncompressed) IDX images file.
+pub fn encode_images(set: &ImageSet) -> Result<Vec<u8>> {
+    let source = Path::new("<images being encoded>");
+    let dims = [
+        u32_dim(set.len(), source)?,
+        u32_dim(set.height, source)?,
+        u32_dim(set.width, source)?,
+    ];
+    let mut out = Vec::with_capacity(16 + set.images.len());
+    out.extend_from_slice(&IMAGES_MAGIC.to_be_bytes());
+    for dim in dims {
+        out.extend_from_slice(&dim.to_be_bytes());
+    }
+    out.extend_from_slice(&set.images);
+    Ok(out)
+}
+
+/// Encodes labels as an (uncompressed) IDX labels file.
+pub fn encode_labels(labels: &[u8]) -> Result<Vec<u8>> {
+    let count = u32_dim(labels.len(), Path::new("<labels being encoded>"))?;
+    let mut out = Vec::with_capacity(8 + labels.len());
+    out.extend_from_slice(&LABELS_MAGIC.to_be_bytes());
+    out.extend_from_slice(&count.to_be_bytes());
+    out.extend_from_slice(labels);
+    Ok(out)
+}
+
+/// Writes an encoded IDX file to `path`, gzipped (best compression, no timestamp, so the
+/// output is byte-for-byte reproducible) when `gzip` is set.
+pub fn write(path: &Path, idx: &[u8], gzip: bool) -> Result<()> {
+    let bytes = if gzip {
+        // GzEncoder's default header has mtime 0 and no file name.
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::best());
+        encoder
+            .write_all(idx)
+            .and_then(|()| encoder.finish())
+            .map_err(|e| data_error(path, format!("gzip: {e}")))?
+    } else {
+        idx.to_vec()
+    };
+    fs::write(path, bytes).map_err(|e| data_error(path, format!("cannot write: {e}")))
+}
+
+/// Reads a whole file, naming it on failure.
+fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| data_error(path, format!("cannot read: {e}")))
+}
+
+/// A reader over the IDX bytes, decompressing them if they are gzipped.
+fn decoder(bytes: &[u8]) -> Box<dyn Read + '_> {
+    if bytes.starts_with(&GZIP_MAGIC) {
+        // Multi-member, so files produced by concatenating gzip streams read whole.
+        Box::new(MultiGzDecoder::new(bytes))
+    } else {
+        Box::new(bytes)
+    }
+}
+
+/// Reads the magic number and the dimensions, checking the magic is `expected`.
+fn read_header(
+    reader: &mut dyn Read,
+    source: &Path,
+    expected: u32,
+    layout: &str,
+) -> Result<Vec<usize>> {
+    let magic = read_u32(reader, source, "magic number")?;
+    if magic != expected {
+        let hint = match magic {
+            IMAGES_MAGIC => " (this is an images file)",
+            LABELS_MAGIC => " (this is a labels file)",
+            _ => "",
+        };
+        return Err(data_error(
+            source,
+            format!(
+                "bad magic number {magic:#010x}{hint}; expected {expected:#010x}, IDX u8 {layout}"
+            ),
+        ));
+    }
+    let ndims = (expected & 0xff) as usize;
+    (0..ndims)
+        .map(|i| {
+            let dim = read_u32(reader, source, &format!("dimension {i}"))?;
+            usize::try_from(dim).map_err(|_| {
+                data_error(
+                    source,
+                    format!("dimension {i} = {dim} does not fit in memory"),
+                )
+            })
+        })
+        .collect()
+}
+
+/// Reads one big-endian u32 of the header.
+fn read_u32(reader: &mut dyn Read, source: &Path, what: &str) -> Result<u32> {
+    let mut buf = [0u8; 4];
+    reader.read_exact(&mut buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => data_error(
+            source,
+            format!("truncated: ends inside the header ({what})"),
+        ),
+        _ => stream_error(source, &e),
+    })?;
+    Ok(u32::from_be_bytes(buf))
+}
+
+/// Reads exactly `len` body bytes and checks nothing follows them.
+fn read_body(reader: &mut dyn Read, source: &Path, len: usize, what: &str) -> Result<Vec<u8>> {
+    // Grow as data arrives rather than trusting the header with one huge allocation.
+    let mut body = Vec::new();
+    let limit = u64::try_from(len).unwrap_or(u64::MAX);
+    reader
+        .take(limit)
+        .read_to_end(&mut body)
+        .map_err(|e| stream_error(source, &e))?;
+    if body.len() < len {
+        return Err(data_error(
+            source,
+            format!(
+                "truncated: header says {what} ({len} bytes) but only {} bytes follow",
+                body.len()
+            ),
+        ));
+    }
+    // Reading to the end also makes the gzip decoder check the stream's CRC and length.
+    let mut rest = Vec::new();
+    reader
+        .read_to_end(&mut rest)
+        .map_err(|e| stream_error(source, &e))?;
+    if !rest.is_empty() {
+        return Err(data_error(
+            source,
+            format!(
+                "{} unexpected bytes after the {len} bytes of {what}",
+                rest.len()
+            ),
+        ));
+    }
+    Ok(body)
+}
+
+/// An I/O error while decoding: for in-memory bytes this can only be a bad gzip stream.
+fn stream_error(source: &Path, e: &io::Error) -> Error {
+    data_error(source, format!("corrupt or truncated gzip stream: {e}"))
+}
+
+/// A dimension as the u32 the IDX header stores.
+fn u32_dim(value: usize, source: &Path) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        data_error(
+            source,
+            format!("dimension {value} does not fit an IDX header (u32)"),
+        )
+    })
+}
+
+/// `Error::Data` for `path`.
+fn data_error(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::test_util::TempDir;
+
+    fn tiny() -> ImageSet {
+        ImageSet {
+            images: (0..3 * 2 * 4).map(|i| (i * 7) as u8).collect(),
+            labels: vec![0, 9, 4],
+            height: 2,
+            width: 4,
+        }
+    }
+
+    fn write_tiny(dir: &Path, gzip: bool) -> (std::path::PathBuf, std::path::PathBuf) {
+        let set = tiny();
+        let images = dir.join(if gzip { "images.gz" } else { "images" });
+        let labels = dir.join(if gzip { "labels.gz" } else { "labels" });
+        write(&images, &encode_images(&set).unwrap(), gzip).unwrap();
+        write(&labels, &encode_labels(&set.labels).unwrap(), gzip).unwrap();
+        (images, labels)
+    }
+
+    fn reason(err: Error) -> (std::path::PathBuf, String) {
+        match err {
+            Error::Data { path, reason } => (path, reason),
+            other => panic!("expected a data error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn round_trip_raw_and_gzip() {
+        let dir = TempDir::new("idx-round-trip");
+        for gzip in [false, true] {
+            let (images, labels) = write_tiny(dir.path(), gzip);
+            let bytes = fs::read(&images).unwrap();
+            assert_eq!(bytes.starts_with(&GZIP_MAGIC), gzip);
+            assert_eq!(read_set(&images, &labels, 10).unwrap(), tiny());
+        }
+    }
+
+    #[test]
+    fn gzip_is_detected_by_content_not_name() {
+        let dir = TempDir::new("idx-detect");
+        let set = tiny();
+        // A gzipped file without .gz and a raw file with .gz both read.
+        let gz_no_ext = dir.path().join("images");
+        let raw_gz_ext = dir.path().join("labels.gz");
+        write(&gz_no_ext, &encode_images(&set).unwrap(), true).unwrap();
+        write(&raw_gz_ext, &encode_labels(&set.labels).unwrap(), false).unwrap();
+        assert_eq!(read_set(&gz_no_ext, &raw_gz_ext, 10).unwrap(), set);
+    }
+
+    #[test]
+    fn bad_magic_names_the_file() {
+        let labels = encode_labels(&[1, 2]).unwrap();
+        let (path, why) = reason(parse_images(&labels, Path::new("x/train-images")).unwrap_err());
+        assert_eq!(path, Path::new("x/train-images"));
+        assert!(why.contains("bad magic number 0x00000801"), "{why}");
+        assert!(why.contains("labels file"), "{why}");
+
+        let mut junk = encode_labels(&[1, 2]).unwrap();
+        junk[2] = 0x0d; // int32 element type
+        let (_, why) = reason(parse_labels(&junk, Path::new("l"), 10).unwrap_err());
+        assert!(why.contains("bad magic number 0x00000d01"), "{why}");
+    }
+
+    #[test]
+    fn truncated_files_are_rejected() {
+        let full = encode_images(&tiny()).unwrap();
+        let (_, why) = reason(parse_images(&full[..10], Path::new("i")).unwrap_err());
+        assert!(why.contains("truncated: ends inside the header"), "{why}");
+
+        let (_, why) = reason(parse_images(&full[..full.len() - 1], Path::new("i")).unwrap_err());
+        assert!(
+            why.contains("truncated: header says 3 images of 2×4 (24 bytes) but only 23"),
+            "{why}"
+        );
+
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&full).unwrap();
+        let gz = gz.finish().unwrap();
+        let err = parse_images(&gz[..gz.len() - 6], Path::new("i.gz")).unwrap_err();
+        let (path, why) = reason(err);
+        assert_eq!(path, Path::new("i.gz"));
+        assert!(why.contains("gzip") || why.contains("truncated"), "{why}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let mut bytes = encode_labels(&[1, 2]).unwrap();
+        bytes.push(3);
+        let (_, why) = reason(parse_labels(&bytes, Path::new("l"), 10).unwrap_err());
+        assert!(
+            why.contains("1 unexpected bytes after the 2 bytes of 2 labels"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn corrupt_gzip_is_rejected() {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&encode_labels(&[1, 2, 3]).unwrap()).unwrap();
+        let mut gz = gz.finish().unwrap();
+        let crc_at = gz.len() - 8;
+        gz[crc_at] ^= 0xff;
+        let (_, why) = reason(parse_labels(&gz, Path::new("l.gz"), 10).unwrap_err());
+        assert!(why.contains("corrupt or truncated gzip stream"), "{why}");
+    }
+
+    #[test]
+    fn count_mismatch_is_rejected() {
+        let set = tiny();
+        let images = encode_images(&set).unwrap();
+        let labels = encode_labels(&set.labels[..2]).unwrap();
+        let err =
+            parse_set(&images, Path::new("imgs"), &labels, Path::new("lbls"), 10).unwrap_err();
+        let (path, why) = reason(err);
+        assert_eq!(path, Path::new("lbls"));
+        assert_eq!(why, "holds 2 labels but imgs holds 3 images");
+    }
+
+    #[test]
+    fn labels_out_of_range_are_rejected() {
+        let bytes = encode_labels(&[0, 3, 10]).unwrap();
+        let (_, why) = reason(parse_labels(&bytes, Path::new("l"), 10).unwrap_err());
+        assert_eq!(why, "label 10 at index 2 is out of range (expected < 10)");
+        assert!(parse_labels(&bytes, Path::new("l"), 11).is_ok());
+    }
+
+    #[test]
+    fn empty_and_huge_headers_are_rejected() {
+        let mut bytes = IMAGES_MAGIC.to_be_bytes().to_vec();
+        for dim in [5u32, 0, 28] {
+            bytes.extend_from_slice(&dim.to_be_bytes());
+        }
+        let (_, why) = reason(parse_images(&bytes, Path::new("i")).unwrap_err());
+        assert!(why.contains("empty images"), "{why}");
+
+        // A header promising ~64 PB must fail cleanly, not try to allocate it.
+        let mut bytes = IMAGES_MAGIC.to_be_bytes().to_vec();
+        for dim in [u32::MAX, 65_535, 65_535] {
+            bytes.extend_from_slice(&dim.to_be_bytes());
+        }
+        let (_, why) = reason(parse_images(&bytes, Path::new("i")).unwrap_err());
+        assert!(
+            why.contains("truncated") || why.contains("overflow"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = TempDir::new("idx-missing");
+        let path = dir.path().join("nope");
+        let (err_path, why) = reason(read_images(&path).unwrap_err());
+        assert_eq!(err_path, path);
+        assert!(why.starts_with("cannot read"), "{why}");
+    }
+}

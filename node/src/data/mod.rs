@@ -1,0 +1,356 @@
+//! The data a node learns from: loading a dataset and splitting it.
+//!
+//! A [`Dataset`] is either the subset of Fashion-MNIST compiled into the binary
+//! ([`Dataset::embedded`], the default, so nothing needs downloading) or a directory of
+//! IDX files ([`Dataset::load_dir`], e.g. the full Fashion-MNIST that Debian's
+//! `dataset-fashion-mnist` installs at `/usr/share/datasets/fashion-mnist`).
+//! [`split`] then divides the training set into the nodes' private shards and the
+//! public pool, and picks the test images; every node computes the same split from the
+//! shared seed, so no data or index list is ever sent.
+
+pub mod embedded;
+pub mod idx;
+pub mod partition;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use partition::{Partition, Split, SplitConfig, split};
+
+use crate::{Error, Result};
+
+/// Number of classes of the datasets we load (MNIST-style: labels `0..10`).
+pub const CLASSES: usize = 10;
+/// Mean of Fashion-MNIST training pixels scaled to `[0, 1]`.
+pub const MEAN: f32 = 0.2860;
+/// Standard deviation of Fashion-MNIST training pixels scaled to `[0, 1]`.
+pub const STD: f32 = 0.3530;
+
+/// Images as u8 pixels row-major `[len, height*width]`, labels u8.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageSet {
+    /// Row-major pixels, `len() * pixels()` of them.
+    pub images: Vec<u8>,
+    /// One label per image, each `< CLASSES`.
+    pub labels: Vec<u8>,
+    /// Rows per image.
+    pub height: usize,
+    /// Columns per image.
+    pub width: usize,
+}
+
+impl ImageSet {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no images.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Pixels per image, `height * width`.
+    pub fn pixels(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Normalised pixels (`(x/255 - MEAN)/STD`, FMNIST mean 0.2860 std 0.3530) of the rows
+    /// `indices`, row-major, and their labels as u32.
+    ///
+    /// # Panics
+    /// If an index is `>= len()`, like slice indexing: indices come from [`split`], so an
+    /// out-of-range one is a bug, not bad input.
+    pub fn gather(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
+        // 256 possible pixel values: normalise each once.
+        let table: Vec<f32> = (0..=255u8)
+            .map(|x| (f32::from(x) / 255.0 - MEAN) / STD)
+            .collect();
+        let pixels = self.pixels();
+        let mut xs = Vec::with_capacity(indices.len() * pixels);
+        let mut ys = Vec::with_capacity(indices.len());
+        for &i in indices {
+            xs.extend(
+                self.images[i * pixels..(i + 1) * pixels]
+                    .iter()
+                    .map(|&x| table[usize::from(x)]),
+            );
+            ys.push(u32::from(self.labels[i]));
+        }
+        (xs, ys)
+    }
+
+    /// A new set of the rows `indices`, in that order (same panics as [`Self::gather`]).
+    pub fn select(&self, indices: &[usize]) -> ImageSet {
+        let pixels = self.pixels();
+        let mut images = Vec::with_capacity(indices.len() * pixels);
+        for &i in indices {
+            images.extend_from_slice(&self.images[i * pixels..(i + 1) * pixels]);
+        }
+        let labels = indices.iter().map(|&i| self.labels[i]).collect();
+        ImageSet {
+            images,
+            labels,
+            height: self.height,
+            width: self.width,
+        }
+    }
+}
+
+// Summarised: the derived form would print every pixel.
+impl fmt::Debug for ImageSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ImageSet")
+            .field("len", &self.len())
+            .field("height", &self.height)
+            .field("width", &self.width)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A named dataset: a training set (split into private shards and the public pool) and
+/// a test set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dataset {
+    /// Where it came from: [`embedded::NAME`] or the directory's name.
+    pub name: String,
+    /// Training images.
+    pub train: ImageSet,
+    /// Test images.
+    pub test: ImageSet,
+}
+
+/// The IDX file names `load_dir` looks for, each raw or with `.gz`.
+const TRAIN_IMAGES: &str = "train-images-idx3-ubyte";
+const TRAIN_LABELS: &str = "train-labels-idx1-ubyte";
+const TEST_IMAGES: &str = "t10k-images-idx3-ubyte";
+const TEST_LABELS: &str = "t10k-labels-idx1-ubyte";
+
+impl Dataset {
+    /// The Fashion-MNIST subset compiled into the binary (6,000 train / 1,000 test),
+    /// named `fashion-mnist-subset`.
+    pub fn embedded() -> Result<Dataset> {
+        embedded::load()
+    }
+
+    /// Loads `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`
+    /// and `t10k-labels-idx1-ubyte` from `dir`, each raw or gzipped, with or without `.gz`
+    /// (the raw name is tried first). Named after the directory.
+    pub fn load_dir(dir: &Path) -> Result<Dataset> {
+        if !dir.is_dir() {
+            return Err(Error::Data {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        let train = idx::read_set(
+            &find(dir, TRAIN_IMAGES)?,
+            &find(dir, TRAIN_LABELS)?,
+            CLASSES,
+        )?;
+        let test = idx::read_set(&find(dir, TEST_IMAGES)?, &find(dir, TEST_LABELS)?, CLASSES)?;
+        if (train.height, train.width) != (test.height, test.width) {
+            return Err(Error::Data {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "training images are {}×{} but test images are {}×{}",
+                    train.height, train.width, test.height, test.width
+                ),
+            });
+        }
+        Ok(Dataset {
+            name: dir_name(dir),
+            train,
+            test,
+        })
+    }
+
+    /// `None` → [`Dataset::embedded`], `Some(dir)` → [`Dataset::load_dir`].
+    pub fn load(dir: Option<&Path>) -> Result<Dataset> {
+        match dir {
+            None => Dataset::embedded(),
+            Some(dir) => Dataset::load_dir(dir),
+        }
+    }
+}
+
+/// `dir/name` if it exists, else `dir/name.gz`, else an error naming both.
+fn find(dir: &Path, name: &str) -> Result<PathBuf> {
+    let raw = dir.join(name);
+    let gz = dir.join(format!("{name}.gz"));
+    [raw, gz]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| Error::Data {
+            path: dir.to_path_buf(),
+            reason: format!("missing `{name}` (tried `{name}` and `{name}.gz`)"),
+        })
+}
+
+/// The directory's own name, resolving paths like `.` that have none.
+fn dir_name(dir: &Path) -> String {
+    let canonical = dir.canonicalize().ok();
+    dir.file_name()
+        .or_else(|| canonical.as_deref()?.file_name())
+        .map_or_else(
+            || dir.display().to_string(),
+            |name| name.to_string_lossy().into_owned(),
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_util::TempDir;
+    use super::*;
+
+    fn set(len: usize, height: usize, width: usize) -> ImageSet {
+        ImageSet {
+            images: (0..len * height * width).map(|i| (i % 256) as u8).collect(),
+            labels: (0..len).map(|i| (i % CLASSES) as u8).collect(),
+            height,
+            width,
+        }
+    }
+
+    /// Writes `train` and `test` into `dir`, the images gzipped and the labels raw.
+    fn write_dataset(dir: &Path, train: &ImageSet, test: &ImageSet) {
+        for (prefix, s) in [("train", train), ("t10k", test)] {
+            let images = dir.join(format!("{prefix}-images-idx3-ubyte.gz"));
+            let labels = dir.join(format!("{prefix}-labels-idx1-ubyte"));
+            idx::write(&images, &idx::encode_images(s).unwrap(), true).unwrap();
+            idx::write(&labels, &idx::encode_labels(&s.labels).unwrap(), false).unwrap();
+        }
+    }
+
+    #[test]
+    fn load_dir_reads_raw_and_gz_names() {
+        let tmp = TempDir::new("load-dir");
+        let dir = tmp.path().join("tiny-mnist");
+        std::fs::create_dir(&dir).unwrap();
+        let (train, test) = (set(30, 3, 2), set(12, 3, 2));
+        write_dataset(&dir, &train, &test);
+        let dataset = Dataset::load(Some(&dir)).unwrap();
+        assert_eq!(
+            dataset,
+            Dataset {
+                name: "tiny-mnist".into(),
+                train,
+                test
+            }
+        );
+    }
+
+    #[test]
+    fn load_dir_errors_name_the_problem() {
+        let tmp = TempDir::new("load-dir-errors");
+        let err = Dataset::load_dir(&tmp.path().join("absent")).unwrap_err();
+        assert!(
+            err.to_string().ends_with("absent: not a directory"),
+            "{err}"
+        );
+
+        write_dataset(tmp.path(), &set(30, 3, 2), &set(12, 2, 3));
+        let err = Dataset::load_dir(tmp.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("training images are 3×2 but test images are 2×3"),
+            "{err}"
+        );
+
+        std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
+        let err = Dataset::load_dir(tmp.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("missing `t10k-labels-idx1-ubyte` (tried `t10k-labels-idx1-ubyte` and `t10k-labels-idx1-ubyte.gz`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dir_name_resolves_dot() {
+        assert_eq!(
+            dir_name(Path::new("/usr/share/datasets/fashion-mnist")),
+            "fashion-mnist"
+        );
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            dir_name(Path::new(".")),
+            cwd.file_name().unwrap().to_string_lossy()
+        );
+    }
+
+    #[test]
+    fn load_none_is_embedded() {
+        assert_eq!(Dataset::load(None).unwrap().name, embedded::NAME);
+    }
+
+    #[test]
+    fn gather_normalises_and_selects_rows() {
+        let s = ImageSet {
+            images: vec![0, 255, 73, 10, 20, 30],
+            labels: vec![4, 9],
+            height: 1,
+            width: 3,
+        };
+        let (xs, ys) = s.gather(&[1, 0, 1]);
+        assert_eq!(ys, vec![9, 4, 9]);
+        let norm = |x: f32| (x / 255.0 - MEAN) / STD;
+        let expected: Vec<f32> = [10.0, 20.0, 30.0, 0.0, 255.0, 73.0, 10.0, 20.0, 30.0]
+            .map(norm)
+            .to_vec();
+        assert_eq!(xs, expected);
+        assert!((xs[3] + 0.2860 / 0.3530).abs() < 1e-6);
+        assert_eq!(
+            s.select(&[1]),
+            ImageSet {
+                images: vec![10, 20, 30],
+                labels: vec![9],
+                height: 1,
+                width: 3
+            }
+        );
+        assert!(s.gather(&[]).0.is_empty());
+    }
+
+    #[test]
+    fn image_set_debug_is_a_summary() {
+        let s = set(5, 28, 28);
+        assert_eq!(
+            format!("{s:?}"),
+            "ImageSet { len: 5, height: 28, width: 28, .. }"
+        );
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    //! Helpers shared by the data tests.
+
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        /// A directory unique to this process and call, its name containing `label`.
+        pub fn new(label: &str) -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let path =
+                std::env::temp_dir().join(format!("wdml-data-{label}-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).expect("create temp dir");
+            TempDir(path)
+        }
+
+        /// The directory.
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Encoding predictions for the wire (f32, f16, affine 8-bit) and cutting an encoded
+//! message into frames.
+
+use wdml_proto::{Encoding, Frame};
+
+/// Bytes per value of an encoding, or `None` for one this node cannot decode.
+pub fn bytes_per_value(encoding: Encoding) -> Option<usize> {
+    match encoding {
+        Encoding::F32 => Some(4),
+        Encoding::F16 => Some(2),
+        Encoding::Q8 => Some(1),
+        Encoding::Unspecified => None,
+    }
+}
+
+/// An encoded `rows × cols` matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Encoded {
+    pub encoding: Encoding,
+    pub rows: u32,
+    pub cols: u32,
+    /// Q8 only: value = offset + scale · byte.
+    pub scale: f32,
+    pub offset: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// Encodes row-major values. Q8 maps the message's own [min, max] onto 0..=255, so a
+/// message costs exactly `rows · cols` bytes plus two floats in the header.
+pub fn encode(values: &[f32], rows: u32, cols: u32, encoding: Encoding) -> Encoded {
+    debug_assert_eq!(values.len(), rows as usize * cols as usize);
+    let (mut scale, mut offset) = (0.0, 0.0);
+    let bytes = match encoding {
+        Encoding::F32 | Encoding::Unspecified => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Encoding::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Encoding::Q8 => {
+            let min = values.iter().copied().fold(f32::INFINITY, f32::min);
+            let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            offset = if min.is_finite() { min } else { 0.0 };
+            scale = if max > min { (max - min) / 255.0 } else { 0.0 };
+            values
+                .iter()
+                .map(|v| if scale > 0.0 { ((v - offset) / scale).round().clamp(0.0, 255.0) as u8 } else { 0 })
+                .collect()
+        }
+    };
+    let encoding = if encoding == Encoding::Unspecified { Encoding::F32 } else { encoding };
+    Encoded { encoding, rows, cols, scale, offset, bytes }
+}
+
+/// Why a payload could not be decoded.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown encoding")]
+    UnknownEncoding,
+    #[error("payload is {got} bytes, but {rows}×{cols} values in this encoding take {want}")]
+    Length { got: usize, want: usize, rows: u32, cols: u32 },
+    #[error("q8 scale {scale} / offset {offset} must be finite and the scale ≥ 0")]
+    Quantisation { scale: f32, offset: f32 },
+    #[error("value at row {row}, column {col} is not finite")]
+    NotFinite { row: usize, col: usize },
+}
+
+/// Decodes a payload back to row-major f32 values, rejecting non-finite ones.
+pub fn decode(encoded: &Encoded) -> Result<Vec<f32>, DecodeError> {
+    let width = bytes_per_value(encoded.encoding).ok_or(DecodeError::UnknownEncoding)?;
+    let want = encoded.rows as usize * encoded.cols as usize * width;
+    if encoded.bytes.len() != want {
+        return Err(DecodeError::Length { got: encoded.bytes.len(), want, rows: encoded.rows, cols: encoded.cols });
+    }
+    let values: Vec<f32> = match encoded.encoding {
+        Encoding::F32 => encoded.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Encoding::F16 => encoded.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Encoding::Q8 => {
+            let (scale, offset) = (encoded.scale, encoded.offset);
+            if !scale.is_finite() || !offset.is_finite() || scale < 0.0 {
+                return Err(DecodeError::Quantisation { scale, offset });
+            }
+            encoded.bytes.iter().map(|&b| offset + scale * f32::from(b)).collect()
+        }
+        Encoding::Unspecified => return Err(DecodeError::UnknownEncoding),
+    };
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let cols = encoded.cols as usize;
+        return Err(DecodeError::NotFinite { row: i / cols, col: i % cols });
+    }
+    Ok(values)
+}
+
+/// Who sends a message, and for which round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    pub run_id: String,
+    pub round: u32,
+    pub round_token: u64,
+    pub sender: u32,
+}
+
+/// Cuts an encoded message into frames of at most `frame_bytes` payload bytes each;
+/// every frame carries the full header.
+pub fn frames(envelope: &Envelope, encoded: &Encoded, frame_bytes: usize) -> Vec<Frame> {
+    let chunks: Vec<&[u8]> = encoded.bytes.chunks(frame_bytes.max(1)).collect();
+    let count = chunks.len() as u32;
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(index, data)| Frame {
+            run_id: envelope.run_id.clone(),
+            round: envelope.round,
+            round_token: envelope.round_token,
+            sender: envelope.sender,
+            encoding: encoded.encoding as i32,
+            rows: encoded.rows,
+            cols: encoded.cols,
+            scale: encoded.scale,
+            offset: encoded.offset,
+            index: index as u32,
+            count,
+            total_bytes: encoded.bytes.len() as u64,
+            data: data.to_vec(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<f32> {
+        (0..40).map(|i| (i as f32 - 17.0) * 0.37).collect()
+    }
+
+    #[test]
+    fn sizes_are_rows_times_cols_times_width() {
+        for (encoding, width) in [(Encoding::F32, 4), (Encoding::F16, 2), (Encoding::Q8, 1)] {
+            let e = encode(&sample(), 4, 10, encoding);
+            assert_eq!(e.bytes.len(), 40 * width);
+        }
+    }
+
+    #[test]
+    fn round_trips_within_the_encoding_precision() {
+        let values = sample();
+        let range = 39.0 * 0.37;
+        for (encoding, tolerance) in [(Encoding::F32, 0.0), (Encoding::F16, 0.01), (Encoding::Q8, range / 255.0 / 2.0 + 1e-5)] {
+            let decoded = decode(&encode(&values, 4, 10, encoding)).unwrap();
+            for (a, b) in values.iter().zip(&decoded) {
+                assert!((a - b).abs() <= tolerance, "{encoding:?}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn q8_of_a_constant_message_decodes_exactly() {
+        let decoded = decode(&encode(&[2.5; 6], 2, 3, Encoding::Q8)).unwrap();
+        assert_eq!(decoded, vec![2.5; 6]);
+    }
+
+    #[test]
+    fn rejects_bad_payloads() {
+        let mut e = encode(&sample(), 4, 10, Encoding::F32);
+        e.bytes.pop();
+        assert!(matches!(decode(&e), Err(DecodeError::Length { .. })));
+        let mut e = encode(&sample(), 4, 10, Encoding::F32);
+        e.bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert_eq!(decode(&e), Err(DecodeError::NotFinite { row: 0, col: 2 }));
+        let mut e = encode(&sample(), 4, 10, Encoding::Q8);
+        e.scale = f32::INFINITY;
+        assert!(matches!(decode(&e), Err(DecodeError::Quantisation { .. })));
+        e.encoding = Encoding::Unspecified;
+        assert_eq!(decode(&e), Err(DecodeError::UnknownEncoding));
+    }
+
+    #[test]
+    fn frames_cover_the_payload_in_order() {
+        let e = encode(&sample(), 4, 10, Encoding::F32);
+        let envelope = Envelope { run_id: "r".into(), round: 3, round_token: 9, sender: 1 };
+        let frames = frames(&envelope, &e, 64);
+        assert_eq!(frames.len(), 3);
+        assert!(frames.iter().enumerate().all(|(i, f)| f.index == i as u32 && f.count == 3 && f.total_bytes == 160));
+        let joined: Vec<u8> = frames.iter().flat_map(|f| f.data.clone()).collect();
+        assert_eq!(joined, e.bytes);
+    }
+}

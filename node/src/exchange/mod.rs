@@ -1,0 +1,12 @@
+//! The exchange of predictions between neighbours: the [`codec`] that encodes and
+//! frames them, the [`client`] that streams them to a neighbour, the peer
+//! [`service`] that validates what arrives, and the [`mailbox`] where it waits for
+//! the round.
+
+pub mod client;
+pub mod codec;
+pub mod mailbox;
+pub mod service;
+
+pub use mailbox::{Collected, Delivered, Mailbox};
+pub use service::{Expectation, PeerService};

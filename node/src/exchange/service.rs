@@ -1,0 +1,254 @@
+//! The peer service: receives a neighbour's message as a stream of frames,
+//! validates every frame and the reassembled payload, and files it in the mailbox.
+//! The first bad frame ends the stream with a status naming the cause; the round
+//! carries on with the messages that were good.
+
+use std::sync::Arc;
+
+use prost::Message as _;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::warn;
+use wdml_proto::{Encoding, Frame, Receipt, peer_exchange_server::PeerExchange};
+
+use super::codec::{self, Encoded};
+use super::mailbox::{Delivered, Mailbox};
+
+/// What every message in this run must look like.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub run_id: String,
+    /// This node's id: a node never receives its own predictions.
+    pub me: u32,
+    pub nodes: u32,
+    pub rows: u32,
+    pub cols: u32,
+    pub max_message_bytes: u64,
+}
+
+/// The tonic service.
+pub struct PeerService {
+    expect: Arc<Expectation>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl PeerService {
+    pub fn new(expect: Expectation, mailbox: Arc<Mailbox>) -> Self {
+        PeerService { expect: Arc::new(expect), mailbox }
+    }
+
+    async fn receive(&self, frames: &mut Streaming<Frame>) -> Result<Receipt, Status> {
+        let first = frames.message().await?.ok_or_else(|| Status::invalid_argument("empty stream: no frame"))?;
+        let header = check_header(&first, &self.expect)?;
+        self.mailbox.admit(first.round, first.round_token, first.sender)?;
+        let mut wire_bytes = first.encoded_len() as u64;
+        let mut payload = Vec::with_capacity(first.total_bytes as usize);
+        payload.extend_from_slice(&first.data);
+        for index in 1..first.count {
+            let frame = frames.message().await?.ok_or_else(|| {
+                Status::invalid_argument(format!("stream ended after {index} of {} frames", first.count))
+            })?;
+            check_continuation(&frame, &header, index)?;
+            if payload.len() + frame.data.len() > first.total_bytes as usize {
+                return Err(Status::invalid_argument("frames carry more bytes than total_bytes"));
+            }
+            wire_bytes += frame.encoded_len() as u64;
+            payload.extend_from_slice(&frame.data);
+        }
+        if frames.message().await?.is_some() {
+            return Err(Status::invalid_argument(format!("more frames than the announced count {}", first.count)));
+        }
+        if payload.len() as u64 != first.total_bytes {
+            return Err(Status::invalid_argument(format!(
+                "frames carry {} bytes, total_bytes says {}",
+                payload.len(),
+                first.total_bytes
+            )));
+        }
+        let encoded = Encoded {
+            encoding: header.encoding(),
+            rows: first.rows,
+            cols: first.cols,
+            scale: first.scale,
+            offset: first.offset,
+            bytes: payload,
+        };
+        let values = codec::decode(&encoded).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.mailbox.deliver(Delivered {
+            sender: first.sender,
+            round: first.round,
+            round_token: first.round_token,
+            values,
+            payload_bytes: first.total_bytes,
+            wire_bytes,
+        })?;
+        Ok(Receipt { frames: first.count, accepted: true })
+    }
+}
+
+#[tonic::async_trait]
+impl PeerExchange for PeerService {
+    async fn send(&self, request: Request<Streaming<Frame>>) -> Result<Response<Receipt>, Status> {
+        let peer = request.remote_addr();
+        let mut frames = request.into_inner();
+        match self.receive(&mut frames).await {
+            Ok(receipt) => Ok(Response::new(receipt)),
+            Err(status) => {
+                warn!(?peer, code = ?status.code(), "rejected a peer message: {}", status.message());
+                self.mailbox.count_rejected();
+                Err(status)
+            }
+        }
+    }
+}
+
+/// The header fields every frame of one message repeats.
+#[derive(Clone, Debug, PartialEq)]
+struct Header {
+    run_id: String,
+    round: u32,
+    round_token: u64,
+    sender: u32,
+    encoding: i32,
+    rows: u32,
+    cols: u32,
+    scale: u32,
+    offset: u32,
+    count: u32,
+    total_bytes: u64,
+}
+
+impl Header {
+    fn of(frame: &Frame) -> Self {
+        Header {
+            run_id: frame.run_id.clone(),
+            round: frame.round,
+            round_token: frame.round_token,
+            sender: frame.sender,
+            encoding: frame.encoding,
+            rows: frame.rows,
+            cols: frame.cols,
+            // Compared bit for bit: a NaN must still equal itself here.
+            scale: frame.scale.to_bits(),
+            offset: frame.offset.to_bits(),
+            count: frame.count,
+            total_bytes: frame.total_bytes,
+        }
+    }
+
+    fn encoding(&self) -> Encoding {
+        Encoding::try_from(self.encoding).unwrap_or(Encoding::Unspecified)
+    }
+}
+
+/// Checks a message's first frame against the run: who may send, the encoding, the
+/// shape, the size. Stateless; the round is the mailbox's business.
+fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
+    if frame.run_id != expect.run_id {
+        return Err(Status::failed_precondition(format!(
+            "message for run {:?}, this node is in run {:?}",
+            frame.run_id, expect.run_id
+        )));
+    }
+    if frame.sender >= expect.nodes || frame.sender == expect.me {
+        return Err(Status::permission_denied(format!(
+            "unknown sender {}: peers of node {} are nodes 0..{} except itself",
+            frame.sender, expect.me, expect.nodes
+        )));
+    }
+    let encoding = Encoding::try_from(frame.encoding).unwrap_or(Encoding::Unspecified);
+    let Some(width) = codec::bytes_per_value(encoding) else {
+        return Err(Status::invalid_argument(format!(
+            "undecodable encoding {}: expected F32, F16 or Q8",
+            frame.encoding
+        )));
+    };
+    if (frame.rows, frame.cols) != (expect.rows, expect.cols) {
+        return Err(Status::invalid_argument(format!(
+            "wrong shape {}×{}: expected {}×{} (public batch × classes)",
+            frame.rows, frame.cols, expect.rows, expect.cols
+        )));
+    }
+    if frame.total_bytes > expect.max_message_bytes {
+        return Err(Status::resource_exhausted(format!(
+            "message of {} bytes exceeds the limit of {} bytes",
+            frame.total_bytes, expect.max_message_bytes
+        )));
+    }
+    let want = u64::from(frame.rows) * u64::from(frame.cols) * width as u64;
+    if frame.total_bytes != want {
+        return Err(Status::invalid_argument(format!(
+            "total_bytes {} does not match {}×{} values of {width} bytes ({want})",
+            frame.total_bytes, frame.rows, frame.cols
+        )));
+    }
+    if frame.count == 0 || u64::from(frame.count) > frame.total_bytes {
+        return Err(Status::invalid_argument(format!(
+            "frame count {} is impossible for {} bytes",
+            frame.count, frame.total_bytes
+        )));
+    }
+    if frame.index != 0 {
+        return Err(Status::invalid_argument(format!("first frame has index {}, expected 0", frame.index)));
+    }
+    Ok(Header::of(frame))
+}
+
+/// A later frame must repeat the first frame's header and come in order.
+fn check_continuation(frame: &Frame, header: &Header, index: u32) -> Result<(), Status> {
+    if Header::of(frame) != *header {
+        return Err(Status::invalid_argument(format!("frame {index} does not repeat the message header")));
+    }
+    if frame.index != index {
+        return Err(Status::invalid_argument(format!("frame {} arrived where frame {index} was due", frame.index)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::codec::{Envelope, encode, frames};
+    use tonic::Code;
+
+    fn expect() -> Expectation {
+        Expectation { run_id: "run".into(), me: 0, nodes: 3, rows: 2, cols: 3, max_message_bytes: 1 << 20 }
+    }
+
+    fn good() -> Frame {
+        let e = encode(&[0.5; 6], 2, 3, Encoding::F32);
+        frames(&Envelope { run_id: "run".into(), round: 0, round_token: 1, sender: 1 }, &e, 1500).remove(0)
+    }
+
+    #[test]
+    fn header_checks_name_the_cause() {
+        assert!(check_header(&good(), &expect()).is_ok());
+        let cases: Vec<(Box<dyn Fn(&mut Frame)>, Code)> = vec![
+            (Box::new(|f| f.run_id = "other".into()), Code::FailedPrecondition),
+            (Box::new(|f| f.sender = 0), Code::PermissionDenied),
+            (Box::new(|f| f.sender = 9), Code::PermissionDenied),
+            (Box::new(|f| f.encoding = 42), Code::InvalidArgument),
+            (Box::new(|f| f.rows = 3), Code::InvalidArgument),
+            (Box::new(|f| f.total_bytes = 1 << 30), Code::ResourceExhausted),
+            (Box::new(|f| f.total_bytes = 23), Code::InvalidArgument),
+            (Box::new(|f| f.count = 0), Code::InvalidArgument),
+            (Box::new(|f| f.index = 1), Code::InvalidArgument),
+        ];
+        for (i, (mutate, code)) in cases.iter().enumerate() {
+            let mut frame = good();
+            mutate(&mut frame);
+            assert_eq!(check_header(&frame, &expect()).unwrap_err().code(), *code, "case {i}");
+        }
+    }
+
+    #[test]
+    fn continuation_must_repeat_the_header_in_order() {
+        let first = good();
+        let header = Header::of(&first);
+        let mut next = first.clone();
+        next.index = 1;
+        assert!(check_continuation(&next, &header, 1).is_ok());
+        assert!(check_continuation(&next, &header, 2).is_err());
+        next.round_token = 2;
+        assert!(check_continuation(&next, &header, 1).is_err());
+    }
+}

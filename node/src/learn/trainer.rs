@@ -1,0 +1,447 @@
+//! The [`Learner`]: one device's model, its Adam optimiser and the training step of
+//! deep mutual learning.
+//!
+//! Everything runs on the CPU in `f32`. With `RAYON_NUM_THREADS=1` (how nodes run) every
+//! kernel Candle calls is single-threaded, so a learner built from the same seed and fed
+//! the same batches reaches bit-identical parameters.
+
+use candle_core::{D, DType, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::{invalid, kl_to_target};
+use crate::model::{CLASSES, INPUT_DIM, ModelSpec, Network};
+use crate::{Error, Result};
+
+/// Hyper-parameters of a learner.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LearnerConfig {
+    /// Adam's step size; positive and finite.
+    pub learning_rate: f64,
+    /// Softening temperature `T` of the distillation term; positive and finite.
+    pub temperature: f64,
+    /// Weight `λ` of the distillation term (the loss adds `λ·T²·KL`); 0 turns it off.
+    pub kl_weight: f64,
+}
+
+impl LearnerConfig {
+    /// Checks every field, naming it as the scenario file does (`train.…`).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            return Err(Error::config(
+                "train.learning_rate",
+                format!("must be positive and finite, got {}", self.learning_rate),
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(Error::config(
+                "train.temperature",
+                format!("must be positive and finite, got {}", self.temperature),
+            ));
+        }
+        if !(self.kl_weight.is_finite() && self.kl_weight >= 0.0) {
+            return Err(Error::config(
+                "train.kl_weight",
+                format!("must be finite and ≥ 0, got {}", self.kl_weight),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The losses of one training step, measured before the update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepLosses {
+    /// Mean cross-entropy on the private batch.
+    pub ce: f32,
+    /// `KL(target ‖ softmax(f(public)/T))`, averaged over public rows; 0 when the step
+    /// had no distillation term (no target, or `kl_weight` = 0).
+    pub kl: f32,
+    /// The optimised loss, `ce + λ·T²·kl`.
+    pub total: f32,
+}
+
+/// Quality of a model on a labelled set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Evaluation {
+    /// Fraction of rows whose arg-max logit is the label, in `[0, 1]`.
+    pub accuracy: f32,
+    /// Mean cross-entropy over the rows.
+    pub loss: f32,
+}
+
+/// One device's model and optimiser.
+pub struct Learner {
+    net: Network,
+    opt: AdamW,
+    cfg: LearnerConfig,
+}
+
+impl std::fmt::Debug for Learner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Learner")
+            .field("net", &self.net)
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+/// Checks `images` is `[rows ≥ 1, 784]` `f32`; returns `rows`.
+fn check_images(images: &Tensor, what: &str) -> Result<usize> {
+    match images.dims() {
+        &[rows, INPUT_DIM] if rows > 0 && images.dtype() == DType::F32 => Ok(rows),
+        dims => Err(invalid(format!(
+            "{what}: expected a non-empty [rows, {INPUT_DIM}] f32 tensor, got {dims:?} {:?}",
+            images.dtype()
+        ))),
+    }
+}
+
+/// Checks `labels` is `[rows]` of an integer type Candle can index with.
+fn check_labels(labels: &Tensor, rows: usize) -> Result<()> {
+    let int = matches!(labels.dtype(), DType::U8 | DType::U32 | DType::I64);
+    if labels.dims() != [rows] || !int {
+        return Err(invalid(format!(
+            "labels: expected [{rows}] u32, got {:?} {:?}",
+            labels.dims(),
+            labels.dtype()
+        )));
+    }
+    Ok(())
+}
+
+impl Learner {
+    /// Builds the model of `spec` initialised from `seed`, and a fresh Adam optimiser
+    /// (β = 0.9/0.999, ε = 1e-8, no weight decay).
+    pub fn new(spec: &ModelSpec, cfg: LearnerConfig, seed: u64) -> Result<Self> {
+        cfg.validate()?;
+        let net = Network::new(spec, seed)?;
+        let params = ParamsAdamW {
+            lr: cfg.learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let opt = AdamW::new(net.variables(), params)?;
+        Ok(Self { net, opt, cfg })
+    }
+
+    /// The spec of the model.
+    pub fn spec(&self) -> &ModelSpec {
+        self.net.spec()
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LearnerConfig {
+        &self.cfg
+    }
+
+    /// The model and its parameters.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Number of trainable parameters.
+    pub fn parameter_count(&self) -> usize {
+        self.net.parameter_count()
+    }
+
+    /// All parameters, flat, in sorted-name order (for gossip averaging).
+    pub fn parameters_flat(&self) -> Result<Vec<f32>> {
+        self.net.parameters_flat()
+    }
+
+    /// Overwrites all parameters from a flat vector laid out as
+    /// [`Self::parameters_flat`]. Adam's moment estimates are kept: gossip-FedAvg moves
+    /// the parameters, not the optimiser.
+    pub fn set_parameters_flat(&mut self, flat: &[f32]) -> Result<()> {
+        self.net.set_parameters_flat(flat)
+    }
+
+    /// Inference logits, row-major `[rows, 10]`, for `images` `[rows, 784]`.
+    pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
+        check_images(images, "images")?;
+        // Detached so that the forward graph (every intermediate activation) is freed
+        // now rather than when the caller drops the logits.
+        Ok(self.net.forward(images)?.detach())
+    }
+
+    /// [`Self::logits`] copied out as `rows × 10` values, row-major: the payload sent
+    /// to the neighbours.
+    pub fn logits_vec(&self, images: &Tensor) -> Result<Vec<f32>> {
+        Ok(self.logits(images)?.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// One optimiser step on `CE(private batch) + λ·T²·KL(target ‖ softmax(f(public)/T))`.
+    ///
+    /// `images` `[B, 784]`, `labels` `[B]` (u32); `distill` = `Some((public [P, 784],
+    /// target [P, 10]))`, where each target row is a probability distribution (the
+    /// aggregate of the peers' softened predictions, see [`super::soft_targets`]).
+    /// With `None` — or with `kl_weight` = 0, where the public batch cannot change the
+    /// update and its forward pass is skipped — the step is on CE alone and `kl` is 0.
+    ///
+    /// A non-finite loss is an error and leaves the parameters unchanged.
+    pub fn train_step(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        distill: Option<(&Tensor, &Tensor)>,
+    ) -> Result<StepLosses> {
+        let rows = check_images(images, "images")?;
+        check_labels(labels, rows)?;
+        let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
+        if let Some((public, target)) = distill {
+            let p = check_images(public, "public images")?;
+            if target.dims() != [p, CLASSES] || target.dtype() != DType::F32 {
+                return Err(invalid(format!(
+                    "distillation target: expected [{p}, {CLASSES}] f32, got {:?} {:?}",
+                    target.dims(),
+                    target.dtype()
+                )));
+            }
+        }
+
+        let ce = candle_nn::loss::cross_entropy(&self.net.forward(images)?, labels)?;
+        let (loss, kl) = match distill {
+            Some((public, target)) => {
+                let t = self.cfg.temperature;
+                let kl = kl_to_target(&self.net.forward(public)?, target, t)?;
+                let loss = (&ce + (&kl * (self.cfg.kl_weight * t * t))?)?;
+                (loss, Some(kl))
+            }
+            None => (ce.clone(), None),
+        };
+
+        let losses = StepLosses {
+            ce: ce.to_scalar::<f32>()?,
+            kl: kl
+                .map(|kl| kl.to_scalar::<f32>())
+                .transpose()?
+                .unwrap_or(0.0),
+            total: loss.to_scalar::<f32>()?,
+        };
+        if !losses.total.is_finite() {
+            return Err(invalid(format!(
+                "non-finite loss (ce {}, kl {}); step skipped",
+                losses.ce, losses.kl
+            )));
+        }
+        self.opt.backward_step(&loss)?;
+        Ok(losses)
+    }
+
+    /// Accuracy and mean cross-entropy on `images` `[N, 784]` / `labels` `[N]`, in
+    /// batches of at most `batch` rows (bounding the memory of activations).
+    pub fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation> {
+        let rows = check_images(images, "images")?;
+        check_labels(labels, rows)?;
+        if batch == 0 {
+            return Err(invalid("evaluation batch size must be at least 1"));
+        }
+        let labels = labels.to_dtype(DType::U32)?;
+        let mut correct = 0u64;
+        let mut ce_sum = 0f64;
+        for start in (0..rows).step_by(batch) {
+            let len = batch.min(rows - start);
+            let ys = labels.narrow(0, start, len)?;
+            let logits = self.net.forward(&images.narrow(0, start, len)?)?.detach();
+            let ce = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?;
+            ce_sum += f64::from(ce) * len as f64;
+            let hits = logits
+                .argmax(D::Minus1)?
+                .eq(&ys)?
+                .to_dtype(DType::U32)?
+                .sum_all()?;
+            correct += u64::from(hits.to_scalar::<u32>()?);
+        }
+        Ok(Evaluation {
+            accuracy: (correct as f64 / rows as f64) as f32,
+            loss: (ce_sum / rows as f64) as f32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+    use rand_distr::{Distribution, StandardNormal};
+
+    use super::*;
+    use crate::learn::{labels_tensor, targets_tensor};
+
+    fn cfg(learning_rate: f64, temperature: f64, kl_weight: f64) -> LearnerConfig {
+        LearnerConfig {
+            learning_rate,
+            temperature,
+            kl_weight,
+        }
+    }
+
+    /// `n` rows of a 10-class problem: each class is a random prototype plus noise.
+    fn separable(n: usize, seed: u64) -> (Tensor, Tensor) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut draw = || -> f32 { StandardNormal.sample(&mut rng) };
+        let protos: Vec<f32> = (0..CLASSES * INPUT_DIM).map(|_| draw()).collect();
+        let mut xs = Vec::with_capacity(n * INPUT_DIM);
+        let mut ys = Vec::with_capacity(n);
+        for i in 0..n {
+            let c = (i * 7 + i / 3) % CLASSES;
+            ys.push(c as u32);
+            let proto = &protos[c * INPUT_DIM..(c + 1) * INPUT_DIM];
+            xs.extend(proto.iter().map(|p| 0.3 * p + draw()));
+        }
+        (
+            Tensor::from_vec(xs, (n, INPUT_DIM), &Device::Cpu).unwrap(),
+            labels_tensor(ys).unwrap(),
+        )
+    }
+
+    #[test]
+    fn config_is_validated_with_field_names() {
+        let spec = ModelSpec::Mlp { hidden: vec![4] };
+        for (c, field) in [
+            (cfg(0.0, 1.0, 1.0), "train.learning_rate"),
+            (cfg(f64::INFINITY, 1.0, 1.0), "train.learning_rate"),
+            (cfg(1e-3, 0.0, 1.0), "train.temperature"),
+            (cfg(1e-3, f64::NAN, 1.0), "train.temperature"),
+            (cfg(1e-3, 1.0, -0.1), "train.kl_weight"),
+        ] {
+            match Learner::new(&spec, c, 0) {
+                Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{c:?}: {other:?}"),
+            }
+        }
+        let l = Learner::new(&spec, cfg(1e-3, 1.0, 0.0), 0).unwrap();
+        assert_eq!(l.spec(), &spec);
+        assert_eq!(l.parameter_count(), 784 * 4 + 4 + 4 * 10 + 10);
+    }
+
+    #[test]
+    fn ce_steps_learn_a_separable_problem() {
+        let (xs, ys) = separable(320, 1);
+        let (test_x, test_y) = separable(200, 1);
+        let mut l = Learner::new(&"mlp:32".parse().unwrap(), cfg(1e-3, 1.0, 0.0), 7).unwrap();
+        let before = l.evaluate(&test_x, &test_y, 64).unwrap();
+        let batch = 32;
+        for step in 0..200 {
+            let start = (step * batch) % 320;
+            let x = xs.narrow(0, start, batch).unwrap();
+            let y = ys.narrow(0, start, batch).unwrap();
+            let s = l.train_step(&x, &y, None).unwrap();
+            assert_eq!(s.kl, 0.0);
+            assert_eq!(s.ce, s.total);
+        }
+        let after = l.evaluate(&test_x, &test_y, 64).unwrap();
+        assert!(after.accuracy >= 0.95, "{before:?} → {after:?}");
+        assert!(after.loss < 0.2 * before.loss, "{before:?} → {after:?}");
+    }
+
+    #[test]
+    fn distillation_pulls_towards_the_target() {
+        let (xs, ys) = separable(32, 2);
+        let (public, _) = separable(64, 3);
+        // A fixed target: 0.7 on class (row mod 10), the rest spread evenly.
+        let probs: Vec<f32> = (0..64)
+            .flat_map(|r| (0..CLASSES).map(move |c| if c == r % CLASSES { 0.7 } else { 0.3 / 9.0 }))
+            .collect();
+        let target = targets_tensor(probs).unwrap();
+        let mut l = Learner::new(&"mlp:32".parse().unwrap(), cfg(1e-3, 2.0, 1.0), 1).unwrap();
+        let first = l.train_step(&xs, &ys, Some((&public, &target))).unwrap();
+        let t2 = 2.0f32 * 2.0;
+        assert!(
+            (first.total - (first.ce + t2 * first.kl)).abs() < 1e-4,
+            "{first:?}"
+        );
+        let mut last = first;
+        for _ in 0..60 {
+            last = l.train_step(&xs, &ys, Some((&public, &target))).unwrap();
+        }
+        assert!(last.kl < 0.3 * first.kl, "{first:?} → {last:?}");
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let (xs, ys) = separable(16, 4);
+        let (public, _) = separable(8, 5);
+        let target = targets_tensor(vec![0.1; 8 * CLASSES]).unwrap();
+        for spec in ["mlp:16,8", "cnn:2,4,8"] {
+            let spec: ModelSpec = spec.parse().unwrap();
+            let run = || {
+                let mut l = Learner::new(&spec, cfg(1e-2, 3.0, 0.5), 9).unwrap();
+                let mut losses = Vec::new();
+                for i in 0..3 {
+                    let d = (i > 0).then_some((&public, &target));
+                    losses.push(l.train_step(&xs, &ys, d).unwrap());
+                }
+                let bits: Vec<u32> = l
+                    .parameters_flat()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect();
+                (losses, bits)
+            };
+            let (la, a) = run();
+            let (lb, b) = run();
+            assert_eq!(la, lb, "{spec}");
+            assert_eq!(a, b, "{spec}");
+        }
+    }
+
+    #[test]
+    fn evaluate_on_a_known_case() {
+        // All parameters zero except the output bias: every image gets the logits
+        // (ln 2, 0, …, 0), so the prediction is class 0 and p(0) = 2/11, p(c) = 1/11.
+        let l = Learner::new(&"mlp:4".parse().unwrap(), cfg(1e-3, 1.0, 0.0), 0).unwrap();
+        for (name, var) in l.network().named_parameters() {
+            let mut v = vec![0f32; var.elem_count()];
+            if name == "fc2.bias" {
+                v[0] = 2f32.ln();
+            }
+            var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let xs = separable(5, 0).0;
+        let ys = labels_tensor(vec![0, 0, 1, 2, 3]).unwrap();
+        let expected_loss = (2.0 * (11f64 / 2.0).ln() + 3.0 * 11f64.ln()) / 5.0;
+        for batch in [1, 2, 5, 100] {
+            let e = l.evaluate(&xs, &ys, batch).unwrap();
+            assert!((e.accuracy - 0.4).abs() < 1e-6, "{batch}: {e:?}");
+            assert!(
+                (f64::from(e.loss) - expected_loss).abs() < 1e-5,
+                "{batch}: {e:?}"
+            );
+        }
+        assert_eq!(l.logits(&xs).unwrap().dims(), &[5, CLASSES]);
+        let z = l.logits_vec(&xs).unwrap();
+        assert_eq!(z.len(), 5 * CLASSES);
+        assert!((z[CLASSES] - 2f32.ln()).abs() < 1e-7 && z[CLASSES + 1] == 0.0);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_and_changes_nothing() {
+        let mut l = Learner::new(&"mlp:4".parse().unwrap(), cfg(1e-3, 1.0, 1.0), 0).unwrap();
+        let before = l.parameters_flat().unwrap();
+        let (xs, ys) = separable(4, 0);
+        let target = targets_tensor(vec![0.1; 4 * CLASSES]).unwrap();
+        let short = labels_tensor(vec![0, 1, 2]).unwrap();
+        assert!(l.train_step(&xs, &short, None).is_err());
+        let wide = Tensor::zeros((4, 10), DType::F32, &Device::Cpu).unwrap();
+        assert!(l.train_step(&wide, &ys, None).is_err());
+        let bad_target = targets_tensor(vec![0.1; 3 * CLASSES]).unwrap();
+        assert!(l.train_step(&xs, &ys, Some((&xs, &bad_target))).is_err());
+        let nan = (&xs * f64::NAN).unwrap();
+        assert!(l.train_step(&nan, &ys, Some((&xs, &target))).is_err());
+        assert!(l.train_step(&xs, &ys, Some((&nan, &target))).is_err());
+        let big = labels_tensor(vec![0, 1, 2, 3])
+            .unwrap()
+            .affine(1.0, 20.0)
+            .unwrap();
+        assert!(l.train_step(&xs, &big, None).is_err());
+        assert!(l.evaluate(&xs, &ys, 0).is_err());
+        assert!(l.evaluate(&wide, &ys, 2).is_err());
+        assert_eq!(l.parameters_flat().unwrap(), before);
+    }
+}

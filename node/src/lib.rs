@@ -1,0 +1,18 @@
+//! A WDML node: one device holding a Candle model and a private shard of data.
+//!
+//! The round, in the order it happens, is in [`round`]; every other module is
+//! something the round calls. [`runtime::run`] is the whole node process.
+
+pub mod data;
+pub mod error;
+pub mod exchange;
+pub mod learn;
+pub mod model;
+pub mod plan;
+pub mod round;
+pub mod runtime;
+pub mod seed;
+pub mod shard;
+
+pub use error::{Error, Result};
+pub use runtime::{Config, Outcome, run};

@@ -1,0 +1,108 @@
+//! The run as this node understands it: the coordinator's [`RunSettings`], checked
+//! field by field (they come from the network) and turned into domain types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wdml_proto::{Algorithm, Encoding, RunSettings};
+
+use crate::data::{Partition, SplitConfig};
+use crate::learn::{Aggregate, LearnerConfig};
+use crate::{Error, Result};
+
+/// Largest message a node agrees to receive, whatever the coordinator says.
+pub const MAX_MESSAGE_BYTES: u64 = 256 << 20;
+
+/// Validated run settings.
+#[derive(Clone, Debug)]
+pub struct RunPlan {
+    pub run_id: String,
+    pub seed: u64,
+    pub algorithm: Algorithm,
+    pub rounds: u32,
+    pub nodes: u32,
+    pub local_steps: u32,
+    pub batch_size: usize,
+    pub learner: LearnerConfig,
+    pub aggregate: Aggregate,
+    pub public_batch: usize,
+    pub encoding: Encoding,
+    pub frame_bytes: usize,
+    pub max_message_bytes: u64,
+    pub data_dir: Option<PathBuf>,
+    pub partition: Partition,
+    pub public_pool: usize,
+    pub test_size: usize,
+    pub heartbeat_interval: Duration,
+}
+
+impl RunPlan {
+    /// Checks the settings a coordinator sent; every error names the field.
+    pub fn from_settings(s: RunSettings) -> Result<Self> {
+        fn positive(field: &str, value: u32) -> Result<u32> {
+            if value == 0 { Err(Error::config(field, "must be at least 1")) } else { Ok(value) }
+        }
+        let algorithm = match Algorithm::try_from(s.algorithm) {
+            Ok(a @ (Algorithm::Dml | Algorithm::Local)) => a,
+            _ => return Err(Error::config("run.algorithm", format!("unknown algorithm {}; expected dml or local", s.algorithm))),
+        };
+        let encoding = match Encoding::try_from(s.encoding) {
+            Ok(Encoding::Unspecified) | Err(_) => {
+                return Err(Error::config("exchange.encoding", format!("unknown encoding {}; expected f32, f16 or q8", s.encoding)));
+            }
+            Ok(e) => e,
+        };
+        let aggregate = match wdml_proto::Aggregate::try_from(s.aggregate) {
+            Ok(wdml_proto::Aggregate::Mean) => Aggregate::Mean,
+            Ok(wdml_proto::Aggregate::Median) => Aggregate::Median,
+            Ok(wdml_proto::Aggregate::TrimmedMean) => Aggregate::TrimmedMean,
+            _ => return Err(Error::config("train.aggregate", format!("unknown aggregate {}", s.aggregate))),
+        };
+        if s.run_id.is_empty() {
+            return Err(Error::config("run.id", "must not be empty"));
+        }
+        if s.max_message_bytes == 0 || s.max_message_bytes > MAX_MESSAGE_BYTES {
+            return Err(Error::config(
+                "exchange.max_message_bytes",
+                format!("must be between 1 and {MAX_MESSAGE_BYTES}, got {}", s.max_message_bytes),
+            ));
+        }
+        let learner = LearnerConfig { learning_rate: s.learning_rate, temperature: s.temperature, kl_weight: s.kl_weight };
+        learner.validate()?;
+        let partition: Partition = s.partition.parse()?;
+        Ok(RunPlan {
+            run_id: s.run_id,
+            seed: s.seed,
+            algorithm,
+            rounds: positive("run.rounds", s.rounds)?,
+            nodes: positive("nodes", s.nodes)?,
+            local_steps: positive("train.local_steps", s.local_steps)?,
+            batch_size: positive("train.batch_size", s.batch_size)? as usize,
+            learner,
+            aggregate,
+            public_batch: positive("exchange.public_batch", s.public_batch)? as usize,
+            encoding,
+            frame_bytes: positive("exchange.frame_bytes", s.frame_bytes)? as usize,
+            max_message_bytes: s.max_message_bytes,
+            data_dir: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),
+            partition,
+            public_pool: positive("data.public_pool", s.public_pool)? as usize,
+            test_size: s.test_size as usize,
+            heartbeat_interval: Duration::from_millis(u64::from(positive(
+                "coordinator.heartbeat_interval_ms",
+                s.heartbeat_interval_ms,
+            )?)),
+        })
+    }
+
+    /// How the data is split: the same on every node, so each computes it alone.
+    pub fn split_config(&self) -> SplitConfig {
+        SplitConfig {
+            seed: self.seed,
+            nodes: self.nodes as usize,
+            partition: self.partition.clone(),
+            public_pool: self.public_pool,
+            test_size: self.test_size,
+        }
+    }
+}

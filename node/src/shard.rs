@@ -1,0 +1,122 @@
+//! This node's view of the data, as tensors ready for the round: its private shard,
+//! the public pool, the test set; and the seeded sampler of private batches.
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+
+use crate::data::{Dataset, Split};
+use crate::{Error, Result};
+
+/// The tensors one node trains and evaluates on.
+pub struct Shard {
+    pub private_images: Tensor,
+    pub private_labels: Tensor,
+    /// The public pool; its labels are never loaded.
+    pub public_images: Tensor,
+    pub test_images: Tensor,
+    pub test_labels: Tensor,
+}
+
+impl Shard {
+    /// Gathers node `node`'s part of `split` into tensors, once for the whole run.
+    pub fn new(dataset: &Dataset, split: &Split, node: usize) -> Result<Self> {
+        let private = split.private.get(node).ok_or_else(|| {
+            Error::config("node.id", format!("node {node} has no shard: the split has {} shards", split.private.len()))
+        })?;
+        let pixels = dataset.train.pixels();
+        let device = Device::Cpu;
+        let images = |values: Vec<f32>, rows: usize| Tensor::from_vec(values, (rows, pixels), &device);
+        let (private_x, private_y) = dataset.train.gather(private);
+        let (public_x, _) = dataset.train.gather(&split.public);
+        let (test_x, test_y) = dataset.test.gather(&split.test);
+        Ok(Shard {
+            private_images: images(private_x, private.len())?,
+            private_labels: Tensor::from_vec(private_y, private.len(), &device)?,
+            public_images: images(public_x, split.public.len())?,
+            test_images: images(test_x, split.test.len())?,
+            test_labels: Tensor::from_vec(test_y, split.test.len(), &device)?,
+        })
+    }
+
+    pub fn private_len(&self) -> usize {
+        self.private_labels.dims()[0]
+    }
+
+    pub fn public_len(&self) -> usize {
+        self.public_images.dims()[0]
+    }
+
+    /// The round's public batch: `size` distinct rows of the public pool drawn from
+    /// the round's seed, the same on every node.
+    pub fn public_batch(&self, seed: u64, size: usize) -> Result<Tensor> {
+        let pool = self.public_len();
+        if size > pool {
+            return Err(Error::config(
+                "exchange.public_batch",
+                format!("{size} is larger than the public pool ({pool})"),
+            ));
+        }
+        let mut order: Vec<u32> = (0..pool as u32).collect();
+        let (chosen, _) = order.partial_shuffle(&mut StdRng::seed_from_u64(seed), size);
+        let index = Tensor::from_slice(chosen, size, &Device::Cpu)?;
+        Ok(self.public_images.index_select(&index, 0)?)
+    }
+}
+
+/// Draws private mini-batches epoch by epoch: every sample once per epoch, in a fresh
+/// seeded order each epoch.
+pub struct BatchSampler {
+    order: Vec<u32>,
+    next: usize,
+    batch: usize,
+    rng: StdRng,
+}
+
+impl BatchSampler {
+    pub fn new(samples: usize, batch: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order: Vec<u32> = (0..samples as u32).collect();
+        order.shuffle(&mut rng);
+        BatchSampler { order, next: 0, batch: batch.min(samples).max(1), rng }
+    }
+
+    /// The next batch's images and labels.
+    pub fn next_batch(&mut self, shard: &Shard) -> Result<(Tensor, Tensor)> {
+        if self.next + self.batch > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.next = 0;
+        }
+        let rows = &self.order[self.next..self.next + self.batch];
+        self.next += self.batch;
+        let index = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
+        Ok((shard.private_images.index_select(&index, 0)?, shard.private_labels.index_select(&index, 0)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_visits_every_sample_once_per_epoch() {
+        let samples = 10;
+        let labels: Vec<u32> = (0..samples as u32).collect();
+        let shard = Shard {
+            private_images: Tensor::zeros((samples, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            private_labels: Tensor::from_vec(labels, samples, &Device::Cpu).unwrap(),
+            public_images: Tensor::zeros((4, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            test_images: Tensor::zeros((1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            test_labels: Tensor::zeros(1, candle_core::DType::U32, &Device::Cpu).unwrap(),
+        };
+        let mut sampler = BatchSampler::new(samples, 5, 7);
+        let mut seen: Vec<u32> = Vec::new();
+        for _ in 0..2 {
+            seen.extend(sampler.next_batch(&shard).unwrap().1.to_vec1::<u32>().unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, (0..10).collect::<Vec<u32>>());
+        assert!(shard.public_batch(1, 5).is_err(), "a batch larger than the pool is refused");
+        assert_eq!(shard.public_batch(1, 3).unwrap().dims(), [3, 1]);
+    }
+}

@@ -1,0 +1,39 @@
+//! `wdml coordinator`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::scenario::Scenario;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Scenario file (TOML); default: the built-in quickstart.
+    #[arg(long, env = "WDML_CONFIG")]
+    config: Option<PathBuf>,
+    /// Override a scenario field, e.g. --set run.rounds=20 (repeatable).
+    #[arg(long = "set", value_name = "FIELD=VALUE", env = "WDML_SET", value_delimiter = ';')]
+    overrides: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, env = "WDML_LISTEN", default_value = "0.0.0.0:7000")]
+    listen: SocketAddr,
+    /// Run directory: config.json, metrics.jsonl, summary.json.
+    #[arg(long, env = "WDML_OUT", default_value = "runs/latest")]
+    out: PathBuf,
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
+    let config = scenario.coordinator_config(args.out.clone())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        crate::cli::announce_listening(listener.local_addr()?);
+        let summary = wdml_coordinator::run(config, listener, crate::cli::shutdown_signal()).await?;
+        println!("{}", summary.table());
+        Ok(if summary.finished { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    })
+}

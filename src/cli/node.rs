@@ -1,0 +1,70 @@
+//! `wdml node`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wdml_node::model::ModelSpec;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This node's id (0-based); it also selects the node's data shard.
+    #[arg(long, env = "WDML_NODE_ID")]
+    id: u32,
+    /// The model: "mlp", "mlp:256,128", "cnn", "cnn:16,32,128", …
+    #[arg(long, env = "WDML_MODEL", default_value = "mlp")]
+    model: ModelSpec,
+    /// The coordinator's host:port.
+    #[arg(long, env = "WDML_COORDINATOR", default_value = "127.0.0.1:7000")]
+    coordinator: String,
+    /// Address the peer service listens on (port 0: any free port).
+    #[arg(long, env = "WDML_LISTEN", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// host:port the other nodes dial (default: the bound address).
+    #[arg(long, env = "WDML_ADVERTISE")]
+    advertise: Option<String>,
+    /// Directory of IDX files, overriding the run's data.dir on this machine.
+    #[arg(long, env = "WDML_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Threads for the model's linear algebra; keep 1 when nodes share a machine.
+    #[arg(long, env = "WDML_THREADS", default_value_t = 1)]
+    threads: usize,
+    /// Seconds to keep trying to reach the coordinator, at start and after a break.
+    #[arg(long, env = "WDML_COORDINATOR_TIMEOUT_S", default_value_t = 60)]
+    coordinator_timeout_s: u64,
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    if args.threads == 0 {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    // Candle and rayon read this once, at their first parallel operation; set it
+    // before any thread exists.
+    // SAFETY: no other thread is running yet.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
+    crate::cli::init_tracing();
+    let config = wdml_node::Config {
+        id: args.id,
+        model: args.model,
+        coordinator: args.coordinator,
+        advertise: args.advertise,
+        data_dir: args.data_dir,
+        coordinator_timeout: Duration::from_secs(args.coordinator_timeout_s),
+    };
+    // Two workers: the round blocks one while training, the other serves peers.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(async {
+        let listener =
+            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        crate::cli::announce_listening(listener.local_addr()?);
+        match wdml_node::run(config, listener, crate::cli::shutdown_signal()).await? {
+            wdml_node::Outcome::Complete(c) if !c.finished => {
+                eprintln!("the run ended early: {}", c.reason);
+                Ok(ExitCode::FAILURE)
+            }
+            _ => Ok(ExitCode::SUCCESS),
+        }
+    })
+}

@@ -1,0 +1,396 @@
+//! Scenario files: one TOML describing a whole experiment (the run, training, the
+//! exchange, the data split, the coordinator's timing, the nodes). The launcher and
+//! the coordinator read the same file; any field can be overridden from the command
+//! line with `--set section.field=value`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use wdml_node::data::Partition;
+use wdml_node::learn::{Aggregate, LearnerConfig};
+use wdml_node::model::ModelSpec;
+use wdml_proto::RunSettings;
+
+/// The quickstart scenario, built in so `wdml run` works with no file at all.
+pub const QUICKSTART: &str = include_str!("../examples/quickstart.toml");
+
+/// A whole experiment. Every field has a default; see `examples/quickstart.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scenario {
+    pub run: RunSection,
+    pub train: TrainSection,
+    pub exchange: ExchangeSection,
+    pub data: DataSection,
+    pub nodes: NodesSection,
+    pub coordinator: CoordinatorSection,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    /// Names the run directory and the run id.
+    pub name: String,
+    /// Seeds everything: split, models, batches, public batches, round tokens.
+    pub seed: u64,
+    pub rounds: u32,
+    pub algorithm: AlgorithmName,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        RunSection { name: "wdml".into(), seed: 42, rounds: 10, algorithm: AlgorithmName::Dml }
+    }
+}
+
+/// The learning algorithms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlgorithmName {
+    /// Deep mutual learning: share predictions on the public batch.
+    Dml,
+    /// No exchange at all: each node learns alone.
+    Local,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    /// Local optimiser steps per round (E).
+    pub local_steps: u32,
+    pub batch_size: u32,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// Softmax temperature T of the distillation term.
+    pub temperature: f64,
+    /// Weight λ of the distillation term.
+    pub kl_weight: f64,
+    pub aggregate: Aggregate,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            local_steps: 10,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            temperature: 1.0,
+            kl_weight: 1.0,
+            aggregate: Aggregate::Mean,
+        }
+    }
+}
+
+/// Wire encodings of the predictions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncodingName {
+    F32,
+    F16,
+    Q8,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeSection {
+    /// Rows of the public batch each round.
+    pub public_batch: u32,
+    pub encoding: EncodingName,
+    /// Payload bytes per frame (a radio frame's MTU).
+    pub frame_bytes: u32,
+    /// The largest message a node accepts.
+    pub max_message_bytes: u64,
+    /// How long a node waits for its neighbours' predictions in a round.
+    pub timeout_ms: u64,
+}
+
+impl Default for ExchangeSection {
+    fn default() -> Self {
+        ExchangeSection {
+            public_batch: 128,
+            encoding: EncodingName::Q8,
+            frame_bytes: 1400,
+            max_message_bytes: 16 << 20,
+            timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// A directory of IDX files (e.g. /usr/share/datasets/fashion-mnist); absent:
+    /// the embedded Fashion-MNIST subset.
+    pub dir: Option<PathBuf>,
+    /// `iid`, `dirichlet:<alpha>` or `shards:<per node>`.
+    pub partition: String,
+    /// Training images set aside as the public pool (labels never used).
+    pub public_pool: u32,
+    /// Test images every node evaluates on; 0 for the whole test set.
+    pub test_size: u32,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { dir: None, partition: "dirichlet:0.5".into(), public_pool: 1000, test_size: 0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodesSection {
+    pub count: u32,
+    /// Node k runs `models[k % models.len()]`: "mlp:256,128", "cnn:16,32,128", …
+    pub models: Vec<String>,
+}
+
+impl Default for NodesSection {
+    fn default() -> Self {
+        NodesSection { count: 4, models: vec!["mlp".into(), "cnn".into()] }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoordinatorSection {
+    /// Start with this many nodes if not all joined within the join timeout
+    /// (default: all of them).
+    pub min_nodes: Option<u32>,
+    pub join_timeout_ms: u64,
+    pub round_timeout_ms: u64,
+    pub heartbeat_interval_ms: u32,
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for CoordinatorSection {
+    fn default() -> Self {
+        CoordinatorSection {
+            min_nodes: None,
+            join_timeout_ms: 60_000,
+            round_timeout_ms: 120_000,
+            heartbeat_interval_ms: 500,
+            heartbeat_timeout_ms: 3_000,
+        }
+    }
+}
+
+impl Scenario {
+    /// Reads a scenario file (or the built-in quickstart for `None`) and applies
+    /// `key=value` overrides, then validates it.
+    pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Scenario> {
+        let text = match path {
+            Some(path) => {
+                std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?
+            }
+            None => QUICKSTART.to_string(),
+        };
+        let source = path.map_or("the built-in quickstart".to_string(), |p| p.display().to_string());
+        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{source} is not valid TOML"))?;
+        for assignment in overrides {
+            apply_override(&mut table, assignment)?;
+        }
+        let scenario: Scenario =
+            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.message()))?;
+        scenario.validate()?;
+        Ok(scenario)
+    }
+
+    /// Checks every field, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        if self.run.name.is_empty() || !self.run.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            bail!("run.name {:?} must be non-empty letters, digits, '-', '_' or '.'", self.run.name);
+        }
+        positive("run.rounds", u64::from(self.run.rounds))?;
+        positive("nodes.count", u64::from(self.nodes.count))?;
+        if self.nodes.models.is_empty() {
+            bail!("nodes.models must list at least one model, e.g. [\"mlp\", \"cnn\"]");
+        }
+        for (i, model) in self.nodes.models.iter().enumerate() {
+            model.parse::<ModelSpec>().with_context(|| format!("nodes.models[{i}]"))?;
+        }
+        positive("train.local_steps", u64::from(self.train.local_steps))?;
+        positive("train.batch_size", u64::from(self.train.batch_size))?;
+        self.learner().validate()?;
+        positive("exchange.public_batch", u64::from(self.exchange.public_batch))?;
+        positive("exchange.frame_bytes", u64::from(self.exchange.frame_bytes))?;
+        positive("exchange.timeout_ms", self.exchange.timeout_ms)?;
+        if self.exchange.max_message_bytes == 0 || self.exchange.max_message_bytes > wdml_node::plan::MAX_MESSAGE_BYTES {
+            bail!("exchange.max_message_bytes must be between 1 and {}", wdml_node::plan::MAX_MESSAGE_BYTES);
+        }
+        let message = u64::from(self.exchange.public_batch) * 10 * self.encoding_width();
+        if message > self.exchange.max_message_bytes {
+            bail!(
+                "exchange.max_message_bytes ({}) is smaller than one prediction message ({message} bytes)",
+                self.exchange.max_message_bytes
+            );
+        }
+        self.data.partition.parse::<Partition>()?;
+        positive("data.public_pool", u64::from(self.data.public_pool))?;
+        if self.exchange.public_batch > self.data.public_pool {
+            bail!(
+                "exchange.public_batch ({}) is larger than data.public_pool ({})",
+                self.exchange.public_batch,
+                self.data.public_pool
+            );
+        }
+        self.coordinator_config(PathBuf::new())?.validate()?;
+        Ok(())
+    }
+
+    fn encoding_width(&self) -> u64 {
+        match self.exchange.encoding {
+            EncodingName::F32 => 4,
+            EncodingName::F16 => 2,
+            EncodingName::Q8 => 1,
+        }
+    }
+
+    pub fn learner(&self) -> LearnerConfig {
+        LearnerConfig {
+            learning_rate: self.train.learning_rate,
+            temperature: self.train.temperature,
+            kl_weight: self.train.kl_weight,
+        }
+    }
+
+    /// Node k's model.
+    pub fn model_of(&self, node: u32) -> ModelSpec {
+        let models = &self.nodes.models;
+        models[node as usize % models.len()].parse().expect("validated")
+    }
+
+    /// What every node receives when it joins.
+    pub fn settings(&self) -> RunSettings {
+        use wdml_proto::{Aggregate as A, Algorithm, Encoding};
+        let mut settings = RunSettings {
+            run_id: format!("{}-{}", self.run.name, self.run.seed),
+            seed: self.run.seed,
+            rounds: self.run.rounds,
+            nodes: self.nodes.count,
+            local_steps: self.train.local_steps,
+            batch_size: self.train.batch_size,
+            learning_rate: self.train.learning_rate,
+            temperature: self.train.temperature,
+            kl_weight: self.train.kl_weight,
+            public_batch: self.exchange.public_batch,
+            frame_bytes: self.exchange.frame_bytes,
+            max_message_bytes: self.exchange.max_message_bytes,
+            data_dir: self.data.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            partition: self.data.partition.clone(),
+            public_pool: self.data.public_pool,
+            test_size: self.data.test_size,
+            heartbeat_interval_ms: self.coordinator.heartbeat_interval_ms,
+            ..RunSettings::default()
+        };
+        settings.set_algorithm(match self.run.algorithm {
+            AlgorithmName::Dml => Algorithm::Dml,
+            AlgorithmName::Local => Algorithm::Local,
+        });
+        settings.set_encoding(match self.exchange.encoding {
+            EncodingName::F32 => Encoding::F32,
+            EncodingName::F16 => Encoding::F16,
+            EncodingName::Q8 => Encoding::Q8,
+        });
+        settings.set_aggregate(match self.train.aggregate {
+            Aggregate::Mean => A::Mean,
+            Aggregate::Median => A::Median,
+            Aggregate::TrimmedMean => A::TrimmedMean,
+        });
+        settings
+    }
+
+    /// The coordinator's configuration for a run written to `run_dir`.
+    pub fn coordinator_config(&self, run_dir: PathBuf) -> Result<wdml_coordinator::Config> {
+        let c = &self.coordinator;
+        Ok(wdml_coordinator::Config {
+            run_dir,
+            settings: self.settings(),
+            min_nodes: c.min_nodes.unwrap_or(self.nodes.count),
+            join_timeout: Duration::from_millis(c.join_timeout_ms),
+            round_timeout: Duration::from_millis(c.round_timeout_ms),
+            exchange_timeout: Duration::from_millis(self.exchange.timeout_ms),
+            heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
+            resolved: serde_json::to_value(self)?,
+        })
+    }
+
+    /// The scenario as TOML, for the run directory.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+fn positive(field: &str, value: u64) -> Result<()> {
+    if value == 0 {
+        bail!("{field} must be at least 1");
+    }
+    Ok(())
+}
+
+/// Applies `section.field=value` to the raw TOML table. The value is read as TOML
+/// (`5`, `0.1`, `"q8"`, `["mlp", "cnn"]`) and, failing that, as a bare string.
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
+    let (key, raw) = assignment
+        .split_once('=')
+        .with_context(|| format!("override {assignment:?} must look like section.field=value"))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let path: Vec<&str> = key.trim().split('.').collect();
+    let (last, sections) = path.split_last().expect("split yields at least one item");
+    let mut node = table;
+    for section in sections {
+        node = node
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("override {key}: {section} is not a section"))?;
+    }
+    node.insert(last.to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_quickstart_is_valid() {
+        let s = Scenario::load(None, &[]).unwrap();
+        assert_eq!(s.nodes.count, 4);
+    }
+
+    #[test]
+    fn overrides_reach_any_field() {
+        let s = Scenario::load(
+            None,
+            &["run.rounds=3".into(), "exchange.encoding=f16".into(), "nodes.models=[\"cnn:4,8,16\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(s.run.rounds, 3);
+        assert_eq!(s.exchange.encoding, EncodingName::F16);
+        assert_eq!(s.model_of(3).to_string(), "cnn:4,8,16");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("run.rounds=0", "run.rounds"),
+            ("run.algorithm=\"fedsgd\"", "algorithm"),
+            ("exchange.encoding=\"f8\"", "encoding"),
+            ("train.learning_rate=-1.0", "train.learning_rate"),
+            ("data.partition=\"dirichlet:-1\"", "data"),
+            ("exchange.public_batch=5000", "exchange.public_batch"),
+            ("nodes.models=[\"resnet\"]", "nodes.models[0]"),
+            ("train.unknown=1", "unknown"),
+            ("coordinator.min_nodes=9", "coordinator.min_nodes"),
+        ];
+        for (assignment, field) in cases {
+            let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
+            assert!(error.contains(field), "{assignment}: {error}");
+        }
+    }
+}
