@@ -11,6 +11,12 @@ mod scenario;
 
 use clap::Parser;
 
+/// Candle allocates a fresh buffer for every tensor op; glibc's allocator returns
+/// the large ones to the OS (mmap/munmap) each time. mimalloc keeps them: see the
+/// README's performance notes for the measured difference.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     cli::main(cli)

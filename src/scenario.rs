@@ -41,7 +41,12 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        RunSection { name: "wdml".into(), seed: 42, rounds: 10, algorithm: AlgorithmName::Dml }
+        RunSection {
+            name: "wdml".into(),
+            seed: 42,
+            rounds: 10,
+            algorithm: AlgorithmName::Dml,
+        }
     }
 }
 
@@ -134,7 +139,12 @@ pub struct DataSection {
 
 impl Default for DataSection {
     fn default() -> Self {
-        DataSection { dir: None, partition: "dirichlet:0.5".into(), public_pool: 1000, test_size: 0 }
+        DataSection {
+            dir: None,
+            partition: "dirichlet:0.5".into(),
+            public_pool: 1000,
+            test_size: 0,
+        }
     }
 }
 
@@ -148,7 +158,10 @@ pub struct NodesSection {
 
 impl Default for NodesSection {
     fn default() -> Self {
-        NodesSection { count: 4, models: vec!["mlp".into(), "cnn".into()] }
+        NodesSection {
+            count: 4,
+            models: vec!["mlp".into(), "cnn".into()],
+        }
     }
 }
 
@@ -191,16 +204,26 @@ impl Scenario {
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
         }
-        let scenario: Scenario =
-            table.try_into().map_err(|e: toml::de::Error| anyhow::anyhow!("{source}: {}", e.message()))?;
+        // The path names the field: "run.algorithm: unknown variant `x`, expected …".
+        let scenario: Scenario = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| anyhow::anyhow!("{source}: {}: {}", e.path(), e.inner().message()))?;
         scenario.validate()?;
         Ok(scenario)
     }
 
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
-        if self.run.name.is_empty() || !self.run.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            bail!("run.name {:?} must be non-empty letters, digits, '-', '_' or '.'", self.run.name);
+        if self.run.name.is_empty()
+            || !self
+                .run
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "run.name {:?} must be non-empty letters, digits, '-', '_' or '.'",
+                self.run.name
+            );
         }
         positive("run.rounds", u64::from(self.run.rounds))?;
         positive("nodes.count", u64::from(self.nodes.count))?;
@@ -208,7 +231,9 @@ impl Scenario {
             bail!("nodes.models must list at least one model, e.g. [\"mlp\", \"cnn\"]");
         }
         for (i, model) in self.nodes.models.iter().enumerate() {
-            model.parse::<ModelSpec>().with_context(|| format!("nodes.models[{i}]"))?;
+            model
+                .parse::<ModelSpec>()
+                .with_context(|| format!("nodes.models[{i}]"))?;
         }
         positive("train.local_steps", u64::from(self.train.local_steps))?;
         positive("train.batch_size", u64::from(self.train.batch_size))?;
@@ -216,8 +241,12 @@ impl Scenario {
         positive("exchange.public_batch", u64::from(self.exchange.public_batch))?;
         positive("exchange.frame_bytes", u64::from(self.exchange.frame_bytes))?;
         positive("exchange.timeout_ms", self.exchange.timeout_ms)?;
-        if self.exchange.max_message_bytes == 0 || self.exchange.max_message_bytes > wdml_node::plan::MAX_MESSAGE_BYTES {
-            bail!("exchange.max_message_bytes must be between 1 and {}", wdml_node::plan::MAX_MESSAGE_BYTES);
+        if self.exchange.max_message_bytes == 0 || self.exchange.max_message_bytes > wdml_node::plan::MAX_MESSAGE_BYTES
+        {
+            bail!(
+                "exchange.max_message_bytes must be between 1 and {}",
+                wdml_node::plan::MAX_MESSAGE_BYTES
+            );
         }
         let message = u64::from(self.exchange.public_batch) * 10 * self.encoding_width();
         if message > self.exchange.max_message_bytes {
@@ -277,7 +306,12 @@ impl Scenario {
             public_batch: self.exchange.public_batch,
             frame_bytes: self.exchange.frame_bytes,
             max_message_bytes: self.exchange.max_message_bytes,
-            data_dir: self.data.dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            data_dir: self
+                .data
+                .dir
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
             partition: self.data.partition.clone(),
             public_pool: self.data.public_pool,
             test_size: self.data.test_size,
@@ -367,7 +401,11 @@ mod tests {
     fn overrides_reach_any_field() {
         let s = Scenario::load(
             None,
-            &["run.rounds=3".into(), "exchange.encoding=f16".into(), "nodes.models=[\"cnn:4,8,16\"]".into()],
+            &[
+                "run.rounds=3".into(),
+                "exchange.encoding=f16".into(),
+                "nodes.models=[\"cnn:4,8,16\"]".into(),
+            ],
         )
         .unwrap();
         assert_eq!(s.run.rounds, 3);

@@ -50,7 +50,7 @@ pub use loss::{
 pub use preset::{Preset, Shaping};
 pub use propagation::{Fading, PathLoss};
 pub use radio::{MAX_RETRANSMISSIONS_LIMIT, RadioParams, airtime_s};
-pub use rng::derive_external_seed;
+pub use rng::{derive_external_seed, purpose};
 pub use topology::Topology;
 pub use transmission::{
     BroadcastAttempt, BroadcastOutcome, BroadcastTransmission, FrameAttempt, ReceiverOutcome,

@@ -37,11 +37,26 @@ pub(crate) enum Stream {
     External = 6,
 }
 
-/// A seed for a random quantity outside the channel, named by `words` (a purpose tag
-/// and coordinates), derived from `run_seed` exactly as the channel derives its own:
-/// one derivation for the whole system.
+/// A seed for a random quantity outside the channel, named by `words` (a [`purpose`]
+/// tag and coordinates), derived from `run_seed` exactly as the channel derives its
+/// own: one derivation for the whole system.
 pub fn derive_external_seed(run_seed: u64, words: &[u64]) -> u64 {
     derive_seed(run_seed, Stream::External, words)
+}
+
+/// The purposes of the draws made outside the channel, all in one place so that no
+/// two share a seed.
+pub mod purpose {
+    /// A node's model initialisation (coordinate: node id).
+    pub const MODEL: u64 = 1;
+    /// A node's private mini-batches (coordinate: node id).
+    pub const BATCHES: u64 = 2;
+    /// The public batch of a round (coordinate: round).
+    pub const PUBLIC_BATCH: u64 = 3;
+    /// The coordinator's round tokens.
+    pub const ROUND_TOKENS: u64 = 4;
+    /// The coordinator's session numbers.
+    pub const SESSIONS: u64 = 5;
 }
 
 /// A 64-bit seed for `stream` at the coordinates `words`, derived from `run_seed`.

@@ -42,7 +42,10 @@ impl Config {
         if self.min_nodes == 0 || self.min_nodes > s.nodes {
             return Err(Error::config(
                 "coordinator.min_nodes",
-                format!("must be between 1 and the number of nodes ({}), got {}", s.nodes, self.min_nodes),
+                format!(
+                    "must be between 1 and the number of nodes ({}), got {}",
+                    s.nodes, self.min_nodes
+                ),
             ));
         }
         for (field, value) in [

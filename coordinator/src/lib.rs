@@ -33,11 +33,7 @@ use wdml_proto::coordinator_server::CoordinatorServer;
 
 /// Runs the coordinator on an already bound listener until the run is over or
 /// `shutdown` completes; returns the run's summary (also written to the run directory).
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Summary> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(service::Shared::new(config)?);

@@ -67,7 +67,10 @@ impl Members {
             nodes,
             by_id: BTreeMap::new(),
             // Sessions only need to be unguessable by accident, not by an attacker.
-            rng: StdRng::seed_from_u64(seed ^ 0x5eed_5e55_1011),
+            rng: StdRng::seed_from_u64(wdml_channel::derive_external_seed(
+                seed,
+                &[wdml_channel::purpose::SESSIONS],
+            )),
             next_connection: 0,
             events: Vec::new(),
         }
@@ -84,7 +87,9 @@ impl Members {
         }
         validate_address(&request.advertise)?;
         if request.model.trim().is_empty() {
-            return Err(Status::invalid_argument("model must describe the node's model, e.g. \"mlp:256,128\""));
+            return Err(Status::invalid_argument(
+                "model must describe the node's model, e.g. \"mlp:256,128\"",
+            ));
         }
         let rejoin = match self.by_id.get(&id) {
             Some(m) if matches!(m.presence, Presence::Live | Presence::Joined) => {
@@ -153,16 +158,21 @@ impl Members {
     }
 
     pub fn is_current(&self, id: u32, connection: u64) -> bool {
-        self.by_id.get(&id).and_then(|m| m.outbox.as_ref()).is_some_and(|(c, _)| *c == connection)
+        self.by_id
+            .get(&id)
+            .and_then(|m| m.outbox.as_ref())
+            .is_some_and(|(c, _)| *c == connection)
     }
 
     /// Marks a node gone (or left) and tells every other live node to stop waiting for
     /// it. `connection` (if given) must be the node's current one, so that an old stream
     /// closing late never marks a node that reconnected. Returns whether anything changed.
     pub fn remove(&mut self, id: u32, connection: Option<u64>, presence: Presence, round: u32, reason: &str) -> bool {
-        let Some(member) = self.by_id.get_mut(&id) else { return false };
+        let Some(member) = self.by_id.get_mut(&id) else {
+            return false;
+        };
         if let Some(c) = connection
-            && !member.outbox.as_ref().is_some_and(|(current, _)| *current == c)
+            && member.outbox.as_ref().is_none_or(|(current, _)| *current != c)
         {
             return false;
         }
@@ -173,7 +183,9 @@ impl Members {
         member.outbox = None;
         let event = if presence == Presence::Left { "left" } else { "gone" };
         self.record(id, event, round, reason.to_string());
-        let gone = CoordinatorEvent { event: Some(Event::MemberGone(MemberGone { node_id: id })) };
+        let gone = CoordinatorEvent {
+            event: Some(Event::MemberGone(MemberGone { node_id: id })),
+        };
         for other in self.live() {
             // A full outbox means that node is not reading; it will be reaped itself.
             let _ = other.outbox.as_ref().map(|(_, tx)| tx.try_send(Ok(gone.clone())));
@@ -190,7 +202,9 @@ impl Members {
 
     /// Members with an open stream.
     pub fn live(&self) -> impl Iterator<Item = &Member> {
-        self.by_id.values().filter(|m| m.presence == Presence::Live && m.outbox.is_some())
+        self.by_id
+            .values()
+            .filter(|m| m.presence == Presence::Live && m.outbox.is_some())
     }
 
     pub fn get(&self, id: u32) -> Option<&Member> {
@@ -207,7 +221,12 @@ impl Members {
 
     fn record(&mut self, node: u32, event: &'static str, round: u32, reason: String) {
         tracing::info!(node, event, round, %reason, "membership");
-        self.events.push(MembershipEvent { node, event, round, reason });
+        self.events.push(MembershipEvent {
+            node,
+            event,
+            round,
+            reason,
+        });
     }
 }
 
@@ -215,7 +234,9 @@ impl Members {
 /// since every other node dials it.
 fn validate_address(address: &str) -> Result<(), Status> {
     let bad = |why: &str| {
-        Status::invalid_argument(format!("advertise address {address:?} {why}; expected host:port, e.g. 192.168.1.20:7001"))
+        Status::invalid_argument(format!(
+            "advertise address {address:?} {why}; expected host:port, e.g. 192.168.1.20:7001"
+        ))
     };
     let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("has no port"))?;
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -232,13 +253,21 @@ mod tests {
     use super::*;
 
     fn request(id: u32, advertise: &str) -> JoinRequest {
-        JoinRequest { node_id: id, advertise: advertise.into(), model: "mlp:8".into(), parameters: 10 }
+        JoinRequest {
+            node_id: id,
+            advertise: advertise.into(),
+            model: "mlp:8".into(),
+            parameters: 10,
+        }
     }
 
     #[test]
     fn join_validates_id_and_address() {
         let mut members = Members::new(3, 1);
-        assert_eq!(members.join(&request(3, "127.0.0.1:1"), 0).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            members.join(&request(3, "127.0.0.1:1"), 0).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "host:x"] {
             let status = members.join(&request(0, bad), 0).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
@@ -252,13 +281,19 @@ mod tests {
         let session = members.join(&request(1, "h:1"), 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
         let connection = members.attach(1, session, tx).unwrap();
-        assert_eq!(members.join(&request(1, "h:1"), 0).unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(
+            members.join(&request(1, "h:1"), 0).unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
         // A stale connection number changes nothing.
         assert!(!members.remove(1, Some(connection + 1), Presence::Gone, 2, "x"));
         assert!(members.remove(1, Some(connection), Presence::Gone, 2, "stream closed"));
         let again = members.join(&request(1, "h:2"), 3).unwrap();
         assert_ne!(again, session);
-        assert_eq!(members.authenticate(1, session).unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            members.authenticate(1, session).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
         let events: Vec<_> = members.events.iter().map(|e| e.event).collect();
         assert_eq!(events, ["joined", "gone", "rejoined"]);
     }

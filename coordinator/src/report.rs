@@ -19,6 +19,7 @@ pub struct MetricsRow {
     pub round: u32,
     pub node: u32,
     pub model: String,
+    pub private_samples: u32,
     pub train_loss: f64,
     pub ce_loss: f64,
     pub kl_loss: f64,
@@ -55,6 +56,7 @@ impl MetricsRow {
             round,
             node,
             model,
+            private_samples: m.private_samples,
             train_loss: m.train_loss,
             ce_loss: m.ce_loss,
             kl_loss: m.kl_loss,
@@ -89,6 +91,7 @@ pub struct NodeSummary {
     pub id: u32,
     pub model: String,
     pub parameters: u64,
+    pub private_samples: u32,
     /// "finished", "gone" or "left".
     pub status: String,
     pub rounds_reported: u32,
@@ -137,7 +140,12 @@ pub struct MembershipEventRecord {
 
 impl From<&MembershipEvent> for MembershipEventRecord {
     fn from(e: &MembershipEvent) -> Self {
-        MembershipEventRecord { node: e.node, event: e.event.to_string(), round: e.round, reason: e.reason.clone() }
+        MembershipEventRecord {
+            node: e.node,
+            event: e.event.to_string(),
+            round: e.round,
+            reason: e.reason.clone(),
+        }
     }
 }
 
@@ -225,8 +233,12 @@ impl Report {
     /// Builds the summary from the rows and the membership, and writes `summary.json`.
     pub fn write_summary(&self, members: &Members, finished: bool, reason: &str) -> Result<Summary> {
         let last_round = self.rows.iter().map(|r| r.round).max();
-        let final_accuracies: Vec<f64> =
-            self.rows.iter().filter(|r| Some(r.round) == last_round).map(|r| r.test_accuracy).collect();
+        let final_accuracies: Vec<f64> = self
+            .rows
+            .iter()
+            .filter(|r| Some(r.round) == last_round)
+            .map(|r| r.test_accuracy)
+            .collect();
         let nodes = members
             .all()
             .map(|m| {
@@ -237,11 +249,18 @@ impl Report {
                     Presence::Left => "left",
                 };
                 let sum = |f: fn(&MetricsRow) -> f64| rows.iter().map(|r| f(r)).sum::<f64>();
-                let mean_of = |f: fn(&MetricsRow) -> f64| if rows.is_empty() { 0.0 } else { sum(f) / rows.len() as f64 };
+                let mean_of = |f: fn(&MetricsRow) -> f64| {
+                    if rows.is_empty() {
+                        0.0
+                    } else {
+                        sum(f) / rows.len() as f64
+                    }
+                };
                 NodeSummary {
                     id: m.id,
                     model: m.model.clone(),
                     parameters: m.parameters,
+                    private_samples: rows.first().map_or(0, |r| r.private_samples),
                     status: status.to_string(),
                     rounds_reported: rows.len() as u32,
                     final_accuracy: rows.last().map(|r| r.test_accuracy),
@@ -274,8 +293,14 @@ impl Report {
             nodes,
             events: members.events.iter().map(MembershipEventRecord::from).collect(),
         };
-        fs::write(self.dir.join("summary.json"), serde_json::to_string_pretty(&summary)? + "\n")?;
-        fs::write(self.dir.join("report.md"), format!("# {}\n\n```text\n{}```\n", summary.run_id, summary.table()))?;
+        fs::write(
+            self.dir.join("summary.json"),
+            serde_json::to_string_pretty(&summary)? + "\n",
+        )?;
+        fs::write(
+            self.dir.join("report.md"),
+            format!("# {}\n\n```text\n{}```\n", summary.run_id, summary.table()),
+        )?;
         Ok(summary)
     }
 }

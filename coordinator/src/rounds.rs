@@ -10,9 +10,10 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::time::timeout_at;
 use tracing::{info, warn};
 use wdml_proto::{
-    CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event,
-    run_event,
+    CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
+
+use wdml_channel::{derive_external_seed, purpose};
 
 use crate::members::Presence;
 use crate::report::Summary;
@@ -32,7 +33,7 @@ pub(crate) enum Ending {
 pub(crate) async fn drive(shared: Arc<Shared>) -> Result<Ending> {
     wait_for_members(&shared).await?;
     let settings = &shared.config.settings;
-    let mut tokens = StdRng::seed_from_u64(mix(settings.seed, 0x70c3_e5));
+    let mut tokens = StdRng::seed_from_u64(derive_external_seed(settings.seed, &[purpose::ROUND_TOKENS]));
     for round in 0..settings.rounds {
         let token = tokens.random::<u64>() | 1;
         open_round(&shared, round, token)?;
@@ -56,7 +57,11 @@ async fn wait_for_members(shared: &Shared) -> Result<()> {
         }
         if tokio::time::Instant::now() >= deadline {
             if live >= config.min_nodes as usize {
-                warn!(live, expected = config.settings.nodes, "join timeout: starting with the nodes present");
+                warn!(
+                    live,
+                    expected = config.settings.nodes,
+                    "join timeout: starting with the nodes present"
+                );
                 return Ok(());
             }
             return Err(Error::NotEnoughNodes {
@@ -88,16 +93,21 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         let neighbours = live
             .iter()
             .filter(|(j, _, _)| j != id)
-            .map(|(j, address, _)| Peer { node_id: *j, address: address.clone() })
+            .map(|(j, address, _)| Peer {
+                node_id: *j,
+                address: address.clone(),
+            })
             .collect();
         let start = StartRound {
             round,
             round_token: token,
-            public_seed: mix(settings.seed, u64::from(round) + 1),
+            public_seed: derive_external_seed(settings.seed, &[purpose::PUBLIC_BATCH, u64::from(round)]),
             neighbours,
             exchange_timeout_ms: shared.config.exchange_timeout.as_millis() as u32,
         };
-        let event = CoordinatorEvent { event: Some(coordinator_event::Event::StartRound(start)) };
+        let event = CoordinatorEvent {
+            event: Some(coordinator_event::Event::StartRound(start)),
+        };
         let member = state.members.get(*id).expect("listed as live");
         if send_to(member, event) {
             participants.push((*id, *connection));
@@ -138,7 +148,11 @@ async fn wait_at_barrier(shared: &Shared) {
             return;
         }
         // Also re-check now and then: a connection replaced without a wake-up.
-        let _ = timeout_at(deadline.min(tokio::time::Instant::now() + POLL), shared.changed.notified()).await;
+        let _ = timeout_at(
+            deadline.min(tokio::time::Instant::now() + POLL),
+            shared.changed.notified(),
+        )
+        .await;
     }
 }
 
@@ -160,7 +174,9 @@ fn close_round(shared: &Shared) {
         mean_accuracy = format!("{:.4}", event.mean_accuracy),
         "round closed"
     );
-    let _ = shared.watchers.send(RunEvent { event: Some(run_event::Event::RoundClosed(event)) });
+    let _ = shared.watchers.send(RunEvent {
+        event: Some(run_event::Event::RoundClosed(event)),
+    });
 }
 
 /// Ends the run: tells every live node, writes the summary, tells the watchers, and
@@ -176,15 +192,26 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
         state.finished = true;
         state.open = None;
         let rounds_closed = shared.report.lock().unwrap_or_else(|p| p.into_inner()).rounds_closed();
-        let complete = RunComplete { rounds_closed, finished, reason: reason.clone() };
+        let complete = RunComplete {
+            rounds_closed,
+            finished,
+            reason: reason.clone(),
+        };
         for member in state.members.live() {
-            send_to(member, CoordinatorEvent { event: Some(coordinator_event::Event::RunComplete(complete.clone())) });
+            send_to(
+                member,
+                CoordinatorEvent {
+                    event: Some(coordinator_event::Event::RunComplete(complete.clone())),
+                },
+            );
         }
         let report = shared.report.lock().unwrap_or_else(|p| p.into_inner());
         report.write_summary(&state.members, finished, &reason)
     };
     let run_dir = shared.config.run_dir.display().to_string();
-    let _ = shared.watchers.send(RunEvent { event: Some(run_event::Event::RunFinished(RunFinished { run_dir, finished })) });
+    let _ = shared.watchers.send(RunEvent {
+        event: Some(run_event::Event::RunFinished(RunFinished { run_dir, finished })),
+    });
     // Nodes leave as soon as they read RunComplete; don't cut their streams first.
     let grace = tokio::time::Instant::now() + Duration::from_secs(3);
     while tokio::time::Instant::now() < grace && shared.state().members.all().any(|m| m.presence == Presence::Live) {
@@ -194,13 +221,4 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
     shared.state().members.close_all_streams();
     let summary = summary?;
     outcome.map(|_| summary)
-}
-
-/// Mixes two numbers into a well-spread seed (splitmix64 finaliser), so per-round
-/// seeds from one run seed are unrelated to each other.
-pub(crate) fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }

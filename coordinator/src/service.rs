@@ -11,8 +11,8 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 use wdml_proto::{
-    CoordinatorEvent, Done, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, RunEvent,
-    WatchRequest, coordinator_server::Coordinator, node_event::Event,
+    CoordinatorEvent, Done, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, RunEvent, WatchRequest,
+    coordinator_server::Coordinator, node_event::Event,
 };
 
 use crate::members::{Members, Presence};
@@ -55,7 +55,12 @@ impl Shared {
         let report = Report::create(&config)?;
         let members = Members::new(config.settings.nodes, config.settings.seed);
         Ok(Shared {
-            state: Mutex::new(State { members, open: None, round: 0, finished: false }),
+            state: Mutex::new(State {
+                members,
+                open: None,
+                round: 0,
+                finished: false,
+            }),
             changed: Notify::new(),
             watchers: broadcast::channel(1024).0,
             report: Mutex::new(report),
@@ -103,7 +108,10 @@ impl Coordinator for CoordinatorService {
         let session = state.members.join(&request, round)?;
         drop(state);
         self.shared.changed.notify_one();
-        Ok(Response::new(JoinResponse { session, settings: Some(self.shared.config.settings.clone()) }))
+        Ok(Response::new(JoinResponse {
+            session,
+            settings: Some(self.shared.config.settings.clone()),
+        }))
     }
 
     type SyncStream = EventStream<CoordinatorEvent>;
@@ -111,12 +119,22 @@ impl Coordinator for CoordinatorService {
     async fn sync(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::SyncStream>, Status> {
         let mut inbound = request.into_inner();
         let hello = match inbound.message().await? {
-            Some(NodeEvent { event: Some(Event::Hello(hello)) }) => hello,
-            _ => return Err(Status::invalid_argument("the first message on a Sync stream must be Hello")),
+            Some(NodeEvent {
+                event: Some(Event::Hello(hello)),
+            }) => hello,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message on a Sync stream must be Hello",
+                ));
+            }
         };
         // Room for a few rounds of events: the node drains it continuously.
         let (outbox, rx) = mpsc::channel(64);
-        let connection = self.shared.state().members.attach(hello.node_id, hello.session, outbox)?;
+        let connection = self
+            .shared
+            .state()
+            .members
+            .attach(hello.node_id, hello.session, outbox)?;
         debug!(node = hello.node_id, connection, "sync stream open");
         self.shared.changed.notify_one();
         let shared = self.shared.clone();
@@ -141,7 +159,10 @@ impl Coordinator for CoordinatorService {
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
         let request = request.into_inner();
-        self.shared.state().members.authenticate(request.node_id, request.session)?;
+        self.shared
+            .state()
+            .members
+            .authenticate(request.node_id, request.session)?;
         self.shared.remove(request.node_id, None, Presence::Left, "left");
         Ok(Response::new(LeaveResponse {}))
     }
@@ -189,21 +210,34 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
 /// for another round is not an error: a straggler's report arrives after its round
 /// closed, and is only logged.
 fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
-    let metrics = done.metrics.ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
+    let metrics = done
+        .metrics
+        .ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
     validate_metrics(&metrics)?;
     let Some(open) = state.open.as_mut() else {
         info!(node = id, round = done.round, "report arrived between rounds; ignored");
         return Ok(false);
     };
     if done.round != open.round || done.round_token != open.token {
-        info!(node = id, round = done.round, open = open.round, "late report for a closed round; ignored");
+        info!(
+            node = id,
+            round = done.round,
+            open = open.round,
+            "late report for a closed round; ignored"
+        );
         return Ok(false);
     }
     if !open.participants.contains_key(&id) {
-        return Err(Status::failed_precondition(format!("node {id} is not a participant of round {}", open.round)));
+        return Err(Status::failed_precondition(format!(
+            "node {id} is not a participant of round {}",
+            open.round
+        )));
     }
     if open.reported.insert(id, (metrics, Instant::now())).is_some() {
-        return Err(Status::already_exists(format!("node {id} reported round {} twice", done.round)));
+        return Err(Status::already_exists(format!(
+            "node {id} reported round {} twice",
+            done.round
+        )));
     }
     if let Some(member) = state.members.get_mut(id) {
         member.rounds_reported += 1;
@@ -227,11 +261,16 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
     ];
     for (name, value) in values {
         if !value.is_finite() || value < 0.0 {
-            return Err(Status::invalid_argument(format!("metric {name} = {value} must be finite and ≥ 0")));
+            return Err(Status::invalid_argument(format!(
+                "metric {name} = {value} must be finite and ≥ 0"
+            )));
         }
     }
     if m.test_accuracy > 1.0 {
-        return Err(Status::invalid_argument(format!("test_accuracy {} is above 1", m.test_accuracy)));
+        return Err(Status::invalid_argument(format!(
+            "test_accuracy {} is above 1",
+            m.test_accuracy
+        )));
     }
     Ok(())
 }
@@ -260,7 +299,10 @@ pub(crate) async fn reap_silent_members(shared: Arc<Shared>) {
 /// Sends an event to a member's stream without waiting: a member whose outbox is
 /// full is not reading and will be reaped by its heartbeat timeout.
 pub(crate) fn send_to(member: &crate::members::Member, event: CoordinatorEvent) -> bool {
-    member.outbox.as_ref().is_some_and(|(_, tx)| tx.try_send(Ok(event)).is_ok())
+    member
+        .outbox
+        .as_ref()
+        .is_some_and(|(_, tx)| tx.try_send(Ok(event)).is_ok())
 }
 
 /// How long the driver waits between re-checks when nothing wakes it.

@@ -18,7 +18,12 @@ fn render(summary: &Summary) -> String {
     let _ = writeln!(
         out,
         "run {} ({}): {status}, {}/{} rounds in {:.1} s, {:.0} ms per round",
-        summary.run_id, summary.algorithm, summary.rounds_closed, summary.rounds_planned, summary.wall_s, summary.mean_round_ms
+        summary.run_id,
+        summary.algorithm,
+        summary.rounds_closed,
+        summary.rounds_planned,
+        summary.wall_s,
+        summary.mean_round_ms
     );
     if !summary.finished {
         let _ = writeln!(out, "reason: {}", summary.reason);
@@ -47,7 +52,12 @@ fn render(summary: &Summary) -> String {
         );
     }
     if let (Some(mean), Some(min)) = (summary.mean_final_accuracy, summary.min_final_accuracy) {
-        let _ = writeln!(out, "mean final accuracy {:.2}%, worst node {:.2}%", 100.0 * mean, 100.0 * min);
+        let _ = writeln!(
+            out,
+            "mean final accuracy {:.2}%, worst node {:.2}%",
+            100.0 * mean,
+            100.0 * min
+        );
     }
     out
 }

@@ -11,9 +11,7 @@
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
-use wdml_node::learn::{
-    Aggregate, Learner, LearnerConfig, labels_tensor, soft_targets, targets_tensor,
-};
+use wdml_node::learn::{Aggregate, Learner, LearnerConfig, labels_tensor, soft_targets, targets_tensor};
 use wdml_node::model::{CLASSES, INPUT_DIM, ModelSpec};
 
 const PRIVATE: usize = 64;
@@ -23,14 +21,10 @@ const STEPS: usize = 20;
 
 /// Deterministic pseudo-pixels in [−1, 1) (a cheap LCG: timing does not care).
 fn pixels(rows: usize, seed: u64) -> Tensor {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let v: Vec<f32> = (0..rows * INPUT_DIM)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
@@ -54,8 +48,7 @@ fn step_timing() {
     let threads = candle_core::utils::get_num_threads();
     println!("candle threads: {threads}, private batch {PRIVATE}, public batch {PUBLIC}");
     let xs = pixels(PRIVATE, 1);
-    let ys =
-        labels_tensor((0..PRIVATE as u32).map(|i| i % CLASSES as u32).collect()).expect("labels");
+    let ys = labels_tensor((0..PRIVATE as u32).map(|i| i % CLASSES as u32).collect()).expect("labels");
     let public = pixels(PUBLIC, 2);
     let cfg = LearnerConfig {
         learning_rate: 1e-3,

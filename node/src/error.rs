@@ -35,6 +35,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// A config error naming `field`.
     pub fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Config { field: field.into(), reason: reason.into() }
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -40,15 +40,27 @@ impl RunPlan {
     /// Checks the settings a coordinator sent; every error names the field.
     pub fn from_settings(s: RunSettings) -> Result<Self> {
         fn positive(field: &str, value: u32) -> Result<u32> {
-            if value == 0 { Err(Error::config(field, "must be at least 1")) } else { Ok(value) }
+            if value == 0 {
+                Err(Error::config(field, "must be at least 1"))
+            } else {
+                Ok(value)
+            }
         }
         let algorithm = match Algorithm::try_from(s.algorithm) {
             Ok(a @ (Algorithm::Dml | Algorithm::Local)) => a,
-            _ => return Err(Error::config("run.algorithm", format!("unknown algorithm {}; expected dml or local", s.algorithm))),
+            _ => {
+                return Err(Error::config(
+                    "run.algorithm",
+                    format!("unknown algorithm {}; expected dml or local", s.algorithm),
+                ));
+            }
         };
         let encoding = match Encoding::try_from(s.encoding) {
             Ok(Encoding::Unspecified) | Err(_) => {
-                return Err(Error::config("exchange.encoding", format!("unknown encoding {}; expected f32, f16 or q8", s.encoding)));
+                return Err(Error::config(
+                    "exchange.encoding",
+                    format!("unknown encoding {}; expected f32, f16 or q8", s.encoding),
+                ));
             }
             Ok(e) => e,
         };
@@ -56,7 +68,12 @@ impl RunPlan {
             Ok(wdml_proto::Aggregate::Mean) => Aggregate::Mean,
             Ok(wdml_proto::Aggregate::Median) => Aggregate::Median,
             Ok(wdml_proto::Aggregate::TrimmedMean) => Aggregate::TrimmedMean,
-            _ => return Err(Error::config("train.aggregate", format!("unknown aggregate {}", s.aggregate))),
+            _ => {
+                return Err(Error::config(
+                    "train.aggregate",
+                    format!("unknown aggregate {}", s.aggregate),
+                ));
+            }
         };
         if s.run_id.is_empty() {
             return Err(Error::config("run.id", "must not be empty"));
@@ -67,7 +84,11 @@ impl RunPlan {
                 format!("must be between 1 and {MAX_MESSAGE_BYTES}, got {}", s.max_message_bytes),
             ));
         }
-        let learner = LearnerConfig { learning_rate: s.learning_rate, temperature: s.temperature, kl_weight: s.kl_weight };
+        let learner = LearnerConfig {
+            learning_rate: s.learning_rate,
+            temperature: s.temperature,
+            kl_weight: s.kl_weight,
+        };
         learner.validate()?;
         let partition: Partition = s.partition.parse()?;
         Ok(RunPlan {

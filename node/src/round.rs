@@ -72,8 +72,10 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     let t = Instant::now();
     let (ce, kl, total) = block_in_place(|| train(node, distill.as_ref()))?;
     // 5. Evaluate.
-    let evaluation =
-        block_in_place(|| node.learner.evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH))?;
+    let evaluation = block_in_place(|| {
+        node.learner
+            .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
+    })?;
     compute += t.elapsed();
 
     metrics.ce_loss = ce;
@@ -82,6 +84,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     metrics.test_accuracy = f64::from(evaluation.accuracy);
     metrics.test_loss = f64::from(evaluation.loss);
     metrics.compute_ms = ms(compute);
+    metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     debug!(round = start.round, accuracy = metrics.test_accuracy, "round done");
     Ok(metrics)
@@ -98,8 +101,12 @@ async fn exchange(
 ) -> Collected {
     let plan = &node.plan;
     let encoded = codec::encode(logits, plan.public_batch as u32, CLASSES as u32, plan.encoding);
-    let envelope =
-        Envelope { run_id: plan.run_id.clone(), round: start.round, round_token: start.round_token, sender: node.id };
+    let envelope = Envelope {
+        run_id: plan.run_id.clone(),
+        round: start.round,
+        round_token: start.round_token,
+        sender: node.id,
+    };
     let frames = codec::frames(&envelope, &encoded, plan.frame_bytes);
 
     let mut sends = JoinSet::new();
@@ -140,7 +147,13 @@ fn targets(plan: &RunPlan, public: Tensor, collected: &Collected) -> Result<Opti
         return Ok(None);
     }
     let peers: Vec<&[f32]> = collected.messages.iter().map(|m| m.values.as_slice()).collect();
-    let target = soft_targets(&peers, plan.public_batch, CLASSES, plan.learner.temperature, plan.aggregate)?;
+    let target = soft_targets(
+        &peers,
+        plan.public_batch,
+        CLASSES,
+        plan.learner.temperature,
+        plan.aggregate,
+    )?;
     let target = Tensor::from_vec(target, (plan.public_batch, CLASSES), &Device::Cpu).map_err(Error::from)?;
     Ok(Some((public, target)))
 }
@@ -151,7 +164,9 @@ fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<(f64, f6
     let (mut ce, mut kl, mut total) = (0.0, 0.0, 0.0);
     for _ in 0..steps {
         let (images, labels) = node.batches.next_batch(&node.shard)?;
-        let losses = node.learner.train_step(&images, &labels, distill.map(|(p, t)| (p, t)))?;
+        let losses = node
+            .learner
+            .train_step(&images, &labels, distill.map(|(p, t)| (p, t)))?;
         ce += f64::from(losses.ce);
         kl += f64::from(losses.kl);
         total += f64::from(losses.total);

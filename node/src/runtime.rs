@@ -66,11 +66,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let advertise = advertised_address(&config, &listener)?;
     let coordinator = Coordinator::new(&config)?;
     let parameters = config.model.parameter_count() as u64;
-    let join = JoinRequest { node_id: config.id, advertise: advertise.clone(), model: config.model.to_string(), parameters };
+    let join = JoinRequest {
+        node_id: config.id,
+        advertise: advertise.clone(),
+        model: config.model.to_string(),
+        parameters,
+    };
     let (session, settings) = coordinator.join(&join).await?;
     let plan = RunPlan::from_settings(settings)?;
     if config.id >= plan.nodes {
-        return Err(Error::config("node.id", format!("{} is out of range: the run has nodes 0..{}", config.id, plan.nodes)));
+        return Err(Error::config(
+            "node.id",
+            format!("{} is out of range: the run has nodes 0..{}", config.id, plan.nodes),
+        ));
     }
     info!(node = config.id, run = %plan.run_id, %advertise, model = %config.model, parameters, "joined");
 
@@ -99,7 +107,14 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
     let worker = tokio::spawn(round_worker(node, rounds_rx, done_tx));
-    let session = Session { coordinator, join, session, mailbox, rounds: rounds_tx, heartbeat };
+    let session = Session {
+        coordinator,
+        join,
+        session,
+        mailbox,
+        rounds: rounds_tx,
+        heartbeat,
+    };
     let outcome = session.follow(done_rx, shutdown).await;
 
     worker.abort();
@@ -120,7 +135,10 @@ fn advertised_address(config: &Config, listener: &TcpListener) -> Result<String>
     if bound.ip().is_unspecified() {
         return Err(Error::config(
             "node.advertise",
-            format!("the peer service listens on {bound}; give the address other nodes should dial, e.g. --advertise 192.168.1.20:{}", bound.port()),
+            format!(
+                "the peer service listens on {bound}; give the address other nodes should dial, e.g. --advertise 192.168.1.20:{}",
+                bound.port()
+            ),
         ));
     }
     Ok(bound.to_string())
@@ -144,14 +162,26 @@ async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
             test = split.test.len(),
             "data ready"
         );
-        let learner = Learner::new(&model, plan.learner.clone(), seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]))?;
+        let learner = Learner::new(
+            &model,
+            plan.learner,
+            seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]),
+        )?;
         let batches = BatchSampler::new(
             shard.private_len(),
             plan.batch_size,
             seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]),
         );
         let mailbox = Arc::new(Mailbox::new(plan.nodes));
-        Ok(Node { id, plan, learner, shard, batches, mailbox, peers: PeerClients::default() })
+        Ok(Node {
+            id,
+            plan,
+            learner,
+            shard,
+            batches,
+            mailbox,
+            peers: PeerClients::default(),
+        })
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?
@@ -160,7 +190,9 @@ async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
 /// Runs each round the session hands over, and sends back its report.
 async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRound>>, done: mpsc::Sender<Done>) {
     while rounds.changed().await.is_ok() {
-        let Some(start) = rounds.borrow_and_update().clone() else { continue };
+        let Some(start) = rounds.borrow_and_update().clone() else {
+            continue;
+        };
         match run_round(&mut node, &start).await {
             Ok(metrics) => {
                 info!(
@@ -170,7 +202,11 @@ async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRo
                     heard = metrics.peers_heard,
                     "round done"
                 );
-                let report = Done { round: start.round, round_token: start.round_token, metrics: Some(metrics) };
+                let report = Done {
+                    round: start.round,
+                    round_token: start.round_token,
+                    metrics: Some(metrics),
+                };
                 if done.send(report).await.is_err() {
                     return;
                 }
@@ -192,10 +228,19 @@ struct Coordinator {
 impl Coordinator {
     fn new(config: &Config) -> Result<Self> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.coordinator))
-            .map_err(|e| Error::config("node.coordinator", format!("{:?} is not host:port: {e}", config.coordinator)))?
+            .map_err(|e| {
+                Error::config(
+                    "node.coordinator",
+                    format!("{:?} is not host:port: {e}", config.coordinator),
+                )
+            })?
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        Ok(Coordinator { address: config.coordinator.clone(), channel, timeout: config.coordinator_timeout })
+        Ok(Coordinator {
+            address: config.coordinator.clone(),
+            channel,
+            timeout: config.coordinator_timeout,
+        })
     }
 
     fn client(&self) -> CoordinatorClient<Channel> {
@@ -203,7 +248,10 @@ impl Coordinator {
     }
 
     fn error(&self, reason: impl Into<String>) -> Error {
-        Error::Coordinator { address: self.address.clone(), reason: reason.into() }
+        Error::Coordinator {
+            address: self.address.clone(),
+            reason: reason.into(),
+        }
     }
 
     /// Joins, retrying while the coordinator is unreachable or still thinks an
@@ -215,7 +263,9 @@ impl Coordinator {
             match self.client().join(request.clone()).await {
                 Ok(response) => {
                     let response = response.into_inner();
-                    let settings = response.settings.ok_or_else(|| self.error("join answer without run settings"))?;
+                    let settings = response
+                        .settings
+                        .ok_or_else(|| self.error("join answer without run settings"))?;
                     return Ok((response.session, settings));
                 }
                 Err(status) if retryable(&status) && Instant::now() < give_up => {
@@ -231,7 +281,9 @@ impl Coordinator {
     /// Opens the Sync stream: Hello first, then whatever the session sends.
     async fn open(&self, id: u32, session: u64) -> Result<(mpsc::Sender<NodeEvent>, Streaming<CoordinatorEvent>)> {
         let (tx, rx) = mpsc::channel(16);
-        let hello = NodeEvent { event: Some(node_event::Event::Hello(Hello { node_id: id, session })) };
+        let hello = NodeEvent {
+            event: Some(node_event::Event::Hello(Hello { node_id: id, session })),
+        };
         tx.send(hello).await.expect("the receiver is alive");
         let inbound = self
             .client()
@@ -246,7 +298,10 @@ impl Coordinator {
 /// Errors worth another try: the coordinator is not up yet, or has not yet noticed
 /// that our previous connection died.
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::AlreadyExists | Code::Unknown | Code::DeadlineExceeded)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::AlreadyExists | Code::Unknown | Code::DeadlineExceeded
+    )
 }
 
 /// The node's side of the Sync stream.
@@ -330,7 +385,10 @@ impl Session {
     }
 
     async fn leave(&self) {
-        let request = LeaveRequest { node_id: self.join.node_id, session: self.session };
+        let request = LeaveRequest {
+            node_id: self.join.node_id,
+            session: self.session,
+        };
         match tokio::time::timeout(Duration::from_secs(2), self.coordinator.client().leave(request)).await {
             Ok(Ok(_)) => info!(node = self.join.node_id, "left the run"),
             Ok(Err(status)) => warn!("leave refused: {}", status.message()),

@@ -1,9 +1,7 @@
 //! Seeds for this node's random draws, each derived from the run seed and a purpose,
 //! so that adding a draw somewhere never shifts another.
 
-/// Purpose tags.
-pub const MODEL: u64 = 1;
-pub const BATCHES: u64 = 2;
+pub use wdml_channel::purpose::{BATCHES, MODEL};
 
 /// A seed for `words` (a purpose tag and coordinates) derived from `run_seed`.
 pub fn derive(run_seed: u64, words: &[u64]) -> u64 {

@@ -22,7 +22,10 @@ impl Shard {
     /// Gathers node `node`'s part of `split` into tensors, once for the whole run.
     pub fn new(dataset: &Dataset, split: &Split, node: usize) -> Result<Self> {
         let private = split.private.get(node).ok_or_else(|| {
-            Error::config("node.id", format!("node {node} has no shard: the split has {} shards", split.private.len()))
+            Error::config(
+                "node.id",
+                format!("node {node} has no shard: the split has {} shards", split.private.len()),
+            )
         })?;
         let pixels = dataset.train.pixels();
         let device = Device::Cpu;
@@ -78,7 +81,12 @@ impl BatchSampler {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut order: Vec<u32> = (0..samples as u32).collect();
         order.shuffle(&mut rng);
-        BatchSampler { order, next: 0, batch: batch.min(samples).max(1), rng }
+        BatchSampler {
+            order,
+            next: 0,
+            batch: batch.min(samples).max(1),
+            rng,
+        }
     }
 
     /// The next batch's images and labels.
@@ -90,7 +98,10 @@ impl BatchSampler {
         let rows = &self.order[self.next..self.next + self.batch];
         self.next += self.batch;
         let index = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
-        Ok((shard.private_images.index_select(&index, 0)?, shard.private_labels.index_select(&index, 0)?))
+        Ok((
+            shard.private_images.index_select(&index, 0)?,
+            shard.private_labels.index_select(&index, 0)?,
+        ))
     }
 }
 
@@ -116,7 +127,10 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<u32>>());
-        assert!(shard.public_batch(1, 5).is_err(), "a batch larger than the pool is refused");
+        assert!(
+            shard.public_batch(1, 5).is_err(),
+            "a batch larger than the pool is refused"
+        );
         assert_eq!(shard.public_batch(1, 3).unwrap().dims(), [3, 1]);
     }
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::Write;
+
 use anyhow::{Context, Result};
 
 use crate::scenario::Scenario;
@@ -29,11 +31,19 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let config = scenario.coordinator_config(args.out.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
         crate::cli::announce_listening(listener.local_addr()?);
         let summary = wdml_coordinator::run(config, listener, crate::cli::shutdown_signal()).await?;
-        println!("{}", summary.table());
-        Ok(if summary.finished { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        // The launcher stops reading our stdout after the first line: a closed pipe
+        // is not an error here (the table is also in report.md and the log).
+        tracing::info!("run over:\n{}", summary.table());
+        let _ = writeln!(std::io::stdout(), "{}", summary.table());
+        Ok(if summary.finished {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
 }

@@ -55,7 +55,10 @@ impl Args {
         add("run.algorithm", self.algorithm.as_ref().map(|v| format!("{v:?}")));
         add("run.seed", self.seed.map(|v| v.to_string()));
         add("nodes.count", self.nodes.map(|v| v.to_string()));
-        add("data.dir", self.data_dir.as_ref().map(|v| format!("{:?}", v.display().to_string())));
+        add(
+            "data.dir",
+            self.data_dir.as_ref().map(|v| format!("{:?}", v.display().to_string())),
+        );
         all
     }
 }
@@ -63,16 +66,25 @@ impl Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides())?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(&scenario.run.name));
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let summary = runtime.block_on(launch(&scenario, &out, Progress::auto()))?;
     println!("{}", summary.table());
     println!("run directory: {}", out.display());
-    Ok(if summary.finished { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if summary.finished {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// `runs/<name>-<UTC date>-<time>`, unique per second.
 fn default_run_dir(name: &str) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -141,7 +153,9 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
         .stdout(Stdio::piped())
         .stderr(log_file(out, "coordinator")?);
     let child = children.spawn("coordinator", coordinator)?;
-    let address = listening_address(child).await.context("the coordinator did not start")?;
+    let address = listening_address(child)
+        .await
+        .context("the coordinator did not start")?;
 
     let mut watch = watch_rounds(&address).await?;
     for id in 0..scenario.nodes.count {
@@ -187,7 +201,9 @@ async fn listening_address(child: &mut Child) -> Result<String> {
         .await
         .context("no answer within 30 s")??
         .context("it exited; see its log")?;
-    let address = line.strip_prefix("listening on ").with_context(|| format!("unexpected first line {line:?}"))?;
+    let address = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?;
     Ok(address.trim().to_string())
 }
 
@@ -210,7 +226,10 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> ProgressBar {
         AlgorithmName::Dml => "dml",
         AlgorithmName::Local => "local",
     };
-    bar.set_prefix(format!("{} {algorithm} × {} nodes", scenario.run.name, scenario.nodes.count));
+    bar.set_prefix(format!(
+        "{} {algorithm} × {} nodes",
+        scenario.run.name, scenario.nodes.count
+    ));
     bar.set_message("waiting for the nodes to join");
     bar.enable_steady_tick(Duration::from_millis(200));
     bar
@@ -227,7 +246,11 @@ async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progr
                     100.0 * r.min_accuracy,
                     bytes(r.wire_bytes),
                     r.wall_ms,
-                    if r.missing > 0 { format!(", {} missing", r.missing) } else { String::new() }
+                    if r.missing > 0 {
+                        format!(", {} missing", r.missing)
+                    } else {
+                        String::new()
+                    }
                 );
                 if bar.is_hidden() && progress == Progress::Auto {
                     eprintln!("round {}/{}: {line}", r.round + 1, r.rounds);
@@ -250,7 +273,10 @@ struct Children {
 
 impl Children {
     fn spawn(&mut self, name: &str, mut command: Command) -> Result<&mut Child> {
-        let child = command.kill_on_drop(true).spawn().with_context(|| format!("cannot start the {name}"))?;
+        let child = command
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start the {name}"))?;
         self.procs.push((name.to_string(), child));
         Ok(&mut self.procs.last_mut().expect("just pushed").1)
     }

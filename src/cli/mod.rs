@@ -52,7 +52,11 @@ pub fn main(cli: Cli) -> ExitCode {
 /// Logs to stderr; `RUST_LOG` filters (default: info).
 pub(crate) fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 /// Completes on ctrl-c or SIGTERM, whichever comes first.

@@ -54,10 +54,14 @@ pub fn main(args: Args) -> Result<ExitCode> {
         coordinator_timeout: Duration::from_secs(args.coordinator_timeout_s),
     };
     // Two workers: the round blocks one while training, the other serves peers.
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
-        let listener =
-            tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
         crate::cli::announce_listening(listener.local_addr()?);
         match wdml_node::run(config, listener, crate::cli::shutdown_signal()).await? {
             wdml_node::Outcome::Complete(c) if !c.finished => {

@@ -75,12 +75,7 @@ pub fn load() -> Result<Dataset> {
 /// For each class, in order, its indices are shuffled and the first `per_class` taken;
 /// the union is shuffled again so classes are interleaved. Reproducible for a given
 /// `seed` and a given build (the `rand` version pinned in `Cargo.lock`).
-pub fn balanced_subset(
-    set: &ImageSet,
-    classes: usize,
-    per_class: usize,
-    seed: u64,
-) -> Result<ImageSet> {
+pub fn balanced_subset(set: &ImageSet, classes: usize, per_class: usize, seed: u64) -> Result<ImageSet> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut by_class = vec![Vec::new(); classes];
     for (index, &label) in set.labels.iter().enumerate() {

@@ -101,12 +101,7 @@ pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
 /// Parses an IDX images file held in memory (gzipped or not); `source` names it in errors.
 pub fn parse_images(bytes: &[u8], source: &Path) -> Result<Images> {
     let mut reader = decoder(bytes);
-    let dims = read_header(
-        &mut reader,
-        source,
-        IMAGES_MAGIC,
-        "images [n, height, width]",
-    )?;
+    let dims = read_header(&mut reader, source, IMAGES_MAGIC, "images [n, height, width]")?;
     let (count, height, width) = (dims[0], dims[1], dims[2]);
     if count == 0 || height == 0 || width == 0 {
         return Err(data_error(
@@ -210,12 +205,7 @@ fn decoder(bytes: &[u8]) -> Box<dyn Read + '_> {
 }
 
 /// Reads the magic number and the dimensions, checking the magic is `expected`.
-fn read_header(
-    reader: &mut dyn Read,
-    source: &Path,
-    expected: u32,
-    layout: &str,
-) -> Result<Vec<usize>> {
+fn read_header(reader: &mut dyn Read, source: &Path, expected: u32, layout: &str) -> Result<Vec<usize>> {
     let magic = read_u32(reader, source, "magic number")?;
     if magic != expected {
         let hint = match magic {
@@ -225,21 +215,15 @@ fn read_header(
         };
         return Err(data_error(
             source,
-            format!(
-                "bad magic number {magic:#010x}{hint}; expected {expected:#010x}, IDX u8 {layout}"
-            ),
+            format!("bad magic number {magic:#010x}{hint}; expected {expected:#010x}, IDX u8 {layout}"),
         ));
     }
     let ndims = (expected & 0xff) as usize;
     (0..ndims)
         .map(|i| {
             let dim = read_u32(reader, source, &format!("dimension {i}"))?;
-            usize::try_from(dim).map_err(|_| {
-                data_error(
-                    source,
-                    format!("dimension {i} = {dim} does not fit in memory"),
-                )
-            })
+            usize::try_from(dim)
+                .map_err(|_| data_error(source, format!("dimension {i} = {dim} does not fit in memory")))
         })
         .collect()
 }
@@ -248,10 +232,7 @@ fn read_header(
 fn read_u32(reader: &mut dyn Read, source: &Path, what: &str) -> Result<u32> {
     let mut buf = [0u8; 4];
     reader.read_exact(&mut buf).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => data_error(
-            source,
-            format!("truncated: ends inside the header ({what})"),
-        ),
+        io::ErrorKind::UnexpectedEof => data_error(source, format!("truncated: ends inside the header ({what})")),
         _ => stream_error(source, &e),
     })?;
     Ok(u32::from_be_bytes(buf))
@@ -277,16 +258,11 @@ fn read_body(reader: &mut dyn Read, source: &Path, len: usize, what: &str) -> Re
     }
     // Reading to the end also makes the gzip decoder check the stream's CRC and length.
     let mut rest = Vec::new();
-    reader
-        .read_to_end(&mut rest)
-        .map_err(|e| stream_error(source, &e))?;
+    reader.read_to_end(&mut rest).map_err(|e| stream_error(source, &e))?;
     if !rest.is_empty() {
         return Err(data_error(
             source,
-            format!(
-                "{} unexpected bytes after the {len} bytes of {what}",
-                rest.len()
-            ),
+            format!("{} unexpected bytes after the {len} bytes of {what}", rest.len()),
         ));
     }
     Ok(body)
@@ -299,12 +275,7 @@ fn stream_error(source: &Path, e: &io::Error) -> Error {
 
 /// A dimension as the u32 the IDX header stores.
 fn u32_dim(value: usize, source: &Path) -> Result<u32> {
-    u32::try_from(value).map_err(|_| {
-        data_error(
-            source,
-            format!("dimension {value} does not fit an IDX header (u32)"),
-        )
-    })
+    u32::try_from(value).map_err(|_| data_error(source, format!("dimension {value} does not fit an IDX header (u32)")))
 }
 
 /// `Error::Data` for `path`.
@@ -430,8 +401,7 @@ mod tests {
         let set = tiny();
         let images = encode_images(&set).unwrap();
         let labels = encode_labels(&set.labels[..2]).unwrap();
-        let err =
-            parse_set(&images, Path::new("imgs"), &labels, Path::new("lbls"), 10).unwrap_err();
+        let err = parse_set(&images, Path::new("imgs"), &labels, Path::new("lbls"), 10).unwrap_err();
         let (path, why) = reason(err);
         assert_eq!(path, Path::new("lbls"));
         assert_eq!(why, "holds 2 labels but imgs holds 3 images");
@@ -460,10 +430,7 @@ mod tests {
             bytes.extend_from_slice(&dim.to_be_bytes());
         }
         let (_, why) = reason(parse_images(&bytes, Path::new("i")).unwrap_err());
-        assert!(
-            why.contains("truncated") || why.contains("overflow"),
-            "{why}"
-        );
+        assert!(why.contains("truncated") || why.contains("overflow"), "{why}");
     }
 
     #[test]

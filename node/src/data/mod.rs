@@ -63,9 +63,7 @@ impl ImageSet {
     /// out-of-range one is a bug, not bad input.
     pub fn gather(&self, indices: &[usize]) -> (Vec<f32>, Vec<u32>) {
         // 256 possible pixel values: normalise each once.
-        let table: Vec<f32> = (0..=255u8)
-            .map(|x| (f32::from(x) / 255.0 - MEAN) / STD)
-            .collect();
+        let table: Vec<f32> = (0..=255u8).map(|x| (f32::from(x) / 255.0 - MEAN) / STD).collect();
         let pixels = self.pixels();
         let mut xs = Vec::with_capacity(indices.len() * pixels);
         let mut ys = Vec::with_capacity(indices.len());
@@ -143,11 +141,7 @@ impl Dataset {
                 reason: "not a directory".into(),
             });
         }
-        let train = idx::read_set(
-            &find(dir, TRAIN_IMAGES)?,
-            &find(dir, TRAIN_LABELS)?,
-            CLASSES,
-        )?;
+        let train = idx::read_set(&find(dir, TRAIN_IMAGES)?, &find(dir, TRAIN_LABELS)?, CLASSES)?;
         let test = idx::read_set(&find(dir, TEST_IMAGES)?, &find(dir, TEST_LABELS)?, CLASSES)?;
         if (train.height, train.width) != (test.height, test.width) {
             return Err(Error::Data {
@@ -178,13 +172,10 @@ impl Dataset {
 fn find(dir: &Path, name: &str) -> Result<PathBuf> {
     let raw = dir.join(name);
     let gz = dir.join(format!("{name}.gz"));
-    [raw, gz]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Data {
-            path: dir.to_path_buf(),
-            reason: format!("missing `{name}` (tried `{name}` and `{name}.gz`)"),
-        })
+    [raw, gz].into_iter().find(|p| p.is_file()).ok_or_else(|| Error::Data {
+        path: dir.to_path_buf(),
+        reason: format!("missing `{name}` (tried `{name}` and `{name}.gz`)"),
+    })
 }
 
 /// The directory's own name, resolving paths like `.` that have none.
@@ -192,10 +183,7 @@ fn dir_name(dir: &Path) -> String {
     let canonical = dir.canonicalize().ok();
     dir.file_name()
         .or_else(|| canonical.as_deref()?.file_name())
-        .map_or_else(
-            || dir.display().to_string(),
-            |name| name.to_string_lossy().into_owned(),
-        )
+        .map_or_else(|| dir.display().to_string(), |name| name.to_string_lossy().into_owned())
 }
 
 #[cfg(test)]
@@ -244,10 +232,7 @@ mod tests {
     fn load_dir_errors_name_the_problem() {
         let tmp = TempDir::new("load-dir-errors");
         let err = Dataset::load_dir(&tmp.path().join("absent")).unwrap_err();
-        assert!(
-            err.to_string().ends_with("absent: not a directory"),
-            "{err}"
-        );
+        assert!(err.to_string().ends_with("absent: not a directory"), "{err}");
 
         write_dataset(tmp.path(), &set(30, 3, 2), &set(12, 2, 3));
         let err = Dataset::load_dir(tmp.path()).unwrap_err();
@@ -260,7 +245,9 @@ mod tests {
         std::fs::remove_file(tmp.path().join("t10k-labels-idx1-ubyte")).unwrap();
         let err = Dataset::load_dir(tmp.path()).unwrap_err();
         assert!(
-            err.to_string().contains("missing `t10k-labels-idx1-ubyte` (tried `t10k-labels-idx1-ubyte` and `t10k-labels-idx1-ubyte.gz`)"),
+            err.to_string().contains(
+                "missing `t10k-labels-idx1-ubyte` (tried `t10k-labels-idx1-ubyte` and `t10k-labels-idx1-ubyte.gz`)"
+            ),
             "{err}"
         );
     }
@@ -272,10 +259,7 @@ mod tests {
             "fashion-mnist"
         );
         let cwd = std::env::current_dir().unwrap();
-        assert_eq!(
-            dir_name(Path::new(".")),
-            cwd.file_name().unwrap().to_string_lossy()
-        );
+        assert_eq!(dir_name(Path::new(".")), cwd.file_name().unwrap().to_string_lossy());
     }
 
     #[test]
@@ -314,10 +298,7 @@ mod tests {
     #[test]
     fn image_set_debug_is_a_summary() {
         let s = set(5, 28, 28);
-        assert_eq!(
-            format!("{s:?}"),
-            "ImageSet { len: 5, height: 28, width: 28, .. }"
-        );
+        assert_eq!(format!("{s:?}"), "ImageSet { len: 5, height: 28, width: 28, .. }");
     }
 }
 
@@ -336,8 +317,7 @@ pub(crate) mod test_util {
         pub fn new(label: &str) -> TempDir {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("wdml-data-{label}-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("wdml-data-{label}-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&path).expect("create temp dir");
             TempDir(path)
         }

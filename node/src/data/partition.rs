@@ -62,12 +62,7 @@ impl FromStr for Partition {
 
     /// Parses `iid`, `dirichlet:<alpha>` or `shards:<per node>`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::config(
-                "data.partition",
-                format!("`{s}` is not one of {PARTITION_FORMS}"),
-            )
-        };
+        let bad = || Error::config("data.partition", format!("`{s}` is not one of {PARTITION_FORMS}"));
         let (kind, arg) = match s.trim().split_once(':') {
             Some((kind, arg)) => (kind.trim(), Some(arg.trim())),
             None => (s.trim(), None),
@@ -102,15 +97,11 @@ impl Partition {
     /// Checks the scheme's own parameter, naming its config field.
     fn check(&self) -> Result<()> {
         match *self {
-            Partition::Dirichlet { alpha } if !(alpha.is_finite() && alpha > 0.0) => {
-                Err(Error::config(
-                    "data.alpha",
-                    format!("must be a finite number > 0, got {alpha}"),
-                ))
-            }
-            Partition::Shards { per_node: 0 } => {
-                Err(Error::config("data.shards_per_node", "must be at least 1"))
-            }
+            Partition::Dirichlet { alpha } if !(alpha.is_finite() && alpha > 0.0) => Err(Error::config(
+                "data.alpha",
+                format!("must be a finite number > 0, got {alpha}"),
+            )),
+            Partition::Shards { per_node: 0 } => Err(Error::config("data.shards_per_node", "must be at least 1")),
             Partition::Iid | Partition::Dirichlet { .. } | Partition::Shards { .. } => Ok(()),
         }
     }
@@ -151,14 +142,8 @@ impl SplitConfig {
         let private = train - self.public_pool;
         let (per_node, why) = match self.partition {
             Partition::Iid => (1, "so every node gets at least one".to_string()),
-            Partition::Dirichlet { .. } => (
-                MIN_DIRICHLET_SAMPLES,
-                "the Dirichlet split's minimum".to_string(),
-            ),
-            Partition::Shards { per_node } => (
-                per_node,
-                format!("one per shard, {per_node} shards per node"),
-            ),
+            Partition::Dirichlet { .. } => (MIN_DIRICHLET_SAMPLES, "the Dirichlet split's minimum".to_string()),
+            Partition::Shards { per_node } => (per_node, format!("one per shard, {per_node} shards per node")),
         };
         let needed = self.nodes.saturating_mul(per_node);
         if private < needed {
@@ -213,19 +198,12 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
     let labels = &dataset.train.labels;
     let private = match cfg.partition {
         Partition::Iid => iid(&private_pool, cfg.nodes),
-        Partition::Dirichlet { alpha } => {
-            dirichlet(&private_pool, labels, cfg.nodes, alpha, &mut rng)?
-        }
-        Partition::Shards { per_node } => {
-            shards(&private_pool, labels, cfg.nodes, per_node, &mut rng)
-        }
+        Partition::Dirichlet { alpha } => dirichlet(&private_pool, labels, cfg.nodes, alpha, &mut rng)?,
+        Partition::Shards { per_node } => shards(&private_pool, labels, cfg.nodes, per_node, &mut rng),
     };
     // Validation makes this impossible; checked anyway so no caller ever sees an empty shard.
     if let Some(node) = private.iter().position(Vec::is_empty) {
-        return Err(Error::config(
-            "nodes",
-            format!("node {node} got no private data"),
-        ));
+        return Err(Error::config("nodes", format!("node {node} got no private data")));
     }
 
     let test_len = if cfg.test_size == 0 {
@@ -260,23 +238,13 @@ fn iid(pool: &[usize], nodes: usize) -> Vec<Vec<usize>> {
 }
 
 /// Dirichlet(α) label skew, redrawn until every node has [`MIN_DIRICHLET_SAMPLES`].
-fn dirichlet(
-    pool: &[usize],
-    labels: &[u8],
-    nodes: usize,
-    alpha: f64,
-    rng: &mut StdRng,
-) -> Result<Vec<Vec<usize>>> {
+fn dirichlet(pool: &[usize], labels: &[u8], nodes: usize, alpha: f64, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
     if nodes == 1 {
         return Ok(vec![pool.to_vec()]);
     }
     // The pool is shuffled, so each class's members are in random order already.
     // Sized by the labels present, so a hand-built set with more classes loses nothing.
-    let classes = pool
-        .iter()
-        .map(|&i| usize::from(labels[i]) + 1)
-        .max()
-        .unwrap_or(0);
+    let classes = pool.iter().map(|&i| usize::from(labels[i]) + 1).max().unwrap_or(0);
     let mut by_class = vec![Vec::new(); classes.max(CLASSES)];
     for &index in pool {
         by_class[usize::from(labels[index])].push(index);
@@ -284,20 +252,13 @@ fn dirichlet(
     // A node holding its fair share (or more) takes no further classes; this keeps
     // shard sizes in check and makes the minimum reachable even for tiny α.
     let fair_share = pool.len() as f64 / nodes as f64;
-    let gamma = Gamma::new(alpha + 1.0, 1.0).map_err(|e| {
-        Error::config(
-            "data.alpha",
-            format!("cannot draw Gamma({}): {e}", alpha + 1.0),
-        )
-    })?;
+    let gamma = Gamma::new(alpha + 1.0, 1.0)
+        .map_err(|e| Error::config("data.alpha", format!("cannot draw Gamma({}): {e}", alpha + 1.0)))?;
 
     for _ in 0..MAX_DIRICHLET_TRIES {
         let mut shards: Vec<Vec<usize>> = vec![Vec::new(); nodes];
         for members in &by_class {
-            let open: Vec<bool> = shards
-                .iter()
-                .map(|s| (s.len() as f64) < fair_share)
-                .collect();
+            let open: Vec<bool> = shards.iter().map(|s| (s.len() as f64) < fair_share).collect();
             let weights = dirichlet_weights(nodes, alpha, &gamma, &open, rng);
             let total: f64 = weights.iter().sum();
             // Cut points at the cumulative proportions, as the reference implementations do.
@@ -308,8 +269,7 @@ fn dirichlet(
                 let end = if k + 1 == nodes {
                     members.len()
                 } else {
-                    ((cumulative / total * members.len() as f64) as usize)
-                        .clamp(start, members.len())
+                    ((cumulative / total * members.len() as f64) as usize).clamp(start, members.len())
                 };
                 shards[k].extend_from_slice(&members[start..end]);
                 start = end;
@@ -334,13 +294,7 @@ fn dirichlet(
 /// Drawn in log space — `Gamma(α) = Gamma(α+1)·U^(1/α)` — because for small α the Gamma
 /// samples underflow to 0 and every weight could vanish. Scaling by the largest open
 /// weight keeps at least one weight at 1, so the total is never 0.
-fn dirichlet_weights(
-    nodes: usize,
-    alpha: f64,
-    gamma: &Gamma<f64>,
-    open: &[bool],
-    rng: &mut StdRng,
-) -> Vec<f64> {
+fn dirichlet_weights(nodes: usize, alpha: f64, gamma: &Gamma<f64>, open: &[bool], rng: &mut StdRng) -> Vec<f64> {
     let logs: Vec<f64> = (0..nodes)
         .map(|_| {
             let u = 1.0 - rng.random::<f64>(); // in (0, 1], so ln is finite
@@ -361,13 +315,7 @@ fn dirichlet_weights(
 
 /// McMahan shards: the pool sorted by label, cut into `nodes·per_node` equal shards,
 /// `per_node` random shards dealt to each node.
-fn shards(
-    pool: &[usize],
-    labels: &[u8],
-    nodes: usize,
-    per_node: usize,
-    rng: &mut StdRng,
-) -> Vec<Vec<usize>> {
+fn shards(pool: &[usize], labels: &[u8], nodes: usize, per_node: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     let mut sorted = pool.to_vec();
     // Stable, so within a label the shuffled order is kept.
     sorted.sort_by_key(|&index| labels[index]);
@@ -375,11 +323,7 @@ fn shards(
     let mut deal: Vec<usize> = (0..shards.len()).collect();
     deal.shuffle(rng);
     deal.chunks(per_node)
-        .map(|ids| {
-            ids.iter()
-                .flat_map(|&id| shards[id].iter().copied())
-                .collect()
-        })
+        .map(|ids| ids.iter().flat_map(|&id| shards[id].iter().copied()).collect())
         .collect()
 }
 
@@ -467,29 +411,13 @@ mod tests {
             "shards:2".parse::<Partition>().unwrap(),
             Partition::Shards { per_node: 2 }
         );
-        for bad in [
-            "",
-            "iid:1",
-            "dirichlet",
-            "dirichlet:x",
-            "shards:-1",
-            "gauss",
-        ] {
+        for bad in ["", "iid:1", "dirichlet", "dirichlet:x", "shards:-1", "gauss"] {
             let err = bad.parse::<Partition>().unwrap_err();
-            assert!(
-                err.to_string().contains("`iid`, `dirichlet:<alpha>`"),
-                "{bad}: {err}"
-            );
+            assert!(err.to_string().contains("`iid`, `dirichlet:<alpha>`"), "{bad}: {err}");
             assert_eq!(field(err), "data.partition");
         }
-        assert_eq!(
-            field("dirichlet:0".parse::<Partition>().unwrap_err()),
-            "data.alpha"
-        );
-        assert_eq!(
-            field("dirichlet:nan".parse::<Partition>().unwrap_err()),
-            "data.alpha"
-        );
+        assert_eq!(field("dirichlet:0".parse::<Partition>().unwrap_err()), "data.alpha");
+        assert_eq!(field("dirichlet:nan".parse::<Partition>().unwrap_err()), "data.alpha");
         assert_eq!(
             field("shards:0".parse::<Partition>().unwrap_err()),
             "data.shards_per_node"
@@ -502,10 +430,7 @@ mod tests {
         assert_eq!(json, r#"{"kind":"dirichlet","alpha":0.5}"#);
         let back: Partition = serde_json::from_str(r#"{"kind":"shards","per_node":3}"#).unwrap();
         assert_eq!(back, Partition::Shards { per_node: 3 });
-        assert_eq!(
-            serde_json::to_string(&Partition::Iid).unwrap(),
-            r#"{"kind":"iid"}"#
-        );
+        assert_eq!(serde_json::to_string(&Partition::Iid).unwrap(), r#"{"kind":"iid"}"#);
     }
 
     #[test]
@@ -592,10 +517,7 @@ mod tests {
         for nodes in [2, 5, 10] {
             let split = split(&dataset, &cfg(nodes)).unwrap();
             let sizes: Vec<usize> = split.private.iter().map(Vec::len).collect();
-            assert!(
-                sizes.iter().all(|&n| n >= MIN_DIRICHLET_SAMPLES),
-                "{sizes:?}"
-            );
+            assert!(sizes.iter().all(|&n| n >= MIN_DIRICHLET_SAMPLES), "{sizes:?}");
             assert_eq!(split.test.len(), 100);
         }
         // With twice as many nodes as classes, each class going to about one node leaves
@@ -685,9 +607,7 @@ mod tests {
             ),
             (
                 SplitConfig {
-                    partition: Partition::Dirichlet {
-                        alpha: f64::INFINITY,
-                    },
+                    partition: Partition::Dirichlet { alpha: f64::INFINITY },
                     ..base.clone()
                 },
                 "data.alpha",
@@ -724,16 +644,8 @@ mod tests {
             ),
         ];
         for (cfg, expected) in cases {
-            assert_eq!(
-                field(cfg.validate(&dataset).unwrap_err()),
-                expected,
-                "{cfg:?}"
-            );
-            assert_eq!(
-                field(split(&dataset, &cfg).unwrap_err()),
-                expected,
-                "{cfg:?}"
-            );
+            assert_eq!(field(cfg.validate(&dataset).unwrap_err()), expected, "{cfg:?}");
+            assert_eq!(field(split(&dataset, &cfg).unwrap_err()), expected, "{cfg:?}");
         }
     }
 }

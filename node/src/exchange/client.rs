@@ -69,7 +69,9 @@ pub async fn send(
     let mut client = PeerExchangeClient::new(channel).max_decoding_message_size(MAX_FRAME_BYTES);
     let result = match tokio::time::timeout_at(deadline, client.send(stream)).await {
         Ok(result) => result.map(|receipt| receipt.into_inner().accepted),
-        Err(_) => Err(Status::deadline_exceeded("the exchange deadline passed before the receipt")),
+        Err(_) => Err(Status::deadline_exceeded(
+            "the exchange deadline passed before the receipt",
+        )),
     };
     let outcome = SendOutcome {
         to,

@@ -32,7 +32,10 @@ pub fn encode(values: &[f32], rows: u32, cols: u32, encoding: Encoding) -> Encod
     let (mut scale, mut offset) = (0.0, 0.0);
     let bytes = match encoding {
         Encoding::F32 | Encoding::Unspecified => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Encoding::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
+        Encoding::F16 => values
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect(),
         Encoding::Q8 => {
             let min = values.iter().copied().fold(f32::INFINITY, f32::min);
             let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -40,12 +43,29 @@ pub fn encode(values: &[f32], rows: u32, cols: u32, encoding: Encoding) -> Encod
             scale = if max > min { (max - min) / 255.0 } else { 0.0 };
             values
                 .iter()
-                .map(|v| if scale > 0.0 { ((v - offset) / scale).round().clamp(0.0, 255.0) as u8 } else { 0 })
+                .map(|v| {
+                    if scale > 0.0 {
+                        ((v - offset) / scale).round().clamp(0.0, 255.0) as u8
+                    } else {
+                        0
+                    }
+                })
                 .collect()
         }
     };
-    let encoding = if encoding == Encoding::Unspecified { Encoding::F32 } else { encoding };
-    Encoded { encoding, rows, cols, scale, offset, bytes }
+    let encoding = if encoding == Encoding::Unspecified {
+        Encoding::F32
+    } else {
+        encoding
+    };
+    Encoded {
+        encoding,
+        rows,
+        cols,
+        scale,
+        offset,
+        bytes,
+    }
 }
 
 /// Why a payload could not be decoded.
@@ -54,7 +74,12 @@ pub enum DecodeError {
     #[error("unknown encoding")]
     UnknownEncoding,
     #[error("payload is {got} bytes, but {rows}×{cols} values in this encoding take {want}")]
-    Length { got: usize, want: usize, rows: u32, cols: u32 },
+    Length {
+        got: usize,
+        want: usize,
+        rows: u32,
+        cols: u32,
+    },
     #[error("q8 scale {scale} / offset {offset} must be finite and the scale ≥ 0")]
     Quantisation { scale: f32, offset: f32 },
     #[error("value at row {row}, column {col} is not finite")]
@@ -66,11 +91,24 @@ pub fn decode(encoded: &Encoded) -> Result<Vec<f32>, DecodeError> {
     let width = bytes_per_value(encoded.encoding).ok_or(DecodeError::UnknownEncoding)?;
     let want = encoded.rows as usize * encoded.cols as usize * width;
     if encoded.bytes.len() != want {
-        return Err(DecodeError::Length { got: encoded.bytes.len(), want, rows: encoded.rows, cols: encoded.cols });
+        return Err(DecodeError::Length {
+            got: encoded.bytes.len(),
+            want,
+            rows: encoded.rows,
+            cols: encoded.cols,
+        });
     }
     let values: Vec<f32> = match encoded.encoding {
-        Encoding::F32 => encoded.bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        Encoding::F16 => encoded.bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        Encoding::F32 => encoded
+            .bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Encoding::F16 => encoded
+            .bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
         Encoding::Q8 => {
             let (scale, offset) = (encoded.scale, encoded.offset);
             if !scale.is_finite() || !offset.is_finite() || scale < 0.0 {
@@ -82,7 +120,10 @@ pub fn decode(encoded: &Encoded) -> Result<Vec<f32>, DecodeError> {
     };
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         let cols = encoded.cols as usize;
-        return Err(DecodeError::NotFinite { row: i / cols, col: i % cols });
+        return Err(DecodeError::NotFinite {
+            row: i / cols,
+            col: i % cols,
+        });
     }
     Ok(values)
 }
@@ -142,7 +183,11 @@ mod tests {
     fn round_trips_within_the_encoding_precision() {
         let values = sample();
         let range = 39.0 * 0.37;
-        for (encoding, tolerance) in [(Encoding::F32, 0.0), (Encoding::F16, 0.01), (Encoding::Q8, range / 255.0 / 2.0 + 1e-5)] {
+        for (encoding, tolerance) in [
+            (Encoding::F32, 0.0),
+            (Encoding::F16, 0.01),
+            (Encoding::Q8, range / 255.0 / 2.0 + 1e-5),
+        ] {
             let decoded = decode(&encode(&values, 4, 10, encoding)).unwrap();
             for (a, b) in values.iter().zip(&decoded) {
                 assert!((a - b).abs() <= tolerance, "{encoding:?}: {a} vs {b}");
@@ -174,10 +219,20 @@ mod tests {
     #[test]
     fn frames_cover_the_payload_in_order() {
         let e = encode(&sample(), 4, 10, Encoding::F32);
-        let envelope = Envelope { run_id: "r".into(), round: 3, round_token: 9, sender: 1 };
+        let envelope = Envelope {
+            run_id: "r".into(),
+            round: 3,
+            round_token: 9,
+            sender: 1,
+        };
         let frames = frames(&envelope, &e, 64);
         assert_eq!(frames.len(), 3);
-        assert!(frames.iter().enumerate().all(|(i, f)| f.index == i as u32 && f.count == 3 && f.total_bytes == 160));
+        assert!(
+            frames
+                .iter()
+                .enumerate()
+                .all(|(i, f)| f.index == i as u32 && f.count == 3 && f.total_bytes == 160)
+        );
         let joined: Vec<u8> = frames.iter().flat_map(|f| f.data.clone()).collect();
         assert_eq!(joined, e.bytes);
     }

@@ -86,7 +86,10 @@ impl Mailbox {
         inner.inbox.retain(|&(r, sender), m| {
             let keep = r > round || (r == round && m.round_token == token && neighbours.contains(&sender));
             if !keep && r == round {
-                warn!(sender, round, "dropping an early message: wrong round token or not a neighbour");
+                warn!(
+                    sender,
+                    round, "dropping an early message: wrong round token or not a neighbour"
+                );
                 dropped += 1;
             }
             keep
@@ -96,16 +99,12 @@ impl Mailbox {
         self.changed();
     }
 
-    /// Decides whether a message for `round` from `sender` may come in; called on the
-    /// first frame (to fail fast) and again on delivery.
-    pub fn admit(&self, round: u32, token: u64, sender: u32) -> Result<(), Status> {
-        let inner = self.inner();
-        Self::admit_locked(&inner, self.early_capacity, round, token, sender)
-    }
-
-    fn admit_locked(inner: &Inner, early_capacity: usize, round: u32, token: u64, sender: u32) -> Result<(), Status> {
+    /// Decides whether a message for `round` from `sender` may come in.
+    fn admit(inner: &Inner, early_capacity: usize, round: u32, token: u64, sender: u32) -> Result<(), Status> {
         if inner.inbox.contains_key(&(round, sender)) {
-            return Err(Status::already_exists(format!("node {sender} already delivered its message for round {round}")));
+            return Err(Status::already_exists(format!(
+                "node {sender} already delivered its message for round {round}"
+            )));
         }
         match inner.current {
             Some((current, _)) if round < current => Err(Status::failed_precondition(format!(
@@ -113,9 +112,13 @@ impl Mailbox {
             ))),
             Some((current, current_token)) if round == current => {
                 if token != current_token {
-                    Err(Status::failed_precondition(format!("round token does not match round {round}")))
+                    Err(Status::failed_precondition(format!(
+                        "round token does not match round {round}"
+                    )))
                 } else if !inner.neighbours.contains(&sender) {
-                    Err(Status::permission_denied(format!("node {sender} is not a neighbour in round {round}")))
+                    Err(Status::permission_denied(format!(
+                        "node {sender} is not a neighbour in round {round}"
+                    )))
                 } else {
                     Ok(())
                 }
@@ -126,15 +129,22 @@ impl Mailbox {
             ))),
             // Before our first StartRound we cannot judge the round; hold a bounded number.
             None if inner.inbox.len() < early_capacity => Ok(()),
-            None => Err(Status::resource_exhausted("too many messages before this node's first round")),
+            None => Err(Status::resource_exhausted(
+                "too many messages before this node's first round",
+            )),
         }
     }
 
-    /// Files a complete message, re-checking the round (it may have moved on while
-    /// the frames were arriving).
+    /// Files a complete message if its round, token and sender are right.
     pub fn deliver(&self, message: Delivered) -> Result<(), Status> {
         let mut inner = self.inner();
-        Self::admit_locked(&inner, self.early_capacity, message.round, message.round_token, message.sender)?;
+        Self::admit(
+            &inner,
+            self.early_capacity,
+            message.round,
+            message.round_token,
+            message.sender,
+        )?;
         inner.inbox.insert((message.round, message.sender), message);
         drop(inner);
         self.changed();
@@ -180,9 +190,14 @@ impl Mailbox {
         }
         let mut inner = self.inner();
         let neighbours = inner.neighbours.clone();
-        let messages: Vec<Delivered> =
-            neighbours.iter().filter_map(|n| inner.inbox.remove(&(round, *n))).collect();
-        Collected { lost: (neighbours.len() - messages.len()) as u32, messages }
+        let messages: Vec<Delivered> = neighbours
+            .iter()
+            .filter_map(|n| inner.inbox.remove(&(round, *n)))
+            .collect();
+        Collected {
+            lost: (neighbours.len() - messages.len()) as u32,
+            messages,
+        }
     }
 }
 
@@ -197,20 +212,31 @@ mod tests {
     use tonic::Code;
 
     fn message(sender: u32, round: u32, token: u64) -> Delivered {
-        Delivered { sender, round, round_token: token, values: vec![0.0], payload_bytes: 4, wire_bytes: 40 }
+        Delivered {
+            sender,
+            round,
+            round_token: token,
+            values: vec![0.0],
+            payload_bytes: 4,
+            wire_bytes: 40,
+        }
     }
 
     #[test]
     fn judges_rounds_tokens_and_senders() {
         let mailbox = Mailbox::new(4);
         mailbox.begin_round(5, 77, &[1, 2]);
-        assert_eq!(mailbox.admit(4, 77, 1).unwrap_err().code(), Code::FailedPrecondition);
-        assert_eq!(mailbox.admit(5, 78, 1).unwrap_err().code(), Code::FailedPrecondition);
-        assert_eq!(mailbox.admit(5, 77, 3).unwrap_err().code(), Code::PermissionDenied);
-        assert_eq!(mailbox.admit(7, 1, 1).unwrap_err().code(), Code::FailedPrecondition);
-        assert!(mailbox.admit(6, 1, 3).is_ok(), "the next round is held");
+        let code = |sender, round, token| mailbox.deliver(message(sender, round, token)).unwrap_err().code();
+        assert_eq!(code(1, 4, 77), Code::FailedPrecondition);
+        assert_eq!(code(1, 5, 78), Code::FailedPrecondition);
+        assert_eq!(code(3, 5, 77), Code::PermissionDenied);
+        assert_eq!(code(1, 7, 1), Code::FailedPrecondition);
+        assert!(mailbox.deliver(message(3, 6, 1)).is_ok(), "the next round is held");
         mailbox.deliver(message(1, 5, 77)).unwrap();
-        assert_eq!(mailbox.deliver(message(1, 5, 77)).unwrap_err().code(), Code::AlreadyExists);
+        assert_eq!(
+            mailbox.deliver(message(1, 5, 77)).unwrap_err().code(),
+            Code::AlreadyExists
+        );
     }
 
     #[test]

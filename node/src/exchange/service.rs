@@ -1,5 +1,6 @@
 //! The peer service: receives a neighbour's message as a stream of frames,
-//! validates every frame and the reassembled payload, and files it in the mailbox.
+//! validates every frame and the reassembled payload, and files it in the mailbox
+//! (which judges the round and the token).
 //! The first bad frame ends the stream with a status naming the cause; the round
 //! carries on with the messages that were good.
 
@@ -33,13 +34,20 @@ pub struct PeerService {
 
 impl PeerService {
     pub fn new(expect: Expectation, mailbox: Arc<Mailbox>) -> Self {
-        PeerService { expect: Arc::new(expect), mailbox }
+        PeerService {
+            expect: Arc::new(expect),
+            mailbox,
+        }
     }
 
     async fn receive(&self, frames: &mut Streaming<Frame>) -> Result<Receipt, Status> {
-        let first = frames.message().await?.ok_or_else(|| Status::invalid_argument("empty stream: no frame"))?;
+        let first = frames
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty stream: no frame"))?;
+        // Stateless checks first (header, frames, values), then the stateful one
+        // (does this round still take messages?) on delivery.
         let header = check_header(&first, &self.expect)?;
-        self.mailbox.admit(first.round, first.round_token, first.sender)?;
         let mut wire_bytes = first.encoded_len() as u64;
         let mut payload = Vec::with_capacity(first.total_bytes as usize);
         payload.extend_from_slice(&first.data);
@@ -55,7 +63,10 @@ impl PeerService {
             payload.extend_from_slice(&frame.data);
         }
         if frames.message().await?.is_some() {
-            return Err(Status::invalid_argument(format!("more frames than the announced count {}", first.count)));
+            return Err(Status::invalid_argument(format!(
+                "more frames than the announced count {}",
+                first.count
+            )));
         }
         if payload.len() as u64 != first.total_bytes {
             return Err(Status::invalid_argument(format!(
@@ -81,7 +92,10 @@ impl PeerService {
             payload_bytes: first.total_bytes,
             wire_bytes,
         })?;
-        Ok(Receipt { frames: first.count, accepted: true })
+        Ok(Receipt {
+            frames: first.count,
+            accepted: true,
+        })
     }
 }
 
@@ -188,7 +202,10 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
         )));
     }
     if frame.index != 0 {
-        return Err(Status::invalid_argument(format!("first frame has index {}, expected 0", frame.index)));
+        return Err(Status::invalid_argument(format!(
+            "first frame has index {}, expected 0",
+            frame.index
+        )));
     }
     Ok(Header::of(frame))
 }
@@ -196,10 +213,15 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
 /// A later frame must repeat the first frame's header and come in order.
 fn check_continuation(frame: &Frame, header: &Header, index: u32) -> Result<(), Status> {
     if Header::of(frame) != *header {
-        return Err(Status::invalid_argument(format!("frame {index} does not repeat the message header")));
+        return Err(Status::invalid_argument(format!(
+            "frame {index} does not repeat the message header"
+        )));
     }
     if frame.index != index {
-        return Err(Status::invalid_argument(format!("frame {} arrived where frame {index} was due", frame.index)));
+        return Err(Status::invalid_argument(format!(
+            "frame {} arrived where frame {index} was due",
+            frame.index
+        )));
     }
     Ok(())
 }
@@ -211,12 +233,29 @@ mod tests {
     use tonic::Code;
 
     fn expect() -> Expectation {
-        Expectation { run_id: "run".into(), me: 0, nodes: 3, rows: 2, cols: 3, max_message_bytes: 1 << 20 }
+        Expectation {
+            run_id: "run".into(),
+            me: 0,
+            nodes: 3,
+            rows: 2,
+            cols: 3,
+            max_message_bytes: 1 << 20,
+        }
     }
 
     fn good() -> Frame {
         let e = encode(&[0.5; 6], 2, 3, Encoding::F32);
-        frames(&Envelope { run_id: "run".into(), round: 0, round_token: 1, sender: 1 }, &e, 1500).remove(0)
+        frames(
+            &Envelope {
+                run_id: "run".into(),
+                round: 0,
+                round_token: 1,
+                sender: 1,
+            },
+            &e,
+            1500,
+        )
+        .remove(0)
     }
 
     #[test]

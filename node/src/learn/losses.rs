@@ -14,9 +14,7 @@ use crate::Result;
 /// large logits (or a small `T`) cannot overflow.
 fn softmax_row(z: &[f32], temperature: f64, out: &mut [f64]) {
     let inv_t = 1.0 / temperature;
-    let max = z
-        .iter()
-        .fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+    let max = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
     let mut sum = 0.0;
     for (o, &x) in out.iter_mut().zip(z) {
         *o = ((f64::from(x) - max) * inv_t).exp();
@@ -75,9 +73,7 @@ pub fn soft_targets(
             )));
         }
         if let Some(i) = peer.iter().position(|x| !x.is_finite()) {
-            return Err(invalid(format!(
-                "peer {j} sent a non-finite logit at index {i}"
-            )));
+            return Err(invalid(format!("peer {j} sent a non-finite logit at index {i}")));
         }
     }
 
@@ -85,10 +81,7 @@ pub fn soft_targets(
     // probs[j * len + i]: peer j's softened probability for entry i.
     let mut probs = vec![0.0f64; n * len];
     for (peer, dst) in peers.iter().zip(probs.chunks_exact_mut(len.max(1))) {
-        for (z, out) in peer
-            .chunks_exact(classes)
-            .zip(dst.chunks_exact_mut(classes))
-        {
+        for (z, out) in peer.chunks_exact(classes).zip(dst.chunks_exact_mut(classes)) {
             softmax_row(z, temperature, out);
         }
     }
@@ -276,18 +269,12 @@ mod tests {
         // KL = 0.5·ln(1.5) + 0.5·ln(1.5) = ln 1.5.
         let logits = Tensor::zeros((1, 3), DType::F32, &dev).unwrap();
         let p = Tensor::new(&[[0.5f32, 0.5, 0.0]], &dev).unwrap();
-        let kl = kl_to_target(&logits, &p, 3.0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let kl = kl_to_target(&logits, &p, 3.0).unwrap().to_scalar::<f32>().unwrap();
         assert!((f64::from(kl) - 1.5f64.ln()).abs() < 1e-6, "{kl}");
         // batchmean: a second identical row leaves the value unchanged.
         let logits2 = Tensor::zeros((2, 3), DType::F32, &dev).unwrap();
         let p2 = Tensor::new(&[[0.5f32, 0.5, 0.0], [0.5, 0.5, 0.0]], &dev).unwrap();
-        let kl2 = kl_to_target(&logits2, &p2, 1.0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let kl2 = kl_to_target(&logits2, &p2, 1.0).unwrap().to_scalar::<f32>().unwrap();
         assert!((kl2 - kl).abs() < 1e-6);
         assert!(kl_to_target(&logits, &p2, 1.0).is_err());
     }
@@ -295,10 +282,8 @@ mod tests {
     #[test]
     fn kl_is_zero_with_vanishing_gradient_at_own_prediction() {
         let dev = Device::Cpu;
-        let z = Var::from_tensor(
-            &Tensor::new(&[[1.0f32, -2.0, 0.5, 3.0], [0.0, 0.1, -0.3, 2.0]], &dev).unwrap(),
-        )
-        .unwrap();
+        let z =
+            Var::from_tensor(&Tensor::new(&[[1.0f32, -2.0, 0.5, 3.0], [0.0, 0.1, -0.3, 2.0]], &dev).unwrap()).unwrap();
         let t = 2.5;
         let own = candle_nn::ops::softmax(&(z.as_tensor() / t).unwrap(), D::Minus1)
             .unwrap()

@@ -5,6 +5,7 @@
 //! the neighbours), [`soft_targets`] over what the neighbours sent, then E calls of
 //! [`Learner::train_step`], then [`Learner::evaluate`].
 
+pub mod adam;
 pub mod losses;
 pub mod trainer;
 
@@ -20,10 +21,11 @@ use crate::model::{CLASSES, INPUT_DIM};
 use crate::{Error, Result};
 
 /// How peers' predictions are combined into one target distribution per row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Aggregate {
-    /// The mean of the peers' softened probabilities (DML).
+    /// The mean of the peers' softened probabilities (DML); the default.
+    #[default]
     Mean,
     /// The per-entry median, renormalised per row: robust to a minority of bad peers.
     Median,
@@ -89,7 +91,7 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Error {
 /// Wraps row-major pixels (`rows × 784` values, as the data module gathers them) in an
 /// `[rows, 784]` tensor, without copying.
 pub fn images_tensor(pixels: Vec<f32>) -> Result<Tensor> {
-    if pixels.len() % INPUT_DIM != 0 {
+    if !pixels.len().is_multiple_of(INPUT_DIM) {
         return Err(invalid(format!(
             "{} pixel values is not a whole number of {INPUT_DIM}-pixel images",
             pixels.len()
@@ -102,9 +104,7 @@ pub fn images_tensor(pixels: Vec<f32>) -> Result<Tensor> {
 /// Wraps class labels in a `[rows]` `u32` tensor, checking they are below 10.
 pub fn labels_tensor(labels: Vec<u32>) -> Result<Tensor> {
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-        return Err(invalid(format!(
-            "label {bad} is not a class (0..{CLASSES})"
-        )));
+        return Err(invalid(format!("label {bad} is not a class (0..{CLASSES})")));
     }
     let rows = labels.len();
     Ok(Tensor::from_vec(labels, rows, &Device::Cpu)?)
@@ -113,18 +113,14 @@ pub fn labels_tensor(labels: Vec<u32>) -> Result<Tensor> {
 /// Wraps row-major probabilities (`rows × 10`, e.g. from [`soft_targets`]) in an
 /// `[rows, 10]` tensor, without copying.
 pub fn targets_tensor(probabilities: Vec<f32>) -> Result<Tensor> {
-    if probabilities.len() % CLASSES != 0 {
+    if !probabilities.len().is_multiple_of(CLASSES) {
         return Err(invalid(format!(
             "{} probabilities is not a whole number of {CLASSES}-class rows",
             probabilities.len()
         )));
     }
     let rows = probabilities.len() / CLASSES;
-    Ok(Tensor::from_vec(
-        probabilities,
-        (rows, CLASSES),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(probabilities, (rows, CLASSES), &Device::Cpu)?)
 }
 
 #[cfg(test)]
@@ -139,20 +135,14 @@ mod tests {
             assert_eq!(json, format!("\"{a}\""));
             assert_eq!(serde_json::from_str::<Aggregate>(&json).unwrap(), a);
         }
-        assert_eq!(
-            "trimmed-mean".parse::<Aggregate>().unwrap(),
-            Aggregate::TrimmedMean
-        );
+        assert_eq!("trimmed-mean".parse::<Aggregate>().unwrap(), Aggregate::TrimmedMean);
         let err = "trimmed".parse::<Aggregate>().unwrap_err().to_string();
         assert!(err.contains("`mean`, `median` or `trimmed-mean`"), "{err}");
     }
 
     #[test]
     fn tensor_helpers_check_shapes() {
-        assert_eq!(
-            images_tensor(vec![0.0; 2 * INPUT_DIM]).unwrap().dims(),
-            &[2, INPUT_DIM]
-        );
+        assert_eq!(images_tensor(vec![0.0; 2 * INPUT_DIM]).unwrap().dims(), &[2, INPUT_DIM]);
         assert!(images_tensor(vec![0.0; INPUT_DIM + 1]).is_err());
         assert_eq!(labels_tensor(vec![0, 9]).unwrap().dims(), &[2]);
         assert!(labels_tensor(vec![10]).is_err());

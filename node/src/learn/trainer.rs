@@ -6,8 +6,8 @@
 //! the same batches reaches bit-identical parameters.
 
 use candle_core::{D, DType, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
+use super::adam::Adam;
 use super::{invalid, kl_to_target};
 use crate::model::{CLASSES, INPUT_DIM, ModelSpec, Network};
 use crate::{Error, Result};
@@ -72,7 +72,7 @@ pub struct Evaluation {
 /// One device's model and optimiser.
 pub struct Learner {
     net: Network,
-    opt: AdamW,
+    opt: Adam,
     cfg: LearnerConfig,
 }
 
@@ -85,15 +85,25 @@ impl std::fmt::Debug for Learner {
     }
 }
 
-/// Checks `images` is `[rows ≥ 1, 784]` `f32`; returns `rows`.
+/// Checks `images` is `[rows ≥ 1, 784]` `f32` with finite values; returns `rows`.
+///
+/// Finiteness matters beyond the loss: ReLU maps a NaN activation to 0, so a NaN pixel
+/// can leave the loss finite while its weight gradient (`x · 0 = NaN`) poisons the first
+/// layer. One summing pass catches it (a NaN or ±∞ anywhere makes the sum non-finite).
 fn check_images(images: &Tensor, what: &str) -> Result<usize> {
-    match images.dims() {
-        &[rows, INPUT_DIM] if rows > 0 && images.dtype() == DType::F32 => Ok(rows),
-        dims => Err(invalid(format!(
-            "{what}: expected a non-empty [rows, {INPUT_DIM}] f32 tensor, got {dims:?} {:?}",
-            images.dtype()
-        ))),
+    let rows = match images.dims() {
+        &[rows, INPUT_DIM] if rows > 0 && images.dtype() == DType::F32 => rows,
+        dims => {
+            return Err(invalid(format!(
+                "{what}: expected a non-empty [rows, {INPUT_DIM}] f32 tensor, got {dims:?} {:?}",
+                images.dtype()
+            )));
+        }
+    };
+    if !images.sum_all()?.to_scalar::<f32>()?.is_finite() {
+        return Err(invalid(format!("{what}: non-finite pixel values")));
     }
+    Ok(rows)
 }
 
 /// Checks `labels` is `[rows]` of an integer type Candle can index with.
@@ -111,18 +121,11 @@ fn check_labels(labels: &Tensor, rows: usize) -> Result<()> {
 
 impl Learner {
     /// Builds the model of `spec` initialised from `seed`, and a fresh Adam optimiser
-    /// (β = 0.9/0.999, ε = 1e-8, no weight decay).
+    /// (β = 0.9/0.999, ε = 1e-8, no weight decay; see [`Adam`]).
     pub fn new(spec: &ModelSpec, cfg: LearnerConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
         let net = Network::new(spec, seed)?;
-        let params = ParamsAdamW {
-            lr: cfg.learning_rate,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        };
-        let opt = AdamW::new(net.variables(), params)?;
+        let opt = Adam::new(net.variables(), cfg.learning_rate);
         Ok(Self { net, opt, cfg })
     }
 
@@ -201,23 +204,29 @@ impl Learner {
             }
         }
 
-        let ce = candle_nn::loss::cross_entropy(&self.net.forward(images)?, labels)?;
-        let (loss, kl) = match distill {
+        let (ce, kl) = match distill {
             Some((public, target)) => {
-                let t = self.cfg.temperature;
-                let kl = kl_to_target(&self.net.forward(public)?, target, t)?;
-                let loss = (&ce + (&kl * (self.cfg.kl_weight * t * t))?)?;
-                (loss, Some(kl))
+                // One forward pass over private and public rows together: every layer
+                // runs one larger product instead of two, forward and backward.
+                let logits = self.net.forward(&Tensor::cat(&[images, public], 0)?)?;
+                let ce = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, rows)?, labels)?;
+                let own = logits.narrow(0, rows, public.dim(0)?)?;
+                (ce, Some(kl_to_target(&own, target, self.cfg.temperature)?))
             }
-            None => (ce.clone(), None),
+            None => (
+                candle_nn::loss::cross_entropy(&self.net.forward(images)?, labels)?,
+                None,
+            ),
+        };
+        let t = self.cfg.temperature;
+        let loss = match &kl {
+            Some(kl) => ce.add(&kl.affine(self.cfg.kl_weight * t * t, 0.0)?)?,
+            None => ce.clone(),
         };
 
         let losses = StepLosses {
             ce: ce.to_scalar::<f32>()?,
-            kl: kl
-                .map(|kl| kl.to_scalar::<f32>())
-                .transpose()?
-                .unwrap_or(0.0),
+            kl: kl.map(|kl| kl.to_scalar::<f32>()).transpose()?.unwrap_or(0.0),
             total: loss.to_scalar::<f32>()?,
         };
         if !losses.total.is_finite() {
@@ -226,7 +235,7 @@ impl Learner {
                 losses.ce, losses.kl
             )));
         }
-        self.opt.backward_step(&loss)?;
+        self.opt.step(&loss.backward()?)?;
         Ok(losses)
     }
 
@@ -247,11 +256,7 @@ impl Learner {
             let logits = self.net.forward(&images.narrow(0, start, len)?)?.detach();
             let ce = candle_nn::loss::cross_entropy(&logits, &ys)?.to_scalar::<f32>()?;
             ce_sum += f64::from(ce) * len as f64;
-            let hits = logits
-                .argmax(D::Minus1)?
-                .eq(&ys)?
-                .to_dtype(DType::U32)?
-                .sum_all()?;
+            let hits = logits.argmax(D::Minus1)?.eq(&ys)?.to_dtype(DType::U32)?.sum_all()?;
             correct += u64::from(hits.to_scalar::<u32>()?);
         }
         Ok(Evaluation {
@@ -296,6 +301,12 @@ mod tests {
             Tensor::from_vec(xs, (n, INPUT_DIM), &Device::Cpu).unwrap(),
             labels_tensor(ys).unwrap(),
         )
+    }
+
+    #[test]
+    fn learner_can_move_between_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Learner>();
     }
 
     #[test]
@@ -350,10 +361,7 @@ mod tests {
         let mut l = Learner::new(&"mlp:32".parse().unwrap(), cfg(1e-3, 2.0, 1.0), 1).unwrap();
         let first = l.train_step(&xs, &ys, Some((&public, &target))).unwrap();
         let t2 = 2.0f32 * 2.0;
-        assert!(
-            (first.total - (first.ce + t2 * first.kl)).abs() < 1e-4,
-            "{first:?}"
-        );
+        assert!((first.total - (first.ce + t2 * first.kl)).abs() < 1e-4, "{first:?}");
         let mut last = first;
         for _ in 0..60 {
             last = l.train_step(&xs, &ys, Some((&public, &target))).unwrap();
@@ -375,12 +383,7 @@ mod tests {
                     let d = (i > 0).then_some((&public, &target));
                     losses.push(l.train_step(&xs, &ys, d).unwrap());
                 }
-                let bits: Vec<u32> = l
-                    .parameters_flat()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.to_bits())
-                    .collect();
+                let bits: Vec<u32> = l.parameters_flat().unwrap().iter().map(|x| x.to_bits()).collect();
                 (losses, bits)
             };
             let (la, a) = run();
@@ -409,10 +412,7 @@ mod tests {
         for batch in [1, 2, 5, 100] {
             let e = l.evaluate(&xs, &ys, batch).unwrap();
             assert!((e.accuracy - 0.4).abs() < 1e-6, "{batch}: {e:?}");
-            assert!(
-                (f64::from(e.loss) - expected_loss).abs() < 1e-5,
-                "{batch}: {e:?}"
-            );
+            assert!((f64::from(e.loss) - expected_loss).abs() < 1e-5, "{batch}: {e:?}");
         }
         assert_eq!(l.logits(&xs).unwrap().dims(), &[5, CLASSES]);
         let z = l.logits_vec(&xs).unwrap();
@@ -435,10 +435,7 @@ mod tests {
         let nan = (&xs * f64::NAN).unwrap();
         assert!(l.train_step(&nan, &ys, Some((&xs, &target))).is_err());
         assert!(l.train_step(&xs, &ys, Some((&nan, &target))).is_err());
-        let big = labels_tensor(vec![0, 1, 2, 3])
-            .unwrap()
-            .affine(1.0, 20.0)
-            .unwrap();
+        let big = labels_tensor(vec![0, 1, 2, 3]).unwrap().affine(1.0, 20.0).unwrap();
         assert!(l.train_step(&xs, &big, None).is_err());
         assert!(l.evaluate(&xs, &ys, 0).is_err());
         assert!(l.evaluate(&wide, &ys, 2).is_err());

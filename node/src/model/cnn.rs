@@ -2,11 +2,20 @@
 //!
 //! 28×28 → 14×14 → 7×7, so the flattened features are `conv2 · 7 · 7`. The default
 //! `cnn:16,32,128` has 206,922 parameters, most of them (200,832) in `fc1`.
+//!
+//! Activations are NHWC and the convolutions are im2col + matmul ([`super::ops`]),
+//! which keeps the backward pass fast on one CPU thread. Two consequences, neither of
+//! which changes the function class: the features reach `fc1` in (y, x, channel) order
+//! rather than PyTorch's (channel, y, x); and each stage pools before its ReLU, which is
+//! the same function (ReLU is monotone, so it commutes with max) on a quarter of the
+//! values. Conv weights keep PyTorch's `[out, in, 3, 3]` layout.
 
 use candle_core::Tensor;
-use candle_nn::{Conv2d, Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{CLASSES, IMAGE_SIDE, Model, init};
+use super::layers::{Conv3x3, Dense};
+use super::ops::max_pool2x2;
+use super::{CLASSES, IMAGE_SIDE, Model};
 
 /// Side of the feature maps after the two 2×2 poolings.
 pub(super) const FLAT_SIDE: usize = IMAGE_SIDE / 4;
@@ -14,26 +23,21 @@ pub(super) const FLAT_SIDE: usize = IMAGE_SIDE / 4;
 /// Layers `conv1`, `conv2`, `fc1`, `fc2`.
 #[derive(Clone, Debug)]
 pub struct Cnn {
-    conv1: Conv2d,
-    conv2: Conv2d,
-    fc1: Linear,
-    fc2: Linear,
+    conv1: Conv3x3,
+    conv2: Conv3x3,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl Cnn {
-    /// Declares the layers in `vb`. Values are placeholders until [`init::init_seeded`]
-    /// overwrites them, which [`super::Network::new`] always does.
-    pub fn new(
-        conv1: usize,
-        conv2: usize,
-        hidden: usize,
-        vb: VarBuilder,
-    ) -> candle_core::Result<Self> {
+    /// Declares the layers in `vb`. Values are placeholders until
+    /// [`super::init::init_seeded`] overwrites them, which [`super::Network::new`] does.
+    pub fn new(conv1: usize, conv2: usize, hidden: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            conv1: init::conv3x3(1, conv1, vb.pp("conv1"))?,
-            conv2: init::conv3x3(conv1, conv2, vb.pp("conv2"))?,
-            fc1: init::linear(conv2 * FLAT_SIDE * FLAT_SIDE, hidden, vb.pp("fc1"))?,
-            fc2: init::linear(hidden, CLASSES, vb.pp("fc2"))?,
+            conv1: Conv3x3::new(1, conv1, vb.pp("conv1"))?,
+            conv2: Conv3x3::new(conv1, conv2, vb.pp("conv2"))?,
+            fc1: Dense::new(conv2 * FLAT_SIDE * FLAT_SIDE, hidden, vb.pp("fc1"))?,
+            fc2: Dense::new(hidden, CLASSES, vb.pp("fc2"))?,
         })
     }
 }
@@ -41,9 +45,10 @@ impl Cnn {
 impl Model for Cnn {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         let b = xs.dim(0)?;
-        let h = xs.reshape((b, 1, IMAGE_SIDE, IMAGE_SIDE))?;
-        let h = self.conv1.forward(&h)?.relu()?.max_pool2d(2)?;
-        let h = self.conv2.forward(&h)?.relu()?.max_pool2d(2)?;
+        // Row-major 28×28 pixels already are NHWC with one channel.
+        let h = xs.reshape((b, IMAGE_SIDE, IMAGE_SIDE, 1))?;
+        let h = max_pool2x2(&self.conv1.forward(&h)?)?.relu()?;
+        let h = max_pool2x2(&self.conv2.forward(&h)?)?.relu()?;
         let h = h.flatten_from(1)?;
         let h = self.fc1.forward(&h)?.relu()?;
         self.fc2.forward(&h)

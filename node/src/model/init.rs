@@ -1,7 +1,7 @@
-//! Layer declaration and seeded initialisation.
+//! Seeded initialisation.
 //!
 //! Candle draws its CPU random numbers from an unseeded generator, so layers are
-//! declared with zeros and every variable is then drawn again from
+//! declared with [`PLACEHOLDER`] zeros and every variable is then drawn again from
 //! `StdRng::seed_from_u64(seed)`, walking the variables in sorted-name order: the same
 //! seed gives bit-identical parameters on every run and every machine.
 //!
@@ -11,28 +11,14 @@
 //! fan-in. (PyTorch's `kaiming_uniform_(a = √5)` on weights reduces to that bound.)
 
 use candle_core::{Tensor, Var};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, VarBuilder};
+use candle_nn::Init;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Uniform};
 
-/// Declares a dense layer `in_dim → out_dim` (`weight` [out, in], `bias` [out]).
-pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Linear> {
-    let weight = vb.get_with_hints((out_dim, in_dim), "weight", Init::Const(0.0))?;
-    let bias = vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-    Ok(Linear::new(weight, Some(bias)))
-}
-
-/// Declares a 3×3 convolution with padding 1, stride 1 (`weight` [out, in, 3, 3]).
-pub fn conv3x3(in_ch: usize, out_ch: usize, vb: VarBuilder) -> candle_core::Result<Conv2d> {
-    let weight = vb.get_with_hints((out_ch, in_ch, 3, 3), "weight", Init::Const(0.0))?;
-    let bias = vb.get_with_hints(out_ch, "bias", Init::Const(0.0))?;
-    let cfg = Conv2dConfig {
-        padding: 1,
-        ..Default::default()
-    };
-    Ok(Conv2d::new(weight, Some(bias), cfg))
-}
+/// The value layers are declared with. Zeros cost no random draws, and every
+/// parameter is overwritten by [`init_seeded`] before use.
+pub const PLACEHOLDER: Init = Init::Const(0.0);
 
 /// The fan-in that sets the range of parameter `name`: the product of its weight's
 /// dimensions after the first. A `….bias` takes it from its sibling `….weight`.
@@ -45,9 +31,7 @@ fn fan_in(name: &str, params: &[(String, Var)]) -> candle_core::Result<usize> {
         .iter()
         .find(|(n, _)| *n == weight_name)
         .map(|(_, v)| v)
-        .ok_or_else(|| {
-            candle_core::Error::Msg(format!("no weight `{weight_name}` for `{name}`"))
-        })?;
+        .ok_or_else(|| candle_core::Error::Msg(format!("no weight `{weight_name}` for `{name}`")))?;
     let dims = weight.dims();
     if dims.len() < 2 {
         return Err(candle_core::Error::Msg(format!(
@@ -60,18 +44,13 @@ fn fan_in(name: &str, params: &[(String, Var)]) -> candle_core::Result<usize> {
 
 /// Redraws every parameter of `params` (which must be sorted by name) from `seed`.
 pub fn init_seeded(params: &[(String, Var)], seed: u64) -> candle_core::Result<()> {
-    debug_assert!(
-        params.windows(2).all(|w| w[0].0 < w[1].0),
-        "params must be sorted"
-    );
+    debug_assert!(params.windows(2).all(|w| w[0].0 < w[1].0), "params must be sorted");
     let mut rng = StdRng::seed_from_u64(seed);
     for (name, var) in params {
         let bound = 1.0 / (fan_in(name, params)? as f32).sqrt();
         let dist = Uniform::new_inclusive(-bound, bound)
             .map_err(|e| candle_core::Error::Msg(format!("init range for `{name}`: {e}")))?;
-        let values: Vec<f32> = (0..var.elem_count())
-            .map(|_| dist.sample(&mut rng))
-            .collect();
+        let values: Vec<f32> = (0..var.elem_count()).map(|_| dist.sample(&mut rng)).collect();
         var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
     }
     Ok(())

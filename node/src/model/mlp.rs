@@ -1,24 +1,25 @@
 //! The multilayer perceptron: 784 → hidden… → 10 with ReLU between dense layers.
 
 use candle_core::Tensor;
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{CLASSES, INPUT_DIM, Model, init};
+use super::layers::Dense;
+use super::{CLASSES, INPUT_DIM, Model};
 
 /// A stack of dense layers named `fc1`, `fc2`, …, the last one producing the logits.
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    layers: Vec<Linear>,
+    layers: Vec<Dense>,
 }
 
 impl Mlp {
-    /// Declares the layers in `vb`. Values are placeholders until [`init::init_seeded`]
-    /// overwrites them, which [`super::Network::new`] always does.
+    /// Declares the layers in `vb`. Values are placeholders until
+    /// [`super::init::init_seeded`] overwrites them, which [`super::Network::new`] does.
     pub fn new(hidden: &[usize], vb: VarBuilder) -> candle_core::Result<Self> {
         let mut layers = Vec::with_capacity(hidden.len() + 1);
         let mut prev = INPUT_DIM;
         for (i, &width) in hidden.iter().chain(std::iter::once(&CLASSES)).enumerate() {
-            layers.push(init::linear(prev, width, vb.pp(format!("fc{}", i + 1)))?);
+            layers.push(Dense::new(prev, width, vb.pp(format!("fc{}", i + 1)))?);
             prev = width;
         }
         Ok(Self { layers })

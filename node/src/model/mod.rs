@@ -10,7 +10,9 @@
 
 mod cnn;
 pub mod init;
+mod layers;
 mod mlp;
+pub(crate) mod ops;
 
 use std::fmt;
 use std::str::FromStr;
@@ -63,9 +65,7 @@ const SPEC_FORMS: &str = "`mlp` (= mlp:256,128), `mlp:W1[,W2…]` (hidden widths
 impl ModelSpec {
     /// The default MLP, 784-256-128-10.
     pub fn default_mlp() -> Self {
-        ModelSpec::Mlp {
-            hidden: vec![256, 128],
-        }
+        ModelSpec::Mlp { hidden: vec![256, 128] }
     }
 
     /// The default CNN, conv 16 → conv 32 → dense 128.
@@ -91,11 +91,7 @@ impl ModelSpec {
                 }
                 Some(total)
             }
-            &ModelSpec::Cnn {
-                conv1,
-                conv2,
-                hidden,
-            } => {
+            &ModelSpec::Cnn { conv1, conv2, hidden } => {
                 let c1 = dense(9, conv1)?; // 1 input channel × 3×3 kernel
                 let c2 = dense(conv1.checked_mul(9)?, conv2)?;
                 let flat = conv2.checked_mul(cnn::FLAT_SIDE * cnn::FLAT_SIDE)?;
@@ -116,17 +112,10 @@ impl ModelSpec {
     pub fn validate(&self) -> std::result::Result<(), ParseModelSpecError> {
         let sizes_ok = match self {
             ModelSpec::Mlp { hidden } => !hidden.is_empty() && hidden.iter().all(|&w| w > 0),
-            &ModelSpec::Cnn {
-                conv1,
-                conv2,
-                hidden,
-            } => conv1 > 0 && conv2 > 0 && hidden > 0,
+            &ModelSpec::Cnn { conv1, conv2, hidden } => conv1 > 0 && conv2 > 0 && hidden > 0,
         };
         if !sizes_ok {
-            return Err(ParseModelSpecError::new(
-                self.to_string(),
-                "a size is zero or missing",
-            ));
+            return Err(ParseModelSpecError::new(self.to_string(), "a size is zero or missing"));
         }
         match self.checked_parameter_count() {
             Some(n) if n <= MAX_PARAMETERS => Ok(()),
@@ -196,11 +185,7 @@ impl FromStr for ModelSpec {
                 hidden: parse_sizes(s, list)?,
             },
             ("cnn", Some(list)) => match parse_sizes(s, list)?.as_slice() {
-                &[conv1, conv2, hidden] => ModelSpec::Cnn {
-                    conv1,
-                    conv2,
-                    hidden,
-                },
+                &[conv1, conv2, hidden] => ModelSpec::Cnn { conv1, conv2, hidden },
                 other => {
                     return Err(ParseModelSpecError::new(
                         s,
@@ -209,14 +194,10 @@ impl FromStr for ModelSpec {
                 }
             },
             _ => {
-                return Err(ParseModelSpecError::new(
-                    s,
-                    format!("unknown model kind `{kind}`"),
-                ));
+                return Err(ParseModelSpecError::new(s, format!("unknown model kind `{kind}`")));
             }
         };
-        spec.validate()
-            .map_err(|e| ParseModelSpecError::new(s, e.reason))?;
+        spec.validate().map_err(|e| ParseModelSpecError::new(s, e.reason))?;
         Ok(spec)
     }
 }
@@ -234,11 +215,7 @@ impl fmt::Display for ModelSpec {
                 }
                 Ok(())
             }
-            ModelSpec::Cnn {
-                conv1,
-                conv2,
-                hidden,
-            } => write!(f, "cnn:{conv1},{conv2},{hidden}"),
+            ModelSpec::Cnn { conv1, conv2, hidden } => write!(f, "cnn:{conv1},{conv2},{hidden}"),
         }
     }
 }
@@ -289,27 +266,20 @@ impl Network {
     /// Builds `spec` on the CPU and initialises every parameter from `seed`
     /// (PyTorch's default uniform ranges, see [`init`]). Same seed ⇒ identical bits.
     pub fn new(spec: &ModelSpec, seed: u64) -> Result<Self> {
-        spec.validate()
-            .map_err(|e| Error::config("model", e.to_string()))?;
+        spec.validate().map_err(|e| Error::config("model", e.to_string()))?;
         let device = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model: Box<dyn Model> = match spec {
             ModelSpec::Mlp { hidden } => Box::new(Mlp::new(hidden, vb)?),
-            &ModelSpec::Cnn {
-                conv1,
-                conv2,
-                hidden,
-            } => Box::new(Cnn::new(conv1, conv2, hidden, vb)?),
+            &ModelSpec::Cnn { conv1, conv2, hidden } => Box::new(Cnn::new(conv1, conv2, hidden, vb)?),
         };
         let mut params: Vec<(String, Var)> = {
             let data = varmap
                 .data()
                 .lock()
                 .map_err(|_| candle_core::Error::Msg("parameter map lock poisoned".into()))?;
-            data.iter()
-                .map(|(name, var)| (name.clone(), var.clone()))
-                .collect()
+            data.iter().map(|(name, var)| (name.clone(), var.clone())).collect()
         };
         params.sort_by(|a, b| a.0.cmp(&b.0));
         init::init_seeded(&params, seed)?;
@@ -424,11 +394,7 @@ mod tests {
     #[test]
     fn parameter_names_are_sorted_and_stable() {
         let net = Network::new(&ModelSpec::default_cnn(), 0).unwrap();
-        let names: Vec<&str> = net
-            .named_parameters()
-            .iter()
-            .map(|(n, _)| n.as_str())
-            .collect();
+        let names: Vec<&str> = net.named_parameters().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
             [
@@ -467,12 +433,7 @@ mod tests {
                 _ => 128,
             };
             let bound = 1.0 / (fan_in as f32).sqrt();
-            let v = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let v = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
             assert!(max <= bound, "{name}: {max} > {bound}");
             // With ≥ 16 draws, the largest magnitude lands in the top half of the range.
@@ -519,9 +480,7 @@ mod tests {
         }
         assert_eq!(
             "mlp".parse::<ModelSpec>().unwrap(),
-            ModelSpec::Mlp {
-                hidden: vec![256, 128]
-            }
+            ModelSpec::Mlp { hidden: vec![256, 128] }
         );
         assert_eq!(
             "cnn:8,16,64".parse::<ModelSpec>().unwrap(),

@@ -1,0 +1,60 @@
+//! The layers the models are made of: a dense layer and a 3×3 convolution, both a
+//! single product `x · wᵀ` (see [`super::ops`]).
+
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::init::PLACEHOLDER;
+use super::ops::{im2col3x3, matmul_wt};
+
+/// A dense layer `in → out`: `weight` `[out, in]`, `bias` `[out]`.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    /// Declares `weight` and `bias` under `vb` (values are set by seeded init).
+    pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints((out_dim, in_dim), "weight", PLACEHOLDER)?,
+            bias: vb.get_with_hints(out_dim, "bias", PLACEHOLDER)?,
+        })
+    }
+
+    /// `[rows, in]` → `[rows, out]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        matmul_wt(xs, &self.weight)?.broadcast_add(&self.bias)
+    }
+}
+
+/// A 3×3 convolution, stride 1, padding 1, over NHWC activations: `weight`
+/// `[out, in, 3, 3]` (PyTorch's layout), `bias` `[out]`.
+#[derive(Clone, Debug)]
+pub struct Conv3x3 {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Conv3x3 {
+    /// Declares `weight` and `bias` under `vb` (values are set by seeded init).
+    pub fn new(in_ch: usize, out_ch: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints((out_ch, in_ch, 3, 3), "weight", PLACEHOLDER)?,
+            bias: vb.get_with_hints(out_ch, "bias", PLACEHOLDER)?,
+        })
+    }
+
+    /// `[b, h, w, in]` → `[b, h, w, out]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = xs.dims4()?;
+        let out = self.weight.dim(0)?;
+        // One row per output channel, columns in im2col's (ky, kx, channel) order, then
+        // the bias, which meets im2col's trailing column of ones: weights and bias get
+        // their gradients from the same product. (A few thousand values to copy.)
+        let w_rows = self.weight.permute((0, 2, 3, 1))?.reshape((out, 9 * c))?;
+        let w_full = Tensor::cat(&[&w_rows, &self.bias.unsqueeze(1)?], 1)?;
+        matmul_wt(&im2col3x3(xs)?, &w_full)?.reshape((b, h, w, out))
+    }
+}

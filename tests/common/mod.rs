@@ -1,0 +1,235 @@
+//! Helpers for the integration tests: real `wdml` processes on loopback, killed when
+//! the test ends (pass or fail), and readers for the run directory.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use wdml_coordinator::{MetricsRow, Summary};
+
+pub const WDML: &str = env!("CARGO_BIN_EXE_wdml");
+
+/// A small, fast scenario: tiny MLPs so a round takes a fraction of a second.
+pub fn small(nodes: u32, rounds: u32) -> Vec<String> {
+    vec![
+        format!("nodes.count={nodes}"),
+        format!("run.rounds={rounds}"),
+        "nodes.models=[\"mlp:64\"]".into(),
+        "train.local_steps=15".into(),
+        "train.batch_size=32".into(),
+        "exchange.public_batch=64".into(),
+        "data.partition=\"iid\"".into(),
+        "data.test_size=500".into(),
+    ]
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "wdml-test-{label}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("keeping {} for inspection", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Runs `wdml run` to the end with the given overrides; returns its output.
+pub fn launch(out: &Path, overrides: &[String]) -> Output {
+    let mut command = Command::new(WDML);
+    command.arg("run").arg("--out").arg(out);
+    for o in overrides {
+        command.arg("--set").arg(o);
+    }
+    let output = command.output().expect("wdml runs");
+    if !output.status.success() {
+        eprintln!("stdout:\n{}", String::from_utf8_lossy(&output.stdout));
+        eprintln!("stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+        dump_logs(out);
+    }
+    output
+}
+
+/// Prints every log of a run directory (for a failing test).
+pub fn dump_logs(out: &Path) {
+    if let Ok(entries) = std::fs::read_dir(out.join("logs")) {
+        for entry in entries.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
+            eprintln!("--- {} (last lines)", entry.path().display());
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+pub fn metrics(out: &Path) -> Vec<MetricsRow> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a metrics row"))
+        .collect()
+}
+
+pub fn summary(out: &Path) -> Summary {
+    let text = std::fs::read_to_string(out.join("summary.json")).expect("summary.json");
+    serde_json::from_str(&text).expect("a summary")
+}
+
+/// A process killed when dropped.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    /// The address from its `listening on` line.
+    pub address: String,
+}
+
+impl Process {
+    /// Starts `wdml ARGS…`, logging stderr to `log`, and reads its listening address.
+    pub fn start(name: &str, args: &[String], log: &Path) -> Process {
+        let mut child = Command::new(WDML)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("wdml starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("{name}: {line:?}"))
+            .trim()
+            .to_string();
+        Process {
+            name: name.to_string(),
+            child,
+            address,
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; `None` if it is still running.
+    pub fn wait_for(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A coordinator and its nodes, started one by one so a test can act on each.
+pub struct Cluster {
+    pub dir: TempDir,
+    pub coordinator: Process,
+    pub nodes: Vec<Process>,
+}
+
+impl Cluster {
+    /// Starts a coordinator for `overrides` and `nodes` nodes running `model`.
+    pub fn start(label: &str, nodes: u32, overrides: &[String]) -> Cluster {
+        let dir = TempDir::new(label);
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let mut args: Vec<String> = vec!["coordinator".into(), "--listen".into(), "127.0.0.1:0".into()];
+        args.extend(["--out".into(), dir.path().display().to_string()]);
+        for o in overrides {
+            args.extend(["--set".into(), o.clone()]);
+        }
+        let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
+        let mut cluster = Cluster {
+            dir,
+            coordinator,
+            nodes: Vec::new(),
+        };
+        for id in 0..nodes {
+            cluster.start_node(id, "mlp:64", "127.0.0.1");
+        }
+        cluster
+    }
+
+    /// Starts node `id` bound to `host` (any free port).
+    pub fn start_node(&mut self, id: u32, model: &str, host: &str) -> usize {
+        let args: Vec<String> = vec![
+            "node".into(),
+            "--id".into(),
+            id.to_string(),
+            "--model".into(),
+            model.into(),
+            "--coordinator".into(),
+            self.coordinator.address.clone(),
+            "--listen".into(),
+            format!("{host}:0"),
+        ];
+        let log = self.dir.path().join(format!("logs/node-{id}.log"));
+        self.nodes.push(Process::start(&format!("node-{id}"), &args, &log));
+        self.nodes.len() - 1
+    }
+
+    pub fn out(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until `metrics.jsonl` holds rows of round `round`.
+    pub fn wait_for_round(&self, round: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if metrics(self.out()).iter().any(|r| r.round >= round) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        dump_logs(self.out());
+        panic!("round {round} did not close within {timeout:?}");
+    }
+
+    /// Waits for the coordinator to finish the run; returns its exit status.
+    pub fn wait_for_end(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        match self.coordinator.wait_for(timeout) {
+            Some(status) => status,
+            None => {
+                dump_logs(self.out());
+                panic!("the run did not end within {timeout:?}");
+            }
+        }
+    }
+}

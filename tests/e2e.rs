@@ -1,0 +1,230 @@
+//! End-to-end behaviour of real `wdml` processes on loopback: learning, the bytes on
+//! the wire, the `local` baseline, reproducibility, a node dying, bad messages.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, TempDir, launch, metrics, small, summary};
+use wdml_coordinator::MetricsRow;
+
+#[test]
+fn dml_nodes_learn_and_send_exactly_batch_times_classes_per_neighbour() {
+    let dir = TempDir::new("dml");
+    let mut overrides = small(3, 3);
+    overrides.push("exchange.encoding=\"f16\"".into());
+    let output = launch(dir.path(), &overrides);
+    assert!(output.status.success(), "the run fails");
+
+    let rows = metrics(dir.path());
+    assert_eq!(rows.len(), 9, "3 nodes × 3 rounds");
+    let (public_batch, classes, f16_bytes, neighbours) = (64, 10, 2, 2);
+    for row in &rows {
+        assert_eq!(
+            row.payload_bytes_sent,
+            neighbours * public_batch * classes * f16_bytes,
+            "{row:?}"
+        );
+        assert_eq!(
+            row.payload_bytes_received,
+            neighbours * public_batch * classes * f16_bytes
+        );
+        assert_eq!((row.messages_sent, row.messages_received, row.messages_lost), (2, 2, 0));
+        assert!(
+            row.wire_bytes_sent > row.payload_bytes_sent,
+            "frame headers cost bytes too"
+        );
+        assert!(row.kl_loss > 0.0, "the distillation term is active");
+    }
+    let s = summary(dir.path());
+    assert!(s.finished);
+    for node in &s.nodes {
+        let accuracy = node.final_accuracy.unwrap();
+        assert!(
+            accuracy > 0.6,
+            "node {} reached only {accuracy} (chance is 0.1)",
+            node.id
+        );
+    }
+    // The launcher's final table names every node.
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("mean final accuracy"), "{table}");
+}
+
+#[test]
+fn local_exchanges_nothing_and_keeps_the_same_partition() {
+    let local = TempDir::new("local");
+    let mut overrides = small(3, 2);
+    overrides.push("run.algorithm=\"local\"".into());
+    assert!(launch(local.path(), &overrides).status.success());
+    let dml = TempDir::new("local-vs-dml");
+    assert!(launch(dml.path(), &small(3, 1)).status.success());
+
+    let rows = metrics(local.path());
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        assert_eq!(
+            (row.payload_bytes_sent, row.wire_bytes_sent, row.wire_bytes_received),
+            (0, 0, 0)
+        );
+        assert_eq!((row.messages_sent, row.messages_received), (0, 0));
+        assert_eq!(row.kl_loss, 0.0);
+        assert!(row.test_accuracy > 0.3);
+    }
+    let shard = |rows: &[MetricsRow], node| rows.iter().find(|r| r.node == node).unwrap().private_samples;
+    let dml_rows = metrics(dml.path());
+    for node in 0..3 {
+        assert!(shard(&rows, node) > 0);
+        assert_eq!(
+            shard(&rows, node),
+            shard(&dml_rows, node),
+            "node {node}'s shard differs between algorithms"
+        );
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_metrics() {
+    let first = TempDir::new("seed-a");
+    let second = TempDir::new("seed-b");
+    let mut overrides = small(3, 2);
+    overrides.push("data.partition=\"dirichlet:0.5\"".into());
+    assert!(launch(first.path(), &overrides).status.success());
+    assert!(launch(second.path(), &overrides).status.success());
+    // Everything but the wall-clock timings.
+    let learned = |rows: Vec<MetricsRow>| -> Vec<MetricsRow> {
+        rows.into_iter()
+            .map(|r| MetricsRow {
+                compute_ms: 0.0,
+                exchange_ms: 0.0,
+                wait_ms: 0.0,
+                round_ms: 0.0,
+                ..r
+            })
+            .collect()
+    };
+    let (a, b) = (learned(metrics(first.path())), learned(metrics(second.path())));
+    assert_eq!(a.len(), 6);
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_killed_node_is_marked_gone_and_the_others_finish_every_round() {
+    let rounds = 8;
+    let mut cluster = Cluster::start("kill", 3, &small(3, rounds));
+    cluster.wait_for_round(1, Duration::from_secs(120));
+    cluster.nodes[2].kill();
+    let status = cluster.wait_for_end(Duration::from_secs(180));
+    assert!(status.success());
+
+    let s = summary(cluster.out());
+    assert!(s.finished);
+    assert_eq!(s.rounds_closed, rounds);
+    let node = |id: u32| s.nodes.iter().find(|n| n.id == id).unwrap();
+    assert_eq!(node(2).status, "gone");
+    assert!(node(2).rounds_reported < rounds);
+    for id in [0, 1] {
+        assert_eq!(node(id).status, "finished");
+        assert_eq!(node(id).rounds_reported, rounds, "node {id} missed rounds");
+    }
+    assert!(
+        s.events.iter().any(|e| e.node == 2 && e.event == "gone"),
+        "{:?}",
+        s.events
+    );
+    // The survivors stopped expecting node 2 once it was gone.
+    let last = metrics(cluster.out())
+        .into_iter()
+        .filter(|r| r.round == rounds - 1)
+        .collect::<Vec<_>>();
+    assert!(
+        last.iter().all(|r| r.messages_lost == 0 && r.messages_received == 1),
+        "{last:?}"
+    );
+}
+
+mod bad_messages {
+    use super::*;
+    use tonic::Code;
+    use wdml_proto::{Encoding, Frame, peer_exchange_client::PeerExchangeClient};
+
+    /// A well-formed single-frame message for the `small` scenario, as node 1.
+    fn frame(run_id: &str) -> Frame {
+        let values = vec![0.25f32; 64 * 10];
+        Frame {
+            run_id: run_id.into(),
+            round: 0,
+            round_token: 1,
+            sender: 1,
+            encoding: Encoding::F32 as i32,
+            rows: 64,
+            cols: 10,
+            scale: 0.0,
+            offset: 0.0,
+            index: 0,
+            count: 1,
+            total_bytes: 64 * 10 * 4,
+            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    async fn send(address: &str, frame: Frame) -> Code {
+        let mut client = PeerExchangeClient::connect(format!("http://{address}")).await.unwrap();
+        match client.send(tokio_stream::iter(vec![frame])).await {
+            Ok(_) => Code::Ok,
+            Err(status) => status.code(),
+        }
+    }
+
+    #[test]
+    fn get_precise_status_codes_and_the_node_keeps_training() {
+        let rounds = 10;
+        let mut overrides = small(2, rounds);
+        overrides.push("run.name=\"bad\"".into());
+        let mut cluster = Cluster::start("bad", 2, &overrides);
+        // Round 1 closed: every node is at round 2 or later, so round 0 is stale.
+        cluster.wait_for_round(1, Duration::from_secs(120));
+        let run_id = "bad-42"; // run.name-run.seed
+        let address = cluster.nodes[0].address.clone();
+
+        let mut cases: Vec<(&str, Frame, Code)> = Vec::new();
+        let mut f = frame(run_id);
+        f.rows = 63;
+        f.total_bytes = 63 * 10 * 4;
+        f.data.truncate(63 * 10 * 4);
+        cases.push(("wrong shape", f, Code::InvalidArgument));
+        let mut f = frame(run_id);
+        f.data[40..44].copy_from_slice(&f32::NAN.to_le_bytes());
+        cases.push(("non-finite value", f, Code::InvalidArgument));
+        let mut f = frame(run_id);
+        f.sender = 99;
+        cases.push(("unknown sender", f, Code::PermissionDenied));
+        cases.push(("stale round", frame(run_id), Code::FailedPrecondition));
+        let mut f = frame(run_id);
+        f.total_bytes = 1 << 40;
+        cases.push(("oversized payload", f, Code::ResourceExhausted));
+        let mut f = frame(run_id);
+        f.encoding = 99;
+        cases.push(("undecodable encoding", f, Code::InvalidArgument));
+        cases.push(("another run", frame("other-run"), Code::FailedPrecondition));
+        let bad = cases.len() as u32;
+
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        for (what, frame, code) in cases {
+            assert_eq!(runtime.block_on(send(&address, frame)), code, "{what}");
+        }
+
+        assert!(cluster.wait_for_end(Duration::from_secs(180)).success());
+        let s = summary(cluster.out());
+        assert!(s.finished);
+        let node0 = s.nodes.iter().find(|n| n.id == 0).unwrap();
+        assert_eq!(node0.rounds_reported, rounds, "node 0 stopped training");
+        assert_eq!(
+            node0.messages_rejected, bad,
+            "every bad message is counted, and nothing else"
+        );
+        assert!(node0.final_accuracy.unwrap() > 0.6);
+        // The good messages kept flowing.
+        assert!(metrics(cluster.out()).iter().all(|r| r.messages_lost == 0));
+    }
+}
