@@ -243,9 +243,7 @@ impl ChannelConfig {
             fading: self.fading.unwrap_or(base.fading),
             bandwidth_hz: self.bandwidth_hz.unwrap_or(base.bandwidth_hz),
             tx_power_dbm: self.tx_power_dbm.unwrap_or(base.tx_power_dbm),
-            noise_density_dbm_per_hz: self
-                .noise_density_dbm_per_hz
-                .unwrap_or(base.noise_density_dbm_per_hz),
+            noise_density_dbm_per_hz: self.noise_density_dbm_per_hz.unwrap_or(base.noise_density_dbm_per_hz),
             noise_figure_db: self.noise_figure_db.unwrap_or(base.noise_figure_db),
             rate_efficiency: self.rate_efficiency.unwrap_or(base.rate_efficiency),
             max_spectral_efficiency_bps_per_hz,
@@ -274,10 +272,7 @@ mod tests {
         assert_eq!(resolved.time_scale, 0.01);
         assert_eq!(resolved.mode, Mode::Unicast);
         assert_eq!(resolved.topology, Topology::FullMesh);
-        assert_eq!(
-            resolved.placement,
-            Placement::UniformSquare { area_m: 100.0 }
-        );
+        assert_eq!(resolved.placement, Placement::UniformSquare { area_m: 100.0 });
         assert_eq!(resolved.radio, RadioParams::default());
     }
 
@@ -310,10 +305,7 @@ mod tests {
         assert_eq!(resolved.mode, Mode::Broadcast);
         assert_eq!(resolved.time_scale, 0.0);
         assert_eq!(resolved.topology, Topology::RadioRange { min_snr_db: 3.0 });
-        assert_eq!(
-            resolved.placement,
-            Placement::UniformSquare { area_m: 300.0 }
-        );
+        assert_eq!(resolved.placement, Placement::UniformSquare { area_m: 300.0 });
         let radio = resolved.radio;
         assert_eq!(radio.tx_power_dbm, 17.0);
         assert_eq!(radio.bandwidth_hz, 2e6);
@@ -336,10 +328,7 @@ mod tests {
             path_loss = "urban"
             positions = [{ x_m = 0, y_m = 0 }, { x_m = 10.5, y_m = 3 }]
         "#;
-        let resolved = toml::from_str::<ChannelConfig>(text)
-            .unwrap()
-            .resolve()
-            .unwrap();
+        let resolved = toml::from_str::<ChannelConfig>(text).unwrap().resolve().unwrap();
         assert_eq!(resolved.topology, Topology::Ring);
         assert_eq!(resolved.radio.fading, Fading::None);
         assert_eq!(resolved.radio.path_loss, PathLoss::Urban);
@@ -355,10 +344,7 @@ mod tests {
     fn the_resolved_channel_round_trips_through_toml_and_json() {
         let resolved = ChannelConfig::from_preset(Preset::Wifi).resolve().unwrap();
         let json = serde_json::to_string(&resolved).unwrap();
-        assert_eq!(
-            serde_json::from_str::<ResolvedChannel>(&json).unwrap(),
-            resolved
-        );
+        assert_eq!(serde_json::from_str::<ResolvedChannel>(&json).unwrap(), resolved);
         let config = ChannelConfig {
             tx_power_dbm: Some(3.0),
             ..ChannelConfig::from_preset(Preset::D2dEdge)
@@ -377,14 +363,8 @@ mod tests {
     #[test]
     fn config_errors_name_the_field() {
         let cases = [
-            (
-                "bandwidth_hz = -1",
-                "channel.bandwidth_hz must be > 0 (got -1)",
-            ),
-            (
-                "time_scale = -0.5",
-                "channel.time_scale must be >= 0 (got -0.5)",
-            ),
+            ("bandwidth_hz = -1", "channel.bandwidth_hz must be > 0 (got -1)"),
+            ("time_scale = -0.5", "channel.time_scale must be >= 0 (got -0.5)"),
             ("area_m = 0", "channel.area_m must be > 0 (got 0)"),
             (
                 "rate_efficiency = 0",
@@ -435,15 +415,9 @@ mod tests {
     #[test]
     fn unknown_fields_and_presets_are_rejected_by_name() {
         let unknown_field = error_of("bandwith_hz = 1e6");
-        assert!(
-            unknown_field.contains("unknown field `bandwith_hz`"),
-            "{unknown_field}"
-        );
+        assert!(unknown_field.contains("unknown field `bandwith_hz`"), "{unknown_field}");
         let unknown_preset = error_of("preset = \"5g\"");
-        assert!(
-            unknown_preset.contains("unknown variant `5g`"),
-            "{unknown_preset}"
-        );
+        assert!(unknown_preset.contains("unknown variant `5g`"), "{unknown_preset}");
         assert!(unknown_preset.contains("d2d-urban"), "{unknown_preset}");
     }
 }

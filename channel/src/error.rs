@@ -70,11 +70,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An [`Error::InvalidParameter`] naming `field`.
-    pub fn invalid(
-        field: impl Into<String>,
-        requirement: impl Into<String>,
-        got: impl Display,
-    ) -> Self {
+    pub fn invalid(field: impl Into<String>, requirement: impl Into<String>, got: impl Display) -> Self {
         Error::InvalidParameter {
             field: field.into(),
             requirement: requirement.into(),
@@ -99,22 +95,12 @@ pub(crate) fn ensure_finite(value: f64, field: &str) -> Result<()> {
 
 /// Fails unless `value` is finite and strictly positive.
 pub(crate) fn ensure_positive(value: f64, field: &str) -> Result<()> {
-    ensure(
-        value.is_finite() && value > 0.0,
-        field,
-        "must be > 0",
-        value,
-    )
+    ensure(value.is_finite() && value > 0.0, field, "must be > 0", value)
 }
 
 /// Fails unless `value` is finite and not negative.
 pub(crate) fn ensure_non_negative(value: f64, field: &str) -> Result<()> {
-    ensure(
-        value.is_finite() && value >= 0.0,
-        field,
-        "must be >= 0",
-        value,
-    )
+    ensure(value.is_finite() && value >= 0.0, field, "must be >= 0", value)
 }
 
 /// Fails unless `value` is a probability.

@@ -83,8 +83,7 @@ impl Placement {
             }
             Placement::UniformSquare { area_m } => Ok((0..nodes)
                 .map(|node| {
-                    let mut rng =
-                        SplitMix64::for_stream(run_seed, Stream::Placement, &[node as u64]);
+                    let mut rng = SplitMix64::for_stream(run_seed, Stream::Placement, &[node as u64]);
                     let x_m = area_m * rng.random::<f64>();
                     let y_m = area_m * rng.random::<f64>();
                     Position { x_m, y_m }
@@ -133,21 +132,13 @@ mod tests {
 
     #[test]
     fn bad_placements_name_the_field() {
-        let err = Placement::UniformSquare { area_m: 0.0 }
-            .validate()
-            .unwrap_err();
-        assert!(
-            err.to_string().starts_with("channel.area_m must be > 0"),
-            "{err}"
-        );
+        let err = Placement::UniformSquare { area_m: 0.0 }.validate().unwrap_err();
+        assert!(err.to_string().starts_with("channel.area_m must be > 0"), "{err}");
         let err = Placement::Explicit {
             positions: vec![Position::new(0.0, f64::NAN)],
         }
         .validate()
         .unwrap_err();
-        assert!(
-            err.to_string().starts_with("channel.positions[0].y_m"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("channel.positions[0].y_m"), "{err}");
     }
 }

@@ -44,8 +44,7 @@ pub use error::{Error, Result};
 pub use geometry::{Placement, Position};
 pub use link::{Channel, Link, LinkState};
 pub use loss::{
-    CODED_BPSK_FIT_A, CODED_BPSK_FIT_G, CODED_BPSK_FIT_PACKET_BITS, FrameLoss, LossModel,
-    coded_bpsk_frame_error_rate,
+    CODED_BPSK_FIT_A, CODED_BPSK_FIT_G, CODED_BPSK_FIT_PACKET_BITS, FrameLoss, LossModel, coded_bpsk_frame_error_rate,
 };
 pub use preset::{Preset, Shaping};
 pub use propagation::{Fading, PathLoss};
@@ -53,6 +52,6 @@ pub use radio::{MAX_RETRANSMISSIONS_LIMIT, RadioParams, airtime_s};
 pub use rng::{derive_external_seed, purpose};
 pub use topology::Topology;
 pub use transmission::{
-    BroadcastAttempt, BroadcastOutcome, BroadcastTransmission, FrameAttempt, ReceiverOutcome,
-    Reception, TransmissionOutcome, UnicastTransmission,
+    BroadcastAttempt, BroadcastOutcome, BroadcastTransmission, FrameAttempt, ReceiverOutcome, Reception,
+    TransmissionOutcome, UnicastTransmission,
 };

@@ -174,8 +174,7 @@ impl Channel {
     pub fn shadowing_db(&self, link: Link) -> Result<f64> {
         self.check_link(link)?;
         let (low, high) = (link.from.min(link.to), link.from.max(link.to));
-        let mut rng =
-            SplitMix64::for_stream(self.run_seed, Stream::Shadowing, &[low as u64, high as u64]);
+        let mut rng = SplitMix64::for_stream(self.run_seed, Stream::Shadowing, &[low as u64, high as u64]);
         Ok(draw_shadowing_db(self.params.shadowing_sigma_db, &mut rng))
     }
 
@@ -186,18 +185,13 @@ impl Channel {
             .params
             .path_loss
             .loss_db(self.distance_m(link)?, self.params.min_distance_m);
-        Ok(self
-            .params
-            .snr_db(path_loss_db, self.shadowing_db(link)?, 1.0))
+        Ok(self.params.snr_db(path_loss_db, self.shadowing_db(link)?, 1.0))
     }
 
     /// The state of `link` in `round`.
     pub fn link_state(&self, link: Link, round: u64) -> Result<LinkState> {
         let distance_m = self.distance_m(link)?;
-        let path_loss_db = self
-            .params
-            .path_loss
-            .loss_db(distance_m, self.params.min_distance_m);
+        let path_loss_db = self.params.path_loss.loss_db(distance_m, self.params.min_distance_m);
         let shadowing_db = self.shadowing_db(link)?;
         let coordinates = [link.from as u64, link.to as u64, round];
 
@@ -210,9 +204,7 @@ impl Channel {
         let mean_snr_db = self.params.snr_db(path_loss_db, shadowing_db, 1.0);
         let snr_db = self.params.snr_db(path_loss_db, shadowing_db, fading_gain);
         let outage = self.params.is_outage(snr_db);
-        let frame_bits = self
-            .params
-            .frame_bits(u64::from(self.params.frame_payload_bytes));
+        let frame_bits = self.params.frame_bits(u64::from(self.params.frame_payload_bytes));
         let frame_error_rate = if outage {
             1.0
         } else {
@@ -244,21 +236,10 @@ impl Channel {
 
     /// A unicast transmission of `payload_bytes` on `link` in `round`, as message number
     /// `message`; iterate it to step frame by frame, or [`UnicastTransmission::run`] it.
-    pub fn unicast(
-        &self,
-        link: Link,
-        round: u64,
-        message: u64,
-        payload_bytes: u64,
-    ) -> Result<UnicastTransmission> {
+    pub fn unicast(&self, link: Link, round: u64, message: u64, payload_bytes: u64) -> Result<UnicastTransmission> {
         let state = self.link_state(link, round)?;
         let loss = self.frame_loss_for(&state, message);
-        Ok(UnicastTransmission::new(
-            &self.params,
-            &state,
-            loss,
-            payload_bytes,
-        ))
+        Ok(UnicastTransmission::new(&self.params, &state, loss, payload_bytes))
     }
 
     /// One broadcast of `payload_bytes` from `from` to `receivers` in `round`, as message
@@ -281,12 +262,7 @@ impl Channel {
             let loss = self.frame_loss_for(&state, message);
             links.push((state, loss));
         }
-        Ok(BroadcastTransmission::new(
-            &self.params,
-            from,
-            links,
-            payload_bytes,
-        ))
+        Ok(BroadcastTransmission::new(&self.params, from, links, payload_bytes))
     }
 
     /// The loss process of a message on a link whose round state is already known.
@@ -294,12 +270,7 @@ impl Channel {
         let seed = derive_seed(
             self.run_seed,
             Stream::FrameLoss,
-            &[
-                state.link.from as u64,
-                state.link.to as u64,
-                state.round,
-                message,
-            ],
+            &[state.link.from as u64, state.link.to as u64, state.round, message],
         );
         FrameLoss::new(self.params.loss, state.snr_db, seed)
     }
@@ -311,9 +282,7 @@ mod tests {
     use crate::propagation::Fading;
 
     fn line_channel(seed: u64, params: RadioParams) -> Channel {
-        let positions = (0..4)
-            .map(|i| Position::new(30.0 * f64::from(i), 0.0))
-            .collect();
+        let positions = (0..4).map(|i| Position::new(30.0 * f64::from(i), 0.0)).collect();
         Channel::new(seed, params, positions).unwrap()
     }
 
@@ -341,11 +310,7 @@ mod tests {
         let a = line_channel(7, RadioParams::default());
         let b = line_channel(7, RadioParams::default());
         let links: Vec<Link> = (0..4)
-            .flat_map(|i| {
-                (0..4)
-                    .filter(move |&j| j != i)
-                    .map(move |j| Link::new(i, j))
-            })
+            .flat_map(|i| (0..4).filter(move |&j| j != i).map(move |j| Link::new(i, j)))
             .collect();
         let forward: Vec<LinkState> = links
             .iter()
@@ -371,9 +336,7 @@ mod tests {
     fn rounds_redraw_fading_but_not_shadowing() {
         let channel = line_channel(3, RadioParams::default());
         let link = Link::new(1, 2);
-        let states: Vec<LinkState> = (0..5)
-            .map(|r| channel.link_state(link, r).unwrap())
-            .collect();
+        let states: Vec<LinkState> = (0..5).map(|r| channel.link_state(link, r).unwrap()).collect();
         for state in &states {
             assert_eq!(state.shadowing_db, states[0].shadowing_db);
             assert_eq!(state.mean_snr_db, states[0].mean_snr_db);
@@ -420,8 +383,8 @@ mod tests {
             .map(|r| channel.link_state(Link::new(2, 1), r).unwrap().latency_s)
             .collect();
         assert!(latencies.iter().all(|&l| (2e-3..5e-3).contains(&l)));
-        let spread = latencies.iter().cloned().fold(f64::MIN, f64::max)
-            - latencies.iter().cloned().fold(f64::MAX, f64::min);
+        let spread =
+            latencies.iter().cloned().fold(f64::MIN, f64::max) - latencies.iter().cloned().fold(f64::MAX, f64::min);
         assert!(spread > 2.5e-3, "{spread}");
     }
 
@@ -433,12 +396,7 @@ mod tests {
             ..RadioParams::default()
         };
         // mean SNR = −23 − 40·log10(d_km): −1.5 dB at d = 10^(−21.5/40) km = 290 m
-        let channel = Channel::new(
-            0,
-            params,
-            vec![Position::new(0.0, 0.0), Position::new(400.0, 0.0)],
-        )
-        .unwrap();
+        let channel = Channel::new(0, params, vec![Position::new(0.0, 0.0), Position::new(400.0, 0.0)]).unwrap();
         let state = channel.link_state(Link::new(0, 1), 0).unwrap();
         assert!(state.outage);
         assert_eq!(state.rate_bps, 0.0);
@@ -453,10 +411,7 @@ mod tests {
             channel.link_state(Link::new(0, 4), 0),
             Err(Error::NodeOutOfRange { node: 4, nodes: 4 })
         );
-        assert_eq!(
-            channel.link_state(Link::new(2, 2), 0),
-            Err(Error::SelfLink { node: 2 })
-        );
+        assert_eq!(channel.link_state(Link::new(2, 2), 0), Err(Error::SelfLink { node: 2 }));
         assert_eq!(
             channel.broadcast(0, &[1, 1], 0, 0, 10).unwrap_err(),
             Error::DuplicateReceiver { node: 1 }

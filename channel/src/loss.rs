@@ -111,9 +111,7 @@ impl LossModel {
             LossModel::FromSnr => coded_bpsk_frame_error_rate(db_to_linear(snr_db), frame_bits),
             LossModel::Bernoulli { p } => p,
             LossModel::GilbertElliott {
-                loss_good,
-                loss_bad,
-                ..
+                loss_good, loss_bad, ..
             } => {
                 let bad = self.stationary_bad_probability();
                 (1.0 - bad) * loss_good + bad * loss_bad
@@ -130,9 +128,7 @@ impl LossModel {
                 p_good_to_bad,
                 p_bad_to_good,
                 ..
-            } if p_good_to_bad + p_bad_to_good > 0.0 => {
-                p_good_to_bad / (p_good_to_bad + p_bad_to_good)
-            }
+            } if p_good_to_bad + p_bad_to_good > 0.0 => p_good_to_bad / (p_good_to_bad + p_bad_to_good),
             _ => 0.0,
         }
     }
@@ -155,9 +151,7 @@ impl FrameLoss {
     pub fn new(model: LossModel, snr_db: f64, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed);
         let in_bad_state = match model {
-            LossModel::GilbertElliott { .. } => {
-                rng.random::<f64>() < model.stationary_bad_probability()
-            }
+            LossModel::GilbertElliott { .. } => rng.random::<f64>() < model.stationary_bad_probability(),
             _ => false,
         };
         Self {
@@ -229,18 +223,12 @@ mod tests {
         let reference = coded_bpsk_frame_error_rate(1.0, 1080);
         assert!((reference - 0.092_788_08).abs() < 1e-7, "{reference}");
         // It reaches 1 at ln(a)/g = 0.70256 (−1.533 dB) and below.
-        assert_eq!(
-            coded_bpsk_frame_error_rate(db_to_linear(-1.54), FRAME_BITS),
-            1.0
-        );
+        assert_eq!(coded_bpsk_frame_error_rate(db_to_linear(-1.54), FRAME_BITS), 1.0);
         assert_eq!(coded_bpsk_frame_error_rate(0.0, FRAME_BITS), 1.0);
         assert_eq!(coded_bpsk_frame_error_rate(f64::NAN, FRAME_BITS), 1.0);
         // and is negligible well above the waterfall.
         assert!(coded_bpsk_frame_error_rate(db_to_linear(6.0), FRAME_BITS) < 1e-9);
-        assert_eq!(
-            coded_bpsk_frame_error_rate(db_to_linear(37.9), FRAME_BITS),
-            0.0
-        );
+        assert_eq!(coded_bpsk_frame_error_rate(db_to_linear(37.9), FRAME_BITS), 0.0);
         assert_eq!(coded_bpsk_frame_error_rate(1.0, 0), 0.0);
     }
 
@@ -248,8 +236,7 @@ mod tests {
     fn coded_bpsk_curve_falls_with_snr_and_rises_with_length() {
         let mut previous = 1.0;
         for tenth_db in -20..60 {
-            let fer =
-                coded_bpsk_frame_error_rate(db_to_linear(f64::from(tenth_db) / 10.0), FRAME_BITS);
+            let fer = coded_bpsk_frame_error_rate(db_to_linear(f64::from(tenth_db) / 10.0), FRAME_BITS);
             assert!(fer <= previous);
             previous = fer;
         }
@@ -264,10 +251,7 @@ mod tests {
         let lost = (0..n).filter(|_| process.lost(FRAME_BITS)).count() as f64;
         let expected = p * f64::from(n);
         let sigma = (f64::from(n) * p * (1.0 - p)).sqrt();
-        assert!(
-            (lost - expected).abs() < 5.0 * sigma,
-            "{lost} vs {expected} ± {sigma}"
-        );
+        assert!((lost - expected).abs() < 5.0 * sigma, "{lost} vs {expected} ± {sigma}");
     }
 
     #[test]
@@ -332,9 +316,7 @@ mod tests {
         let model = LossModel::Bernoulli { p: 0.3 };
         let draw = |seed| {
             let mut process = FrameLoss::new(model, 0.0, seed);
-            (0..64)
-                .map(|_| process.lost(FRAME_BITS))
-                .collect::<Vec<_>>()
+            (0..64).map(|_| process.lost(FRAME_BITS)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));

@@ -29,10 +29,7 @@ fn simulate(config: &ChannelConfig, nodes: usize, runs: u64, rounds: u64) -> Sta
             degrees += neighbours.len();
             for &to in neighbours {
                 for round in 0..rounds {
-                    let outcome = channel
-                        .unicast(Link::new(from, to), round, 0, 2560)
-                        .unwrap()
-                        .run();
+                    let outcome = channel.unicast(Link::new(from, to), round, 0, 2560).unwrap().run();
                     stats.messages += 1;
                     stats.lost += u64::from(!outcome.delivered);
                     stats.outage += u64::from(outcome.outage);
@@ -92,18 +89,9 @@ fn d2d_edge_full_mesh_loses_more_than_its_nearest_neighbours() {
 fn the_coordinator_and_a_node_compute_the_same_channel() {
     // Two independent resolutions of one scenario, as two processes would do.
     let text = "preset = \"d2d-urban\"\nmode = \"broadcast\"";
-    let coordinator = toml::from_str::<ChannelConfig>(text)
-        .unwrap()
-        .resolve()
-        .unwrap();
-    let node = toml::from_str::<ChannelConfig>(text)
-        .unwrap()
-        .resolve()
-        .unwrap();
-    let (a, b) = (
-        coordinator.channel(2024, 6).unwrap(),
-        node.channel(2024, 6).unwrap(),
-    );
+    let coordinator = toml::from_str::<ChannelConfig>(text).unwrap().resolve().unwrap();
+    let node = toml::from_str::<ChannelConfig>(text).unwrap().resolve().unwrap();
+    let (a, b) = (coordinator.channel(2024, 6).unwrap(), node.channel(2024, 6).unwrap());
     assert_eq!(a.positions(), b.positions());
     for round in [0, 1, 99] {
         // the node asks for its own links only, in its own order
@@ -113,14 +101,8 @@ fn the_coordinator_and_a_node_compute_the_same_channel() {
                 b.link_state(Link::new(0, to), round).unwrap()
             );
         }
-        let sent_by_coordinator_view = a
-            .broadcast(0, &[1, 2, 3, 4, 5], round, 0, 5000)
-            .unwrap()
-            .run();
-        let sent_by_node_view = b
-            .broadcast(0, &[1, 2, 3, 4, 5], round, 0, 5000)
-            .unwrap()
-            .run();
+        let sent_by_coordinator_view = a.broadcast(0, &[1, 2, 3, 4, 5], round, 0, 5000).unwrap().run();
+        let sent_by_node_view = b.broadcast(0, &[1, 2, 3, 4, 5], round, 0, 5000).unwrap().run();
         assert_eq!(sent_by_coordinator_view, sent_by_node_view);
     }
 }

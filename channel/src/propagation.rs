@@ -46,9 +46,7 @@ impl PathLoss {
             PathLoss::D2d => 148.0 + 40.0 * (distance_m / 1000.0).log10(),
             PathLoss::Urban => 128.1 + 37.6 * (distance_m / 1000.0).log10(),
             PathLoss::FreeSpace { carrier_hz } => {
-                20.0 * (4.0 * std::f64::consts::PI * distance_m * carrier_hz
-                    / SPEED_OF_LIGHT_M_PER_S)
-                    .log10()
+                20.0 * (4.0 * std::f64::consts::PI * distance_m * carrier_hz / SPEED_OF_LIGHT_M_PER_S).log10()
             }
         }
     }
@@ -113,8 +111,7 @@ impl Fading {
                 let scatter_std = (1.0 / (2.0 * (k + 1.0))).sqrt();
                 let in_phase: f64 = rng.sample(StandardNormal);
                 let quadrature: f64 = rng.sample(StandardNormal);
-                (line_of_sight + scatter_std * in_phase).powi(2)
-                    + (scatter_std * quadrature).powi(2)
+                (line_of_sight + scatter_std * in_phase).powi(2) + (scatter_std * quadrature).powi(2)
             }
         }
     }
@@ -158,10 +155,7 @@ mod tests {
         let draws = 200_000;
         for fading in [Fading::Rayleigh, Fading::Rician { k_db: 6.0 }] {
             let mut rng = SplitMix64::for_stream(1, Stream::Fading, &[0]);
-            let mean = (0..draws)
-                .map(|_| fading.draw_power_gain(&mut rng))
-                .sum::<f64>()
-                / draws as f64;
+            let mean = (0..draws).map(|_| fading.draw_power_gain(&mut rng)).sum::<f64>() / draws as f64;
             // Exp(1) has variance 1, so the standard error of the mean is 1/√n ≈ 0.0022;
             // Rician has a smaller variance. 5 standard errors:
             assert!(
@@ -188,9 +182,7 @@ mod tests {
     fn shadowing_has_the_configured_spread() {
         let draws = 100_000;
         let mut rng = SplitMix64::for_stream(3, Stream::Shadowing, &[0]);
-        let samples: Vec<f64> = (0..draws)
-            .map(|_| draw_shadowing_db(8.0, &mut rng))
-            .collect();
+        let samples: Vec<f64> = (0..draws).map(|_| draw_shadowing_db(8.0, &mut rng)).collect();
         let mean = samples.iter().sum::<f64>() / draws as f64;
         let std = (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / draws as f64).sqrt();
         assert!(mean.abs() < 0.15, "{mean}");

@@ -124,10 +124,7 @@ impl RadioParams {
         self.fading.validate()?;
         ensure_positive(self.bandwidth_hz, "channel.bandwidth_hz")?;
         ensure_finite(self.tx_power_dbm, "channel.tx_power_dbm")?;
-        ensure_finite(
-            self.noise_density_dbm_per_hz,
-            "channel.noise_density_dbm_per_hz",
-        )?;
+        ensure_finite(self.noise_density_dbm_per_hz, "channel.noise_density_dbm_per_hz")?;
         ensure_non_negative(self.noise_figure_db, "channel.noise_figure_db")?;
         ensure(
             self.rate_efficiency > 0.0 && self.rate_efficiency <= 1.0,
@@ -171,8 +168,7 @@ impl RadioParams {
     /// SNR in dB of a link with `path_loss_db`, `shadowing_db` of extra loss and fading
     /// power gain `fading_gain` (`|h|²`, 1 for the mean).
     pub fn snr_db(&self, path_loss_db: f64, shadowing_db: f64, fading_gain: f64) -> f64 {
-        self.tx_power_dbm - path_loss_db - shadowing_db + 10.0 * fading_gain.log10()
-            - self.noise_power_dbm()
+        self.tx_power_dbm - path_loss_db - shadowing_db + 10.0 * fading_gain.log10() - self.noise_power_dbm()
     }
 
     /// Whether a link at `snr_db` is in outage (below the threshold, or not a number).
@@ -197,9 +193,7 @@ impl RadioParams {
     /// Number of frames a message of `payload_bytes` is cut into. An empty message still
     /// takes one (header-only) frame: the receiver has to learn that it exists.
     pub fn frame_count(&self, payload_bytes: u64) -> u64 {
-        payload_bytes
-            .div_ceil(u64::from(self.frame_payload_bytes))
-            .max(1)
+        payload_bytes.div_ceil(u64::from(self.frame_payload_bytes)).max(1)
     }
 
     /// Payload bytes carried by frame `index` (0-based) of a `payload_bytes` message.
@@ -317,28 +311,19 @@ mod tests {
         type Breakage = fn(&mut RadioParams);
         let cases: Vec<(&str, Breakage)> = vec![
             ("channel.bandwidth_hz must be > 0", |p| p.bandwidth_hz = 0.0),
-            ("channel.min_distance_m must be > 0", |p| {
-                p.min_distance_m = -1.0
-            }),
-            ("channel.rate_efficiency must be in (0, 1]", |p| {
-                p.rate_efficiency = 1.5
-            }),
-            ("channel.noise_figure_db must be >= 0", |p| {
-                p.noise_figure_db = f64::NAN
-            }),
+            ("channel.min_distance_m must be > 0", |p| p.min_distance_m = -1.0),
+            ("channel.rate_efficiency must be in (0, 1]", |p| p.rate_efficiency = 1.5),
+            ("channel.noise_figure_db must be >= 0", |p| p.noise_figure_db = f64::NAN),
             ("channel.tx_power_dbm must be a finite number", |p| {
                 p.tx_power_dbm = f64::INFINITY
             }),
-            ("channel.frame_payload_bytes must be > 0", |p| {
-                p.frame_payload_bytes = 0
-            }),
+            ("channel.frame_payload_bytes must be > 0", |p| p.frame_payload_bytes = 0),
             ("channel.max_retransmissions must be <= 255", |p| {
                 p.max_retransmissions = 1000
             }),
-            (
-                "channel.max_spectral_efficiency_bps_per_hz must be > 0",
-                |p| p.max_spectral_efficiency_bps_per_hz = Some(0.0),
-            ),
+            ("channel.max_spectral_efficiency_bps_per_hz must be > 0", |p| {
+                p.max_spectral_efficiency_bps_per_hz = Some(0.0)
+            }),
         ];
         for (expected, mutate) in cases {
             let mut params = RadioParams::default();

@@ -41,12 +41,8 @@ impl Topology {
     pub fn validate(&self) -> Result<()> {
         match *self {
             Topology::FullMesh | Topology::Ring => Ok(()),
-            Topology::KNearest { k } => {
-                ensure(k >= 1, "channel.topology.k_nearest.k", "must be >= 1", k)
-            }
-            Topology::RadioRange { min_snr_db } => {
-                ensure_finite(min_snr_db, "channel.topology.radio_range.min_snr_db")
-            }
+            Topology::KNearest { k } => ensure(k >= 1, "channel.topology.k_nearest.k", "must be >= 1", k),
+            Topology::RadioRange { min_snr_db } => ensure_finite(min_snr_db, "channel.topology.radio_range.min_snr_db"),
         }
     }
 
@@ -66,9 +62,7 @@ impl Topology {
             Topology::KNearest { k } => {
                 let own = nearest(node, k, channel);
                 Ok(others
-                    .filter(|&other| {
-                        own.contains(&other) || nearest(other, k, channel).contains(&node)
-                    })
+                    .filter(|&other| own.contains(&other) || nearest(other, k, channel).contains(&node))
                     .collect())
             }
             Topology::RadioRange { min_snr_db } => {
@@ -122,10 +116,7 @@ mod tests {
     fn assert_symmetric(adjacency: &[Vec<usize>]) {
         for (i, neighbours) in adjacency.iter().enumerate() {
             for &j in neighbours {
-                assert!(
-                    adjacency[j].contains(&i),
-                    "{i} -> {j} but not back: {adjacency:?}"
-                );
+                assert!(adjacency[j].contains(&i), "{i} -> {j} but not back: {adjacency:?}");
             }
         }
     }
@@ -133,10 +124,7 @@ mod tests {
     #[test]
     fn full_mesh_and_ring() {
         let channel = channel_at(&[(0.0, 0.0), (1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (4.0, 0.0)]);
-        assert_eq!(
-            Topology::FullMesh.neighbours(2, &channel).unwrap(),
-            [0, 1, 3, 4]
-        );
+        assert_eq!(Topology::FullMesh.neighbours(2, &channel).unwrap(), [0, 1, 3, 4]);
         assert_eq!(
             Topology::Ring.adjacency(&channel).unwrap(),
             [vec![1, 4], vec![0, 2], vec![1, 3], vec![2, 4], vec![0, 3]]
@@ -144,10 +132,7 @@ mod tests {
         let pair = channel_at(&[(0.0, 0.0), (1.0, 0.0)]);
         assert_eq!(Topology::Ring.adjacency(&pair).unwrap(), [vec![1], vec![0]]);
         let alone = channel_at(&[(0.0, 0.0)]);
-        assert_eq!(
-            Topology::Ring.adjacency(&alone).unwrap(),
-            [Vec::<usize>::new()]
-        );
+        assert_eq!(Topology::Ring.adjacency(&alone).unwrap(), [Vec::<usize>::new()]);
     }
 
     /// Points at x = 0, 1, 3, 10 on a line. One nearest each: 0→1, 1→0, 2→1, 3→2.
@@ -174,9 +159,7 @@ mod tests {
         let topology = Topology::RadioRange { min_snr_db: 10.0 };
         let adjacency = topology.adjacency(&channel).unwrap();
         assert_eq!(adjacency, [vec![1], vec![0, 2], vec![1, 3], vec![2]]);
-        let wide = Topology::RadioRange { min_snr_db: 0.0 }
-            .adjacency(&channel)
-            .unwrap();
+        let wide = Topology::RadioRange { min_snr_db: 0.0 }.adjacency(&channel).unwrap();
         assert_eq!(wide, [vec![1, 2], vec![0, 2, 3], vec![0, 1, 3], vec![1, 2]]);
     }
 
@@ -186,21 +169,16 @@ mod tests {
             .map(|i| Position::new(f64::from(i % 4) * 60.0, f64::from(i / 4) * 60.0))
             .collect();
         let channel = Channel::new(9, RadioParams::default(), positions).unwrap();
-        let adjacency = Topology::RadioRange { min_snr_db: 12.0 }
-            .adjacency(&channel)
-            .unwrap();
+        let adjacency = Topology::RadioRange { min_snr_db: 12.0 }.adjacency(&channel).unwrap();
         assert_symmetric(&adjacency);
     }
 
     #[test]
     fn bad_topologies_are_errors() {
         let channel = channel_at(&[(0.0, 0.0), (1.0, 0.0)]);
-        let err = Topology::KNearest { k: 0 }
-            .neighbours(0, &channel)
-            .unwrap_err();
+        let err = Topology::KNearest { k: 0 }.neighbours(0, &channel).unwrap_err();
         assert!(
-            err.to_string()
-                .starts_with("channel.topology.k_nearest.k must be >= 1"),
+            err.to_string().starts_with("channel.topology.k_nearest.k must be >= 1"),
             "{err}"
         );
         assert!(Topology::FullMesh.neighbours(2, &channel).is_err());

@@ -104,12 +104,7 @@ pub struct UnicastTransmission {
 impl UnicastTransmission {
     /// A transmission of `payload_bytes` on a link in the round `state`, losing frames by
     /// `loss`. [`crate::Channel::unicast`] builds one from the run's channel.
-    pub fn new(
-        params: &RadioParams,
-        state: &LinkState,
-        loss: FrameLoss,
-        payload_bytes: u64,
-    ) -> Self {
+    pub fn new(params: &RadioParams, state: &LinkState, loss: FrameLoss, payload_bytes: u64) -> Self {
         let outage = state.outage || state.airtime_s(1).is_none();
         Self {
             params: params.clone(),
@@ -152,9 +147,7 @@ impl Iterator for UnicastTransmission {
         if self.finished {
             return None;
         }
-        let payload_bytes = self
-            .params
-            .frame_payload(self.payload_bytes, self.next_frame);
+        let payload_bytes = self.params.frame_payload(self.payload_bytes, self.next_frame);
         let bits = self.params.frame_bits(payload_bytes);
         let airtime_s = bits as f64 / self.outcome.rate_bps;
         let lost = self.loss.lost(bits);
@@ -274,11 +267,7 @@ pub struct BroadcastOutcome {
 impl BroadcastOutcome {
     /// The receivers that got the whole message.
     pub fn delivered_to(&self) -> Vec<usize> {
-        self.receivers
-            .iter()
-            .filter(|r| r.delivered)
-            .map(|r| r.node)
-            .collect()
+        self.receivers.iter().filter(|r| r.delivered).map(|r| r.node).collect()
     }
 }
 
@@ -322,12 +311,7 @@ impl BroadcastTransmission {
     /// A broadcast of `payload_bytes` from `from` to the receivers of `links` (each the
     /// receiver's link state this round and its loss process).
     /// [`crate::Channel::broadcast`] builds one from the run's channel.
-    pub fn new(
-        params: &RadioParams,
-        from: usize,
-        links: Vec<(LinkState, FrameLoss)>,
-        payload_bytes: u64,
-    ) -> Self {
+    pub fn new(params: &RadioParams, from: usize, links: Vec<(LinkState, FrameLoss)>, payload_bytes: u64) -> Self {
         let usable = |state: &LinkState| !state.outage && state.airtime_s(1).is_some();
         let rate_bps = links
             .iter()
@@ -403,9 +387,7 @@ impl Iterator for BroadcastTransmission {
         if self.finished {
             return None;
         }
-        let payload_bytes = self
-            .params
-            .frame_payload(self.payload_bytes, self.next_frame);
+        let payload_bytes = self.params.frame_payload(self.payload_bytes, self.next_frame);
         let bits = self.params.frame_bits(payload_bytes);
         let airtime_s = bits as f64 / self.outcome.rate_bps;
         let last_try = self.next_attempt >= self.params.max_retransmissions;
@@ -493,9 +475,7 @@ mod tests {
             max_retransmissions,
             ..RadioParams::default()
         };
-        let positions = (0..4)
-            .map(|i| Position::new(30.0 * f64::from(i), 0.0))
-            .collect();
+        let positions = (0..4).map(|i| Position::new(30.0 * f64::from(i), 0.0)).collect();
         Channel::new(17, params, positions).unwrap()
     }
 
@@ -507,10 +487,7 @@ mod tests {
         let mut transmission = channel.unicast(Link::new(0, 1), 0, 0, 2560).unwrap();
         let attempts: Vec<FrameAttempt> = transmission.by_ref().collect();
         assert_eq!(attempts.len(), 2);
-        assert_eq!(
-            (attempts[0].payload_bytes, attempts[0].bits),
-            (1500, 12_320)
-        );
+        assert_eq!((attempts[0].payload_bytes, attempts[0].bits), (1500, 12_320));
         assert_eq!((attempts[1].payload_bytes, attempts[1].bits), (1060, 8_800));
         assert!(attempts.iter().all(|a| !a.lost && a.attempt == 0));
         let outcome = transmission.outcome();
@@ -539,11 +516,7 @@ mod tests {
         let outcome = transmission.outcome();
         assert!(!outcome.delivered);
         assert_eq!(
-            (
-                outcome.transmissions,
-                outcome.frames_lost,
-                outcome.retransmissions
-            ),
+            (outcome.transmissions, outcome.frames_lost, outcome.retransmissions),
             (4, 4, 3)
         );
         assert_eq!(outcome.frames_delivered, 0);
@@ -555,10 +528,7 @@ mod tests {
     fn retransmissions_recover_occasional_losses() {
         let channel = quiet_channel(LossModel::Bernoulli { p: 0.3 }, 10);
         for message in 0..200 {
-            let outcome = channel
-                .unicast(Link::new(1, 2), 0, message, 15_000)
-                .unwrap()
-                .run();
+            let outcome = channel.unicast(Link::new(1, 2), 0, message, 15_000).unwrap().run();
             assert!(outcome.delivered, "message {message}: {outcome:?}");
             assert_eq!(outcome.frames, 10);
             assert_eq!(outcome.transmissions, 10 + outcome.retransmissions);
@@ -573,23 +543,14 @@ mod tests {
             fading: Fading::None,
             ..RadioParams::default()
         };
-        let channel = Channel::new(
-            0,
-            params,
-            vec![Position::new(0.0, 0.0), Position::new(500.0, 0.0)],
-        )
-        .unwrap();
+        let channel = Channel::new(0, params, vec![Position::new(0.0, 0.0), Position::new(500.0, 0.0)]).unwrap();
         let mut transmission = channel.unicast(Link::new(0, 1), 0, 0, 2560).unwrap();
         assert!(transmission.is_finished());
         assert_eq!(transmission.next(), None);
         let outcome = transmission.outcome();
         assert!(outcome.outage && !outcome.delivered);
         assert_eq!(
-            (
-                outcome.transmissions,
-                outcome.airtime_s,
-                outcome.tx_energy_j
-            ),
+            (outcome.transmissions, outcome.airtime_s, outcome.tx_energy_j),
             (0, 0.0, 0.0)
         );
     }
@@ -617,11 +578,7 @@ mod tests {
         let outcome = channel.broadcast(0, &[1, 2], 0, 0, 2560).unwrap().run();
         let slow = channel.link_state(Link::new(0, 2), 0).unwrap();
         assert!((slow.snr_db - 25.873_950_0).abs() < 1e-6, "{}", slow.snr_db);
-        assert!(
-            (outcome.rate_bps - 8_598_865.93).abs() < 0.1,
-            "{}",
-            outcome.rate_bps
-        );
+        assert!((outcome.rate_bps - 8_598_865.93).abs() < 0.1, "{}", outcome.rate_bps);
         assert_eq!(outcome.rate_bps, slow.rate_bps);
         assert_eq!(outcome.transmissions, 2);
         assert!((outcome.airtime_s - 21_120.0 / outcome.rate_bps).abs() < 1e-12);

@@ -17,16 +17,11 @@ use wdml_node::data::{CLASSES, Dataset, embedded, idx};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
-    let full_dir = args.next().map_or_else(
-        || PathBuf::from("/usr/share/datasets/fashion-mnist"),
-        PathBuf::from,
-    );
+    let full_dir = args
+        .next()
+        .map_or_else(|| PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from);
     let out_dir = args.next().map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join(embedded::DIR)
-        },
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(embedded::DIR),
         PathBuf::from,
     );
 
@@ -50,11 +45,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         idx::write(&images, &idx::encode_images(&subset)?, true)?;
         idx::write(&labels, &idx::encode_labels(&subset.labels)?, true)?;
         for path in [images, labels] {
-            println!(
-                "wrote {} ({} bytes)",
-                path.display(),
-                std::fs::metadata(&path)?.len()
-            );
+            println!("wrote {} ({} bytes)", path.display(), std::fs::metadata(&path)?.len());
         }
     }
     Ok(())
