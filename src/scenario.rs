@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use wdml_channel::{ChannelConfig, ResolvedChannel};
 use wdml_node::data::Partition;
 use wdml_node::learn::{Aggregate, LearnerConfig};
 use wdml_node::model::ModelSpec;
@@ -26,6 +27,9 @@ pub struct Scenario {
     pub data: DataSection,
     pub nodes: NodesSection,
     pub coordinator: CoordinatorSection,
+    /// The radio between the nodes: a preset (`ideal`, `lan`, `wifi`, `d2d-urban`,
+    /// `d2d-edge`) and overrides; see channel/README.md.
+    pub channel: ChannelConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -103,8 +107,6 @@ pub struct ExchangeSection {
     /// Rows of the public batch each round.
     pub public_batch: u32,
     pub encoding: EncodingName,
-    /// Payload bytes per frame (a radio frame's MTU).
-    pub frame_bytes: u32,
     /// The largest message a node accepts.
     pub max_message_bytes: u64,
     /// How long a node waits for its neighbours' predictions in a round.
@@ -116,7 +118,6 @@ impl Default for ExchangeSection {
         ExchangeSection {
             public_batch: 128,
             encoding: EncodingName::Q8,
-            frame_bytes: 1400,
             max_message_bytes: 16 << 20,
             timeout_ms: 10_000,
         }
@@ -239,7 +240,6 @@ impl Scenario {
         positive("train.batch_size", u64::from(self.train.batch_size))?;
         self.learner().validate()?;
         positive("exchange.public_batch", u64::from(self.exchange.public_batch))?;
-        positive("exchange.frame_bytes", u64::from(self.exchange.frame_bytes))?;
         positive("exchange.timeout_ms", self.exchange.timeout_ms)?;
         if self.exchange.max_message_bytes == 0 || self.exchange.max_message_bytes > wdml_node::plan::MAX_MESSAGE_BYTES
         {
@@ -264,6 +264,7 @@ impl Scenario {
                 self.data.public_pool
             );
         }
+        self.channel.validate()?;
         self.coordinator_config(PathBuf::new())?.validate()?;
         Ok(())
     }
@@ -291,8 +292,9 @@ impl Scenario {
     }
 
     /// What every node receives when it joins.
-    pub fn settings(&self) -> RunSettings {
+    pub fn settings(&self) -> Result<RunSettings> {
         use wdml_proto::{Aggregate as A, Algorithm, Encoding};
+        let channel = self.resolved_channel()?;
         let mut settings = RunSettings {
             run_id: format!("{}-{}", self.run.name, self.run.seed),
             seed: self.run.seed,
@@ -304,7 +306,7 @@ impl Scenario {
             temperature: self.train.temperature,
             kl_weight: self.train.kl_weight,
             public_batch: self.exchange.public_batch,
-            frame_bytes: self.exchange.frame_bytes,
+            channel: serde_json::to_string(&channel).expect("a resolved channel serialises"),
             max_message_bytes: self.exchange.max_message_bytes,
             data_dir: self
                 .data
@@ -332,7 +334,7 @@ impl Scenario {
             Aggregate::Median => A::Median,
             Aggregate::TrimmedMean => A::TrimmedMean,
         });
-        settings
+        Ok(settings)
     }
 
     /// The coordinator's configuration for a run written to `run_dir`.
@@ -340,7 +342,8 @@ impl Scenario {
         let c = &self.coordinator;
         Ok(wdml_coordinator::Config {
             run_dir,
-            settings: self.settings(),
+            settings: self.settings()?,
+            neighbours: self.neighbours()?,
             min_nodes: c.min_nodes.unwrap_or(self.nodes.count),
             join_timeout: Duration::from_millis(c.join_timeout_ms),
             round_timeout: Duration::from_millis(c.round_timeout_ms),
@@ -348,6 +351,22 @@ impl Scenario {
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
             resolved: serde_json::to_value(self)?,
         })
+    }
+
+    /// The `[channel]` section with the preset's values filled in.
+    pub fn resolved_channel(&self) -> Result<ResolvedChannel> {
+        Ok(self.channel.resolve()?)
+    }
+
+    /// Each node's radio neighbours, from the channel's topology and placement.
+    pub fn neighbours(&self) -> Result<Vec<Vec<u32>>> {
+        let resolved = self.resolved_channel()?;
+        let channel = resolved.channel(self.run.seed, self.nodes.count as usize)?;
+        let adjacency = resolved.topology.adjacency(&channel)?;
+        Ok(adjacency
+            .into_iter()
+            .map(|n| n.into_iter().map(|j| j as u32).collect())
+            .collect())
     }
 
     /// The scenario as TOML, for the run directory.

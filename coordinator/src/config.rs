@@ -15,6 +15,9 @@ pub struct Config {
     pub run_dir: PathBuf,
     /// The settings every node receives when it joins.
     pub settings: RunSettings,
+    /// Each node's radio neighbours (by id), from the channel's topology; a round's
+    /// neighbours are these minus the nodes that are not live.
+    pub neighbours: Vec<Vec<u32>>,
     /// Start once this many nodes have joined and the join timeout has passed
     /// (the run starts at once when all `settings.nodes` have joined).
     pub min_nodes: u32,
@@ -38,6 +41,18 @@ impl Config {
         }
         if s.rounds == 0 {
             return Err(Error::config("run.rounds", "must be at least 1"));
+        }
+        if self.neighbours.len() != s.nodes as usize
+            || self
+                .neighbours
+                .iter()
+                .enumerate()
+                .any(|(i, n)| n.iter().any(|&j| j >= s.nodes || j as usize == i))
+        {
+            return Err(Error::config(
+                "channel.topology",
+                "the neighbour lists must name other nodes of the run, one list per node",
+            ));
         }
         if self.min_nodes == 0 || self.min_nodes > s.nodes {
             return Err(Error::config(

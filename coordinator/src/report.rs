@@ -198,11 +198,14 @@ impl Report {
         let round_ms = ms(closed - open.started);
         let mut accuracies = Vec::new();
         let mut wire_bytes = 0;
+        let (mut airtime_s, mut energy_j) = (0.0, 0.0);
         for (&node, (metrics, at)) in &open.reported {
             let model = members.get(node).map(|m| m.model.clone()).unwrap_or_default();
             let row = MetricsRow::new(open.round, node, model, metrics, ms(closed - *at), round_ms);
             accuracies.push(row.test_accuracy);
             wire_bytes += row.wire_bytes_sent;
+            airtime_s += row.airtime_s;
+            energy_j += row.tx_energy_j + row.rx_energy_j;
             self.write_row(&row);
             self.rows.push(row);
         }
@@ -220,6 +223,8 @@ impl Report {
             min_accuracy: accuracies.iter().copied().reduce(f64::min).unwrap_or(0.0),
             wire_bytes,
             wall_ms: round_ms,
+            airtime_s,
+            energy_j,
         }
     }
 

@@ -87,15 +87,30 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     if live.is_empty() {
         return Err(Error::NoLiveNodes { round });
     }
+    let is_live = |j: &u32| live.iter().any(|(id, _, _)| id == j);
+    // The radio neighbours that are live this round.
+    let neighbours_of = |id: u32| -> Vec<u32> {
+        shared.config.neighbours[id as usize]
+            .iter()
+            .copied()
+            .filter(is_live)
+            .collect()
+    };
     let mut participants = Vec::new();
     for (id, _, connection) in &live {
-        // Full mesh among the live members.
-        let neighbours = live
-            .iter()
-            .filter(|(j, _, _)| j != id)
-            .map(|(j, address, _)| Peer {
-                node_id: *j,
-                address: address.clone(),
+        let neighbours = neighbours_of(*id)
+            .into_iter()
+            .map(|j| {
+                let address = live
+                    .iter()
+                    .find(|(k, _, _)| *k == j)
+                    .map(|(_, a, _)| a.clone())
+                    .unwrap_or_default();
+                Peer {
+                    node_id: j,
+                    address,
+                    neighbours: neighbours_of(j),
+                }
             })
             .collect();
         let start = StartRound {

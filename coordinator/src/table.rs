@@ -30,14 +30,26 @@ fn render(summary: &Summary) -> String {
     }
     let _ = writeln!(
         out,
-        "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>9}  {:>9}  {:>8}",
-        "node", "model", "params", "status", "final", "best", "wire sent", "lost", "compute", "exchange", "wait"
+        "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>9}  {:>10}  {:>9}  {:>9}  {:>8}",
+        "node",
+        "model",
+        "params",
+        "status",
+        "final",
+        "best",
+        "wire sent",
+        "lost",
+        "airtime",
+        "energy",
+        "compute",
+        "exchange",
+        "wait"
     );
     for n in &summary.nodes {
         let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
         let _ = writeln!(
             out,
-            "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>7.0}ms  {:>7.0}ms  {:>6.0}ms",
+            "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>7.1}ms  {:>8.2}mJ  {:>7.0}ms  {:>7.0}ms  {:>6.0}ms",
             n.id,
             n.model,
             n.parameters,
@@ -46,11 +58,17 @@ fn render(summary: &Summary) -> String {
             pct(n.best_accuracy),
             bytes(n.wire_bytes_sent),
             n.messages_lost,
+            1e3 * n.airtime_s,
+            1e3 * (n.tx_energy_j + n.rx_energy_j),
             n.mean_compute_ms,
             n.mean_exchange_ms,
             n.mean_wait_ms,
         );
     }
+    let _ = writeln!(
+        out,
+        "(wire sent, lost, airtime and energy (transmit + receive) over the run; compute, exchange and wait per round)"
+    );
     if let (Some(mean), Some(min)) = (summary.mean_final_accuracy, summary.min_final_accuracy) {
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wdml_channel::ResolvedChannel;
 use wdml_proto::{Algorithm, Encoding, RunSettings};
 
 use crate::data::{Partition, SplitConfig};
@@ -27,7 +28,8 @@ pub struct RunPlan {
     pub aggregate: Aggregate,
     pub public_batch: usize,
     pub encoding: Encoding,
-    pub frame_bytes: usize,
+    /// The radio between the nodes (every node builds the same seeded channel).
+    pub channel: ResolvedChannel,
     pub max_message_bytes: u64,
     pub data_dir: Option<PathBuf>,
     pub partition: Partition,
@@ -91,6 +93,12 @@ impl RunPlan {
         };
         learner.validate()?;
         let partition: Partition = s.partition.parse()?;
+        let channel: ResolvedChannel =
+            serde_json::from_str(&s.channel).map_err(|e| Error::config("channel", format!("unreadable: {e}")))?;
+        channel
+            .radio
+            .validate()
+            .map_err(|e| Error::config("channel", e.to_string()))?;
         Ok(RunPlan {
             run_id: s.run_id,
             seed: s.seed,
@@ -103,7 +111,7 @@ impl RunPlan {
             aggregate,
             public_batch: positive("exchange.public_batch", s.public_batch)? as usize,
             encoding,
-            frame_bytes: positive("exchange.frame_bytes", s.frame_bytes)? as usize,
+            channel,
             max_message_bytes: s.max_message_bytes,
             data_dir: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),
             partition,

@@ -14,13 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
+use tokio::sync::mpsc;
 use tokio::task::{JoinSet, block_in_place};
 use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
-use wdml_proto::{Algorithm, RoundMetrics, StartRound};
+use wdml_channel::Shaping;
+use wdml_proto::{Algorithm, Frame, RoundMetrics, StartRound};
 
 use crate::exchange::client::{self, PeerClients};
 use crate::exchange::codec::{self, Envelope};
+use crate::exchange::shaper::Shaper;
 use crate::exchange::{Collected, Mailbox};
 use crate::learn::{Learner, soft_targets};
 use crate::model::CLASSES;
@@ -40,6 +44,7 @@ pub struct Node {
     pub batches: BatchSampler,
     pub mailbox: Arc<Mailbox>,
     pub peers: PeerClients,
+    pub shaper: Shaper,
 }
 
 /// Runs one round and returns its metrics.
@@ -51,7 +56,9 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
 
     let distill = if node.plan.algorithm == Algorithm::Dml {
         let neighbours: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-        node.mailbox.begin_round(start.round, start.round_token, &neighbours);
+        let expected = listen(node, start, &mut metrics)?;
+        node.mailbox
+            .begin_round(start.round, start.round_token, &neighbours, &expected);
 
         // 1–2. The public batch and our predictions on it.
         let t = Instant::now();
@@ -61,7 +68,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
 
         // 3. Exchange with the neighbours.
         let t = Instant::now();
-        let collected = exchange(node, start, &logits, deadline, &mut metrics).await;
+        let collected = exchange(node, start, &logits, deadline, &mut metrics).await?;
         metrics.exchange_ms = ms(t.elapsed());
         targets(&node.plan, public, &collected)?
     } else {
@@ -90,15 +97,31 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     Ok(metrics)
 }
 
-/// Sends our logits to every neighbour while collecting theirs; fills the exchange
-/// counters of `metrics`.
+/// Which neighbours' messages the radio delivers to us this round, and what
+/// listening to all of them costs (the same pure model the senders evaluate).
+fn listen(node: &Node, start: &StartRound, metrics: &mut RoundMetrics) -> Result<Vec<u32>> {
+    let width = codec::bytes_per_value(node.plan.encoding).unwrap_or(4);
+    let bytes = (node.plan.public_batch * CLASSES * width) as u64;
+    let mut expected = Vec::new();
+    for peer in &start.neighbours {
+        let listening = node.shaper.listen(start.round, peer.node_id, &peer.neighbours, bytes)?;
+        metrics.rx_energy_j += listening.rx_energy_j;
+        if listening.delivered {
+            expected.push(peer.node_id);
+        }
+    }
+    Ok(expected)
+}
+
+/// Sends our logits to every neighbour, paced by the shaper's schedule, while
+/// collecting theirs; fills the exchange and radio counters of `metrics`.
 async fn exchange(
     node: &mut Node,
     start: &StartRound,
     logits: &[f32],
     deadline: Instant,
     metrics: &mut RoundMetrics,
-) -> Collected {
+) -> Result<Collected> {
     let plan = &node.plan;
     let encoded = codec::encode(logits, plan.public_batch as u32, CLASSES as u32, plan.encoding);
     let envelope = Envelope {
@@ -107,18 +130,49 @@ async fn exchange(
         round_token: start.round_token,
         sender: node.id,
     };
-    let frames = codec::frames(&envelope, &encoded, plan.frame_bytes);
+    let frames = codec::frames(&envelope, &encoded, node.shaper.frame_bytes());
+    let receivers: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
+    let schedule = node
+        .shaper
+        .schedule(start.round, &receivers, encoded.bytes.len() as u64, frames.len())?;
+    let cost = schedule.cost;
+    metrics.airtime_s = cost.airtime_s;
+    metrics.tx_energy_j = cost.tx_energy_j;
+    metrics.frames_lost = cost.frames_lost;
+    metrics.retransmissions = cost.retransmissions;
 
+    // One stream per neighbour, fed by one pacing task: a frame is written when the
+    // emulated radio has finished transmitting it.
     let mut sends = JoinSet::new();
+    let mut outlets = Vec::with_capacity(receivers.len());
     for peer in &start.neighbours {
+        let (outlet, inlet) = mpsc::channel::<Frame>(frames.len().max(1));
+        outlets.push(outlet);
         match node.peers.channel(&peer.address) {
             Ok(channel) => {
-                sends.spawn(client::send(peer.node_id, channel, frames.clone(), deadline));
+                sends.spawn(client::send(
+                    peer.node_id,
+                    channel,
+                    ReceiverStream::new(inlet),
+                    deadline,
+                ));
             }
             Err(status) => warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message()),
         }
     }
+    let time_scale = node.shaper.time_scale();
+    let pacing = tokio::spawn(async move {
+        let began = Instant::now();
+        for delivery in schedule.deliveries {
+            let due = began + Duration::from_secs_f64(delivery.at_s * time_scale);
+            tokio::time::sleep_until(due).await;
+            // A closed outlet is a neighbour we could not reach: nothing to pace.
+            let _ = outlets[delivery.receiver].send(frames[delivery.frame].clone()).await;
+        }
+    });
+
     let collected = node.mailbox.collect(start.round, deadline).await;
+    let _ = pacing.await;
     while let Some(joined) = sends.join_next().await {
         let Ok((outcome, result)) = joined else { continue };
         metrics.frames_sent += outcome.frames;
@@ -127,17 +181,23 @@ async fn exchange(
         match result {
             Ok(()) if outcome.accepted => metrics.messages_sent += 1,
             Ok(()) => warn!(peer = outcome.to, "neighbour did not accept the message"),
+            Err(status) if status.code() == tonic::Code::DataLoss => {}
             Err(status) => {
                 warn!(peer = outcome.to, code = ?status.code(), "send failed: {}", status.message())
             }
         }
+    }
+    if node.shaper.shaping() == Shaping::Emulate {
+        // Frames on the air: lost tries and retransmissions count, not just the
+        // frames that reached a stream.
+        metrics.frames_sent = cost.transmissions;
     }
     metrics.messages_received = collected.messages.len() as u32;
     metrics.peers_heard = collected.messages.len() as u32;
     metrics.messages_lost = collected.lost;
     metrics.payload_bytes_received = collected.messages.iter().map(|m| m.payload_bytes).sum();
     metrics.wire_bytes_received = collected.messages.iter().map(|m| m.wire_bytes).sum();
-    collected
+    Ok(collected)
 }
 
 /// The distillation target: the public batch and the aggregate of the neighbours'

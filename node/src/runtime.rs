@@ -27,6 +27,7 @@ use wdml_proto::{
 
 use crate::data::{Dataset, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
+use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService};
 use crate::learn::Learner;
 use crate::model::{CLASSES, ModelSpec};
@@ -173,7 +174,9 @@ async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
             seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]),
         );
         let mailbox = Arc::new(Mailbox::new(plan.nodes));
+        let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
         Ok(Node {
+            shaper,
             id,
             plan,
             learner,
@@ -235,6 +238,11 @@ impl Coordinator {
                 )
             })?
             .connect_timeout(Duration::from_secs(2))
+            // A cut link never closes the stream: HTTP/2 pings notice it within seconds,
+            // so the node joins again when the link is back.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Coordinator {
             address: config.coordinator.clone(),

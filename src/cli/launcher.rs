@@ -241,10 +241,12 @@ async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progr
         match event.event {
             Some(run_event::Event::RoundClosed(r)) => {
                 let line = format!(
-                    "mean acc {:.1}%, worst {:.1}%, {} on the wire, {:.0} ms{}",
+                    "mean acc {:.1}%, worst {:.1}%, {} on the wire, airtime {:.1} ms, {:.2} mJ, {:.0} ms{}",
                     100.0 * r.mean_accuracy,
                     100.0 * r.min_accuracy,
                     bytes(r.wire_bytes),
+                    1e3 * r.airtime_s,
+                    1e3 * r.energy_j,
                     r.wall_ms,
                     if r.missing > 0 {
                         format!(", {} missing", r.missing)

@@ -1,7 +1,9 @@
 //! Command-line glue: parse the arguments, set up logging, build a config, call the
 //! library's `run(config, shutdown)`.
 
+mod bench;
 mod coordinator;
+mod health;
 mod launcher;
 mod node;
 
@@ -28,6 +30,11 @@ enum Command {
     Coordinator(coordinator::Args),
     /// Run one node (one device).
     Node(node::Args),
+    /// Run a scenario under dml and local with the same seed and print the figures:
+    /// round time split, bytes per round, final accuracies.
+    Bench(bench::Args),
+    /// Exit 0 if a coordinator or node answers gRPC at host:port (container healthchecks).
+    Health(health::Args),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
@@ -39,6 +46,8 @@ pub fn main(cli: Cli) -> ExitCode {
             coordinator::main(args)
         }
         Command::Node(args) => node::main(args),
+        Command::Bench(args) => bench::main(args),
+        Command::Health(args) => health::main(args),
     };
     match result {
         Ok(code) => code,

@@ -24,6 +24,7 @@ pub fn small(nodes: u32, rounds: u32) -> Vec<String> {
         "exchange.public_batch=64".into(),
         "data.partition=\"iid\"".into(),
         "data.test_size=500".into(),
+        "channel.preset=\"ideal\"".into(),
     ]
 }
 

@@ -1,5 +1,5 @@
-//! Sending a message to a neighbour: one client stream of frames per message, over a
-//! connection kept per neighbour address.
+//! Sending a message to a neighbour: one client stream of frames per message (fed at
+//! the pace the shaper says), over a connection kept per neighbour address.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,12 +55,12 @@ impl PeerClients {
 pub async fn send(
     to: u32,
     channel: Channel,
-    frames: Vec<Frame>,
+    frames: impl tokio_stream::Stream<Item = Frame> + Send + 'static,
     deadline: tokio::time::Instant,
 ) -> (SendOutcome, Result<(), Status>) {
     let counted = Arc::new(Counters::default());
     let counter = counted.clone();
-    let stream = tokio_stream::iter(frames).map(move |frame| {
+    let stream = frames.map(move |frame| {
         counter.frames.fetch_add(1, Ordering::Relaxed);
         counter.payload.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
         counter.wire.fetch_add(frame.encoded_len() as u64, Ordering::Relaxed);

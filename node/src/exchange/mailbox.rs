@@ -37,6 +37,9 @@ struct Inner {
     /// The round in progress and its token.
     current: Option<(u32, u64)>,
     neighbours: BTreeSet<u32>,
+    /// The neighbours whose message the radio delivers this round: the round waits
+    /// for these only.
+    expected: BTreeSet<u32>,
     /// Neighbours the coordinator said are gone: do not wait for them.
     gone: BTreeSet<u32>,
     /// Messages by (round, sender): the current round's, and early ones for the next.
@@ -75,11 +78,13 @@ impl Mailbox {
 
     /// Enters a round: from now on only this round's token is accepted, and early
     /// messages that turn out to carry another token, or come from a node that is not
-    /// a neighbour this round, are dropped.
-    pub fn begin_round(&self, round: u32, token: u64, neighbours: &[u32]) {
+    /// a neighbour this round, are dropped. The round waits for the `expected`
+    /// neighbours only (those whose message the radio delivers).
+    pub fn begin_round(&self, round: u32, token: u64, neighbours: &[u32], expected: &[u32]) {
         let mut inner = self.inner();
         inner.current = Some((round, token));
         inner.neighbours = neighbours.iter().copied().collect();
+        inner.expected = expected.iter().copied().collect();
         inner.gone.clear();
         let neighbours = inner.neighbours.clone();
         let mut dropped = 0;
@@ -175,7 +180,7 @@ impl Mailbox {
             let waiting = {
                 let inner = self.inner();
                 inner
-                    .neighbours
+                    .expected
                     .iter()
                     .filter(|n| !inner.gone.contains(n) && !inner.inbox.contains_key(&(round, **n)))
                     .count()
@@ -225,7 +230,7 @@ mod tests {
     #[test]
     fn judges_rounds_tokens_and_senders() {
         let mailbox = Mailbox::new(4);
-        mailbox.begin_round(5, 77, &[1, 2]);
+        mailbox.begin_round(5, 77, &[1, 2], &[1, 2]);
         let code = |sender, round, token| mailbox.deliver(message(sender, round, token)).unwrap_err().code();
         assert_eq!(code(1, 4, 77), Code::FailedPrecondition);
         assert_eq!(code(1, 5, 78), Code::FailedPrecondition);
@@ -244,7 +249,7 @@ mod tests {
         let mailbox = Mailbox::new(4);
         mailbox.deliver(message(1, 0, 10)).unwrap();
         mailbox.deliver(message(2, 0, 11)).unwrap();
-        mailbox.begin_round(0, 10, &[1, 2]);
+        mailbox.begin_round(0, 10, &[1, 2], &[1, 2]);
         assert_eq!(mailbox.take_rejected(), 1);
         let inner = mailbox.inner();
         assert!(inner.inbox.contains_key(&(0, 1)) && !inner.inbox.contains_key(&(0, 2)));
@@ -253,7 +258,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn collect_stops_at_the_deadline_and_counts_the_missing() {
         let mailbox = Mailbox::new(4);
-        mailbox.begin_round(0, 1, &[1, 2, 3]);
+        mailbox.begin_round(0, 1, &[1, 2, 3], &[1, 2, 3]);
         mailbox.deliver(message(3, 0, 1)).unwrap();
         mailbox.deliver(message(1, 0, 1)).unwrap();
         let collected = mailbox.collect(0, Instant::now() + Duration::from_secs(5)).await;
@@ -264,7 +269,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn collect_does_not_wait_for_a_gone_neighbour() {
         let mailbox = std::sync::Arc::new(Mailbox::new(4));
-        mailbox.begin_round(0, 1, &[1, 2]);
+        mailbox.begin_round(0, 1, &[1, 2], &[1, 2]);
         mailbox.deliver(message(1, 0, 1)).unwrap();
         let started = Instant::now();
         let m = mailbox.clone();

@@ -1,12 +1,13 @@
 //! The exchange of predictions between neighbours: the [`codec`] that encodes and
-//! frames them, the [`client`] that streams them to a neighbour, the peer
-//! [`service`] that validates what arrives, and the [`mailbox`] where it waits for
-//! the round.
+//! frames them, the [`shaper`] that schedules the frames on the emulated radio, the
+//! [`client`] that streams them to a neighbour, the peer [`service`] that validates
+//! what arrives, and the [`mailbox`] where it waits for the round.
 
 pub mod client;
 pub mod codec;
 pub mod mailbox;
 pub mod service;
+pub mod shaper;
 
 pub use mailbox::{Collected, Delivered, Mailbox};
 pub use service::{Expectation, PeerService};

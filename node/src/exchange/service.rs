@@ -52,9 +52,12 @@ impl PeerService {
         let mut payload = Vec::with_capacity(first.total_bytes as usize);
         payload.extend_from_slice(&first.data);
         for index in 1..first.count {
-            let frame = frames.message().await?.ok_or_else(|| {
-                Status::invalid_argument(format!("stream ended after {index} of {} frames", first.count))
-            })?;
+            // A sender whose radio gave up on a frame ends the stream early: the
+            // message was lost on the air, which is no fault of the message.
+            let frame = frames
+                .message()
+                .await?
+                .ok_or_else(|| Status::data_loss(format!("stream ended after {index} of {} frames", first.count)))?;
             check_continuation(&frame, &header, index)?;
             if payload.len() + frame.data.len() > first.total_bytes as usize {
                 return Err(Status::invalid_argument("frames carry more bytes than total_bytes"));
@@ -106,6 +109,10 @@ impl PeerExchange for PeerService {
         let mut frames = request.into_inner();
         match self.receive(&mut frames).await {
             Ok(receipt) => Ok(Response::new(receipt)),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                tracing::debug!(?peer, "a message lost on the radio: {}", status.message());
+                Err(status)
+            }
             Err(status) => {
                 warn!(?peer, code = ?status.code(), "rejected a peer message: {}", status.message());
                 self.mailbox.count_rejected();
