@@ -84,11 +84,13 @@ fn local_exchanges_nothing_and_keeps_the_same_partition() {
 }
 
 #[test]
-fn the_same_seed_gives_the_same_metrics() {
+fn the_same_seed_gives_the_same_metrics_and_radio_accounting() {
     let first = TempDir::new("seed-a");
     let second = TempDir::new("seed-b");
     let mut overrides = small(3, 2);
     overrides.push("data.partition=\"dirichlet:0.5\"".into());
+    // On a lossy radio, so the channel's draws and accounting are compared too.
+    overrides.push("channel.preset=\"d2d-urban\"".into());
     assert!(launch(first.path(), &overrides).status.success());
     assert!(launch(second.path(), &overrides).status.success());
     // Everything but the wall-clock timings.
@@ -227,4 +229,46 @@ mod bad_messages {
         // The good messages kept flowing.
         assert!(metrics(cluster.out()).iter().all(|r| r.messages_lost == 0));
     }
+}
+
+#[test]
+fn a_d2d_edge_run_loses_messages_and_still_completes_every_round() {
+    let dir = TempDir::new("edge");
+    let rounds = 8;
+    let mut overrides = small(4, rounds);
+    overrides.push("channel.preset=\"d2d-edge\"".into());
+    // 2,560-byte messages: two frames each, the size the preset's loss rate is tuned for.
+    overrides.push("exchange.public_batch=256".into());
+    assert!(launch(dir.path(), &overrides).status.success());
+
+    let s = summary(dir.path());
+    assert!(s.finished);
+    assert!(s.nodes.iter().all(|n| n.rounds_reported == rounds), "{:?}", s.nodes);
+    let rows = metrics(dir.path());
+    assert!(rows.iter().any(|r| r.messages_lost > 0), "d2d-edge lost nothing");
+    for row in &rows {
+        // Air time and energy exactly when frames went on the air (an outage sends nothing).
+        assert_eq!(row.airtime_s > 0.0, row.frames_sent > 0, "{row:?}");
+        assert_eq!(row.tx_energy_j > 0.0, row.frames_sent > 0, "{row:?}");
+        assert!(row.rx_energy_j > 0.0 || row.peers_heard == 0, "{row:?}");
+        assert_eq!(
+            row.messages_received + row.messages_lost,
+            3,
+            "every neighbour is heard or lost"
+        );
+        assert_eq!(
+            row.messages_rejected, 0,
+            "a message lost on the air is no bad message: {row:?}"
+        );
+        // Heard nobody: trained on its own data alone (no distillation term).
+        if row.peers_heard == 0 {
+            assert_eq!(row.kl_loss, 0.0, "{row:?}");
+        } else {
+            assert!(row.kl_loss > 0.0, "{row:?}");
+        }
+    }
+    assert!(
+        rows.iter().any(|r| r.peers_heard == 0),
+        "no node was cut off in any round: the case is untested"
+    );
 }

@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor};
-use tokio::sync::mpsc;
-use tokio::task::{JoinSet, block_in_place};
+use tokio::task::block_in_place;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, warn};
 use wdml_channel::Shaping;
-use wdml_proto::{Algorithm, Frame, RoundMetrics, StartRound};
+use wdml_proto::{Algorithm, RoundMetrics, StartRound};
 
 use crate::exchange::client::{self, PeerClients};
 use crate::exchange::codec::{self, Envelope};
@@ -141,40 +139,20 @@ async fn exchange(
     metrics.frames_lost = cost.frames_lost;
     metrics.retransmissions = cost.retransmissions;
 
-    // One stream per neighbour, fed by one pacing task: a frame is written when the
-    // emulated radio has finished transmitting it.
-    let mut sends = JoinSet::new();
-    let mut outlets = Vec::with_capacity(receivers.len());
-    for peer in &start.neighbours {
-        let (outlet, inlet) = mpsc::channel::<Frame>(frames.len().max(1));
-        outlets.push(outlet);
-        match node.peers.channel(&peer.address) {
-            Ok(channel) => {
-                sends.spawn(client::send(
-                    peer.node_id,
-                    channel,
-                    ReceiverStream::new(inlet),
-                    deadline,
-                ));
+    let destinations: Vec<(u32, Option<tonic::transport::Channel>)> = start
+        .neighbours
+        .iter()
+        .map(|peer| match node.peers.channel(&peer.address) {
+            Ok(channel) => (peer.node_id, Some(channel)),
+            Err(status) => {
+                warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
+                (peer.node_id, None)
             }
-            Err(status) => warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message()),
-        }
-    }
-    let time_scale = node.shaper.time_scale();
-    let pacing = tokio::spawn(async move {
-        let began = Instant::now();
-        for delivery in schedule.deliveries {
-            let due = began + Duration::from_secs_f64(delivery.at_s * time_scale);
-            tokio::time::sleep_until(due).await;
-            // A closed outlet is a neighbour we could not reach: nothing to pace.
-            let _ = outlets[delivery.receiver].send(frames[delivery.frame].clone()).await;
-        }
-    });
-
-    let collected = node.mailbox.collect(start.round, deadline).await;
-    let _ = pacing.await;
-    while let Some(joined) = sends.join_next().await {
-        let Ok((outcome, result)) = joined else { continue };
+        })
+        .collect();
+    let sending = client::transmit(frames, schedule, destinations, node.shaper.time_scale(), deadline);
+    let (collected, sent) = tokio::join!(node.mailbox.collect(start.round, deadline), sending);
+    for (outcome, result) in sent {
         metrics.frames_sent += outcome.frames;
         metrics.payload_bytes_sent += outcome.payload_bytes;
         metrics.wire_bytes_sent += outcome.wire_bytes;

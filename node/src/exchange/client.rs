@@ -7,10 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
+use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 use wdml_proto::{Frame, peer_exchange_client::PeerExchangeClient};
+
+use super::shaper::Schedule;
 
 /// What one send put on the wire and how it ended.
 #[derive(Debug, Default)]
@@ -81,6 +85,59 @@ pub async fn send(
         accepted: matches!(result, Ok(true)),
     };
     (outcome, result.map(|_| ()))
+}
+
+/// Streams `frames` to every destination at the pace `schedule` says: a frame is
+/// written to a receiver's stream when the emulated radio has finished transmitting
+/// it (schedule time × `time_scale` after the start); frames the radio lost are
+/// never written. Returns each destination's outcome, in order.
+pub async fn transmit(
+    frames: Vec<Frame>,
+    schedule: Schedule,
+    destinations: Vec<(u32, Option<Channel>)>,
+    time_scale: f64,
+    deadline: tokio::time::Instant,
+) -> Vec<(SendOutcome, Result<(), Status>)> {
+    // One stream per destination, fed by one pacing loop (one radio).
+    let mut outlets = Vec::with_capacity(destinations.len());
+    let mut sends = Vec::with_capacity(destinations.len());
+    for (receiver, (to, channel)) in destinations.into_iter().enumerate() {
+        // A receiver the radio reaches with no frame at all (outage, or the first
+        // frame given up) hears nothing: there is no stream to open.
+        let heard = schedule.deliveries.iter().any(|d| d.receiver == receiver);
+        let (outlet, inlet) = mpsc::channel::<Frame>(frames.len().max(1));
+        outlets.push((heard && channel.is_some()).then_some(outlet));
+        let nothing = SendOutcome {
+            to,
+            ..SendOutcome::default()
+        };
+        sends.push(tokio::spawn(async move {
+            match channel {
+                _ if !heard => (nothing, Err(Status::data_loss("no frame got through"))),
+                Some(channel) => send(to, channel, ReceiverStream::new(inlet), deadline).await,
+                None => (nothing, Err(Status::unavailable("unreachable"))),
+            }
+        }));
+    }
+    let began = tokio::time::Instant::now();
+    for delivery in schedule.deliveries {
+        tokio::time::sleep_until(began + Duration::from_secs_f64(delivery.at_s * time_scale)).await;
+        if let Some(Some(outlet)) = outlets.get(delivery.receiver) {
+            // A send that already failed has dropped its inlet: nothing to pace.
+            let _ = outlet.send(frames[delivery.frame].clone()).await;
+        }
+    }
+    drop(outlets);
+    let mut outcomes = Vec::with_capacity(sends.len());
+    for send in sends {
+        outcomes.push(send.await.unwrap_or_else(|e| {
+            (
+                SendOutcome::default(),
+                Err(Status::internal(format!("send task failed: {e}"))),
+            )
+        }));
+    }
+    outcomes
 }
 
 #[derive(Default)]

@@ -1,0 +1,159 @@
+//! The shaper on a real gRPC stream over loopback: what arrives, arrives at the
+//! model's rate, and the frames the model loses are the ones that never arrive.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Channel, Endpoint, Server};
+use wdml_channel::{ChannelConfig, Fading, LossModel, Position, Preset, ResolvedChannel};
+use wdml_node::exchange::codec::{self, Envelope};
+use wdml_node::exchange::shaper::Shaper;
+use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
+use wdml_proto::Encoding;
+use wdml_proto::peer_exchange_server::PeerExchangeServer;
+
+const COLS: u32 = 10;
+
+/// Two devices 30 m apart on the default D2D radio, with no shadowing or fading, so
+/// the rate is the hand-checked 12.595 Mbit/s of the channel crate's tests.
+fn radio(loss: LossModel, time_scale: f64) -> ResolvedChannel {
+    ChannelConfig {
+        time_scale,
+        positions: Some(vec![Position::new(0.0, 0.0), Position::new(30.0, 0.0)]),
+        shadowing_sigma_db: Some(0.0),
+        fading: Some(Fading::None),
+        loss: Some(loss),
+        max_retransmissions: Some(30),
+        ..ChannelConfig::from_preset(Preset::D2dUrban)
+    }
+    .resolve()
+    .unwrap()
+}
+
+/// Node 1's peer service on loopback, in round 0 with token 9, expecting node 0.
+async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
+    let mailbox = Arc::new(Mailbox::new(2));
+    mailbox.begin_round(0, 9, &[0], &[0]);
+    let expect = Expectation {
+        run_id: "t".into(),
+        me: 1,
+        nodes: 2,
+        rows,
+        cols: COLS,
+        max_message_bytes: 1 << 24,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address: SocketAddr = listener.local_addr().unwrap();
+    let service = PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
+    tokio::spawn(
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    // Connected before the clock starts: the handshake is not the radio's.
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (mailbox, channel)
+}
+
+struct Run {
+    /// Wall seconds until the receiver had the whole message.
+    elapsed_s: f64,
+    airtime_s: f64,
+    transmissions: u32,
+    frames_lost: u32,
+    frames_written: u32,
+    bytes: u64,
+    delivered: bool,
+}
+
+/// Sends one message of `rows × 10` f32 values from node 0 to node 1.
+async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
+    let (mailbox, channel) = receiver(rows).await;
+    let sender = Shaper::new(resolved.clone(), 1, 2, 0).unwrap();
+    let values = vec![0.5f32; (rows * COLS) as usize];
+    let encoded = codec::encode(&values, rows, COLS, Encoding::F32);
+    let envelope = Envelope {
+        run_id: "t".into(),
+        round: 0,
+        round_token: 9,
+        sender: 0,
+    };
+    let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
+    let bytes = encoded.bytes.len() as u64;
+    let schedule = sender.schedule(0, &[1], bytes, frames.len()).unwrap();
+    let cost = schedule.cost;
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(60);
+    let received = async {
+        let collected = mailbox.collect(0, deadline).await;
+        (collected, started.elapsed())
+    };
+    let sending = client::transmit(
+        frames,
+        schedule,
+        vec![(1, Some(channel))],
+        resolved.time_scale,
+        deadline,
+    );
+    let ((collected, elapsed), sent) = tokio::join!(received, sending);
+    Run {
+        elapsed_s: elapsed.as_secs_f64(),
+        airtime_s: cost.airtime_s,
+        transmissions: cost.transmissions,
+        frames_lost: cost.frames_lost,
+        frames_written: sent[0].0.frames,
+        bytes,
+        delivered: collected.messages.len() == 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goodput_on_a_real_shaped_stream_is_the_model_rate() {
+    // About 1 MiB in about 0.7 s of emulated air time, in real time (time_scale 1).
+    let run = send_one(26_214, radio(LossModel::None, 1.0)).await;
+    assert!(run.delivered);
+    let modelled = run.bytes as f64 * 8.0 / run.airtime_s;
+    let measured = run.bytes as f64 * 8.0 / run.elapsed_s;
+    let ratio = measured / modelled;
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "goodput {measured:.0} bit/s against the model's {modelled:.0} bit/s (ratio {ratio:.3})"
+    );
+    // Framing: 1500-byte payloads plus a 40-byte header at 12.595 Mbit/s.
+    assert!(
+        (modelled - 12.595e6 * 1500.0 / 1540.0).abs() / modelled < 0.01,
+        "model goodput {modelled}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_lost_by_the_model_never_reach_the_stream_at_the_seeded_rate() {
+    let p = 0.2;
+    let run = send_one(6_400, radio(LossModel::Bernoulli { p }, 0.01)).await;
+    assert!(run.delivered, "30 retransmissions get every frame through");
+    let frames = run.bytes.div_ceil(1500) as u32;
+    assert_eq!(run.frames_written, frames, "each frame reaches the stream exactly once");
+    assert_eq!(
+        run.transmissions,
+        frames + run.frames_lost,
+        "every loss was retransmitted"
+    );
+    // The loss rate the stream saw, against a binomial bound around p (4 σ).
+    let n = f64::from(run.transmissions);
+    let lost = f64::from(run.transmissions - run.frames_written);
+    let sigma = (n * p * (1.0 - p)).sqrt();
+    assert!(
+        (lost - n * p).abs() <= 4.0 * sigma,
+        "{lost} of {n} frames lost, expected {:.1} ± {:.1}",
+        n * p,
+        4.0 * sigma
+    );
+}
