@@ -62,6 +62,8 @@ pub enum AlgorithmName {
     Dml,
     /// No exchange at all: each node learns alone.
     Local,
+    /// Decentralised FedAvg: gossip averaging of full parameters (identical models only).
+    Fedavg,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -248,7 +250,20 @@ impl Scenario {
                 wdml_node::plan::MAX_MESSAGE_BYTES
             );
         }
-        let message = u64::from(self.exchange.public_batch) * 10 * self.encoding_width();
+        if self.run.algorithm == AlgorithmName::Fedavg && self.nodes.models.len() > 1 {
+            let distinct: std::collections::BTreeSet<String> =
+                (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
+            if distinct.len() > 1 {
+                bail!(
+                    "nodes.models: fedavg averages parameters, so every node needs the same model; got {}",
+                    distinct.into_iter().collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        let message = match self.run.algorithm {
+            AlgorithmName::Fedavg => self.model_of(0).parameter_count() as u64 * 4,
+            _ => u64::from(self.exchange.public_batch) * 10 * self.encoding_width(),
+        };
         if message > self.exchange.max_message_bytes {
             bail!(
                 "exchange.max_message_bytes ({}) is smaller than one prediction message ({message} bytes)",
@@ -323,6 +338,7 @@ impl Scenario {
         settings.set_algorithm(match self.run.algorithm {
             AlgorithmName::Dml => Algorithm::Dml,
             AlgorithmName::Local => Algorithm::Local,
+            AlgorithmName::Fedavg => Algorithm::Fedavg,
         });
         settings.set_encoding(match self.exchange.encoding {
             EncodingName::F32 => Encoding::F32,

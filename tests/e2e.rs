@@ -272,3 +272,56 @@ fn a_d2d_edge_run_loses_messages_and_still_completes_every_round() {
         "no node was cut off in any round: the case is untested"
     );
 }
+
+#[test]
+fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
+    let dir = TempDir::new("compare");
+    let mut command = std::process::Command::new(common::WDML);
+    command.arg("compare").arg("--out").arg(dir.path());
+    // A radio with costs (energy, air time) but no losses, so byte counts are exact.
+    let mut overrides = small(3, 2);
+    overrides.extend(
+        [
+            "channel.preset=\"d2d-urban\"",
+            "channel.loss=\"none\"",
+            "channel.fading=\"none\"",
+            "channel.shadowing_sigma_db=0.0",
+        ]
+        .map(String::from),
+    );
+    for o in overrides {
+        command.arg("--set").arg(o);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let table = std::fs::read_to_string(dir.path().join("comparison.md")).unwrap();
+    for algorithm in ["| local |", "| fedavg |", "| dml |"] {
+        assert!(table.contains(algorithm), "{algorithm} missing from\n{table}");
+    }
+    let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
+    // Accuracy per round for all three; against energy and air time (log axes) for the
+    // two that spend any.
+    assert_eq!(svg.matches("<polyline").count(), 3 + 2 + 2);
+
+    // Parameters (50,890 of mlp:64, f32) against predictions (64 × 10, q8), per neighbour.
+    let payload = |algorithm: &str| metrics(&dir.path().join(algorithm))[0].payload_bytes_sent;
+    assert_eq!(payload("fedavg"), 2 * 50_890 * 4);
+    assert_eq!(payload("dml"), 2 * 64 * 10);
+    assert_eq!(payload("local"), 0);
+}
+
+#[test]
+fn fedavg_with_different_models_is_refused_with_a_clear_error() {
+    // The quickstart mixes MLPs and CNNs.
+    let output = std::process::Command::new(common::WDML)
+        .args(["run", "--algorithm", "fedavg"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nodes.models") && stderr.contains("same model"),
+        "{stderr}"
+    );
+}

@@ -58,11 +58,13 @@ pub(crate) struct Members {
     by_id: BTreeMap<u32, Member>,
     rng: StdRng,
     next_connection: u64,
+    /// Every node must run the same model (parameter averaging).
+    identical_models: bool,
     pub events: Vec<MembershipEvent>,
 }
 
 impl Members {
-    pub fn new(nodes: u32, seed: u64) -> Self {
+    pub fn new(nodes: u32, seed: u64, identical_models: bool) -> Self {
         Members {
             nodes,
             by_id: BTreeMap::new(),
@@ -72,6 +74,7 @@ impl Members {
                 &[wdml_channel::purpose::SESSIONS],
             )),
             next_connection: 0,
+            identical_models,
             events: Vec::new(),
         }
     }
@@ -90,6 +93,15 @@ impl Members {
             return Err(Status::invalid_argument(
                 "model must describe the node's model, e.g. \"mlp:256,128\"",
             ));
+        }
+        if self.identical_models
+            && let Some(other) = self.by_id.values().find(|m| m.model != request.model)
+        {
+            return Err(Status::failed_precondition(format!(
+                "this run averages parameters (fedavg), so every node needs the same model: node {} runs {}, \
+                 node {id} asks to join with {}",
+                other.id, other.model, request.model
+            )));
         }
         let rejoin = match self.by_id.get(&id) {
             Some(m) if matches!(m.presence, Presence::Live | Presence::Joined) => {
@@ -263,7 +275,7 @@ mod tests {
 
     #[test]
     fn join_validates_id_and_address() {
-        let mut members = Members::new(3, 1);
+        let mut members = Members::new(3, 1, false);
         assert_eq!(
             members.join(&request(3, "127.0.0.1:1"), 0).unwrap_err().code(),
             tonic::Code::InvalidArgument
@@ -276,8 +288,21 @@ mod tests {
     }
 
     #[test]
+    fn parameter_averaging_refuses_a_different_model() {
+        let mut members = Members::new(2, 1, true);
+        members.join(&request(0, "h:1"), 0).unwrap();
+        let mut other = request(1, "h:2");
+        other.model = "cnn:16,32,128".into();
+        assert_eq!(
+            members.join(&other, 0).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert!(members.join(&request(1, "h:2"), 0).is_ok());
+    }
+
+    #[test]
     fn a_live_id_cannot_join_twice_but_a_gone_one_can_rejoin() {
-        let mut members = Members::new(2, 1);
+        let mut members = Members::new(2, 1, false);
         let session = members.join(&request(1, "h:1"), 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
         let connection = members.attach(1, session, tx).unwrap();
@@ -300,7 +325,7 @@ mod tests {
 
     #[test]
     fn removal_tells_the_other_live_members() {
-        let mut members = Members::new(2, 1);
+        let mut members = Members::new(2, 1, false);
         let (tx0, mut rx0) = mpsc::channel(4);
         let (tx1, _rx1) = mpsc::channel(4);
         let s0 = members.join(&request(0, "h:1"), 0).unwrap();

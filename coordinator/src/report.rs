@@ -315,6 +315,7 @@ pub fn algorithm_name(algorithm: Algorithm) -> &'static str {
     match algorithm {
         Algorithm::Dml => "dml",
         Algorithm::Local => "local",
+        Algorithm::Fedavg => "fedavg",
         Algorithm::Unspecified => "unspecified",
     }
 }

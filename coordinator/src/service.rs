@@ -53,7 +53,8 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn new(config: Config) -> Result<Self> {
         let report = Report::create(&config)?;
-        let members = Members::new(config.settings.nodes, config.settings.seed);
+        let averaging = config.settings.algorithm() == wdml_proto::Algorithm::Fedavg;
+        let members = Members::new(config.settings.nodes, config.settings.seed, averaging);
         Ok(Shared {
             state: Mutex::new(State {
                 members,

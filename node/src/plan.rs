@@ -49,11 +49,11 @@ impl RunPlan {
             }
         }
         let algorithm = match Algorithm::try_from(s.algorithm) {
-            Ok(a @ (Algorithm::Dml | Algorithm::Local)) => a,
+            Ok(a @ (Algorithm::Dml | Algorithm::Local | Algorithm::Fedavg)) => a,
             _ => {
                 return Err(Error::config(
                     "run.algorithm",
-                    format!("unknown algorithm {}; expected dml or local", s.algorithm),
+                    format!("unknown algorithm {}; expected dml, local or fedavg", s.algorithm),
                 ));
             }
         };

@@ -18,7 +18,7 @@ use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use wdml_channel::Shaping;
-use wdml_proto::{Algorithm, RoundMetrics, StartRound};
+use wdml_proto::{Algorithm, Encoding, RoundMetrics, StartRound};
 
 use crate::exchange::client::{self, PeerClients};
 use crate::exchange::codec::{self, Envelope};
@@ -51,32 +51,57 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     let deadline = began + Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut metrics = RoundMetrics::default();
     let mut compute = Duration::ZERO;
-
-    let distill = if node.plan.algorithm == Algorithm::Dml {
+    let exchanging = node.plan.algorithm != Algorithm::Local;
+    if exchanging {
+        // At once: a faster neighbour's message may already be on its way.
         let neighbours: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
         let expected = listen(node, start, &mut metrics)?;
         node.mailbox
             .begin_round(start.round, start.round_token, &neighbours, &expected);
+    }
 
-        // 1–2. The public batch and our predictions on it.
-        let t = Instant::now();
-        let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
-        let logits = block_in_place(|| node.learner.logits_vec(&public))?;
-        compute += t.elapsed();
-
-        // 3. Exchange with the neighbours.
-        let t = Instant::now();
-        let collected = exchange(node, start, &logits, deadline, &mut metrics).await?;
-        metrics.exchange_ms = ms(t.elapsed());
-        targets(&node.plan, public, &collected)?
-    } else {
-        None
+    let (ce, kl, total) = match node.plan.algorithm {
+        Algorithm::Dml => {
+            // 1–2. The public batch and our predictions on it.
+            let t = Instant::now();
+            let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
+            let logits = block_in_place(|| node.learner.logits_vec(&public))?;
+            compute += t.elapsed();
+            // 3. Exchange with the neighbours.
+            let t = Instant::now();
+            let collected = exchange(node, start, &logits, deadline, &mut metrics).await?;
+            metrics.exchange_ms = ms(t.elapsed());
+            // 4. Local steps toward the neighbours' predictions.
+            let distill = targets(&node.plan, public, &collected)?;
+            let t = Instant::now();
+            let losses = block_in_place(|| train(node, distill.as_ref()))?;
+            compute += t.elapsed();
+            losses
+        }
+        Algorithm::Fedavg => {
+            // Gossip FedAvg: local steps on CE, then average parameters with the
+            // neighbours whose parameters arrived.
+            let t = Instant::now();
+            let losses = block_in_place(|| train(node, None))?;
+            let parameters = node.learner.parameters_flat()?;
+            compute += t.elapsed();
+            let t = Instant::now();
+            let collected = exchange(node, start, &parameters, deadline, &mut metrics).await?;
+            metrics.exchange_ms = ms(t.elapsed());
+            let averaged = gossip_average(&parameters, start, &collected);
+            node.learner.set_parameters_flat(&averaged)?;
+            losses
+        }
+        Algorithm::Local | Algorithm::Unspecified => {
+            let t = Instant::now();
+            let losses = block_in_place(|| train(node, None))?;
+            compute += t.elapsed();
+            losses
+        }
     };
 
-    // 4. Local steps.
-    let t = Instant::now();
-    let (ce, kl, total) = block_in_place(|| train(node, distill.as_ref()))?;
     // 5. Evaluate.
+    let t = Instant::now();
     let evaluation = block_in_place(|| {
         node.learner
             .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
@@ -95,11 +120,47 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     Ok(metrics)
 }
 
+/// The shape and encoding of the message every node sends each round: predictions
+/// on the public batch (`dml`), or all parameters as f32 (`fedavg`: averaging
+/// quantised parameters would drift, so they travel exactly).
+pub fn message_shape(plan: &RunPlan, parameters: usize) -> (u32, u32, Encoding) {
+    match plan.algorithm {
+        Algorithm::Fedavg => (1, parameters as u32, Encoding::F32),
+        _ => (plan.public_batch as u32, CLASSES as u32, plan.encoding),
+    }
+}
+
+/// Metropolis–Hastings gossip weights (Xiao & Boyd 2004): w_ij = 1 / (1 + max(d_i, d_j))
+/// for each neighbour j heard, the rest of the weight on our own parameters. A lost
+/// message's weight stays with us, so the weights always sum to 1.
+fn gossip_average(own: &[f32], start: &StartRound, collected: &Collected) -> Vec<f32> {
+    let degree = start.neighbours.len();
+    let mut own_weight = 1.0;
+    let mut sum = vec![0.0f64; own.len()];
+    for message in &collected.messages {
+        let their_degree = start
+            .neighbours
+            .iter()
+            .find(|p| p.node_id == message.sender)
+            .map_or(degree, |p| p.neighbours.len());
+        let weight = 1.0 / (1.0 + degree.max(their_degree) as f64);
+        own_weight -= weight;
+        for (s, &v) in sum.iter_mut().zip(&message.values) {
+            *s += weight * f64::from(v);
+        }
+    }
+    sum.iter()
+        .zip(own)
+        .map(|(s, &mine)| (s + own_weight * f64::from(mine)) as f32)
+        .collect()
+}
+
 /// Which neighbours' messages the radio delivers to us this round, and what
 /// listening to all of them costs (the same pure model the senders evaluate).
 fn listen(node: &Node, start: &StartRound, metrics: &mut RoundMetrics) -> Result<Vec<u32>> {
-    let width = codec::bytes_per_value(node.plan.encoding).unwrap_or(4);
-    let bytes = (node.plan.public_batch * CLASSES * width) as u64;
+    let (rows, cols, encoding) = message_shape(&node.plan, node.learner.parameter_count());
+    let width = codec::bytes_per_value(encoding).unwrap_or(4);
+    let bytes = u64::from(rows) * u64::from(cols) * width as u64;
     let mut expected = Vec::new();
     for peer in &start.neighbours {
         let listening = node.shaper.listen(start.round, peer.node_id, &peer.neighbours, bytes)?;
@@ -111,17 +172,19 @@ fn listen(node: &Node, start: &StartRound, metrics: &mut RoundMetrics) -> Result
     Ok(expected)
 }
 
-/// Sends our logits to every neighbour, paced by the shaper's schedule, while
-/// collecting theirs; fills the exchange and radio counters of `metrics`.
+/// Sends this round's message (predictions or parameters) to every neighbour, paced
+/// by the shaper's schedule, while collecting theirs; fills the exchange and radio
+/// counters of `metrics`.
 async fn exchange(
     node: &mut Node,
     start: &StartRound,
-    logits: &[f32],
+    values: &[f32],
     deadline: Instant,
     metrics: &mut RoundMetrics,
 ) -> Result<Collected> {
     let plan = &node.plan;
-    let encoded = codec::encode(logits, plan.public_batch as u32, CLASSES as u32, plan.encoding);
+    let (rows, cols, encoding) = message_shape(plan, node.learner.parameter_count());
+    let encoded = codec::encode(values, rows, cols, encoding);
     let envelope = Envelope {
         run_id: plan.run_id.clone(),
         round: start.round,
@@ -215,4 +278,54 @@ fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<(f64, f6
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::Delivered;
+    use wdml_proto::Peer;
+
+    fn peer(node_id: u32, neighbours: Vec<u32>) -> Peer {
+        Peer {
+            node_id,
+            address: String::new(),
+            neighbours,
+        }
+    }
+
+    fn from(sender: u32, values: Vec<f32>) -> Delivered {
+        Delivered {
+            sender,
+            round: 0,
+            round_token: 1,
+            values,
+            payload_bytes: 0,
+            wire_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn gossip_weights_are_metropolis_hastings_and_sum_to_one() {
+        // Node 0 with neighbours 1 (degree 1) and 2 (degree 3): d_0 = 2.
+        let start = StartRound {
+            neighbours: vec![peer(1, vec![0]), peer(2, vec![0, 3, 4])],
+            ..StartRound::default()
+        };
+        let collected = Collected {
+            messages: vec![from(1, vec![3.0]), from(2, vec![6.0])],
+            lost: 0,
+        };
+        // w_01 = 1/(1+2) = 1/3, w_02 = 1/(1+3) = 1/4, w_00 = 5/12.
+        let averaged = gossip_average(&[0.0], &start, &collected);
+        assert!((averaged[0] - (3.0 / 3.0 + 6.0 / 4.0)).abs() < 1e-6);
+        // A constant vector stays constant whatever arrives.
+        let collected = Collected {
+            messages: vec![from(1, vec![2.0])],
+            lost: 1,
+        };
+        assert!((gossip_average(&[2.0], &start, &collected)[0] - 2.0).abs() < 1e-6);
+        // Nothing heard: unchanged.
+        assert_eq!(gossip_average(&[1.5], &start, &Collected::default()), vec![1.5]);
+    }
 }

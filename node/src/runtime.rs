@@ -30,9 +30,9 @@ use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
 use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService};
 use crate::learn::Learner;
-use crate::model::{CLASSES, ModelSpec};
+use crate::model::ModelSpec;
 use crate::plan::RunPlan;
-use crate::round::{Node, run_round};
+use crate::round::{Node, message_shape, run_round};
 use crate::shard::{BatchSampler, Shard};
 use crate::{Error, Result, seed};
 
@@ -84,12 +84,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     info!(node = config.id, run = %plan.run_id, %advertise, model = %config.model, parameters, "joined");
 
     let node = prepare(&config, plan).await?;
+    let (rows, cols, _) = message_shape(&node.plan, node.learner.parameter_count());
     let expect = Expectation {
         run_id: node.plan.run_id.clone(),
         me: config.id,
         nodes: node.plan.nodes,
-        rows: node.plan.public_batch as u32,
-        cols: CLASSES as u32,
+        rows,
+        cols,
         max_message_bytes: node.plan.max_message_bytes,
     };
     let service = PeerExchangeServer::new(PeerService::new(expect, node.mailbox.clone()))

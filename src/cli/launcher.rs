@@ -29,7 +29,7 @@ pub struct Args {
     /// Shorthand for --set run.rounds=N.
     #[arg(long)]
     rounds: Option<u32>,
-    /// Shorthand for --set run.algorithm=…: dml or local.
+    /// Shorthand for --set run.algorithm=…: dml, local or fedavg.
     #[arg(long)]
     algorithm: Option<String>,
     /// Shorthand for --set run.seed=N.
@@ -225,6 +225,7 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> ProgressBar {
     let algorithm = match scenario.run.algorithm {
         AlgorithmName::Dml => "dml",
         AlgorithmName::Local => "local",
+        AlgorithmName::Fedavg => "fedavg",
     };
     bar.set_prefix(format!(
         "{} {algorithm} × {} nodes",

@@ -2,10 +2,12 @@
 //! library's `run(config, shutdown)`.
 
 mod bench;
+mod compare;
 mod coordinator;
 mod health;
 mod launcher;
 mod node;
+mod plot;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,9 @@ enum Command {
     /// Run a scenario under dml and local with the same seed and print the figures:
     /// round time split, bytes per round, final accuracies.
     Bench(bench::Args),
+    /// Run a scenario under several algorithms (local, fedavg, dml) with the same
+    /// seeds and write the comparison: tables, plots, cost to a target accuracy.
+    Compare(compare::Args),
     /// Exit 0 if a coordinator or node answers gRPC at host:port (container healthchecks).
     Health(health::Args),
 }
@@ -47,6 +52,7 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Node(args) => node::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Compare(args) => compare::main(args),
         Command::Health(args) => health::main(args),
     };
     match result {

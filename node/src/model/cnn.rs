@@ -6,15 +6,14 @@
 //! Activations are NHWC and the convolutions are im2col + matmul ([`super::ops`]),
 //! which keeps the backward pass fast on one CPU thread. Two consequences, neither of
 //! which changes the function class: the features reach `fc1` in (y, x, channel) order
-//! rather than PyTorch's (channel, y, x); and each stage pools before its ReLU, which is
-//! the same function (ReLU is monotone, so it commutes with max) on a quarter of the
-//! values. Conv weights keep PyTorch's `[out, in, 3, 3]` layout.
+//! rather than PyTorch's (channel, y, x); and each stage (one op) pools before its
+//! ReLU, which is the same function, as ReLU is monotone and commutes with max. Conv
+//! weights keep PyTorch's `[out, in, 3, 3]` layout.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::layers::{Conv3x3, Dense};
-use super::ops::max_pool2x2;
+use super::layers::{ConvStage, Dense};
 use super::{CLASSES, IMAGE_SIDE, Model};
 
 /// Side of the feature maps after the two 2×2 poolings.
@@ -23,8 +22,8 @@ pub(super) const FLAT_SIDE: usize = IMAGE_SIDE / 4;
 /// Layers `conv1`, `conv2`, `fc1`, `fc2`.
 #[derive(Clone, Debug)]
 pub struct Cnn {
-    conv1: Conv3x3,
-    conv2: Conv3x3,
+    conv1: ConvStage,
+    conv2: ConvStage,
     fc1: Dense,
     fc2: Dense,
 }
@@ -34,8 +33,8 @@ impl Cnn {
     /// [`super::init::init_seeded`] overwrites them, which [`super::Network::new`] does.
     pub fn new(conv1: usize, conv2: usize, hidden: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         Ok(Self {
-            conv1: Conv3x3::new(1, conv1, vb.pp("conv1"))?,
-            conv2: Conv3x3::new(conv1, conv2, vb.pp("conv2"))?,
+            conv1: ConvStage::new(1, conv1, vb.pp("conv1"))?,
+            conv2: ConvStage::new(conv1, conv2, vb.pp("conv2"))?,
             fc1: Dense::new(conv2 * FLAT_SIDE * FLAT_SIDE, hidden, vb.pp("fc1"))?,
             fc2: Dense::new(hidden, CLASSES, vb.pp("fc2"))?,
         })
@@ -47,8 +46,8 @@ impl Model for Cnn {
         let b = xs.dim(0)?;
         // Row-major 28×28 pixels already are NHWC with one channel.
         let h = xs.reshape((b, IMAGE_SIDE, IMAGE_SIDE, 1))?;
-        let h = max_pool2x2(&self.conv1.forward(&h)?)?.relu()?;
-        let h = max_pool2x2(&self.conv2.forward(&h)?)?.relu()?;
+        let h = self.conv1.forward(&h)?;
+        let h = self.conv2.forward(&h)?;
         let h = h.flatten_from(1)?;
         let h = self.fc1.forward(&h)?.relu()?;
         self.fc2.forward(&h)

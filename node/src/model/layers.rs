@@ -1,11 +1,11 @@
-//! The layers the models are made of: a dense layer and a 3×3 convolution, both a
-//! single product `x · wᵀ` (see [`super::ops`]).
+//! The layers the models are made of: a dense layer and a convolution stage (see
+//! [`super::ops`] for how they are computed).
 
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::init::PLACEHOLDER;
-use super::ops::{im2col3x3, matmul_wt};
+use super::ops::{conv3x3_pool_relu, matmul_wt};
 
 /// A dense layer `in → out`: `weight` `[out, in]`, `bias` `[out]`.
 #[derive(Clone, Debug)]
@@ -29,15 +29,16 @@ impl Dense {
     }
 }
 
-/// A 3×3 convolution, stride 1, padding 1, over NHWC activations: `weight`
-/// `[out, in, 3, 3]` (PyTorch's layout), `bias` `[out]`.
+/// A CNN stage over NHWC activations: 3×3 convolution (stride 1, padding 1), 2×2
+/// max-pool, ReLU. Parameters: `weight` `[out, in, 3, 3]` (PyTorch's layout), `bias`
+/// `[out]`.
 #[derive(Clone, Debug)]
-pub struct Conv3x3 {
+pub struct ConvStage {
     weight: Tensor,
     bias: Tensor,
 }
 
-impl Conv3x3 {
+impl ConvStage {
     /// Declares `weight` and `bias` under `vb` (values are set by seeded init).
     pub fn new(in_ch: usize, out_ch: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
@@ -46,15 +47,15 @@ impl Conv3x3 {
         })
     }
 
-    /// `[b, h, w, in]` → `[b, h, w, out]`.
+    /// `[b, h, w, in]` → `[b, h/2, w/2, out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = xs.dims4()?;
+        let c = xs.dim(3)?;
         let out = self.weight.dim(0)?;
         // One row per output channel, columns in im2col's (ky, kx, channel) order, then
         // the bias, which meets im2col's trailing column of ones: weights and bias get
         // their gradients from the same product. (A few thousand values to copy.)
         let w_rows = self.weight.permute((0, 2, 3, 1))?.reshape((out, 9 * c))?;
         let w_full = Tensor::cat(&[&w_rows, &self.bias.unsqueeze(1)?], 1)?;
-        matmul_wt(&im2col3x3(xs)?, &w_full)?.reshape((b, h, w, out))
+        conv3x3_pool_relu(xs, &w_full)
     }
 }

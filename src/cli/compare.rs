@@ -1,0 +1,313 @@
+//! `wdml compare`: one scenario under several algorithms — same seed, same split,
+//! same placement and channel draws — as real processes, and the comparison: final
+//! and best accuracy, accuracy against rounds, cumulative energy and air time, bytes
+//! per round, and what each algorithm spent to reach a target accuracy.
+//!
+//! Writes `comparison.md`, `comparison.svg` and `comparison.json` next to one run
+//! directory per algorithm.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use wdml_coordinator::{MetricsRow, Summary, bytes};
+
+use super::launcher::{Progress, launch};
+use super::plot::{Panel, Series, figure};
+use crate::scenario::{AlgorithmName, Scenario};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Scenario file (TOML); default: the built-in quickstart.
+    scenario: Option<PathBuf>,
+    /// Override any scenario field (repeatable).
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    overrides: Vec<String>,
+    /// Algorithms to run, in order.
+    #[arg(long, value_delimiter = ',', default_value = "local,fedavg,dml")]
+    algorithms: Vec<String>,
+    /// Target mean accuracy (0–1) for the cost-to-target columns; default: the best
+    /// mean accuracy that every exchanging algorithm reached.
+    #[arg(long)]
+    target: Option<f64>,
+    /// Output directory (default: runs/compare-<name>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One round of one algorithm, over all nodes.
+#[derive(Clone, Debug, Serialize)]
+struct Point {
+    round: u32,
+    mean_accuracy: f64,
+    /// Summed over every node, up to and including this round.
+    cumulative_energy_j: f64,
+    cumulative_airtime_s: f64,
+    wire_bytes_per_node: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Outcome {
+    algorithm: String,
+    final_mean_accuracy: f64,
+    best_mean_accuracy: f64,
+    worst_node_final_accuracy: f64,
+    wire_bytes_per_round_per_node: f64,
+    energy_j: f64,
+    airtime_s: f64,
+    /// Round, energy and air time when the target was first reached (none: never).
+    to_target: Option<(u32, f64, f64)>,
+    curve: Vec<Point>,
+    final_accuracy_per_node: Vec<Option<f64>>,
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let base = Scenario::load(args.scenario.as_deref(), &args.overrides)?;
+    let algorithms = args
+        .algorithms
+        .iter()
+        .map(|a| match a.trim() {
+            "local" => Ok(AlgorithmName::Local),
+            "fedavg" => Ok(AlgorithmName::Fedavg),
+            "dml" => Ok(AlgorithmName::Dml),
+            other => bail!("--algorithms: unknown algorithm {other:?}; expected local, fedavg or dml"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Refuse a bad combination (fedavg with mixed models) before running anything.
+    for &algorithm in &algorithms {
+        let mut scenario = base.clone();
+        scenario.run.algorithm = algorithm;
+        scenario
+            .validate()
+            .with_context(|| format!("under {}", name(algorithm)))?;
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", base.run.name)));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut runs = Vec::new();
+    for &algorithm in &algorithms {
+        let mut scenario = base.clone();
+        scenario.run.algorithm = algorithm;
+        eprintln!("== {} under {}", scenario.run.name, name(algorithm));
+        let dir = out.join(name(algorithm));
+        let summary = runtime.block_on(launch(&scenario, &dir, Progress::Auto))?;
+        eprintln!("{}", summary.table());
+        runs.push((algorithm, summary, read_metrics(&dir)?));
+    }
+
+    let exchanging: Vec<f64> = runs
+        .iter()
+        .filter(|(a, _, _)| *a != AlgorithmName::Local)
+        .map(|(_, _, rows)| best(&curve(rows)))
+        .collect();
+    let target = args
+        .target
+        .unwrap_or_else(|| exchanging.iter().copied().fold(f64::INFINITY, f64::min));
+    let target = if target.is_finite() {
+        target
+    } else {
+        runs.iter().map(|(_, _, r)| best(&curve(r))).fold(0.0, f64::max)
+    };
+    let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
+
+    let markdown = report(&base, &outcomes, target, args.target.is_some());
+    std::fs::write(out.join("comparison.md"), &markdown)?;
+    std::fs::write(out.join("comparison.svg"), plot(&base, &outcomes))?;
+    std::fs::write(
+        out.join("comparison.json"),
+        serde_json::to_string_pretty(&outcomes)? + "\n",
+    )?;
+    println!("{markdown}");
+    println!("written: {}/comparison.{{md,svg,json}}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn name(algorithm: AlgorithmName) -> &'static str {
+    match algorithm {
+        AlgorithmName::Dml => "dml",
+        AlgorithmName::Local => "local",
+        AlgorithmName::Fedavg => "fedavg",
+    }
+}
+
+fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
+    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
+}
+
+/// Per round, over all nodes that reported it.
+fn curve(rows: &[MetricsRow]) -> Vec<Point> {
+    let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
+    let (mut energy, mut airtime) = (0.0, 0.0);
+    let mut points = Vec::new();
+    for round in 0..=last {
+        let these: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let n = these.len() as f64;
+        energy += these.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum::<f64>();
+        airtime += these.iter().map(|r| r.airtime_s).sum::<f64>();
+        points.push(Point {
+            round,
+            mean_accuracy: these.iter().map(|r| r.test_accuracy).sum::<f64>() / n,
+            cumulative_energy_j: energy,
+            cumulative_airtime_s: airtime,
+            wire_bytes_per_node: these.iter().map(|r| r.wire_bytes_sent as f64).sum::<f64>() / n,
+        });
+    }
+    points
+}
+
+fn best(curve: &[Point]) -> f64 {
+    curve.iter().map(|p| p.mean_accuracy).fold(0.0, f64::max)
+}
+
+fn outcome(algorithm: AlgorithmName, summary: &Summary, rows: &[MetricsRow], target: f64) -> Outcome {
+    let curve = curve(rows);
+    let last = curve.last();
+    Outcome {
+        algorithm: name(algorithm).to_string(),
+        final_mean_accuracy: last.map_or(0.0, |p| p.mean_accuracy),
+        best_mean_accuracy: best(&curve),
+        worst_node_final_accuracy: summary.min_final_accuracy.unwrap_or(0.0),
+        wire_bytes_per_round_per_node: curve.iter().map(|p| p.wire_bytes_per_node).sum::<f64>()
+            / curve.len().max(1) as f64,
+        energy_j: last.map_or(0.0, |p| p.cumulative_energy_j),
+        airtime_s: last.map_or(0.0, |p| p.cumulative_airtime_s),
+        // A small tolerance: the default target is some algorithm's own best.
+        to_target: curve
+            .iter()
+            .find(|p| p.mean_accuracy >= target - 1e-9)
+            .map(|p| (p.round + 1, p.cumulative_energy_j, p.cumulative_airtime_s)),
+        final_accuracy_per_node: summary.nodes.iter().map(|n| n.final_accuracy).collect(),
+        curve,
+    }
+}
+
+fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: bool) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Comparison: {}\n", scenario.run.name);
+    let _ = writeln!(
+        md,
+        "{} nodes ({}), {} rounds × {} local steps, batch {}, public batch {} ({:?}), partition {}, channel {}, seed {}.\n",
+        scenario.nodes.count,
+        scenario.nodes.models.join(", "),
+        scenario.run.rounds,
+        scenario.train.local_steps,
+        scenario.train.batch_size,
+        scenario.exchange.public_batch,
+        scenario.exchange.encoding,
+        scenario.data.partition,
+        scenario.channel.preset,
+        scenario.run.seed,
+    );
+    let how = if target_given {
+        "given"
+    } else {
+        "the best mean accuracy every exchanging algorithm reached"
+    };
+    let _ = writeln!(
+        md,
+        "Target accuracy {:.2} % ({how}). Energy and air time are summed over all nodes.\n",
+        100.0 * target
+    );
+    let _ = writeln!(
+        md,
+        "| algorithm | final mean acc | best mean acc | worst node (final) | wire bytes / round / node | air time | energy | rounds to target | air time to target | energy to target |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for o in outcomes {
+        let (rounds, energy, airtime) = match o.to_target {
+            Some((r, e, a)) => (r.to_string(), format!("{:.4} J", e), format!("{:.3} s", a)),
+            None => ("not reached".into(), "not reached".into(), "not reached".into()),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.2} % | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {rounds} | {airtime} | {energy} |",
+            o.algorithm,
+            100.0 * o.final_mean_accuracy,
+            100.0 * o.best_mean_accuracy,
+            100.0 * o.worst_node_final_accuracy,
+            bytes(o.wire_bytes_per_round_per_node as u64),
+            o.airtime_s,
+            o.energy_j,
+        );
+    }
+    let _ = writeln!(md, "\nFinal test accuracy per node:\n");
+    let _ = write!(md, "| node |");
+    for o in outcomes {
+        let _ = write!(md, " {} |", o.algorithm);
+    }
+    let _ = writeln!(md, "\n|---|{}", "---:|".repeat(outcomes.len()));
+    let nodes = outcomes
+        .iter()
+        .map(|o| o.final_accuracy_per_node.len())
+        .max()
+        .unwrap_or(0);
+    for node in 0..nodes {
+        let _ = write!(md, "| {node} ({}) |", scenario.model_of(node as u32));
+        for o in outcomes {
+            let cell = o.final_accuracy_per_node.get(node).copied().flatten();
+            let _ = write!(md, " {} |", cell.map_or("–".into(), |a| format!("{:.2} %", 100.0 * a)));
+        }
+        let _ = writeln!(md);
+    }
+    let _ = writeln!(md, "\n![accuracy against rounds, energy and air time](comparison.svg)");
+    md
+}
+
+fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
+    let color = |a: &str| match a {
+        "dml" => "#d62728",
+        "fedavg" => "#1f77b4",
+        _ => "#7f7f7f",
+    };
+    let series = |x: fn(&Point) -> f64| -> Vec<Series> {
+        outcomes
+            .iter()
+            .map(|o| Series {
+                name: &o.algorithm,
+                color: color(&o.algorithm),
+                points: o.curve.iter().map(|p| (x(p), p.mean_accuracy)).collect(),
+            })
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: "accuracy per round",
+            x_label: "round",
+            y_label: "mean test accuracy",
+            log_x: false,
+            series: series(|p| f64::from(p.round + 1)),
+        },
+        Panel {
+            title: "against energy (log)",
+            x_label: "cumulative energy, J (all nodes)",
+            y_label: "mean test accuracy",
+            log_x: true,
+            series: series(|p| p.cumulative_energy_j),
+        },
+        Panel {
+            title: "against air time (log)",
+            x_label: "cumulative air time, s (all nodes)",
+            y_label: "mean test accuracy",
+            log_x: true,
+            series: series(|p| p.cumulative_airtime_s),
+        },
+    ];
+    figure(
+        &format!(
+            "{}: {} nodes, {} channel",
+            scenario.run.name, scenario.nodes.count, scenario.channel.preset
+        ),
+        &panels,
+    )
+}

@@ -1,0 +1,218 @@
+//! Line charts as SVG, written by hand: a comparison needs three small panels of a
+//! few lines each, not a plotting library.
+
+use std::fmt::Write;
+
+/// One line of a chart.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub color: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A panel: its axes and lines.
+pub struct Panel<'a> {
+    pub title: &'a str,
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    /// A logarithmic x axis, for costs that differ by orders of magnitude.
+    pub log_x: bool,
+    pub series: Vec<Series<'a>>,
+}
+
+const WIDTH: f64 = 420.0;
+const HEIGHT: f64 = 320.0;
+const MARGIN: (f64, f64, f64, f64) = (60.0, 20.0, 40.0, 50.0); // left, right, top, bottom
+
+/// Panels side by side in one SVG document, with a shared legend.
+pub fn figure(title: &str, panels: &[Panel]) -> String {
+    let width = WIDTH * panels.len() as f64;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{}" font-family="sans-serif" font-size="12">"#,
+        HEIGHT + 40.0
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="15">{}</text>"#,
+        width / 2.0,
+        escape(title)
+    );
+    for (i, panel) in panels.iter().enumerate() {
+        let _ = writeln!(svg, r#"<g transform="translate({},24)">"#, WIDTH * i as f64);
+        draw(&mut svg, panel);
+        let _ = writeln!(svg, "</g>");
+    }
+    if let Some(panel) = panels.first() {
+        for (i, s) in panel.series.iter().enumerate() {
+            let x = 20.0 + 130.0 * i as f64;
+            let y = HEIGHT + 30.0;
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+                x + 24.0,
+                s.color,
+                x + 30.0,
+                y + 4.0,
+                escape(s.name)
+            );
+        }
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
+
+fn draw(svg: &mut String, panel: &Panel) {
+    let (left, right, top, bottom) = MARGIN;
+    let (plot_w, plot_h) = (WIDTH - left - right, HEIGHT - top - bottom);
+    let xs = |x: f64| {
+        if panel.log_x {
+            x.max(f64::MIN_POSITIVE).log10()
+        } else {
+            x
+        }
+    };
+    let points = panel
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter())
+        .filter(|(x, y)| x.is_finite() && y.is_finite());
+    let points: Vec<(f64, f64)> = points
+        .filter(|(x, _)| !panel.log_x || *x > 0.0)
+        .map(|&(x, y)| (xs(x), y))
+        .collect();
+    let (mut x0, mut x1) = bounds(points.iter().map(|p| p.0));
+    let (mut y0, mut y1) = bounds(points.iter().map(|p| p.1));
+    if x1 <= x0 {
+        (x0, x1) = (x0 - 1.0, x0 + 1.0);
+    }
+    if y1 <= y0 {
+        (y0, y1) = (y0 - 0.05, y0 + 0.05);
+    }
+    let px = |x: f64| left + (x - x0) / (x1 - x0) * plot_w;
+    let py = |y: f64| top + plot_h - (y - y0) / (y1 - y0) * plot_h;
+
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#,
+        WIDTH / 2.0,
+        top - 14.0,
+        escape(panel.title)
+    );
+    let _ = writeln!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>"##
+    );
+    for i in 0..=4 {
+        let fy = y0 + (y1 - y0) * f64::from(i) / 4.0;
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4:.2}</text>"##,
+            py(fy),
+            left + plot_w,
+            left - 6.0,
+            py(fy) + 4.0,
+            fy
+        );
+        let fx = x0 + (x1 - x0) * f64::from(i) / 4.0;
+        let label = if panel.log_x {
+            format_si(10f64.powf(fx))
+        } else {
+            format_si(fx)
+        };
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
+            px(fx),
+            top + plot_h + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
+        left + plot_w / 2.0,
+        HEIGHT - 8.0,
+        escape(panel.x_label)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="14" y="{0}" text-anchor="middle" transform="rotate(-90 14 {0})">{1}</text>"#,
+        top + plot_h / 2.0,
+        escape(panel.y_label)
+    );
+    for s in &panel.series {
+        let path: Vec<String> = s
+            .points
+            .iter()
+            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_x || *x > 0.0))
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(xs(x)), py(y)))
+            .collect();
+        if !path.is_empty() {
+            let _ = writeln!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+                path.join(" "),
+                s.color
+            );
+        }
+    }
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// 1234 → "1.23k", 0.00123 → "1.23m".
+fn format_si(v: f64) -> String {
+    let a = v.abs();
+    let (scaled, unit) = match a {
+        0.0 => (v, ""),
+        a if a >= 1e9 => (v / 1e9, "G"),
+        a if a >= 1e6 => (v / 1e6, "M"),
+        a if a >= 1e3 => (v / 1e3, "k"),
+        a if a >= 1.0 => (v, ""),
+        a if a >= 1e-3 => (v * 1e3, "m"),
+        a if a >= 1e-6 => (v * 1e6, "µ"),
+        _ => (v * 1e9, "n"),
+    };
+    format!("{scaled:.3}{unit}").replace(".000", "")
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_is_well_formed_svg_with_every_series() {
+        let panel = |log_x| Panel {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            log_x,
+            series: vec![
+                Series {
+                    name: "a<b",
+                    color: "red",
+                    points: vec![(1.0, 0.1), (10.0, 0.5)],
+                },
+                Series {
+                    name: "c",
+                    color: "blue",
+                    points: vec![(0.0, 0.2), (100.0, 0.9)],
+                },
+            ],
+        };
+        let svg = figure("title", &[panel(false), panel(true)]);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 4);
+        assert!(svg.contains("a&lt;b"));
+        assert_eq!(format_si(0.00123), "1.230m");
+        assert_eq!(format_si(2500.0), "2.500k");
+    }
+}
