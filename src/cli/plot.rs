@@ -177,7 +177,10 @@ fn format_si(v: f64) -> String {
         a if a >= 1e-6 => (v * 1e6, "µ"),
         _ => (v * 1e9, "n"),
     };
-    format!("{scaled:.3}{unit}").replace(".000", "")
+    // Three decimals at most, without trailing zeros: 8.25, 1.5k, 43.626m.
+    let digits = format!("{scaled:.3}");
+    let digits = if digits.contains('.') { digits.trim_end_matches('0').trim_end_matches('.') } else { &digits };
+    format!("{digits}{unit}")
 }
 
 fn escape(text: &str) -> String {
@@ -212,7 +215,8 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<polyline").count(), 4);
         assert!(svg.contains("a&lt;b"));
-        assert_eq!(format_si(0.00123), "1.230m");
-        assert_eq!(format_si(2500.0), "2.500k");
+        assert_eq!(format_si(0.00123), "1.23m");
+        assert_eq!(format_si(2500.0), "2.5k");
+        assert_eq!(format_si(30.0), "30");
     }
 }
