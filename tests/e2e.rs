@@ -325,3 +325,43 @@ fn fedavg_with_different_models_is_refused_with_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_node_that_comes_back_rejoins_and_trains_again() {
+    let rounds = 12;
+    let mut cluster = Cluster::start("rejoin", 3, &small(3, rounds));
+    cluster.wait_for_round(1, Duration::from_secs(120));
+    cluster.nodes[2].kill();
+    // The survivors go on without it for a while …
+    let killed_at = metrics(cluster.out()).iter().map(|r| r.round).max().unwrap();
+    cluster.wait_for_round(killed_at + 2, Duration::from_secs(120));
+    // … then the same device starts again, with the same id.
+    cluster.start_node(2, "mlp:64", "127.0.0.1");
+    assert!(cluster.wait_for_end(Duration::from_secs(180)).success());
+
+    let s = summary(cluster.out());
+    assert!(s.finished);
+    let events: Vec<(u32, &str)> = s.events.iter().map(|e| (e.node, e.event.as_str())).collect();
+    let gone = events
+        .iter()
+        .position(|e| *e == (2, "gone"))
+        .expect("node 2 marked gone");
+    let back = events
+        .iter()
+        .position(|e| *e == (2, "rejoined"))
+        .expect("node 2 rejoined");
+    assert!(gone < back, "{events:?}");
+    let node2 = s.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert_eq!(node2.status, "finished", "back in the run at the end");
+    let rows = metrics(cluster.out());
+    let rejoined_at = s.events[back].round;
+    assert!(
+        rows.iter()
+            .any(|r| r.node == 2 && r.round >= rejoined_at && r.messages_received > 0),
+        "node 2 exchanged again after rejoining"
+    );
+    assert!(
+        rows.iter().filter(|r| r.node == 2).count() < rounds as usize,
+        "it missed the rounds it was away"
+    );
+}
