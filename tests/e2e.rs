@@ -309,6 +309,17 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     assert_eq!(payload("fedavg"), 2 * 50_890 * 4);
     assert_eq!(payload("dml"), 2 * 64 * 10);
     assert_eq!(payload("local"), 0);
+
+    // FedAvg starts every node from one model, and over a lossless full mesh of three
+    // the Metropolis–Hastings weights (1/3 each) average exactly: the nodes stay equal,
+    // and averaging does not wreck what they learned.
+    let fedavg = metrics(&dir.path().join("fedavg"));
+    for round in 0..2 {
+        let accuracies: Vec<f64> = fedavg.iter().filter(|r| r.round == round).map(|r| r.test_accuracy).collect();
+        assert_eq!(accuracies.len(), 3);
+        assert!(accuracies.iter().all(|a| *a == accuracies[0]), "round {round}: {accuracies:?}");
+        assert!(accuracies[0] > 0.5, "round {round}: averaging destroyed the models ({accuracies:?})");
+    }
 }
 
 #[test]

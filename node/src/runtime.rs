@@ -20,8 +20,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::{error, info, warn};
 use wdml_proto::{
-    CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NodeEvent, RunComplete, RunSettings,
-    StartRound, coordinator_client::CoordinatorClient, coordinator_event, node_event,
+    Algorithm, CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NodeEvent, RunComplete,
+    RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event, node_event,
     peer_exchange_server::PeerExchangeServer,
 };
 
@@ -164,11 +164,14 @@ async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
             test = split.test.len(),
             "data ready"
         );
-        let learner = Learner::new(
-            &model,
-            plan.learner,
-            seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]),
-        )?;
+        // Independent devices start from their own random models; parameter averaging
+        // (FedAvg) starts every node from one shared model, as FedAvg assumes:
+        // averaging independently initialised networks destroys them.
+        let model_seed = match plan.algorithm {
+            Algorithm::Fedavg => seed::derive(plan.seed, &[seed::MODEL]),
+            _ => seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]),
+        };
+        let learner = Learner::new(&model, plan.learner, model_seed)?;
         let batches = BatchSampler::new(
             shard.private_len(),
             plan.batch_size,
