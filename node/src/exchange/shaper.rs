@@ -129,6 +129,11 @@ impl Shaper {
                         }
                     }
                     let outcome = transmission.outcome();
+                    // Frames reach the receiver a link latency after they leave the air
+                    // (the radio itself is free again at once).
+                    for delivery in schedule.deliveries.iter_mut().filter(|d| d.receiver == receiver) {
+                        delivery.at_s += outcome.latency_s;
+                    }
                     schedule.delivered.push(outcome.delivered);
                     let cost = &mut schedule.cost;
                     cost.transmissions += outcome.transmissions as u32;
@@ -157,6 +162,9 @@ impl Shaper {
                     }
                 }
                 let outcome = transmission.outcome();
+                for delivery in &mut schedule.deliveries {
+                    delivery.at_s += outcome.receivers[delivery.receiver].latency_s;
+                }
                 schedule.delivered = outcome.receivers.iter().map(|r| r.delivered).collect();
                 schedule.cost = SendCost {
                     transmissions: outcome.transmissions as u32,
@@ -167,6 +175,8 @@ impl Shaper {
                 };
             }
         }
+        // Latencies differ per receiver: keep the schedule in time order.
+        schedule.deliveries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         Ok(schedule)
     }
 
@@ -258,8 +268,9 @@ mod tests {
             schedule.deliveries.windows(2).all(|w| w[0].at_s < w[1].at_s),
             "one radio, one frame at a time"
         );
+        // The last frame lands one link latency (1 ms by default) after the air time.
         let last = schedule.deliveries.last().unwrap().at_s;
-        assert!((last - schedule.cost.airtime_s).abs() < 1e-12);
+        assert!((last - schedule.cost.airtime_s - 1e-3).abs() < 1e-12, "{last}");
         // The receiver's view of the same link agrees with the sender's.
         let receiver = shaper(
             ChannelConfig {
