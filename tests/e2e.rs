@@ -315,10 +315,20 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     // and averaging does not wreck what they learned.
     let fedavg = metrics(&dir.path().join("fedavg"));
     for round in 0..2 {
-        let accuracies: Vec<f64> = fedavg.iter().filter(|r| r.round == round).map(|r| r.test_accuracy).collect();
+        let accuracies: Vec<f64> = fedavg
+            .iter()
+            .filter(|r| r.round == round)
+            .map(|r| r.test_accuracy)
+            .collect();
         assert_eq!(accuracies.len(), 3);
-        assert!(accuracies.iter().all(|a| *a == accuracies[0]), "round {round}: {accuracies:?}");
-        assert!(accuracies[0] > 0.5, "round {round}: averaging destroyed the models ({accuracies:?})");
+        assert!(
+            accuracies.iter().all(|a| *a == accuracies[0]),
+            "round {round}: {accuracies:?}"
+        );
+        assert!(
+            accuracies[0] > 0.5,
+            "round {round}: averaging destroyed the models ({accuracies:?})"
+        );
     }
 }
 

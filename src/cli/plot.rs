@@ -179,7 +179,11 @@ fn format_si(v: f64) -> String {
     };
     // Three decimals at most, without trailing zeros: 8.25, 1.5k, 43.626m.
     let digits = format!("{scaled:.3}");
-    let digits = if digits.contains('.') { digits.trim_end_matches('0').trim_end_matches('.') } else { &digits };
+    let digits = if digits.contains('.') {
+        digits.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &digits
+    };
     format!("{digits}{unit}")
 }
 
