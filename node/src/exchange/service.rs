@@ -268,16 +268,18 @@ mod tests {
     #[test]
     fn header_checks_name_the_cause() {
         assert!(check_header(&good(), &expect()).is_ok());
-        let cases: Vec<(Box<dyn Fn(&mut Frame)>, Code)> = vec![
-            (Box::new(|f| f.run_id = "other".into()), Code::FailedPrecondition),
-            (Box::new(|f| f.sender = 0), Code::PermissionDenied),
-            (Box::new(|f| f.sender = 9), Code::PermissionDenied),
-            (Box::new(|f| f.encoding = 42), Code::InvalidArgument),
-            (Box::new(|f| f.rows = 3), Code::InvalidArgument),
-            (Box::new(|f| f.total_bytes = 1 << 30), Code::ResourceExhausted),
-            (Box::new(|f| f.total_bytes = 23), Code::InvalidArgument),
-            (Box::new(|f| f.count = 0), Code::InvalidArgument),
-            (Box::new(|f| f.index = 1), Code::InvalidArgument),
+        // A change that spoils a good frame, and the code it must earn.
+        type Spoil = fn(&mut Frame);
+        let cases: [(Spoil, Code); 9] = [
+            (|f| f.run_id = "other".into(), Code::FailedPrecondition),
+            (|f| f.sender = 0, Code::PermissionDenied),
+            (|f| f.sender = 9, Code::PermissionDenied),
+            (|f| f.encoding = 42, Code::InvalidArgument),
+            (|f| f.rows = 3, Code::InvalidArgument),
+            (|f| f.total_bytes = 1 << 30, Code::ResourceExhausted),
+            (|f| f.total_bytes = 23, Code::InvalidArgument),
+            (|f| f.count = 0, Code::InvalidArgument),
+            (|f| f.index = 1, Code::InvalidArgument),
         ];
         for (i, (mutate, code)) in cases.iter().enumerate() {
             let mut frame = good();
