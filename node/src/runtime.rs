@@ -121,8 +121,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     worker.abort();
     let _ = stop_serving.send(());
-    if let Ok(Err(e)) = server.await {
-        warn!("peer service ended with an error: {e}");
+    // Graceful shutdown waits for the peers' connections to close; a peer that keeps
+    // one open (or is cut off and never answers) must not keep this node alive.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Err(e))) => warn!("peer service ended with an error: {e}"),
+        Err(_) => warn!("peer connections still open 5 s after the run; stopping anyway"),
+        _ => {}
     }
     outcome
 }
