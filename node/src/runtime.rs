@@ -316,7 +316,7 @@ impl Coordinator {
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::Unavailable | Code::AlreadyExists | Code::Unknown | Code::DeadlineExceeded
+        Code::Unavailable | Code::AlreadyExists | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
     )
 }
 

@@ -46,6 +46,11 @@ impl PeerClients {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| Status::invalid_argument(format!("bad peer address {address:?}: {e}")))?
             .connect_timeout(Duration::from_secs(2))
+            // A peer that vanished without closing (cut off, or back at a new address)
+            // is noticed within seconds; the next send dials its address afresh.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
         self.channels.insert(address.to_string(), channel.clone());
