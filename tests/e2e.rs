@@ -180,7 +180,9 @@ mod bad_messages {
 
     #[test]
     fn get_precise_status_codes_and_the_node_keeps_training() {
-        let rounds = 10;
+        // Enough rounds that the run is still going when the bad messages arrive, even
+        // on a fast machine (a round of this scenario can take well under 100 ms).
+        let rounds = 150;
         let mut overrides = small(2, rounds);
         overrides.push("run.name=\"bad\"".into());
         let mut cluster = Cluster::start("bad", 2, &overrides);
