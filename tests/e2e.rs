@@ -335,6 +335,51 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
 }
 
 #[test]
+fn compare_across_seeds_runs_each_seed_and_reports_their_spread() {
+    let wdml = || {
+        let mut command = std::process::Command::new(common::WDML);
+        command.arg("compare").args(["--algorithms", "local,dml"]);
+        for o in small(3, 1) {
+            command.arg("--set").arg(o);
+        }
+        command
+    };
+    // A seed given twice is a mistake, refused before anything runs.
+    let output = wdml().args(["--seeds", "4,5,4"]).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--seeds: seed 4 is given twice"), "{stderr}");
+
+    let dir = TempDir::new("seeds");
+    let output = wdml()
+        .args(["--seeds", "4,5"])
+        .arg("--out")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // Each seed is its own run: its own initialisation and batches, so its own losses.
+    let first_loss = |seed: u64| metrics(&dir.path().join(format!("seed-{seed}/local")))[0].train_loss;
+    assert_ne!(first_loss(4), first_loss(5));
+    let final_mean = |seed: u64| -> f64 {
+        let json = std::fs::read_to_string(dir.path().join(format!("seed-{seed}/comparison.json"))).unwrap();
+        let outcomes: serde_json::Value = serde_json::from_str(&json).unwrap();
+        outcomes[1]["final_mean_accuracy"].as_f64().unwrap()
+    };
+    let table = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();
+    assert!(table.contains("\n| 4 |") && table.contains("\n| 5 |"), "{table}");
+    // The summary row: dml's mean over both seeds, as the per-seed files give them.
+    let mean = 100.0 * (final_mean(4) + final_mean(5)) / 2.0;
+    let summary_row = table.lines().find(|l| l.starts_with("| mean ± sd |")).expect(&table);
+    let dml_mean = summary_row.split('|').nth(4).unwrap().trim();
+    assert!(
+        dml_mean.starts_with(&format!("{mean:.2} ± ")),
+        "{dml_mean} against {mean:.2}"
+    );
+}
+
+#[test]
 fn fedavg_with_different_models_is_refused_with_a_clear_error() {
     // The quickstart mixes MLPs and CNNs.
     let output = std::process::Command::new(common::WDML)

@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,22 @@ pub struct MetricsRow {
 }
 
 impl MetricsRow {
+    /// Reads every row of a run directory's `metrics.jsonl`; a malformed line is an
+    /// error naming its line number.
+    pub fn read_all(run_dir: &Path) -> Result<Vec<MetricsRow>> {
+        let path = run_dir.join("metrics.jsonl");
+        let text = fs::read_to_string(&path)?;
+        text.lines()
+            .enumerate()
+            .map(|(i, line)| {
+                serde_json::from_str(line).map_err(|e| {
+                    let reason = format!("{}, line {}: {e}", path.display(), i + 1);
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, reason).into()
+                })
+            })
+            .collect()
+    }
+
     fn new(round: u32, node: u32, model: String, m: &RoundMetrics, wait_ms: f64, round_ms: f64) -> Self {
         MetricsRow {
             round,

@@ -71,11 +71,7 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, out: PathBuf) -> 
         out.display()
     );
     let summary = runtime.block_on(launch(scenario, &out, Progress::Quiet))?;
-    let text = std::fs::read_to_string(out.join("metrics.jsonl"))?;
-    let rows = text
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<Vec<MetricsRow>, _>>()?;
+    let rows = MetricsRow::read_all(&out)?;
     Ok((summary, rows))
 }
 

@@ -4,7 +4,10 @@
 //! per round, and what each algorithm spent to reach a target accuracy.
 //!
 //! Writes `comparison.md`, `comparison.svg` and `comparison.json` next to one run
-//! directory per algorithm.
+//! directory per algorithm. With `--seeds`, does that once per seed (each seed draws
+//! its own split, initialisation, placement and fading) under `seed-<s>/`, and adds
+//! `seeds.md` / `seeds.json`: every seed's final accuracies and their mean and
+//! standard deviation, since one partition can flatter or sink an algorithm.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,10 @@ pub struct Args {
     /// Output directory (default: runs/compare-<name>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Repeat the comparison for each of these seeds (overriding `run.seed`) and
+    /// summarise across them.
+    #[arg(long, value_delimiter = ',')]
+    seeds: Vec<u64>,
 }
 
 /// One round of one algorithm, over all nodes.
@@ -63,6 +70,13 @@ struct Outcome {
     final_accuracy_per_node: Vec<Option<f64>>,
 }
 
+/// One seed's comparison.
+#[derive(Debug, Serialize)]
+struct SeedOutcome {
+    seed: u64,
+    outcomes: Vec<Outcome>,
+}
+
 pub fn main(args: Args) -> Result<ExitCode> {
     let base = Scenario::load(args.scenario.as_deref(), &args.overrides)?;
     let algorithms = args
@@ -75,6 +89,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
             other => bail!("--algorithms: unknown algorithm {other:?}; expected local, fedavg or dml"),
         })
         .collect::<Result<Vec<_>>>()?;
+    if let Some(target) = args.target
+        && !(target > 0.0 && target <= 1.0)
+    {
+        bail!("--target: {target} is not an accuracy in (0, 1]");
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(seed) = args.seeds.iter().find(|s| !seen.insert(**s)) {
+        bail!("--seeds: seed {seed} is given twice");
+    }
     // Refuse a bad combination (fedavg with mixed models) before running anything.
     for &algorithm in &algorithms {
         let mut scenario = base.clone();
@@ -91,15 +114,61 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let mut runs = Vec::new();
-    for &algorithm in &algorithms {
+
+    if args.seeds.is_empty() {
+        compare(&runtime, &base, &algorithms, args.target, &out)?;
+        println!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
+        println!("written: {}/comparison.{{md,svg,json}}", out.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut per_seed = Vec::new();
+    for &seed in &args.seeds {
         let mut scenario = base.clone();
+        scenario.run.seed = seed;
+        eprintln!("==== seed {seed}");
+        let outcomes = compare(
+            &runtime,
+            &scenario,
+            &algorithms,
+            args.target,
+            &out.join(format!("seed-{seed}")),
+        )?;
+        per_seed.push(SeedOutcome { seed, outcomes });
+    }
+    let markdown = seeds_report(&base, &per_seed);
+    std::fs::write(out.join("seeds.md"), &markdown)?;
+    std::fs::write(out.join("seeds.json"), serde_json::to_string_pretty(&per_seed)? + "\n")?;
+    println!("{markdown}");
+    println!(
+        "written: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `scenario` under each algorithm into `out/<algorithm>` and writes the
+/// comparison files into `out`.
+fn compare(
+    runtime: &tokio::runtime::Runtime,
+    scenario: &Scenario,
+    algorithms: &[AlgorithmName],
+    target: Option<f64>,
+    out: &Path,
+) -> Result<Vec<Outcome>> {
+    let mut runs = Vec::new();
+    for &algorithm in algorithms {
+        let mut scenario = scenario.clone();
         scenario.run.algorithm = algorithm;
-        eprintln!("== {} under {}", scenario.run.name, name(algorithm));
+        eprintln!(
+            "== {} under {} (seed {})",
+            scenario.run.name,
+            name(algorithm),
+            scenario.run.seed
+        );
         let dir = out.join(name(algorithm));
         let summary = runtime.block_on(launch(&scenario, &dir, Progress::Auto))?;
         eprintln!("{}", summary.table());
-        runs.push((algorithm, summary, read_metrics(&dir)?));
+        runs.push((algorithm, summary, MetricsRow::read_all(&dir)?));
     }
 
     let exchanging: Vec<f64> = runs
@@ -107,9 +176,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .filter(|(a, _, _)| *a != AlgorithmName::Local)
         .map(|(_, _, rows)| best(&curve(rows)))
         .collect();
-    let target = args
-        .target
-        .unwrap_or_else(|| exchanging.iter().copied().fold(f64::INFINITY, f64::min));
+    let target_given = target.is_some();
+    let target = target.unwrap_or_else(|| exchanging.iter().copied().fold(f64::INFINITY, f64::min));
     let target = if target.is_finite() {
         target
     } else {
@@ -117,16 +185,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     };
     let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
 
-    let markdown = report(&base, &outcomes, target, args.target.is_some());
-    std::fs::write(out.join("comparison.md"), &markdown)?;
-    std::fs::write(out.join("comparison.svg"), plot(&base, &outcomes))?;
+    std::fs::write(
+        out.join("comparison.md"),
+        report(scenario, &outcomes, target, target_given),
+    )?;
+    std::fs::write(out.join("comparison.svg"), plot(scenario, &outcomes))?;
     std::fs::write(
         out.join("comparison.json"),
         serde_json::to_string_pretty(&outcomes)? + "\n",
     )?;
-    println!("{markdown}");
-    println!("written: {}/comparison.{{md,svg,json}}", out.display());
-    Ok(ExitCode::SUCCESS)
+    Ok(outcomes)
 }
 
 fn name(algorithm: AlgorithmName) -> &'static str {
@@ -135,11 +203,6 @@ fn name(algorithm: AlgorithmName) -> &'static str {
         AlgorithmName::Local => "local",
         AlgorithmName::Fedavg => "fedavg",
     }
-}
-
-fn read_metrics(dir: &Path) -> Result<Vec<MetricsRow>> {
-    let text = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
-    Ok(text.lines().map(serde_json::from_str).collect::<Result<_, _>>()?)
 }
 
 /// Per round, over all nodes that reported it.
@@ -264,6 +327,75 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: 
     md
 }
 
+/// The across-seeds table: each seed's final mean and worst-node accuracy per
+/// algorithm, then their mean ± sample standard deviation.
+fn seeds_report(scenario: &Scenario, per_seed: &[SeedOutcome]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "# Comparison across seeds: {}\n", scenario.run.name);
+    let _ = writeln!(
+        md,
+        "{} nodes ({}), {} rounds × {} local steps, partition {}, channel {}; seeds {}. \
+         Each seed draws its own split, initialisation, placement and fading; \
+         `seed-<s>/comparison.md` has each seed's full table.\n",
+        scenario.nodes.count,
+        scenario.nodes.models.join(", "),
+        scenario.run.rounds,
+        scenario.train.local_steps,
+        scenario.data.partition,
+        scenario.channel.preset,
+        per_seed
+            .iter()
+            .map(|s| s.seed.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let algorithms: Vec<&str> = per_seed
+        .first()
+        .map(|s| s.outcomes.iter().map(|o| o.algorithm.as_str()).collect())
+        .unwrap_or_default();
+    let _ = write!(md, "| seed |");
+    for a in &algorithms {
+        let _ = write!(md, " {a}: mean acc | {a}: worst node |");
+    }
+    let _ = writeln!(md, "\n|---|{}", "---:|---:|".repeat(algorithms.len()));
+    for s in per_seed {
+        let _ = write!(md, "| {} |", s.seed);
+        for o in &s.outcomes {
+            let _ = write!(
+                md,
+                " {:.2} % | {:.2} % |",
+                100.0 * o.final_mean_accuracy,
+                100.0 * o.worst_node_final_accuracy
+            );
+        }
+        let _ = writeln!(md);
+    }
+    let _ = write!(md, "| mean ± sd |");
+    for i in 0..algorithms.len() {
+        for field in [
+            |o: &Outcome| o.final_mean_accuracy,
+            |o: &Outcome| o.worst_node_final_accuracy,
+        ] {
+            let values: Vec<f64> = per_seed.iter().map(|s| 100.0 * field(&s.outcomes[i])).collect();
+            let (mean, sd) = mean_sd(&values);
+            let _ = write!(md, " {mean:.2} ± {sd:.2} % |");
+        }
+    }
+    let _ = writeln!(md);
+    md
+}
+
+/// Mean and sample standard deviation (0 for a single value).
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n.max(1.0);
+    if values.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, var.sqrt())
+}
+
 fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
     let color = |a: &str| match a {
         "dml" => "#d62728",
@@ -310,4 +442,16 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
         ),
         &panels,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mean_sd;
+
+    #[test]
+    fn spread_is_the_sample_standard_deviation() {
+        assert_eq!(mean_sd(&[84.0, 86.0, 88.0]), (86.0, 2.0));
+        // One seed has no spread to report, not NaN.
+        assert_eq!(mean_sd(&[71.5]), (71.5, 0.0));
+    }
 }

@@ -36,9 +36,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         crate::cli::announce_listening(listener.local_addr()?);
         let summary = wdml_coordinator::run(config, listener, crate::cli::shutdown_signal()).await?;
-        // The launcher stops reading our stdout after the first line: a closed pipe
-        // is not an error here (the table is also in report.md and the log).
-        tracing::info!("run over:\n{}", summary.table());
+        // The table goes to stdout only: in a container, stdout and the log share one
+        // stream, and it is printed once. The launcher stops reading our stdout after
+        // the first line, so a closed pipe is not an error here (report.md has it too).
+        tracing::info!(
+            finished = summary.finished,
+            rounds = summary.rounds_closed,
+            "run over ({}); table in {}",
+            summary.reason,
+            args.out.join("report.md").display()
+        );
         let _ = writeln!(std::io::stdout(), "{}", summary.table());
         Ok(if summary.finished {
             ExitCode::SUCCESS

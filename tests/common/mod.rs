@@ -89,12 +89,12 @@ pub fn dump_logs(out: &Path) {
     }
 }
 
+/// The run's rows so far (none before the coordinator created the file).
 pub fn metrics(out: &Path) -> Vec<MetricsRow> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|line| serde_json::from_str(line).expect("a metrics row"))
-        .collect()
+    if !out.join("metrics.jsonl").exists() {
+        return Vec::new();
+    }
+    MetricsRow::read_all(out).expect("metrics.jsonl holds metrics rows")
 }
 
 pub fn summary(out: &Path) -> Summary {
