@@ -205,6 +205,23 @@ impl Members {
         true
     }
 
+    /// Drops a member's outbox once the run is over, with no membership event: the node
+    /// closing its stream then is the end, not a departure. `connection` as in
+    /// [`Members::remove`]. Returns whether anything changed.
+    pub fn end_stream(&mut self, id: u32, connection: Option<u64>) -> bool {
+        let Some(member) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        match (&member.outbox, connection) {
+            (Some((current, _)), Some(c)) if *current != c => false,
+            (None, _) => false,
+            _ => {
+                member.outbox = None;
+                true
+            }
+        }
+    }
+
     /// Drops every member's outbox, ending their Sync streams (the run is over).
     pub fn close_all_streams(&mut self) {
         for member in self.by_id.values_mut() {
@@ -336,5 +353,25 @@ mod tests {
         let event = rx0.try_recv().unwrap().unwrap();
         assert_eq!(event.event, Some(Event::MemberGone(MemberGone { node_id: 1 })));
         assert_eq!(members.live().count(), 1);
+    }
+
+    #[test]
+    fn a_stream_ending_after_the_run_is_no_departure() {
+        let mut members = Members::new(2, 1, false);
+        let (tx0, mut rx0) = mpsc::channel(4);
+        let (tx1, _rx1) = mpsc::channel(4);
+        let s0 = members.join(&request(0, "h:1"), 0).unwrap();
+        let s1 = members.join(&request(1, "h:2"), 0).unwrap();
+        members.attach(0, s0, tx0).unwrap();
+        let connection = members.attach(1, s1, tx1).unwrap();
+        assert!(!members.end_stream(1, Some(connection + 1)), "a stale connection");
+        assert!(members.end_stream(1, Some(connection)));
+        assert!(!members.end_stream(1, Some(connection)), "already ended");
+        assert_eq!(members.live().count(), 1);
+        // Nobody is told, nothing is recorded, and the node still counts as finished.
+        assert!(rx0.try_recv().is_err());
+        let events: Vec<_> = members.events.iter().map(|e| e.event).collect();
+        assert_eq!(events, ["joined", "joined"]);
+        assert_eq!(members.get(1).unwrap().presence, Presence::Live);
     }
 }

@@ -15,7 +15,6 @@ use wdml_proto::{
 
 use wdml_channel::{derive_external_seed, purpose};
 
-use crate::members::Presence;
 use crate::report::Summary;
 use crate::service::{OpenRound, POLL, Shared, send_to};
 use crate::{Error, Result};
@@ -229,7 +228,7 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
     });
     // Nodes leave as soon as they read RunComplete; don't cut their streams first.
     let grace = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < grace && shared.state().members.all().any(|m| m.presence == Presence::Live) {
+    while tokio::time::Instant::now() < grace && shared.state().members.live().next().is_some() {
         let _ = timeout_at(grace, shared.changed.notified()).await;
     }
     // Close what is still open, so the server's graceful shutdown has nothing to wait for.

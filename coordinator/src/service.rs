@@ -76,8 +76,16 @@ impl Shared {
 
     fn remove(&self, id: u32, connection: Option<u64>, presence: Presence, reason: &str) {
         let mut state = self.state();
-        let round = state.round;
-        if state.members.remove(id, connection, presence, round, reason) {
+        // Once the run is over every node closes its stream: that is the end, not a
+        // departure (the summary is already written).
+        let changed = if state.finished {
+            debug!(node = id, "{reason} after the run");
+            state.members.end_stream(id, connection)
+        } else {
+            let round = state.round;
+            state.members.remove(id, connection, presence, round, reason)
+        };
+        if changed {
             drop(state);
             self.changed.notify_one();
         }
