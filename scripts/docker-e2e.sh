@@ -42,6 +42,10 @@ export WDML_IMAGE="${WDML_IMAGE:-wdml:latest}"
 export WDML_SET="run.rounds=$ROUNDS;coordinator.round_timeout_ms=30000;exchange.timeout_ms=5000"
 export WDML_RUNS
 WDML_RUNS="$(mktemp -d "${TMPDIR:-/tmp}/wdml-e2e.XXXXXX")"
+# The run directory is written as the user running this script, so that it can read
+# and remove it afterwards.
+export WDML_USER
+WDML_USER="$(id -u):$(id -g)"
 RUN_DIR="$WDML_RUNS/compose"
 METRICS="$RUN_DIR/metrics.jsonl"
 START=$(date +%s)
