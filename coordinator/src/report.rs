@@ -42,6 +42,10 @@ pub struct MetricsRow {
     pub rx_energy_j: f64,
     /// Model work: inference on the public batch, local steps, evaluation.
     pub compute_ms: f64,
+    /// CPU time of that work (the node's process): its cost, whatever shares the cores.
+    /// (Absent from run directories written before it was measured.)
+    #[serde(default)]
+    pub compute_cpu_ms: f64,
     /// Sending predictions and waiting for the neighbours'.
     pub exchange_ms: f64,
     /// Idle at the barrier: from this node's report until the round closed.
@@ -94,6 +98,7 @@ impl MetricsRow {
             tx_energy_j: m.tx_energy_j,
             rx_energy_j: m.rx_energy_j,
             compute_ms: m.compute_ms,
+            compute_cpu_ms: m.compute_cpu_ms,
             exchange_ms: m.exchange_ms,
             wait_ms,
             round_ms,

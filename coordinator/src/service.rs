@@ -263,6 +263,7 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
         ("test_accuracy", m.test_accuracy),
         ("test_loss", m.test_loss),
         ("compute_ms", m.compute_ms),
+        ("compute_cpu_ms", m.compute_cpu_ms),
         ("exchange_ms", m.exchange_ms),
         ("airtime_s", m.airtime_s),
         ("tx_energy_j", m.tx_energy_j),

@@ -45,12 +45,40 @@ pub struct Node {
     pub shaper: Shaper,
 }
 
+/// Time spent on model work in a round: wall time, and the process's CPU time, which
+/// is what the work costs however many nodes share the cores. (The process's, not
+/// the thread's, so that work a library hands to a helper thread is counted too; the
+/// peer service receiving meanwhile adds a little.)
+#[derive(Default)]
+struct ComputeClock {
+    wall: Duration,
+    cpu: Duration,
+}
+
+impl ComputeClock {
+    fn time<T>(&mut self, work: impl FnOnce() -> T) -> T {
+        let (wall, cpu) = (Instant::now(), process_cpu_time());
+        let out = work();
+        self.wall += wall.elapsed();
+        self.cpu += process_cpu_time().saturating_sub(cpu);
+        out
+    }
+}
+
+fn process_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we own; this clock exists on every
+    // platform we build for, and should it fail `now` stays zero (nothing counted).
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// Runs one round and returns its metrics.
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetrics> {
     let began = Instant::now();
     let deadline = began + Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut metrics = RoundMetrics::default();
-    let mut compute = Duration::ZERO;
+    let mut compute = ComputeClock::default();
     let exchanging = node.plan.algorithm != Algorithm::Local;
     if exchanging {
         // At once: a faster neighbour's message may already be on its way.
@@ -63,28 +91,26 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     let (ce, kl, total) = match node.plan.algorithm {
         Algorithm::Dml => {
             // 1–2. The public batch and our predictions on it.
-            let t = Instant::now();
-            let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
-            let logits = block_in_place(|| node.learner.logits_vec(&public))?;
-            compute += t.elapsed();
+            let (public, logits) = compute.time(|| -> Result<_> {
+                let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
+                let logits = block_in_place(|| node.learner.logits_vec(&public))?;
+                Ok((public, logits))
+            })?;
             // 3. Exchange with the neighbours.
             let t = Instant::now();
             let collected = exchange(node, start, &logits, deadline, &mut metrics).await?;
             metrics.exchange_ms = ms(t.elapsed());
             // 4. Local steps toward the neighbours' predictions.
             let distill = targets(&node.plan, public, &collected)?;
-            let t = Instant::now();
-            let losses = block_in_place(|| train(node, distill.as_ref()))?;
-            compute += t.elapsed();
-            losses
+            compute.time(|| block_in_place(|| train(node, distill.as_ref())))?
         }
         Algorithm::Fedavg => {
             // Gossip FedAvg: local steps on CE, then average parameters with the
             // neighbours whose parameters arrived.
-            let t = Instant::now();
-            let losses = block_in_place(|| train(node, None))?;
-            let parameters = node.learner.parameters_flat()?;
-            compute += t.elapsed();
+            let (losses, parameters) = compute.time(|| -> Result<_> {
+                let losses = block_in_place(|| train(node, None))?;
+                Ok((losses, node.learner.parameters_flat()?))
+            })?;
             let t = Instant::now();
             let collected = exchange(node, start, &parameters, deadline, &mut metrics).await?;
             metrics.exchange_ms = ms(t.elapsed());
@@ -92,28 +118,24 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
             node.learner.set_parameters_flat(&averaged)?;
             losses
         }
-        Algorithm::Local | Algorithm::Unspecified => {
-            let t = Instant::now();
-            let losses = block_in_place(|| train(node, None))?;
-            compute += t.elapsed();
-            losses
-        }
+        Algorithm::Local | Algorithm::Unspecified => compute.time(|| block_in_place(|| train(node, None)))?,
     };
 
     // 5. Evaluate.
-    let t = Instant::now();
-    let evaluation = block_in_place(|| {
-        node.learner
-            .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
+    let evaluation = compute.time(|| {
+        block_in_place(|| {
+            node.learner
+                .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
+        })
     })?;
-    compute += t.elapsed();
 
     metrics.ce_loss = ce;
     metrics.kl_loss = kl;
     metrics.train_loss = total;
     metrics.test_accuracy = f64::from(evaluation.accuracy);
     metrics.test_loss = f64::from(evaluation.loss);
-    metrics.compute_ms = ms(compute);
+    metrics.compute_ms = ms(compute.wall);
+    metrics.compute_cpu_ms = ms(compute.cpu);
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     debug!(round = start.round, accuracy = metrics.test_accuracy, "round done");

@@ -100,10 +100,11 @@ fn learning(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path:
         base.run.seed
     );
     println!(
-        "{:<6} {:>9} {:>10} {:>11} {:>9} {:>14} {:>14} {:>10} {:>10}",
+        "{:<6} {:>9} {:>10} {:>8} {:>11} {:>9} {:>14} {:>14} {:>10} {:>10}",
         "algo",
         "round ms",
         "compute ms",
+        "cpu ms",
         "exchange ms",
         "wait ms",
         "payload/round",
@@ -113,10 +114,11 @@ fn learning(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path:
     );
     for (name, summary, rows) in &results {
         println!(
-            "{:<6} {:>9.0} {:>10.0} {:>11.0} {:>9.0} {:>14} {:>14} {:>9.2}% {:>9.2}%",
+            "{:<6} {:>9.0} {:>10.0} {:>8.0} {:>11.0} {:>9.0} {:>14} {:>14} {:>9.2}% {:>9.2}%",
             name,
             summary.mean_round_ms,
             mean(rows, |r| r.compute_ms),
+            mean(rows, |r| r.compute_cpu_ms),
             mean(rows, |r| r.exchange_ms),
             mean(rows, |r| r.wait_ms),
             bytes(mean(rows, |r| r.payload_bytes_sent as f64) as u64),
@@ -125,7 +127,7 @@ fn learning(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path:
             100.0 * summary.min_final_accuracy.unwrap_or(0.0),
         );
     }
-    println!("(compute, exchange, wait and bytes sent: mean per node per round)");
+    println!("(compute (wall), its CPU time, exchange, wait and bytes sent: mean per node per round)");
     print!("{:<6}", "node");
     for (name, _, _) in &results {
         print!(" {name:>8}");

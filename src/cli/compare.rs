@@ -64,10 +64,10 @@ struct Outcome {
     wire_bytes_per_round_per_node: f64,
     energy_j: f64,
     airtime_s: f64,
-    /// Model work (public-batch inference, local steps, evaluation) summed over every
-    /// node and round: measured wall time on this machine, not emulated. The radio's
-    /// energy leaves it out; multiply by a device's compute power to compare the two.
-    compute_s: f64,
+    /// CPU time of the model work (public-batch inference, local steps, evaluation)
+    /// summed over every node and round: measured on this machine, not emulated. The
+    /// radio's energy leaves it out; times a device's compute power, it compares.
+    compute_cpu_s: f64,
     /// Round, energy and air time when the target was first reached (none: never).
     to_target: Option<(u32, f64, f64)>,
     curve: Vec<Point>,
@@ -249,7 +249,7 @@ fn outcome(algorithm: AlgorithmName, summary: &Summary, rows: &[MetricsRow], tar
             / curve.len().max(1) as f64,
         energy_j: last.map_or(0.0, |p| p.cumulative_energy_j),
         airtime_s: last.map_or(0.0, |p| p.cumulative_airtime_s),
-        compute_s: rows.iter().map(|r| r.compute_ms).sum::<f64>() / 1000.0,
+        compute_cpu_s: rows.iter().map(|r| r.compute_cpu_ms).sum::<f64>() / 1000.0,
         // A small tolerance: the default target is some algorithm's own best.
         to_target: curve
             .iter()
@@ -285,12 +285,12 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: 
     let _ = writeln!(
         md,
         "Target accuracy {:.2} % ({how}). Energy and air time (the emulated radio's) and \
-         compute (measured time of model work on this machine) are summed over all nodes.\n",
+         compute (CPU time of the model work, measured on this machine) are summed over all nodes.\n",
         100.0 * target
     );
     let _ = writeln!(
         md,
-        "| algorithm | final mean acc | best mean acc | worst node (final) | wire bytes / round / node | air time | energy | compute | rounds to target | air time to target | energy to target |"
+        "| algorithm | final mean acc | best mean acc | worst node (final) | wire bytes / round / node | air time | energy | compute CPU | rounds to target | air time to target | energy to target |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
@@ -308,7 +308,7 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: 
             bytes(o.wire_bytes_per_round_per_node as u64),
             o.airtime_s,
             o.energy_j,
-            o.compute_s,
+            o.compute_cpu_s,
         );
     }
     let _ = writeln!(md, "\nFinal test accuracy per node:\n");
