@@ -78,6 +78,9 @@ pub struct TrainSection {
     pub temperature: f64,
     /// Weight λ of the distillation term.
     pub kl_weight: f64,
+    /// Public images per local step in the distillation term, cycling through the
+    /// round's public batch (0: all of them at every step). Fewer cut dml's compute.
+    pub distill_batch: u32,
     pub aggregate: Aggregate,
 }
 
@@ -89,6 +92,7 @@ impl Default for TrainSection {
             learning_rate: 1e-3,
             temperature: 1.0,
             kl_weight: 1.0,
+            distill_batch: 0,
             aggregate: Aggregate::Mean,
         }
     }
@@ -272,6 +276,13 @@ impl Scenario {
         }
         self.data.partition.parse::<Partition>()?;
         positive("data.public_pool", u64::from(self.data.public_pool))?;
+        if self.train.distill_batch > self.exchange.public_batch {
+            bail!(
+                "train.distill_batch ({}) is larger than exchange.public_batch ({}); 0 means all of it",
+                self.train.distill_batch,
+                self.exchange.public_batch
+            );
+        }
         if self.exchange.public_batch > self.data.public_pool {
             bail!(
                 "exchange.public_batch ({}) is larger than data.public_pool ({})",
@@ -320,6 +331,7 @@ impl Scenario {
             learning_rate: self.train.learning_rate,
             temperature: self.train.temperature,
             kl_weight: self.train.kl_weight,
+            distill_batch: self.train.distill_batch,
             public_batch: self.exchange.public_batch,
             channel: serde_json::to_string(&channel).expect("a resolved channel serialises"),
             max_message_bytes: self.exchange.max_message_bytes,
@@ -471,6 +483,7 @@ mod tests {
             ("train.learning_rate=-1.0", "train.learning_rate"),
             ("data.partition=\"dirichlet:-1\"", "data"),
             ("exchange.public_batch=5000", "exchange.public_batch"),
+            ("train.distill_batch=129", "train.distill_batch"),
             ("nodes.models=[\"resnet\"]", "nodes.models[0]"),
             ("train.unknown=1", "unknown"),
             ("coordinator.min_nodes=9", "coordinator.min_nodes"),

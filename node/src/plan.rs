@@ -27,6 +27,8 @@ pub struct RunPlan {
     pub learner: LearnerConfig,
     pub aggregate: Aggregate,
     pub public_batch: usize,
+    /// Public images per local step in the distillation term (≤ public_batch).
+    pub distill_batch: usize,
     pub encoding: Encoding,
     /// The radio between the nodes (every node builds the same seeded channel).
     pub channel: ResolvedChannel,
@@ -110,6 +112,16 @@ impl RunPlan {
             learner,
             aggregate,
             public_batch: positive("exchange.public_batch", s.public_batch)? as usize,
+            distill_batch: match s.distill_batch {
+                0 => s.public_batch as usize,
+                k if k <= s.public_batch => k as usize,
+                k => {
+                    return Err(Error::config(
+                        "train.distill_batch",
+                        format!("{k} is larger than exchange.public_batch ({})", s.public_batch),
+                    ));
+                }
+            },
             encoding,
             channel,
             max_message_bytes: s.max_message_bytes,

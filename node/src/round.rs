@@ -285,17 +285,41 @@ fn targets(plan: &RunPlan, public: Tensor, collected: &Collected) -> Result<Opti
 fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<(f64, f64, f64)> {
     let steps = node.plan.local_steps;
     let (mut ce, mut kl, mut total) = (0.0, 0.0, 0.0);
-    for _ in 0..steps {
+    for step in 0..steps {
         let (images, labels) = node.batches.next_batch(&node.shard)?;
+        let slice = match distill {
+            Some((public, targets)) => {
+                let rows = public.dim(0)?;
+                let take = node.plan.distill_batch.min(rows);
+                let start = (step as usize * take) % rows.max(1);
+                Some((cyclic_rows(public, start, take)?, cyclic_rows(targets, start, take)?))
+            }
+            None => None,
+        };
         let losses = node
             .learner
-            .train_step(&images, &labels, distill.map(|(p, t)| (p, t)))?;
+            .train_step(&images, &labels, slice.as_ref().map(|(p, t)| (p, t)))?;
         ce += f64::from(losses.ce);
         kl += f64::from(losses.kl);
         total += f64::from(losses.total);
     }
     let n = f64::from(steps);
     Ok((ce / n, kl / n, total / n))
+}
+
+/// `len` rows of `t` from `start`, wrapping past the end (all of `t` when it has `len`).
+fn cyclic_rows(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+    let rows = t.dim(0)?;
+    if len >= rows {
+        return Ok(t.clone());
+    }
+    let head = (rows - start).min(len);
+    let first = t.narrow(0, start, head)?;
+    Ok(if head == len {
+        first
+    } else {
+        Tensor::cat(&[&first, &t.narrow(0, 0, len - head)?], 0)?
+    })
 }
 
 fn ms(d: Duration) -> f64 {
@@ -325,6 +349,23 @@ mod tests {
             payload_bytes: 0,
             wire_bytes: 0,
         }
+    }
+
+    #[test]
+    fn distillation_slices_cycle_through_every_public_row() {
+        let rows = |t: Tensor| -> Vec<u32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+        let public = Tensor::arange(0u32, 5, &Device::Cpu).unwrap().reshape((5, 1)).unwrap();
+        assert_eq!(rows(cyclic_rows(&public, 3, 3).unwrap()), [3, 4, 0]);
+        assert_eq!(rows(cyclic_rows(&public, 0, 2).unwrap()), [0, 1]);
+        assert_eq!(rows(cyclic_rows(&public, 2, 5).unwrap()), [0, 1, 2, 3, 4], "all of it");
+        // As train() walks it: 5 steps of 2 rows see each row twice.
+        let mut seen = [0; 5];
+        for step in 0..5 {
+            for row in rows(cyclic_rows(&public, (step * 2) % 5, 2).unwrap()) {
+                seen[row as usize] += 1;
+            }
+        }
+        assert_eq!(seen, [2; 5]);
     }
 
     #[test]
