@@ -170,6 +170,7 @@ def check(ok, what):
     if not ok:
         problems.append(what)
 check(summary["finished"], f"the run did not finish: {summary['reason']}")
+check(open(f"{run_dir}/rounds.svg").read().count("<polyline") >= 3, "rounds.svg has no curves")
 check(summary["rounds_closed"] == rounds, f"{summary['rounds_closed']} of {rounds} rounds closed")
 closed = sorted({r["round"] for r in rows})
 check(closed == list(range(rounds)), f"rounds with metrics: {closed}")

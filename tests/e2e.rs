@@ -48,6 +48,9 @@ fn dml_nodes_learn_and_send_exactly_batch_times_classes_per_neighbour() {
             node.id
         );
     }
+    // The run directory has its picture: a line per node in each of three panels.
+    let figure = std::fs::read_to_string(dir.path().join("rounds.svg")).expect("rounds.svg");
+    assert_eq!(figure.matches("<polyline").count(), 3 * 3);
     // The launcher's final table names every node.
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("mean final accuracy"), "{table}");

@@ -46,6 +46,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
             summary.reason,
             args.out.join("report.md").display()
         );
+        // The picture is a convenience: a run whose figure cannot be written still
+        // finished, and its metrics are on disk.
+        let title = format!("{} ({})", summary.run_id, summary.algorithm);
+        if let Err(e) = crate::cli::plot::write_run_figure(&args.out, &title) {
+            tracing::warn!("no rounds.svg: {e:#}");
+        }
         let _ = writeln!(std::io::stdout(), "{}", summary.table());
         Ok(if summary.finished {
             ExitCode::SUCCESS

@@ -1,7 +1,10 @@
-//! Line charts as SVG, written by hand: a comparison needs three small panels of a
-//! few lines each, not a plotting library.
+//! Line charts as SVG, written by hand: a comparison or a run needs three small
+//! panels of a few lines each, not a plotting library.
 
 use std::fmt::Write;
+use std::path::Path;
+
+use wdml_coordinator::MetricsRow;
 
 /// One line of a chart.
 pub struct Series<'a> {
@@ -24,14 +27,20 @@ const WIDTH: f64 = 420.0;
 const HEIGHT: f64 = 320.0;
 const MARGIN: (f64, f64, f64, f64) = (60.0, 20.0, 40.0, 50.0); // left, right, top, bottom
 
+/// Legend entries: this wide, wrapped onto as many rows as they need.
+const LEGEND_ENTRY: f64 = 130.0;
+const LEGEND_ROW: f64 = 18.0;
+
 /// Panels side by side in one SVG document, with a shared legend.
 pub fn figure(title: &str, panels: &[Panel]) -> String {
     let width = WIDTH * panels.len() as f64;
+    let per_row = (((width - 20.0) / LEGEND_ENTRY).floor() as usize).max(1);
+    let legend_rows = panels.first().map_or(0, |p| p.series.len().div_ceil(per_row));
     let mut svg = String::new();
     let _ = writeln!(
         svg,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{}" font-family="sans-serif" font-size="12">"#,
-        HEIGHT + 40.0
+        HEIGHT + 22.0 + LEGEND_ROW * legend_rows.max(1) as f64
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let _ = writeln!(
@@ -47,8 +56,8 @@ pub fn figure(title: &str, panels: &[Panel]) -> String {
     }
     if let Some(panel) = panels.first() {
         for (i, s) in panel.series.iter().enumerate() {
-            let x = 20.0 + 130.0 * i as f64;
-            let y = HEIGHT + 30.0;
+            let x = 20.0 + LEGEND_ENTRY * (i % per_row) as f64;
+            let y = HEIGHT + 30.0 + LEGEND_ROW * (i / per_row) as f64;
             let _ = writeln!(
                 svg,
                 r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
@@ -105,16 +114,19 @@ fn draw(svg: &mut String, panel: &Panel) {
         svg,
         r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>"##
     );
+    // Enough decimals that the five y labels differ (0.008 J, not 0.01).
+    let decimals = (1 - (y1 - y0).log10().floor() as i32).clamp(0, 6) as usize;
     for i in 0..=4 {
         let fy = y0 + (y1 - y0) * f64::from(i) / 4.0;
         let _ = writeln!(
             svg,
-            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4:.2}</text>"##,
+            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4:.5$}</text>"##,
             py(fy),
             left + plot_w,
             left - 6.0,
             py(fy) + 4.0,
-            fy
+            fy,
+            decimals
         );
         let fx = x0 + (x1 - x0) * f64::from(i) / 4.0;
         let label = if panel.log_x {
@@ -158,6 +170,84 @@ fn draw(svg: &mut String, panel: &Panel) {
             );
         }
     }
+}
+
+/// Ten colours that stay apart (matplotlib's tab10), reused past ten series.
+const PALETTE: [&str; 10] = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+];
+
+/// A run at a glance, written beside `metrics.jsonl` as `rounds.svg`: per node, test
+/// accuracy, cumulative radio energy and cumulative air time against rounds.
+pub fn write_run_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
+    let rows = MetricsRow::read_all(run_dir)?;
+    let path = run_dir.join("rounds.svg");
+    std::fs::write(&path, run_figure(title, &rows)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
+    let mut nodes: Vec<(u32, &str)> = rows.iter().map(|r| (r.node, r.model.as_str())).collect();
+    nodes.sort_unstable();
+    nodes.dedup_by_key(|(node, _)| *node);
+    // "3 cnn": the legend has room for a short name only; the table has the rest.
+    let names: Vec<String> = nodes
+        .iter()
+        .map(|(node, model)| format!("{node} {}", model.split(':').next().unwrap_or(model)))
+        .collect();
+    let curves: Vec<[Vec<(f64, f64)>; 3]> = nodes
+        .iter()
+        .map(|&(node, _)| {
+            let mut mine: Vec<&MetricsRow> = rows.iter().filter(|r| r.node == node).collect();
+            mine.sort_by_key(|r| r.round);
+            let (mut energy, mut airtime) = (0.0, 0.0);
+            let mut curves = [Vec::new(), Vec::new(), Vec::new()];
+            for r in mine {
+                let round = f64::from(r.round + 1);
+                energy += r.tx_energy_j + r.rx_energy_j;
+                airtime += r.airtime_s;
+                curves[0].push((round, r.test_accuracy));
+                curves[1].push((round, energy));
+                curves[2].push((round, airtime));
+            }
+            curves
+        })
+        .collect();
+    let series = |k: usize| -> Vec<Series> {
+        curves
+            .iter()
+            .zip(&names)
+            .enumerate()
+            .map(|(i, (c, name))| Series {
+                name,
+                color: PALETTE[i % PALETTE.len()],
+                points: c[k].clone(),
+            })
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: "test accuracy",
+            x_label: "round",
+            y_label: "test accuracy",
+            log_x: false,
+            series: series(0),
+        },
+        Panel {
+            title: "radio energy (transmit + receive)",
+            x_label: "round",
+            y_label: "cumulative energy, J",
+            log_x: false,
+            series: series(1),
+        },
+        Panel {
+            title: "air time",
+            x_label: "round",
+            y_label: "cumulative air time, s",
+            log_x: false,
+            series: series(2),
+        },
+    ];
+    figure(title, &panels)
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -222,5 +312,55 @@ mod tests {
         assert_eq!(format_si(0.00123), "1.23m");
         assert_eq!(format_si(2500.0), "2.5k");
         assert_eq!(format_si(30.0), "30");
+    }
+
+    #[test]
+    fn a_run_figure_has_a_line_per_node_in_every_panel() {
+        let row = |node: u32, round: u32, model: &str| MetricsRow {
+            node,
+            round,
+            model: model.into(),
+            test_accuracy: 0.9,
+            tx_energy_j: 0.25,
+            airtime_s: 0.001,
+            ..MetricsRow::default()
+        };
+        // Out of order, as nodes report.
+        let rows = [
+            row(1, 1, "cnn:16,32,128"),
+            row(0, 0, "mlp:64"),
+            row(1, 0, "cnn:16,32,128"),
+            row(0, 1, "mlp:64"),
+        ];
+        let svg = run_figure("run", &rows);
+        assert_eq!(svg.matches("<polyline").count(), 2 * 3);
+        assert!(svg.contains(">0 mlp<") && svg.contains(">1 cnn<"), "{svg}");
+        // Energy accumulates: 0.25 J then 0.5 J per node, so its axis reaches 0.50
+        // (accuracy's spans 0.85–0.95, air time's 0.0010–0.0020).
+        assert!(svg.contains(">0.50<"), "{svg}");
+    }
+
+    #[test]
+    fn a_long_legend_wraps_onto_more_rows() {
+        let series = (0..12)
+            .map(|_| Series {
+                name: "n",
+                color: "red",
+                points: vec![(0.0, 0.0), (1.0, 1.0)],
+            })
+            .collect();
+        let panel = Panel {
+            title: "t",
+            x_label: "x",
+            y_label: "y",
+            log_x: false,
+            series,
+        };
+        // One panel holds three entries a row: four rows.
+        let svg = figure("title", &[panel]);
+        assert!(
+            svg.contains(&format!(r#"height="{}""#, HEIGHT + 22.0 + 4.0 * LEGEND_ROW)),
+            "{svg}"
+        );
     }
 }
