@@ -340,15 +340,21 @@ mod tests {
         assert_eq!(events, ["joined", "gone", "rejoined"]);
     }
 
-    #[test]
-    fn removal_tells_the_other_live_members() {
+    /// Two members with open streams; node 0's receiving end and node 1's connection.
+    fn two_live() -> (Members, mpsc::Receiver<Result<CoordinatorEvent, Status>>, u64) {
         let mut members = Members::new(2, 1, false);
-        let (tx0, mut rx0) = mpsc::channel(4);
+        let (tx0, rx0) = mpsc::channel(4);
         let (tx1, _rx1) = mpsc::channel(4);
         let s0 = members.join(&request(0, "h:1"), 0).unwrap();
         let s1 = members.join(&request(1, "h:2"), 0).unwrap();
         members.attach(0, s0, tx0).unwrap();
-        members.attach(1, s1, tx1).unwrap();
+        let connection = members.attach(1, s1, tx1).unwrap();
+        (members, rx0, connection)
+    }
+
+    #[test]
+    fn removal_tells_the_other_live_members() {
+        let (mut members, mut rx0, _) = two_live();
         assert!(members.remove(1, None, Presence::Left, 0, "shutdown"));
         let event = rx0.try_recv().unwrap().unwrap();
         assert_eq!(event.event, Some(Event::MemberGone(MemberGone { node_id: 1 })));
@@ -357,13 +363,7 @@ mod tests {
 
     #[test]
     fn a_stream_ending_after_the_run_is_no_departure() {
-        let mut members = Members::new(2, 1, false);
-        let (tx0, mut rx0) = mpsc::channel(4);
-        let (tx1, _rx1) = mpsc::channel(4);
-        let s0 = members.join(&request(0, "h:1"), 0).unwrap();
-        let s1 = members.join(&request(1, "h:2"), 0).unwrap();
-        members.attach(0, s0, tx0).unwrap();
-        let connection = members.attach(1, s1, tx1).unwrap();
+        let (mut members, mut rx0, connection) = two_live();
         assert!(!members.end_stream(1, Some(connection + 1)), "a stale connection");
         assert!(members.end_stream(1, Some(connection)));
         assert!(!members.end_stream(1, Some(connection)), "already ended");
