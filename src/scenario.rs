@@ -475,6 +475,37 @@ mod tests {
     }
 
     #[test]
+    fn a_node_refuses_settings_the_scenario_would_have_refused() {
+        // A coordinator of another build (or a hostile one) may send what our scenario
+        // check never lets through: the node checks again and names the field.
+        let scenario = Scenario::load(None, &[]).unwrap();
+        let good = scenario.settings().unwrap();
+        assert!(wdml_node::plan::RunPlan::from_settings(good.clone()).is_ok());
+        let cases = [
+            (
+                RunSettings {
+                    distill_batch: good.public_batch + 1,
+                    ..good.clone()
+                },
+                "train.distill_batch",
+            ),
+            (
+                RunSettings {
+                    public_batch: 0,
+                    ..good.clone()
+                },
+                "exchange.public_batch",
+            ),
+        ];
+        for (settings, field) in cases {
+            let error = wdml_node::plan::RunPlan::from_settings(settings)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let cases = [
             ("run.rounds=0", "run.rounds"),
