@@ -65,7 +65,8 @@ impl ComputeClock {
     }
 }
 
-fn process_cpu_time() -> Duration {
+/// CPU time of this process so far (user + system, every thread).
+pub fn process_cpu_time() -> Duration {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes the timespec we own; this clock exists on every
     // platform we build for, and should it fail `now` stays zero (nothing counted).

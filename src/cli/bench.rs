@@ -20,6 +20,7 @@ use wdml_coordinator::{MetricsRow, Summary, bytes};
 use wdml_node::exchange::codec::{self, Envelope};
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
+use wdml_node::round::process_cpu_time;
 use wdml_proto::Encoding;
 
 use super::launcher::{Progress, launch};
@@ -181,18 +182,6 @@ fn radio(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path::Pa
     Ok(())
 }
 
-/// CPU time of this process (user + system).
-fn cpu_time() -> Duration {
-    // SAFETY: getrusage fills the struct we own.
-    let usage = unsafe {
-        let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// Streams `messages` messages of ~1 MiB each from node 0 to node 1 on loopback
 /// through `preset` with no waiting; returns (bytes, wall, CPU of both ends).
 async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration, Duration)> {
@@ -226,7 +215,7 @@ async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration,
     let sender = Shaper::new(resolved, 1, 2, 0)?;
     let values: Vec<f32> = (0..rows * 10).map(|i| (i % 97) as f32 * 0.01).collect();
     let encoded = codec::encode(&values, rows, 10, Encoding::F32);
-    let (mut sent, cpu, wall) = (0, cpu_time(), Instant::now());
+    let (mut sent, cpu, wall) = (0, process_cpu_time(), Instant::now());
     for round in 0..messages {
         mailbox.begin_round(round, 1, &[0], &[0]);
         let envelope = Envelope {
@@ -246,7 +235,7 @@ async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration,
         // A message the radio lost still cost the shaper its work.
         let _ = collected;
     }
-    let result = (sent, wall.elapsed(), cpu_time() - cpu);
+    let result = (sent, wall.elapsed(), process_cpu_time() - cpu);
     server.abort();
     Ok(result)
 }
