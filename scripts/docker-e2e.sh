@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test of docker-compose.yml on a real Docker engine:
 #   1. build the static binary and the image (scripts/docker-build.sh);
-#   2. `compose up -d` a longer quickstart (a coordinator and node-1 … node-4);
+#   2. `compose up -d` a longer quickstart (certificates from the one-shot certs
+#      service, then a coordinator and node-1 … node-4, all over mutual TLS); a client
+#      without a certificate on the same network is refused;
 #   3. once rounds close, `docker stop` node-4: the others go on, the coordinator
 #      records it as left/gone and closes every round without it;
 #   4. disconnect node-3 from the compose network for a few rounds: the coordinator
@@ -118,6 +120,15 @@ compose up -d >"$WDML_RUNS/up.log" 2>&1 || { cat "$WDML_RUNS/up.log" >&2; fail "
 wait_for_round 1 240
 say "rounds are closing: $(last_round) closed"
 
+# A stranger on the compose network, without the run's certificates, gets nothing.
+NETWORK="${PROJECT}_default"
+if docker run --rm --network "$NETWORK" "$WDML_IMAGE" health --insecure --coordinator coordinator:7000 \
+    >"$WDML_RUNS/stranger.log" 2>&1; then
+    cat "$WDML_RUNS/stranger.log" >&2
+    fail "a client without a certificate got an answer from the coordinator"
+fi
+say "a client without a certificate is refused: $(grep -m1 unhealthy "$WDML_RUNS/stranger.log")"
+
 # 3. A node stopped for good (SIGTERM: it tells the coordinator it leaves).
 STOP_ROUND=$(last_round)
 docker stop --time 10 "$(container node-4)" >/dev/null
@@ -125,7 +136,6 @@ say "node-4 (node 3) stopped after round $STOP_ROUND"
 
 # 4. A node cut from the network for a few rounds, then back.
 wait_for_round $((STOP_ROUND + 1)) 120
-NETWORK="${PROJECT}_default"
 NODE3="$(container node-3)"
 CUT_ROUND=$(last_round)
 WAS_AT="$(address "$NODE3")"
@@ -156,6 +166,7 @@ for service in coordinator node-1 node-2 node-3 node-4; do
     code="$(docker inspect -f '{{.State.ExitCode}}' "$id")"
     [ "$code" = 0 ] || fail "$service exited with status $code"
 done
+[ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q certs)")" = 0 ] || fail "the certs service failed"
 say "every container exited 0"
 # (grep -c reads to the end: grep -q would break the pipe, and pipefail would fail it)
 compose logs --no-color coordinator | grep -c "rounds in" >/dev/null || fail "the coordinator's log has no final table"

@@ -13,6 +13,7 @@ use wdml_node::data::Partition;
 use wdml_node::learn::{Aggregate, LearnerConfig};
 use wdml_node::model::ModelSpec;
 use wdml_proto::RunSettings;
+use wdml_proto::transport::Security;
 
 /// The quickstart scenario, built in so `wdml run` works with no file at all.
 pub const QUICKSTART: &str = include_str!("../examples/quickstart.toml");
@@ -27,6 +28,7 @@ pub struct Scenario {
     pub data: DataSection,
     pub nodes: NodesSection,
     pub coordinator: CoordinatorSection,
+    pub adversary: AdversarySection,
     /// The radio between the nodes: a preset (`ideal`, `lan`, `wifi`, `d2d-urban`,
     /// `d2d-edge`) and overrides; see channel/README.md.
     pub channel: ChannelConfig,
@@ -115,8 +117,14 @@ pub struct ExchangeSection {
     pub encoding: EncodingName,
     /// The largest message a node accepts.
     pub max_message_bytes: u64,
-    /// How long a node waits for its neighbours' predictions in a round.
+    /// The longest a node waits for its neighbours' predictions in a round.
     pub timeout_ms: u64,
+    /// Wait for each neighbour only as long as the radio and its recent punctuality
+    /// justify (at most `timeout_ms`); false: always all of `timeout_ms`.
+    pub adaptive_deadline: bool,
+    /// A neighbour whose predictions are missing this many exchanges in a row is
+    /// reported to the coordinator and not waited for until they arrive again; 0: never.
+    pub silent_after: u32,
 }
 
 impl Default for ExchangeSection {
@@ -126,6 +134,28 @@ impl Default for ExchangeSection {
             encoding: EncodingName::Q8,
             max_message_bytes: 16 << 20,
             timeout_ms: 10_000,
+            adaptive_deadline: true,
+            silent_after: 2,
+        }
+    }
+}
+
+/// Nodes that misbehave on purpose: for research on robustness, and for tests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdversarySection {
+    /// The adversarial nodes' ids (none by default).
+    pub nodes: Vec<u32>,
+    /// `confident-wrong` (a large logit on a class its own model does not pick) or
+    /// `silent` (a member that never sends its predictions).
+    pub kind: String,
+}
+
+impl Default for AdversarySection {
+    fn default() -> Self {
+        AdversarySection {
+            nodes: Vec::new(),
+            kind: "confident-wrong".into(),
         }
     }
 }
@@ -182,6 +212,9 @@ pub struct CoordinatorSection {
     pub round_timeout_ms: u64,
     pub heartbeat_interval_ms: u32,
     pub heartbeat_timeout_ms: u64,
+    /// A node that joined must open its Sync stream (after loading its data) within
+    /// this long, or its id is released for another join.
+    pub sync_timeout_ms: u64,
 }
 
 impl Default for CoordinatorSection {
@@ -192,6 +225,7 @@ impl Default for CoordinatorSection {
             round_timeout_ms: 120_000,
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
+            sync_timeout_ms: 60_000,
         }
     }
 }
@@ -291,8 +325,45 @@ impl Scenario {
             );
         }
         self.channel.validate()?;
-        self.coordinator_config(PathBuf::new())?.validate()?;
+        if self.nodes.count > MAX_NODES {
+            bail!(
+                "nodes.count {} is more than the {MAX_NODES} nodes a run can describe (the neighbour tables \
+                 alone would not fit in memory)",
+                self.nodes.count
+            );
+        }
+        self.adversary_kind()?;
+        if let Some(bad) = self.adversary.nodes.iter().find(|&&n| n >= self.nodes.count) {
+            bail!(
+                "adversary.nodes: node {bad} is not in the run (nodes 0 to {})",
+                self.nodes.count - 1
+            );
+        }
+        let config = self.coordinator_config(PathBuf::new(), Security::Insecure, false)?;
+        config.validate()?;
+        // Each StartRound carries every neighbour's own neighbour list (a broadcast's
+        // rate depends on it): it must fit in one gRPC message.
+        let largest = start_round_bytes(&config.neighbours);
+        if largest > MAX_START_ROUND_BYTES {
+            bail!(
+                "nodes.count {} with channel.topology {}: a round's start would carry {:.1} MiB of neighbour \
+                 tables to one node, more than the {} MiB a message may have; use fewer nodes or a sparser \
+                 topology (e.g. {{ k_nearest = {{ k = 8 }} }})",
+                self.nodes.count,
+                serde_json::to_string(&self.resolved_channel()?.topology)?,
+                largest as f64 / (1 << 20) as f64,
+                MAX_START_ROUND_BYTES >> 20
+            );
+        }
         Ok(())
+    }
+
+    /// The `[adversary]` kind, checked.
+    pub fn adversary_kind(&self) -> Result<wdml_proto::AdversaryKind> {
+        self.adversary
+            .kind
+            .parse()
+            .map_err(|e| anyhow::anyhow!("adversary.kind: {e}"))
     }
 
     fn encoding_width(&self) -> u64 {
@@ -345,6 +416,17 @@ impl Scenario {
             public_pool: self.data.public_pool,
             test_size: self.data.test_size,
             heartbeat_interval_ms: self.coordinator.heartbeat_interval_ms,
+            models: (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect(),
+            adversary: Some(wdml_proto::Adversary {
+                nodes: self.adversary.nodes.clone(),
+                kind: if self.adversary.nodes.is_empty() {
+                    wdml_proto::AdversaryKind::Unspecified
+                } else {
+                    self.adversary_kind()?
+                } as i32,
+            }),
+            silent_after: self.exchange.silent_after,
+            adaptive_deadline: self.exchange.adaptive_deadline,
             ..RunSettings::default()
         };
         settings.set_algorithm(match self.run.algorithm {
@@ -366,7 +448,12 @@ impl Scenario {
     }
 
     /// The coordinator's configuration for a run written to `run_dir`.
-    pub fn coordinator_config(&self, run_dir: PathBuf) -> Result<wdml_coordinator::Config> {
+    pub fn coordinator_config(
+        &self,
+        run_dir: PathBuf,
+        security: Security,
+        overwrite: bool,
+    ) -> Result<wdml_coordinator::Config> {
         let c = &self.coordinator;
         Ok(wdml_coordinator::Config {
             run_dir,
@@ -377,7 +464,10 @@ impl Scenario {
             round_timeout: Duration::from_millis(c.round_timeout_ms),
             exchange_timeout: Duration::from_millis(self.exchange.timeout_ms),
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
+            sync_timeout: Duration::from_millis(c.sync_timeout_ms),
             resolved: serde_json::to_value(self)?,
+            security,
+            overwrite,
         })
     }
 
@@ -401,6 +491,25 @@ impl Scenario {
     pub fn to_toml(&self) -> Result<String> {
         Ok(toml::to_string_pretty(self)?)
     }
+}
+
+/// The most nodes a scenario may have.
+pub const MAX_NODES: u32 = 4096;
+/// The largest StartRound a node accepts (tonic's default decoding limit).
+const MAX_START_ROUND_BYTES: usize = 4 << 20;
+
+/// An upper bound on the encoded size of the largest StartRound of a run with these
+/// neighbour lists (every neighbour with its own list, an address and framing).
+fn start_round_bytes(neighbours: &[Vec<u32>]) -> usize {
+    neighbours
+        .iter()
+        .map(|mine| {
+            mine.iter()
+                .map(|&j| 80 + 5 * neighbours.get(j as usize).map_or(0, Vec::len))
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn positive(field: &str, value: u64) -> Result<()> {
@@ -518,6 +627,16 @@ mod tests {
             ("nodes.models=[\"resnet\"]", "nodes.models[0]"),
             ("train.unknown=1", "unknown"),
             ("coordinator.min_nodes=9", "coordinator.min_nodes"),
+            // A timeout beyond what the wire carries is refused, not wrapped to 5 ms.
+            ("exchange.timeout_ms=4294967301", "exchange.timeout_ms"),
+            (
+                "coordinator.round_timeout_ms=99999999999",
+                "coordinator.round_timeout_ms",
+            ),
+            ("channel.time_scale=1e300", "channel.time_scale"),
+            ("nodes.count=1000000", "nodes.count"),
+            ("adversary.nodes=[7]", "adversary.nodes"),
+            ("adversary.kind=\"loud\"", "adversary.kind"),
         ];
         for (assignment, field) in cases {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());

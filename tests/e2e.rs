@@ -153,7 +153,9 @@ fn a_killed_node_is_marked_gone_and_the_others_finish_every_round() {
 
 mod bad_messages {
     use super::*;
+    use std::path::Path;
     use tonic::Code;
+    use wdml_proto::transport::{Identity, Security};
     use wdml_proto::{Encoding, Frame, peer_exchange_client::PeerExchangeClient};
 
     /// A well-formed single-frame message for the `small` scenario, as node 1.
@@ -176,8 +178,16 @@ mod bad_messages {
         }
     }
 
-    async fn send(address: &str, frame: Frame) -> Code {
-        let mut client = PeerExchangeClient::connect(format!("http://{address}")).await.unwrap();
+    /// Sends `frame` to node 0 at `address` over a connection with node 1's certificate.
+    async fn send(tls: &Path, address: &str, frame: Frame) -> Code {
+        let node1 = Security::from_dir(tls, Identity::Node(1)).unwrap();
+        let channel = node1
+            .endpoint(address, Identity::Node(0))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = PeerExchangeClient::new(channel);
         match client.send(tokio_stream::iter(vec![frame])).await {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
@@ -220,8 +230,9 @@ mod bad_messages {
         let bad = cases.len() as u32;
 
         let runtime = tokio::runtime::Runtime::new().unwrap();
+        let tls = cluster.tls();
         for (what, frame, code) in cases {
-            assert_eq!(runtime.block_on(send(&address, frame)), code, "{what}");
+            assert_eq!(runtime.block_on(send(&tls, &address, frame)), code, "{what}");
         }
 
         assert!(cluster.wait_for_end(Duration::from_secs(180)).success());

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Process, TempDir, metrics, small, summary};
+use common::{Cluster, Process, metrics, small, summary};
 
 /// A port that is free on `host` right now.
 fn free_port(host: &str) -> u16 {
@@ -20,19 +20,7 @@ fn free_port(host: &str) -> u16 {
 
 /// A coordinator on `host`, with no node yet.
 fn coordinator_on(label: &str, host: &str, overrides: &[String]) -> Cluster {
-    let dir = TempDir::new(label);
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut args: Vec<String> = vec!["coordinator".into(), "--listen".into(), format!("{host}:0")];
-    args.extend(["--out".into(), dir.path().display().to_string()]);
-    for o in overrides {
-        args.extend(["--set".into(), o.clone()]);
-    }
-    let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
-    Cluster {
-        dir,
-        coordinator,
-        nodes: Vec::new(),
-    }
+    Cluster::coordinator_on(label, host, overrides)
 }
 
 #[test]
@@ -49,21 +37,9 @@ fn nodes_on_distinct_addresses_exchange_through_the_addresses_they_advertise() {
     // the one address they can reach it at.
     let port = free_port("127.0.0.5");
     let advertised = format!("127.0.0.5:{port}");
-    let args: Vec<String> = vec![
-        "node".into(),
-        "--id".into(),
-        "3".into(),
-        "--model".into(),
-        "mlp:64".into(),
-        "--coordinator".into(),
-        cluster.coordinator.address.clone(),
-        "--listen".into(),
-        format!("0.0.0.0:{port}"),
-        "--advertise".into(),
-        advertised.clone(),
-    ];
-    let log = cluster.out().join("logs/node-3.log");
-    cluster.nodes.push(Process::start("node-3", &args, &log));
+    let mut args = cluster.node_args(3, "mlp:64", &format!("0.0.0.0:{port}"));
+    args.extend(["--advertise".into(), advertised.clone()]);
+    cluster.start_node_with(3, &args);
 
     let status = cluster.wait_for_end(Duration::from_secs(180));
     assert!(status.success(), "the coordinator failed");
@@ -117,15 +93,7 @@ fn nodes_on_distinct_addresses_exchange_through_the_addresses_they_advertise() {
 #[test]
 fn a_node_on_every_interface_without_an_advertised_address_is_refused() {
     let mut cluster = coordinator_on("lan-unspecified", "127.0.0.10", &small(1, 1));
-    let args: Vec<String> = vec![
-        "node".into(),
-        "--id".into(),
-        "0".into(),
-        "--coordinator".into(),
-        cluster.coordinator.address.clone(),
-        "--listen".into(),
-        "0.0.0.0:0".into(),
-    ];
+    let args = cluster.node_args(0, "mlp:64", "0.0.0.0:0");
     let log = cluster.out().join("logs/node-0.log");
     let mut node = Process::start("node-0", &args, &log);
     let status = node

@@ -181,6 +181,9 @@ impl ResolvedChannel {
     }
 }
 
+/// The slowest pacing the shaper represents: wall seconds per emulated second.
+pub const MAX_TIME_SCALE: f64 = 1000.0;
+
 impl ChannelConfig {
     /// A configuration of `preset` with no overrides.
     pub fn from_preset(preset: Preset) -> Self {
@@ -203,6 +206,12 @@ impl ChannelConfig {
     /// The preset with every override applied, validated.
     pub fn resolve(&self) -> Result<ResolvedChannel> {
         ensure_non_negative(self.time_scale, "channel.time_scale")?;
+        crate::error::ensure(
+            self.time_scale <= MAX_TIME_SCALE,
+            "channel.time_scale",
+            "must be at most 1000 wall seconds per emulated second: slower pacing cannot be represented",
+            self.time_scale,
+        )?;
         let placement = match (&self.positions, self.area_m) {
             (Some(_), Some(_)) => return Err(Error::ConflictingPlacement),
             (Some(positions), None) => Placement::Explicit {
@@ -365,6 +374,11 @@ mod tests {
         let cases = [
             ("bandwidth_hz = -1", "channel.bandwidth_hz must be > 0 (got -1)"),
             ("time_scale = -0.5", "channel.time_scale must be >= 0 (got -0.5)"),
+            (
+                "time_scale = 2000",
+                "channel.time_scale must be at most 1000 wall seconds per emulated second: slower pacing \
+                 cannot be represented (got 2000)",
+            ),
             ("area_m = 0", "channel.area_m must be > 0 (got 0)"),
             (
                 "rate_efficiency = 0",

@@ -53,10 +53,8 @@ pub mod purpose {
     pub const BATCHES: u64 = 2;
     /// The public batch of a round (coordinate: round).
     pub const PUBLIC_BATCH: u64 = 3;
-    /// The coordinator's round tokens.
-    pub const ROUND_TOKENS: u64 = 4;
-    /// The coordinator's session numbers.
-    pub const SESSIONS: u64 = 5;
+    // 4 and 5 were the coordinator's round tokens and sessions, once derived from the
+    // run seed; they are secrets from the OS random source now. Not reused.
 }
 
 /// A 64-bit seed for `stream` at the coordinates `words`, derived from `run_seed`.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wdml_proto::RunSettings;
+use wdml_proto::transport::Security;
 
 use crate::{Error, Result};
 
@@ -30,14 +31,42 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     /// The fully resolved scenario, written to `config.json` for the record.
     pub resolved: serde_json::Value,
+    /// How connections are secured (mutual TLS, or `--insecure`).
+    pub security: Security,
+    /// A node that joined must open its Sync stream within this long, or it is
+    /// released (so the same id can join again).
+    pub sync_timeout: Duration,
+    /// Replace a finished run in `run_dir` instead of refusing.
+    pub overwrite: bool,
 }
+
+/// The longest timeout the wire can carry (milliseconds in a `uint32`).
+pub const MAX_TIMEOUT: Duration = Duration::from_millis(u32::MAX as u64);
 
 impl Config {
     /// Checks every field, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
         let s = &self.settings;
         if s.nodes == 0 {
-            return Err(Error::config("nodes", "at least one node is needed"));
+            return Err(Error::config("nodes.count", "at least one node is needed"));
+        }
+        if s.models.len() != s.nodes as usize {
+            return Err(Error::config(
+                "nodes.models",
+                format!(
+                    "{} models for {} nodes: one per node is needed",
+                    s.models.len(),
+                    s.nodes
+                ),
+            ));
+        }
+        if let Some(adversary) = &s.adversary
+            && let Some(bad) = adversary.nodes.iter().find(|&&n| n >= s.nodes)
+        {
+            return Err(Error::config(
+                "adversary.nodes",
+                format!("node {bad} is not in the run ({})", crate::members::node_range(s.nodes)),
+            ));
         }
         if s.rounds == 0 {
             return Err(Error::config("run.rounds", "must be at least 1"));
@@ -68,9 +97,20 @@ impl Config {
             ("coordinator.round_timeout_ms", self.round_timeout),
             ("exchange.timeout_ms", self.exchange_timeout),
             ("coordinator.heartbeat_timeout_ms", self.heartbeat_timeout),
+            ("coordinator.sync_timeout_ms", self.sync_timeout),
         ] {
             if value.is_zero() {
                 return Err(Error::config(field, "must be greater than 0"));
+            }
+            if value > MAX_TIMEOUT {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "{} ms is longer than the {} ms (about 49 days) a timeout can be",
+                        value.as_millis(),
+                        MAX_TIMEOUT.as_millis()
+                    ),
+                ));
             }
         }
         if self.exchange_timeout >= self.round_timeout {

@@ -1,4 +1,6 @@
-//! The coordinator's error type, and how it maps onto gRPC status codes.
+//! The coordinator's error type.
+
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong in the coordinator.
 #[derive(Debug, thiserror::Error)]
@@ -8,15 +10,31 @@ pub enum Error {
     Config { field: String, reason: String },
 
     /// Too few nodes joined before the join timeout.
-    #[error("only {joined} of the minimum {min} nodes joined within {waited_s:.0} s")]
+    #[error(
+        "only {joined} of the {min} nodes needed joined within {waited_s:.0} s \
+         (coordinator.join_timeout_ms waits for them, coordinator.min_nodes says how many are needed)"
+    )]
     NotEnoughNodes { joined: usize, min: usize, waited_s: f64 },
 
     /// Every node is gone: there is nobody left to run a round.
     #[error("no live node left at round {round}")]
     NoLiveNodes { round: u32 },
 
+    /// The run directory cannot be used as asked.
+    #[error("run directory {path}: {reason}")]
+    RunDirectory { path: PathBuf, reason: String },
+
+    /// A file of the run directory is damaged.
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+
+    /// Reading or writing a file; names the path.
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    /// A socket or task, not a file.
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Net(#[from] std::io::Error),
 
     #[error("json: {0}")]
     Json(#[from] serde_json::Error),
@@ -30,6 +48,14 @@ impl Error {
         Error::Config {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

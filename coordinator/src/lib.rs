@@ -1,25 +1,29 @@
 //! The WDML coordinator: round synchronisation and membership, nothing else.
 //!
-//! Nodes [`Join`](wdml_proto::JoinRequest) with their id and advertised address, open
-//! a long-lived `Sync` stream, and from then on the coordinator only says *when*: it
-//! starts each round with a fresh token and the node's neighbours, waits at the
-//! barrier for every live node's `Done` (or the round deadline), and marks a node
-//! gone when its stream breaks or its heartbeats stop. No prediction or parameter
-//! ever passes through it. It writes the run directory from the `Done` reports.
+//! Nodes [`Join`](wdml_proto::JoinRequest) with their id and advertised address (over
+//! mutual TLS, their certificate naming their id), open a long-lived `Sync` stream, and
+//! from then on the coordinator only says *when*: it starts each round with a fresh
+//! token and the node's neighbours, waits at the barrier for every live node's `Done`
+//! (or the deadline), and marks a node gone when its stream breaks or its heartbeats
+//! stop. No prediction or parameter ever passes through it. It writes the run
+//! directory from the `Done` reports, journalled so that a restarted coordinator
+//! resumes the run where it stopped.
 //!
 //! [`run`] is the whole process: serve, drive the rounds, write the report, stop.
 
 mod config;
 mod error;
+mod journal;
 mod members;
 mod report;
 mod rounds;
 mod service;
 mod table;
 
-pub use config::Config;
+pub use config::{Config, MAX_TIMEOUT};
 pub use error::{Error, Result};
-pub use report::{MembershipEventRecord, MetricsRow, NodeSummary, Summary};
+pub use members::MembershipEvent;
+pub use report::{MembershipEventRecord, MetricsRow, NodeSummary, Outage, Summary};
 pub use table::bytes;
 
 use std::future::Future;
@@ -27,40 +31,52 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;
 use wdml_proto::coordinator_server::CoordinatorServer;
+use wdml_proto::transport::{self, Limits};
 
 /// Runs the coordinator on an already bound listener until the run is over or
 /// `shutdown` completes; returns the run's summary (also written to the run directory).
+/// A run directory whose journal records an unfinished run is resumed at its next round.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     config.validate()?;
     let addr = listener.local_addr()?;
-    let shared = Arc::new(service::Shared::new(config)?);
-    let server_shared = shared.clone();
+    let (report, recovered) = report::Report::open(&config)?;
+    let start = match &recovered {
+        Some(r) => rounds::Start {
+            first_round: r.next_round,
+            expected: r.members.iter().filter(|m| m.3).count().max(1),
+            minimum: 1,
+        },
+        None => rounds::Start {
+            first_round: 0,
+            expected: config.settings.nodes as usize,
+            minimum: config.min_nodes as usize,
+        },
+    };
+    let security = config.security.clone();
+    let shared = Arc::new(service::Shared::new(config, report, recovered.as_ref()));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(CoordinatorServer::new(service::CoordinatorService::new(server_shared)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                server_stopped.await.ok();
-            })
-            .await
-    });
+    let router =
+        transport::server().add_service(CoordinatorServer::new(service::CoordinatorService::new(shared.clone())));
+    let server = tokio::spawn(transport::serve(router, listener, security, Limits::default(), async {
+        server_stopped.await.ok();
+    }));
     info!(%addr, "coordinator serving");
     let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
 
     let outcome = tokio::select! {
-        outcome = rounds::drive(shared.clone()) => outcome,
+        outcome = rounds::drive(shared.clone(), start) => outcome,
         () = shutdown => {
             info!("shutdown requested: ending the run early");
-            Ok(rounds::Ending::Interrupted("coordinator shut down".into()))
+            Ok(rounds::Ending::Interrupted("the coordinator was stopped".into()))
         }
     };
     let summary = rounds::finish(&shared, outcome).await;
     reaper.abort();
     let _ = stop_server.send(());
-    // Streams end with the run; a client that never hangs up must not keep us here.
+    // Every stream ends with the run (watchers right after RunFinished, nodes' Sync
+    // streams when they are closed); a client that never hangs up must not keep us here.
     match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => tracing::warn!("coordinator server ended with an error: {e}"),

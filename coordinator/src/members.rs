@@ -2,10 +2,9 @@
 //! changed it, for the run report.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::Status;
 use wdml_proto::{CoordinatorEvent, JoinRequest, MemberGone, coordinator_event::Event};
@@ -20,7 +19,8 @@ pub(crate) enum Presence {
     Joined,
     /// Streaming: takes part in the next round.
     Live,
-    /// Its stream broke or it went silent; it may join again.
+    /// Its stream broke, it went silent, it never opened its stream, or it was known
+    /// before the coordinator restarted; it may join again.
     Gone,
     /// It said it was leaving.
     Left,
@@ -38,103 +38,153 @@ pub(crate) struct Member {
     /// The open stream, and a number that tells this connection from earlier ones,
     /// so a stale stream closing never marks a reconnected node gone.
     pub outbox: Option<(u64, Outbox)>,
+    /// When it joined (a join whose stream never opens is released).
+    pub joined_at: Instant,
     pub last_seen: Instant,
     pub rounds_reported: u32,
+    /// Rounds in a row it was sent and did not report: past [`SILENT_AFTER`] the
+    /// barrier stops waiting for it, until it reports again.
+    pub missed_reports: u32,
 }
 
-/// A change of membership, kept for the summary.
-#[derive(Clone, Debug, Serialize)]
+/// After this many rounds in a row without a report, a member is not waited for.
+pub(crate) const SILENT_AFTER: u32 = 2;
+
+impl Member {
+    /// Whether the barrier waits for this member's report.
+    pub fn awaited(&self) -> bool {
+        self.missed_reports < SILENT_AFTER
+    }
+}
+
+/// A change of membership, kept for the summary and the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MembershipEvent {
     pub node: u32,
-    pub event: &'static str,
+    /// `joined`, `rejoined`, `gone`, `left`, `released`, `silent`, `failed`.
+    pub event: String,
     /// The round that was open (or about to open) when it happened.
     pub round: u32,
     pub reason: String,
 }
 
+/// How a join is made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Proof {
+    /// The caller's certificate names the node: the same device, whatever connection
+    /// the coordinator still holds for it; the new join replaces the old one.
+    Certificate,
+    /// Nothing proves who the caller is (plaintext): a live id is not taken over.
+    None,
+}
+
 /// All members, by id.
 pub(crate) struct Members {
-    nodes: u32,
+    /// Each node's model, as the scenario gives it (canonical form).
+    models: Vec<String>,
     by_id: BTreeMap<u32, Member>,
-    rng: StdRng,
     next_connection: u64,
-    /// Every node must run the same model (parameter averaging).
-    identical_models: bool,
     pub events: Vec<MembershipEvent>,
 }
 
 impl Members {
-    pub fn new(nodes: u32, seed: u64, identical_models: bool) -> Self {
+    pub fn new(models: Vec<String>) -> Self {
         Members {
-            nodes,
+            models,
             by_id: BTreeMap::new(),
-            // Sessions only need to be unguessable by accident, not by an attacker.
-            rng: StdRng::seed_from_u64(wdml_channel::derive_external_seed(
-                seed,
-                &[wdml_channel::purpose::SESSIONS],
-            )),
             next_connection: 0,
-            identical_models,
             events: Vec::new(),
         }
     }
 
-    /// Admits a node (first join or rejoin after it was gone) and returns its session.
-    pub fn join(&mut self, request: &JoinRequest, round: u32) -> Result<u64, Status> {
+    /// Nodes in the run.
+    pub fn nodes(&self) -> u32 {
+        self.models.len() as u32
+    }
+
+    /// Admits a node (first join, or again after it was gone) with `session`, a fresh
+    /// secret. Returns the model it must run (the scenario's for its id).
+    pub fn join(&mut self, request: &JoinRequest, session: u64, proof: Proof, round: u32) -> Result<String, Status> {
         let id = request.node_id;
-        if id >= self.nodes {
+        let Some(model) = self.models.get(id as usize).cloned() else {
             return Err(Status::invalid_argument(format!(
-                "node_id {id} is out of range: this run has nodes 0..{}",
-                self.nodes
+                "node_id {id} is out of range: this run has {}",
+                node_range(self.nodes())
             )));
-        }
+        };
         validate_address(&request.advertise)?;
-        if request.model.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "model must describe the node's model, e.g. \"mlp:256,128\"",
-            ));
-        }
-        if self.identical_models
-            && let Some(other) = self.by_id.values().find(|m| m.model != request.model)
-        {
+        // An empty model means "the scenario's"; any other must be it.
+        if !request.model.is_empty() && request.model != model {
             return Err(Status::failed_precondition(format!(
-                "this run averages parameters (fedavg), so every node needs the same model: node {} runs {}, \
-                 node {id} asks to join with {}",
-                other.id, other.model, request.model
+                "node {id} asks to join with model {}, but the scenario gives node {id} {model}; \
+                 start it with --model {model} (or without --model)",
+                request.model
             )));
         }
-        let rejoin = match self.by_id.get(&id) {
-            Some(m) if matches!(m.presence, Presence::Live | Presence::Joined) => {
-                return Err(Status::already_exists(format!(
-                    "node {id} is already a live member; a second process with the same id? \
-                     (a node that lost its connection is admitted again once it is marked gone)"
-                )));
-            }
+        let rejoin = match self.by_id.get_mut(&id) {
+            Some(m) if matches!(m.presence, Presence::Live | Presence::Joined) => match proof {
+                Proof::None => {
+                    return Err(Status::already_exists(format!(
+                        "node {id} is already a live member; a second process with the same id? \
+                         (a node that lost its connection is admitted again once it is marked gone)"
+                    )));
+                }
+                Proof::Certificate => {
+                    // Its certificate proves it is node `id`: the device restarted or
+                    // reconnected before its old stream was noticed gone.
+                    m.outbox = None;
+                    true
+                }
+            },
             Some(_) => true,
             None => false,
         };
-        let session = self.rng.random::<u64>() | 1;
+        let now = Instant::now();
+        let previous = self.by_id.get(&id);
+        let member = Member {
+            id,
+            advertise: request.advertise.clone(),
+            model: model.clone(),
+            parameters: request.parameters,
+            session,
+            presence: Presence::Joined,
+            outbox: None,
+            joined_at: now,
+            last_seen: now,
+            rounds_reported: previous.map_or(0, |m| m.rounds_reported),
+            missed_reports: 0,
+        };
+        self.by_id.insert(id, member);
+        let event = if rejoin { "rejoined" } else { "joined" };
+        self.record(id, event, round, request.advertise.clone());
+        Ok(model)
+    }
+
+    /// A member known from before a restart (the journal): not connected, and admitted
+    /// again when it joins.
+    pub fn restore(&mut self, id: u32, model: String, parameters: u64, rounds_reported: u32, present: Presence) {
+        let now = Instant::now();
         self.by_id.insert(
             id,
             Member {
                 id,
-                advertise: request.advertise.clone(),
-                model: request.model.clone(),
-                parameters: request.parameters,
-                session,
-                presence: Presence::Joined,
+                advertise: String::new(),
+                model,
+                parameters,
+                session: 0,
+                presence: present,
                 outbox: None,
-                last_seen: Instant::now(),
-                rounds_reported: self.by_id.get(&id).map_or(0, |m| m.rounds_reported),
+                joined_at: now,
+                last_seen: now,
+                rounds_reported,
+                missed_reports: 0,
             },
         );
-        let event = if rejoin { "rejoined" } else { "joined" };
-        self.record(id, event, round, request.advertise.clone());
-        Ok(session)
     }
 
-    /// Binds a `Sync` stream to a joined node; returns the connection number.
-    pub fn attach(&mut self, id: u32, session: u64, outbox: Outbox) -> Result<u64, Status> {
+    /// Binds a `Sync` stream to a joined node (whose Hello says how many parameters
+    /// its model has, if its Join did not); returns the connection number.
+    pub fn attach(&mut self, id: u32, session: u64, parameters: u64, outbox: Outbox) -> Result<u64, Status> {
         let member = self.authenticate(id, session)?;
         if member.presence != Presence::Joined {
             return Err(Status::failed_precondition(format!(
@@ -145,6 +195,9 @@ impl Members {
         self.next_connection += 1;
         let connection = self.next_connection;
         let member = self.by_id.get_mut(&id).expect("authenticated above");
+        if parameters > 0 {
+            member.parameters = parameters;
+        }
         member.presence = Presence::Live;
         member.outbox = Some((connection, outbox));
         member.last_seen = Instant::now();
@@ -154,7 +207,7 @@ impl Members {
     /// The member with this id if `session` is its current one.
     pub fn authenticate(&self, id: u32, session: u64) -> Result<&Member, Status> {
         match self.by_id.get(&id) {
-            Some(m) if m.session == session => Ok(m),
+            Some(m) if m.session == session && session != 0 => Ok(m),
             Some(_) => Err(Status::unauthenticated(format!("wrong session for node {id}"))),
             None => Err(Status::not_found(format!("node {id} has not joined"))),
         }
@@ -195,6 +248,11 @@ impl Members {
         member.outbox = None;
         let event = if presence == Presence::Left { "left" } else { "gone" };
         self.record(id, event, round, reason.to_string());
+        self.tell_gone(id);
+        true
+    }
+
+    fn tell_gone(&self, id: u32) {
         let gone = CoordinatorEvent {
             event: Some(Event::MemberGone(MemberGone { node_id: id })),
         };
@@ -202,7 +260,46 @@ impl Members {
             // A full outbox means that node is not reading; it will be reaped itself.
             let _ = other.outbox.as_ref().map(|(_, tx)| tx.try_send(Ok(gone.clone())));
         }
-        true
+    }
+
+    /// Releases every member that joined more than `timeout` ago and never opened its
+    /// stream, so the same id can join again. Returns whether any was released.
+    pub fn release_stale_joins(&mut self, timeout: Duration, round: u32) -> bool {
+        let stale: Vec<u32> = self
+            .by_id
+            .values()
+            .filter(|m| m.presence == Presence::Joined && m.joined_at.elapsed() > timeout)
+            .map(|m| m.id)
+            .collect();
+        for &id in &stale {
+            if let Some(m) = self.by_id.get_mut(&id) {
+                m.presence = Presence::Gone;
+            }
+            let reason = format!("joined but opened no Sync stream within {} ms", timeout.as_millis());
+            self.record(id, "released", round, reason);
+        }
+        !stale.is_empty()
+    }
+
+    /// A round closed: `reported` members reset their silence, the other `sent` ones add
+    /// to it; a member that reaches [`SILENT_AFTER`] is recorded as silent once.
+    pub fn count_reports(&mut self, sent: &[u32], reported: &[u32], round: u32) {
+        let mut newly_silent = Vec::new();
+        for &id in sent {
+            let Some(m) = self.by_id.get_mut(&id) else { continue };
+            if reported.contains(&id) {
+                m.missed_reports = 0;
+            } else {
+                m.missed_reports += 1;
+                if m.missed_reports == SILENT_AFTER {
+                    newly_silent.push(id);
+                }
+            }
+        }
+        for id in newly_silent {
+            let reason = format!("no report for {SILENT_AFTER} rounds in a row; not waited for until it reports again");
+            self.record(id, "silent", round, reason);
+        }
     }
 
     /// Drops a member's outbox once the run is over, with no membership event: the node
@@ -248,14 +345,24 @@ impl Members {
         self.by_id.values()
     }
 
-    fn record(&mut self, node: u32, event: &'static str, round: u32, reason: String) {
+    /// Records a membership event (also what nodes report about their neighbours).
+    pub fn record(&mut self, node: u32, event: &str, round: u32, reason: String) {
         tracing::info!(node, event, round, %reason, "membership");
         self.events.push(MembershipEvent {
             node,
-            event,
+            event: event.to_string(),
             round,
             reason,
         });
+    }
+}
+
+/// "nodes 0 to 3", as a person reads a range of ids.
+pub(crate) fn node_range(nodes: u32) -> String {
+    match nodes {
+        0 => "no nodes".into(),
+        1 => "node 0 only".into(),
+        n => format!("nodes 0 to {}", n - 1),
     }
 }
 
@@ -290,65 +397,112 @@ mod tests {
         }
     }
 
-    #[test]
-    fn join_validates_id_and_address() {
-        let mut members = Members::new(3, 1, false);
-        assert_eq!(
-            members.join(&request(3, "127.0.0.1:1"), 0).unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
-        for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "host:x"] {
-            let status = members.join(&request(0, bad), 0).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
-        }
-        assert!(members.join(&request(0, "[::1]:7001"), 0).is_ok());
+    fn members(nodes: usize) -> Members {
+        Members::new(vec!["mlp:8".into(); nodes])
     }
 
     #[test]
-    fn parameter_averaging_refuses_a_different_model() {
-        let mut members = Members::new(2, 1, true);
-        members.join(&request(0, "h:1"), 0).unwrap();
-        let mut other = request(1, "h:2");
-        other.model = "cnn:16,32,128".into();
-        assert_eq!(
-            members.join(&other, 0).unwrap_err().code(),
-            tonic::Code::FailedPrecondition
+    fn join_validates_id_and_address() {
+        let mut members = members(3);
+        let status = members.join(&request(3, "127.0.0.1:1"), 7, Proof::None, 0).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("nodes 0 to 2"), "{}", status.message());
+        for bad in ["127.0.0.1", ":80", "host:0", "host:99999", "host:x"] {
+            let status = members.join(&request(0, bad), 7, Proof::None, 0).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad}");
+        }
+        assert!(members.join(&request(0, "[::1]:7001"), 7, Proof::None, 0).is_ok());
+    }
+
+    #[test]
+    fn a_model_other_than_the_scenarios_is_refused_naming_both() {
+        let mut members = Members::new(vec!["mlp:8".into(), "cnn:16,32,128".into()]);
+        let status = members.join(&request(1, "h:2"), 7, Proof::None, 0).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("mlp:8") && status.message().contains("cnn:16,32,128"),
+            "{}",
+            status.message()
         );
-        assert!(members.join(&request(1, "h:2"), 0).is_ok());
+        // No model: the scenario's.
+        let mut any = request(1, "h:2");
+        any.model.clear();
+        assert_eq!(members.join(&any, 7, Proof::None, 0).unwrap(), "cnn:16,32,128");
     }
 
     #[test]
     fn a_live_id_cannot_join_twice_but_a_gone_one_can_rejoin() {
-        let mut members = Members::new(2, 1, false);
-        let session = members.join(&request(1, "h:1"), 0).unwrap();
+        let mut members = members(2);
+        members.join(&request(1, "h:1"), 11, Proof::None, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let connection = members.attach(1, session, tx).unwrap();
+        let connection = members.attach(1, 11, 0, tx).unwrap();
         assert_eq!(
-            members.join(&request(1, "h:1"), 0).unwrap_err().code(),
+            members.join(&request(1, "h:1"), 12, Proof::None, 0).unwrap_err().code(),
             tonic::Code::AlreadyExists
         );
         // A stale connection number changes nothing.
         assert!(!members.remove(1, Some(connection + 1), Presence::Gone, 2, "x"));
         assert!(members.remove(1, Some(connection), Presence::Gone, 2, "stream closed"));
-        let again = members.join(&request(1, "h:2"), 3).unwrap();
-        assert_ne!(again, session);
+        members.join(&request(1, "h:2"), 13, Proof::None, 3).unwrap();
         assert_eq!(
-            members.authenticate(1, session).unwrap_err().code(),
+            members.authenticate(1, 11).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
-        let events: Vec<_> = members.events.iter().map(|e| e.event).collect();
+        let events: Vec<_> = members.events.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["joined", "gone", "rejoined"]);
+    }
+
+    #[test]
+    fn a_certificate_takes_its_id_back_from_a_stale_connection() {
+        let mut members = members(2);
+        members.join(&request(1, "h:1"), 11, Proof::Certificate, 0).unwrap();
+        let (tx, _rx) = mpsc::channel(4);
+        members.attach(1, 11, 0, tx).unwrap();
+        members.join(&request(1, "h:9"), 12, Proof::Certificate, 0).unwrap();
+        let member = members.get(1).unwrap();
+        assert_eq!(
+            (member.presence.clone(), member.outbox.is_none()),
+            (Presence::Joined, true)
+        );
+        assert!(members.authenticate(1, 11).is_err() && members.authenticate(1, 12).is_ok());
+    }
+
+    #[test]
+    fn a_join_without_a_stream_is_released() {
+        let mut members = members(2);
+        members.join(&request(0, "h:1"), 11, Proof::None, 0).unwrap();
+        assert!(!members.release_stale_joins(Duration::from_secs(60), 0));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(members.release_stale_joins(Duration::from_millis(1), 0));
+        assert_eq!(members.get(0).unwrap().presence, Presence::Gone);
+        // The same id joins again at once.
+        members.join(&request(0, "h:1"), 12, Proof::None, 0).unwrap();
+        let events: Vec<_> = members.events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(events, ["joined", "released", "rejoined"]);
+    }
+
+    #[test]
+    fn silence_is_counted_per_round_and_forgiven_by_a_report() {
+        let mut members = members(2);
+        members.join(&request(0, "h:1"), 11, Proof::None, 0).unwrap();
+        for round in 0..3 {
+            members.count_reports(&[0], &[], round);
+        }
+        assert!(!members.get(0).unwrap().awaited());
+        assert_eq!(members.events.iter().filter(|e| e.event == "silent").count(), 1);
+        members.count_reports(&[0], &[0], 3);
+        assert!(members.get(0).unwrap().awaited());
     }
 
     /// Two members with open streams; node 0's receiving end and node 1's connection.
     fn two_live() -> (Members, mpsc::Receiver<Result<CoordinatorEvent, Status>>, u64) {
-        let mut members = Members::new(2, 1, false);
+        let mut members = members(2);
         let (tx0, rx0) = mpsc::channel(4);
         let (tx1, _rx1) = mpsc::channel(4);
-        let s0 = members.join(&request(0, "h:1"), 0).unwrap();
-        let s1 = members.join(&request(1, "h:2"), 0).unwrap();
-        members.attach(0, s0, tx0).unwrap();
-        let connection = members.attach(1, s1, tx1).unwrap();
+        members.join(&request(0, "h:1"), 11, Proof::None, 0).unwrap();
+        members.join(&request(1, "h:2"), 13, Proof::None, 0).unwrap();
+        members.attach(0, 11, 0, tx0).unwrap();
+        let connection = members.attach(1, 13, 0, tx1).unwrap();
         (members, rx0, connection)
     }
 
@@ -370,7 +524,7 @@ mod tests {
         assert_eq!(members.live().count(), 1);
         // Nobody is told, nothing is recorded, and the node still counts as finished.
         assert!(rx0.try_recv().is_err());
-        let events: Vec<_> = members.events.iter().map(|e| e.event).collect();
+        let events: Vec<_> = members.events.iter().map(|e| e.event.as_str()).collect();
         assert_eq!(events, ["joined", "joined"]);
         assert_eq!(members.get(1).unwrap().presence, Presence::Live);
     }

@@ -1,17 +1,21 @@
-//! The run directory: `config.json` (the resolved scenario), `metrics.jsonl` (one row
-//! per node per round, appended as rounds close) and `summary.json` (at the end).
+//! The run directory: `config.json` (the resolved scenario), `journal.jsonl` (the
+//! durable record, see [`crate::journal`]), `metrics.jsonl` (one row per node per
+//! closed round, appended as rounds close, never truncated) and `summary.json` and
+//! `report.md` (at the end, written atomically).
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use wdml_proto::{Algorithm, RoundClosed, RoundMetrics};
+use wdml_proto::files::{Mode, append_durable, sync_dir, write_atomic};
+use wdml_proto::{RoundClosed, RoundMetrics};
 
+use crate::journal::{self, Entry, Journal, now_ms};
 use crate::members::{Members, MembershipEvent, Presence};
 use crate::service::OpenRound;
-use crate::{Config, Result};
+use crate::{Config, Error, Result};
 
 /// One node's report for one round, as written to `metrics.jsonl`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -58,17 +62,30 @@ impl MetricsRow {
     /// Reads every row of a run directory's `metrics.jsonl`; a malformed line is an
     /// error naming its line number.
     pub fn read_all(run_dir: &Path) -> Result<Vec<MetricsRow>> {
+        // A row is under a kilobyte; a longer line is not a row (bounded reads).
+        const MAX_LINE: u64 = 1 << 20;
         let path = run_dir.join("metrics.jsonl");
-        let text = fs::read_to_string(&path)?;
-        text.lines()
-            .enumerate()
-            .map(|(i, line)| {
-                serde_json::from_str(line).map_err(|e| {
-                    let reason = format!("{}, line {}: {e}", path.display(), i + 1);
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, reason).into()
-                })
-            })
-            .collect()
+        let corrupt = |reason: String| Error::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let mut reader = BufReader::new(File::open(&path).map_err(|e| Error::io(&path, e))?);
+        let (mut rows, mut line) = (Vec::new(), Vec::new());
+        for number in 1.. {
+            line.clear();
+            let read = (&mut reader)
+                .take(MAX_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Error::io(&path, e))?;
+            if read == 0 {
+                break;
+            }
+            if read as u64 > MAX_LINE {
+                return Err(corrupt(format!("line {number} is longer than {MAX_LINE} bytes")));
+            }
+            rows.push(serde_json::from_slice(&line).map_err(|e| corrupt(format!("line {number}: {e}")))?);
+        }
+        Ok(rows)
     }
 
     fn new(round: u32, node: u32, model: String, m: &RoundMetrics, wait_ms: f64, round_ms: f64) -> Self {
@@ -115,6 +132,9 @@ pub struct NodeSummary {
     pub private_samples: u32,
     /// "finished", "gone" or "left".
     pub status: String,
+    /// Misbehaving on purpose (`[adversary]` in the scenario); left out of the means.
+    #[serde(default)]
+    pub adversary: bool,
     pub rounds_reported: u32,
     pub final_accuracy: Option<f64>,
     pub best_accuracy: Option<f64>,
@@ -141,13 +161,20 @@ pub struct Summary {
     pub reason: String,
     pub rounds_planned: u32,
     pub rounds_closed: u32,
+    /// Rounds that closed with no report at all.
+    #[serde(default)]
+    pub failed_rounds: u32,
+    /// From the start of the run to its end, across coordinator restarts.
     pub wall_s: f64,
-    /// Mean over the nodes that reported the last closed round.
+    /// Mean over the honest nodes that reported the last closed round.
     pub mean_final_accuracy: Option<f64>,
     pub min_final_accuracy: Option<f64>,
     pub mean_round_ms: f64,
     pub nodes: Vec<NodeSummary>,
     pub events: Vec<MembershipEventRecord>,
+    /// Times the coordinator was down (crashed and restarted with the same run directory).
+    #[serde(default)]
+    pub outages: Vec<Outage>,
 }
 
 /// A membership change as recorded in the summary.
@@ -163,106 +190,350 @@ impl From<&MembershipEvent> for MembershipEventRecord {
     fn from(e: &MembershipEvent) -> Self {
         MembershipEventRecord {
             node: e.node,
-            event: e.event.to_string(),
+            event: e.event.clone(),
             round: e.round,
             reason: e.reason.clone(),
         }
     }
 }
 
-/// Writes the run directory as the run goes.
+/// A stretch of time the coordinator was down, in `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outage {
+    /// The last round closed before it (none: before round 0 closed).
+    pub after_round: Option<u32>,
+    /// Seconds from the coordinator's last record before the crash to its restart.
+    pub down_s: f64,
+}
+
+/// What a restarted coordinator learns from its journal.
+pub(crate) struct Recovered {
+    /// The round to run next.
+    pub next_round: u32,
+    pub events: Vec<MembershipEvent>,
+    /// Every member known before the restart: id, model, parameters, whether it was
+    /// present (joined and not gone) when the coordinator went down.
+    pub members: Vec<(u32, String, u64, bool)>,
+}
+
+/// Writes the run directory as the run goes: the journal first (durable), then the
+/// files derived from it.
 pub(crate) struct Report {
     dir: PathBuf,
-    metrics: BufWriter<File>,
+    journal: Journal,
+    metrics: File,
     rows: Vec<MetricsRow>,
     round_ms: Vec<f64>,
     rounds_closed: u32,
-    started: Instant,
+    /// Rounds that closed with no report at all.
+    failed_rounds: u32,
+    outages: Vec<Outage>,
+    /// When the run began (wall clock, ms since the epoch), across restarts.
+    started_ms: u64,
     run_id: String,
     algorithm: String,
     rounds_planned: u32,
+    adversaries: Vec<u32>,
 }
 
+/// The files of a run directory this coordinator writes (and `--overwrite` removes).
+const RUN_FILES: [&str; 6] = [
+    journal::FILE,
+    "metrics.jsonl",
+    "summary.json",
+    "report.md",
+    "rounds.svg",
+    "config.json",
+];
+
 impl Report {
-    /// Creates the directory and writes `config.json`.
-    pub fn create(config: &Config) -> Result<Self> {
+    /// Opens the run directory: a new run, or the one its journal records (resumed at
+    /// the next round). A finished run, or a run of another scenario, is refused (a
+    /// finished one is replaced with `overwrite`).
+    pub fn open(config: &Config) -> Result<(Self, Option<Recovered>)> {
         let dir = config.run_dir.clone();
-        fs::create_dir_all(&dir)?;
-        let resolved = serde_json::to_string_pretty(&config.resolved)?;
-        fs::write(dir.join("config.json"), resolved + "\n")?;
-        let metrics = BufWriter::new(File::create(dir.join("metrics.jsonl"))?);
-        Ok(Report {
+        let refuse = |reason: String| Error::RunDirectory {
+            path: dir.clone(),
+            reason,
+        };
+        let has = |name: &str| dir.join(name).exists();
+        if has(journal::FILE) {
+            let (journal, entries) = Journal::open(&dir)?;
+            // An interrupted run (stopped early) resumes; a finished one is done.
+            let finished = entries.iter().any(|e| matches!(e, Entry::End { finished: true, .. }));
+            if finished && !config.overwrite {
+                return Err(refuse(
+                    "holds a finished run; give another --out, or --overwrite to replace it".into(),
+                ));
+            }
+            if !finished {
+                return Self::resume(config, journal, entries).map(|(r, rec)| (r, Some(rec)));
+            }
+        } else if (has("metrics.jsonl") || has("summary.json")) && !config.overwrite {
+            return Err(refuse(
+                "holds an earlier run's results; give another --out, or --overwrite to replace them".into(),
+            ));
+        }
+        if config.overwrite {
+            for name in RUN_FILES {
+                match fs::remove_file(dir.join(name)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&dir.join(name), e)),
+                    _ => {}
+                }
+            }
+        }
+        Self::create(config).map(|r| (r, None))
+    }
+
+    fn create(config: &Config) -> Result<Self> {
+        let dir = config.run_dir.clone();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let resolved = serde_json::to_string_pretty(&config.resolved)? + "\n";
+        let path = dir.join("config.json");
+        write_atomic(&path, resolved.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        let mut journal = Journal::create(&dir)?;
+        let started_ms = now_ms();
+        journal.append(&Entry::Start {
+            run_id: config.settings.run_id.clone(),
+            config: config.resolved.clone(),
+            at_ms: started_ms,
+        })?;
+        let path = dir.join("metrics.jsonl");
+        let metrics = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(Self::new(config, dir, journal, metrics, started_ms))
+    }
+
+    fn new(config: &Config, dir: PathBuf, journal: Journal, metrics: File, started_ms: u64) -> Self {
+        Report {
+            dir,
+            journal,
             metrics,
             rows: Vec::new(),
             round_ms: Vec::new(),
             rounds_closed: 0,
-            started: Instant::now(),
+            failed_rounds: 0,
+            outages: Vec::new(),
+            started_ms,
             run_id: config.settings.run_id.clone(),
-            algorithm: algorithm_name(config.settings.algorithm()).to_string(),
+            algorithm: config.settings.algorithm().to_string(),
             rounds_planned: config.settings.rounds,
-            dir,
-        })
+            adversaries: config
+                .settings
+                .adversary
+                .as_ref()
+                .map(|a| a.nodes.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Rebuilds the run from its journal, rewrites `metrics.jsonl` from it, and records
+    /// the outage.
+    fn resume(config: &Config, journal: Journal, entries: Vec<Entry>) -> Result<(Self, Recovered)> {
+        let dir = config.run_dir.clone();
+        let Some(Entry::Start {
+            run_id,
+            config: recorded,
+            at_ms,
+        }) = entries.first().cloned()
+        else {
+            return Err(Error::Corrupt {
+                path: dir.join(journal::FILE),
+                reason: "does not begin with the run's start".into(),
+            });
+        };
+        if recorded != config.resolved {
+            let fields = differences(&recorded, &config.resolved, "");
+            return Err(Error::RunDirectory {
+                path: dir,
+                reason: format!(
+                    "holds run {run_id} of another scenario ({} differ{}); resume it with the same \
+                     scenario, or give another --out",
+                    fields.join(", "),
+                    if fields.len() == 1 { "s" } else { "" }
+                ),
+            });
+        }
+        let path = dir.join("metrics.jsonl");
+        // Rebuilt first: metrics.jsonl is what the journal says, exactly, so a crash
+        // between the two files neither loses nor repeats a row.
+        let mut rows = Vec::new();
+        for entry in &entries {
+            if let Entry::Round { rows: r, .. } = entry {
+                rows.extend(r.iter().cloned());
+            }
+        }
+        let mut text = String::new();
+        for row in &rows {
+            text.push_str(&serde_json::to_string(row)?);
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        let down_s = (now_ms().saturating_sub(entries.last().map_or(at_ms, Entry::at_ms))) as f64 / 1e3;
+        let mut report = Self::new(config, dir.clone(), journal, open_append(&path)?, at_ms);
+        report.rows = rows;
+        let mut recovered = Recovered {
+            next_round: 0,
+            events: Vec::new(),
+            members: Vec::new(),
+        };
+        let mut last_round = None;
+        for entry in &entries {
+            match entry {
+                Entry::Member {
+                    event,
+                    model,
+                    parameters,
+                    ..
+                } => {
+                    let present = matches!(event.event.as_str(), "joined" | "rejoined");
+                    let absent = matches!(event.event.as_str(), "gone" | "left" | "released" | "failed");
+                    match recovered.members.iter_mut().find(|m| m.0 == event.node) {
+                        Some(m) => {
+                            if !model.is_empty() {
+                                (m.1, m.2) = (model.clone(), *parameters);
+                            }
+                            m.3 = (m.3 || present) && !absent;
+                        }
+                        None => recovered
+                            .members
+                            .push((event.node, model.clone(), *parameters, present)),
+                    }
+                    recovered.events.push(event.clone());
+                }
+                Entry::Round {
+                    round, round_ms, rows, ..
+                } => {
+                    report.round_ms.push(*round_ms);
+                    report.rounds_closed += 1;
+                    report.failed_rounds += u32::from(rows.is_empty());
+                    last_round = Some(*round);
+                }
+                Entry::Resume {
+                    after_round, down_s, ..
+                } => report.outages.push(Outage {
+                    after_round: *after_round,
+                    down_s: *down_s,
+                }),
+                Entry::Start { .. } | Entry::End { .. } => {}
+            }
+        }
+        recovered.next_round = last_round.map_or(0, |r| r + 1);
+        report.journal.append(&Entry::Resume {
+            after_round: last_round,
+            down_s,
+            at_ms: now_ms(),
+        })?;
+        report.outages.push(Outage {
+            after_round: last_round,
+            down_s,
+        });
+        tracing::warn!(
+            run = %run_id,
+            rounds_closed = report.rounds_closed,
+            next_round = recovered.next_round,
+            down_s = format!("{down_s:.1}"),
+            "resuming the run from its journal"
+        );
+        Ok((report, recovered))
     }
 
     pub fn rounds_closed(&self) -> u32 {
         self.rounds_closed
     }
 
-    /// Appends the round's rows to `metrics.jsonl` and returns the round's event.
+    /// How many rows `node` has in the run so far.
+    pub fn rows_of(&self, node: u32) -> u32 {
+        self.rows.iter().filter(|r| r.node == node).count() as u32
+    }
+
+    /// Records a membership event in the journal.
+    pub fn record_member(&mut self, event: &MembershipEvent, model: &str, parameters: u64) -> Result<()> {
+        self.journal.append(&Entry::Member {
+            event: event.clone(),
+            model: model.to_string(),
+            parameters,
+            at_ms: now_ms(),
+        })
+    }
+
+    /// Files the round: into the journal (durable), then `metrics.jsonl`; returns the
+    /// round's event.
     pub fn close_round(
         &mut self,
         open: &OpenRound,
         participants: &[u32],
         closed: Instant,
         members: &Members,
-    ) -> RoundClosed {
+    ) -> Result<RoundClosed> {
         let round_ms = ms(closed - open.started);
-        let mut accuracies = Vec::new();
-        let mut wire_bytes = 0;
-        let (mut airtime_s, mut energy_j) = (0.0, 0.0);
+        let mut rows = Vec::new();
         for (&node, (metrics, at)) in &open.reported {
             let model = members.get(node).map(|m| m.model.clone()).unwrap_or_default();
-            let row = MetricsRow::new(open.round, node, model, metrics, ms(closed - *at), round_ms);
-            accuracies.push(row.test_accuracy);
-            wire_bytes += row.wire_bytes_sent;
-            airtime_s += row.airtime_s;
-            energy_j += row.tx_energy_j + row.rx_energy_j;
-            self.write_row(&row);
-            self.rows.push(row);
+            rows.push(MetricsRow::new(
+                open.round,
+                node,
+                model,
+                metrics,
+                ms(closed - *at),
+                round_ms,
+            ));
         }
-        if let Err(e) = self.metrics.flush() {
-            tracing::error!("cannot write metrics.jsonl: {e}");
+        self.journal.append(&Entry::Round {
+            round: open.round,
+            round_ms,
+            sent: participants.to_vec(),
+            rows: rows.clone(),
+            at_ms: now_ms(),
+        })?;
+        let mut lines = String::new();
+        for row in &rows {
+            lines.push_str(&serde_json::to_string(row)?);
+            lines.push('\n');
         }
-        self.round_ms.push(round_ms);
-        self.rounds_closed += 1;
-        RoundClosed {
+        let path = self.dir.join("metrics.jsonl");
+        append_durable(&mut self.metrics, lines.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        let honest: Vec<f64> = rows
+            .iter()
+            .filter(|r| !self.adversaries.contains(&r.node))
+            .map(|r| r.test_accuracy)
+            .collect();
+        let event = RoundClosed {
             round: open.round,
             rounds: self.rounds_planned,
-            reported: open.reported.len() as u32,
-            missing: (participants.len() - open.reported.len()) as u32,
-            mean_accuracy: mean(&accuracies).unwrap_or(0.0),
-            min_accuracy: accuracies.iter().copied().reduce(f64::min).unwrap_or(0.0),
-            wire_bytes,
+            reported: rows.len() as u32,
+            missing: (participants.len() - rows.len()) as u32,
+            mean_accuracy: mean(&honest).unwrap_or(0.0),
+            min_accuracy: honest.iter().copied().reduce(f64::min).unwrap_or(0.0),
+            wire_bytes: rows.iter().map(|r| r.wire_bytes_sent).sum(),
             wall_ms: round_ms,
-            airtime_s,
-            energy_j,
-        }
+            airtime_s: rows.iter().map(|r| r.airtime_s).sum(),
+            energy_j: rows.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum(),
+        };
+        self.failed_rounds += u32::from(rows.is_empty());
+        self.rows.extend(rows);
+        self.round_ms.push(round_ms);
+        self.rounds_closed += 1;
+        Ok(event)
     }
 
-    fn write_row(&mut self, row: &MetricsRow) {
-        let line = serde_json::to_string(row).expect("a metrics row always serialises");
-        if let Err(e) = writeln!(self.metrics, "{line}") {
-            tracing::error!("cannot write metrics.jsonl: {e}");
-        }
+    /// Whether every round that closed had no report at all (every node failed).
+    pub fn every_round_failed(&self) -> bool {
+        self.rounds_closed > 0 && self.failed_rounds == self.rounds_closed
     }
 
-    /// Builds the summary from the rows and the membership, and writes `summary.json`.
-    pub fn write_summary(&self, members: &Members, finished: bool, reason: &str) -> Result<Summary> {
+    /// Builds the summary from the rows and the membership, writes `summary.json` and
+    /// `report.md`, and records the end in the journal.
+    pub fn write_summary(&mut self, members: &Members, finished: bool, reason: &str) -> Result<Summary> {
         let last_round = self.rows.iter().map(|r| r.round).max();
         let final_accuracies: Vec<f64> = self
             .rows
             .iter()
-            .filter(|r| Some(r.round) == last_round)
+            .filter(|r| Some(r.round) == last_round && !self.adversaries.contains(&r.node))
             .map(|r| r.test_accuracy)
             .collect();
         let nodes = members
@@ -288,6 +559,7 @@ impl Report {
                     parameters: m.parameters,
                     private_samples: rows.first().map_or(0, |r| r.private_samples),
                     status: status.to_string(),
+                    adversary: self.adversaries.contains(&m.id),
                     rounds_reported: rows.len() as u32,
                     final_accuracy: rows.last().map(|r| r.test_accuracy),
                     best_accuracy: rows.iter().map(|r| r.test_accuracy).reduce(f64::max),
@@ -312,32 +584,60 @@ impl Report {
             reason: reason.to_string(),
             rounds_planned: self.rounds_planned,
             rounds_closed: self.rounds_closed,
-            wall_s: self.started.elapsed().as_secs_f64(),
+            failed_rounds: self.failed_rounds,
+            wall_s: now_ms().saturating_sub(self.started_ms) as f64 / 1e3,
             mean_final_accuracy: mean(&final_accuracies),
             min_final_accuracy: final_accuracies.iter().copied().reduce(f64::min),
             mean_round_ms: mean(&self.round_ms).unwrap_or(0.0),
             nodes,
             events: members.events.iter().map(MembershipEventRecord::from).collect(),
+            outages: self.outages.clone(),
         };
-        fs::write(
-            self.dir.join("summary.json"),
-            serde_json::to_string_pretty(&summary)? + "\n",
-        )?;
-        fs::write(
-            self.dir.join("report.md"),
-            format!("# {}\n\n```text\n{}```\n", summary.run_id, summary.table()),
-        )?;
+        let path = self.dir.join("summary.json");
+        let json = serde_json::to_string_pretty(&summary)? + "\n";
+        write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        let path = self.dir.join("report.md");
+        let markdown = format!("# {}\n\n```text\n{}```\n", summary.run_id, summary.table());
+        write_atomic(&path, markdown.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        self.journal.append(&Entry::End {
+            finished,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        })?;
         Ok(summary)
     }
 }
 
-/// The name an algorithm goes by in configs and reports.
-pub fn algorithm_name(algorithm: Algorithm) -> &'static str {
-    match algorithm {
-        Algorithm::Dml => "dml",
-        Algorithm::Local => "local",
-        Algorithm::Fedavg => "fedavg",
-        Algorithm::Unspecified => "unspecified",
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// The paths at which two JSON values differ, e.g. `run.rounds`.
+fn differences(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                    match (x.get(k), y.get(k)) {
+                        (Some(v), Some(w)) => differences(v, w, &path),
+                        _ => vec![path],
+                    }
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![if at.is_empty() {
+            "the scenario".into()
+        } else {
+            at.into()
+        }],
     }
 }
 

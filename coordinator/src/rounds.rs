@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::time::timeout_at;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
+use wdml_proto::transport::random_secret;
 use wdml_proto::{
     CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
@@ -28,44 +28,68 @@ pub(crate) enum Ending {
     Interrupted(String),
 }
 
-/// Runs every round. Errors end the run early (too few nodes, nobody left).
-pub(crate) async fn drive(shared: Arc<Shared>) -> Result<Ending> {
-    wait_for_members(&shared).await?;
-    let settings = &shared.config.settings;
-    let mut tokens = StdRng::seed_from_u64(derive_external_seed(settings.seed, &[purpose::ROUND_TOKENS]));
-    for round in 0..settings.rounds {
-        let token = tokens.random::<u64>() | 1;
+/// Where the driver starts: round 0 of a new run, or the round after the last one a
+/// restarted coordinator's journal records.
+pub(crate) struct Start {
+    pub first_round: u32,
+    /// Nodes to wait for before the first round: all of them for a new run; those
+    /// present when the coordinator went down for a resumed one.
+    pub expected: usize,
+    /// Start with fewer than `expected` once the join timeout has passed.
+    pub minimum: usize,
+}
+
+/// Runs every round. Errors end the run early (too few nodes, nobody left, a journal
+/// that cannot be written).
+pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
+    wait_for_members(&shared, &start).await?;
+    for round in start.first_round..shared.config.settings.rounds {
+        // Tokens only order and authenticate; they never shape results.
+        let token = random_secret()?;
         open_round(&shared, round, token)?;
         wait_at_barrier(&shared).await;
-        close_round(&shared);
+        close_round(&shared)?;
     }
     Ok(Ending::Finished)
 }
 
 /// Waits until every expected node has joined and opened its stream, or, after the
-/// join timeout, at least the minimum.
-async fn wait_for_members(shared: &Shared) -> Result<()> {
+/// join timeout, at least the minimum; says so while it waits.
+async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
     let config = &shared.config;
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + config.join_timeout;
+    let mut said = None;
     loop {
         let live = shared.state().members.live().count();
-        if live >= config.settings.nodes as usize {
+        if live >= start.expected {
             info!(live, "all nodes joined");
             return Ok(());
         }
+        if said != Some(live) {
+            info!(
+                "waiting for nodes: {live} of {} joined; waiting up to {:.0} s more \
+                 (coordinator.join_timeout_ms), then starting with at least {} (coordinator.min_nodes)",
+                start.expected,
+                deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs_f64(),
+                start.minimum
+            );
+            said = Some(live);
+        }
         if tokio::time::Instant::now() >= deadline {
-            if live >= config.min_nodes as usize {
+            if live >= start.minimum && live > 0 {
                 warn!(
                     live,
-                    expected = config.settings.nodes,
+                    expected = start.expected,
                     "join timeout: starting with the nodes present"
                 );
                 return Ok(());
             }
             return Err(Error::NotEnoughNodes {
                 joined: live,
-                min: config.min_nodes as usize,
+                min: start.minimum,
                 waited_s: started.elapsed().as_secs_f64(),
             });
         }
@@ -117,7 +141,8 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             round_token: token,
             public_seed: derive_external_seed(settings.seed, &[purpose::PUBLIC_BATCH, u64::from(round)]),
             neighbours,
-            exchange_timeout_ms: shared.config.exchange_timeout.as_millis() as u32,
+            // Validated to fit (Config::validate).
+            exchange_timeout_ms: u32::try_from(shared.config.exchange_timeout.as_millis()).unwrap_or(u32::MAX),
         };
         let event = CoordinatorEvent {
             event: Some(coordinator_event::Event::StartRound(start)),
@@ -149,8 +174,11 @@ async fn wait_at_barrier(shared: &Shared) {
                 .iter()
                 .filter(|(id, connection)| {
                     // A participant that reconnected since the round started got no
-                    // StartRound on its new stream: it will not report this round.
-                    !open.reported.contains_key(id) && state.members.is_current(**id, **connection)
+                    // StartRound on its new stream: it will not report this round. One
+                    // that has not reported for rounds is not waited for either.
+                    !open.reported.contains_key(id)
+                        && state.members.is_current(**id, **connection)
+                        && state.members.get(**id).is_some_and(|m| m.awaited())
                 })
                 .count()
         };
@@ -171,15 +199,17 @@ async fn wait_at_barrier(shared: &Shared) {
 }
 
 /// Files the round's reports and tells the watchers.
-fn close_round(shared: &Shared) {
+fn close_round(shared: &Shared) -> Result<()> {
     let mut state = shared.state();
     let open = state.open.take().expect("a round is open");
     let closed = Instant::now();
     let participants: Vec<u32> = open.participants.keys().copied().collect();
-    let event = {
-        let mut report = shared.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.close_round(&open, &participants, closed, &state.members)
-    };
+    let event = shared
+        .report()
+        .close_round(&open, &participants, closed, &state.members)?;
+    let reported: Vec<u32> = open.reported.keys().copied().collect();
+    state.members.count_reports(&participants, &reported, open.round);
+    shared.commit(&mut state);
     drop(state);
     info!(
         round = open.round,
@@ -191,21 +221,30 @@ fn close_round(shared: &Shared) {
     let _ = shared.watchers.send(RunEvent {
         event: Some(run_event::Event::RoundClosed(event)),
     });
+    Ok(())
 }
 
 /// Ends the run: tells every live node, writes the summary, tells the watchers, and
 /// gives the nodes a moment to say goodbye before the server stops.
 pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<Summary> {
+    let every_round_failed = shared.report().every_round_failed();
     let (finished, reason) = match &outcome {
+        Ok(Ending::Finished) if every_round_failed => (
+            false,
+            "every round failed: no node reported any round (see the nodes' logs)".to_string(),
+        ),
         Ok(Ending::Finished) => (true, "all rounds closed".to_string()),
         Ok(Ending::Interrupted(why)) => (false, why.clone()),
         Err(e) => (false, e.to_string()),
     };
+    if let Err(e) = &outcome {
+        error!("the run ends early: {e}");
+    }
     let summary = {
         let mut state = shared.state();
         state.finished = true;
         state.open = None;
-        let rounds_closed = shared.report.lock().unwrap_or_else(|p| p.into_inner()).rounds_closed();
+        let rounds_closed = shared.report().rounds_closed();
         let complete = RunComplete {
             rounds_closed,
             finished,
@@ -219,8 +258,7 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
                 },
             );
         }
-        let report = shared.report.lock().unwrap_or_else(|p| p.into_inner());
-        report.write_summary(&state.members, finished, &reason)
+        shared.report().write_summary(&state.members, finished, &reason)
     };
     let run_dir = shared.config.run_dir.display().to_string();
     let _ = shared.watchers.send(RunEvent {

@@ -1,23 +1,25 @@
 //! The coordinator's gRPC service: Join, the Sync stream, Leave and Watch. Each
-//! handler validates what it receives and updates the shared state; the round
-//! driver in [`crate::rounds`] is woken whenever something it waits for changes.
+//! handler checks who is calling (the identity its certificate proves), validates what
+//! it receives and updates the shared state; the round driver in [`crate::rounds`] is
+//! woken whenever something it waits for changes.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, mpsc};
-use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
-use tonic::{Request, Response, Status, Streaming};
-use tracing::{debug, info, warn};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::{debug, error, info, warn};
+use wdml_proto::transport::{self, Identity};
 use wdml_proto::{
     CoordinatorEvent, Done, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, RunEvent, WatchRequest,
-    coordinator_server::Coordinator, node_event::Event,
+    coordinator_server::Coordinator, node_event::Event, run_event,
 };
 
-use crate::members::{Members, Presence};
-use crate::report::Report;
-use crate::{Config, Result};
+use crate::Config;
+use crate::members::{Members, Presence, Proof};
+use crate::report::{Recovered, Report};
 
 /// The round the barrier is waiting on.
 #[derive(Debug)]
@@ -39,6 +41,8 @@ pub(crate) struct State {
     /// The round that is open or will open next (for event records).
     pub round: u32,
     pub finished: bool,
+    /// Membership events already in the journal.
+    journaled: usize,
 }
 
 pub(crate) struct Shared {
@@ -50,28 +54,58 @@ pub(crate) struct Shared {
     pub report: Mutex<Report>,
 }
 
+/// How long a new Sync stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Shared {
-    pub fn new(config: Config) -> Result<Self> {
-        let report = Report::create(&config)?;
-        let averaging = config.settings.algorithm() == wdml_proto::Algorithm::Fedavg;
-        let members = Members::new(config.settings.nodes, config.settings.seed, averaging);
-        Ok(Shared {
+    pub fn new(config: Config, report: Report, recovered: Option<&Recovered>) -> Self {
+        let mut members = Members::new(config.settings.models.clone());
+        let mut journaled = 0;
+        if let Some(recovered) = recovered {
+            for (id, model, parameters, _present) in &recovered.members {
+                members.restore(*id, model.clone(), *parameters, report.rows_of(*id), Presence::Gone);
+            }
+            members.events = recovered.events.clone();
+            journaled = members.events.len();
+        }
+        Shared {
             state: Mutex::new(State {
                 members,
                 open: None,
-                round: 0,
+                round: recovered.map_or(0, |r| r.next_round),
                 finished: false,
+                journaled,
             }),
             changed: Notify::new(),
             watchers: broadcast::channel(1024).0,
             report: Mutex::new(report),
             config,
-        })
+        }
     }
 
     pub fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a bug; the state is still usable.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn report(&self) -> MutexGuard<'_, Report> {
+        self.report.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes the membership events not yet in the journal (under the state lock, so
+    /// the journal keeps their order).
+    pub fn commit(&self, state: &mut State) {
+        let mut report = self.report();
+        for event in &state.members.events[state.journaled..] {
+            let (model, parameters) = state
+                .members
+                .get(event.node)
+                .map_or((String::new(), 0), |m| (m.model.clone(), m.parameters));
+            if let Err(e) = report.record_member(event, &model, parameters) {
+                error!("cannot journal a membership event: {e}");
+            }
+        }
+        state.journaled = state.members.events.len();
     }
 
     fn remove(&self, id: u32, connection: Option<u64>, presence: Presence, reason: &str) {
@@ -86,6 +120,7 @@ impl Shared {
             state.members.remove(id, connection, presence, round, reason)
         };
         if changed {
+            self.commit(&mut state);
             drop(state);
             self.changed.notify_one();
         }
@@ -108,42 +143,66 @@ type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        let caller = transport::caller(&request);
         let request = request.into_inner();
+        caller.require(Identity::Node(request.node_id))?;
+        let proof = if caller.is_authenticated() {
+            Proof::Certificate
+        } else {
+            Proof::None
+        };
+        let session = transport::random_secret().map_err(|e| {
+            error!("the operating system's random source failed: {e}");
+            Status::internal("the coordinator cannot make a session now")
+        })?;
         let mut state = self.shared.state();
         if state.finished {
-            return Err(Status::failed_precondition("the run is over"));
+            return Err(caller.refuse(Code::FailedPrecondition, "the run is over"));
         }
         let round = state.round;
-        let session = state.members.join(&request, round)?;
+        let model = state
+            .members
+            .join(&request, session, proof, round)
+            .map_err(|status| caller.refuse(status.code(), status.message()))?;
+        self.shared.commit(&mut state);
         drop(state);
         self.shared.changed.notify_one();
         Ok(Response::new(JoinResponse {
             session,
             settings: Some(self.shared.config.settings.clone()),
+            model,
         }))
     }
 
     type SyncStream = EventStream<CoordinatorEvent>;
 
     async fn sync(&self, request: Request<Streaming<NodeEvent>>) -> Result<Response<Self::SyncStream>, Status> {
+        let caller = transport::caller(&request);
         let mut inbound = request.into_inner();
-        let hello = match inbound.message().await? {
+        // A stream that never says who it is must not be held open.
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| caller.refuse(Code::DeadlineExceeded, "no Hello within 5 s of opening the stream"))??;
+        let hello = match first {
             Some(NodeEvent {
                 event: Some(Event::Hello(hello)),
             }) => hello,
             _ => {
-                return Err(Status::invalid_argument(
+                return Err(caller.refuse(
+                    Code::InvalidArgument,
                     "the first message on a Sync stream must be Hello",
                 ));
             }
         };
+        caller.require(Identity::Node(hello.node_id))?;
         // Room for a few rounds of events: the node drains it continuously.
         let (outbox, rx) = mpsc::channel(64);
         let connection = self
             .shared
             .state()
             .members
-            .attach(hello.node_id, hello.session, outbox)?;
+            .attach(hello.node_id, hello.session, hello.parameters, outbox)
+            .map_err(|status| caller.refuse(status.code(), status.message()))?;
         debug!(node = hello.node_id, connection, "sync stream open");
         self.shared.changed.notify_one();
         let shared = self.shared.clone();
@@ -151,12 +210,17 @@ impl Coordinator for CoordinatorService {
             let id = hello.node_id;
             let reason = loop {
                 match inbound.message().await {
-                    Ok(Some(event)) => {
-                        if let Err(status) = handle_event(&shared, id, connection, event) {
+                    Ok(Some(event)) => match handle_event(&shared, id, connection, event) {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Leave(reason)) => {
+                            shared.remove(id, Some(connection), Presence::Left, &reason);
+                            return;
+                        }
+                        Err(status) => {
                             warn!(node = id, "closing sync stream: {}", status.message());
                             break format!("sent an invalid event: {}", status.message());
                         }
-                    }
+                    },
                     Ok(None) => break "closed its sync stream".to_string(),
                     Err(status) => break format!("sync stream broke: {}", status.message()),
                 }
@@ -167,11 +231,14 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn leave(&self, request: Request<LeaveRequest>) -> Result<Response<LeaveResponse>, Status> {
+        let caller = transport::caller(&request);
         let request = request.into_inner();
+        caller.require(Identity::Node(request.node_id))?;
         self.shared
             .state()
             .members
-            .authenticate(request.node_id, request.session)?;
+            .authenticate(request.node_id, request.session)
+            .map_err(|status| caller.refuse(status.code(), status.message()))?;
         self.shared.remove(request.node_id, None, Presence::Left, "left");
         Ok(Response::new(LeaveResponse {}))
     }
@@ -179,29 +246,46 @@ impl Coordinator for CoordinatorService {
     type WatchStream = EventStream<RunEvent>;
 
     async fn watch(&self, _request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
-        // The stream ends after RunFinished, so a watcher never holds the server open.
-        let mut finished = false;
-        let events = tokio_stream::wrappers::BroadcastStream::new(self.shared.watchers.subscribe())
-            .filter_map(|event| event.ok())
-            .take_while(move |event| {
-                let more = !finished;
-                finished |= matches!(event.event, Some(wdml_proto::run_event::Event::RunFinished(_)));
-                more
-            })
-            .map(Ok);
-        Ok(Response::new(Box::pin(events)))
+        // Any member of the run may watch (with TLS, the handshake already refused
+        // everyone else). The stream ends right after RunFinished, so a watcher never
+        // holds the server open once the run is over.
+        let mut events = self.shared.watchers.subscribe();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let last = matches!(event.event, Some(run_event::Event::RunFinished(_)));
+                        if tx.send(Ok(event)).await.is_err() || last {
+                            return;
+                        }
+                    }
+                    // A watcher too slow to keep up misses events, not the end.
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
+/// What the Sync stream does after an event.
+enum Flow {
+    Continue,
+    /// The node failed and leaves the run.
+    Leave(String),
+}
+
 /// Applies one event from a node's Sync stream. An error closes that stream.
-fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> Result<(), Status> {
+fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> Result<Flow, Status> {
     let mut state = shared.state();
     if !state.members.is_current(id, connection) {
         return Err(Status::failed_precondition("this stream was replaced by a newer one"));
     }
     state.members.touch(id, connection);
     match event.event {
-        Some(Event::Heartbeat(_)) => Ok(()),
+        Some(Event::Heartbeat(_)) => Ok(Flow::Continue),
         Some(Event::Hello(_)) => Err(Status::invalid_argument("Hello may only be the first message")),
         Some(Event::Done(done)) => {
             let accepted = record_done(&mut state, id, done)?;
@@ -209,9 +293,43 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
             if accepted {
                 shared.changed.notify_one();
             }
-            Ok(())
+            Ok(Flow::Continue)
+        }
+        Some(Event::Failed(failed)) => {
+            let reason = truncate(&failed.reason, 500);
+            warn!(node = id, round = failed.round, "the node's round failed: {reason}");
+            let round = state.round;
+            state
+                .members
+                .record(id, "failed", round, format!("round {} failed: {reason}", failed.round));
+            shared.commit(&mut state);
+            Ok(Flow::Leave(format!("left after its round {} failed", failed.round)))
+        }
+        Some(Event::Silent(silent)) => {
+            if silent.node_id >= state.members.nodes() || silent.node_id == id || silent.missed == 0 {
+                return Err(Status::invalid_argument(format!(
+                    "NeighbourSilent names node {} after {} misses",
+                    silent.node_id, silent.missed
+                )));
+            }
+            let round = state.round;
+            let reason = format!(
+                "missed {} exchanges in a row at node {id}, which stops waiting for it until it sends again",
+                silent.missed
+            );
+            state.members.record(silent.node_id, "silent", round, reason);
+            shared.commit(&mut state);
+            Ok(Flow::Continue)
         }
         None => Err(Status::invalid_argument("empty NodeEvent")),
+    }
+}
+
+/// At most `max` characters of a reason a node sent (it goes into logs and the summary).
+fn truncate(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
     }
 }
 
@@ -250,6 +368,7 @@ fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
     }
     if let Some(member) = state.members.get_mut(id) {
         member.rounds_reported += 1;
+        member.missed_reports = 0;
     }
     Ok(true)
 }
@@ -286,7 +405,8 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
 }
 
 /// Marks gone every live node that has been silent longer than the heartbeat
-/// timeout: a node behind a cut link never closes its stream, it just goes quiet.
+/// timeout (a node behind a cut link never closes its stream, it just goes quiet), and
+/// releases every join whose Sync stream never opened.
 pub(crate) async fn reap_silent_members(shared: Arc<Shared>) {
     let timeout = shared.config.heartbeat_timeout;
     let mut tick = tokio::time::interval(timeout / 4);
@@ -302,6 +422,13 @@ pub(crate) async fn reap_silent_members(shared: Arc<Shared>) {
         for (id, connection) in silent {
             let reason = format!("silent for more than {} ms", timeout.as_millis());
             shared.remove(id, Some(connection), Presence::Gone, &reason);
+        }
+        let mut state = shared.state();
+        let round = state.round;
+        if state.members.release_stale_joins(shared.config.sync_timeout, round) {
+            shared.commit(&mut state);
+            drop(state);
+            shared.changed.notify_one();
         }
     }
 }

@@ -24,6 +24,10 @@ pub enum Error {
     #[error("coordinator at {address}: {reason}")]
     Coordinator { address: String, reason: String },
 
+    /// A round failed on this node; it left the run.
+    #[error("round {round} failed: {reason}")]
+    RoundFailed { round: u32, reason: String },
+
     /// The peer service could not be started.
     #[error("peer service: {0}")]
     Serve(#[from] tonic::transport::Error),

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wdml_channel::ResolvedChannel;
-use wdml_proto::{Algorithm, Encoding, RunSettings};
+use wdml_proto::{AdversaryKind, Algorithm, Encoding, RunSettings};
 
 use crate::data::{Partition, SplitConfig};
 use crate::learn::{Aggregate, LearnerConfig};
+use crate::model::ModelSpec;
 use crate::{Error, Result};
 
 /// Largest message a node agrees to receive, whatever the coordinator says.
@@ -38,6 +39,15 @@ pub struct RunPlan {
     pub public_pool: usize,
     pub test_size: usize,
     pub heartbeat_interval: Duration,
+    /// Each node's model, by id.
+    pub models: Vec<ModelSpec>,
+    /// Nodes that misbehave on purpose, and how.
+    pub adversaries: Vec<u32>,
+    pub adversary_kind: AdversaryKind,
+    /// Stop waiting for a neighbour after this many missed exchanges in a row (0: never).
+    pub silent_after: u32,
+    /// Per-neighbour exchange deadlines from the radio and their punctuality.
+    pub adaptive_deadline: bool,
 }
 
 impl RunPlan {
@@ -95,6 +105,41 @@ impl RunPlan {
         };
         learner.validate()?;
         let partition: Partition = s.partition.parse()?;
+        let models = s
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.parse::<ModelSpec>()
+                    .map_err(|e| Error::config(format!("nodes.models[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if models.len() != s.nodes as usize {
+            return Err(Error::config(
+                "nodes.models",
+                format!("{} models for {} nodes: one per node is needed", models.len(), s.nodes),
+            ));
+        }
+        let adversary = s.adversary.clone().unwrap_or_default();
+        let adversary_kind = match AdversaryKind::try_from(adversary.kind) {
+            Ok(AdversaryKind::Unspecified) if adversary.nodes.is_empty() => AdversaryKind::Unspecified,
+            Ok(kind @ (AdversaryKind::ConfidentWrong | AdversaryKind::Silent)) => kind,
+            _ => {
+                return Err(Error::config(
+                    "adversary.kind",
+                    format!(
+                        "unknown adversary kind {}; expected confident-wrong or silent",
+                        adversary.kind
+                    ),
+                ));
+            }
+        };
+        if let Some(bad) = adversary.nodes.iter().find(|&&n| n >= s.nodes) {
+            return Err(Error::config(
+                "adversary.nodes",
+                format!("node {bad} is not in the run"),
+            ));
+        }
         let channel: ResolvedChannel =
             serde_json::from_str(&s.channel).map_err(|e| Error::config("channel", format!("unreadable: {e}")))?;
         channel
@@ -133,7 +178,17 @@ impl RunPlan {
                 "coordinator.heartbeat_interval_ms",
                 s.heartbeat_interval_ms,
             )?)),
+            models,
+            adversaries: adversary.nodes,
+            adversary_kind,
+            silent_after: s.silent_after,
+            adaptive_deadline: s.adaptive_deadline,
         })
+    }
+
+    /// How node `id` misbehaves, if it is one of the run's adversaries.
+    pub fn adversary(&self, id: u32) -> Option<AdversaryKind> {
+        self.adversaries.contains(&id).then_some(self.adversary_kind)
     }
 
     /// How the data is split: the same on every node, so each computes it alone.

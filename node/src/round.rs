@@ -10,6 +10,8 @@
 //!
 //! `local` skips steps 1–3.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,12 +20,13 @@ use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use wdml_channel::Shaping;
-use wdml_proto::{Algorithm, Encoding, RoundMetrics, StartRound};
+use wdml_proto::{AdversaryKind, Algorithm, Encoding, RoundMetrics, StartRound};
 
+use crate::checkpoint::Owner;
 use crate::exchange::client::{self, PeerClients};
 use crate::exchange::codec::{self, Envelope};
 use crate::exchange::shaper::Shaper;
-use crate::exchange::{Collected, Mailbox};
+use crate::exchange::{Collected, Mailbox, Punctuality};
 use crate::learn::{Learner, soft_targets};
 use crate::model::CLASSES;
 use crate::plan::RunPlan;
@@ -43,6 +46,34 @@ pub struct Node {
     pub mailbox: Arc<Mailbox>,
     pub peers: PeerClients,
     pub shaper: Shaper,
+    /// How this node misbehaves, if the scenario makes it an adversary.
+    pub adversary: Option<AdversaryKind>,
+    /// How long to wait for each neighbour; who is silent.
+    pub punctuality: Punctuality,
+    /// Where its checkpoint goes, and whose it is.
+    pub state_dir: Option<PathBuf>,
+    pub owner: Owner,
+    /// Neighbours that went silent in the round under way (for its outcome).
+    pub newly_silent: Vec<(u32, u32)>,
+}
+
+/// What a round yields: its metrics, and the neighbours that just went silent (with
+/// how many exchanges in a row they missed), for the coordinator.
+#[derive(Debug)]
+pub struct RoundOutcome {
+    pub metrics: RoundMetrics,
+    pub silent: Vec<(u32, u32)>,
+}
+
+/// Who this round waits for, and until when.
+#[derive(Debug)]
+struct Expected {
+    /// When the round began (deadlines and punctuality count from here).
+    began: Instant,
+    /// Neighbours whose message the radio delivers, with its air time in wall time.
+    delivered: BTreeMap<u32, Duration>,
+    /// The ones the round waits for (not silent), and each one's deadline.
+    deadlines: BTreeMap<u32, Instant>,
 }
 
 /// Time spent on model work in a round: wall time, and the process's CPU time, which
@@ -75,31 +106,41 @@ pub fn process_cpu_time() -> Duration {
 }
 
 /// Runs one round and returns its metrics.
-pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetrics> {
+pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
-    let deadline = began + Duration::from_millis(u64::from(start.exchange_timeout_ms));
+    let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
+    let deadline = began + timeout;
     let mut metrics = RoundMetrics::default();
     let mut compute = ComputeClock::default();
     let exchanging = node.plan.algorithm != Algorithm::Local;
+    let mut expected = Expected {
+        began,
+        delivered: BTreeMap::new(),
+        deadlines: BTreeMap::new(),
+    };
     if exchanging {
         // At once: a faster neighbour's message may already be on its way.
         let neighbours: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-        let expected = listen(node, start, &mut metrics)?;
+        expected = listen(node, start, began, timeout, &mut metrics)?;
+        let awaited: Vec<u32> = expected.deadlines.keys().copied().collect();
         node.mailbox
-            .begin_round(start.round, start.round_token, &neighbours, &expected);
+            .begin_round(start.round, start.round_token, &neighbours, &awaited);
     }
 
     let (ce, kl, total) = match node.plan.algorithm {
         Algorithm::Dml => {
             // 1–2. The public batch and our predictions on it.
-            let (public, logits) = compute.time(|| -> Result<_> {
+            let (public, mut logits) = compute.time(|| -> Result<_> {
                 let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
                 let logits = block_in_place(|| node.learner.logits_vec(&public))?;
                 Ok((public, logits))
             })?;
+            if node.adversary == Some(AdversaryKind::ConfidentWrong) {
+                confidently_wrong(&mut logits);
+            }
             // 3. Exchange with the neighbours.
             let t = Instant::now();
-            let collected = exchange(node, start, &logits, deadline, &mut metrics).await?;
+            let collected = exchange(node, start, &logits, deadline, &expected, &mut metrics).await?;
             metrics.exchange_ms = ms(t.elapsed());
             // 4. Local steps toward the neighbours' predictions.
             let distill = targets(&node.plan, public, &collected)?;
@@ -113,7 +154,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
                 Ok((losses, node.learner.parameters_flat()?))
             })?;
             let t = Instant::now();
-            let collected = exchange(node, start, &parameters, deadline, &mut metrics).await?;
+            let collected = exchange(node, start, &parameters, deadline, &expected, &mut metrics).await?;
             metrics.exchange_ms = ms(t.elapsed());
             let averaged = gossip_average(&parameters, start, &collected);
             node.learner.set_parameters_flat(&averaged)?;
@@ -139,8 +180,30 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundMetri
     metrics.compute_cpu_ms = ms(compute.cpu);
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
+    let silent = node.take_silent();
     debug!(round = start.round, accuracy = metrics.test_accuracy, "round done");
-    Ok(metrics)
+    Ok(RoundOutcome { metrics, silent })
+}
+
+impl Node {
+    /// Neighbours that went silent this round (set aside by [`exchange`]).
+    fn take_silent(&mut self) -> Vec<(u32, u32)> {
+        std::mem::take(&mut self.newly_silent)
+    }
+}
+
+/// An adversary's predictions: every row a large logit on the class after the one its
+/// own model picks, zero elsewhere — confident, and wrong whenever its model is right.
+fn confidently_wrong(logits: &mut [f32]) {
+    for row in logits.chunks_mut(CLASSES) {
+        let own = row
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        row.fill(0.0);
+        row[(own + 1) % CLASSES] = 20.0;
+    }
 }
 
 /// The shape and encoding of the message every node sends each round: predictions
@@ -178,19 +241,43 @@ fn gossip_average(own: &[f32], start: &StartRound, collected: &Collected) -> Vec
         .collect()
 }
 
-/// Which neighbours' messages the radio delivers to us this round, and what
-/// listening to all of them costs (the same pure model the senders evaluate).
-fn listen(node: &Node, start: &StartRound, metrics: &mut RoundMetrics) -> Result<Vec<u32>> {
+/// Which neighbours' messages the radio delivers to us this round, what listening to
+/// all of them costs (the same pure model the senders evaluate), and how long to wait
+/// for each: silent neighbours not at all, the others as long as the radio and their
+/// punctuality justify (or the whole timeout, without `adaptive_deadline`).
+fn listen(
+    node: &Node,
+    start: &StartRound,
+    began: Instant,
+    timeout: Duration,
+    metrics: &mut RoundMetrics,
+) -> Result<Expected> {
     let (rows, cols, encoding) = message_shape(&node.plan, node.learner.parameter_count());
     let width = codec::bytes_per_value(encoding).unwrap_or(4);
     let bytes = u64::from(rows) * u64::from(cols) * width as u64;
-    let mut expected = Vec::new();
+    let mut expected = Expected {
+        began,
+        delivered: BTreeMap::new(),
+        deadlines: BTreeMap::new(),
+    };
     for peer in &start.neighbours {
         let listening = node.shaper.listen(start.round, peer.node_id, &peer.neighbours, bytes)?;
         metrics.rx_energy_j += listening.rx_energy_j;
-        if listening.delivered {
-            expected.push(peer.node_id);
+        if !listening.delivered {
+            continue;
         }
+        // Pacing that no clock can represent was refused at the start (time_scale).
+        let air = Duration::try_from_secs_f64(listening.arrival_s * node.shaper.time_scale()).unwrap_or(timeout);
+        expected.delivered.insert(peer.node_id, air);
+        if node.punctuality.is_silent(peer.node_id) {
+            continue;
+        }
+        let due = if node.plan.adaptive_deadline {
+            node.punctuality.deadline(peer.node_id, began, air, timeout)
+        } else {
+            began + timeout
+        };
+        expected.deadlines.insert(peer.node_id, due);
     }
     Ok(expected)
 }
@@ -203,6 +290,7 @@ async fn exchange(
     start: &StartRound,
     values: &[f32],
     deadline: Instant,
+    expected: &Expected,
     metrics: &mut RoundMetrics,
 ) -> Result<Collected> {
     let plan = &node.plan;
@@ -216,9 +304,14 @@ async fn exchange(
     };
     let frames = codec::frames(&envelope, &encoded, node.shaper.frame_bytes());
     let receivers: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-    let schedule = node
-        .shaper
-        .schedule(start.round, &receivers, encoded.bytes.len() as u64, frames.len())?;
+    // A silent adversary keeps its predictions to itself (and its radio idle).
+    let silent = node.adversary == Some(AdversaryKind::Silent);
+    let schedule = if silent {
+        Default::default()
+    } else {
+        node.shaper
+            .schedule(start.round, &receivers, encoded.bytes.len() as u64, frames.len())?
+    };
     let cost = schedule.cost;
     metrics.airtime_s = cost.airtime_s;
     metrics.tx_energy_j = cost.tx_energy_j;
@@ -228,7 +321,8 @@ async fn exchange(
     let destinations: Vec<(u32, Option<tonic::transport::Channel>)> = start
         .neighbours
         .iter()
-        .map(|peer| match node.peers.channel(&peer.address) {
+        .filter(|_| !silent)
+        .map(|peer| match node.peers.channel(peer.node_id, &peer.address) {
             Ok(channel) => (peer.node_id, Some(channel)),
             Err(status) => {
                 warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
@@ -237,7 +331,27 @@ async fn exchange(
         })
         .collect();
     let sending = client::transmit(frames, schedule, destinations, node.shaper.time_scale(), deadline);
-    let (collected, sent) = tokio::join!(node.mailbox.collect(start.round, deadline), sending);
+    let began = expected.began;
+    let (collected, sent) = tokio::join!(
+        node.mailbox.collect(start.round, deadline, &expected.deadlines),
+        sending
+    );
+    // Punctuality: how late each expected message came beyond its air time, or that
+    // it did not come (the radio's losses are no neighbour's fault: not counted).
+    for (&neighbour, &air) in &expected.delivered {
+        match collected.messages.iter().find(|m| m.sender == neighbour) {
+            Some(message) => {
+                let arrived = message.arrived.unwrap_or(began);
+                let lead = arrived.saturating_duration_since(began).saturating_sub(air);
+                node.punctuality.arrived(neighbour, lead);
+            }
+            None => {
+                if let Some(missed) = node.punctuality.miss(neighbour, node.plan.silent_after) {
+                    node.newly_silent.push((neighbour, missed));
+                }
+            }
+        }
+    }
     for (outcome, result) in sent {
         metrics.frames_sent += outcome.frames;
         metrics.payload_bytes_sent += outcome.payload_bytes;
@@ -349,6 +463,7 @@ mod tests {
             values,
             payload_bytes: 0,
             wire_bytes: 0,
+            arrived: None,
         }
     }
 

@@ -1,11 +1,14 @@
 //! The node process: bind the peer service, join the coordinator, prepare the data
-//! and the model, then follow the coordinator's rounds until the run is over.
+//! and the model (resuming from the node's checkpoint if it has one), then follow the
+//! coordinator's rounds until the run is over.
 //!
 //! Two tasks share the work. The *session* owns the Sync stream: it forwards
 //! StartRound to the round worker (always the newest, so a node that fell behind
 //! skips ahead instead of replaying stale rounds), tells the mailbox when a neighbour
-//! is gone, sends heartbeats and Done reports, and reconnects (joining again) when
-//! the stream breaks. The *round worker* owns the model and runs [`run_round`].
+//! is gone, sends heartbeats and reports, and reconnects (joining again) when the
+//! stream breaks. The *round worker* owns the model, runs [`run_round`], and writes a
+//! checkpoint after every round it reports; a round that fails (a panic included) is
+//! reported to the coordinator and the node leaves the run.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,20 +18,22 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
+use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{
-    Algorithm, CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NodeEvent, RunComplete,
-    RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event, node_event,
-    peer_exchange_server::PeerExchangeServer,
+    Algorithm, CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent,
+    RoundFailed, RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event,
+    node_event, peer_exchange_server::PeerExchangeServer,
 };
 
+use crate::checkpoint::{self, Owner};
 use crate::data::{Dataset, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
 use crate::exchange::shaper::Shaper;
-use crate::exchange::{Expectation, Mailbox, PeerService};
+use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
 use crate::learn::Learner;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
@@ -41,7 +46,8 @@ use crate::{Error, Result, seed};
 pub struct Config {
     /// This node's id, 0-based; it also picks the node's private shard.
     pub id: u32,
-    pub model: ModelSpec,
+    /// The model; `None`: the scenario's model for this id, as the coordinator says.
+    pub model: Option<ModelSpec>,
     /// The coordinator's `host:port`.
     pub coordinator: String,
     /// The `host:port` other nodes dial; defaults to the bound address.
@@ -50,6 +56,10 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// How long to keep trying to reach the coordinator, at start and after a break.
     pub coordinator_timeout: Duration,
+    /// Mutual TLS with this node's certificate, or `--insecure`.
+    pub security: Security,
+    /// Where this node keeps its checkpoint; `None`: no checkpoints.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// How a node's run ended.
@@ -65,25 +75,44 @@ pub enum Outcome {
 /// `shutdown` completes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Outcome> {
     let advertise = advertised_address(&config, &listener)?;
+    if let Some(identity) = config.security.identity()
+        && identity != Identity::Node(config.id)
+    {
+        return Err(Error::config(
+            "node.id",
+            format!(
+                "this node is {}, but its certificate is {identity}'s",
+                Identity::Node(config.id)
+            ),
+        ));
+    }
     let coordinator = Coordinator::new(&config)?;
-    let parameters = config.model.parameter_count() as u64;
     let join = JoinRequest {
         node_id: config.id,
         advertise: advertise.clone(),
-        model: config.model.to_string(),
-        parameters,
+        model: config.model.as_ref().map(ToString::to_string).unwrap_or_default(),
+        parameters: config.model.as_ref().map_or(0, |m| m.parameter_count() as u64),
     };
-    let (session, settings) = coordinator.join(&join).await?;
-    let plan = RunPlan::from_settings(settings)?;
+    let joined = coordinator.join(&join).await?;
+    let model: ModelSpec = joined
+        .model
+        .parse()
+        .map_err(|e| coordinator.error(format!("the coordinator gave an unusable model: {e}")))?;
+    let plan = RunPlan::from_settings(joined.settings)?;
     if config.id >= plan.nodes {
         return Err(Error::config(
             "node.id",
-            format!("{} is out of range: the run has nodes 0..{}", config.id, plan.nodes),
+            format!(
+                "{} is out of range: the run has nodes 0 to {}",
+                config.id,
+                plan.nodes - 1
+            ),
         ));
     }
-    info!(node = config.id, run = %plan.run_id, %advertise, model = %config.model, parameters, "joined");
+    let parameters = model.parameter_count() as u64;
+    info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, "joined");
 
-    let node = prepare(&config, plan).await?;
+    let node = prepare(&config, plan, model).await?;
     let (rows, cols, _) = message_shape(&node.plan, node.learner.parameter_count());
     let expect = Expectation {
         run_id: node.plan.run_id.clone(),
@@ -96,28 +125,31 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let service = PeerExchangeServer::new(PeerService::new(expect, node.mailbox.clone()))
         .max_decoding_message_size(MAX_FRAME_BYTES);
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                serving_stopped.await.ok();
-            }),
-    );
+    let server = tokio::spawn(transport::serve(
+        transport::server().add_service(service),
+        listener,
+        config.security.clone(),
+        Limits::default(),
+        async {
+            serving_stopped.await.ok();
+        },
+    ));
 
     let (rounds_tx, rounds_rx) = watch::channel::<Option<StartRound>>(None);
-    let (done_tx, done_rx) = mpsc::channel::<Done>(4);
+    let (report_tx, report_rx) = mpsc::channel::<Report>(16);
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
-    let worker = tokio::spawn(round_worker(node, rounds_rx, done_tx));
+    let worker = tokio::spawn(round_worker(node, rounds_rx, report_tx));
     let session = Session {
         coordinator,
         join,
-        session,
+        parameters,
+        session: joined.session,
         mailbox,
         rounds: rounds_tx,
         heartbeat,
     };
-    let outcome = session.follow(done_rx, shutdown).await;
+    let outcome = session.follow(report_rx, shutdown).await;
 
     worker.abort();
     let _ = stop_serving.send(());
@@ -150,11 +182,13 @@ fn advertised_address(config: &Config, listener: &TcpListener) -> Result<String>
     Ok(bound.to_string())
 }
 
-/// Loads the data, computes this node's shard of the split, builds the model.
-async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
+/// Loads the data, computes this node's shard of the split, builds the model, and
+/// restores it from the node's checkpoint if there is one.
+async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Node> {
     let data_dir = config.data_dir.clone().or_else(|| plan.data_dir.clone());
     let id = config.id;
-    let model = config.model.clone();
+    let state_dir = config.state_dir.clone();
+    let security = config.security.clone();
     // Loading and splitting is seconds of CPU work on the full dataset.
     tokio::task::spawn_blocking(move || {
         let dataset = Dataset::load(data_dir.as_deref())?;
@@ -175,58 +209,141 @@ async fn prepare(config: &Config, plan: RunPlan) -> Result<Node> {
             Algorithm::Fedavg => seed::derive(plan.seed, &[seed::MODEL]),
             _ => seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]),
         };
-        let learner = Learner::new(&model, plan.learner, model_seed)?;
-        let batches = BatchSampler::new(
-            shard.private_len(),
-            plan.batch_size,
-            seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]),
-        );
+        let mut learner = Learner::new(&model, plan.learner, model_seed)?;
+        let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);
+        let owner = Owner {
+            run_id: plan.run_id.clone(),
+            node: id,
+            model: model.to_string(),
+        };
+        let restored = match &state_dir {
+            Some(dir) => checkpoint::load(dir, &owner, &mut learner)?,
+            None => None,
+        };
+        let batches = match restored {
+            Some(restored) => {
+                info!(
+                    node = id,
+                    round = restored.round,
+                    "resumed from its checkpoint after round {}",
+                    restored.round
+                );
+                BatchSampler::resume(shard.private_len(), plan.batch_size, batch_seed, restored.sampler)?
+            }
+            None => BatchSampler::new(shard.private_len(), plan.batch_size, batch_seed),
+        };
         let mailbox = Arc::new(Mailbox::new(plan.nodes));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
         Ok(Node {
             shaper,
             id,
+            adversary: plan.adversary(id),
             plan,
             learner,
             shard,
             batches,
             mailbox,
-            peers: PeerClients::default(),
+            peers: PeerClients::new(security),
+            punctuality: Punctuality::default(),
+            newly_silent: Vec::new(),
+            state_dir,
+            owner,
         })
     })
     .await
     .map_err(|e| Error::Io(std::io::Error::other(e)))?
 }
 
-/// Runs each round the session hands over, and sends back its report.
-async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRound>>, done: mpsc::Sender<Done>) {
+/// What the round worker tells the session.
+enum Report {
+    Done(Done),
+    Silent(NeighbourSilent),
+    Failed(RoundFailed),
+}
+
+/// Runs each round the session hands over, and sends back its report. A round that
+/// fails (a panic included) is reported and ends the worker: the node leaves the run.
+async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRound>>, reports: mpsc::Sender<Report>) {
     while rounds.changed().await.is_ok() {
         let Some(start) = rounds.borrow_and_update().clone() else {
             continue;
         };
-        match run_round(&mut node, &start).await {
-            Ok(metrics) => {
+        let (round, token) = (start.round, start.round_token);
+        // Its own task, so that a panic in the model code is caught here.
+        let task = tokio::spawn(async move {
+            let result = run_round(&mut node, &start).await;
+            (node, result)
+        });
+        let reason = match task.await {
+            Ok((returned, Ok(outcome))) => {
+                node = returned;
                 info!(
                     node = node.id,
-                    round = start.round,
-                    accuracy = format!("{:.4}", metrics.test_accuracy),
-                    heard = metrics.peers_heard,
+                    round,
+                    accuracy = format!("{:.4}", outcome.metrics.test_accuracy),
+                    heard = outcome.metrics.peers_heard,
                     "round done"
                 );
-                let report = Done {
-                    round: start.round,
-                    round_token: start.round_token,
-                    metrics: Some(metrics),
+                for (node_id, missed) in outcome.silent {
+                    warn!(
+                        node = node.id,
+                        neighbour = node_id,
+                        missed,
+                        "neighbour silent: not waiting for it"
+                    );
+                    let _ = reports.send(Report::Silent(NeighbourSilent { node_id, missed })).await;
+                }
+                let done = Done {
+                    round,
+                    round_token: token,
+                    metrics: Some(outcome.metrics),
                 };
-                if done.send(report).await.is_err() {
+                if reports.send(Report::Done(done)).await.is_err() {
                     return;
                 }
+                let Some(dir) = &node.state_dir else { continue };
+                match checkpoint::save(dir, &node.owner, &node.learner, round, node.batches.position()) {
+                    Ok(written) => {
+                        debug!(
+                            node = node.id,
+                            round,
+                            bytes = written.bytes,
+                            ms = format!("{:.2}", written.took.as_secs_f64() * 1e3),
+                            "checkpoint written"
+                        );
+                        continue;
+                    }
+                    Err(e) => format!("cannot write its checkpoint: {e}"),
+                }
             }
-            // A failed round is this node's problem only: it reports nothing and the
-            // coordinator's deadline carries the others on.
-            Err(e) => error!(node = node.id, round = start.round, "round failed: {e}"),
-        }
+            Ok((_, Err(e))) => e.to_string(),
+            Err(e) if e.is_panic() => format!("the round worker panicked: {}", panic_message(e.into_panic())),
+            Err(e) => format!("the round worker stopped: {e}"),
+        };
+        error!(round, "round failed: {reason}");
+        let failed = RoundFailed {
+            round,
+            round_token: token,
+            reason,
+        };
+        let _ = reports.send(Report::Failed(failed)).await;
+        return;
     }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
+/// What a successful Join gives.
+struct Joined {
+    session: u64,
+    settings: RunSettings,
+    model: String,
 }
 
 /// The coordinator's client, with retries.
@@ -238,19 +355,10 @@ struct Coordinator {
 
 impl Coordinator {
     fn new(config: &Config) -> Result<Self> {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", config.coordinator))
-            .map_err(|e| {
-                Error::config(
-                    "node.coordinator",
-                    format!("{:?} is not host:port: {e}", config.coordinator),
-                )
-            })?
-            .connect_timeout(Duration::from_secs(2))
-            // A cut link never closes the stream: HTTP/2 pings notice it within seconds,
-            // so the node joins again when the link is back.
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
+        let channel = config
+            .security
+            .endpoint(&config.coordinator, Identity::Coordinator)
+            .map_err(|e| Error::config("node.coordinator", e.to_string()))?
             .connect_lazy();
         Ok(Coordinator {
             address: config.coordinator.clone(),
@@ -270,9 +378,9 @@ impl Coordinator {
         }
     }
 
-    /// Joins, retrying while the coordinator is unreachable or still thinks an
-    /// earlier connection of ours is live, up to the timeout.
-    async fn join(&self, request: &JoinRequest) -> Result<(u64, RunSettings)> {
+    /// Joins, retrying (with bounded backoff) while the coordinator is unreachable or
+    /// still thinks an earlier connection of ours is live, up to the timeout.
+    async fn join(&self, request: &JoinRequest) -> Result<Joined> {
         let give_up = Instant::now() + self.timeout;
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -282,10 +390,33 @@ impl Coordinator {
                     let settings = response
                         .settings
                         .ok_or_else(|| self.error("join answer without run settings"))?;
-                    return Ok((response.session, settings));
+                    return Ok(Joined {
+                        session: response.session,
+                        settings,
+                        model: response.model,
+                    });
+                }
+                Err(status) if tls_refused(&status) => {
+                    return Err(self.error(format!(
+                        "the TLS handshake failed ({}): are this node's certificate and the coordinator's \
+                         from the same run CA (and is neither side --insecure alone)?",
+                        detail(&status)
+                    )));
                 }
                 Err(status) if retryable(&status) && Instant::now() < give_up => {
-                    info!(code = ?status.code(), "coordinator not ready: {}; retrying", status.message());
+                    info!(
+                        code = ?status.code(),
+                        "coordinator at {} not ready: {}; retrying",
+                        self.address,
+                        detail(&status)
+                    );
+                }
+                Err(status) if retryable(&status) => {
+                    return Err(self.error(format!(
+                        "could not connect within {} s: {}",
+                        self.timeout.as_secs(),
+                        detail(&status)
+                    )));
                 }
                 Err(status) => return Err(self.error(format!("join refused: {}", status.message()))),
             }
@@ -295,10 +426,19 @@ impl Coordinator {
     }
 
     /// Opens the Sync stream: Hello first, then whatever the session sends.
-    async fn open(&self, id: u32, session: u64) -> Result<(mpsc::Sender<NodeEvent>, Streaming<CoordinatorEvent>)> {
+    async fn open(
+        &self,
+        id: u32,
+        session: u64,
+        parameters: u64,
+    ) -> Result<(mpsc::Sender<NodeEvent>, Streaming<CoordinatorEvent>)> {
         let (tx, rx) = mpsc::channel(16);
         let hello = NodeEvent {
-            event: Some(node_event::Event::Hello(Hello { node_id: id, session })),
+            event: Some(node_event::Event::Hello(Hello {
+                node_id: id,
+                session,
+                parameters,
+            })),
         };
         tx.send(hello).await.expect("the receiver is alive");
         let inbound = self
@@ -309,6 +449,26 @@ impl Coordinator {
             .into_inner();
         Ok((tx, inbound))
     }
+}
+
+/// A status and what caused it (tonic keeps a transport error's cause in its source).
+fn detail(status: &Status) -> String {
+    let mut text = status.message().to_string();
+    let mut source = std::error::Error::source(status);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A handshake one side refused: no retry will change that.
+fn tls_refused(status: &Status) -> bool {
+    let text = detail(status).to_ascii_lowercase();
+    ["certificate", "alert", "invalidcontenttype", "corrupt message"]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 /// Errors worth another try: the coordinator is not up yet, or has not yet noticed
@@ -324,6 +484,7 @@ fn retryable(status: &Status) -> bool {
 struct Session {
     coordinator: Coordinator,
     join: JoinRequest,
+    parameters: u64,
     session: u64,
     mailbox: Arc<Mailbox>,
     rounds: watch::Sender<Option<StartRound>>,
@@ -333,11 +494,15 @@ struct Session {
 impl Session {
     /// Follows the coordinator until the run completes or `shutdown`; reconnects
     /// (joining again) whenever the stream breaks.
-    async fn follow(mut self, mut done: mpsc::Receiver<Done>, shutdown: impl Future<Output = ()>) -> Result<Outcome> {
+    async fn follow(
+        mut self,
+        mut reports: mpsc::Receiver<Report>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Outcome> {
         tokio::pin!(shutdown);
         let id = self.join.node_id;
         loop {
-            let (outbound, mut inbound) = self.coordinator.open(id, self.session).await?;
+            let (outbound, mut inbound) = self.coordinator.open(id, self.session, self.parameters).await?;
             let mut heartbeat = tokio::time::interval(self.heartbeat);
             let broke = loop {
                 tokio::select! {
@@ -351,10 +516,23 @@ impl Session {
                         Ok(None) => break "the coordinator closed the stream".to_string(),
                         Err(status) => break status.message().to_string(),
                     },
-                    Some(report) = done.recv() => {
-                        let event = NodeEvent { event: Some(node_event::Event::Done(report)) };
-                        if outbound.send(event).await.is_err() {
+                    Some(report) = reports.recv() => {
+                        let (event, failed) = match report {
+                            Report::Done(done) => (node_event::Event::Done(done), None),
+                            Report::Silent(silent) => (node_event::Event::Silent(silent), None),
+                            Report::Failed(failed) => (node_event::Event::Failed(failed.clone()), Some(failed)),
+                        };
+                        if outbound.send(NodeEvent { event: Some(event) }).await.is_err() {
                             break "the stream closed while reporting".to_string();
+                        }
+                        if let Some(failed) = failed {
+                            // The coordinator releases us and closes the stream; wait for
+                            // that (briefly), so the report is not cut off in flight.
+                            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                                while let Ok(Some(_)) = inbound.message().await {}
+                            })
+                            .await;
+                            return Err(Error::RoundFailed { round: failed.round, reason: failed.reason });
                         }
                     }
                     _ = heartbeat.tick() => {
@@ -369,12 +547,14 @@ impl Session {
                     }
                 }
             };
-            warn!(node = id, "lost the coordinator ({broke}); joining again");
+            warn!(
+                node = id,
+                "lost the coordinator at {} ({broke}); joining again", self.coordinator.address
+            );
             let rejoin = self.coordinator.join(&self.join);
             tokio::select! {
                 joined = rejoin => {
-                    let (session, _) = joined?;
-                    self.session = session;
+                    self.session = joined?.session;
                 }
                 () = &mut shutdown => return Ok(Outcome::Shutdown),
             }

@@ -74,6 +74,15 @@ pub struct BatchSampler {
     next: usize,
     batch: usize,
     rng: StdRng,
+    /// Reshuffles since the start: with `next`, the sampler's whole position.
+    epoch: u64,
+}
+
+/// Where a sampler stands, for a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SamplerPosition {
+    pub epoch: u64,
+    pub next: usize,
 }
 
 impl BatchSampler {
@@ -86,6 +95,32 @@ impl BatchSampler {
             next: 0,
             batch: batch.min(samples).max(1),
             rng,
+            epoch: 0,
+        }
+    }
+
+    /// The sampler `new(samples, batch, seed)` becomes after drawing up to `position`:
+    /// the same order and the same batches from there on.
+    pub fn resume(samples: usize, batch: usize, seed: u64, position: SamplerPosition) -> Result<Self> {
+        let mut sampler = Self::new(samples, batch, seed);
+        if position.next > sampler.order.len() {
+            return Err(Error::config(
+                "checkpoint",
+                format!("sampler position {} is past its {} samples", position.next, samples),
+            ));
+        }
+        for _ in 0..position.epoch {
+            sampler.order.shuffle(&mut sampler.rng);
+        }
+        sampler.epoch = position.epoch;
+        sampler.next = position.next;
+        Ok(sampler)
+    }
+
+    pub fn position(&self) -> SamplerPosition {
+        SamplerPosition {
+            epoch: self.epoch,
+            next: self.next,
         }
     }
 
@@ -93,6 +128,7 @@ impl BatchSampler {
     pub fn next_batch(&mut self, shard: &Shard) -> Result<(Tensor, Tensor)> {
         if self.next + self.batch > self.order.len() {
             self.order.shuffle(&mut self.rng);
+            self.epoch += 1;
             self.next = 0;
         }
         let rows = &self.order[self.next..self.next + self.batch];
@@ -127,6 +163,19 @@ mod tests {
         }
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<u32>>());
+        // A sampler resumed at a position draws what the original draws from there.
+        let mut original = BatchSampler::new(samples, 3, 9);
+        for _ in 0..5 {
+            original.next_batch(&shard).unwrap();
+        }
+        let mut resumed = BatchSampler::resume(samples, 3, 9, original.position()).unwrap();
+        for _ in 0..7 {
+            let (a, b) = (
+                original.next_batch(&shard).unwrap().1,
+                resumed.next_batch(&shard).unwrap().1,
+            );
+            assert_eq!(a.to_vec1::<u32>().unwrap(), b.to_vec1::<u32>().unwrap());
+        }
         assert!(
             shard.public_batch(1, 5).is_err(),
             "a batch larger than the pool is refused"

@@ -1,20 +1,23 @@
-//! The shaper on a real gRPC stream over loopback: what arrives, arrives at the
-//! model's rate, and the frames the model loses are the ones that never arrive.
+//! The shaper on a real gRPC stream over loopback, over mutual TLS as every WDML
+//! connection: what arrives, arrives at the model's rate, and the frames the model
+//! loses are the ones that never arrive.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::time::Instant;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Endpoint, Server};
+use tonic::transport::Channel;
 use wdml_channel::{ChannelConfig, Fading, LossModel, Position, Preset, ResolvedChannel};
 use wdml_node::exchange::codec::{self, Envelope};
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
 use wdml_proto::Encoding;
 use wdml_proto::peer_exchange_server::PeerExchangeServer;
+use wdml_proto::pki::{self, Authority};
+use wdml_proto::transport::{self, Identity, Limits, Security};
 
 const COLS: u32 = 10;
 
@@ -34,8 +37,28 @@ fn radio(loss: LossModel, time_scale: f64) -> ResolvedChannel {
     .unwrap()
 }
 
+/// Node 0's and node 1's credentials under a CA made for the test.
+fn credentials() -> (Security, Security) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "wdml-shaped-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let authority = Authority::generate(pki::DEFAULT_VALIDITY).unwrap();
+    let nodes = [Identity::Node(0), Identity::Node(1)];
+    pki::write_dir(&dir, &authority, &nodes, pki::DEFAULT_VALIDITY, false).unwrap();
+    let pair = (
+        Security::from_dir(&dir, Identity::Node(0)).unwrap(),
+        Security::from_dir(&dir, Identity::Node(1)).unwrap(),
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+    pair
+}
+
 /// Node 1's peer service on loopback, in round 0 with token 9, expecting node 0.
 async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
+    let (node0, node1) = credentials();
     let mailbox = Arc::new(Mailbox::new(2));
     mailbox.begin_round(0, 9, &[0], &[0]);
     let expect = Expectation {
@@ -49,13 +72,16 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
     let service = PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
-    tokio::spawn(
-        Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
+    tokio::spawn(transport::serve(
+        transport::server().add_service(service),
+        listener,
+        node1,
+        Limits::default(),
+        std::future::pending(),
+    ));
     // Connected before the clock starts: the handshake is not the radio's.
-    let channel = Endpoint::from_shared(format!("http://{address}"))
+    let channel = node0
+        .endpoint(&address.to_string(), Identity::Node(1))
         .unwrap()
         .connect()
         .await
@@ -93,7 +119,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     let received = async {
-        let collected = mailbox.collect(0, deadline).await;
+        let collected = mailbox.collect(0, deadline, &BTreeMap::new()).await;
         (collected, started.elapsed())
     };
     let sending = client::transmit(

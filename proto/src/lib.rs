@@ -1,10 +1,15 @@
 //! The WDML wire: the coordinator and peer gRPC services, generated from
-//! `proto/wdml.proto` at build time.
+//! `proto/wdml.proto` at build time; the [`transport`] every connection is built
+//! with (mutual TLS by default); the run's certificates ([`pki`]); and the crash-safe
+//! file writes every process shares ([`files`]).
 //!
-//! Everything here is plain generated code plus small conversions; validation of
-//! what arrives belongs to the service that receives it.
+//! Validation of what arrives belongs to the service that receives it.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+pub mod files;
+pub mod pki;
+pub mod transport;
 
 /// Version 1 of the protocol.
 pub mod v1 {
@@ -12,3 +17,84 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// The proto enums carry their names, so configs, reports and logs need no mirror
+/// enums: `dml`, `f16`, `trimmed-mean`, `confident-wrong`, … (`FromStr` and `Display`).
+mod names {
+    use std::fmt;
+    use std::str::FromStr;
+
+    use super::{AdversaryKind, Aggregate, Algorithm, Encoding};
+
+    /// An unknown name for one of the enums; says which names there are.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct UnknownName {
+        pub what: &'static str,
+        pub name: String,
+        pub expected: &'static str,
+    }
+
+    impl fmt::Display for UnknownName {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "unknown {} `{}`: expected {}", self.what, self.name, self.expected)
+        }
+    }
+
+    impl std::error::Error for UnknownName {}
+
+    macro_rules! named {
+        ($enum:ident, $what:literal, $expected:literal, [$($variant:ident => $name:literal),+ $(,)?]) => {
+            impl $enum {
+                /// The name in configs and reports.
+                pub fn name(self) -> &'static str {
+                    match self {
+                        $($enum::$variant => $name,)+
+                        $enum::Unspecified => "unspecified",
+                    }
+                }
+            }
+
+            impl fmt::Display for $enum {
+                fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str(self.name())
+                }
+            }
+
+            impl FromStr for $enum {
+                type Err = UnknownName;
+
+                fn from_str(s: &str) -> Result<Self, UnknownName> {
+                    match s.trim().to_ascii_lowercase().as_str() {
+                        $($name => Ok($enum::$variant),)+
+                        _ => Err(UnknownName { what: $what, name: s.to_string(), expected: $expected }),
+                    }
+                }
+            }
+        };
+    }
+
+    named!(Algorithm, "algorithm", "`dml`, `local` or `fedavg`", [Dml => "dml", Local => "local", Fedavg => "fedavg"]);
+    named!(Encoding, "encoding", "`f32`, `f16` or `q8`", [F32 => "f32", F16 => "f16", Q8 => "q8"]);
+    named!(Aggregate, "aggregate", "`mean`, `median` or `trimmed-mean`",
+        [Mean => "mean", Median => "median", TrimmedMean => "trimmed-mean"]);
+    named!(AdversaryKind, "adversary kind", "`confident-wrong` or `silent`",
+        [ConfidentWrong => "confident-wrong", Silent => "silent"]);
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_round_trip() {
+            for a in [Algorithm::Dml, Algorithm::Local, Algorithm::Fedavg] {
+                assert_eq!(a.to_string().parse::<Algorithm>().unwrap(), a);
+            }
+            assert_eq!("trimmed-mean".parse::<Aggregate>().unwrap(), Aggregate::TrimmedMean);
+            let error = "f8".parse::<Encoding>().unwrap_err().to_string();
+            assert!(error.contains("`f32`, `f16` or `q8`"), "{error}");
+            assert!("unspecified".parse::<Algorithm>().is_err());
+        }
+    }
+}
+
+pub use names::UnknownName;

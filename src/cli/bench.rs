@@ -8,11 +8,16 @@
 //! - `shaper`: the shaper's own cost on a real loopback stream with no waiting
 //!   (`time_scale` 0): CPU time per MB shaped against the same bytes unshaped, and the
 //!   highest rate it sustains.
+//! - `tls`: what mutual TLS costs a quickstart-sized message (bytes on the TCP
+//!   connection, CPU) against plaintext, and what a handshake costs.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, Result};
 use wdml_channel::{ChannelConfig, Preset};
@@ -22,8 +27,10 @@ use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
 use wdml_node::round::process_cpu_time;
 use wdml_proto::Encoding;
+use wdml_proto::pki::{self, Authority};
+use wdml_proto::transport::{self, Identity, Limits, Security};
 
-use super::launcher::{Progress, launch};
+use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use crate::scenario::{AlgorithmName, Scenario};
 
 #[derive(Debug, clap::Args)]
@@ -33,11 +40,11 @@ pub struct Args {
     /// Override any scenario field (repeatable).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     overrides: Vec<String>,
-    /// Where the runs go (one sub-directory per run).
-    #[arg(long, default_value = "runs/bench")]
-    out: PathBuf,
-    /// Parts to run: learning, radio, shaper.
-    #[arg(long, value_delimiter = ',', default_value = "learning,radio,shaper")]
+    /// Where the runs go (one sub-directory per run; default: a new runs/bench-<date>-<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Parts to run: learning, radio, shaper, tls.
+    #[arg(long, value_delimiter = ',', default_value = "learning,radio,shaper,tls")]
     only: Vec<String>,
 }
 
@@ -51,12 +58,17 @@ pub fn main(args: Args) -> Result<ExitCode> {
         "machine: {} logical cores; wall-clock timings, every process sharing them",
         cores()
     );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| super::launcher::default_run_dir("bench"));
     for part in &args.only {
         match part.trim() {
-            "learning" => learning(&runtime, &base, &args.out)?,
-            "radio" => radio(&runtime, &base, &args.out)?,
+            "learning" => learning(&runtime, &base, &out)?,
+            "radio" => radio(&runtime, &base, &out)?,
             "shaper" => runtime.block_on(shaper())?,
-            other => anyhow::bail!("--only: unknown part {other:?}; expected learning, radio or shaper"),
+            "tls" => runtime.block_on(tls())?,
+            other => anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper or tls"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -71,7 +83,12 @@ fn run(runtime: &tokio::runtime::Runtime, scenario: &Scenario, out: PathBuf) -> 
         scenario.run.rounds,
         out.display()
     );
-    let summary = runtime.block_on(launch(scenario, &out, Progress::Quiet))?;
+    RunDirArgs::default().prepare(&out)?;
+    let options = Launch {
+        progress: Progress::Quiet,
+        insecure: false,
+    };
+    let summary = runtime.block_on(launch(scenario, &out, options))?;
     let rows = MetricsRow::read_all(&out)?;
     Ok((summary, rows))
 }
@@ -182,16 +199,70 @@ fn radio(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path::Pa
     Ok(())
 }
 
-/// Streams `messages` messages of ~1 MiB each from node 0 to node 1 on loopback
-/// through `preset` with no waiting; returns (bytes, wall, CPU of both ends).
-async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration, Duration)> {
-    let rows = 26_214; // × 10 columns × 4 bytes ≈ 1 MiB
+/// Two nodes' credentials under a throwaway CA (or none), for the loopback parts.
+struct Pair {
+    sender: Security,
+    receiver: Security,
+    _dir: Option<TempCerts>,
+}
+
+/// A directory of certificates removed on drop.
+struct TempCerts(PathBuf);
+
+impl Drop for TempCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Pair {
+    fn new(tls: bool) -> Result<Pair> {
+        if !tls {
+            return Ok(Pair {
+                sender: Security::Insecure,
+                receiver: Security::Insecure,
+                _dir: None,
+            });
+        }
+        let dir = std::env::temp_dir().join(format!("wdml-bench-tls-{}", std::process::id()));
+        let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
+        pki::write_dir(
+            &dir,
+            &authority,
+            &[Identity::Node(0), Identity::Node(1)],
+            pki::DEFAULT_VALIDITY,
+            false,
+        )?;
+        Ok(Pair {
+            sender: Security::from_dir(&dir, Identity::Node(0))?,
+            receiver: Security::from_dir(&dir, Identity::Node(1))?,
+            _dir: Some(TempCerts(dir)),
+        })
+    }
+}
+
+/// What streaming cost.
+struct Streamed {
+    payload_bytes: u64,
+    /// Bytes on the TCP connection, both directions (TLS records, HTTP/2, protobuf).
+    tcp_bytes: u64,
+    wall: Duration,
+    /// CPU of both ends (one process).
+    cpu: Duration,
+    messages: u32,
+}
+
+/// Streams `messages` messages of `rows` × 10 values (`encoding`) from node 0 to node 1
+/// on loopback, through the real transport (mutual TLS or not) and the `preset`
+/// radio with no waiting, via a proxy that counts the bytes on the connection.
+async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding, messages: u32) -> Result<Streamed> {
     let resolved = ChannelConfig {
         preset,
         time_scale: 0.0,
         ..ChannelConfig::from_preset(preset)
     }
     .resolve()?;
+    let pair = Pair::new(tls)?;
     let mailbox = Arc::new(Mailbox::new(2));
     let expect = Expectation {
         run_id: "bench".into(),
@@ -202,19 +273,29 @@ async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration,
         max_message_bytes: 1 << 24,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let address = listener.local_addr()?;
+    let server_address = listener.local_addr()?;
     let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(transport::serve(
+        transport::server().add_service(service),
+        listener,
+        pair.receiver.clone(),
+        Limits::default(),
+        async {
+            stopped.await.ok();
+        },
+    ));
+    let (proxy_address, counted) = counting_proxy(server_address).await?;
+    let channel = pair
+        .sender
+        .endpoint(&proxy_address.to_string(), Identity::Node(1))?
         .connect()
         .await?;
     let sender = Shaper::new(resolved, 1, 2, 0)?;
     let values: Vec<f32> = (0..rows * 10).map(|i| (i % 97) as f32 * 0.01).collect();
-    let encoded = codec::encode(&values, rows, 10, Encoding::F32);
+    let encoded = codec::encode(&values, rows, 10, encoding);
+    let before = counted.load(Ordering::Relaxed);
+    let every_neighbour_in_time = BTreeMap::new();
     let (mut sent, cpu, wall) = (0, process_cpu_time(), Instant::now());
     for round in 0..messages {
         mailbox.begin_round(round, 1, &[0], &[0]);
@@ -227,46 +308,164 @@ async fn stream_through(preset: Preset, messages: u32) -> Result<(u64, Duration,
         let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
         let schedule = sender.schedule(round, &[1], encoded.bytes.len() as u64, frames.len())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let (collected, outcomes) = tokio::join!(
-            mailbox.collect(round, deadline),
+        let (_collected, outcomes) = tokio::join!(
+            mailbox.collect(round, deadline, &every_neighbour_in_time),
             client::transmit(frames, schedule, vec![(1, Some(channel.clone()))], 0.0, deadline)
         );
         sent += outcomes[0].0.payload_bytes;
-        // A message the radio lost still cost the shaper its work.
-        let _ = collected;
     }
-    let result = (sent, wall.elapsed(), process_cpu_time() - cpu);
+    let result = Streamed {
+        payload_bytes: sent,
+        tcp_bytes: counted.load(Ordering::Relaxed) - before,
+        wall: wall.elapsed(),
+        cpu: process_cpu_time() - cpu,
+        messages,
+    };
+    let _ = stop.send(());
     server.abort();
     Ok(result)
 }
 
+/// A TCP proxy on loopback in front of `target`; counts the bytes it relays.
+async fn counting_proxy(target: std::net::SocketAddr) -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let counted = Arc::new(AtomicU64::new(0));
+    let total = counted.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    relay(client_read, server_write, total.clone()),
+                    relay(server_read, client_write, total)
+                );
+            });
+        }
+    });
+    Ok((address, counted))
+}
+
+/// Copies `from` to `to` until either ends, counting every byte as it passes.
+async fn relay(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    counted: Arc<AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 << 10];
+    while let Ok(n) = from.read(&mut buffer).await {
+        if n == 0 || to.write_all(&buffer[..n]).await.is_err() {
+            break;
+        }
+        counted.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
+}
+
 async fn shaper() -> Result<()> {
     let messages = 64;
-    let (plain_bytes, plain_wall, plain_cpu) = stream_through(Preset::Ideal, messages)
+    let rows = 26_214; // × 10 columns × 4 bytes ≈ 1 MiB
+    let plain = stream_through(Preset::Ideal, true, rows, Encoding::F32, messages)
         .await
         .context("unshaped stream")?;
-    let (shaped_bytes, shaped_wall, shaped_cpu) = stream_through(Preset::D2dUrban, messages)
+    let shaped = stream_through(Preset::D2dUrban, true, rows, Encoding::F32, messages)
         .await
         .context("shaped stream")?;
     let mb = |b: u64| b as f64 / 1e6;
-    println!("\n== shaper: {messages} messages of 1 MiB, node 0 → node 1 on loopback, time_scale 0 (no waiting)");
+    println!(
+        "\n== shaper: {messages} messages of 1 MiB, node 0 → node 1 over mutual TLS on loopback, time_scale 0 (no waiting)"
+    );
     println!(
         "{:<24} {:>10} {:>10} {:>12} {:>12}",
         "", "MB", "wall s", "CPU ms/MB", "MB/s"
     );
-    for (label, bytes, wall, cpu) in [
-        ("unshaped (ideal)", plain_bytes, plain_wall, plain_cpu),
-        ("shaped (d2d-urban)", shaped_bytes, shaped_wall, shaped_cpu),
-    ] {
+    for (label, run) in [("unshaped (ideal)", &plain), ("shaped (d2d-urban)", &shaped)] {
         println!(
             "{label:<24} {:>10.1} {:>10.2} {:>12.2} {:>12.1}",
-            mb(bytes),
-            wall.as_secs_f64(),
-            cpu.as_secs_f64() * 1e3 / mb(bytes).max(1e-9),
-            mb(bytes) / wall.as_secs_f64()
+            mb(run.payload_bytes),
+            run.wall.as_secs_f64(),
+            run.cpu.as_secs_f64() * 1e3 / mb(run.payload_bytes).max(1e-9),
+            mb(run.payload_bytes) / run.wall.as_secs_f64()
         );
     }
     println!("(CPU: both ends of the stream in this process; shaped bytes are those the radio delivered)");
+    Ok(())
+}
+
+/// What mutual TLS costs a quickstart message (128 × 10 predictions, q8), against the
+/// same messages in plaintext; and what one handshake costs.
+async fn tls() -> Result<()> {
+    let messages = 2000;
+    println!(
+        "\n== transport: {messages} quickstart messages (128 × 10, q8: 1,280 payload bytes) node 0 → node 1 on \
+         loopback, unshaped; interleaved, best of 3"
+    );
+    println!(
+        "{:<22} {:>16} {:>16} {:>14}",
+        "", "TCP bytes/msg", "CPU µs/msg", "wall µs/msg"
+    );
+    let mut best: [Option<Streamed>; 2] = [None, None];
+    for _ in 0..3 {
+        for (i, tls) in [false, true].into_iter().enumerate() {
+            let run = stream_through(Preset::Ideal, tls, 128, Encoding::Q8, messages).await?;
+            if best[i].as_ref().is_none_or(|b| run.cpu < b.cpu) {
+                best[i] = Some(run);
+            }
+        }
+    }
+    for (label, run) in ["plaintext (--insecure)", "mutual TLS (default)"].iter().zip(&best) {
+        let run = run.as_ref().expect("measured");
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(run.messages);
+        println!(
+            "{label:<22} {:>16.0} {:>16.1} {:>14.1}",
+            run.tcp_bytes as f64 / f64::from(run.messages),
+            per(run.cpu),
+            per(run.wall)
+        );
+    }
+    // Handshakes: a fresh connection per try, counted once it answers.
+    let pair = Pair::new(true)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?.to_string();
+    let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(PeerService::new(
+        Expectation {
+            run_id: "bench".into(),
+            me: 1,
+            nodes: 2,
+            rows: 1,
+            cols: 10,
+            max_message_bytes: 1 << 20,
+        },
+        Arc::new(Mailbox::new(2)),
+    ));
+    let server = tokio::spawn(transport::serve(
+        transport::server().add_service(service),
+        listener,
+        pair.receiver.clone(),
+        Limits::default(),
+        std::future::pending(),
+    ));
+    let tries = 50;
+    let (cpu, wall) = (process_cpu_time(), Instant::now());
+    for _ in 0..tries {
+        pair.sender.endpoint(&address, Identity::Node(1))?.connect().await?;
+    }
+    let per = |d: Duration| d.as_secs_f64() * 1e3 / f64::from(tries);
+    println!(
+        "mutual TLS handshake (TCP + TLS 1.3 + HTTP/2, ECDSA P-256): {:.2} ms CPU, {:.2} ms wall per connection \
+         (a node makes one per neighbour and one to the coordinator, then reuses them)",
+        per(process_cpu_time() - cpu),
+        per(wall.elapsed())
+    );
+    server.abort();
     Ok(())
 }
 

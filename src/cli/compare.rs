@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use wdml_coordinator::{MetricsRow, Summary, bytes};
 
-use super::launcher::{Progress, launch};
+use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use super::plot::{Panel, Series, figure};
 use crate::scenario::{AlgorithmName, Scenario};
 
@@ -42,6 +42,12 @@ pub struct Args {
     /// summarise across them.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+    /// Replace what an earlier comparison left in the output directory.
+    #[arg(long)]
+    overwrite: bool,
+    /// Run every process without TLS (debugging only).
+    #[arg(long)]
+    insecure: bool,
 }
 
 /// One round of one algorithm, over all nodes.
@@ -114,13 +120,22 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", base.run.name)));
+    RunDirArgs {
+        overwrite: args.overwrite,
+        resume: false,
+    }
+    .prepare_with(&out, &["comparison.json", "seeds.json", "comparison.md"])?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
+    let options = Launch {
+        progress: Progress::Auto,
+        insecure: args.insecure,
+    };
 
     if args.seeds.is_empty() {
-        compare(&runtime, &base, &algorithms, args.target, &out)?;
+        compare(&runtime, &base, &algorithms, args.target, &out, options)?;
         println!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         println!("written: {}/comparison.{{md,svg,json}}", out.display());
         return Ok(ExitCode::SUCCESS);
@@ -136,6 +151,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             &algorithms,
             args.target,
             &out.join(format!("seed-{seed}")),
+            options,
         )?;
         per_seed.push(SeedOutcome { seed, outcomes });
     }
@@ -158,6 +174,7 @@ fn compare(
     algorithms: &[AlgorithmName],
     target: Option<f64>,
     out: &Path,
+    options: Launch,
 ) -> Result<Vec<Outcome>> {
     let mut runs = Vec::new();
     for &algorithm in algorithms {
@@ -170,7 +187,8 @@ fn compare(
             scenario.run.seed
         );
         let dir = out.join(name(algorithm));
-        let summary = runtime.block_on(launch(&scenario, &dir, Progress::Auto))?;
+        RunDirArgs::default().prepare(&dir)?;
+        let summary = runtime.block_on(launch(&scenario, &dir, options))?;
         eprintln!("{}", summary.table());
         runs.push((algorithm, summary, MetricsRow::read_all(&dir)?));
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use std::io::Write;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::scenario::Scenario;
 
@@ -21,19 +21,25 @@ pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "WDML_LISTEN", default_value = "0.0.0.0:7000")]
     listen: SocketAddr,
-    /// Run directory: config.json, metrics.jsonl, summary.json.
+    /// Run directory: journal.jsonl, config.json, metrics.jsonl, summary.json, report.md.
+    /// One that holds an unfinished run (the coordinator stopped or crashed) is
+    /// resumed at its next round; a finished one is refused (see --overwrite).
     #[arg(long, env = "WDML_OUT", default_value = "runs/latest")]
     out: PathBuf,
+    /// Replace a finished run in --out instead of refusing.
+    #[arg(long, env = "WDML_OVERWRITE")]
+    overwrite: bool,
+    #[command(flatten)]
+    tls: crate::cli::TlsArgs,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
+    let security = args.tls.security(wdml_proto::transport::Identity::Coordinator)?;
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
-    let config = scenario.coordinator_config(args.out.clone())?;
+    let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
         let summary = wdml_coordinator::run(config, listener, crate::cli::shutdown_signal()).await?;
         // The table goes to stdout only: in a container, stdout and the log share one

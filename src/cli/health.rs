@@ -1,17 +1,22 @@
 //! `wdml health`: does a WDML gRPC server answer at `host:port`? For container
 //! healthchecks — the image is built `FROM scratch`, with no shell and no curl.
 //!
-//! It dials the address (TCP and the HTTP/2 handshake) and makes one `Watch` call. A
-//! coordinator answers with a stream; a node's peer service answers `UNIMPLEMENTED`
-//! (it serves only `PeerExchange`), which still proves a gRPC server is up. Anything
-//! else — refused, unresolvable, no answer within the timeout — exits 1 with the reason.
+//! It dials the address (TCP, the TLS handshake with this process's certificate, and
+//! HTTP/2) and makes one `Watch` call. A coordinator answers with a stream; a node's
+//! peer service answers `UNIMPLEMENTED` (it serves only `PeerExchange`), which still
+//! proves a gRPC server is up. Anything else — refused, unresolvable, a certificate
+//! that is not the expected one, no answer within the timeout — exits 1 with the reason.
+//!
+//! In a container the defaults come from the environment: `WDML_TLS_DIR` for the
+//! certificates, and `WDML_NODE_ID` (set in a node's container) for who to expect at
+//! the address and who to be.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tonic::Code;
-use tonic::transport::Endpoint;
+use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{WatchRequest, coordinator_client::CoordinatorClient};
 
 #[derive(Debug, clap::Args)]
@@ -22,8 +27,17 @@ pub struct Args {
     #[arg(long, default_value_t = 2000)]
     timeout_ms: u64,
     /// Require a coordinator: a node's peer service does not count.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "node")]
     coordinator: bool,
+    /// Expect node K's peer service at the address (default: the coordinator).
+    #[arg(long, env = "WDML_NODE_ID", value_name = "K")]
+    node: Option<u32>,
+    /// Whose certificate to present: coordinator, observer or node-<id> (default:
+    /// node-K with --node, else coordinator).
+    #[arg(long = "as", value_name = "IDENTITY")]
+    identity: Option<Identity>,
+    #[command(flatten)]
+    tls: crate::cli::TlsArgs,
 }
 
 /// What answered at the address.
@@ -35,8 +49,15 @@ enum Answer {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let timeout = Duration::from_millis(args.timeout_ms.max(1));
+    let server = match (args.coordinator, args.node) {
+        (false, Some(k)) => Identity::Node(k),
+        _ => Identity::Coordinator,
+    };
+    let me = args.identity.unwrap_or(server);
+    let security = args.tls.security(me)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let answer = runtime.block_on(async { tokio::time::timeout(timeout, probe(&args.address, timeout)).await });
+    let answer = runtime
+        .block_on(async { tokio::time::timeout(timeout, probe(&args.address, &security, server, timeout)).await });
     let answer = match answer {
         Ok(Ok(answer)) => answer,
         Ok(Err(e)) => {
@@ -59,8 +80,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn probe(address: &str, timeout: Duration) -> Result<Answer> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+async fn probe(address: &str, security: &Security, server: Identity, timeout: Duration) -> Result<Answer> {
+    let endpoint = security
+        .endpoint(address, server)
         .with_context(|| format!("{address:?} is not host:port"))?
         .connect_timeout(timeout)
         .timeout(timeout);

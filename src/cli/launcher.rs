@@ -1,5 +1,6 @@
-//! `wdml run`: the local launcher. Starts a coordinator and every node as child
-//! processes on loopback, shows the rounds as they close, and prints the final
+//! `wdml run`: the local launcher. Makes the run's certificates (an ephemeral CA in
+//! the run directory), starts a coordinator and every node as child processes on
+//! loopback, all over mutual TLS, shows the rounds as they close, and prints the final
 //! table. Holds nothing of its own: the run directory is the coordinator's.
 
 use std::io::IsTerminal;
@@ -12,6 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wdml_coordinator::{Summary, bytes};
+use wdml_proto::pki::{self, Authority};
+use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{RunEvent, WatchRequest, coordinator_client::CoordinatorClient, run_event};
 
 use crate::scenario::{AlgorithmName, Scenario};
@@ -41,6 +44,85 @@ pub struct Args {
     /// Shorthand for --set data.dir=DIR, e.g. /usr/share/datasets/fashion-mnist.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    dir: RunDirArgs,
+    /// Run every process without TLS (no encryption, no authentication): for debugging only.
+    #[arg(long)]
+    insecure: bool,
+}
+
+/// What to do with a run directory that already exists.
+#[derive(Clone, Copy, Debug, Default, clap::Args)]
+pub struct RunDirArgs {
+    /// Replace what an earlier run left in the run directory.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// Continue the run in the run directory where it stopped (the coordinator from its
+    /// journal, each node from its checkpoint).
+    #[arg(long)]
+    pub resume: bool,
+}
+
+impl RunDirArgs {
+    /// Makes `out` ready for a run: new, replaced (`--overwrite`), or kept to continue
+    /// (`--resume`). An earlier run is never replaced silently.
+    pub fn prepare(&self, out: &Path) -> Result<()> {
+        self.prepare_with(out, &["journal.jsonl", "config.json", "scenario.toml", "metrics.jsonl"])
+    }
+
+    /// [`Self::prepare`] for a directory recognised by any of `markers` (files a
+    /// WDML command writes there).
+    pub fn prepare_with(&self, out: &Path, markers: &[&str]) -> Result<()> {
+        let occupied = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
+        let looks_like_a_run = markers.iter().any(|f| out.join(f).exists());
+        match (occupied, self.overwrite, self.resume) {
+            (false, _, true) => bail!("--resume: {} holds no run to continue", out.display()),
+            (false, _, false) => {}
+            (true, _, _) if !looks_like_a_run => bail!(
+                "{} exists and is not a WDML run directory; give another --out",
+                out.display()
+            ),
+            (true, true, _) => {
+                std::fs::remove_dir_all(out).with_context(|| format!("cannot remove {}", out.display()))?
+            }
+            (true, false, true) => {}
+            (true, false, false) => bail!(
+                "{} holds an earlier run; give another --out, --overwrite to replace it, or --resume to continue it",
+                out.display()
+            ),
+        }
+        std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))
+    }
+}
+
+/// The launcher was stopped by a signal (ctrl-c: SIGINT); the process exits with the
+/// conventional status, 128 + the signal.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted: the nodes left and the coordinator wrote the partial run to {} \
+             (wdml run --resume --out {} continues it)",
+            self.out.display(),
+            self.out.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// How [`launch`] runs the processes.
+#[derive(Clone, Copy, Debug)]
+pub struct Launch {
+    pub progress: Progress,
+    /// No TLS anywhere (debugging).
+    pub insecure: bool,
 }
 
 impl Args {
@@ -66,11 +148,16 @@ impl Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides())?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(&scenario.run.name));
+    args.dir.prepare(&out)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(launch(&scenario, &out, Progress::auto()))?;
+    let launch_options = Launch {
+        progress: Progress::auto(),
+        insecure: args.insecure,
+    };
+    let summary = runtime.block_on(launch(&scenario, &out, launch_options))?;
     println!("{}", summary.table());
     println!("run directory: {}", out.display());
     Ok(if summary.finished {
@@ -81,7 +168,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 }
 
 /// `runs/<name>-<UTC date>-<time>`, unique per second.
-fn default_run_dir(name: &str) -> PathBuf {
+pub fn default_run_dir(name: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -119,9 +206,12 @@ impl Progress {
     }
 }
 
-/// Runs `scenario` with its run directory at `out`; returns the summary the
-/// coordinator wrote.
-pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Result<Summary> {
+/// Runs `scenario` with its run directory at `out` (made ready by
+/// [`RunDirArgs::prepare`]); returns the summary the coordinator wrote. Stopped by a
+/// signal, it stops the nodes (they leave), then the coordinator (it writes the partial
+/// run), and returns [`Interrupted`].
+pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<Summary> {
+    let progress = options.progress;
     // The split needs the dataset: check it now rather than in every node.
     let dataset = wdml_node::data::Dataset::load(scenario.data.dir.as_deref())?;
     let split = wdml_node::data::SplitConfig {
@@ -136,8 +226,32 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
 
     std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))?;
     let scenario_file = out.join("scenario.toml");
-    std::fs::write(&scenario_file, scenario.to_toml()?)?;
+    wdml_proto::files::write_atomic(
+        &scenario_file,
+        scenario.to_toml()?.as_bytes(),
+        wdml_proto::files::Mode::Public,
+    )?;
     let exe = std::env::current_exe().context("cannot find the wdml executable")?;
+    // Every connection is mutual TLS, loopback included, under a CA made for this run
+    // alone; its key is never written, so nobody can issue another certificate for it.
+    let tls_dir = out.join("tls");
+    let tls_args: Vec<String> = if options.insecure {
+        wdml_proto::transport::warn_insecure("this run");
+        vec!["--insecure".into()]
+    } else {
+        if !tls_dir.join("ca.pem").exists() {
+            let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
+            let mut identities = vec![Identity::Coordinator, Identity::Observer];
+            identities.extend((0..scenario.nodes.count).map(Identity::Node));
+            pki::write_dir(&tls_dir, &authority, &identities, pki::DEFAULT_VALIDITY, false)?;
+        }
+        vec!["--tls-dir".into(), tls_dir.display().to_string()]
+    };
+    let observer = if options.insecure {
+        Security::Insecure
+    } else {
+        Security::from_dir(&tls_dir, Identity::Observer)?
+    };
 
     let mut children = Children::default();
     let mut coordinator = Command::new(&exe);
@@ -149,7 +263,10 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
         .arg(out)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .args(&tls_args)
         .env_remove("WDML_SET")
+        .env_remove("WDML_INSECURE")
+        .env_remove("WDML_TLS_DIR")
         .stdout(Stdio::piped())
         .stderr(log_file(out, "coordinator")?);
     let child = children.spawn("coordinator", coordinator)?;
@@ -157,7 +274,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
         .await
         .context("the coordinator did not start")?;
 
-    let mut watch = watch_rounds(&address).await?;
+    let mut watch = watch_rounds(&address, &observer).await?;
     for id in 0..scenario.nodes.count {
         let mut node = Command::new(&exe);
         node.arg("node")
@@ -166,6 +283,11 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
             .args(["--coordinator", &address])
             .args(["--listen", "127.0.0.1:0"])
             .args(["--threads", "1"])
+            .arg("--state-dir")
+            .arg(out.join("state").join(format!("node-{id}")))
+            .args(&tls_args)
+            .env_remove("WDML_INSECURE")
+            .env_remove("WDML_TLS_DIR")
             .stdout(Stdio::null())
             .stderr(log_file(out, &format!("node-{id}"))?);
         children.spawn(&format!("node-{id}"), node)?;
@@ -174,23 +296,30 @@ pub async fn launch(scenario: &Scenario, out: &Path, progress: Progress) -> Resu
     let bar = progress_bar(scenario, progress);
     let followed = tokio::select! {
         result = follow(&mut watch, &bar, progress) => result,
-        () = crate::cli::shutdown_signal() => {
+        signal = crate::cli::signal() => {
             bar.abandon_with_message("interrupted");
+            // Nodes first, so the coordinator records them as having left; then the
+            // coordinator, which writes the partial run.
             children.terminate_all().await;
-            bail!("interrupted: every process was stopped; the partial run is in {}", out.display());
+            return Err(Interrupted { signal, out: out.to_path_buf() }.into());
         }
     };
     bar.finish_and_clear();
-    children.wait_all(Duration::from_secs(15)).await;
+    children.wait_all(Duration::from_secs(15), true).await;
     followed?;
     let summary = std::fs::read_to_string(out.join("summary.json"))
         .with_context(|| format!("the coordinator wrote no summary; see {}", out.join("logs").display()))?;
     Ok(serde_json::from_str(&summary)?)
 }
 
+/// A child's log, appended to (a resumed run keeps what came before).
 fn log_file(out: &Path, name: &str) -> Result<std::fs::File> {
     let path = out.join("logs").join(format!("{name}.log"));
-    std::fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// Reads the `listening on ADDR` line a server prints first.
@@ -207,9 +336,13 @@ async fn listening_address(child: &mut Child) -> Result<String> {
     Ok(address.trim().to_string())
 }
 
-async fn watch_rounds(address: &str) -> Result<tonic::Streaming<RunEvent>> {
-    let mut client = CoordinatorClient::connect(format!("http://{address}")).await?;
-    Ok(client.watch(WatchRequest {}).await?.into_inner())
+/// The coordinator's progress stream, as the run's observer.
+async fn watch_rounds(address: &str, observer: &Security) -> Result<tonic::Streaming<RunEvent>> {
+    let channel = observer.endpoint(address, Identity::Coordinator)?.connect().await?;
+    Ok(CoordinatorClient::new(channel)
+        .watch(WatchRequest {})
+        .await?
+        .into_inner())
 }
 
 fn progress_bar(scenario: &Scenario, progress: Progress) -> ProgressBar {
@@ -276,20 +409,34 @@ struct Children {
 
 impl Children {
     fn spawn(&mut self, name: &str, mut command: Command) -> Result<&mut Child> {
-        let child = command
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start the {name}"))?;
+        command.kill_on_drop(true);
+        #[cfg(unix)]
+        {
+            // Its own process group: a ctrl-c at the terminal reaches the launcher
+            // alone, which stops the children in order (nodes, then the coordinator).
+            command.process_group(0);
+            // SAFETY: prctl is async-signal-safe; it only asks the kernel to send the
+            // child SIGTERM should the launcher die without stopping it (kill -9).
+            #[cfg(target_os = "linux")]
+            unsafe {
+                command.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().with_context(|| format!("cannot start the {name}"))?;
         self.procs.push((name.to_string(), child));
         Ok(&mut self.procs.last_mut().expect("just pushed").1)
     }
 
-    /// Waits for every child to exit by itself, killing those that outlive `grace`.
-    async fn wait_all(&mut self, grace: Duration) {
+    /// Waits for every child to exit by itself, killing those that outlive `grace`;
+    /// with `report`, says which ones failed.
+    async fn wait_all(&mut self, grace: Duration, report: bool) {
         let deadline = tokio::time::Instant::now() + grace;
         for (name, child) in &mut self.procs {
             match tokio::time::timeout_at(deadline, child.wait()).await {
-                Ok(Ok(status)) if !status.success() => eprintln!("{name} exited with {status}"),
+                Ok(Ok(status)) if !status.success() && report => eprintln!("{name} exited with {status}"),
                 Ok(_) => {}
                 Err(_) => {
                     eprintln!("{name} did not exit in time; killing it");
@@ -299,15 +446,21 @@ impl Children {
         }
     }
 
-    /// Asks every child to stop (SIGTERM: nodes leave, the coordinator writes its
-    /// summary), then waits.
+    /// Stops the nodes (SIGTERM: each tells the coordinator it leaves), then the
+    /// coordinator (it writes its summary), and waits for all of them.
     async fn terminate_all(&mut self) {
-        for (_, child) in &self.procs {
-            if let Some(pid) = child.id() {
-                // SAFETY: kill(2) on a pid we spawned and have not reaped.
-                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let (coordinator, nodes): (Vec<_>, Vec<_>) = std::mem::take(&mut self.procs)
+            .into_iter()
+            .partition(|(name, _)| name == "coordinator");
+        for group in [nodes, coordinator] {
+            for (_, child) in &group {
+                if let Some(pid) = child.id() {
+                    // SAFETY: kill(2) on a pid we spawned and have not reaped.
+                    unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                }
             }
+            self.procs = group;
+            self.wait_all(Duration::from_secs(10), false).await;
         }
-        self.wait_all(Duration::from_secs(10)).await;
     }
 }

@@ -2,6 +2,7 @@
 //! library's `run(config, shutdown)`.
 
 mod bench;
+mod certs;
 mod compare;
 mod coordinator;
 mod health;
@@ -38,12 +39,16 @@ enum Command {
     /// Run a scenario under several algorithms (local, fedavg, dml) with the same
     /// seeds and write the comparison: tables, plots, cost to a target accuracy.
     Compare(compare::Args),
+    /// Write a run's certificates (a CA, the coordinator, an observer, each node) for
+    /// processes started by hand; `wdml run` makes its own.
+    Certs(certs::Args),
     /// Exit 0 if a coordinator or node answers gRPC at host:port (container healthchecks).
     Health(health::Args),
 }
 
 pub fn main(cli: Cli) -> ExitCode {
     let command = cli.command.unwrap_or_else(|| Command::Run(launcher::Args::default()));
+    quiet_on_broken_pipe();
     let result = match command {
         Command::Run(args) => launcher::main(args),
         Command::Coordinator(args) => {
@@ -53,29 +58,66 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Node(args) => node::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Compare(args) => compare::main(args),
+        Command::Certs(args) => certs::main(args),
         Command::Health(args) => health::main(args),
     };
     match result {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<launcher::Interrupted>() {
+            // The conventional status of a process stopped by a signal: 128 + its number.
+            Some(interrupted) => {
+                eprintln!("{interrupted}");
+                ExitCode::from((128 + interrupted.signal).clamp(0, 255) as u8)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default: info).
+/// `wdml … | head`: when the reader of our output goes away, end quietly with the
+/// status of a process stopped by SIGPIPE (128 + 13), as other command-line tools do,
+/// instead of a panic. (SIGPIPE itself stays ignored: every command also writes to
+/// sockets, where a closed peer must be an error, not the end of the process.)
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to std") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info)
+    }));
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default: info). Colours only on a terminal,
+/// and never with `NO_COLOR` set: a log file must stay greppable.
 pub(crate) fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
 }
 
 /// Completes on ctrl-c or SIGTERM, whichever comes first.
 pub(crate) async fn shutdown_signal() {
+    signal().await;
+}
+
+/// Waits for ctrl-c (SIGINT) or SIGTERM; returns the signal's number.
+pub(crate) async fn signal() -> i32 {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -83,16 +125,69 @@ pub(crate) async fn shutdown_signal() {
             Ok(term) => term,
             Err(_) => {
                 let _ = ctrl_c.await;
-                return;
+                return libc::SIGINT;
             }
         };
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = ctrl_c => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        let _ = ctrl_c.await;
+        2
+    }
+}
+
+/// How a process secures its connections: mutual TLS with the run's certificates
+/// (the default), or plaintext when asked for explicitly.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// Directory of the run's certificates (made by `wdml certs`): ca.pem, and this
+    /// process's own certificate and key (coordinator.pem, node-<id>.pem, …).
+    #[arg(long, env = "WDML_TLS_DIR", value_name = "DIR")]
+    pub tls_dir: Option<std::path::PathBuf>,
+    /// No encryption and no authentication: anyone who reaches the ports can read and
+    /// forge messages. For debugging only.
+    #[arg(long, env = "WDML_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The security of a process that is `identity`; says loudly when it is none.
+    pub fn security(&self, identity: wdml_proto::transport::Identity) -> anyhow::Result<Security> {
+        match (&self.tls_dir, self.insecure) {
+            (Some(_), true) => anyhow::bail!("--tls-dir and --insecure contradict each other: give one"),
+            (Some(dir), false) => Ok(Security::from_dir(dir, identity)?),
+            (None, true) => {
+                wdml_proto::transport::warn_insecure(&format!("this {}", identity.stem()));
+                Ok(Security::Insecure)
+            }
+            (None, false) => anyhow::bail!(
+                "connections use mutual TLS: give --tls-dir DIR with the run's certificates \
+                 (`wdml certs --out DIR --nodes N` makes them; DIR needs ca.pem and {0}.pem / {0}.key), \
+                 or --insecure to run without (debugging only)",
+                identity.stem()
+            ),
+        }
+    }
+}
+
+use wdml_proto::transport::Security;
+
+/// Binds `address`; a port in use says so and suggests another.
+pub(crate) async fn bind(address: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen on {address}: the port is in use (another wdml still running?); \
+             pick another with {flag} {}:{}, or port 0 for any free one",
+            address.ip(),
+            address.port().wrapping_add(1).max(1)
+        ),
+        Err(e) => Err(anyhow::anyhow!("cannot listen on {address}: {e}")),
+    }
 }
 
 /// The line a server prints on stdout once it listens, for the launcher and tests.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use wdml_node::model::ModelSpec;
 
 #[derive(Debug, clap::Args)]
@@ -13,9 +13,10 @@ pub struct Args {
     /// This node's id (0-based); it also selects the node's data shard.
     #[arg(long, env = "WDML_NODE_ID")]
     id: u32,
-    /// The model: "mlp", "mlp:256,128", "cnn", "cnn:16,32,128", …
-    #[arg(long, env = "WDML_MODEL", default_value = "mlp")]
-    model: ModelSpec,
+    /// The model: "mlp", "mlp:256,128", "cnn", "cnn:16,32,128", …; it must be the
+    /// scenario's model for this id (default: whatever the scenario gives this id).
+    #[arg(long, env = "WDML_MODEL")]
+    model: Option<ModelSpec>,
     /// The coordinator's host:port.
     #[arg(long, env = "WDML_COORDINATOR", default_value = "127.0.0.1:7000")]
     coordinator: String,
@@ -34,6 +35,12 @@ pub struct Args {
     /// Seconds to keep trying to reach the coordinator, at start and after a break.
     #[arg(long, env = "WDML_COORDINATOR_TIMEOUT_S", default_value_t = 60)]
     coordinator_timeout_s: u64,
+    /// Directory for this node's checkpoint, written after every round it reports; a
+    /// node started again with it resumes from there. None: no checkpoints.
+    #[arg(long, env = "WDML_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: crate::cli::TlsArgs,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -45,6 +52,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // SAFETY: no other thread is running yet.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
     crate::cli::init_tracing();
+    let security = args.tls.security(wdml_proto::transport::Identity::Node(args.id))?;
     let config = wdml_node::Config {
         id: args.id,
         model: args.model,
@@ -52,6 +60,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         advertise: args.advertise,
         data_dir: args.data_dir,
         coordinator_timeout: Duration::from_secs(args.coordinator_timeout_s),
+        security,
+        state_dir: args.state_dir,
     };
     // Two workers: the round blocks one while training, the other serves peers.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -59,9 +69,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
         match wdml_node::run(config, listener, crate::cli::shutdown_signal()).await? {
             wdml_node::Outcome::Complete(c) if !c.finished => {

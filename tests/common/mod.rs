@@ -111,12 +111,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// Starts `wdml ARGS…`, logging stderr to `log`, and reads its listening address.
+    /// Starts `wdml ARGS…`, appending stderr to `log`, and reads its listening address.
     pub fn start(name: &str, args: &[String], log: &Path) -> Process {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut child = Command::new(WDML)
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log).unwrap())
+            .stderr(log)
             .spawn()
             .expect("wdml starts");
         let mut line = String::new();
@@ -132,6 +133,23 @@ impl Process {
             name: name.to_string(),
             child,
             address,
+        }
+    }
+
+    /// Starts `wdml ARGS…` that is not expected to listen (it may be refused at once);
+    /// stderr is appended to `log`.
+    pub fn start_unlistening(args: &[String], log: &Path) -> Process {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = Command::new(WDML)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("wdml starts");
+        Process {
+            name: args.first().cloned().unwrap_or_default(),
+            child,
+            address: String::new(),
         }
     }
 
@@ -159,7 +177,28 @@ impl Drop for Process {
     }
 }
 
-/// A coordinator and its nodes, started one by one so a test can act on each.
+/// Writes the certificates of a run of `nodes` nodes into `dir/tls` with `wdml certs`.
+pub fn certs(dir: &Path, nodes: u32) -> PathBuf {
+    let tls = dir.join("tls");
+    let output = Command::new(WDML)
+        .args(["certs", "--nodes", &nodes.to_string(), "--out"])
+        .arg(&tls)
+        .output()
+        .expect("wdml certs runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    tls
+}
+
+/// `nodes.count` in `overrides`, or the quickstart's 4.
+pub fn node_count(overrides: &[String]) -> u32 {
+    overrides
+        .iter()
+        .find_map(|o| o.strip_prefix("nodes.count=")?.parse().ok())
+        .unwrap_or(4)
+}
+
+/// A coordinator and its nodes, started one by one so a test can act on each, over
+/// mutual TLS with certificates from `wdml certs` in `out/tls`.
 pub struct Cluster {
     pub dir: TempDir,
     pub coordinator: Process,
@@ -167,30 +206,52 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts a coordinator for `overrides` and `nodes` nodes running `model`.
+    /// Starts a coordinator for `overrides` and `nodes` nodes running `mlp:64`.
     pub fn start(label: &str, nodes: u32, overrides: &[String]) -> Cluster {
-        let dir = TempDir::new(label);
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let mut args: Vec<String> = vec!["coordinator".into(), "--listen".into(), "127.0.0.1:0".into()];
-        args.extend(["--out".into(), dir.path().display().to_string()]);
-        for o in overrides {
-            args.extend(["--set".into(), o.clone()]);
-        }
-        let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
-        let mut cluster = Cluster {
-            dir,
-            coordinator,
-            nodes: Vec::new(),
-        };
+        let mut cluster = Cluster::coordinator_on(label, "127.0.0.1", overrides);
         for id in 0..nodes {
             cluster.start_node(id, "mlp:64", "127.0.0.1");
         }
         cluster
     }
 
-    /// Starts node `id` bound to `host` (any free port).
+    /// A coordinator listening on `host`, with no node yet.
+    pub fn coordinator_on(label: &str, host: &str, overrides: &[String]) -> Cluster {
+        let dir = TempDir::new(label);
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        certs(dir.path(), node_count(overrides));
+        let coordinator = Process::start(
+            "coordinator",
+            &Cluster::coordinator_args(dir.path(), &format!("{host}:0"), overrides),
+            &dir.path().join("logs/coordinator.log"),
+        );
+        Cluster {
+            dir,
+            coordinator,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The arguments of this run's coordinator, listening on `listen`.
+    pub fn coordinator_args(out: &Path, listen: &str, overrides: &[String]) -> Vec<String> {
+        let mut args: Vec<String> = vec!["coordinator".into(), "--listen".into(), listen.into()];
+        args.extend(["--out".into(), out.display().to_string()]);
+        args.extend(["--tls-dir".into(), out.join("tls").display().to_string()]);
+        for o in overrides {
+            args.extend(["--set".into(), o.clone()]);
+        }
+        args
+    }
+
+    /// Starts node `id` bound to `host` (any free port), with its state directory.
     pub fn start_node(&mut self, id: u32, model: &str, host: &str) -> usize {
-        let args: Vec<String> = vec![
+        let args = self.node_args(id, model, &format!("{host}:0"));
+        self.start_node_with(id, &args)
+    }
+
+    /// Node `id`'s arguments, listening on `listen`.
+    pub fn node_args(&self, id: u32, model: &str, listen: &str) -> Vec<String> {
+        vec![
             "node".into(),
             "--id".into(),
             id.to_string(),
@@ -199,15 +260,27 @@ impl Cluster {
             "--coordinator".into(),
             self.coordinator.address.clone(),
             "--listen".into(),
-            format!("{host}:0"),
-        ];
+            listen.into(),
+            "--tls-dir".into(),
+            self.tls().display().to_string(),
+            "--state-dir".into(),
+            self.out().join(format!("state/node-{id}")).display().to_string(),
+        ]
+    }
+
+    /// Starts node `id` with `args` (its log appended to `logs/node-<id>.log`).
+    pub fn start_node_with(&mut self, id: u32, args: &[String]) -> usize {
         let log = self.dir.path().join(format!("logs/node-{id}.log"));
-        self.nodes.push(Process::start(&format!("node-{id}"), &args, &log));
+        self.nodes.push(Process::start(&format!("node-{id}"), args, &log));
         self.nodes.len() - 1
     }
 
     pub fn out(&self) -> &Path {
         self.dir.path()
+    }
+
+    pub fn tls(&self) -> PathBuf {
+        self.out().join("tls")
     }
 
     /// Waits until `metrics.jsonl` holds rows of round `round`.

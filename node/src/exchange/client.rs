@@ -11,7 +11,8 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{Frame, peer_exchange_client::PeerExchangeClient};
 
 use super::shaper::Schedule;
@@ -29,31 +30,37 @@ pub struct SendOutcome {
 }
 
 /// Connections to the neighbours, reused across rounds.
-#[derive(Default)]
 pub struct PeerClients {
-    channels: HashMap<String, Channel>,
+    security: Security,
+    /// By neighbour and address: a neighbour back at a new address gets a new channel.
+    channels: HashMap<(u32, String), Channel>,
 }
 
 /// The largest frame this node will decode from a peer, headers included.
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 impl PeerClients {
-    /// A (lazily connected) channel to `address`.
-    pub fn channel(&mut self, address: &str) -> Result<Channel, Status> {
-        if let Some(channel) = self.channels.get(address) {
+    pub fn new(security: Security) -> Self {
+        PeerClients {
+            security,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// A (lazily connected) channel to node `id` at `address`; over TLS the server
+    /// must prove it is node `id`. A peer that vanished without closing (cut off, or
+    /// back at a new address) is noticed within seconds by the keepalives.
+    pub fn channel(&mut self, id: u32, address: &str) -> Result<Channel, Status> {
+        let key = (id, address.to_string());
+        if let Some(channel) = self.channels.get(&key) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::invalid_argument(format!("bad peer address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            // A peer that vanished without closing (cut off, or back at a new address)
-            // is noticed within seconds; the next send dials its address afresh.
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
-            .tcp_nodelay(true);
+        let endpoint = self
+            .security
+            .endpoint(address, Identity::Node(id))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let channel = endpoint.connect_lazy();
-        self.channels.insert(address.to_string(), channel.clone());
+        self.channels.insert(key, channel.clone());
         Ok(channel)
     }
 }
@@ -126,7 +133,14 @@ pub async fn transmit(
     }
     let began = tokio::time::Instant::now();
     for delivery in schedule.deliveries {
-        tokio::time::sleep_until(began + Duration::from_secs_f64(delivery.at_s * time_scale)).await;
+        // A frame due after the deadline (or at an instant no clock can hold) would
+        // arrive too late for the round: the radio has nothing more to deliver in time.
+        let due = Duration::try_from_secs_f64(delivery.at_s * time_scale)
+            .ok()
+            .and_then(|after| began.checked_add(after))
+            .filter(|due| *due <= deadline);
+        let Some(due) = due else { break };
+        tokio::time::sleep_until(due).await;
         if let Some(Some(outlet)) = outlets.get(delivery.receiver) {
             // A send that already failed has dropped its inlet: nothing to pace.
             let _ = outlet.send(frames[delivery.frame].clone()).await;

@@ -21,6 +21,8 @@ pub struct Delivered {
     pub values: Vec<f32>,
     pub payload_bytes: u64,
     pub wire_bytes: u64,
+    /// When its last frame arrived (set by the mailbox on delivery).
+    pub arrived: Option<Instant>,
 }
 
 /// What the round got from its neighbours.
@@ -141,7 +143,8 @@ impl Mailbox {
     }
 
     /// Files a complete message if its round, token and sender are right.
-    pub fn deliver(&self, message: Delivered) -> Result<(), Status> {
+    pub fn deliver(&self, mut message: Delivered) -> Result<(), Status> {
+        message.arrived = Some(Instant::now());
         let mut inner = self.inner();
         Self::admit(
             &inner,
@@ -172,25 +175,31 @@ impl Mailbox {
         self.rejected.swap(0, Ordering::Relaxed)
     }
 
-    /// Waits until every neighbour of `round` delivered or is gone, or `deadline`;
-    /// takes the round's messages out of the mailbox.
-    pub async fn collect(&self, round: u32, deadline: Instant) -> Collected {
+    /// Waits until every expected neighbour of `round` delivered, is gone, or passed
+    /// its own deadline (`deadlines`; `deadline` for one not listed, and for all at
+    /// most); takes the round's messages out of the mailbox.
+    pub async fn collect(&self, round: u32, deadline: Instant, deadlines: &BTreeMap<u32, Instant>) -> Collected {
         let mut changes = self.changes.subscribe();
         loop {
-            let waiting = {
+            let now = Instant::now();
+            // The soonest deadline of a neighbour still awaited.
+            let next = {
                 let inner = self.inner();
                 inner
                     .expected
                     .iter()
                     .filter(|n| !inner.gone.contains(n) && !inner.inbox.contains_key(&(round, **n)))
-                    .count()
+                    .map(|n| deadlines.get(n).copied().unwrap_or(deadline).min(deadline))
+                    .filter(|due| *due > now)
+                    .min()
             };
-            if waiting == 0 || inner_round_moved(&self.inner(), round) {
+            let Some(next) = next else { break };
+            if inner_round_moved(&self.inner(), round) {
                 break;
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => break,
+            match tokio::time::timeout_at(next, changes.changed()).await {
+                Ok(Ok(())) | Err(_) => continue,
+                Ok(Err(_)) => break,
             }
         }
         let mut inner = self.inner();
@@ -224,6 +233,7 @@ mod tests {
             values: vec![0.0],
             payload_bytes: 4,
             wire_bytes: 40,
+            arrived: None,
         }
     }
 
@@ -261,8 +271,31 @@ mod tests {
         mailbox.begin_round(0, 1, &[1, 2, 3], &[1, 2, 3]);
         mailbox.deliver(message(3, 0, 1)).unwrap();
         mailbox.deliver(message(1, 0, 1)).unwrap();
-        let collected = mailbox.collect(0, Instant::now() + Duration::from_secs(5)).await;
+        let collected = mailbox
+            .collect(0, Instant::now() + Duration::from_secs(5), &BTreeMap::new())
+            .await;
         assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(collected.lost, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_neighbour_is_awaited_until_its_own_deadline() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(4));
+        mailbox.begin_round(0, 1, &[1, 2], &[1, 2]);
+        let started = Instant::now();
+        let deadlines = BTreeMap::from([
+            (1, started + Duration::from_secs(1)),
+            (2, started + Duration::from_secs(3)),
+        ]);
+        let m = mailbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            m.deliver(message(2, 0, 1)).unwrap();
+        });
+        // Node 1 is given up after 1 s; node 2 arrives at 2 s, inside its 3 s.
+        let collected = mailbox.collect(0, started + Duration::from_secs(60), &deadlines).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [2]);
         assert_eq!(collected.lost, 1);
     }
 
@@ -277,7 +310,9 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
             m.peer_gone(2);
         });
-        let collected = mailbox.collect(0, Instant::now() + Duration::from_secs(60)).await;
+        let collected = mailbox
+            .collect(0, Instant::now() + Duration::from_secs(60), &BTreeMap::new())
+            .await;
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!((collected.messages.len(), collected.lost), (1, 1));
     }

@@ -3,12 +3,18 @@
 //! (which judges the round and the token).
 //! The first bad frame ends the stream with a status naming the cause; the round
 //! carries on with the messages that were good.
+//!
+//! Over mutual TLS a frame is accepted only if its `sender` is the node the
+//! connection's certificate names: nobody speaks for another node. A stream that goes
+//! quiet is dropped after [`IDLE_TIMEOUT`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prost::Message as _;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
+use wdml_proto::transport::{self, Caller, Identity};
 use wdml_proto::{Encoding, Frame, Receipt, peer_exchange_server::PeerExchange};
 
 use super::codec::{self, Encoded};
@@ -40,11 +46,11 @@ impl PeerService {
         }
     }
 
-    async fn receive(&self, frames: &mut Streaming<Frame>) -> Result<Receipt, Status> {
-        let first = frames
-            .message()
+    async fn receive(&self, frames: &mut Streaming<Frame>, caller: &Caller) -> Result<Receipt, Status> {
+        let first = next_frame(frames)
             .await?
             .ok_or_else(|| Status::invalid_argument("empty stream: no frame"))?;
+        check_sender(&first, caller)?;
         // Stateless checks first (header, frames, values), then the stateful one
         // (does this round still take messages?) on delivery.
         let header = check_header(&first, &self.expect)?;
@@ -54,8 +60,7 @@ impl PeerService {
         for index in 1..first.count {
             // A sender whose radio gave up on a frame ends the stream early: the
             // message was lost on the air, which is no fault of the message.
-            let frame = frames
-                .message()
+            let frame = next_frame(frames)
                 .await?
                 .ok_or_else(|| Status::data_loss(format!("stream ended after {index} of {} frames", first.count)))?;
             check_continuation(&frame, &header, index)?;
@@ -65,7 +70,7 @@ impl PeerService {
             wire_bytes += frame.encoded_len() as u64;
             payload.extend_from_slice(&frame.data);
         }
-        if frames.message().await?.is_some() {
+        if next_frame(frames).await?.is_some() {
             return Err(Status::invalid_argument(format!(
                 "more frames than the announced count {}",
                 first.count
@@ -94,6 +99,7 @@ impl PeerService {
             values,
             payload_bytes: first.total_bytes,
             wire_bytes,
+            arrived: None,
         })?;
         Ok(Receipt {
             frames: first.count,
@@ -105,20 +111,51 @@ impl PeerService {
 #[tonic::async_trait]
 impl PeerExchange for PeerService {
     async fn send(&self, request: Request<Streaming<Frame>>) -> Result<Response<Receipt>, Status> {
-        let peer = request.remote_addr();
+        let caller = transport::caller(&request);
+        let peer = caller.remote;
         let mut frames = request.into_inner();
-        match self.receive(&mut frames).await {
+        match self.receive(&mut frames, &caller).await {
             Ok(receipt) => Ok(Response::new(receipt)),
-            Err(status) if status.code() == tonic::Code::DataLoss => {
+            Err(status) if status.code() == Code::DataLoss => {
                 tracing::debug!(?peer, "a message lost on the radio: {}", status.message());
                 Err(status)
             }
             Err(status) => {
-                warn!(?peer, code = ?status.code(), "rejected a peer message: {}", status.message());
+                let from = caller
+                    .identity
+                    .map_or("an unauthenticated peer".to_string(), |i| i.to_string());
+                warn!(?peer, code = ?status.code(), "rejected a message from {from}: {}", status.message());
                 self.mailbox.count_rejected();
-                Err(status)
+                Err(caller.refuse(status.code(), status.message()))
             }
         }
+    }
+}
+
+/// How long a Send stream may wait for its next frame before it is dropped. Frames are
+/// paced by the emulated radio, so this is far longer than any frame's air time.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The next frame of a stream, within [`IDLE_TIMEOUT`].
+async fn next_frame(frames: &mut Streaming<Frame>) -> Result<Option<Frame>, Status> {
+    match tokio::time::timeout(IDLE_TIMEOUT, frames.message()).await {
+        Ok(frame) => frame,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "no frame for {} s: the stream is dropped",
+            IDLE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// Over mutual TLS, only node k speaks for node k.
+fn check_sender(frame: &Frame, caller: &Caller) -> Result<(), Status> {
+    match caller.identity {
+        None => Ok(()),
+        Some(Identity::Node(id)) if id == frame.sender => Ok(()),
+        Some(identity) => Err(Status::permission_denied(format!(
+            "the frame names sender {}, but this connection's certificate is {identity}'s",
+            frame.sender
+        ))),
     }
 }
 
@@ -172,8 +209,13 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
     }
     if frame.sender >= expect.nodes || frame.sender == expect.me {
         return Err(Status::permission_denied(format!(
-            "unknown sender {}: peers of node {} are nodes 0..{} except itself",
-            frame.sender, expect.me, expect.nodes
+            "unknown sender {}: the peers of node {} are {} except itself",
+            frame.sender,
+            expect.me,
+            match expect.nodes {
+                1 => "node 0".to_string(),
+                n => format!("nodes 0 to {}", n - 1),
+            }
         )));
     }
     let encoding = Encoding::try_from(frame.encoding).unwrap_or(Encoding::Unspecified);
@@ -237,7 +279,6 @@ fn check_continuation(frame: &Frame, header: &Header, index: u32) -> Result<(), 
 mod tests {
     use super::*;
     use crate::exchange::codec::{Envelope, encode, frames};
-    use tonic::Code;
 
     fn expect() -> Expectation {
         Expectation {
@@ -285,6 +326,21 @@ mod tests {
             let mut frame = good();
             mutate(&mut frame);
             assert_eq!(check_header(&frame, &expect()).unwrap_err().code(), *code, "case {i}");
+        }
+    }
+
+    #[test]
+    fn only_the_certified_node_speaks_for_itself() {
+        let caller = |identity| Caller { remote: None, identity };
+        let frame = good(); // sender 1
+        assert!(check_sender(&frame, &caller(Some(Identity::Node(1)))).is_ok());
+        assert!(
+            check_sender(&frame, &caller(None)).is_ok(),
+            "plaintext: nobody can prove anything"
+        );
+        for other in [Identity::Node(2), Identity::Observer, Identity::Coordinator] {
+            let status = check_sender(&frame, &caller(Some(other))).unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{other}");
         }
     }
 

@@ -58,6 +58,9 @@ pub struct Schedule {
 pub struct Listening {
     pub delivered: bool,
     pub rx_energy_j: f64,
+    /// Emulated seconds from the start of the sender's transmissions until its message
+    /// has reached this node (its transmissions to earlier receivers included).
+    pub arrival_s: f64,
 }
 
 /// The channel as one node sees it.
@@ -188,11 +191,24 @@ impl Shaper {
             return Ok(Listening {
                 delivered: true,
                 rx_energy_j: 0.0,
+                arrival_s: 0.0,
             });
         }
         let round = u64::from(round);
         match self.resolved.mode {
             Mode::Unicast => {
+                // The sender's one radio serves its receivers in order: our message
+                // leaves after those to the receivers before us.
+                let mut before = 0.0;
+                for &other in sender_receivers.iter().take_while(|&&r| r != self.me) {
+                    let link = Link::new(sender as usize, other as usize);
+                    before += self
+                        .channel
+                        .unicast(link, round, MESSAGE, bytes)
+                        .map_err(channel_error)?
+                        .run()
+                        .airtime_s;
+                }
                 let link = Link::new(sender as usize, self.me as usize);
                 let outcome = self
                     .channel
@@ -202,6 +218,7 @@ impl Shaper {
                 Ok(Listening {
                     delivered: outcome.delivered,
                     rx_energy_j: outcome.rx_energy_j,
+                    arrival_s: before + outcome.airtime_s + outcome.latency_s,
                 })
             }
             Mode::Broadcast => {
@@ -216,10 +233,12 @@ impl Shaper {
                     Listening {
                         delivered: false,
                         rx_energy_j: 0.0,
+                        arrival_s: 0.0,
                     },
                     |r| Listening {
                         delivered: r.delivered,
                         rx_energy_j: r.rx_energy_j,
+                        arrival_s: outcome.airtime_s + r.latency_s,
                     },
                 ))
             }

@@ -19,6 +19,9 @@ struct Slot {
     v: Vec<f32>,
 }
 
+/// One variable's first and second moments.
+pub type Moments<'a> = (&'a [f32], &'a [f32]);
+
 /// Adam over a fixed list of variables.
 pub struct Adam {
     slots: Vec<Slot>,
@@ -56,6 +59,33 @@ impl Adam {
     /// The step size.
     pub fn learning_rate(&self) -> f64 {
         self.lr
+    }
+
+    /// Steps taken, and each variable's first and second moments, in variable order.
+    pub fn state(&self) -> (u64, Vec<Moments<'_>>) {
+        let moments = self.slots.iter().map(|s| (s.m.as_slice(), s.v.as_slice())).collect();
+        (self.step, moments)
+    }
+
+    /// Puts back what [`Self::state`] gave; every moment must fit its variable.
+    pub fn restore(&mut self, step: u64, moments: Vec<(Vec<f32>, Vec<f32>)>) -> Result<()> {
+        if moments.len() != self.slots.len() {
+            candle_core::bail!(
+                "adam: {} moment pairs for {} variables",
+                moments.len(),
+                self.slots.len()
+            )
+        }
+        for (slot, (m, v)) in self.slots.iter().zip(&moments) {
+            if m.len() != slot.m.len() || v.len() != slot.v.len() {
+                candle_core::bail!("adam: moments of {} values for a variable of {}", m.len(), slot.m.len())
+            }
+        }
+        for (slot, (m, v)) in self.slots.iter_mut().zip(moments) {
+            (slot.m, slot.v) = (m, v);
+        }
+        self.step = step;
+        Ok(())
     }
 
     /// Applies one update from `grads`; variables without a gradient are left alone.

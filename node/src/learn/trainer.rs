@@ -239,6 +239,60 @@ impl Learner {
         Ok(losses)
     }
 
+    /// Everything training changes, by name, for a checkpoint: each parameter
+    /// (`param.<name>`) and its Adam moments (`adam.m.<name>`, `adam.v.<name>`); and
+    /// Adam's step count.
+    pub fn state(&self) -> Result<(Vec<(String, Tensor)>, u64)> {
+        let (step, moments) = self.opt.state();
+        let mut tensors = Vec::with_capacity(3 * moments.len());
+        for ((name, var), (m, v)) in self.net.named_parameters().iter().zip(moments) {
+            let device = var.device();
+            tensors.push((format!("param.{name}"), var.as_tensor().clone()));
+            tensors.push((format!("adam.m.{name}"), Tensor::from_slice(m, var.shape(), device)?));
+            tensors.push((format!("adam.v.{name}"), Tensor::from_slice(v, var.shape(), device)?));
+        }
+        Ok((tensors, step))
+    }
+
+    /// Puts back what [`Self::state`] gave. Every tensor must be there with its
+    /// parameter's shape; nothing changes otherwise.
+    pub fn restore(&mut self, tensors: &std::collections::HashMap<String, Tensor>, step: u64) -> Result<()> {
+        let get = |key: String, shape: &candle_core::Shape| -> Result<Tensor> {
+            let t = tensors
+                .get(&key)
+                .ok_or_else(|| invalid(format!("checkpoint: no tensor {key}")))?;
+            if t.shape() != shape || t.dtype() != DType::F32 {
+                return Err(invalid(format!(
+                    "checkpoint: {key} is {:?} {:?}, the model needs {shape:?} f32",
+                    t.dims(),
+                    t.dtype()
+                )));
+            }
+            Ok(t.clone())
+        };
+        let mut values = Vec::new();
+        let mut moments = Vec::new();
+        for (name, var) in self.net.named_parameters() {
+            let value = get(format!("param.{name}"), var.shape())?;
+            if !value.sum_all()?.to_scalar::<f32>()?.is_finite() {
+                return Err(invalid(format!("checkpoint: param.{name} is not finite")));
+            }
+            values.push(value);
+            let m = get(format!("adam.m.{name}"), var.shape())?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let v = get(format!("adam.v.{name}"), var.shape())?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            moments.push((m, v));
+        }
+        self.opt.restore(step, moments)?;
+        for ((_, var), value) in self.net.named_parameters().iter().zip(values) {
+            var.set(&value)?;
+        }
+        Ok(())
+    }
+
     /// Accuracy and mean cross-entropy on `images` `[N, 784]` / `labels` `[N]`, in
     /// batches of at most `batch` rows (bounding the memory of activations).
     pub fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation> {

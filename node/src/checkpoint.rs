@@ -1,0 +1,193 @@
+//! A node's state, written after every round it reports so that a node restarted
+//! after a crash (kill -9 included) resumes where it was instead of from a fresh model.
+//!
+//! One file, `checkpoint.safetensors` in the node's state directory, replaced
+//! atomically (temporary file, fsync, rename): the parameters (through the model's
+//! variable map, by name), Adam's moments and step count as tensors, and in the
+//! header's metadata the run, the node, its model, the last round and where its batch
+//! sampler stands. A checkpoint of another run, node or model is refused, naming it.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use wdml_proto::files::{Mode, write_atomic};
+
+use crate::learn::Learner;
+use crate::shard::SamplerPosition;
+use crate::{Error, Result};
+
+/// The checkpoint's file name in the state directory.
+pub const FILE: &str = "checkpoint.safetensors";
+/// The layout of the file; another number is refused.
+const FORMAT: &str = "1";
+
+/// Who a checkpoint belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Owner {
+    pub run_id: String,
+    pub node: u32,
+    pub model: String,
+}
+
+/// What a checkpoint restores besides the learner.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Restored {
+    /// The last round the node reported before it stopped.
+    pub round: u32,
+    pub sampler: SamplerPosition,
+}
+
+/// What writing one cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Written {
+    pub bytes: u64,
+    pub took: Duration,
+}
+
+/// Writes `learner`'s state after `round` into `dir` (created if need be).
+pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: SamplerPosition) -> Result<Written> {
+    let began = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let (tensors, step) = learner.state()?;
+    let metadata: HashMap<String, String> = [
+        ("format", FORMAT.to_string()),
+        ("run_id", owner.run_id.clone()),
+        ("node", owner.node.to_string()),
+        ("model", owner.model.clone()),
+        ("round", round.to_string()),
+        ("adam_step", step.to_string()),
+        ("sampler_epoch", sampler.epoch.to_string()),
+        ("sampler_next", sampler.next.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let bytes = safetensors::serialize(tensors, &Some(metadata))
+        .map_err(|e| Error::config("checkpoint", format!("cannot encode: {e}")))?;
+    let path = dir.join(FILE);
+    write_atomic(&path, &bytes, Mode::Public).map_err(|e| io(&path, e))?;
+    Ok(Written {
+        bytes: bytes.len() as u64,
+        took: began.elapsed(),
+    })
+}
+
+/// Restores `learner` from the checkpoint in `dir`, if there is one, and says where
+/// the node stood.
+pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<Restored>> {
+    let path = dir.join(FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let bad = |reason: String| Error::Data {
+        path: path.clone(),
+        reason,
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(format!("unreadable: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let field =
+        |key: &str| -> Result<&String> { meta.get(key).ok_or_else(|| bad(format!("no `{key}` in its metadata"))) };
+    let number =
+        |key: &str| -> Result<u64> { field(key)?.parse().map_err(|_| bad(format!("`{key}` is not a number"))) };
+    if field("format")? != FORMAT {
+        return Err(bad(format!("format {} (this build reads {FORMAT})", field("format")?)));
+    }
+    let found = Owner {
+        run_id: field("run_id")?.clone(),
+        node: number("node")? as u32,
+        model: field("model")?.clone(),
+    };
+    if &found != owner {
+        return Err(bad(format!(
+            "belongs to node {} ({}) of run {}, not node {} ({}) of run {}; give this node its own --state-dir",
+            found.node, found.model, found.run_id, owner.node, owner.model, owner.run_id
+        )));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| bad(format!("unreadable tensors: {e}")))?;
+    learner
+        .restore(&tensors, number("adam_step")?)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Some(Restored {
+        round: number("round")? as u32,
+        sampler: SamplerPosition {
+            epoch: number("sampler_epoch")?,
+            next: number("sampler_next")? as usize,
+        },
+    }))
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::learn::LearnerConfig;
+    use crate::model::ModelSpec;
+    use candle_core::Tensor;
+
+    #[test]
+    fn a_restored_learner_continues_exactly_as_the_original() {
+        let dir = std::env::temp_dir().join(format!("wdml-checkpoint-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec: ModelSpec = "mlp:16".parse().unwrap();
+        let cfg = LearnerConfig {
+            learning_rate: 0.01,
+            temperature: 1.0,
+            kl_weight: 1.0,
+        };
+        let xs = Tensor::rand(0f32, 1f32, (8, 784), &Device::Cpu).unwrap();
+        let ys = Tensor::from_vec((0..8u32).map(|i| i % 10).collect(), 8, &Device::Cpu).unwrap();
+        let mut original = Learner::new(&spec, cfg, 1).unwrap();
+        for _ in 0..3 {
+            original.train_step(&xs, &ys, None).unwrap();
+        }
+        let owner = Owner {
+            run_id: "r-1".into(),
+            node: 2,
+            model: spec.to_string(),
+        };
+        let position = SamplerPosition { epoch: 4, next: 32 };
+        let written = save(&dir, &owner, &original, 7, position).unwrap();
+        assert!(
+            written.bytes > 3 * 4 * spec.parameter_count() as u64,
+            "parameters and two moments"
+        );
+
+        let mut restored = Learner::new(&spec, cfg, 99).unwrap();
+        assert_eq!(
+            load(&dir, &owner, &mut restored).unwrap(),
+            Some(Restored {
+                round: 7,
+                sampler: position
+            })
+        );
+        let a = original.train_step(&xs, &ys, None).unwrap();
+        let b = restored.train_step(&xs, &ys, None).unwrap();
+        assert_eq!(a, b, "same losses");
+        assert_eq!(
+            original.parameters_flat().unwrap(),
+            restored.parameters_flat().unwrap(),
+            "same Adam update, bit for bit"
+        );
+        // Another node's checkpoint is refused, naming both.
+        let other = Owner { node: 3, ..owner };
+        let error = load(&dir, &other, &mut restored).unwrap_err().to_string();
+        assert!(error.contains("node 2") && error.contains("node 3"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            load(&dir, &other, &mut restored).unwrap(),
+            None,
+            "no checkpoint: a fresh start"
+        );
+    }
+}

@@ -1,0 +1,642 @@
+//! Every connection WDML makes or accepts is built here: mutual TLS by default (tonic
+//! and rustls, with the run CA's certificates naming each process), plaintext only when
+//! the operator asks for it explicitly (`--insecure`).
+//!
+//! - Servers accept through [`serve`]: this module's own accept loop, so that every TLS
+//!   handshake has a deadline, the handshakes in flight and the connections held open
+//!   are bounded, and each connection carries the identity its certificate proves into
+//!   the handlers ([`caller`]).
+//! - Clients dial through [`Security::endpoint`], naming *who* they expect at the
+//!   address (node 3, the coordinator): the server must present that identity's
+//!   certificate, not merely any certificate of the run.
+//!
+//! Identities are DNS names in the certificate's subject alternative name:
+//! `node-<id>.wdml`, `coordinator.wdml`, `observer.wdml` ([`Identity`]). The files of
+//! a credentials directory are `ca.pem` and `<stem>.pem` / `<stem>.key` per identity,
+//! as written by [`crate::pki`] (`wdml certs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::{Connected, Router};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tracing::{debug, warn};
+
+/// Who a process is, as its certificate says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Identity {
+    /// The round coordinator.
+    Coordinator,
+    /// A read-only watcher of the run (the launcher's progress, a dashboard).
+    Observer,
+    /// A device of the run.
+    Node(u32),
+}
+
+/// The DNS suffix of every identity name.
+const DOMAIN: &str = "wdml";
+
+impl Identity {
+    /// The name in the certificate, e.g. `node-3.wdml`.
+    pub fn dns_name(self) -> String {
+        format!("{}.{DOMAIN}", self.stem())
+    }
+
+    /// The file stem of its credentials, e.g. `node-3` (`node-3.pem`, `node-3.key`).
+    pub fn stem(self) -> String {
+        match self {
+            Identity::Coordinator => "coordinator".into(),
+            Identity::Observer => "observer".into(),
+            Identity::Node(id) => format!("node-{id}"),
+        }
+    }
+
+    /// The identity a certificate name stands for, if it is one of ours.
+    pub fn from_dns_name(name: &str) -> Option<Self> {
+        name.strip_suffix(&format!(".{DOMAIN}"))?.parse().ok()
+    }
+
+    /// The node id, for a node.
+    pub fn node(self) -> Option<u32> {
+        match self {
+            Identity::Node(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.stem())
+    }
+}
+
+impl FromStr for Identity {
+    type Err = Error;
+
+    /// `coordinator`, `observer` or `node-<id>`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "coordinator" => Ok(Identity::Coordinator),
+            "observer" => Ok(Identity::Observer),
+            _ => s
+                .strip_prefix("node-")
+                .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|id| id.parse().ok())
+                .map(Identity::Node)
+                .ok_or_else(|| Error::Identity(format!("{s:?} is not coordinator, observer or node-<id>"))),
+        }
+    }
+}
+
+/// What can go wrong setting up a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A credentials file is missing or unreadable.
+    #[error("TLS credentials {path}: {reason}")]
+    Credentials { path: PathBuf, reason: String },
+    /// Not an identity name.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// An address that cannot be dialled.
+    #[error("address {address:?}: {reason}")]
+    Address { address: String, reason: String },
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// This process's certificate, key and the run CA, loaded once.
+pub struct Credentials {
+    identity: Identity,
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    acceptor: TlsAcceptor,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials").field("identity", &self.identity).finish()
+    }
+}
+
+/// How a process connects: mutual TLS with its credentials, or plaintext.
+#[derive(Clone, Debug)]
+pub enum Security {
+    Tls(Arc<Credentials>),
+    /// No encryption, no authentication: for debugging only, and said loudly.
+    Insecure,
+}
+
+impl Security {
+    /// Loads `identity`'s credentials from `dir` (`ca.pem`, `<stem>.pem`, `<stem>.key`).
+    pub fn from_dir(dir: &Path, identity: Identity) -> Result<Self, Error> {
+        let read = |name: String| -> Result<(PathBuf, Vec<u8>), Error> {
+            let path = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|e| Error::Credentials {
+                reason: match e.kind() {
+                    io::ErrorKind::NotFound => "not found (make the run's certificates with `wdml certs`)".into(),
+                    _ => e.to_string(),
+                },
+                path: path.clone(),
+            })?;
+            Ok((path, bytes))
+        };
+        let (ca_path, ca_pem) = read("ca.pem".into())?;
+        let (cert_path, cert_pem) = read(format!("{}.pem", identity.stem()))?;
+        let (key_path, key_pem) = read(format!("{}.key", identity.stem()))?;
+        let bad = |path: &Path, reason: String| Error::Credentials {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let ca = CertificateDer::pem_slice_iter(&ca_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&ca_path, format!("not a PEM certificate: {e}")))?;
+        let chain = CertificateDer::pem_slice_iter(&cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(&cert_path, format!("not a PEM certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(&key_path, format!("not a PEM key: {e}")))?;
+        let Some(leaf) = chain.first() else {
+            return Err(bad(&cert_path, "holds no certificate".into()));
+        };
+        match identity_of(leaf) {
+            Some(named) if named == identity => {}
+            Some(named) => return Err(bad(&cert_path, format!("names {named}, not {identity}"))),
+            None => return Err(bad(&cert_path, "names no WDML identity".into())),
+        }
+        if ca.is_empty() {
+            return Err(bad(&ca_path, "holds no certificate".into()));
+        }
+        let acceptor = acceptor(ca, chain, key).map_err(|e| bad(&cert_path, e.to_string()))?;
+        Ok(Security::Tls(Arc::new(Credentials {
+            identity,
+            ca_pem,
+            cert_pem,
+            key_pem,
+            acceptor,
+        })))
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Security::Tls(_))
+    }
+
+    /// Who this process is, when it has credentials.
+    pub fn identity(&self) -> Option<Identity> {
+        match self {
+            Security::Tls(c) => Some(c.identity),
+            Security::Insecure => None,
+        }
+    }
+
+    /// An endpoint for `address` (`host:port`), at which `server` must answer. Lazily
+    /// connected, with the keepalives every long-lived WDML connection needs: a cut link
+    /// never closes a stream, HTTP/2 pings notice it within seconds.
+    pub fn endpoint(&self, address: &str, server: Identity) -> Result<Endpoint, Error> {
+        let scheme = if self.is_tls() { "https" } else { "http" };
+        let bad = |reason: String| Error::Address {
+            address: address.to_string(),
+            reason,
+        };
+        if address.contains("://") || address.contains('/') {
+            return Err(bad("expected host:port, without a scheme or a path".into()));
+        }
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|e| bad(e.to_string()))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true);
+        if let Security::Tls(c) = self {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&c.ca_pem))
+                .identity(tonic::transport::Identity::from_pem(&c.cert_pem, &c.key_pem))
+                .domain_name(server.dns_name())
+                .timeout(HANDSHAKE_TIMEOUT);
+            endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
+        }
+        Ok(endpoint)
+    }
+}
+
+/// How long a client waits for TCP to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long either side waits for a TLS handshake to complete.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The identity a certificate names, if it names exactly one of ours.
+pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
+    let cert = webpki::EndEntityCert::try_from(cert).ok()?;
+    let mut names = cert.valid_dns_names().filter_map(Identity::from_dns_name);
+    match (names.next(), names.next()) {
+        (Some(identity), None) => Some(identity),
+        _ => None,
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server side of mutual TLS: only clients with a certificate from `ca` get in.
+fn acceptor(
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("the CA certificate: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("the certificate and key do not go together: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// What a handler knows about the connection a request came on.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub remote: Option<SocketAddr>,
+    /// The identity the client's certificate proves; `None` on a plaintext connection.
+    pub identity: Option<Identity>,
+}
+
+/// The caller of `request` (as [`serve`] accepted its connection).
+pub fn caller<T>(request: &tonic::Request<T>) -> Caller {
+    request.extensions().get::<Caller>().cloned().unwrap_or_default()
+}
+
+impl Caller {
+    /// Whether the caller proved who it is.
+    pub fn is_authenticated(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// A refusal for this caller: the precise `detail` for an authenticated member of
+    /// the run; nothing about the run for anyone else (the detail goes to the log).
+    pub fn refuse(&self, code: tonic::Code, detail: impl Into<String>) -> tonic::Status {
+        let detail = detail.into();
+        if self.is_authenticated() {
+            tonic::Status::new(code, detail)
+        } else {
+            warn!(remote = ?self.remote, code = ?code, "refused an unauthenticated caller: {detail}");
+            tonic::Status::new(code, "refused")
+        }
+    }
+
+    /// Refuses the caller unless it is `expected` (on a plaintext connection anyone is
+    /// taken at its word, since nobody can prove anything).
+    pub fn require(&self, expected: Identity) -> Result<(), tonic::Status> {
+        match self.identity {
+            None => Ok(()),
+            Some(identity) if identity == expected => Ok(()),
+            Some(identity) => Err(self.refuse(
+                tonic::Code::PermissionDenied,
+                format!("this connection's certificate is {identity}'s, not {expected}'s"),
+            )),
+        }
+    }
+}
+
+/// Bounds on what clients may hold open on a server.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// TLS handshakes pending at once; a new connection beyond them evicts the oldest.
+    pub handshakes: usize,
+    /// Open connections per identity (or per plaintext server, in all).
+    pub per_identity: usize,
+    /// Open connections in all.
+    pub connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshakes: 256,
+            per_identity: 16,
+            connections: 4096,
+        }
+    }
+}
+
+/// A tonic server builder with the settings every WDML server shares: HTTP/2 pings to
+/// notice dead clients, and a bound on streams per connection.
+pub fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(2)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(256))
+        .tcp_nodelay(true)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    security: Security,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    router
+        .serve_with_incoming_shutdown(accept(listener, security, limits), shutdown)
+        .await
+}
+
+/// The accepted, authenticated connections of `listener`, as a stream for tonic. The
+/// accept loop ends when tonic drops the stream.
+///
+/// Handshakes run concurrently, each within [`HANDSHAKE_TIMEOUT`]. At most
+/// `limits.handshakes` are pending at once: a new connection beyond that evicts the
+/// oldest pending one. So connections that never finish their handshake hold a bounded
+/// amount of memory and cannot make an honest newcomer wait in line behind them (an
+/// honest handshake takes milliseconds; a stalled one is the oldest).
+fn accept(listener: TcpListener, security: Security, limits: Limits) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let pending: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
+        let open = Arc::new(OpenConnections::new(limits));
+        for number in 0u64.. {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, do not spin.
+                        warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (tx, security, open, done) = (tx.clone(), security.clone(), open.clone(), pending.clone());
+            let task = tokio::spawn(async move {
+                let conn = establish(tcp, remote, &security, &open).await;
+                lock(&done).retain(|(n, _)| *n != number);
+                if let Some(conn) = conn {
+                    let _ = tx.send(Ok(conn)).await;
+                }
+            });
+            let mut pending = lock(&pending);
+            pending.push_back((number, task.abort_handle()));
+            while pending.len() > limits.handshakes {
+                if let Some((_, oldest)) = pending.pop_front() {
+                    debug!("too many handshakes pending: dropping the oldest");
+                    oldest.abort();
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Completes the handshake of one connection, within its deadline and the limits.
+async fn establish(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    security: &Security,
+    open: &Arc<OpenConnections>,
+) -> Option<Conn> {
+    let (io, identity) = match security {
+        Security::Insecure => (Io::Plain(tcp), None),
+        Security::Tls(credentials) => {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, credentials.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    debug!(%remote, "TLS handshake refused: {e}");
+                    return None;
+                }
+                Err(_) => {
+                    debug!(%remote, "TLS handshake stalled; dropped after {HANDSHAKE_TIMEOUT:?}");
+                    return None;
+                }
+            };
+            let identity = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(identity_of);
+            let Some(identity) = identity else {
+                warn!(%remote, "a certificate of the run CA that names no WDML identity; dropped");
+                return None;
+            };
+            (Io::Tls(Box::new(tls)), Some(identity))
+        }
+    };
+    let slot = open.take(identity)?;
+    Some(Conn {
+        io,
+        caller: Caller {
+            remote: Some(remote),
+            identity,
+        },
+        _slot: slot,
+    })
+}
+
+/// Counts the open connections per identity, within [`Limits`].
+struct OpenConnections {
+    limits: Limits,
+    counts: Mutex<HashMap<Option<Identity>, usize>>,
+}
+
+impl OpenConnections {
+    fn new(limits: Limits) -> Self {
+        OpenConnections {
+            limits,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn take(self: &Arc<Self>, identity: Option<Identity>) -> Option<Slot> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = counts.values().sum();
+        let mine = counts.entry(identity).or_default();
+        // Plaintext connections share one count: nobody is told apart.
+        let cap = match identity {
+            Some(_) => self.limits.per_identity,
+            None => self.limits.connections,
+        };
+        if *mine >= cap || total >= self.limits.connections {
+            warn!(
+                identity = identity.map_or("unauthenticated".to_string(), |i| i.to_string()),
+                open = *mine,
+                "too many open connections; refusing another"
+            );
+            return None;
+        }
+        *mine += 1;
+        Some(Slot {
+            open: self.clone(),
+            identity,
+        })
+    }
+}
+
+/// One open connection's place in [`OpenConnections`], given back on drop.
+struct Slot {
+    open: Arc<OpenConnections>,
+    identity: Option<Identity>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.open.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+/// An accepted connection, with who is on the other end.
+pub struct Conn {
+    io: Io,
+    caller: Caller,
+    _slot: Slot,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = Caller;
+
+    fn connect_info(&self) -> Caller {
+        self.caller.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_write(cx, buf),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_flush(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.io {
+            Io::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            Io::Tls(io) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A fresh 64-bit secret (a session, a round token) from the operating system's random
+/// source: unguessable, and never derived from the run seed. Never 0.
+pub fn random_secret() -> io::Result<u64> {
+    use rand::TryRngCore;
+    let secret = rand::rngs::OsRng.try_next_u64().map_err(io::Error::other)?;
+    Ok(secret | 1)
+}
+
+/// Says loudly that a process runs without TLS, on stderr and in its log.
+pub fn warn_insecure(what: &str) {
+    let banner = format!(
+        "WARNING: {what} runs with --insecure: connections are NOT encrypted and NOT authenticated; \
+         anyone who can reach its ports can read and forge its messages. For debugging only."
+    );
+    eprintln!("{}\n{banner}\n{}", "!".repeat(78), "!".repeat(78));
+    warn!("{banner}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_names_round_trip() {
+        for identity in [
+            Identity::Coordinator,
+            Identity::Observer,
+            Identity::Node(0),
+            Identity::Node(4096),
+        ] {
+            assert_eq!(Identity::from_dns_name(&identity.dns_name()), Some(identity));
+            assert_eq!(identity.stem().parse::<Identity>().unwrap(), identity);
+        }
+        for bad in [
+            "node-",
+            "node-x",
+            "node--1",
+            "node-1.wdml.evil",
+            "evil",
+            "node-99999999999",
+        ] {
+            assert!(bad.parse::<Identity>().is_err(), "{bad}");
+            assert_eq!(Identity::from_dns_name(bad), None, "{bad}");
+        }
+        assert_eq!(Identity::from_dns_name("node-3.example"), None);
+    }
+}

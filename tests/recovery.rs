@@ -1,0 +1,206 @@
+//! Recovery, done for real: kill -9 a node mid-run and start it again from its state
+//! directory; kill -9 the coordinator mid-run and start it again on its run directory;
+//! a node that joins and dies before its stream opens; a round that fails on a node.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Process, metrics, small, summary};
+use wdml_proto::JoinRequest;
+use wdml_proto::coordinator_client::CoordinatorClient;
+use wdml_proto::transport::{Identity, Security};
+
+/// Every (round, node) of `metrics.jsonl`, counted.
+fn rows_per_round_and_node(cluster: &Cluster) -> BTreeMap<(u32, u32), usize> {
+    let mut counts = BTreeMap::new();
+    for row in metrics(cluster.out()) {
+        *counts.entry((row.round, row.node)).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_node_killed_mid_run_resumes_from_its_checkpoint() {
+    let rounds = 100;
+    let mut cluster = Cluster::start("resume-node", 3, &small(3, rounds));
+    cluster.wait_for_round(6, Duration::from_secs(120));
+    cluster.nodes[2].kill(); // SIGKILL: no goodbye, no last write
+    let before: Vec<_> = metrics(cluster.out()).into_iter().filter(|r| r.node == 2).collect();
+    let last = before.last().expect("node 2 reported before the kill").clone();
+
+    // The same device starts again with its state directory.
+    cluster.start_node(2, "mlp:64", "127.0.0.1");
+    assert!(cluster.wait_for_end(Duration::from_secs(300)).success());
+
+    // Its last checkpoint is its last report's (or, killed between the report and the
+    // checkpoint, the one before).
+    let log = std::fs::read_to_string(cluster.out().join("logs/node-2.log")).unwrap();
+    let resumed: u32 = log
+        .split("resumed from its checkpoint after round ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("the restarted node did not resume from a checkpoint: {log}"));
+    assert!(
+        resumed + 1 >= last.round && resumed <= last.round,
+        "resumed after {resumed}, last report {}",
+        last.round
+    );
+    let rows = metrics(cluster.out());
+    let back = rows
+        .iter()
+        .find(|r| r.node == 2 && r.round > last.round)
+        .expect("node 2 reported again");
+    assert!(
+        (back.test_accuracy - last.test_accuracy).abs() < 0.02,
+        "first round back {:.3} against {:.3} before the crash: not the model it had",
+        back.test_accuracy,
+        last.test_accuracy
+    );
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    // One row per node per round it reported, never two.
+    for ((round, node), n) in rows_per_round_and_node(&cluster) {
+        assert_eq!(n, 1, "round {round} node {node}");
+    }
+}
+
+#[test]
+fn a_coordinator_killed_mid_run_resumes_where_it_stopped() {
+    let rounds = 40;
+    let overrides = small(3, rounds);
+    let mut cluster = Cluster::start("resume-coordinator", 3, &overrides);
+    cluster.wait_for_round(5, Duration::from_secs(120));
+    let listen = cluster.coordinator.address.clone();
+    cluster.coordinator.kill(); // SIGKILL mid-run
+    let closed_before = metrics(cluster.out()).iter().map(|r| r.round).max().unwrap();
+
+    // Started again on the same address with the same run directory.
+    let restarted = Instant::now();
+    let args = Cluster::coordinator_args(cluster.out(), &listen, &overrides);
+    cluster.coordinator = Process::start("coordinator", &args, &cluster.out().join("logs/coordinator.log"));
+    cluster.wait_for_round(closed_before + 1, Duration::from_secs(120));
+    eprintln!(
+        "first round closed {:.2} s after the coordinator restarted",
+        restarted.elapsed().as_secs_f64()
+    );
+    assert!(cluster.wait_for_end(Duration::from_secs(300)).success());
+
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert_eq!(s.rounds_closed, rounds);
+    assert_eq!(s.outages.len(), 1, "{:?}", s.outages);
+    // (The kill may land between the journal and metrics.jsonl: one round apart.)
+    let after = s.outages[0].after_round.expect("rounds had closed");
+    assert!(
+        after == closed_before || after == closed_before + 1,
+        "{after} against {closed_before}"
+    );
+    // metrics.jsonl: exactly one row per node per round, no gap, no duplicate.
+    let counts = rows_per_round_and_node(&cluster);
+    for round in 0..rounds {
+        for node in 0..3 {
+            assert_eq!(counts.get(&(round, node)), Some(&1), "round {round} node {node}");
+        }
+    }
+    assert_eq!(counts.len(), 3 * rounds as usize);
+    for node in &s.nodes {
+        assert_eq!(node.status, "finished", "node {}", node.id);
+        assert_eq!(node.rounds_reported, rounds, "node {}", node.id);
+    }
+    // A finished run is never replaced by accident.
+    let mut again = Process::start_unlistening(&args, &cluster.out().join("logs/again.log"));
+    let status = again.wait_for(Duration::from_secs(30)).expect("refused at once");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(cluster.out().join("logs/again.log")).unwrap();
+    assert!(
+        log.contains("holds a finished run") && log.contains("--overwrite"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_node_that_dies_between_join_and_its_stream_does_not_block_the_run() {
+    let rounds = 5;
+    let overrides = small(3, rounds);
+    let mut cluster = Cluster::coordinator_on("join-no-sync", "127.0.0.1", &overrides);
+    // Node 2 joins and dies before it opens its Sync stream.
+    let node2 = Security::from_dir(&cluster.tls(), Identity::Node(2)).unwrap();
+    let address = cluster.coordinator.address.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let channel = node2
+            .endpoint(&address, Identity::Coordinator)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let request = JoinRequest {
+            node_id: 2,
+            advertise: "127.0.0.1:9".into(),
+            model: String::new(),
+            parameters: 1,
+        };
+        CoordinatorClient::new(channel).join(request).await.unwrap();
+    });
+    // The run starts and finishes with the device restarted.
+    for id in 0..3 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert!(s.nodes.iter().all(|n| n.rounds_reported == rounds), "{:?}", s.nodes);
+}
+
+#[test]
+fn a_join_without_a_stream_is_released_after_its_deadline() {
+    // Plaintext, where nothing proves the second join is the same device: the stale
+    // join must be released before the same id gets in.
+    let mut overrides = small(2, 3);
+    overrides.push("coordinator.sync_timeout_ms=1000".into());
+    let dir = common::TempDir::new("release");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &overrides);
+    let at = args.iter().position(|a| a == "--tls-dir").unwrap();
+    args.splice(at..at + 2, ["--insecure".to_string()]);
+    let mut coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
+    let address = coordinator.address.clone();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut client = CoordinatorClient::connect(format!("http://{address}")).await.unwrap();
+        let request = JoinRequest {
+            node_id: 1,
+            advertise: "127.0.0.1:9".into(),
+            model: String::new(),
+            parameters: 1,
+        };
+        client.join(request).await.unwrap();
+    });
+    let mut nodes = Vec::new();
+    for id in 0..2 {
+        let args: Vec<String> = [
+            "node",
+            "--id",
+            &id.to_string(),
+            "--coordinator",
+            &address,
+            "--insecure",
+            "--coordinator-timeout-s",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        nodes.push(Process::start(
+            &format!("node-{id}"),
+            &args,
+            &dir.path().join(format!("logs/node-{id}.log")),
+        ));
+    }
+    let status = coordinator.wait_for(Duration::from_secs(120)).expect("the run ends");
+    assert!(status.success());
+    let s = summary(dir.path());
+    assert!(s.finished, "{}", s.reason);
+    let events: Vec<(u32, &str)> = s.events.iter().map(|e| (e.node, e.event.as_str())).collect();
+    assert!(events.contains(&(1, "released")), "{events:?}");
+}
