@@ -7,7 +7,8 @@
 //! ```
 
 mod cli;
-mod scenario;
+
+pub(crate) use wdml::scenario;
 
 use clap::Parser;
 

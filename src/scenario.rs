@@ -235,13 +235,17 @@ impl Scenario {
     /// `key=value` overrides, then validates it.
     pub fn load(path: Option<&Path>, overrides: &[String]) -> Result<Scenario> {
         let text = match path {
-            Some(path) => {
-                std::fs::read_to_string(path).with_context(|| format!("cannot read scenario {}", path.display()))?
-            }
+            Some(path) => read_bounded(path)?,
             None => QUICKSTART.to_string(),
         };
         let source = path.map_or("the built-in quickstart".to_string(), |p| p.display().to_string());
-        let mut table: toml::Table = toml::from_str(&text).with_context(|| format!("{source} is not valid TOML"))?;
+        Scenario::parse(&text, &source, overrides)
+    }
+
+    /// Parses scenario `text` (named `source` in errors), applies the overrides and
+    /// validates the result.
+    pub fn parse(text: &str, source: &str, overrides: &[String]) -> Result<Scenario> {
+        let mut table: toml::Table = toml::from_str(text).with_context(|| format!("{source} is not valid TOML"))?;
         for assignment in overrides {
             apply_override(&mut table, assignment)?;
         }
@@ -354,6 +358,52 @@ impl Scenario {
                 largest as f64 / (1 << 20) as f64,
                 MAX_START_ROUND_BYTES >> 20
             );
+        }
+        Ok(())
+    }
+
+    /// Takes two training steps (CE and distillation) of every model in the scenario on a
+    /// small fixed batch, and refuses settings under which the losses or the parameters
+    /// stop being finite, naming the field: a temperature so small that the softened
+    /// logits overflow, a learning rate so large that the first update blows up.
+    pub fn preflight(&self) -> Result<()> {
+        use candle_core::{Device, Tensor};
+        use wdml_node::learn::Learner;
+        const ROWS: usize = 8;
+        // Fixed pseudo-random pixels in [0, 1): a batch like any other.
+        let mut state: u32 = 0x2545_f491;
+        let pixels: Vec<f32> = (0..ROWS * 784)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32
+            })
+            .collect();
+        let device = Device::Cpu;
+        let images = Tensor::from_vec(pixels, (ROWS, 784), &device)?;
+        let labels = Tensor::from_vec((0..ROWS as u32).map(|i| i % 10).collect(), ROWS, &device)?;
+        let target = Tensor::from_vec(vec![0.1f32; ROWS * 10], (ROWS, 10), &device)?;
+        let models: std::collections::BTreeSet<String> =
+            (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
+        for model in models {
+            let spec: ModelSpec = model.parse()?;
+            let mut learner = Learner::new(&spec, self.learner(), 1)?;
+            for step in 1..=2 {
+                // A loss measured before any update can only overflow in the softened
+                // logits; parameters (or a later loss) overflow through the update.
+                let loss_finite = learner
+                    .train_step(&images, &labels, Some((&images, &target)))
+                    .is_ok_and(|losses| losses.total.is_finite());
+                let parameters_finite = learner.parameters_flat()?.iter().all(|p| p.is_finite());
+                let (field, value, advice) = match (loss_finite, parameters_finite) {
+                    (true, true) => continue,
+                    (false, _) if step == 1 => ("train.temperature", self.train.temperature, "larger"),
+                    _ => ("train.learning_rate", self.train.learning_rate, "smaller"),
+                };
+                bail!(
+                    "{field} = {value} makes the training of {model} non-finite within its first \
+                     steps (the losses or the parameters overflow); choose a {advice} value"
+                );
+            }
         }
         Ok(())
     }
@@ -493,6 +543,26 @@ impl Scenario {
     }
 }
 
+/// A scenario file is a page of TOML; anything larger is not one.
+const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
+/// Reads a scenario file, refusing one larger than [`MAX_SCENARIO_BYTES`].
+fn read_bounded(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+    let mut text = String::new();
+    file.take(MAX_SCENARIO_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read scenario {} (is it UTF-8 text?)", path.display()))?;
+    if text.len() as u64 > MAX_SCENARIO_BYTES {
+        bail!(
+            "scenario {} is larger than {MAX_SCENARIO_BYTES} bytes: not a scenario file",
+            path.display()
+        );
+    }
+    Ok(text)
+}
+
 /// The most nodes a scenario may have.
 pub const MAX_NODES: u32 = 4096;
 /// The largest StartRound a node accepts (tonic's default decoding limit).
@@ -565,6 +635,19 @@ mod tests {
             }
         }
         assert!(checked >= 5);
+    }
+
+    #[test]
+    fn settings_that_make_training_non_finite_are_refused_at_the_start() {
+        assert!(Scenario::load(None, &[]).unwrap().preflight().is_ok());
+        for (assignment, field) in [
+            ("train.temperature=1e-40", "train.temperature"),
+            ("train.learning_rate=1e39", "train.learning_rate"),
+        ] {
+            let scenario = Scenario::load(None, &[assignment.to_string()]).unwrap();
+            let error = scenario.preflight().unwrap_err().to_string();
+            assert!(error.contains(field), "{assignment}: {error}");
+        }
     }
 
     #[test]

@@ -204,3 +204,41 @@ fn a_join_without_a_stream_is_released_after_its_deadline() {
     let events: Vec<(u32, &str)> = s.events.iter().map(|e| (e.node, e.event.as_str())).collect();
     assert!(events.contains(&(1, "released")), "{events:?}");
 }
+
+#[test]
+fn a_node_whose_round_panics_reports_it_and_leaves_and_the_run_goes_on() {
+    let rounds = 8;
+    let mut overrides = small(3, rounds);
+    overrides.push("coordinator.round_timeout_ms=60000".into());
+    let mut cluster = Cluster::coordinator_on("panic", "127.0.0.1", &overrides);
+    for id in 0..2 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let mut args = cluster.node_args(2, "mlp:64", "127.0.0.1:0");
+    args.extend(["--fault-panic-at-round".into(), "3".into()]);
+    cluster.start_node_with(2, &args);
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    let status = cluster.nodes[2]
+        .wait_for(Duration::from_secs(30))
+        .expect("node 2 exits");
+    assert!(!status.success(), "a node whose round failed exits non-zero");
+    let log = std::fs::read_to_string(cluster.out().join("logs/node-2.log")).unwrap();
+    assert!(log.contains("round 3 failed: the round worker panicked"), "{log}");
+
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    let node2 = s.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert_eq!((node2.status.as_str(), node2.rounds_reported), ("left", 3));
+    assert!(
+        s.events
+            .iter()
+            .any(|e| e.node == 2 && e.event == "failed" && e.reason.contains("panicked"))
+    );
+    // The barrier did not wait out its 60 s for the failed node.
+    let round3: Vec<_> = metrics(cluster.out()).into_iter().filter(|r| r.round == 3).collect();
+    assert_eq!(round3.len(), 2);
+    assert!(round3[0].round_ms < 30_000.0, "round 3 took {} ms", round3[0].round_ms);
+    for node in [0, 1] {
+        assert_eq!(s.nodes[node].rounds_reported, rounds);
+    }
+}

@@ -60,6 +60,8 @@ pub struct Config {
     pub security: Security,
     /// Where this node keeps its checkpoint; `None`: no checkpoints.
     pub state_dir: Option<PathBuf>,
+    /// Fault injection for tests: the round worker panics in this round.
+    pub panic_at_round: Option<u32>,
 }
 
 /// How a node's run ended.
@@ -139,7 +141,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let (report_tx, report_rx) = mpsc::channel::<Report>(16);
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
-    let worker = tokio::spawn(round_worker(node, rounds_rx, report_tx));
+    let worker = tokio::spawn(round_worker(node, rounds_rx, report_tx, config.panic_at_round));
     let session = Session {
         coordinator,
         join,
@@ -263,7 +265,12 @@ enum Report {
 
 /// Runs each round the session hands over, and sends back its report. A round that
 /// fails (a panic included) is reported and ends the worker: the node leaves the run.
-async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRound>>, reports: mpsc::Sender<Report>) {
+async fn round_worker(
+    mut node: Node,
+    mut rounds: watch::Receiver<Option<StartRound>>,
+    reports: mpsc::Sender<Report>,
+    panic_at_round: Option<u32>,
+) {
     while rounds.changed().await.is_ok() {
         let Some(start) = rounds.borrow_and_update().clone() else {
             continue;
@@ -271,6 +278,9 @@ async fn round_worker(mut node: Node, mut rounds: watch::Receiver<Option<StartRo
         let (round, token) = (start.round, start.round_token);
         // Its own task, so that a panic in the model code is caught here.
         let task = tokio::spawn(async move {
+            if panic_at_round == Some(start.round) {
+                panic!("fault injected in round {} (--fault-panic-at-round)", start.round);
+            }
             let result = run_round(&mut node, &start).await;
             (node, result)
         });

@@ -89,6 +89,7 @@ struct SeedOutcome {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let base = Scenario::load(args.scenario.as_deref(), &args.overrides)?;
+    base.preflight()?;
     let algorithms = args
         .algorithms
         .iter()

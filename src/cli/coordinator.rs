@@ -36,6 +36,7 @@ pub struct Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     let security = args.tls.security(wdml_proto::transport::Identity::Coordinator)?;
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
+    scenario.preflight()?;
     let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -147,6 +147,7 @@ impl Args {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides())?;
+    scenario.preflight()?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(&scenario.run.name));
     args.dir.prepare(&out)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -41,6 +41,9 @@ pub struct Args {
     state_dir: Option<PathBuf>,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
+    /// Fault injection, for tests: the round worker panics in round N.
+    #[arg(long, hide = true, value_name = "N")]
+    fault_panic_at_round: Option<u32>,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -62,6 +65,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         coordinator_timeout: Duration::from_secs(args.coordinator_timeout_s),
         security,
         state_dir: args.state_dir,
+        panic_at_round: args.fault_panic_at_round,
     };
     // Two workers: the round blocks one while training, the other serves peers.
     let runtime = tokio::runtime::Builder::new_multi_thread()

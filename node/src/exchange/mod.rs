@@ -13,4 +13,4 @@ pub mod shaper;
 
 pub use mailbox::{Collected, Delivered, Mailbox};
 pub use punctuality::Punctuality;
-pub use service::{Expectation, PeerService};
+pub use service::{Assembler, Expectation, PeerService};

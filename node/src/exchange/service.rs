@@ -53,33 +53,110 @@ impl PeerService {
         check_sender(&first, caller)?;
         // Stateless checks first (header, frames, values), then the stateful one
         // (does this round still take messages?) on delivery.
-        let header = check_header(&first, &self.expect)?;
-        let mut wire_bytes = first.encoded_len() as u64;
-        let mut payload = Vec::with_capacity(first.total_bytes as usize);
-        payload.extend_from_slice(&first.data);
-        for index in 1..first.count {
+        let mut message = Assembler::new(&self.expect);
+        let mut complete = message.push(first)?;
+        while !complete {
             // A sender whose radio gave up on a frame ends the stream early: the
             // message was lost on the air, which is no fault of the message.
-            let frame = next_frame(frames)
-                .await?
-                .ok_or_else(|| Status::data_loss(format!("stream ended after {index} of {} frames", first.count)))?;
-            check_continuation(&frame, &header, index)?;
-            if payload.len() + frame.data.len() > first.total_bytes as usize {
-                return Err(Status::invalid_argument("frames carry more bytes than total_bytes"));
-            }
-            wire_bytes += frame.encoded_len() as u64;
-            payload.extend_from_slice(&frame.data);
+            let frame = next_frame(frames).await?.ok_or_else(|| {
+                Status::data_loss(format!(
+                    "stream ended after {} of {} frames",
+                    message.received, message.count
+                ))
+            })?;
+            complete = message.push(frame)?;
         }
         if next_frame(frames).await?.is_some() {
             return Err(Status::invalid_argument(format!(
                 "more frames than the announced count {}",
-                first.count
+                message.count
             )));
         }
-        if payload.len() as u64 != first.total_bytes {
+        let count = message.count;
+        self.mailbox.deliver(message.finish()?)?;
+        Ok(Receipt {
+            frames: count,
+            accepted: true,
+        })
+    }
+}
+
+/// Reassembles one message from its frames, checking each as it comes: the first
+/// against the run ([`Expectation`]), every later one against the first. The peer
+/// service feeds it from a stream; the fuzzer (`fuzz/`) from arbitrary bytes.
+pub struct Assembler<'a> {
+    expect: &'a Expectation,
+    first: Option<Frame>,
+    header: Option<Header>,
+    payload: Vec<u8>,
+    wire_bytes: u64,
+    /// Frames taken so far, and how many the message has.
+    pub received: u32,
+    pub count: u32,
+}
+
+impl<'a> Assembler<'a> {
+    pub fn new(expect: &'a Expectation) -> Self {
+        Assembler {
+            expect,
+            first: None,
+            header: None,
+            payload: Vec::new(),
+            wire_bytes: 0,
+            received: 0,
+            count: 0,
+        }
+    }
+
+    /// Takes the next frame; `Ok(true)` once the message is complete.
+    pub fn push(&mut self, mut frame: Frame) -> Result<bool, Status> {
+        match &self.header {
+            None => {
+                let header = check_header(&frame, self.expect)?;
+                // Exact, and within max_message_bytes: checked by the header.
+                self.payload.reserve_exact(frame.total_bytes as usize);
+                self.count = frame.count;
+                self.header = Some(header);
+            }
+            Some(header) => {
+                if self.received >= self.count {
+                    return Err(Status::invalid_argument(format!(
+                        "more frames than the announced count {}",
+                        self.count
+                    )));
+                }
+                check_continuation(&frame, header, self.received)?;
+            }
+        }
+        let total = self.header.as_ref().map_or(0, |h| h.total_bytes);
+        if self.payload.len() as u64 + frame.data.len() as u64 > total {
+            return Err(Status::invalid_argument("frames carry more bytes than total_bytes"));
+        }
+        self.wire_bytes += frame.encoded_len() as u64;
+        self.payload.extend_from_slice(&frame.data);
+        self.received += 1;
+        if self.first.is_none() {
+            frame.data = Default::default();
+            self.first = Some(frame);
+        }
+        Ok(self.received == self.count)
+    }
+
+    /// The whole message, decoded and checked.
+    pub fn finish(self) -> Result<Delivered, Status> {
+        let (Some(first), Some(header)) = (self.first, self.header) else {
+            return Err(Status::invalid_argument("empty stream: no frame"));
+        };
+        if self.received != self.count {
+            return Err(Status::data_loss(format!(
+                "stream ended after {} of {} frames",
+                self.received, self.count
+            )));
+        }
+        if self.payload.len() as u64 != first.total_bytes {
             return Err(Status::invalid_argument(format!(
                 "frames carry {} bytes, total_bytes says {}",
-                payload.len(),
+                self.payload.len(),
                 first.total_bytes
             )));
         }
@@ -89,21 +166,17 @@ impl PeerService {
             cols: first.cols,
             scale: first.scale,
             offset: first.offset,
-            bytes: payload,
+            bytes: self.payload,
         };
         let values = codec::decode(&encoded).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.mailbox.deliver(Delivered {
+        Ok(Delivered {
             sender: first.sender,
             round: first.round,
             round_token: first.round_token,
             values,
             payload_bytes: first.total_bytes,
-            wire_bytes,
+            wire_bytes: self.wire_bytes,
             arrived: None,
-        })?;
-        Ok(Receipt {
-            frames: first.count,
-            accepted: true,
         })
     }
 }
