@@ -302,15 +302,31 @@ impl Scenario {
                 );
             }
         }
-        let message = match self.run.algorithm {
-            AlgorithmName::Fedavg => self.model_of(0).parameter_count() as u64 * 4,
-            _ => u64::from(self.exchange.public_batch) * 10 * self.encoding_width(),
-        };
-        if message > self.exchange.max_message_bytes {
-            bail!(
-                "exchange.max_message_bytes ({}) is smaller than one prediction message ({message} bytes)",
-                self.exchange.max_message_bytes
-            );
+        match self.run.algorithm {
+            AlgorithmName::Fedavg => {
+                let message = self.model_of(0).parameter_count() as u64 * 4;
+                if message > self.exchange.max_message_bytes {
+                    bail!(
+                        "exchange.max_message_bytes ({}) is smaller than one parameter message of {} \
+                         ({message} bytes)",
+                        self.exchange.max_message_bytes,
+                        self.model_of(0)
+                    );
+                }
+            }
+            _ => {
+                let message = u64::from(self.exchange.public_batch) * 10 * self.encoding_width();
+                if message > self.exchange.max_message_bytes {
+                    bail!(
+                        "exchange.public_batch ({}) makes a prediction message of {message} bytes ({} × 10 \
+                         classes × {} bytes), more than exchange.max_message_bytes ({})",
+                        self.exchange.public_batch,
+                        self.exchange.public_batch,
+                        self.encoding_width(),
+                        self.exchange.max_message_bytes
+                    );
+                }
+            }
         }
         self.data.partition.parse::<Partition>()?;
         positive("data.public_pool", u64::from(self.data.public_pool))?;
@@ -518,6 +534,7 @@ impl Scenario {
             resolved: serde_json::to_value(self)?,
             security,
             overwrite,
+            scenario_toml: Some(self.to_toml()?),
         })
     }
 

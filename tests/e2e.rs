@@ -143,7 +143,7 @@ fn a_killed_node_is_marked_gone_and_the_others_finish_every_round() {
     // The survivors stopped expecting node 2 once it was gone.
     let last = metrics(cluster.out())
         .into_iter()
-        .filter(|r| r.round == rounds - 1)
+        .filter(|r| r.round == rounds)
         .collect::<Vec<_>>();
     assert!(
         last.iter().all(|r| r.messages_lost == 0 && r.messages_received == 1),
@@ -202,8 +202,8 @@ mod bad_messages {
         let mut overrides = small(2, rounds);
         overrides.push("run.name=\"bad\"".into());
         let mut cluster = Cluster::start("bad", 2, &overrides);
-        // Round 1 closed: every node is at round 2 or later, so round 0 is stale.
-        cluster.wait_for_round(1, Duration::from_secs(120));
+        // Rounds 1 and 2 closed: every node is past the wire's round 0, which is stale.
+        cluster.wait_for_round(2, Duration::from_secs(120));
         let run_id = "bad-42"; // run.name-run.seed
         let address = cluster.nodes[0].address.clone();
 
@@ -333,7 +333,7 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     // the Metropolis–Hastings weights (1/3 each) average exactly: the nodes stay equal,
     // and averaging does not wreck what they learned.
     let fedavg = metrics(&dir.path().join("fedavg"));
-    for round in 0..2 {
+    for round in 1..=2 {
         let accuracies: Vec<f64> = fedavg
             .iter()
             .filter(|r| r.round == round)

@@ -38,6 +38,8 @@ pub struct Config {
     pub sync_timeout: Duration,
     /// Replace a finished run in `run_dir` instead of refusing.
     pub overwrite: bool,
+    /// The scenario as TOML, written to `scenario.toml` in a new run directory.
+    pub scenario_toml: Option<String>,
 }
 
 /// The longest timeout the wire can carry (milliseconds in a `uint32`).

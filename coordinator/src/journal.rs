@@ -33,6 +33,9 @@ pub(crate) enum Entry {
     /// The run began: its id and the resolved scenario.
     Start {
         run_id: String,
+        /// Random, this run's alone (see `RunSettings.run_instance`).
+        #[serde(default)]
+        instance: String,
         config: serde_json::Value,
         at_ms: u64,
     },
@@ -43,7 +46,8 @@ pub(crate) enum Entry {
         parameters: u64,
         at_ms: u64,
     },
-    /// A closed round: who was sent it, and every report that came in time.
+    /// A closed round (numbered from 1, as in every record): who was sent it, and every
+    /// report that came in time.
     Round {
         round: u32,
         round_ms: f64,

@@ -38,10 +38,11 @@ use wdml_proto::transport::{self, Limits};
 /// Runs the coordinator on an already bound listener until the run is over or
 /// `shutdown` completes; returns the run's summary (also written to the run directory).
 /// A run directory whose journal records an unfinished run is resumed at its next round.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+pub async fn run(mut config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let (report, recovered) = report::Report::open(&config)?;
+    config.settings.run_instance = report.instance().to_string();
     let start = match &recovered {
         Some(r) => rounds::Start {
             first_round: r.next_round,

@@ -200,7 +200,7 @@ impl From<&MembershipEvent> for MembershipEventRecord {
 /// A stretch of time the coordinator was down, in `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outage {
-    /// The last round closed before it (none: before round 0 closed).
+    /// The last round closed before it (none: before the first round closed).
     pub after_round: Option<u32>,
     /// Seconds from the coordinator's last record before the crash to its restart.
     pub down_s: f64,
@@ -208,7 +208,7 @@ pub struct Outage {
 
 /// What a restarted coordinator learns from its journal.
 pub(crate) struct Recovered {
-    /// The round to run next.
+    /// The index (from 0, as on the wire) of the round to run next.
     pub next_round: u32,
     pub events: Vec<MembershipEvent>,
     /// Every member known before the restart: id, model, parameters, whether it was
@@ -234,11 +234,14 @@ pub(crate) struct Report {
     algorithm: String,
     rounds_planned: u32,
     adversaries: Vec<u32>,
+    /// Random, this run's alone: in every node's checkpoint.
+    instance: String,
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 6] = [
+const RUN_FILES: [&str; 7] = [
     journal::FILE,
+    "scenario.toml",
     "metrics.jsonl",
     "summary.json",
     "report.md",
@@ -281,6 +284,11 @@ impl Report {
                     _ => {}
                 }
             }
+            // The nodes' checkpoints of the replaced run, when they keep them here.
+            match fs::remove_dir_all(dir.join("state")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&dir.join("state"), e)),
+                _ => {}
+            }
         }
         Self::create(config).map(|r| (r, None))
     }
@@ -291,10 +299,16 @@ impl Report {
         let resolved = serde_json::to_string_pretty(&config.resolved)? + "\n";
         let path = dir.join("config.json");
         write_atomic(&path, resolved.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        if let Some(toml) = &config.scenario_toml {
+            let path = dir.join("scenario.toml");
+            write_atomic(&path, toml.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))?;
+        }
         let mut journal = Journal::create(&dir)?;
         let started_ms = now_ms();
+        let instance = format!("{:016x}", wdml_proto::transport::random_secret().map_err(Error::Net)?);
         journal.append(&Entry::Start {
             run_id: config.settings.run_id.clone(),
+            instance: instance.clone(),
             config: config.resolved.clone(),
             at_ms: started_ms,
         })?;
@@ -305,11 +319,14 @@ impl Report {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         sync_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-        Ok(Self::new(config, dir, journal, metrics, started_ms))
+        let mut report = Self::new(config, dir, journal, metrics, started_ms);
+        report.instance = instance;
+        Ok(report)
     }
 
     fn new(config: &Config, dir: PathBuf, journal: Journal, metrics: File, started_ms: u64) -> Self {
         Report {
+            instance: String::new(),
             dir,
             journal,
             metrics,
@@ -337,6 +354,7 @@ impl Report {
         let dir = config.run_dir.clone();
         let Some(Entry::Start {
             run_id,
+            instance,
             config: recorded,
             at_ms,
         }) = entries.first().cloned()
@@ -376,6 +394,7 @@ impl Report {
         let down_s = (now_ms().saturating_sub(entries.last().map_or(at_ms, Entry::at_ms))) as f64 / 1e3;
         let mut report = Self::new(config, dir.clone(), journal, open_append(&path)?, at_ms);
         report.rows = rows;
+        report.instance = instance;
         let mut recovered = Recovered {
             next_round: 0,
             events: Vec::new(),
@@ -422,7 +441,9 @@ impl Report {
                 Entry::Start { .. } | Entry::End { .. } => {}
             }
         }
-        recovered.next_round = last_round.map_or(0, |r| r + 1);
+        // Rounds are numbered from 1 in every record; the next round's index is the
+        // last closed round's number.
+        recovered.next_round = last_round.unwrap_or(0);
         report.journal.append(&Entry::Resume {
             after_round: last_round,
             down_s,
@@ -444,6 +465,11 @@ impl Report {
 
     pub fn rounds_closed(&self) -> u32 {
         self.rounds_closed
+    }
+
+    /// This run's random instance (the same across a coordinator's restarts).
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     /// How many rows `node` has in the run so far.
@@ -475,7 +501,7 @@ impl Report {
         for (&node, (metrics, at)) in &open.reported {
             let model = members.get(node).map(|m| m.model.clone()).unwrap_or_default();
             rows.push(MetricsRow::new(
-                open.round,
+                open.round + 1,
                 node,
                 model,
                 metrics,
@@ -484,7 +510,7 @@ impl Report {
             ));
         }
         self.journal.append(&Entry::Round {
-            round: open.round,
+            round: open.round + 1,
             round_ms,
             sent: participants.to_vec(),
             rows: rows.clone(),
@@ -503,7 +529,7 @@ impl Report {
             .map(|r| r.test_accuracy)
             .collect();
         let event = RoundClosed {
-            round: open.round,
+            round: open.round + 1,
             rounds: self.rounds_planned,
             reported: rows.len() as u32,
             missing: (participants.len() - rows.len()) as u32,

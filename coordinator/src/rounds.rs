@@ -101,7 +101,7 @@ async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
 fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     let settings = &shared.config.settings;
     let mut state = shared.state();
-    state.round = round;
+    state.round = round + 1;
     let live: Vec<(u32, String, u64)> = state
         .members
         .live()
@@ -152,7 +152,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             participants.push((*id, *connection));
         }
     }
-    info!(round, participants = participants.len(), "round started");
+    info!(round = round + 1, participants = participants.len(), "round started");
     state.open = Some(OpenRound {
         round,
         token,
@@ -208,11 +208,11 @@ fn close_round(shared: &Shared) -> Result<()> {
         .report()
         .close_round(&open, &participants, closed, &state.members)?;
     let reported: Vec<u32> = open.reported.keys().copied().collect();
-    state.members.count_reports(&participants, &reported, open.round);
+    state.members.count_reports(&participants, &reported, open.round + 1);
     shared.commit(&mut state);
     drop(state);
     info!(
-        round = open.round,
+        round = event.round,
         reported = event.reported,
         missing = event.missing,
         mean_accuracy = format!("{:.4}", event.mean_accuracy),

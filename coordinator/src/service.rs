@@ -38,7 +38,7 @@ pub(crate) struct State {
     pub members: Members,
     /// The round currently open, if any.
     pub open: Option<OpenRound>,
-    /// The round that is open or will open next (for event records).
+    /// The number (from 1) of the round that is open or will open next, for records.
     pub round: u32,
     pub finished: bool,
     /// Membership events already in the journal.
@@ -72,7 +72,8 @@ impl Shared {
             state: Mutex::new(State {
                 members,
                 open: None,
-                round: recovered.map_or(0, |r| r.next_round),
+                // Numbered from 1 in every record and log (the wire counts from 0).
+                round: recovered.map_or(0, |r| r.next_round) + 1,
                 finished: false,
                 journaled,
             }),
@@ -297,13 +298,14 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
         }
         Some(Event::Failed(failed)) => {
             let reason = truncate(&failed.reason, 500);
-            warn!(node = id, round = failed.round, "the node's round failed: {reason}");
+            let number = failed.round.saturating_add(1);
+            warn!(node = id, round = number, "the node's round failed: {reason}");
             let round = state.round;
             state
                 .members
-                .record(id, "failed", round, format!("round {} failed: {reason}", failed.round));
+                .record(id, "failed", round, format!("round {number} failed: {reason}"));
             shared.commit(&mut state);
-            Ok(Flow::Leave(format!("left after its round {} failed", failed.round)))
+            Ok(Flow::Leave(format!("left after its round {number} failed")))
         }
         Some(Event::Silent(silent)) => {
             if silent.node_id >= state.members.nodes() || silent.node_id == id || silent.missed == 0 {
@@ -342,14 +344,18 @@ fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
         .ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
     validate_metrics(&metrics)?;
     let Some(open) = state.open.as_mut() else {
-        info!(node = id, round = done.round, "report arrived between rounds; ignored");
+        info!(
+            node = id,
+            round = done.round + 1,
+            "report arrived between rounds; ignored"
+        );
         return Ok(false);
     };
     if done.round != open.round || done.round_token != open.token {
         info!(
             node = id,
-            round = done.round,
-            open = open.round,
+            round = done.round + 1,
+            open = open.round + 1,
             "late report for a closed round; ignored"
         );
         return Ok(false);
@@ -357,13 +363,13 @@ fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
     if !open.participants.contains_key(&id) {
         return Err(Status::failed_precondition(format!(
             "node {id} is not a participant of round {}",
-            open.round
+            open.round + 1
         )));
     }
     if open.reported.insert(id, (metrics, Instant::now())).is_some() {
         return Err(Status::already_exists(format!(
             "node {id} reported round {} twice",
-            done.round
+            done.round + 1
         )));
     }
     if let Some(member) = state.members.get_mut(id) {

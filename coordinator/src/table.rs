@@ -1,12 +1,13 @@
-//! The final per-node table: printed by the launcher and the coordinator, and
-//! written to `report.md` in the run directory.
+//! The final per-node tables: printed by the launcher and the coordinator, and written
+//! to `report.md` in the run directory. Two tables of at most 80 columns (what each
+//! node learned; what its radio and its time cost), so they fit any terminal.
 
 use std::fmt::Write;
 
 use crate::Summary;
 
 impl Summary {
-    /// The run as a plain-text table, one row per node.
+    /// The run as plain text: a headline, then two tables with a row per node.
     pub fn table(&self) -> String {
         render(self)
     }
@@ -28,47 +29,66 @@ fn render(summary: &Summary) -> String {
     if !summary.finished {
         let _ = writeln!(out, "reason: {}", summary.reason);
     }
-    let _ = writeln!(
-        out,
-        "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>9}  {:>10}  {:>9}  {:>9}  {:>8}",
-        "node",
-        "model",
-        "params",
-        "status",
-        "final",
-        "best",
-        "wire sent",
-        "lost",
-        "airtime",
-        "energy",
-        "compute",
-        "exchange",
-        "wait"
-    );
-    for n in &summary.nodes {
-        let pct = |a: Option<f64>| a.map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+    for outage in &summary.outages {
+        let after = outage
+            .after_round
+            .map_or("before the first round".to_string(), |r| format!("after round {r}"));
         let _ = writeln!(
             out,
-            "{:>4}  {:<14} {:>8}  {:<8} {:>6}  {:>6}  {:>10}  {:>5}  {:>7.1}ms  {:>8.2}mJ  {:>7.0}ms  {:>7.0}ms  {:>6.0}ms",
+            "the coordinator was down {after} and resumed ({:.1} s)",
+            outage.down_s
+        );
+    }
+    let mark = |adversary: bool| if adversary { "!" } else { " " };
+    let _ = writeln!(
+        out,
+        "{:>5}  {:<14} {:>8}  {:<8} {:>7}  {:>9}",
+        "node", "model", "params", "status", "rounds", "final acc"
+    );
+    for n in &summary.nodes {
+        let final_accuracy = n
+            .final_accuracy
+            .map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+        let _ = writeln!(
+            out,
+            "{:>4}{}  {:<14} {:>8}  {:<8} {:>7}  {:>9}",
             n.id,
+            mark(n.adversary),
             n.model,
             n.parameters,
             n.status,
-            pct(n.final_accuracy),
-            pct(n.best_accuracy),
-            bytes(n.wire_bytes_sent),
-            n.messages_lost,
-            1e3 * n.airtime_s,
-            1e3 * (n.tx_energy_j + n.rx_energy_j),
-            n.mean_compute_ms,
-            n.mean_exchange_ms,
-            n.mean_wait_ms,
+            format!("{}/{}", n.rounds_reported, summary.rounds_planned),
+            final_accuracy,
         );
     }
     let _ = writeln!(
         out,
-        "(wire sent, lost, airtime and energy (transmit + receive) over the run; compute, exchange and wait per round)"
+        "{:>5}  {:>9}  {:>5}  {:>9}  {:>10}  {:>8}  {:>8}  {:>8}",
+        "node", "wire sent", "lost", "air time", "energy", "compute", "exchange", "wait"
     );
+    for n in &summary.nodes {
+        let _ = writeln!(
+            out,
+            "{:>4}{}  {:>9}  {:>5}  {:>9}  {:>10}  {:>8}  {:>8}  {:>8}",
+            n.id,
+            mark(n.adversary),
+            bytes(n.wire_bytes_sent),
+            n.messages_lost,
+            seconds(n.airtime_s),
+            joules(n.tx_energy_j + n.rx_energy_j),
+            seconds(n.mean_compute_ms / 1e3),
+            seconds(n.mean_exchange_ms / 1e3),
+            seconds(n.mean_wait_ms / 1e3),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(wire sent, messages lost, air time, radio energy (transmit + receive): over the\n \
+         run; compute, exchange and waiting at the barrier: per round)"
+    );
+    if summary.nodes.iter().any(|n| n.adversary) {
+        let _ = writeln!(out, "(! an adversary, left out of the means)");
+    }
     if let (Some(mean), Some(min)) = (summary.mean_final_accuracy, summary.min_final_accuracy) {
         let _ = writeln!(
             out,
@@ -83,9 +103,71 @@ fn render(summary: &Summary) -> String {
 /// A byte count with a binary unit.
 pub fn bytes(n: u64) -> String {
     let n = n as f64;
+    const KIB: f64 = 1024.0;
     match n {
-        n if n >= 1024.0 * 1024.0 => format!("{:.1} MiB", n / 1024.0 / 1024.0),
-        n if n >= 1024.0 => format!("{:.1} KiB", n / 1024.0),
+        n if n >= KIB * KIB * KIB => format!("{:.1} GiB", n / KIB / KIB / KIB),
+        n if n >= KIB * KIB => format!("{:.1} MiB", n / KIB / KIB),
+        n if n >= KIB => format!("{:.1} KiB", n / KIB),
         n => format!("{n} B"),
+    }
+}
+
+/// A duration in seconds, in ms below a second (at most 8 characters up to 10⁵ s).
+fn seconds(s: f64) -> String {
+    match s {
+        s if s < 1.0 => format!("{:.1} ms", 1e3 * s),
+        s if s < 100.0 => format!("{s:.2} s"),
+        s => format!("{s:.0} s"),
+    }
+}
+
+/// Energy in joules, in mJ below a joule, kJ from a thousand.
+fn joules(j: f64) -> String {
+    match j {
+        j if j < 1.0 => format!("{:.2} mJ", 1e3 * j),
+        j if j < 1e3 => format!("{j:.3} J"),
+        j => format!("{:.1} kJ", j / 1e3),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{NodeSummary, Summary};
+
+    #[test]
+    fn every_line_fits_80_columns() {
+        let node = |id: u32, adversary: bool| NodeSummary {
+            id,
+            model: "cnn:160,320,1280".into(),
+            parameters: 12_345_678,
+            status: "finished".into(),
+            adversary,
+            rounds_reported: 999,
+            final_accuracy: Some(0.9999),
+            wire_bytes_sent: 999 << 30,
+            messages_lost: 99_999,
+            airtime_s: 9_999.9,
+            tx_energy_j: 99_999.0,
+            mean_compute_ms: 99_999.0,
+            mean_exchange_ms: 99_999.0,
+            mean_wait_ms: 99_999.0,
+            ..NodeSummary::default()
+        };
+        let summary = Summary {
+            run_id: "quickstart-42".into(),
+            algorithm: "dml".into(),
+            finished: true,
+            rounds_planned: 999,
+            rounds_closed: 999,
+            nodes: vec![node(4095, false), node(1, true)],
+            mean_final_accuracy: Some(0.5),
+            min_final_accuracy: Some(0.25),
+            ..Summary::default()
+        };
+        let table = summary.table();
+        for line in table.lines() {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
+        }
+        assert!(table.contains("4095 ") && table.contains("   1! "), "{table}");
     }
 }

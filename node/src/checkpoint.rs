@@ -27,6 +27,8 @@ const FORMAT: &str = "1";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Owner {
     pub run_id: String,
+    /// The run's random instance: an earlier run of the same scenario has another.
+    pub instance: String,
     pub node: u32,
     pub model: String,
 }
@@ -54,6 +56,7 @@ pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: S
     let metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("run_id", owner.run_id.clone()),
+        ("run_instance", owner.instance.clone()),
         ("node", owner.node.to_string()),
         ("model", owner.model.clone()),
         ("round", round.to_string()),
@@ -98,9 +101,22 @@ pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<R
     }
     let found = Owner {
         run_id: field("run_id")?.clone(),
+        instance: field("run_instance")?.clone(),
         node: number("node")? as u32,
         model: field("model")?.clone(),
     };
+    let same_place = found.run_id == owner.run_id && found.node == owner.node && found.model == owner.model;
+    if same_place && found.instance != owner.instance {
+        // The same node of an earlier run of this scenario: this run starts afresh (its
+        // own checkpoints replace that one).
+        tracing::warn!(
+            path = %path.display(),
+            "the checkpoint is from an earlier run of {} (instance {}); starting afresh",
+            found.run_id,
+            found.instance
+        );
+        return Ok(None);
+    }
     if &found != owner {
         return Err(bad(format!(
             "belongs to node {} ({}) of run {}, not node {} ({}) of run {}; give this node its own --state-dir",
@@ -153,6 +169,7 @@ mod tests {
         }
         let owner = Owner {
             run_id: "r-1".into(),
+            instance: "a1".into(),
             node: 2,
             model: spec.to_string(),
         };
@@ -179,6 +196,12 @@ mod tests {
             restored.parameters_flat().unwrap(),
             "same Adam update, bit for bit"
         );
+        // An earlier run of the same scenario: a fresh start, not an error.
+        let earlier = Owner {
+            instance: "b2".into(),
+            ..owner.clone()
+        };
+        assert_eq!(load(&dir, &earlier, &mut restored).unwrap(), None);
         // Another node's checkpoint is refused, naming both.
         let other = Owner { node: 3, ..owner };
         let error = load(&dir, &other, &mut restored).unwrap_err().to_string();

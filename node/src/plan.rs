@@ -19,6 +19,8 @@ pub const MAX_MESSAGE_BYTES: u64 = 256 << 20;
 #[derive(Clone, Debug)]
 pub struct RunPlan {
     pub run_id: String,
+    /// Random, this run's alone (tells its checkpoints from an earlier run's).
+    pub run_instance: String,
     pub seed: u64,
     pub algorithm: Algorithm,
     pub rounds: u32,
@@ -147,6 +149,7 @@ impl RunPlan {
             .validate()
             .map_err(|e| Error::config("channel", e.to_string()))?;
         Ok(RunPlan {
+            run_instance: s.run_instance,
             run_id: s.run_id,
             seed: s.seed,
             algorithm,

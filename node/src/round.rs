@@ -181,7 +181,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     let silent = node.take_silent();
-    debug!(round = start.round, accuracy = metrics.test_accuracy, "round done");
+    debug!(round = start.round + 1, accuracy = metrics.test_accuracy, "round done");
     Ok(RoundOutcome { metrics, silent })
 }
 

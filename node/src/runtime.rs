@@ -215,6 +215,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);
         let owner = Owner {
             run_id: plan.run_id.clone(),
+            instance: plan.run_instance.clone(),
             node: id,
             model: model.to_string(),
         };
@@ -275,11 +276,13 @@ async fn round_worker(
         let Some(start) = rounds.borrow_and_update().clone() else {
             continue;
         };
-        let (round, token) = (start.round, start.round_token);
+        let token = start.round_token;
+        // Numbered from 1 in logs and reports, as everywhere a person reads it.
+        let round = start.round + 1;
         // Its own task, so that a panic in the model code is caught here.
         let task = tokio::spawn(async move {
-            if panic_at_round == Some(start.round) {
-                panic!("fault injected in round {} (--fault-panic-at-round)", start.round);
+            if panic_at_round == Some(start.round + 1) {
+                panic!("fault injected in round {} (--fault-panic-at-round)", start.round + 1);
             }
             let result = run_round(&mut node, &start).await;
             (node, result)
@@ -304,7 +307,7 @@ async fn round_worker(
                     let _ = reports.send(Report::Silent(NeighbourSilent { node_id, missed })).await;
                 }
                 let done = Done {
-                    round,
+                    round: round - 1,
                     round_token: token,
                     metrics: Some(outcome.metrics),
                 };
@@ -332,7 +335,7 @@ async fn round_worker(
         };
         error!(round, "round failed: {reason}");
         let failed = RoundFailed {
-            round,
+            round: round - 1,
             round_token: token,
             reason,
         };
@@ -542,7 +545,8 @@ impl Session {
                                 while let Ok(Some(_)) = inbound.message().await {}
                             })
                             .await;
-                            return Err(Error::RoundFailed { round: failed.round, reason: failed.reason });
+                            let round = failed.round + 1;
+                            return Err(Error::RoundFailed { round, reason: failed.reason });
                         }
                     }
                     _ = heartbeat.tick() => {

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::Serialize;
 use wdml_coordinator::{MetricsRow, Summary, bytes};
 
@@ -28,9 +28,10 @@ pub struct Args {
     /// Override any scenario field (repeatable).
     #[arg(long = "set", value_name = "FIELD=VALUE")]
     overrides: Vec<String>,
-    /// Algorithms to run, in order.
-    #[arg(long, value_delimiter = ',', default_value = "local,fedavg,dml")]
-    algorithms: Vec<String>,
+    /// Algorithms to run, in order (default: local, fedavg, dml, leaving out — and
+    /// saying so — any the scenario cannot run, e.g. fedavg with different models).
+    #[arg(long, value_delimiter = ',')]
+    algorithms: Option<Vec<String>>,
     /// Target mean accuracy (0–1) for the cost-to-target columns; default: the best
     /// mean accuracy that every exchanging algorithm reached.
     #[arg(long)]
@@ -90,8 +91,12 @@ struct SeedOutcome {
 pub fn main(args: Args) -> Result<ExitCode> {
     let base = Scenario::load(args.scenario.as_deref(), &args.overrides)?;
     base.preflight()?;
-    let algorithms = args
+    let chosen = args.algorithms.is_some();
+    let names = args
         .algorithms
+        .clone()
+        .unwrap_or_else(|| ["local", "fedavg", "dml"].map(String::from).to_vec());
+    let algorithms = names
         .iter()
         .map(|a| match a.trim() {
             "local" => Ok(AlgorithmName::Local),
@@ -109,14 +114,23 @@ pub fn main(args: Args) -> Result<ExitCode> {
     if let Some(seed) = args.seeds.iter().find(|s| !seen.insert(**s)) {
         bail!("--seeds: seed {seed} is given twice");
     }
-    // Refuse a bad combination (fedavg with mixed models) before running anything.
+    // A combination the scenario cannot run (fedavg with mixed models) is refused before
+    // anything runs when asked for, and left out (saying why) from the default list.
+    let mut runnable = Vec::new();
+    let mut skipped = Vec::new();
     for &algorithm in &algorithms {
         let mut scenario = base.clone();
         scenario.run.algorithm = algorithm;
-        scenario
-            .validate()
-            .with_context(|| format!("under {}", name(algorithm)))?;
+        match scenario.validate() {
+            Ok(()) => runnable.push(algorithm),
+            Err(e) if !chosen => {
+                eprintln!("skipping {}: {e:#}", name(algorithm));
+                skipped.push(format!("{} ({e:#})", name(algorithm)));
+            }
+            Err(e) => return Err(e.context(format!("under {}", name(algorithm)))),
+        }
     }
+    let algorithms = runnable;
     let out = args
         .out
         .clone()
@@ -136,7 +150,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     };
 
     if args.seeds.is_empty() {
-        compare(&runtime, &base, &algorithms, args.target, &out, options)?;
+        compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
         println!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
         println!("written: {}/comparison.{{md,svg,json}}", out.display());
         return Ok(ExitCode::SUCCESS);
@@ -150,6 +164,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             &runtime,
             &scenario,
             &algorithms,
+            &skipped,
             args.target,
             &out.join(format!("seed-{seed}")),
             options,
@@ -157,8 +172,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         per_seed.push(SeedOutcome { seed, outcomes });
     }
     let markdown = seeds_report(&base, &per_seed);
-    std::fs::write(out.join("seeds.md"), &markdown)?;
-    std::fs::write(out.join("seeds.json"), serde_json::to_string_pretty(&per_seed)? + "\n")?;
+    let public = wdml_proto::files::Mode::Public;
+    wdml_proto::files::write_atomic(&out.join("seeds.md"), markdown.as_bytes(), public)?;
+    let json = serde_json::to_string_pretty(&per_seed)? + "\n";
+    wdml_proto::files::write_atomic(&out.join("seeds.json"), json.as_bytes(), public)?;
     println!("{markdown}");
     println!(
         "written: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
@@ -173,6 +190,7 @@ fn compare(
     runtime: &tokio::runtime::Runtime,
     scenario: &Scenario,
     algorithms: &[AlgorithmName],
+    skipped: &[String],
     target: Option<f64>,
     out: &Path,
     options: Launch,
@@ -199,24 +217,27 @@ fn compare(
         .filter(|(a, _, _)| *a != AlgorithmName::Local)
         .map(|(_, _, rows)| best(&curve(rows)))
         .collect();
-    let target_given = target.is_some();
-    let target = target.unwrap_or_else(|| exchanging.iter().copied().fold(f64::INFINITY, f64::min));
-    let target = if target.is_finite() {
-        target
-    } else {
-        runs.iter().map(|(_, _, r)| best(&curve(r))).fold(0.0, f64::max)
+    let (target, how) = match target {
+        Some(t) => (t, "given"),
+        None if !exchanging.is_empty() => (
+            exchanging.iter().copied().fold(f64::INFINITY, f64::min),
+            "the best mean accuracy every exchanging algorithm reached",
+        ),
+        None => (
+            runs.iter().map(|(_, _, r)| best(&curve(r))).fold(0.0, f64::max),
+            "the best mean accuracy reached",
+        ),
     };
     let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
 
-    std::fs::write(
-        out.join("comparison.md"),
-        report(scenario, &outcomes, target, target_given),
-    )?;
-    std::fs::write(out.join("comparison.svg"), plot(scenario, &outcomes))?;
-    std::fs::write(
-        out.join("comparison.json"),
-        serde_json::to_string_pretty(&outcomes)? + "\n",
-    )?;
+    let write = |name: &str, text: String| -> Result<()> {
+        let path = out.join(name);
+        wdml_proto::files::write_atomic(&path, text.as_bytes(), wdml_proto::files::Mode::Public)?;
+        Ok(())
+    };
+    write("comparison.md", report(scenario, &outcomes, target, how, skipped))?;
+    write("comparison.svg", plot(scenario, &outcomes))?;
+    write("comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
     Ok(outcomes)
 }
 
@@ -273,13 +294,13 @@ fn outcome(algorithm: AlgorithmName, summary: &Summary, rows: &[MetricsRow], tar
         to_target: curve
             .iter()
             .find(|p| p.mean_accuracy >= target - 1e-9)
-            .map(|p| (p.round + 1, p.cumulative_energy_j, p.cumulative_airtime_s)),
+            .map(|p| (p.round, p.cumulative_energy_j, p.cumulative_airtime_s)),
         final_accuracy_per_node: summary.nodes.iter().map(|n| n.final_accuracy).collect(),
         curve,
     }
 }
 
-fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: bool) -> String {
+fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, skipped: &[String]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# Comparison: {}\n", scenario.run.name);
     let _ = writeln!(
@@ -296,11 +317,9 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: 
         scenario.channel.preset,
         scenario.run.seed,
     );
-    let how = if target_given {
-        "given"
-    } else {
-        "the best mean accuracy every exchanging algorithm reached"
-    };
+    for skip in skipped {
+        let _ = writeln!(md, "Not run: {skip}.\n");
+    }
     let _ = writeln!(
         md,
         "Target accuracy {:.2} % ({how}). Energy and air time (the emulated radio's) and \
@@ -309,7 +328,7 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, target_given: 
     );
     let _ = writeln!(
         md,
-        "| algorithm | final mean acc | best mean acc | worst node (final) | wire bytes / round / node | air time | energy | compute CPU | rounds to target | air time to target | energy to target |"
+        "| algorithm | final mean acc | best mean acc (picked on the test set) | worst node (final) | wire bytes / round / node | air time | energy | compute CPU | rounds to target | air time to target | energy to target |"
     );
     let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
@@ -444,7 +463,7 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
             x_label: "round",
             y_label: "mean test accuracy",
             log_x: false,
-            series: series(|p| f64::from(p.round + 1)),
+            series: series(|p| f64::from(p.round)),
         },
         Panel {
             title: "against energy (log)",

@@ -29,11 +29,15 @@ pub struct Args {
     /// Replace a finished run in --out instead of refusing.
     #[arg(long, env = "WDML_OVERWRITE")]
     overwrite: bool,
+    /// Also append the log to this file (e.g. into the run directory from a container).
+    #[arg(long, env = "WDML_LOG_FILE", value_name = "FILE")]
+    log_file: Option<PathBuf>,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
+    crate::cli::init_tracing(args.log_file.as_deref())?;
     let security = args.tls.security(wdml_proto::transport::Identity::Coordinator)?;
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
     scenario.preflight()?;

@@ -126,27 +126,42 @@ pub struct Launch {
 }
 
 impl Args {
-    fn overrides(&self) -> Vec<String> {
+    /// Every `--set`, then the shorthand flags as `--set`s. A flag and a `--set` for the
+    /// same field contradict each other: refused, naming both.
+    fn overrides(&self) -> Result<Vec<String>> {
         let mut all = self.overrides.clone();
-        let mut add = |field: &str, value: Option<String>| {
-            if let Some(v) = value {
-                all.push(format!("{field}={v}"));
+        let flags = [
+            ("--rounds", "run.rounds", self.rounds.map(|v| v.to_string())),
+            (
+                "--algorithm",
+                "run.algorithm",
+                self.algorithm.as_ref().map(|v| format!("{v:?}")),
+            ),
+            ("--seed", "run.seed", self.seed.map(|v| v.to_string())),
+            ("--nodes", "nodes.count", self.nodes.map(|v| v.to_string())),
+            (
+                "--data-dir",
+                "data.dir",
+                self.data_dir.as_ref().map(|v| format!("{:?}", v.display().to_string())),
+            ),
+        ];
+        for (flag, field, value) in flags {
+            let Some(value) = value else { continue };
+            if let Some(set) = self
+                .overrides
+                .iter()
+                .find(|o| o.split_once('=').is_some_and(|(k, _)| k.trim() == field))
+            {
+                bail!("{flag} {value} and --set {set} both set {field}: give one of them");
             }
-        };
-        add("run.rounds", self.rounds.map(|v| v.to_string()));
-        add("run.algorithm", self.algorithm.as_ref().map(|v| format!("{v:?}")));
-        add("run.seed", self.seed.map(|v| v.to_string()));
-        add("nodes.count", self.nodes.map(|v| v.to_string()));
-        add(
-            "data.dir",
-            self.data_dir.as_ref().map(|v| format!("{:?}", v.display().to_string())),
-        );
-        all
+            all.push(format!("{field}={value}"));
+        }
+        Ok(all)
     }
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
-    let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides())?;
+    let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides()?)?;
     scenario.preflight()?;
     let out = args.out.clone().unwrap_or_else(|| default_run_dir(&scenario.run.name));
     args.dir.prepare(&out)?;
@@ -375,8 +390,9 @@ async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progr
     while let Some(event) = watch.message().await? {
         match event.event {
             Some(run_event::Event::RoundClosed(r)) => {
+                // One line of at most 80 columns.
                 let line = format!(
-                    "mean acc {:.1}%, worst {:.1}%, {} on the wire, airtime {:.1} ms, {:.2} mJ, {:.0} ms{}",
+                    "acc {:.1}% (worst {:.1}%), {}, air {:.1} ms, {:.2} mJ, {:.0} ms{}",
                     100.0 * r.mean_accuracy,
                     100.0 * r.min_accuracy,
                     bytes(r.wire_bytes),
@@ -390,9 +406,9 @@ async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progr
                     }
                 );
                 if bar.is_hidden() && progress == Progress::Auto {
-                    eprintln!("round {}/{}: {line}", r.round + 1, r.rounds);
+                    eprintln!("round {}/{}: {line}", r.round, r.rounds);
                 }
-                bar.set_position(u64::from(r.round + 1));
+                bar.set_position(u64::from(r.round));
                 bar.set_message(line);
             }
             Some(run_event::Event::RunFinished(_)) => return Ok(()),

@@ -51,10 +51,7 @@ pub fn main(cli: Cli) -> ExitCode {
     quiet_on_broken_pipe();
     let result = match command {
         Command::Run(args) => launcher::main(args),
-        Command::Coordinator(args) => {
-            init_tracing();
-            coordinator::main(args)
-        }
+        Command::Coordinator(args) => coordinator::main(args),
         Command::Node(args) => node::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Compare(args) => compare::main(args),
@@ -97,18 +94,43 @@ fn quiet_on_broken_pipe() {
     }));
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default: info). Colours only on a terminal,
+/// Logs to stderr, and to `file` too when given (appended; e.g. a container's log into
+/// the run directory); `RUST_LOG` filters (default: info). Colours only on a terminal,
 /// and never with `NO_COLOR` set: a log file must stay greppable.
-pub(crate) fn init_tracing() {
+pub(crate) fn init_tracing(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     use std::io::IsTerminal;
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colour)
-        .with_target(false)
+        .with_target(false);
+    let file = match file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+            }
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("--log-file {}: {e}", path.display()))?;
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::sync::Mutex::new(log))
+                    .with_ansi(false)
+                    .with_target(false),
+            )
+        }
+        None => None,
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(file)
         .init();
+    Ok(())
 }
 
 /// Completes on ctrl-c or SIGTERM, whichever comes first.

@@ -39,6 +39,9 @@ pub struct Args {
     /// node started again with it resumes from there. None: no checkpoints.
     #[arg(long, env = "WDML_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Also append the log to this file (e.g. into the run directory from a container).
+    #[arg(long, env = "WDML_LOG_FILE", value_name = "FILE")]
+    log_file: Option<PathBuf>,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
     /// Fault injection, for tests: the round worker panics in round N.
@@ -54,7 +57,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // before any thread exists.
     // SAFETY: no other thread is running yet.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
-    crate::cli::init_tracing();
+    crate::cli::init_tracing(args.log_file.as_deref())?;
     let security = args.tls.security(wdml_proto::transport::Identity::Node(args.id))?;
     let config = wdml_node::Config {
         id: args.id,

@@ -182,7 +182,12 @@ const PALETTE: [&str; 10] = [
 pub fn write_run_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
     let rows = MetricsRow::read_all(run_dir)?;
     let path = run_dir.join("rounds.svg");
-    std::fs::write(&path, run_figure(title, &rows)).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    wdml_proto::files::write_atomic(
+        &path,
+        run_figure(title, &rows).as_bytes(),
+        wdml_proto::files::Mode::Public,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {e}"))
 }
 
 fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
@@ -202,7 +207,7 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
             let (mut energy, mut airtime) = (0.0, 0.0);
             let mut curves = [Vec::new(), Vec::new(), Vec::new()];
             for r in mine {
-                let round = f64::from(r.round + 1);
+                let round = f64::from(r.round);
                 energy += r.tx_energy_j + r.rx_energy_j;
                 airtime += r.airtime_s;
                 curves[0].push((round, r.test_accuracy));

@@ -1,0 +1,213 @@
+//! What a new user meets in the first hour, as behaviours that must not regress: a run
+//! directory is never replaced by accident, ctrl-c stops cleanly with the conventional
+//! status, a run ends at once, rounds are counted from 1 everywhere, a wrong model is
+//! refused naming both, contradicting options are refused, log files have no colour
+//! codes, a closed pipe is no panic, `compare` says what it could not run.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, TempDir, WDML, launch, metrics, small, summary};
+
+#[test]
+fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
+    let dir = TempDir::new("first-run");
+    let rounds = 3;
+    let output = launch(dir.path(), &small(2, rounds));
+    assert!(output.status.success());
+    // metrics.jsonl, the progress lines, and both kinds of log count 1, 2, 3.
+    let numbers: Vec<u32> = metrics(dir.path()).iter().map(|r| r.round).collect();
+    assert_eq!(numbers, [1, 1, 2, 2, 3, 3]);
+    let progress = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        progress.contains("round 1/3:") && progress.contains("round 3/3:"),
+        "{progress}"
+    );
+    assert!(
+        !progress.contains("round 0/") && !progress.contains("round 4/"),
+        "{progress}"
+    );
+    let coordinator = std::fs::read_to_string(dir.path().join("logs/coordinator.log")).unwrap();
+    assert!(coordinator.contains("round started round=1 "), "{coordinator}");
+    assert!(!coordinator.contains("round=0 "), "{coordinator}");
+    let node = std::fs::read_to_string(dir.path().join("logs/node-0.log")).unwrap();
+    assert!(node.contains("round done node=0 round=1 "), "{node}");
+    // The run ends when its last round does: nothing is left open to wait for.
+    assert!(!coordinator.contains("still open"), "{coordinator}");
+    // Logs written to files carry no terminal colour codes.
+    for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
+    }
+    // The tables fit an 80-column terminal.
+    let table = String::from_utf8_lossy(&output.stdout);
+    for line in table.lines() {
+        assert!(line.chars().count() <= 80, "{line}");
+    }
+}
+
+#[test]
+fn a_run_directory_is_never_replaced_by_accident() {
+    let dir = TempDir::new("no-overwrite");
+    let out = dir.path().join("run");
+    let overrides = small(2, 1);
+    assert!(launch(&out, &overrides).status.success());
+    let before = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let again = launch(&out, &overrides);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("holds an earlier run") && stderr.contains("--overwrite") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("metrics.jsonl")).unwrap(),
+        before,
+        "the earlier run was touched"
+    );
+    // Asked to, it replaces it.
+    let mut args = vec!["--overwrite".to_string()];
+    for o in &overrides {
+        args.extend(["--set".to_string(), o.clone()]);
+    }
+    let output = Command::new(WDML)
+        .arg("run")
+        .arg("--out")
+        .arg(&out)
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn ctrl_c_stops_the_run_with_the_conventional_status_and_the_nodes_left() {
+    let dir = TempDir::new("ctrl-c");
+    let mut command = Command::new(WDML);
+    command.arg("run").arg("--out").arg(dir.path().join("run"));
+    for o in small(3, 100_000) {
+        command.arg("--set").arg(o);
+    }
+    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // Wait for rounds to close, then ctrl-c (SIGINT) as a terminal sends it.
+    let out = dir.path().join("run");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while metrics(&out).iter().all(|r| r.round < 2) {
+        assert!(std::time::Instant::now() < deadline, "no round closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("interrupted: "), "{stderr}");
+    assert!(!stderr.contains("exited with"), "{stderr}");
+    let s = summary(&out);
+    assert!(!s.finished);
+    for node in &s.nodes {
+        assert_eq!(node.status, "left", "node {}: {:?}", node.id, s.events);
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_launcher_quietly() {
+    let dir = TempDir::new("pipe");
+    let mut command = Command::new(WDML);
+    command.arg("run").arg("--out").arg(dir.path().join("run"));
+    for o in small(2, 1) {
+        command.arg("--set").arg(o);
+    }
+    // `wdml run | head -0`: the reader is gone before the table is printed.
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.code(), Some(141), "{stderr}");
+}
+
+#[test]
+fn a_flag_and_a_set_for_the_same_field_are_refused_naming_both() {
+    let output = Command::new(WDML)
+        .args(["run", "--rounds", "2", "--set", "run.rounds=3"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--rounds 2") && stderr.contains("run.rounds=3"),
+        "{stderr}"
+    );
+    // An invalid --set is refused even beside a flag for another field.
+    let output = Command::new(WDML)
+        .args(["run", "--rounds", "2", "--set", "train.local_steps=many"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("train.local_steps"), "{stderr}");
+}
+
+#[test]
+fn a_node_with_another_model_than_the_scenarios_is_refused_naming_both() {
+    let mut cluster = Cluster::coordinator_on("model", "127.0.0.1", &small(2, 2));
+    let index = cluster.start_node(0, "cnn:4,8,16", "127.0.0.1");
+    let status = cluster.nodes[index]
+        .wait_for(Duration::from_secs(60))
+        .expect("refused at once");
+    assert!(!status.success());
+    let log = std::fs::read_to_string(cluster.out().join("logs/node-0.log")).unwrap();
+    assert!(log.contains("cnn:4,8,16") && log.contains("mlp:64"), "{log}");
+    // Without --model it runs the scenario's.
+    let mut args = cluster.node_args(0, "", "127.0.0.1:0");
+    let at = args.iter().position(|a| a == "--model").unwrap();
+    args.drain(at..at + 2);
+    cluster.start_node_with(0, &args);
+    cluster.start_node(1, "mlp:64", "127.0.0.1");
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    assert!(summary(cluster.out()).nodes.iter().all(|n| n.model == "mlp:64"));
+}
+
+#[test]
+fn compare_runs_what_it_can_and_says_what_it_left_out() {
+    let dir = TempDir::new("compare-skip");
+    let mut command = Command::new(WDML);
+    command.arg("compare").arg("--out").arg(dir.path().join("cmp"));
+    let mut overrides = small(2, 1);
+    // Different models: fedavg cannot average them.
+    overrides.push("nodes.models=[\"mlp:64\",\"mlp:32\"]".into());
+    for o in overrides {
+        command.arg("--set").arg(o);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let table = std::fs::read_to_string(dir.path().join("cmp/comparison.md")).unwrap();
+    assert!(
+        table.contains("Not run: fedavg") && table.contains("same model"),
+        "{table}"
+    );
+    assert!(table.contains("| local |") && table.contains("| dml |"), "{table}");
+    // The curves count rounds from 1 too.
+    let json = std::fs::read_to_string(dir.path().join("cmp/comparison.json")).unwrap();
+    let outcomes: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(outcomes[0]["curve"][0]["round"], 1);
+
+    // Only local: no claim about exchanging algorithms.
+    let mut command = Command::new(WDML);
+    command
+        .args(["compare", "--algorithms", "local", "--out"])
+        .arg(dir.path().join("local"));
+    for o in small(2, 1) {
+        command.arg("--set").arg(o);
+    }
+    assert!(command.output().unwrap().status.success());
+    let table = std::fs::read_to_string(dir.path().join("local/comparison.md")).unwrap();
+    assert!(!table.contains("exchanging"), "{table}");
+}
