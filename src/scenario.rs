@@ -166,7 +166,9 @@ pub struct DataSection {
     /// A directory of IDX files (e.g. /usr/share/datasets/fashion-mnist); absent:
     /// the embedded Fashion-MNIST subset.
     pub dir: Option<PathBuf>,
-    /// `iid`, `dirichlet:<alpha>` or `shards:<per node>`.
+    /// `iid`, `dirichlet:<α>` (plain per-class Dirichlet, Flower Datasets' default),
+    /// `dirichlet-balanced:<α>` (FedLab's / NIID-Bench's capped variant),
+    /// `dirichlet-per-node:<α>` (Hsu et al. 2019) or `shards:<per node>`.
     pub partition: String,
     /// Training images set aside as the public pool (labels never used).
     pub public_pool: u32,

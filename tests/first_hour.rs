@@ -42,6 +42,19 @@ fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
     }
+    // The realised split is recorded: per node, its samples per class, and a picture.
+    let split: wdml_coordinator::SplitRecord =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("split.json")).unwrap()).unwrap();
+    assert_eq!(split.partition, "iid");
+    assert_eq!(split.nodes.len(), 2);
+    for node in &split.nodes {
+        let row = metrics(dir.path()).into_iter().find(|r| r.node == node.node).unwrap();
+        assert_eq!(node.histogram.len(), 10);
+        assert_eq!(node.samples, u64::from(row.private_samples), "node {}", node.node);
+        assert_eq!(node.histogram.iter().map(|&c| u64::from(c)).sum::<u64>(), node.samples);
+    }
+    let figure = std::fs::read_to_string(dir.path().join("split.svg")).unwrap();
+    assert!(figure.contains("node 1 ("), "{figure}");
     // The tables fit an 80-column terminal.
     let table = String::from_utf8_lossy(&output.stdout);
     for line in table.lines() {

@@ -23,7 +23,7 @@ mod table;
 pub use config::{Config, MAX_TIMEOUT};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
-pub use report::{MembershipEventRecord, MetricsRow, NodeSummary, Outage, Summary};
+pub use report::{MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage, SplitRecord, Summary};
 pub use table::bytes;
 
 use std::future::Future;

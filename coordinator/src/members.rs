@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::Status;
-use wdml_proto::{CoordinatorEvent, JoinRequest, MemberGone, coordinator_event::Event};
+use wdml_proto::{CoordinatorEvent, Hello, JoinRequest, MemberGone, coordinator_event::Event};
 
 /// The sending half of a node's `Sync` stream.
 pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorEvent, Status>>;
@@ -42,10 +42,15 @@ pub(crate) struct Member {
     pub joined_at: Instant,
     pub last_seen: Instant,
     pub rounds_reported: u32,
+    /// Private samples per class of its shard, as its Hello said.
+    pub histogram: Vec<u32>,
     /// Rounds in a row it was sent and did not report: past [`SILENT_AFTER`] the
     /// barrier stops waiting for it, until it reports again.
     pub missed_reports: u32,
 }
+
+/// The most classes a node's label histogram may list.
+const MAX_CLASSES: usize = 1000;
 
 /// After this many rounds in a row without a report, a member is not waited for.
 pub(crate) const SILENT_AFTER: u32 = 2;
@@ -152,6 +157,7 @@ impl Members {
             joined_at: now,
             last_seen: now,
             rounds_reported: previous.map_or(0, |m| m.rounds_reported),
+            histogram: previous.map_or_else(Vec::new, |m| m.histogram.clone()),
             missed_reports: 0,
         };
         self.by_id.insert(id, member);
@@ -177,6 +183,7 @@ impl Members {
                 joined_at: now,
                 last_seen: now,
                 rounds_reported,
+                histogram: Vec::new(),
                 missed_reports: 0,
             },
         );
@@ -184,7 +191,7 @@ impl Members {
 
     /// Binds a `Sync` stream to a joined node (whose Hello says how many parameters
     /// its model has, if its Join did not); returns the connection number.
-    pub fn attach(&mut self, id: u32, session: u64, parameters: u64, outbox: Outbox) -> Result<u64, Status> {
+    pub fn attach(&mut self, id: u32, session: u64, hello: &Hello, outbox: Outbox) -> Result<u64, Status> {
         let member = self.authenticate(id, session)?;
         if member.presence != Presence::Joined {
             return Err(Status::failed_precondition(format!(
@@ -194,9 +201,18 @@ impl Members {
         }
         self.next_connection += 1;
         let connection = self.next_connection;
+        if hello.label_histogram.len() > MAX_CLASSES {
+            return Err(Status::invalid_argument(format!(
+                "a label histogram of {} classes (at most {MAX_CLASSES})",
+                hello.label_histogram.len()
+            )));
+        }
         let member = self.by_id.get_mut(&id).expect("authenticated above");
-        if parameters > 0 {
-            member.parameters = parameters;
+        if hello.parameters > 0 {
+            member.parameters = hello.parameters;
+        }
+        if !hello.label_histogram.is_empty() {
+            member.histogram = hello.label_histogram.clone();
         }
         member.presence = Presence::Live;
         member.outbox = Some((connection, outbox));
@@ -435,7 +451,7 @@ mod tests {
         let mut members = members(2);
         members.join(&request(1, "h:1"), 11, Proof::None, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let connection = members.attach(1, 11, 0, tx).unwrap();
+        let connection = members.attach(1, 11, &Hello::default(), tx).unwrap();
         assert_eq!(
             members.join(&request(1, "h:1"), 12, Proof::None, 0).unwrap_err().code(),
             tonic::Code::AlreadyExists
@@ -457,7 +473,7 @@ mod tests {
         let mut members = members(2);
         members.join(&request(1, "h:1"), 11, Proof::Certificate, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        members.attach(1, 11, 0, tx).unwrap();
+        members.attach(1, 11, &Hello::default(), tx).unwrap();
         members.join(&request(1, "h:9"), 12, Proof::Certificate, 0).unwrap();
         let member = members.get(1).unwrap();
         assert_eq!(
@@ -501,8 +517,8 @@ mod tests {
         let (tx1, _rx1) = mpsc::channel(4);
         members.join(&request(0, "h:1"), 11, Proof::None, 0).unwrap();
         members.join(&request(1, "h:2"), 13, Proof::None, 0).unwrap();
-        members.attach(0, 11, 0, tx0).unwrap();
-        let connection = members.attach(1, 13, 0, tx1).unwrap();
+        members.attach(0, 11, &Hello::default(), tx0).unwrap();
+        let connection = members.attach(1, 13, &Hello::default(), tx1).unwrap();
         (members, rx0, connection)
     }
 

@@ -197,6 +197,23 @@ impl From<&MembershipEvent> for MembershipEventRecord {
     }
 }
 
+/// The realised split, in `split.json`: what each node's private shard holds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitRecord {
+    /// The scenario's `data.partition`, e.g. `dirichlet:0.5`.
+    pub partition: String,
+    pub nodes: Vec<NodeSplit>,
+}
+
+/// One node's shard in `split.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeSplit {
+    pub node: u32,
+    pub samples: u64,
+    /// Samples per class, as the node reported them.
+    pub histogram: Vec<u32>,
+}
+
 /// A stretch of time the coordinator was down, in `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outage {
@@ -239,8 +256,10 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 7] = [
+const RUN_FILES: [&str; 9] = [
     journal::FILE,
+    "split.json",
+    "split.svg",
     "scenario.toml",
     "metrics.jsonl",
     "summary.json",
@@ -550,6 +569,25 @@ impl Report {
     /// Whether every round that closed had no report at all (every node failed).
     pub fn every_round_failed(&self) -> bool {
         self.rounds_closed > 0 && self.failed_rounds == self.rounds_closed
+    }
+
+    /// Writes `split.json`: every known member's shard, as its Hello described it.
+    pub fn write_split(&self, members: &Members, partition: &str) -> Result<()> {
+        let record = SplitRecord {
+            partition: partition.to_string(),
+            nodes: members
+                .all()
+                .filter(|m| !m.histogram.is_empty())
+                .map(|m| NodeSplit {
+                    node: m.id,
+                    samples: m.histogram.iter().map(|&c| u64::from(c)).sum(),
+                    histogram: m.histogram.clone(),
+                })
+                .collect(),
+        };
+        let path = self.dir.join("split.json");
+        let json = serde_json::to_string_pretty(&record)? + "\n";
+        write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
     }
 
     /// Builds the summary from the rows and the membership, writes `summary.json` and

@@ -43,6 +43,7 @@ pub(crate) struct Start {
 /// that cannot be written).
 pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
     wait_for_members(&shared, &start).await?;
+    write_split(&shared);
     for round in start.first_round..shared.config.settings.rounds {
         // Tokens only order and authenticate; they never shape results.
         let token = random_secret()?;
@@ -224,6 +225,21 @@ fn close_round(shared: &Shared) -> Result<()> {
     Ok(())
 }
 
+/// Records the realised split (the nodes' shards) in the run directory.
+fn write_split(shared: &Shared) {
+    let state = shared.state();
+    write_split_locked(shared, &state);
+}
+
+fn write_split_locked(shared: &Shared, state: &crate::service::State) {
+    if let Err(e) = shared
+        .report()
+        .write_split(&state.members, &shared.config.settings.partition)
+    {
+        warn!("no split.json: {e}");
+    }
+}
+
 /// Ends the run: tells every live node, writes the summary, tells the watchers, and
 /// gives the nodes a moment to say goodbye before the server stops.
 pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<Summary> {
@@ -258,6 +274,7 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
                 },
             );
         }
+        write_split_locked(shared, &state);
         shared.report().write_summary(&state.members, finished, &reason)
     };
     let run_dir = shared.config.run_dir.display().to_string();

@@ -202,7 +202,7 @@ impl Coordinator for CoordinatorService {
             .shared
             .state()
             .members
-            .attach(hello.node_id, hello.session, hello.parameters, outbox)
+            .attach(hello.node_id, hello.session, &hello, outbox)
             .map_err(|status| caller.refuse(status.code(), status.message()))?;
         debug!(node = hello.node_id, connection, "sync stream open");
         self.shared.changed.notify_one();

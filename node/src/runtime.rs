@@ -141,11 +141,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let (report_tx, report_rx) = mpsc::channel::<Report>(16);
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
+    let histogram = node.shard.label_histogram()?;
     let worker = tokio::spawn(round_worker(node, rounds_rx, report_tx, config.panic_at_round));
     let session = Session {
         coordinator,
         join,
         parameters,
+        histogram,
         session: joined.session,
         mailbox,
         rounds: rounds_tx,
@@ -439,19 +441,10 @@ impl Coordinator {
     }
 
     /// Opens the Sync stream: Hello first, then whatever the session sends.
-    async fn open(
-        &self,
-        id: u32,
-        session: u64,
-        parameters: u64,
-    ) -> Result<(mpsc::Sender<NodeEvent>, Streaming<CoordinatorEvent>)> {
+    async fn open(&self, hello: Hello) -> Result<(mpsc::Sender<NodeEvent>, Streaming<CoordinatorEvent>)> {
         let (tx, rx) = mpsc::channel(16);
         let hello = NodeEvent {
-            event: Some(node_event::Event::Hello(Hello {
-                node_id: id,
-                session,
-                parameters,
-            })),
+            event: Some(node_event::Event::Hello(hello)),
         };
         tx.send(hello).await.expect("the receiver is alive");
         let inbound = self
@@ -498,6 +491,8 @@ struct Session {
     coordinator: Coordinator,
     join: JoinRequest,
     parameters: u64,
+    /// The private shard's samples per class, for the run's split.json.
+    histogram: Vec<u32>,
     session: u64,
     mailbox: Arc<Mailbox>,
     rounds: watch::Sender<Option<StartRound>>,
@@ -515,7 +510,13 @@ impl Session {
         tokio::pin!(shutdown);
         let id = self.join.node_id;
         loop {
-            let (outbound, mut inbound) = self.coordinator.open(id, self.session, self.parameters).await?;
+            let hello = Hello {
+                node_id: id,
+                session: self.session,
+                parameters: self.parameters,
+                label_histogram: self.histogram.clone(),
+            };
+            let (outbound, mut inbound) = self.coordinator.open(hello).await?;
             let mut heartbeat = tokio::time::interval(self.heartbeat);
             let broke = loop {
                 tokio::select! {

@@ -42,6 +42,17 @@ impl Shard {
         })
     }
 
+    /// How many private samples of each class this shard holds.
+    pub fn label_histogram(&self) -> Result<Vec<u32>> {
+        let mut histogram = vec![0u32; crate::model::CLASSES];
+        for label in self.private_labels.to_vec1::<u32>()? {
+            if let Some(count) = histogram.get_mut(label as usize) {
+                *count += 1;
+            }
+        }
+        Ok(histogram)
+    }
+
     pub fn private_len(&self) -> usize {
         self.private_labels.dims()[0]
     }

@@ -63,6 +63,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
         if let Err(e) = crate::cli::plot::write_run_figure(&args.out, &title) {
             tracing::warn!("no rounds.svg: {e:#}");
         }
+        if let Err(e) = crate::cli::plot::write_split_figure(&args.out) {
+            tracing::warn!("no split.svg: {e:#}");
+        }
         let _ = writeln!(std::io::stdout(), "{}", summary.table());
         Ok(if summary.finished {
             ExitCode::SUCCESS

@@ -255,6 +255,79 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
     figure(title, &panels)
 }
 
+/// Writes `split.svg` beside the run's `split.json` (none without one).
+pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
+    let path = run_dir.join("split.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let split: wdml_coordinator::SplitRecord =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let out = run_dir.join("split.svg");
+    wdml_proto::files::write_atomic(&out, split_figure(&split).as_bytes(), wdml_proto::files::Mode::Public)
+        .map_err(|e| anyhow::anyhow!("cannot write {e}"))
+}
+
+/// The realised split: a bar per node, its length the node's private samples, cut
+/// into its classes' counts (one colour per class).
+fn split_figure(split: &wdml_coordinator::SplitRecord) -> String {
+    const CLASS_COLOURS: [&str; 10] = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    ];
+    let (left, bar, gap, top, width) = (70.0, 16.0, 6.0, 40.0, 520.0);
+    let most = split.nodes.iter().map(|n| n.samples).max().unwrap_or(1).max(1) as f64;
+    let height = top + (bar + gap) * split.nodes.len() as f64 + 60.0;
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
+        left + width + 30.0
+    );
+    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">private samples per node and class ({})</text>"#,
+        (left + width) / 2.0,
+        escape(&split.partition)
+    );
+    for (row, node) in split.nodes.iter().enumerate() {
+        let y = top + (bar + gap) * row as f64;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">node {} ({})</text>"#,
+            left - 6.0,
+            y + bar - 4.0,
+            node.node,
+            node.samples
+        );
+        let mut x = left;
+        for (class, &count) in node.histogram.iter().enumerate() {
+            let w = width * f64::from(count) / most;
+            if w > 0.0 {
+                let _ = writeln!(
+                    svg,
+                    r#"<rect x="{x:.2}" y="{y:.2}" width="{w:.2}" height="{bar}" fill="{}"><title>class {class}: {count}</title></rect>"#,
+                    CLASS_COLOURS[class % CLASS_COLOURS.len()]
+                );
+            }
+            x += w;
+        }
+    }
+    let legend_y = top + (bar + gap) * split.nodes.len() as f64 + 20.0;
+    for (class, colour) in CLASS_COLOURS.iter().enumerate() {
+        let x = left + 52.0 * class as f64;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{colour}"/><text x="{}" y="{}">{class}</text>"#,
+            legend_y - 10.0,
+            x + 16.0,
+            legend_y
+        );
+    }
+    let _ = writeln!(svg, "</svg>");
+    svg
+}
+
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }

@@ -15,7 +15,7 @@ pub mod partition;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use partition::{Partition, Split, SplitConfig, split};
+pub use partition::{NodeStats, Partition, Split, SplitConfig, SplitStats, split};
 
 use crate::{Error, Result};
 

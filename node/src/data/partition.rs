@@ -2,19 +2,62 @@
 //!
 //! The training indices are shuffled with the run seed; the first `public_pool` of them
 //! form the public pool (whose labels are never used), and the rest — the private pool —
-//! is partitioned across the nodes by one of three standard schemes:
+//! is partitioned across the nodes by one of these schemes (`data.partition`):
 //!
-//! - **IID**: equal shares of the shuffled pool.
-//! - **Dirichlet(α) label skew** (Hsu et al. 2019; the variant of NIID-Bench and FedLab's
-//!   `hetero_dir_partition`): for each class, proportions `p ~ Dir(α·1)` over the nodes
-//!   split that class's samples; nodes that already hold their fair share get no more.
-//!   Small α gives each node few classes, large α tends to IID.
-//! - **Shards** (McMahan et al. 2017): sort the pool by label, cut it into `nodes·k`
+//! - **`iid`**: equal shares of the shuffled pool (sizes differ by at most one).
+//! - **`dirichlet:<α>`** — plain per-class Dirichlet label skew, **the default convention
+//!   in the field** and what "Dirichlet(α) non-IID" usually means: Flower Datasets'
+//!   `DirichletPartitioner` with its default `self_balancing=False`. For each class,
+//!   proportions `p ~ Dir(α·1)` over all nodes cut that class's samples at the cumulative
+//!   proportions (`⌊(p₁+…+p_k)·n_c⌋`, the last node taking the rest), with no cap on a
+//!   node's size. Small α gives each node few classes, large α tends to IID.
+//! - **`dirichlet-balanced:<α>`** — the same with a fair-share cap: once a node holds
+//!   `≥ N/n` samples (N the private pool, n the nodes) it gets weight 0 for every class
+//!   still to be split. This is FedLab's `hetero_dir_partition` and NIID-Bench's
+//!   `noniid-labeldir` (Li et al. 2022, "Federated Learning on Non-IID Data Silos"), after
+//!   Yurochkin et al. 2019 ("Bayesian Nonparametric Federated Learning of Neural
+//!   Networks"); Flower's `self_balancing=True`. The cap keeps sizes in check but leaves
+//!   late classes to few nodes, so it is more skewed than the plain split at the same α.
+//! - **`dirichlet-per-node:<α>`** — Hsu, Qi & Brown 2019 ("Measuring the Effects of
+//!   Non-Identical Data Distribution for Federated Visual Classification"): each node
+//!   draws its own class distribution `q_k ~ Dir(α·p)`, `p` the pool's class frequencies,
+//!   and gets an equal share of the pool whose samples' classes are drawn from `q_k`
+//!   (without replacement, see [`Partition::DirichletPerNode`]).
+//! - **`shards:<k>`** (McMahan et al. 2017): sort the pool by label, cut it into `n·k`
 //!   equal shards, deal `k` random shards to each node, so a node sees about `k` classes.
 //!
-//! Everything is drawn from one `StdRng` seeded with the run seed, on one thread, so a
+//! The two per-class Dirichlet splits are redrawn until every node has at least
+//! [`MIN_PARTITION_SIZE`] samples (Flower's `min_partition_size`, NIID-Bench's
+//! `min_require_size`, both 10), at most [`MAX_DIRICHLET_TRIES`] times. Unlike the
+//! reference implementations, which take the classes in the order 0, 1, …, the three
+//! Dirichlet splits take them in an order drawn from the seed ([`class_order`]): with the
+//! fair-share cap the order decides which classes the full nodes miss, and a fixed order
+//! would always starve the same classes.
+//!
+//! # Reproducibility and the order of random draws
+//!
+//! Everything is drawn from one `StdRng` seeded with the split seed, on one thread, so a
 //! split is reproducible for a given seed and a given build (`StdRng`'s algorithm is
-//! pinned by the `rand` version in `Cargo.lock`, not across `rand` upgrades).
+//! pinned by the `rand` version in `Cargo.lock`, not across `rand` upgrades). The draws
+//! are, in this order:
+//!
+//! 1. a shuffle of all training indices (`SliceRandom::shuffle`); the first `public_pool`
+//!    are the public pool, the rest (in that order) the private pool;
+//! 2. per scheme —
+//!    - `iid`: nothing more;
+//!    - `shards:<k>`: a shuffle of the `n·k` shard ids, dealt `k` at a time;
+//!    - the Dirichlet splits: first a shuffle of the class ids `0..C` (the class order,
+//!      `C` = [`CLASSES`], or more if the labels go higher), then
+//!      - `dirichlet` / `dirichlet-balanced`: per attempt, per class in the class order
+//!        (empty classes included), per node `0..n`: one uniform `U` then one
+//!        `Gamma(α+1)` sample (together one `Gamma(α)` sample, see below);
+//!      - `dirichlet-per-node`: per node `0..n`, per class in the class order that occurs
+//!        in the pool: `U` then `Gamma(α·p_c+1)` (the node's `q_k`); then, round-robin
+//!        over the nodes (one sample to each node that still needs one, repeated), one
+//!        uniform per sample to pick its class.
+//!
+//! Gamma draws are made in log space — `Gamma(a) = Gamma(a+1)·U^(1/a)` — because for
+//! small shapes they underflow to 0 and every weight of a draw could vanish.
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,25 +71,47 @@ use serde::{Deserialize, Serialize};
 use super::{CLASSES, Dataset};
 use crate::{Error, Result};
 
-/// The fewest private samples a node may get under a Dirichlet split.
-pub const MIN_DIRICHLET_SAMPLES: usize = 10;
-/// How many Dirichlet draws are tried before giving up on [`MIN_DIRICHLET_SAMPLES`].
+/// The fewest private samples a node may get under a Dirichlet split (Flower Datasets'
+/// `min_partition_size` default).
+pub const MIN_PARTITION_SIZE: usize = 10;
+/// How many draws of a per-class Dirichlet split are tried before giving up on
+/// [`MIN_PARTITION_SIZE`].
 pub const MAX_DIRICHLET_TRIES: usize = 1000;
 
 /// How the private pool is divided among the nodes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Partition {
-    /// Equal random shares.
+    /// `iid`: equal random shares.
     Iid,
-    /// Label skew: per class, proportions over the nodes drawn from `Dir(alpha·1)`.
-    /// Every node must get [`MIN_DIRICHLET_SAMPLES`], which a small alpha cannot give
-    /// many more nodes than classes (e.g. alpha 0.01 works up to about 10 nodes).
+    /// `dirichlet:<alpha>`: plain per-class label skew, as Flower Datasets'
+    /// `DirichletPartitioner` (default `self_balancing=False`): per class, proportions
+    /// over all nodes drawn from `Dir(alpha·1)`, no cap. Every node must get
+    /// [`MIN_PARTITION_SIZE`], which a small alpha cannot give many more nodes than
+    /// classes (each class then goes almost whole to one node).
     Dirichlet {
         /// Concentration, > 0: small is skewed, large is close to IID.
         alpha: f64,
     },
-    /// `per_node` label-sorted shards per node.
+    /// `dirichlet-balanced:<alpha>`: per-class `Dir(alpha·1)` proportions, but a node that
+    /// already holds its fair share (private pool / nodes) gets none of the classes still
+    /// to be split. FedLab's `hetero_dir_partition` / NIID-Bench, after Yurochkin et al.
+    /// 2019. Same minimum as [`Partition::Dirichlet`], reachable for smaller alpha.
+    DirichletBalanced {
+        /// Concentration, > 0: small is skewed, large is close to IID.
+        alpha: f64,
+    },
+    /// `dirichlet-per-node:<alpha>`: Hsu, Qi & Brown 2019. Node k draws its class
+    /// distribution `q_k ~ Dir(alpha·p)` (`p`: the pool's class frequencies) and gets an
+    /// equal share of the pool (sizes differ by at most one). The shares are filled one
+    /// sample at a time, round-robin over the nodes: each sample's class is drawn from
+    /// `q_k` renormalised over the classes with samples left (or, if `q_k` weights none of
+    /// those, from `p` over them), and the node takes that class's next unused sample.
+    DirichletPerNode {
+        /// Concentration, > 0: small gives each node about one class, large follows `p`.
+        alpha: f64,
+    },
+    /// `shards:<k>`: `per_node` label-sorted shards per node.
     Shards {
         /// Shards dealt to each node, ≥ 1.
         per_node: usize,
@@ -54,24 +119,26 @@ pub enum Partition {
 }
 
 /// The forms [`Partition::from_str`] accepts, for error messages.
-const PARTITION_FORMS: &str =
-    "`iid`, `dirichlet:<alpha>` (e.g. `dirichlet:0.5`) or `shards:<per node>` (e.g. `shards:2`)";
+const PARTITION_FORMS: &str = "`iid`, `dirichlet:<alpha>` (e.g. `dirichlet:0.5`), `dirichlet-balanced:<alpha>`, \
+     `dirichlet-per-node:<alpha>` or `shards:<per node>` (e.g. `shards:2`)";
 
 impl FromStr for Partition {
     type Err = Error;
 
-    /// Parses `iid`, `dirichlet:<alpha>` or `shards:<per node>`.
+    /// Parses `iid`, `dirichlet:<alpha>`, `dirichlet-balanced:<alpha>`,
+    /// `dirichlet-per-node:<alpha>` or `shards:<per node>` (case-insensitive kind).
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::config("data.partition", format!("`{s}` is not one of {PARTITION_FORMS}"));
         let (kind, arg) = match s.trim().split_once(':') {
             Some((kind, arg)) => (kind.trim(), Some(arg.trim())),
             None => (s.trim(), None),
         };
+        let alpha = |arg: &str| arg.parse::<f64>().map_err(|_| bad());
         let partition = match (kind.to_ascii_lowercase().as_str(), arg) {
             ("iid", None) => Partition::Iid,
-            ("dirichlet", Some(arg)) => Partition::Dirichlet {
-                alpha: arg.parse().map_err(|_| bad())?,
-            },
+            ("dirichlet", Some(arg)) => Partition::Dirichlet { alpha: alpha(arg)? },
+            ("dirichlet-balanced", Some(arg)) => Partition::DirichletBalanced { alpha: alpha(arg)? },
+            ("dirichlet-per-node", Some(arg)) => Partition::DirichletPerNode { alpha: alpha(arg)? },
             ("shards", Some(arg)) => Partition::Shards {
                 per_node: arg.parse().map_err(|_| bad())?,
             },
@@ -88,21 +155,45 @@ impl fmt::Display for Partition {
         match self {
             Partition::Iid => write!(f, "iid"),
             Partition::Dirichlet { alpha } => write!(f, "dirichlet:{alpha}"),
+            Partition::DirichletBalanced { alpha } => write!(f, "dirichlet-balanced:{alpha}"),
+            Partition::DirichletPerNode { alpha } => write!(f, "dirichlet-per-node:{alpha}"),
             Partition::Shards { per_node } => write!(f, "shards:{per_node}"),
         }
     }
 }
 
 impl Partition {
+    /// The concentration of a Dirichlet split, `None` for `iid` and `shards`.
+    pub fn alpha(&self) -> Option<f64> {
+        match *self {
+            Partition::Dirichlet { alpha }
+            | Partition::DirichletBalanced { alpha }
+            | Partition::DirichletPerNode { alpha } => Some(alpha),
+            Partition::Iid | Partition::Shards { .. } => None,
+        }
+    }
+
+    /// The fewest private samples this scheme needs per node: 1 for `iid`, one per shard
+    /// for `shards`, [`MIN_PARTITION_SIZE`] for the Dirichlet splits.
+    pub fn min_per_node(&self) -> usize {
+        match *self {
+            Partition::Iid => 1,
+            Partition::Shards { per_node } => per_node,
+            Partition::Dirichlet { .. } | Partition::DirichletBalanced { .. } | Partition::DirichletPerNode { .. } => {
+                MIN_PARTITION_SIZE
+            }
+        }
+    }
+
     /// Checks the scheme's own parameter, naming its config field.
     fn check(&self) -> Result<()> {
-        match *self {
-            Partition::Dirichlet { alpha } if !(alpha.is_finite() && alpha > 0.0) => Err(Error::config(
+        match (self, self.alpha()) {
+            (_, Some(alpha)) if !(alpha.is_finite() && alpha > 0.0) => Err(Error::config(
                 "data.alpha",
                 format!("must be a finite number > 0, got {alpha}"),
             )),
-            Partition::Shards { per_node: 0 } => Err(Error::config("data.shards_per_node", "must be at least 1")),
-            Partition::Iid | Partition::Dirichlet { .. } | Partition::Shards { .. } => Ok(()),
+            (Partition::Shards { per_node: 0 }, _) => Err(Error::config("data.shards_per_node", "must be at least 1")),
+            _ => Ok(()),
         }
     }
 }
@@ -140,10 +231,11 @@ impl SplitConfig {
             ));
         }
         let private = train - self.public_pool;
-        let (per_node, why) = match self.partition {
-            Partition::Iid => (1, "so every node gets at least one".to_string()),
-            Partition::Dirichlet { .. } => (MIN_DIRICHLET_SAMPLES, "the Dirichlet split's minimum".to_string()),
-            Partition::Shards { per_node } => (per_node, format!("one per shard, {per_node} shards per node")),
+        let per_node = self.partition.min_per_node();
+        let why = match self.partition {
+            Partition::Iid => "so every node gets at least one".to_string(),
+            Partition::Shards { per_node } => format!("one per shard, {per_node} shards per node"),
+            _ => format!("the Dirichlet splits' minimum of {MIN_PARTITION_SIZE} per node"),
         };
         let needed = self.nodes.saturating_mul(per_node);
         if private < needed {
@@ -186,20 +278,88 @@ pub struct Split {
     pub test: Vec<usize>,
 }
 
+/// The realised split: each node's shard size and label histogram.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitStats {
+    /// One entry per node, in node order.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node's private shard, summarised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// The node's index.
+    pub node: usize,
+    /// Private samples the node holds.
+    pub samples: usize,
+    /// `histogram[c]`: how many of them have label `c`.
+    pub histogram: [usize; CLASSES],
+}
+
+impl Split {
+    /// Each node's shard size and label histogram; `labels` are the training labels
+    /// (`dataset.train.labels`). A label `>= CLASSES` (which the loaders never produce)
+    /// counts in `samples` but in no histogram bin.
+    ///
+    /// # Panics
+    /// If a shard index is out of range of `labels` (i.e. `labels` is not the training
+    /// set this split was made from).
+    pub fn stats(&self, labels: &[u8]) -> SplitStats {
+        let nodes = self
+            .private
+            .iter()
+            .enumerate()
+            .map(|(node, shard)| {
+                let mut histogram = [0; CLASSES];
+                for &i in shard {
+                    if let Some(bin) = histogram.get_mut(usize::from(labels[i])) {
+                        *bin += 1;
+                    }
+                }
+                NodeStats {
+                    node,
+                    samples: shard.len(),
+                    histogram,
+                }
+            })
+            .collect();
+        SplitStats { nodes }
+    }
+}
+
 /// Splits `dataset` as `cfg` says; deterministic for a given seed (and build).
 pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
-    cfg.validate(dataset)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..dataset.train.len()).collect();
-    order.shuffle(&mut rng);
-    let private_pool = order.split_off(cfg.public_pool);
-    let public = order;
-
+    let (mut rng, public, private_pool) = shuffled_pool(dataset, cfg)?;
     let labels = &dataset.train.labels;
+    let nodes = cfg.nodes;
     let private = match cfg.partition {
-        Partition::Iid => iid(&private_pool, cfg.nodes),
-        Partition::Dirichlet { alpha } => dirichlet(&private_pool, labels, cfg.nodes, alpha, &mut rng)?,
-        Partition::Shards { per_node } => shards(&private_pool, labels, cfg.nodes, per_node, &mut rng),
+        Partition::Iid => iid(&private_pool, nodes),
+        Partition::Shards { per_node } => shards(&private_pool, labels, nodes, per_node, &mut rng),
+        Partition::Dirichlet { alpha } | Partition::DirichletBalanced { alpha } => {
+            let by_class = by_class(&private_pool, labels);
+            let order = draw_class_order(by_class.len(), &mut rng);
+            let balanced = matches!(cfg.partition, Partition::DirichletBalanced { .. });
+            match per_class_dirichlet(&by_class, &order, nodes, alpha, balanced, &mut rng)? {
+                Some((shards, _attempts)) => shards,
+                None => {
+                    return Err(Error::config(
+                        "data.partition",
+                        format!(
+                            "`{}` with {nodes} nodes: after {MAX_DIRICHLET_TRIES} draws some node still had fewer \
+                             than {MIN_PARTITION_SIZE} private samples (a small alpha gives each class to few nodes, \
+                             so with many nodes some get almost nothing); use a larger alpha, fewer nodes or a \
+                             smaller public pool (data.public_pool)",
+                            cfg.partition
+                        ),
+                    ));
+                }
+            }
+        }
+        Partition::DirichletPerNode { alpha } => {
+            let by_class = by_class(&private_pool, labels);
+            let order = draw_class_order(by_class.len(), &mut rng);
+            per_node_dirichlet(&by_class, &order, nodes, alpha, &mut rng)?
+        }
     };
     // Validation makes this impossible; checked anyway so no caller ever sees an empty shard.
     if let Some(node) = private.iter().position(Vec::is_empty) {
@@ -218,13 +378,53 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
     })
 }
 
+/// The order in which a Dirichlet split of `dataset` under `cfg` takes the classes (class
+/// ids, a permutation of `0..C`), `None` for `iid` and `shards`. Recomputed from the seed
+/// exactly as [`split`] draws it.
+pub fn class_order(dataset: &Dataset, cfg: &SplitConfig) -> Result<Option<Vec<usize>>> {
+    if cfg.partition.alpha().is_none() {
+        cfg.validate(dataset)?;
+        return Ok(None);
+    }
+    let (mut rng, _, private_pool) = shuffled_pool(dataset, cfg)?;
+    let classes = by_class(&private_pool, &dataset.train.labels).len();
+    Ok(Some(draw_class_order(classes, &mut rng)))
+}
+
+/// Validates `cfg`, seeds the split's RNG and makes the first draw: the shuffle of the
+/// training indices, cut into the public pool and the private pool.
+fn shuffled_pool(dataset: &Dataset, cfg: &SplitConfig) -> Result<(StdRng, Vec<usize>, Vec<usize>)> {
+    cfg.validate(dataset)?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut order: Vec<usize> = (0..dataset.train.len()).collect();
+    order.shuffle(&mut rng);
+    let private_pool = order.split_off(cfg.public_pool);
+    Ok((rng, order, private_pool))
+}
+
+/// The pool's indices by label, each class in pool order. Sized by the labels present (at
+/// least [`CLASSES`]), so a hand-built set with more classes loses nothing.
+fn by_class(pool: &[usize], labels: &[u8]) -> Vec<Vec<usize>> {
+    let classes = pool.iter().map(|&i| usize::from(labels[i]) + 1).max().unwrap_or(0);
+    let mut by_class = vec![Vec::new(); classes.max(CLASSES)];
+    for &index in pool {
+        by_class[usize::from(labels[index])].push(index);
+    }
+    by_class
+}
+
+/// The class order of a Dirichlet split: a shuffle of `0..classes`.
+fn draw_class_order(classes: usize, rng: &mut StdRng) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..classes).collect();
+    order.shuffle(rng);
+    order
+}
+
 /// Cuts `pool` into `nodes` contiguous runs whose sizes differ by at most one.
 fn equal_runs<T: Clone>(pool: &[T], nodes: usize) -> Vec<Vec<T>> {
-    let (base, extra) = (pool.len() / nodes, pool.len() % nodes);
     let mut start = 0;
-    (0..nodes)
-        .map(|k| {
-            let len = base + usize::from(k < extra);
+    equal_sizes(pool.len(), nodes)
+        .map(|len| {
             let run = pool[start..start + len].to_vec();
             start += len;
             run
@@ -232,35 +432,45 @@ fn equal_runs<T: Clone>(pool: &[T], nodes: usize) -> Vec<Vec<T>> {
         .collect()
 }
 
+/// `nodes` sizes summing to `total` and differing by at most one, the larger first.
+fn equal_sizes(total: usize, nodes: usize) -> impl Iterator<Item = usize> {
+    let (base, extra) = (total / nodes, total % nodes);
+    (0..nodes).map(move |k| base + usize::from(k < extra))
+}
+
 /// IID: the (already shuffled) pool in equal runs.
 fn iid(pool: &[usize], nodes: usize) -> Vec<Vec<usize>> {
     equal_runs(pool, nodes)
 }
 
-/// Dirichlet(α) label skew, redrawn until every node has [`MIN_DIRICHLET_SAMPLES`].
-fn dirichlet(pool: &[usize], labels: &[u8], nodes: usize, alpha: f64, rng: &mut StdRng) -> Result<Vec<Vec<usize>>> {
-    if nodes == 1 {
-        return Ok(vec![pool.to_vec()]);
-    }
+/// A per-class Dirichlet(α) split of `by_class` (plain, or with the fair-share cap if
+/// `balanced`), classes taken in `order`, redrawn until every node has
+/// [`MIN_PARTITION_SIZE`]: `Some((shards, attempts used))`, or `None` when
+/// [`MAX_DIRICHLET_TRIES`] attempts all failed.
+fn per_class_dirichlet(
+    by_class: &[Vec<usize>],
+    order: &[usize],
+    nodes: usize,
+    alpha: f64,
+    balanced: bool,
+    rng: &mut StdRng,
+) -> Result<Option<(Vec<Vec<usize>>, usize)>> {
     // The pool is shuffled, so each class's members are in random order already.
-    // Sized by the labels present, so a hand-built set with more classes loses nothing.
-    let classes = pool.iter().map(|&i| usize::from(labels[i]) + 1).max().unwrap_or(0);
-    let mut by_class = vec![Vec::new(); classes.max(CLASSES)];
-    for &index in pool {
-        by_class[usize::from(labels[index])].push(index);
-    }
-    // A node holding its fair share (or more) takes no further classes; this keeps
-    // shard sizes in check and makes the minimum reachable even for tiny α.
-    let fair_share = pool.len() as f64 / nodes as f64;
-    let gamma = Gamma::new(alpha + 1.0, 1.0)
-        .map_err(|e| Error::config("data.alpha", format!("cannot draw Gamma({}): {e}", alpha + 1.0)))?;
-
-    for _ in 0..MAX_DIRICHLET_TRIES {
+    let total: usize = by_class.iter().map(Vec::len).sum();
+    // Balanced: a node holding its fair share (or more) takes no further classes.
+    let fair_share = total as f64 / nodes as f64;
+    let log_gamma = LogGamma::new(alpha)?;
+    for attempt in 1..=MAX_DIRICHLET_TRIES {
         let mut shards: Vec<Vec<usize>> = vec![Vec::new(); nodes];
-        for members in &by_class {
-            let open: Vec<bool> = shards.iter().map(|s| (s.len() as f64) < fair_share).collect();
-            let weights = dirichlet_weights(nodes, alpha, &gamma, &open, rng);
-            let total: f64 = weights.iter().sum();
+        for &class in order {
+            let members = &by_class[class];
+            let open: Vec<bool> = shards
+                .iter()
+                .map(|s| !balanced || (s.len() as f64) < fair_share)
+                .collect();
+            let logs: Vec<f64> = (0..nodes).map(|_| log_gamma.sample(rng)).collect();
+            let weights = scaled_weights(&logs, &open);
+            let weight_total: f64 = weights.iter().sum();
             // Cut points at the cumulative proportions, as the reference implementations do.
             let mut cumulative = 0.0;
             let mut start = 0;
@@ -269,38 +479,119 @@ fn dirichlet(pool: &[usize], labels: &[u8], nodes: usize, alpha: f64, rng: &mut 
                 let end = if k + 1 == nodes {
                     members.len()
                 } else {
-                    ((cumulative / total * members.len() as f64) as usize).clamp(start, members.len())
+                    ((cumulative / weight_total * members.len() as f64) as usize).clamp(start, members.len())
                 };
                 shards[k].extend_from_slice(&members[start..end]);
                 start = end;
             }
         }
-        if shards.iter().all(|s| s.len() >= MIN_DIRICHLET_SAMPLES) {
-            return Ok(shards);
+        if shards.iter().all(|s| s.len() >= MIN_PARTITION_SIZE) {
+            return Ok(Some((shards, attempt)));
         }
     }
-    Err(Error::config(
-        "data.alpha",
-        format!(
-            "after {MAX_DIRICHLET_TRIES} draws with alpha = {alpha}, some node still had fewer than \
-             {MIN_DIRICHLET_SAMPLES} private samples (a small alpha gives each class to few nodes, so with many nodes some \
-             get almost nothing); use a larger alpha, fewer nodes or a smaller public pool"
-        ),
-    ))
+    Ok(None)
 }
 
-/// Proportions `p ~ Dir(α·1)` over `nodes`, zeroed where `open` is false, unnormalised.
-///
-/// Drawn in log space — `Gamma(α) = Gamma(α+1)·U^(1/α)` — because for small α the Gamma
-/// samples underflow to 0 and every weight could vanish. Scaling by the largest open
-/// weight keeps at least one weight at 1, so the total is never 0.
-fn dirichlet_weights(nodes: usize, alpha: f64, gamma: &Gamma<f64>, open: &[bool], rng: &mut StdRng) -> Vec<f64> {
-    let logs: Vec<f64> = (0..nodes)
+/// Hsu et al.'s per-node Dirichlet split of `by_class` (see [`Partition::DirichletPerNode`]);
+/// classes in `order` fix the order of the draws and of the inverse-CDF class choice.
+fn per_node_dirichlet(
+    by_class: &[Vec<usize>],
+    order: &[usize],
+    nodes: usize,
+    alpha: f64,
+    rng: &mut StdRng,
+) -> Result<Vec<Vec<usize>>> {
+    // Everything below is indexed by position in `order`.
+    let counts: Vec<usize> = order.iter().map(|&c| by_class[c].len()).collect();
+    let total: usize = counts.iter().sum();
+    let samplers: Vec<Option<LogGamma>> = counts
+        .iter()
+        .map(|&n| {
+            (n > 0)
+                .then(|| LogGamma::new(alpha * n as f64 / total as f64))
+                .transpose()
+        })
+        .collect::<Result<_>>()?;
+    let present: Vec<bool> = counts.iter().map(|&n| n > 0).collect();
+    let q: Vec<Vec<f64>> = (0..nodes)
         .map(|_| {
-            let u = 1.0 - rng.random::<f64>(); // in (0, 1], so ln is finite
-            gamma.sample(rng).ln() + u.ln() / alpha
+            let logs: Vec<f64> = samplers
+                .iter()
+                .map(|s| s.as_ref().map_or(f64::NEG_INFINITY, |s| s.sample(rng)))
+                .collect();
+            scaled_weights(&logs, &present)
         })
         .collect();
+    let prior: Vec<f64> = counts.iter().map(|&n| n as f64).collect();
+
+    let sizes: Vec<usize> = equal_sizes(total, nodes).collect();
+    let mut shards: Vec<Vec<usize>> = sizes.iter().map(|&n| Vec::with_capacity(n)).collect();
+    let mut used = vec![0; counts.len()];
+    for step in 0..sizes.first().copied().unwrap_or(0) {
+        for (k, shard) in shards.iter_mut().enumerate() {
+            if step >= sizes[k] {
+                continue;
+            }
+            let u = rng.random::<f64>();
+            let left = |i: usize| used[i] < counts[i];
+            let pick = pick_weighted(&q[k], &left, u)
+                .or_else(|| pick_weighted(&prior, &left, u))
+                .ok_or_else(|| Error::config("data.partition", "the per-node Dirichlet split ran out of samples"))?;
+            shard.push(by_class[order[pick]][used[pick]]);
+            used[pick] += 1;
+        }
+    }
+    Ok(shards)
+}
+
+/// The index whose cumulative weight (over indices where `allowed`) first exceeds
+/// `u ∈ [0, 1)` times their total; `None` if that total is 0.
+fn pick_weighted(weights: &[f64], allowed: &impl Fn(usize) -> bool, u: f64) -> Option<usize> {
+    let total: f64 = (0..weights.len()).filter(|&i| allowed(i)).map(|i| weights[i]).sum();
+    if total <= 0.0 {
+        return None;
+    }
+    let target = u * total;
+    let mut cumulative = 0.0;
+    let mut last = None;
+    for (i, &w) in weights.iter().enumerate() {
+        if allowed(i) && w > 0.0 {
+            cumulative += w;
+            last = Some(i);
+            if cumulative > target {
+                return Some(i);
+            }
+        }
+    }
+    last // rounding left `cumulative` a hair below `target`
+}
+
+/// Draws `ln X` for `X ~ Gamma(shape, 1)` as `ln Gamma(shape+1) + ln(U)/shape`: one
+/// uniform `U` then one `Gamma(shape+1)` sample. In log space because for small shapes
+/// `Gamma(shape)` underflows to 0.
+struct LogGamma {
+    shape: f64,
+    plus_one: Gamma<f64>,
+}
+
+impl LogGamma {
+    /// For a finite `shape > 0`, which [`Partition::check`] ensures for α and `α·p_c`
+    /// (`p_c > 0`); the error names `data.alpha`.
+    fn new(shape: f64) -> Result<LogGamma> {
+        let plus_one = Gamma::new(shape + 1.0, 1.0)
+            .map_err(|e| Error::config("data.alpha", format!("cannot draw Gamma({}): {e}", shape + 1.0)))?;
+        Ok(LogGamma { shape, plus_one })
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> f64 {
+        let u = 1.0 - rng.random::<f64>(); // in (0, 1], so ln is finite
+        self.plus_one.sample(rng).ln() + u.ln() / self.shape
+    }
+}
+
+/// Weights `exp(logs[i] - max)` where `open[i]` (max over the open ones), 0 elsewhere:
+/// unnormalised, and the largest open weight is 1, so the total is never 0 if any is open.
+fn scaled_weights(logs: &[f64], open: &[bool]) -> Vec<f64> {
     let max = logs
         .iter()
         .zip(open)
@@ -326,7 +617,6 @@ fn shards(pool: &[usize], labels: &[u8], nodes: usize, per_node: usize, rng: &mu
         .map(|ids| ids.iter().flat_map(|&id| shards[id].iter().copied()).collect())
         .collect()
 }
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -369,37 +659,52 @@ mod tests {
         }
     }
 
-    fn all_partitions() -> [Partition; 4] {
+    fn dirichlets(alpha: f64) -> [Partition; 3] {
         [
-            Partition::Iid,
-            Partition::Dirichlet { alpha: 0.1 },
-            Partition::Dirichlet { alpha: 100.0 },
-            Partition::Shards { per_node: 2 },
+            Partition::Dirichlet { alpha },
+            Partition::DirichletBalanced { alpha },
+            Partition::DirichletPerNode { alpha },
         ]
+    }
+
+    fn all_partitions() -> Vec<Partition> {
+        let mut all = vec![Partition::Iid, Partition::Shards { per_node: 2 }];
+        all.extend(dirichlets(0.1));
+        all.extend(dirichlets(100.0));
+        all
+    }
+
+    /// Node k's label counts, `counts[k][c]`.
+    fn counts(split: &Split, labels: &[u8]) -> Vec<[usize; CLASSES]> {
+        split.stats(labels).nodes.into_iter().map(|n| n.histogram).collect()
     }
 
     /// Mean over nodes of the entropy (bits) of the node's label distribution.
     fn mean_label_entropy(split: &Split, labels: &[u8]) -> f64 {
-        let entropies = split.private.iter().map(|shard| {
-            let mut counts = [0usize; CLASSES];
-            for &i in shard {
-                counts[usize::from(labels[i])] += 1;
-            }
-            let n = shard.len() as f64;
+        let entropies = counts(split, labels).into_iter().map(|counts| {
+            let n: usize = counts.iter().sum();
             counts
                 .iter()
                 .filter(|&&c| c > 0)
-                .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())
+                .map(|&c| -(c as f64 / n as f64) * (c as f64 / n as f64).log2())
                 .sum::<f64>()
         });
         entropies.sum::<f64>() / split.private.len() as f64
+    }
+
+    /// The fraction of (node, class) pairs where the node holds none of the class.
+    fn empty_fraction(split: &Split, labels: &[u8]) -> f64 {
+        let counts = counts(split, labels);
+        let empty = counts.iter().flatten().filter(|&&c| c == 0).count();
+        empty as f64 / (counts.len() * CLASSES) as f64
     }
 
     #[test]
     fn partition_parses_and_round_trips() {
         for p in all_partitions()
             .into_iter()
-            .chain([Partition::Dirichlet { alpha: 0.3 }])
+            .chain(dirichlets(0.3))
+            .chain(dirichlets(1e-3))
         {
             assert_eq!(p.to_string().parse::<Partition>().unwrap(), p);
         }
@@ -408,16 +713,53 @@ mod tests {
             Partition::Dirichlet { alpha: 0.5 }
         );
         assert_eq!(
+            "dirichlet-balanced:0.5".parse::<Partition>().unwrap(),
+            Partition::DirichletBalanced { alpha: 0.5 }
+        );
+        assert_eq!(
+            "Dirichlet-Per-Node: 2".parse::<Partition>().unwrap(),
+            Partition::DirichletPerNode { alpha: 2.0 }
+        );
+        assert_eq!(
+            Partition::DirichletPerNode { alpha: 0.25 }.to_string(),
+            "dirichlet-per-node:0.25"
+        );
+        assert_eq!(
             "shards:2".parse::<Partition>().unwrap(),
             Partition::Shards { per_node: 2 }
         );
-        for bad in ["", "iid:1", "dirichlet", "dirichlet:x", "shards:-1", "gauss"] {
+        for bad in [
+            "",
+            "iid:1",
+            "dirichlet",
+            "dirichlet:x",
+            "dirichlet-balanced",
+            "dirichlet-per-node:",
+            "dirichlet-capped:0.5",
+            "shards:-1",
+            "gauss",
+        ] {
             let err = bad.parse::<Partition>().unwrap_err();
-            assert!(err.to_string().contains("`iid`, `dirichlet:<alpha>`"), "{bad}: {err}");
+            let text = err.to_string();
+            for form in [
+                "`iid`",
+                "`dirichlet:<alpha>`",
+                "`dirichlet-balanced:<alpha>`",
+                "`dirichlet-per-node:<alpha>`",
+                "`shards:<per node>`",
+            ] {
+                assert!(text.contains(form), "{bad}: {text} lacks {form}");
+            }
             assert_eq!(field(err), "data.partition");
         }
-        assert_eq!(field("dirichlet:0".parse::<Partition>().unwrap_err()), "data.alpha");
-        assert_eq!(field("dirichlet:nan".parse::<Partition>().unwrap_err()), "data.alpha");
+        for bad in [
+            "dirichlet:0",
+            "dirichlet:nan",
+            "dirichlet-balanced:-1",
+            "dirichlet-per-node:inf",
+        ] {
+            assert_eq!(field(bad.parse::<Partition>().unwrap_err()), "data.alpha", "{bad}");
+        }
         assert_eq!(
             field("shards:0".parse::<Partition>().unwrap_err()),
             "data.shards_per_node"
@@ -428,9 +770,17 @@ mod tests {
     fn partition_serde_is_tagged() {
         let json = serde_json::to_string(&Partition::Dirichlet { alpha: 0.5 }).unwrap();
         assert_eq!(json, r#"{"kind":"dirichlet","alpha":0.5}"#);
+        let json = serde_json::to_string(&Partition::DirichletBalanced { alpha: 0.5 }).unwrap();
+        assert_eq!(json, r#"{"kind":"dirichlet-balanced","alpha":0.5}"#);
+        let json = serde_json::to_string(&Partition::DirichletPerNode { alpha: 0.5 }).unwrap();
+        assert_eq!(json, r#"{"kind":"dirichlet-per-node","alpha":0.5}"#);
         let back: Partition = serde_json::from_str(r#"{"kind":"shards","per_node":3}"#).unwrap();
         assert_eq!(back, Partition::Shards { per_node: 3 });
         assert_eq!(serde_json::to_string(&Partition::Iid).unwrap(), r#"{"kind":"iid"}"#);
+        for p in all_partitions() {
+            let back: Partition = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+            assert_eq!(back, p);
+        }
     }
 
     #[test]
@@ -486,45 +836,340 @@ mod tests {
     }
 
     #[test]
-    fn small_alpha_is_more_skewed_than_large_alpha() {
-        let dataset = Dataset::embedded().unwrap();
-        let entropy = |alpha| {
+    fn class_order_is_a_seeded_permutation() {
+        let dataset = synthetic(60);
+        for partition in dirichlets(0.5) {
+            let orders: BTreeSet<Vec<usize>> = (0..6)
+                .map(|seed| {
+                    let cfg = SplitConfig {
+                        seed,
+                        ..cfg(partition.clone())
+                    };
+                    let order = class_order(&dataset, &cfg).unwrap().unwrap();
+                    assert_eq!(order, class_order(&dataset, &cfg).unwrap().unwrap(), "{partition}");
+                    let mut sorted = order.clone();
+                    sorted.sort_unstable();
+                    assert_eq!(sorted, (0..CLASSES).collect::<Vec<_>>(), "{partition}");
+                    order
+                })
+                .collect();
+            assert_eq!(orders.len(), 6, "{partition}: every seed its own order");
+            assert!(!orders.contains(&(0..CLASSES).collect::<Vec<_>>()), "{partition}");
+        }
+        assert_eq!(class_order(&dataset, &cfg(Partition::Iid)).unwrap(), None);
+        assert_eq!(
+            class_order(&dataset, &cfg(Partition::Shards { per_node: 2 })).unwrap(),
+            None
+        );
+        let bad = SplitConfig {
+            nodes: 0,
+            ..cfg(Partition::Dirichlet { alpha: 0.5 })
+        };
+        assert_eq!(field(class_order(&dataset, &bad).unwrap_err()), "nodes");
+    }
+
+    #[test]
+    fn stats_histograms_sum_to_the_shard_sizes() {
+        let dataset = synthetic(60);
+        let labels = &dataset.train.labels;
+        for partition in all_partitions() {
+            let split = split(&dataset, &cfg(partition.clone())).unwrap();
+            let stats = split.stats(labels);
+            assert_eq!(stats.nodes.len(), split.private.len(), "{partition}");
+            let mut pooled = [0usize; CLASSES];
+            for (k, (node, shard)) in stats.nodes.iter().zip(&split.private).enumerate() {
+                assert_eq!(node.node, k);
+                assert_eq!(node.samples, shard.len(), "{partition}");
+                assert_eq!(node.histogram.iter().sum::<usize>(), shard.len(), "{partition}");
+                for (c, (&count, total)) in node.histogram.iter().zip(&mut pooled).enumerate() {
+                    let expected = shard.iter().filter(|&&i| usize::from(labels[i]) == c).count();
+                    assert_eq!(count, expected, "{partition}");
+                    *total += count;
+                }
+            }
+            // With the public pool's labels, every class has its 60 images.
+            for &i in &split.public {
+                pooled[usize::from(labels[i])] += 1;
+            }
+            assert_eq!(pooled, [60; CLASSES], "{partition}");
+            let json = serde_json::to_string(&stats).unwrap();
+            assert_eq!(serde_json::from_str::<SplitStats>(&json).unwrap(), stats);
+        }
+        let json = serde_json::to_string(
+            &Split {
+                private: vec![vec![0, 61]],
+                public: vec![],
+                test: vec![],
+            }
+            .stats(labels),
+        )
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"nodes":[{"node":0,"samples":2,"histogram":[1,1,0,0,0,0,0,0,0,0]}]}"#
+        );
+    }
+
+    /// The plain Dirichlet split written out directly, draw by draw, for comparison.
+    fn reference_plain_dirichlet(dataset: &Dataset, cfg: &SplitConfig, alpha: f64) -> Vec<Vec<usize>> {
+        let labels = &dataset.train.labels;
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut indices: Vec<usize> = (0..dataset.train.len()).collect();
+        indices.shuffle(&mut rng);
+        let pool = indices.split_off(cfg.public_pool);
+        let mut classes: Vec<usize> = (0..CLASSES).collect();
+        classes.shuffle(&mut rng);
+        let gamma = Gamma::new(alpha + 1.0, 1.0).unwrap();
+        loop {
+            let mut shards = vec![Vec::new(); cfg.nodes];
+            for &c in &classes {
+                let members: Vec<usize> = pool.iter().copied().filter(|&i| usize::from(labels[i]) == c).collect();
+                // Gamma(α) = Gamma(α+1)·U^(1/α), U in (0, 1].
+                let weights: Vec<f64> = (0..cfg.nodes)
+                    .map(|_| {
+                        let u = 1.0 - rng.random::<f64>();
+                        gamma.sample(&mut rng) * u.powf(1.0 / alpha)
+                    })
+                    .collect();
+                let total: f64 = weights.iter().sum();
+                let mut cumulative = 0.0;
+                let mut start = 0;
+                for k in 0..cfg.nodes {
+                    cumulative += weights[k] / total;
+                    let end = if k + 1 == cfg.nodes {
+                        members.len()
+                    } else {
+                        ((cumulative * members.len() as f64).floor() as usize).clamp(start, members.len())
+                    };
+                    shards[k].extend_from_slice(&members[start..end]);
+                    start = end;
+                }
+            }
+            if shards.iter().all(|s| s.len() >= MIN_PARTITION_SIZE) {
+                return shards;
+            }
+        }
+    }
+
+    #[test]
+    fn plain_dirichlet_matches_a_reference_computation() {
+        let dataset = synthetic(9); // 90 images
+        for (seed, alpha, nodes) in [(0, 1.0, 3), (1, 0.5, 3), (2, 2.0, 4), (3, 0.3, 2), (4, 5.0, 5)] {
             let cfg = SplitConfig {
-                seed: 3,
-                nodes: 10,
+                seed,
+                nodes,
                 partition: Partition::Dirichlet { alpha },
+                public_pool: 12,
+                test_size: 0,
+            };
+            let got = split(&dataset, &cfg).unwrap();
+            assert_eq!(got.private, reference_plain_dirichlet(&dataset, &cfg, alpha), "{cfg:?}");
+        }
+    }
+
+    #[test]
+    fn balanced_dirichlet_never_gives_a_full_node_more() {
+        let dataset = Dataset::embedded().unwrap();
+        let labels = &dataset.train.labels;
+        let mut capped = 0;
+        for (seed, alpha) in (0..6).flat_map(|s| [(s, 0.1), (s, 0.5), (s, 5.0)]) {
+            let cfg = SplitConfig {
+                seed,
+                nodes: 8,
+                partition: Partition::DirichletBalanced { alpha },
                 public_pool: 1000,
                 test_size: 0,
             };
-            mean_label_entropy(&split(&dataset, &cfg).unwrap(), &dataset.train.labels)
+            let split = split(&dataset, &cfg).unwrap();
+            let order = class_order(&dataset, &cfg).unwrap().unwrap();
+            let counts = counts(&split, labels);
+            let fair_share = (dataset.train.len() - cfg.public_pool) as f64 / cfg.nodes as f64;
+            let mut held = vec![0usize; cfg.nodes];
+            for &class in &order {
+                for k in 0..cfg.nodes {
+                    if held[k] as f64 >= fair_share {
+                        assert_eq!(
+                            counts[k][class], 0,
+                            "{cfg:?}: node {k} held {held:?} before class {class}"
+                        );
+                        capped += 1;
+                    }
+                }
+                for k in 0..cfg.nodes {
+                    held[k] += counts[k][class];
+                }
+            }
+            assert_eq!(held, split.private.iter().map(Vec::len).collect::<Vec<_>>());
+        }
+        assert!(capped > 20, "the cap was exercised only {capped} times");
+    }
+
+    #[test]
+    fn plain_dirichlet_leaves_fewer_classes_missing_than_balanced() {
+        // 10 balanced classes of 500 private images, 8 nodes, α = 0.5, 40 seeds.
+        let dataset = synthetic(6000);
+        let labels = &dataset.train.labels;
+        let mean_empty = |partition: Partition| {
+            (0..40)
+                .map(|seed| {
+                    let cfg = SplitConfig {
+                        seed,
+                        nodes: 8,
+                        partition: partition.clone(),
+                        public_pool: 10000,
+                        test_size: 0,
+                    };
+                    empty_fraction(&split(&dataset, &cfg).unwrap(), labels)
+                })
+                .sum::<f64>()
+                / 40.0
         };
-        let (skewed, mild, flat) = (entropy(0.1), entropy(1.0), entropy(1000.0));
-        assert!(skewed < mild && mild < flat, "{skewed} {mild} {flat}");
-        assert!(flat > 3.2, "near log2(10) = 3.32: {flat}");
-        assert!(skewed < 2.0, "{skewed}");
+        let plain = mean_empty(Partition::Dirichlet { alpha: 0.5 });
+        let balanced = mean_empty(Partition::DirichletBalanced { alpha: 0.5 });
+        assert!(plain < 0.05, "plain {plain}");
+        assert!(balanced > 0.08, "balanced {balanced}");
+        assert!(3.0 * plain < balanced, "plain {plain} vs balanced {balanced}");
+    }
+
+    #[test]
+    fn per_node_dirichlet_gives_equal_shares_of_skewed_classes() {
+        let dataset = Dataset::embedded().unwrap();
+        let labels = &dataset.train.labels;
+        let run = |alpha, seed| {
+            let cfg = SplitConfig {
+                seed,
+                nodes: 19,
+                partition: Partition::DirichletPerNode { alpha },
+                public_pool: 1000,
+                test_size: 0,
+            };
+            split(&dataset, &cfg).unwrap()
+        };
+        for seed in 0..4 {
+            let (skewed, mild, flat) = (run(0.1, seed), run(1.0, seed), run(100.0, seed));
+            for s in [&skewed, &mild, &flat] {
+                // 5000 = 3·264 + 16·263
+                let sizes: Vec<usize> = s.private.iter().map(Vec::len).collect();
+                assert_eq!(sizes[..3], [264; 3]);
+                assert_eq!(sizes[3..], [263; 16]);
+            }
+            let entropy = |s| mean_label_entropy(s, labels);
+            let (low, middle, high) = (entropy(&skewed), entropy(&mild), entropy(&flat));
+            assert!(
+                low < 1.6 && low < middle && middle < high,
+                "seed {seed}: {low} {middle} {high} bits"
+            );
+            assert!(
+                high > 3.15,
+                "seed {seed}: α = 100 gives {high} bits, near log2(10) = 3.32"
+            );
+            // Near-uniform: every node holds every class, on average within a few points of
+            // 10 % (q_k's own spread at α·p_c = 10 is about ±3 points, sampling adds ±2).
+            let mut deviation = 0.0;
+            for (node, shard) in counts(&flat, labels).iter().zip(&flat.private) {
+                for &c in node {
+                    let share = c as f64 / shard.len() as f64;
+                    assert!(share > 0.0 && share < 0.25, "seed {seed}: {node:?}");
+                    deviation += (share - 0.1).abs();
+                }
+            }
+            let deviation = deviation / (19 * CLASSES) as f64;
+            assert!(deviation < 0.04, "seed {seed}: mean |share - 10 %| = {deviation}");
+        }
+    }
+
+    #[test]
+    fn small_alpha_is_more_skewed_than_large_alpha() {
+        let dataset = Dataset::embedded().unwrap();
+        for partition in dirichlets(1.0) {
+            let entropy = |alpha| {
+                let partition = match partition {
+                    Partition::Dirichlet { .. } => Partition::Dirichlet { alpha },
+                    Partition::DirichletBalanced { .. } => Partition::DirichletBalanced { alpha },
+                    _ => Partition::DirichletPerNode { alpha },
+                };
+                let cfg = SplitConfig {
+                    seed: 3,
+                    nodes: 10,
+                    partition,
+                    public_pool: 1000,
+                    test_size: 0,
+                };
+                mean_label_entropy(&split(&dataset, &cfg).unwrap(), &dataset.train.labels)
+            };
+            let (skewed, mild, flat) = (entropy(0.1), entropy(1.0), entropy(1000.0));
+            assert!(skewed < mild && mild < flat, "{partition}: {skewed} {mild} {flat}");
+            assert!(flat > 3.2, "{partition}: near log2(10) = 3.32: {flat}");
+            assert!(skewed < 2.0, "{partition}: {skewed}");
+        }
     }
 
     #[test]
     fn tiny_alpha_still_gives_every_node_the_minimum() {
         let dataset = Dataset::embedded().unwrap();
-        let cfg = |nodes| SplitConfig {
+        let cfg = |nodes, partition| SplitConfig {
             seed: 1,
             nodes,
-            partition: Partition::Dirichlet { alpha: 0.001 },
+            partition,
             public_pool: 500,
             test_size: 100,
         };
-        for nodes in [2, 5, 10] {
-            let split = split(&dataset, &cfg(nodes)).unwrap();
-            let sizes: Vec<usize> = split.private.iter().map(Vec::len).collect();
-            assert!(sizes.iter().all(|&n| n >= MIN_DIRICHLET_SAMPLES), "{sizes:?}");
-            assert_eq!(split.test.len(), 100);
+        let cases = [
+            (Partition::DirichletBalanced { alpha: 0.001 }, vec![2, 5, 10]),
+            (Partition::Dirichlet { alpha: 0.001 }, vec![2, 5]),
+            (Partition::DirichletPerNode { alpha: 0.001 }, vec![2, 5, 10, 20]),
+        ];
+        for (partition, node_counts) in cases {
+            for nodes in node_counts {
+                let split = split(&dataset, &cfg(nodes, partition.clone())).unwrap();
+                let sizes: Vec<usize> = split.private.iter().map(Vec::len).collect();
+                assert!(sizes.iter().all(|&n| n >= MIN_PARTITION_SIZE), "{partition}: {sizes:?}");
+                assert_eq!(split.test.len(), 100);
+            }
         }
         // With twice as many nodes as classes, each class going to about one node leaves
         // half the nodes empty: a bounded search, then a clear error.
-        let err = split(&dataset, &cfg(20)).unwrap_err();
-        assert!(err.to_string().contains("use a larger alpha"), "{err}");
-        assert_eq!(field(err), "data.alpha");
+        for partition in [
+            Partition::Dirichlet { alpha: 0.001 },
+            Partition::DirichletBalanced { alpha: 0.001 },
+        ] {
+            let err = split(&dataset, &cfg(20, partition.clone())).unwrap_err();
+            let text = err.to_string();
+            for hint in ["use a larger alpha", "fewer nodes", "smaller public pool", "1000 draws"] {
+                assert!(text.contains(hint), "{partition}: {text}");
+            }
+            assert!(text.contains(&format!("`{partition}` with 20 nodes")), "{text}");
+            assert_eq!(field(err), "data.partition");
+        }
+    }
+
+    #[test]
+    fn the_minimum_is_reached_by_redrawing() {
+        // Plain, α = 0.05, 5 nodes: each class goes almost whole to one node, so a first
+        // draw often leaves a node short; the split redraws until none is.
+        let dataset = synthetic(60);
+        let labels = &dataset.train.labels;
+        let mut redrawn = 0;
+        for seed in 0..20 {
+            for balanced in [false, true] {
+                let (mut rng, _, pool) = shuffled_pool(
+                    &dataset,
+                    &SplitConfig {
+                        seed,
+                        ..cfg(Partition::Dirichlet { alpha: 0.05 })
+                    },
+                )
+                .unwrap();
+                let by_class = by_class(&pool, labels);
+                let order = draw_class_order(by_class.len(), &mut rng);
+                let (shards, attempts) = per_class_dirichlet(&by_class, &order, 5, 0.05, balanced, &mut rng)
+                    .unwrap()
+                    .unwrap();
+                assert!(shards.iter().all(|s| s.len() >= MIN_PARTITION_SIZE), "{shards:?}");
+                redrawn += usize::from(attempts > 1);
+            }
+        }
+        assert!(redrawn >= 5, "only {redrawn} of 40 splits needed a redraw");
     }
 
     #[test]
@@ -612,7 +1257,7 @@ mod tests {
                 },
                 "data.alpha",
             ),
-            // 4 nodes × 10 minimum > 50 private.
+            // 4 nodes × 10 minimum > 39 private, for each Dirichlet split.
             (
                 SplitConfig {
                     partition: Partition::Dirichlet { alpha: 1.0 },
@@ -620,6 +1265,36 @@ mod tests {
                     ..base.clone()
                 },
                 "data.public_pool",
+            ),
+            (
+                SplitConfig {
+                    partition: Partition::DirichletBalanced { alpha: 1.0 },
+                    public_pool: 61,
+                    ..base.clone()
+                },
+                "data.public_pool",
+            ),
+            (
+                SplitConfig {
+                    partition: Partition::DirichletPerNode { alpha: 1.0 },
+                    public_pool: 61,
+                    ..base.clone()
+                },
+                "data.public_pool",
+            ),
+            (
+                SplitConfig {
+                    partition: Partition::DirichletPerNode { alpha: 0.0 },
+                    ..base.clone()
+                },
+                "data.alpha",
+            ),
+            (
+                SplitConfig {
+                    partition: Partition::DirichletBalanced { alpha: f64::NAN },
+                    ..base.clone()
+                },
+                "data.alpha",
             ),
             (
                 SplitConfig {
@@ -646,6 +1321,15 @@ mod tests {
         for (cfg, expected) in cases {
             assert_eq!(field(cfg.validate(&dataset).unwrap_err()), expected, "{cfg:?}");
             assert_eq!(field(split(&dataset, &cfg).unwrap_err()), expected, "{cfg:?}");
+        }
+        // Exactly 4 × 10 private samples is enough for every Dirichlet split.
+        for partition in dirichlets(1.0) {
+            let cfg = SplitConfig {
+                partition,
+                public_pool: 60,
+                ..base.clone()
+            };
+            assert!(cfg.validate(&dataset).is_ok(), "{cfg:?}");
         }
     }
 }
