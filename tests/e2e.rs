@@ -156,26 +156,11 @@ mod bad_messages {
     use std::path::Path;
     use tonic::Code;
     use wdml_proto::transport::{Identity, Security};
-    use wdml_proto::{Encoding, Frame, peer_exchange_client::PeerExchangeClient};
+    use wdml_proto::{Frame, peer_exchange_client::PeerExchangeClient};
 
     /// A well-formed single-frame message for the `small` scenario, as node 1.
     fn frame(run_id: &str) -> Frame {
-        let values = vec![0.25f32; 64 * 10];
-        Frame {
-            run_id: run_id.into(),
-            round: 0,
-            round_token: 1,
-            sender: 1,
-            encoding: Encoding::F32 as i32,
-            rows: 64,
-            cols: 10,
-            scale: 0.0,
-            offset: 0.0,
-            index: 0,
-            count: 1,
-            total_bytes: 64 * 10 * 4,
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        }
+        common::frame(run_id, 1)
     }
 
     /// Sends `frame` to node 0 at `address` over a connection with node 1's certificate.

@@ -8,38 +8,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{Cluster, TempDir, metrics, small, summary};
+use common::{Cluster, TempDir, frame, metrics, small, summary};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use wdml_proto::pki::{self, Authority};
 use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{
-    Encoding, Frame, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient,
-    peer_exchange_client::PeerExchangeClient,
+    Frame, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient, peer_exchange_client::PeerExchangeClient,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
-}
-
-/// A well-formed single-frame message of the `small` scenario (64 × 10, f32).
-fn frame(run_id: &str, sender: u32) -> Frame {
-    let values = vec![0.25f32; 64 * 10];
-    Frame {
-        run_id: run_id.into(),
-        round: 0,
-        round_token: 1,
-        sender,
-        encoding: Encoding::F32 as i32,
-        rows: 64,
-        cols: 10,
-        scale: 0.0,
-        offset: 0.0,
-        index: 0,
-        count: 1,
-        total_bytes: 64 * 10 * 4,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-    }
 }
 
 /// A credentials directory that trusts the run's CA (`ca.pem` of `tls`) but holds
