@@ -182,6 +182,13 @@ def check(ok, what):
         problems.append(what)
 check(summary["finished"], f"the run did not finish: {summary['reason']}")
 check(open(f"{run_dir}/rounds.svg").read().count("<polyline") >= 3, "rounds.svg has no curves")
+# The same files as a `wdml run` directory: the scenario, the realised split, every log.
+import os
+for name in ["scenario.toml", "journal.jsonl", "split.json", "split.svg", "report.md",
+             "logs/coordinator.log", "logs/node-0.log", "state/node-0/checkpoint.safetensors"]:
+    check(os.path.exists(f"{run_dir}/{name}"), f"the run directory has no {name}")
+split = json.load(open(f"{run_dir}/split.json"))
+check(len(split["nodes"]) == 4, f"split.json has {len(split['nodes'])} nodes")
 check(summary["rounds_closed"] == rounds, f"{summary['rounds_closed']} of {rounds} rounds closed")
 closed = sorted({r["round"] for r in rows})
 check(closed == list(range(1, rounds + 1)), f"rounds with metrics: {closed}")

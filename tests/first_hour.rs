@@ -224,3 +224,81 @@ fn compare_runs_what_it_can_and_says_what_it_left_out() {
     let table = std::fs::read_to_string(dir.path().join("local/comparison.md")).unwrap();
     assert!(!table.contains("exchanging"), "{table}");
 }
+
+#[test]
+fn a_node_that_cannot_reach_its_coordinator_names_it_and_says_it_could_not_connect() {
+    let dir = TempDir::new("unreachable");
+    let tls = common::certs(dir.path(), 1);
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let output = Command::new(WDML)
+        .args([
+            "node",
+            "--id",
+            "0",
+            "--coordinator",
+            &address,
+            "--coordinator-timeout-s",
+            "2",
+        ])
+        .arg("--tls-dir")
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    let retries: Vec<&str> = log.lines().filter(|l| l.contains("retrying")).collect();
+    assert!(!retries.is_empty(), "{log}");
+    assert!(retries.iter().all(|l| l.contains(&address)), "{log}");
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains(&address) && last.contains("could not connect"), "{log}");
+    assert!(!log.contains("join refused"), "{log}");
+}
+
+#[test]
+fn a_coordinator_says_who_it_waits_for_and_names_the_fields_when_it_gives_up() {
+    let dir = TempDir::new("no-nodes");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let mut overrides = small(3, 1);
+    overrides.push("coordinator.join_timeout_ms=500".into());
+    let args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &{
+        common::certs(dir.path(), 3);
+        overrides
+    });
+    let log = dir.path().join("logs/coordinator.log");
+    let mut coordinator = common::Process::start("coordinator", &args, &log);
+    let status = coordinator.wait_for(Duration::from_secs(30)).expect("it gives up");
+    assert!(!status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("waiting for nodes: 0 of 3 joined"), "{text}");
+    assert!(
+        text.contains("coordinator.join_timeout_ms") && text.contains("coordinator.min_nodes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_port_in_use_is_said_with_another_to_try() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = TempDir::new("port");
+    let tls = common::certs(dir.path(), 1);
+    let output = Command::new(WDML)
+        .args(["coordinator", "--listen", &address, "--out"])
+        .arg(dir.path().join("run"))
+        .arg("--tls-dir")
+        .arg(&tls)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("in use") && stderr.contains("--listen 127.0.0.1:"),
+        "{stderr}"
+    );
+}

@@ -242,3 +242,18 @@ fn a_node_whose_round_panics_reports_it_and_leaves_and_the_run_goes_on() {
         assert_eq!(s.nodes[node].rounds_reported, rounds);
     }
 }
+
+#[test]
+fn a_run_whose_every_round_failed_is_not_finished_and_says_why() {
+    let mut cluster = Cluster::coordinator_on("all-failed", "127.0.0.1", &small(2, 3));
+    for id in 0..2 {
+        let mut args = cluster.node_args(id, "mlp:64", "127.0.0.1:0");
+        args.extend(["--fault-panic-at-round".into(), "1".into()]);
+        cluster.start_node_with(id, &args);
+    }
+    let status = cluster.wait_for_end(Duration::from_secs(120));
+    assert!(!status.success(), "a run in which nothing was learned exits non-zero");
+    let s = summary(cluster.out());
+    assert!(!s.finished);
+    assert!(s.reason.contains("every round failed"), "{}", s.reason);
+}

@@ -243,12 +243,11 @@ fn write_split_locked(shared: &Shared, state: &crate::service::State) {
 /// Ends the run: tells every live node, writes the summary, tells the watchers, and
 /// gives the nodes a moment to say goodbye before the server stops.
 pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<Summary> {
-    let every_round_failed = shared.report().every_round_failed();
+    let all_failed = shared.report().every_round_failed();
+    let every_round_failed = "every round failed: no node reported any round (see the nodes' logs)";
     let (finished, reason) = match &outcome {
-        Ok(Ending::Finished) if every_round_failed => (
-            false,
-            "every round failed: no node reported any round (see the nodes' logs)".to_string(),
-        ),
+        // Whatever ended the run then (nobody left, say), this is its story.
+        Ok(Ending::Finished) | Err(_) if all_failed => (false, every_round_failed.to_string()),
         Ok(Ending::Finished) => (true, "all rounds closed".to_string()),
         Ok(Ending::Interrupted(why)) => (false, why.clone()),
         Err(e) => (false, e.to_string()),

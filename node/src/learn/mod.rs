@@ -104,7 +104,10 @@ pub fn images_tensor(pixels: Vec<f32>) -> Result<Tensor> {
 /// Wraps class labels in a `[rows]` `u32` tensor, checking they are below 10.
 pub fn labels_tensor(labels: Vec<u32>) -> Result<Tensor> {
     if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
-        return Err(invalid(format!("label {bad} is not a class (0..{CLASSES})")));
+        return Err(invalid(format!(
+            "label {bad} is not a class (classes 0 to {})",
+            CLASSES - 1
+        )));
     }
     let rows = labels.len();
     Ok(Tensor::from_vec(labels, rows, &Device::Cpu)?)
