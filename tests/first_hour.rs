@@ -1,6 +1,6 @@
 //! What a new user meets in the first hour, as behaviours that must not regress: a run
 //! directory is never replaced by accident, ctrl-c stops cleanly with the conventional
-//! status, a run ends at once, rounds are counted from 1 everywhere, a wrong model is
+//! status and `--resume` continues it with every round once, a run ends at once, rounds are counted from 1 everywhere, a wrong model is
 //! refused naming both, contradicting options are refused, log files have no colour
 //! codes, a closed pipe is no panic, `compare` says what it could not run.
 
@@ -126,6 +126,59 @@ fn ctrl_c_stops_the_run_with_the_conventional_status_and_the_nodes_left() {
     for node in &s.nodes {
         assert_eq!(node.status, "left", "node {}: {:?}", node.id, s.events);
     }
+}
+
+#[test]
+fn a_stopped_run_resumes_with_every_round_once_and_a_finished_one_is_not_resumed() {
+    let dir = TempDir::new("resume");
+    let out = dir.path().join("run");
+    let rounds = 30;
+    let mut overrides = small(3, rounds);
+    overrides.push("train.local_steps=60".into());
+    let run = |extra: &[&str]| {
+        let mut command = Command::new(WDML);
+        command.arg("run").arg("--out").arg(&out).args(extra);
+        for o in &overrides {
+            command.arg("--set").arg(o);
+        }
+        command
+    };
+    let mut child = run(&[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while metrics(&out).iter().all(|r| r.round < 2) {
+        assert!(std::time::Instant::now() < deadline, "no round closed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let stopped = metrics(&out).iter().map(|r| r.round).max().unwrap();
+    assert!(stopped < rounds, "the run ended before it was stopped");
+
+    // Continued: the nodes start again and the run goes on from where it stopped.
+    let output = run(&["--resume"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(summary(&out).finished);
+    let mut seen = std::collections::BTreeMap::new();
+    for row in metrics(&out) {
+        *seen.entry((row.round, row.node)).or_insert(0) += 1;
+    }
+    for round in 1..=rounds {
+        for node in 0..3 {
+            assert_eq!(
+                seen.get(&(round, node)),
+                Some(&1),
+                "round {round}, node {node}: {seen:?}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 3 * rounds as usize, "{seen:?}");
+
+    // A finished run has nothing to continue.
+    let again = run(&["--resume"]).output().unwrap();
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("nothing to continue"), "{stderr}");
 }
 
 #[test]

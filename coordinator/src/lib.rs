@@ -38,15 +38,62 @@ use wdml_proto::transport::{self, Limits};
 /// Runs the coordinator on an already bound listener until the run is over or
 /// `shutdown` completes; returns the run's summary (also written to the run directory).
 /// A run directory whose journal records an unfinished run is resumed at its next round.
-pub async fn run(mut config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    open(config)?.serve(listener, shutdown).await
+}
+
+/// A run whose configuration is checked and whose run directory is open (new, or
+/// resumed from its journal), ready to serve: what can be refused is refused here,
+/// before the process listens.
+pub struct Run {
+    config: Config,
+    report: report::Report,
+    recovered: Option<report::Recovered>,
+}
+
+/// Checks `config` and opens its run directory.
+pub fn open(mut config: Config) -> Result<Run> {
     config.validate()?;
-    let addr = listener.local_addr()?;
     let (report, recovered) = report::Report::open(&config)?;
     config.settings.run_instance = report.instance().to_string();
+    Ok(Run {
+        config,
+        report,
+        recovered,
+    })
+}
+
+impl Run {
+    /// Whether this run continues one its run directory's journal recorded.
+    pub fn resumed(&self) -> bool {
+        self.recovered.is_some()
+    }
+
+    /// Serves the run on `listener` until it is over or `shutdown` completes.
+    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+        let Run {
+            config,
+            report,
+            recovered,
+        } = self;
+        serve(config, report, recovered, listener, shutdown).await
+    }
+}
+
+async fn serve(
+    config: Config,
+    report: report::Report,
+    recovered: Option<report::Recovered>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary> {
+    let addr = listener.local_addr()?;
     let start = match &recovered {
         Some(r) => rounds::Start {
             first_round: r.next_round,
-            expected: r.members.iter().filter(|m| m.3).count().max(1),
+            // Every member the run had: a crash leaves them running (they reconnect), a
+            // stop made them leave (they are started again).
+            expected: r.members.len().max(1),
             minimum: 1,
         },
         None => rounds::Start {

@@ -228,9 +228,8 @@ pub(crate) struct Recovered {
     /// The index (from 0, as on the wire) of the round to run next.
     pub next_round: u32,
     pub events: Vec<MembershipEvent>,
-    /// Every member known before the restart: id, model, parameters, whether it was
-    /// present (joined and not gone) when the coordinator went down.
-    pub members: Vec<(u32, String, u64, bool)>,
+    /// Every member known before the restart: id, model, parameters.
+    pub members: Vec<(u32, String, u64)>,
 }
 
 /// Writes the run directory as the run goes: the journal first (durable), then the
@@ -428,18 +427,10 @@ impl Report {
                     parameters,
                     ..
                 } => {
-                    let present = matches!(event.event.as_str(), "joined" | "rejoined");
-                    let absent = matches!(event.event.as_str(), "gone" | "left" | "released" | "failed");
                     match recovered.members.iter_mut().find(|m| m.0 == event.node) {
-                        Some(m) => {
-                            if !model.is_empty() {
-                                (m.1, m.2) = (model.clone(), *parameters);
-                            }
-                            m.3 = (m.3 || present) && !absent;
-                        }
-                        None => recovered
-                            .members
-                            .push((event.node, model.clone(), *parameters, present)),
+                        Some(m) if !model.is_empty() => (m.1, m.2) = (model.clone(), *parameters),
+                        Some(_) => {}
+                        None => recovered.members.push((event.node, model.clone(), *parameters)),
                     }
                     recovered.events.push(event.clone());
                 }

@@ -32,8 +32,8 @@ pub(crate) enum Ending {
 /// restarted coordinator's journal records.
 pub(crate) struct Start {
     pub first_round: u32,
-    /// Nodes to wait for before the first round: all of them for a new run; those
-    /// present when the coordinator went down for a resumed one.
+    /// Nodes to wait for before the first round: all of them for a new run; every
+    /// member it had for a resumed one.
     pub expected: usize,
     /// Start with fewer than `expected` once the join timeout has passed.
     pub minimum: usize,
@@ -44,12 +44,30 @@ pub(crate) struct Start {
 pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
     wait_for_members(&shared, &start).await?;
     write_split(&shared);
-    for round in start.first_round..shared.config.settings.rounds {
+    let mut round = start.first_round;
+    while round < shared.config.settings.rounds {
         // Tokens only order and authenticate; they never shape results.
         let token = random_secret()?;
         open_round(&shared, round, token)?;
-        wait_at_barrier(&shared).await;
-        close_round(&shared)?;
+        match wait_at_barrier(&shared).await {
+            Barrier::Closed => {
+                close_round(&shared)?;
+                round += 1;
+            }
+            Barrier::Abandoned => {
+                shared.state().open = None;
+                warn!(
+                    round = round + 1,
+                    "every member left during the round; waiting for members to start it again"
+                );
+                let again = Start {
+                    first_round: round,
+                    expected: 1,
+                    minimum: 1,
+                };
+                wait_for_members(&shared, &again).await?;
+            }
+        }
     }
     Ok(Ending::Finished)
 }
@@ -160,14 +178,25 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         started: Instant::now(),
         participants: participants.into_iter().collect(),
         reported: BTreeMap::new(),
+        failed: Default::default(),
     });
     Ok(())
 }
 
 /// Waits until every participant reported or is gone, or the round deadline.
-async fn wait_at_barrier(shared: &Shared) {
+async fn wait_at_barrier(shared: &Shared) -> Barrier {
     let deadline = tokio::time::Instant::now() + shared.config.round_timeout;
     loop {
+        {
+            // Everyone it was sent to left without a report or a failure (the nodes
+            // were stopped): nothing happened in this round, so it is not closed; it
+            // starts again when members are back (or the run is stopped meanwhile).
+            let state = shared.state();
+            let open = state.open.as_ref().expect("a round is open");
+            if open.reported.is_empty() && open.failed.is_empty() && state.members.live().next().is_none() {
+                return Barrier::Abandoned;
+            }
+        }
         let waiting = {
             let state = shared.state();
             let open = state.open.as_ref().expect("a round is open");
@@ -184,11 +213,11 @@ async fn wait_at_barrier(shared: &Shared) {
                 .count()
         };
         if waiting == 0 {
-            return;
+            return Barrier::Closed;
         }
         if tokio::time::Instant::now() >= deadline {
             warn!(waiting, "round deadline passed; closing the round without them");
-            return;
+            return Barrier::Closed;
         }
         // Also re-check now and then: a connection replaced without a wake-up.
         let _ = timeout_at(
@@ -197,6 +226,14 @@ async fn wait_at_barrier(shared: &Shared) {
         )
         .await;
     }
+}
+
+/// How waiting at the barrier ended.
+enum Barrier {
+    /// Every participant reported, failed, left or timed out: the round closes.
+    Closed,
+    /// Every participant left without reporting, and nobody is live.
+    Abandoned,
 }
 
 /// Files the round's reports and tells the watchers.

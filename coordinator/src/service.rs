@@ -31,6 +31,8 @@ pub(crate) struct OpenRound {
     pub participants: std::collections::BTreeMap<u32, u64>,
     /// Done reports received in time, with when they arrived.
     pub reported: std::collections::BTreeMap<u32, (wdml_proto::RoundMetrics, Instant)>,
+    /// Participants whose round failed (they said so).
+    pub failed: std::collections::BTreeSet<u32>,
 }
 
 /// Everything the handlers and the round driver share.
@@ -62,7 +64,7 @@ impl Shared {
         let mut members = Members::new(config.settings.models.clone());
         let mut journaled = 0;
         if let Some(recovered) = recovered {
-            for (id, model, parameters, _present) in &recovered.members {
+            for (id, model, parameters) in &recovered.members {
                 members.restore(*id, model.clone(), *parameters, report.rows_of(*id), Presence::Gone);
             }
             members.events = recovered.events.clone();
@@ -301,6 +303,12 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
             let number = failed.round.saturating_add(1);
             warn!(node = id, round = number, "the node's round failed: {reason}");
             let round = state.round;
+            if let Some(open) = state.open.as_mut()
+                && open.round == failed.round
+                && open.participants.contains_key(&id)
+            {
+                open.failed.insert(id);
+            }
             state
                 .members
                 .record(id, "failed", round, format!("round {number} failed: {reason}"));

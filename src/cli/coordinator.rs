@@ -42,11 +42,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
     scenario.preflight()?;
     let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
+    // The run directory is checked (and a journal replayed) before anything listens.
+    let run = wdml_coordinator::open(config)?;
+    if run.resumed() {
+        tracing::warn!("resuming the unfinished run in {}", args.out.display());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
-        let summary = wdml_coordinator::run(config, listener, crate::cli::shutdown_signal()).await?;
+        let summary = run.serve(listener, crate::cli::shutdown_signal()).await?;
         // The table goes to stdout only: in a container, stdout and the log share one
         // stream, and it is printed once. The launcher stops reading our stdout after
         // the first line, so a closed pipe is not an error here (report.md has it too).

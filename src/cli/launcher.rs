@@ -77,6 +77,10 @@ impl RunDirArgs {
         let looks_like_a_run = markers.iter().any(|f| out.join(f).exists());
         match (occupied, self.overwrite, self.resume) {
             (false, _, true) => bail!("--resume: {} holds no run to continue", out.display()),
+            (true, _, true) if finished(out) => bail!(
+                "--resume: the run in {} finished; there is nothing to continue (--overwrite replaces it)",
+                out.display()
+            ),
             (false, _, false) => {}
             (true, _, _) if !looks_like_a_run => bail!(
                 "{} exists and is not a WDML run directory; give another --out",
@@ -93,6 +97,14 @@ impl RunDirArgs {
         }
         std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))
     }
+}
+
+/// Whether the run in `out` finished (its summary says so).
+fn finished(out: &Path) -> bool {
+    std::fs::read_to_string(out.join("summary.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Summary>(&text).ok())
+        .is_some_and(|s| s.finished)
 }
 
 /// The launcher was stopped by a signal (ctrl-c: SIGINT); the process exits with the
@@ -286,9 +298,17 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         .stdout(Stdio::piped())
         .stderr(log_file(out, "coordinator")?);
     let child = children.spawn("coordinator", coordinator)?;
-    let address = listening_address(child)
-        .await
-        .context("the coordinator did not start")?;
+    let address = match listening_address(child).await {
+        Ok(address) => address,
+        // Its reason is the last line of its log (a run directory it refused, say).
+        Err(e) => {
+            let log = std::fs::read_to_string(out.join("logs/coordinator.log")).unwrap_or_default();
+            match log.lines().rev().find(|l| l.starts_with("error: ")) {
+                Some(reason) => bail!("the coordinator did not start: {}", &reason["error: ".len()..]),
+                None => return Err(e.context("the coordinator did not start")),
+            }
+        }
+    };
 
     let mut watch = watch_rounds(&address, &observer).await?;
     for id in 0..scenario.nodes.count {
