@@ -1,8 +1,9 @@
 //! What a new user meets in the first hour, as behaviours that must not regress: a run
 //! directory is never replaced by accident, ctrl-c stops cleanly with the conventional
-//! status and `--resume` continues it with every round once, a run ends at once, rounds are counted from 1 everywhere, a wrong model is
-//! refused naming both, contradicting options are refused, log files have no colour
-//! codes, a closed pipe is no panic, `compare` says what it could not run.
+//! status and `--resume` continues the run with every round once, a run ends at once,
+//! rounds are counted from 1 everywhere, a wrong model is refused naming both,
+//! contradicting options are refused, log files have no colour codes, a closed pipe is
+//! no panic, `compare` says what it could not run.
 
 mod common;
 
