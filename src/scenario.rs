@@ -10,10 +10,11 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wdml_channel::{ChannelConfig, ResolvedChannel};
 use wdml_node::data::Partition;
-use wdml_node::learn::{Aggregate, LearnerConfig};
+use wdml_node::learn::LearnerConfig;
 use wdml_node::model::ModelSpec;
-use wdml_proto::RunSettings;
+use wdml_node::strategy;
 use wdml_proto::transport::Security;
+use wdml_proto::{AdversaryKind, Aggregate, Algorithm, Encoding, RunSettings};
 
 /// The quickstart scenario, built in so `wdml run` works with no file at all.
 pub const QUICKSTART: &str = include_str!("../examples/quickstart.toml");
@@ -42,7 +43,9 @@ pub struct RunSection {
     /// Seeds everything: split, models, batches, public batches, round tokens.
     pub seed: u64,
     pub rounds: u32,
-    pub algorithm: AlgorithmName,
+    /// `dml` (share predictions on the public batch), `local` (no exchange) or
+    /// `fedavg` (gossip averaging of full parameters; identical models only).
+    pub algorithm: Algorithm,
 }
 
 impl Default for RunSection {
@@ -51,21 +54,9 @@ impl Default for RunSection {
             name: "wdml".into(),
             seed: 42,
             rounds: 10,
-            algorithm: AlgorithmName::Dml,
+            algorithm: Algorithm::Dml,
         }
     }
-}
-
-/// The learning algorithms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum AlgorithmName {
-    /// Deep mutual learning: share predictions on the public batch.
-    Dml,
-    /// No exchange at all: each node learns alone.
-    Local,
-    /// Decentralised FedAvg: gossip averaging of full parameters (identical models only).
-    Fedavg,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,21 +91,13 @@ impl Default for TrainSection {
     }
 }
 
-/// Wire encodings of the predictions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum EncodingName {
-    F32,
-    F16,
-    Q8,
-}
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExchangeSection {
     /// Rows of the public batch each round.
     pub public_batch: u32,
-    pub encoding: EncodingName,
+    /// Wire encoding of the predictions: `f32`, `f16` or `q8`.
+    pub encoding: Encoding,
     /// The largest message a node accepts.
     pub max_message_bytes: u64,
     /// The longest a node waits for its neighbours' predictions in a round.
@@ -131,7 +114,7 @@ impl Default for ExchangeSection {
     fn default() -> Self {
         ExchangeSection {
             public_batch: 128,
-            encoding: EncodingName::Q8,
+            encoding: Encoding::Q8,
             max_message_bytes: 16 << 20,
             timeout_ms: 10_000,
             adaptive_deadline: true,
@@ -148,14 +131,14 @@ pub struct AdversarySection {
     pub nodes: Vec<u32>,
     /// `confident-wrong` (a large logit on a class its own model does not pick) or
     /// `silent` (a member that never sends its predictions).
-    pub kind: String,
+    pub kind: AdversaryKind,
 }
 
 impl Default for AdversarySection {
     fn default() -> Self {
         AdversarySection {
             nodes: Vec::new(),
-            kind: "confident-wrong".into(),
+            kind: AdversaryKind::ConfidentWrong,
         }
     }
 }
@@ -294,40 +277,44 @@ impl Scenario {
                 wdml_node::plan::MAX_MESSAGE_BYTES
             );
         }
-        if self.run.algorithm == AlgorithmName::Fedavg && self.nodes.models.len() > 1 {
+        if strategy::same_model(self.run.algorithm) && self.nodes.models.len() > 1 {
             let distinct: std::collections::BTreeSet<String> =
                 (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
             if distinct.len() > 1 {
                 bail!(
-                    "nodes.models: fedavg averages parameters, so every node needs the same model; got {}",
+                    "nodes.models: {} averages parameters, so every node needs the same model; got {}",
+                    self.run.algorithm,
                     distinct.into_iter().collect::<Vec<_>>().join(", ")
                 );
             }
         }
-        match self.run.algorithm {
-            AlgorithmName::Fedavg => {
-                let message = self.model_of(0).parameter_count() as u64 * 4;
-                if message > self.exchange.max_message_bytes {
-                    bail!(
-                        "exchange.max_message_bytes ({}) is smaller than one parameter message of {} \
-                         ({message} bytes)",
-                        self.exchange.max_message_bytes,
-                        self.model_of(0)
-                    );
-                }
-            }
-            _ => {
-                let message = u64::from(self.exchange.public_batch) * 10 * self.encoding_width();
-                if message > self.exchange.max_message_bytes {
-                    bail!(
-                        "exchange.public_batch ({}) makes a prediction message of {message} bytes ({} × 10 \
-                         classes × {} bytes), more than exchange.max_message_bytes ({})",
-                        self.exchange.public_batch,
-                        self.exchange.public_batch,
-                        self.encoding_width(),
-                        self.exchange.max_message_bytes
-                    );
-                }
+        // Every model's message must fit (a parameter message grows with the model).
+        for node in 0..self.nodes.count.min(self.nodes.models.len() as u32) {
+            let model = self.model_of(node);
+            let Some(shape) = strategy::message(
+                self.run.algorithm,
+                self.exchange.public_batch,
+                self.exchange.encoding,
+                model.parameter_count(),
+            ) else {
+                break;
+            };
+            if shape.bytes() > self.exchange.max_message_bytes {
+                let field = if shape.rows == self.exchange.public_batch {
+                    "exchange.public_batch"
+                } else {
+                    "nodes.models"
+                };
+                bail!(
+                    "{field}: one {} message of {model} is {} × {} values in {} = {} bytes, more than \
+                     exchange.max_message_bytes ({})",
+                    self.run.algorithm,
+                    shape.rows,
+                    shape.cols,
+                    shape.encoding,
+                    shape.bytes(),
+                    self.exchange.max_message_bytes
+                );
             }
         }
         self.data.partition.parse::<Partition>()?;
@@ -354,7 +341,6 @@ impl Scenario {
                 self.nodes.count
             );
         }
-        self.adversary_kind()?;
         if let Some(bad) = self.adversary.nodes.iter().find(|&&n| n >= self.nodes.count) {
             bail!(
                 "adversary.nodes: node {bad} is not in the run (nodes 0 to {})",
@@ -426,22 +412,6 @@ impl Scenario {
         Ok(())
     }
 
-    /// The `[adversary]` kind, checked.
-    pub fn adversary_kind(&self) -> Result<wdml_proto::AdversaryKind> {
-        self.adversary
-            .kind
-            .parse()
-            .map_err(|e| anyhow::anyhow!("adversary.kind: {e}"))
-    }
-
-    fn encoding_width(&self) -> u64 {
-        match self.exchange.encoding {
-            EncodingName::F32 => 4,
-            EncodingName::F16 => 2,
-            EncodingName::Q8 => 1,
-        }
-    }
-
     pub fn learner(&self) -> LearnerConfig {
         LearnerConfig {
             learning_rate: self.train.learning_rate,
@@ -458,7 +428,6 @@ impl Scenario {
 
     /// What every node receives when it joins.
     pub fn settings(&self) -> Result<RunSettings> {
-        use wdml_proto::{Aggregate as A, Algorithm, Encoding};
         let channel = self.resolved_channel()?;
         let mut settings = RunSettings {
             run_id: format!("{}-{}", self.run.name, self.run.seed),
@@ -488,30 +457,18 @@ impl Scenario {
             adversary: Some(wdml_proto::Adversary {
                 nodes: self.adversary.nodes.clone(),
                 kind: if self.adversary.nodes.is_empty() {
-                    wdml_proto::AdversaryKind::Unspecified
+                    AdversaryKind::Unspecified
                 } else {
-                    self.adversary_kind()?
+                    self.adversary.kind
                 } as i32,
             }),
             silent_after: self.exchange.silent_after,
             adaptive_deadline: self.exchange.adaptive_deadline,
             ..RunSettings::default()
         };
-        settings.set_algorithm(match self.run.algorithm {
-            AlgorithmName::Dml => Algorithm::Dml,
-            AlgorithmName::Local => Algorithm::Local,
-            AlgorithmName::Fedavg => Algorithm::Fedavg,
-        });
-        settings.set_encoding(match self.exchange.encoding {
-            EncodingName::F32 => Encoding::F32,
-            EncodingName::F16 => Encoding::F16,
-            EncodingName::Q8 => Encoding::Q8,
-        });
-        settings.set_aggregate(match self.train.aggregate {
-            Aggregate::Mean => A::Mean,
-            Aggregate::Median => A::Median,
-            Aggregate::TrimmedMean => A::TrimmedMean,
-        });
+        settings.set_algorithm(self.run.algorithm);
+        settings.set_encoding(self.exchange.encoding);
+        settings.set_aggregate(self.train.aggregate);
         Ok(settings)
     }
 
@@ -681,7 +638,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.run.rounds, 3);
-        assert_eq!(s.exchange.encoding, EncodingName::F16);
+        assert_eq!(s.exchange.encoding, Encoding::F16);
         assert_eq!(s.model_of(3).to_string(), "cnn:4,8,16");
     }
 
@@ -744,5 +701,29 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
         }
+    }
+
+    #[test]
+    fn a_message_larger_than_a_node_accepts_is_refused_naming_what_makes_it() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            format!("{:#}", Scenario::load(None, &sets).unwrap_err())
+        };
+        // dml: the public batch makes the message (128 × 10 × 1 byte > 1,000).
+        let error = load(&["exchange.max_message_bytes=1000"]);
+        assert!(
+            error.contains("exchange.public_batch: one dml message") && error.contains("1280 bytes"),
+            "{error}"
+        );
+        // fedavg: the model does (all its parameters as f32).
+        let error = load(&[
+            "run.algorithm=\"fedavg\"",
+            "nodes.models=[\"mlp:64\"]",
+            "exchange.max_message_bytes=100000",
+        ]);
+        assert!(
+            error.contains("nodes.models: one fedavg message of mlp:64 is 1 × 50890 values in f32"),
+            "{error}"
+        );
     }
 }

@@ -14,6 +14,7 @@ pub mod round;
 pub mod runtime;
 pub mod seed;
 pub mod shard;
+pub mod strategy;
 
 pub use error::{Error, Result};
 pub use runtime::{Config, Outcome, run};

@@ -80,16 +80,14 @@ impl RunPlan {
             }
             Ok(e) => e,
         };
-        let aggregate = match wdml_proto::Aggregate::try_from(s.aggregate) {
-            Ok(wdml_proto::Aggregate::Mean) => Aggregate::Mean,
-            Ok(wdml_proto::Aggregate::Median) => Aggregate::Median,
-            Ok(wdml_proto::Aggregate::TrimmedMean) => Aggregate::TrimmedMean,
-            _ => {
+        let aggregate = match Aggregate::try_from(s.aggregate) {
+            Ok(Aggregate::Unspecified) | Err(_) => {
                 return Err(Error::config(
                     "train.aggregate",
                     format!("unknown aggregate {}", s.aggregate),
                 ));
             }
+            Ok(a) => a,
         };
         if s.run_id.is_empty() {
             return Err(Error::config("run.id", "must not be empty"));

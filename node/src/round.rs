@@ -1,37 +1,34 @@
-//! One round on one node, in the order it happens:
+//! One round on one node, the same for every algorithm:
 //!
-//! 1. draw the round's public batch from the coordinator's seed (no data is sent);
-//! 2. compute the model's logits on it;
-//! 3. encode them, stream them to every neighbour, and collect the neighbours'
-//!    until all have arrived, left, or the exchange deadline passed;
-//! 4. run E local steps of CE on private batches plus λ·T²·KL toward the peers'
-//!    aggregated soft predictions (CE alone if no neighbour was heard);
-//! 5. evaluate on the test set and report.
-//!
-//! `local` skips steps 1–3.
+//! 1. work out which neighbours the radio lets us hear this round, and how long to
+//!    wait for each (so that a faster neighbour's message is accepted at once);
+//! 2. the algorithm's own steps ([`crate::strategy`]): for `dml`, predict on the
+//!    public batch, swap predictions, train toward the neighbours' aggregate; for
+//!    `fedavg`, train, swap parameters, average; for `local`, train. Its model work
+//!    goes through [`Round::compute`], its exchange through [`Round::exchange`];
+//! 3. evaluate on the test set and report.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use wdml_channel::Shaping;
-use wdml_proto::{AdversaryKind, Algorithm, Encoding, RoundMetrics, StartRound};
+use wdml_proto::{AdversaryKind, RoundMetrics, StartRound};
 
+use crate::Result;
 use crate::checkpoint::Owner;
-use crate::exchange::client::{self, PeerClients};
-use crate::exchange::codec::{self, Envelope};
+use crate::exchange::client::PeerClients;
+use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::Shaper;
-use crate::exchange::{Collected, Mailbox, Punctuality};
-use crate::learn::{Learner, soft_targets};
-use crate::model::CLASSES;
+use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, send_and_collect};
+use crate::learn::Learner;
 use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
-use crate::{Error, Result};
+use crate::strategy::{self, Losses};
 
 /// Rows per evaluation batch: bounds memory, not results.
 const EVAL_BATCH: usize = 500;
@@ -105,79 +102,144 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// A round under way, as a strategy sees it: its start, the clock of its model work,
+/// and the exchange with its neighbours.
+pub(crate) struct Round<'a> {
+    pub start: &'a StartRound,
+    /// What the algorithm sends, if anything.
+    shape: Option<MessageShape>,
+    metrics: RoundMetrics,
+    compute: ComputeClock,
+    expected: Expected,
+    deadline: Instant,
+}
+
+impl Round<'_> {
+    /// Model work, on this thread (tensor work blocks it), counted as compute.
+    pub fn compute<T>(&mut self, work: impl FnOnce() -> T) -> T {
+        self.compute.time(|| block_in_place(work))
+    }
+
+    /// Sends this round's message (`values`, in the algorithm's [`MessageShape`]) to
+    /// every neighbour, paced by the radio, while collecting theirs; counts the
+    /// exchange's time, bytes and radio cost, and each neighbour's punctuality.
+    pub async fn exchange(&mut self, node: &mut Node, values: &[f32]) -> Result<Collected> {
+        // An algorithm that sends nothing hears nothing either.
+        let Some(shape) = self.shape else {
+            return Ok(Collected::default());
+        };
+        let began = Instant::now();
+        // A silent adversary keeps its predictions to itself (and its radio idle).
+        let withhold = node.adversary == Some(AdversaryKind::Silent);
+        let destinations = if withhold {
+            Vec::new()
+        } else {
+            self.start
+                .neighbours
+                .iter()
+                .map(|peer| match node.peers.channel(peer.node_id, &peer.address) {
+                    Ok(channel) => (peer.node_id, Some(channel)),
+                    Err(status) => {
+                        warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
+                        (peer.node_id, None)
+                    }
+                })
+                .collect()
+        };
+        let outgoing = Outgoing {
+            envelope: Envelope {
+                run_id: node.plan.run_id.clone(),
+                round: self.start.round,
+                round_token: self.start.round_token,
+                sender: node.id,
+            },
+            values,
+            shape,
+            destinations,
+            withhold,
+        };
+        let collected = send_and_collect(
+            &node.shaper,
+            &node.mailbox,
+            outgoing,
+            self.deadline,
+            &self.expected.deadlines,
+            &mut self.metrics,
+        )
+        .await?;
+        // Punctuality: how late each expected message came beyond its air time, or that
+        // it did not come (the radio's losses are no neighbour's fault: not counted).
+        for (&neighbour, &air) in &self.expected.delivered {
+            match collected.messages.iter().find(|m| m.sender == neighbour) {
+                Some(message) => {
+                    let arrived = message.arrived.unwrap_or(self.expected.began);
+                    let lead = arrived
+                        .saturating_duration_since(self.expected.began)
+                        .saturating_sub(air);
+                    node.punctuality.arrived(neighbour, lead);
+                }
+                None => {
+                    if let Some(missed) = node.punctuality.miss(neighbour, node.plan.silent_after) {
+                        node.newly_silent.push((neighbour, missed));
+                    }
+                }
+            }
+        }
+        self.metrics.exchange_ms = ms(began.elapsed());
+        Ok(collected)
+    }
+}
+
+/// The message this node's algorithm sends each round, if any.
+pub fn message(node: &Node) -> Option<MessageShape> {
+    strategy::message(
+        node.plan.algorithm,
+        node.plan.public_batch as u32,
+        node.plan.encoding,
+        node.learner.parameter_count(),
+    )
+}
+
 /// Runs one round and returns its metrics.
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
-    let deadline = began + timeout;
-    let mut metrics = RoundMetrics::default();
-    let mut compute = ComputeClock::default();
-    let exchanging = node.plan.algorithm != Algorithm::Local;
-    let mut expected = Expected {
-        began,
-        delivered: BTreeMap::new(),
-        deadlines: BTreeMap::new(),
+    let mut round = Round {
+        start,
+        shape: message(node),
+        metrics: RoundMetrics::default(),
+        compute: ComputeClock::default(),
+        expected: Expected {
+            began,
+            delivered: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+        },
+        deadline: began + timeout,
     };
-    if exchanging {
+    if let Some(shape) = round.shape {
         // At once: a faster neighbour's message may already be on its way.
         let neighbours: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-        expected = listen(node, start, began, timeout, &mut metrics)?;
-        let awaited: Vec<u32> = expected.deadlines.keys().copied().collect();
+        round.expected = listen(node, start, began, timeout, shape, &mut round.metrics)?;
+        let awaited: Vec<u32> = round.expected.deadlines.keys().copied().collect();
         node.mailbox
             .begin_round(start.round, start.round_token, &neighbours, &awaited);
     }
 
-    let (ce, kl, total) = match node.plan.algorithm {
-        Algorithm::Dml => {
-            // 1–2. The public batch and our predictions on it.
-            let (public, mut logits) = compute.time(|| -> Result<_> {
-                let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
-                let logits = block_in_place(|| node.learner.logits_vec(&public))?;
-                Ok((public, logits))
-            })?;
-            if node.adversary == Some(AdversaryKind::ConfidentWrong) {
-                confidently_wrong(&mut logits);
-            }
-            // 3. Exchange with the neighbours.
-            let t = Instant::now();
-            let collected = exchange(node, start, &logits, deadline, &expected, &mut metrics).await?;
-            metrics.exchange_ms = ms(t.elapsed());
-            // 4. Local steps toward the neighbours' predictions.
-            let distill = targets(&node.plan, public, &collected)?;
-            compute.time(|| block_in_place(|| train(node, distill.as_ref())))?
-        }
-        Algorithm::Fedavg => {
-            // Gossip FedAvg: local steps on CE, then average parameters with the
-            // neighbours whose parameters arrived.
-            let (losses, parameters) = compute.time(|| -> Result<_> {
-                let losses = block_in_place(|| train(node, None))?;
-                Ok((losses, node.learner.parameters_flat()?))
-            })?;
-            let t = Instant::now();
-            let collected = exchange(node, start, &parameters, deadline, &expected, &mut metrics).await?;
-            metrics.exchange_ms = ms(t.elapsed());
-            let averaged = gossip_average(&parameters, start, &collected);
-            node.learner.set_parameters_flat(&averaged)?;
-            losses
-        }
-        Algorithm::Local | Algorithm::Unspecified => compute.time(|| block_in_place(|| train(node, None)))?,
-    };
+    let losses = strategy::learn(node.plan.algorithm, node, &mut round).await?;
 
-    // 5. Evaluate.
-    let evaluation = compute.time(|| {
-        block_in_place(|| {
-            node.learner
-                .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
-        })
+    let evaluation = round.compute(|| {
+        node.learner
+            .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
     })?;
 
-    metrics.ce_loss = ce;
-    metrics.kl_loss = kl;
-    metrics.train_loss = total;
+    let mut metrics = round.metrics;
+    metrics.ce_loss = losses.ce;
+    metrics.kl_loss = losses.kl;
+    metrics.train_loss = losses.total;
     metrics.test_accuracy = f64::from(evaluation.accuracy);
     metrics.test_loss = f64::from(evaluation.loss);
-    metrics.compute_ms = ms(compute.wall);
-    metrics.compute_cpu_ms = ms(compute.cpu);
+    metrics.compute_ms = ms(round.compute.wall);
+    metrics.compute_cpu_ms = ms(round.compute.cpu);
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     let silent = node.take_silent();
@@ -186,59 +248,10 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
 }
 
 impl Node {
-    /// Neighbours that went silent this round (set aside by [`exchange`]).
+    /// Neighbours that went silent this round (set aside by [`Round::exchange`]).
     fn take_silent(&mut self) -> Vec<(u32, u32)> {
         std::mem::take(&mut self.newly_silent)
     }
-}
-
-/// An adversary's predictions: every row a large logit on the class after the one its
-/// own model picks, zero elsewhere — confident, and wrong whenever its model is right.
-fn confidently_wrong(logits: &mut [f32]) {
-    for row in logits.chunks_mut(CLASSES) {
-        let own = row
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map_or(0, |(i, _)| i);
-        row.fill(0.0);
-        row[(own + 1) % CLASSES] = 20.0;
-    }
-}
-
-/// The shape and encoding of the message every node sends each round: predictions
-/// on the public batch (`dml`), or all parameters as f32 (`fedavg`: averaging
-/// quantised parameters would drift, so they travel exactly).
-pub fn message_shape(plan: &RunPlan, parameters: usize) -> (u32, u32, Encoding) {
-    match plan.algorithm {
-        Algorithm::Fedavg => (1, parameters as u32, Encoding::F32),
-        _ => (plan.public_batch as u32, CLASSES as u32, plan.encoding),
-    }
-}
-
-/// Metropolis–Hastings gossip weights (Xiao & Boyd 2004): w_ij = 1 / (1 + max(d_i, d_j))
-/// for each neighbour j heard, the rest of the weight on our own parameters. A lost
-/// message's weight stays with us, so the weights always sum to 1.
-fn gossip_average(own: &[f32], start: &StartRound, collected: &Collected) -> Vec<f32> {
-    let degree = start.neighbours.len();
-    let mut own_weight = 1.0;
-    let mut sum = vec![0.0f64; own.len()];
-    for message in &collected.messages {
-        let their_degree = start
-            .neighbours
-            .iter()
-            .find(|p| p.node_id == message.sender)
-            .map_or(degree, |p| p.neighbours.len());
-        let weight = 1.0 / (1.0 + degree.max(their_degree) as f64);
-        own_weight -= weight;
-        for (s, &v) in sum.iter_mut().zip(&message.values) {
-            *s += weight * f64::from(v);
-        }
-    }
-    sum.iter()
-        .zip(own)
-        .map(|(s, &mine)| (s + own_weight * f64::from(mine)) as f32)
-        .collect()
 }
 
 /// Which neighbours' messages the radio delivers to us this round, what listening to
@@ -250,11 +263,10 @@ fn listen(
     start: &StartRound,
     began: Instant,
     timeout: Duration,
+    shape: MessageShape,
     metrics: &mut RoundMetrics,
 ) -> Result<Expected> {
-    let (rows, cols, encoding) = message_shape(&node.plan, node.learner.parameter_count());
-    let width = codec::bytes_per_value(encoding).unwrap_or(4);
-    let bytes = u64::from(rows) * u64::from(cols) * width as u64;
+    let bytes = shape.bytes();
     let mut expected = Expected {
         began,
         delivered: BTreeMap::new(),
@@ -282,122 +294,9 @@ fn listen(
     Ok(expected)
 }
 
-/// Sends this round's message (predictions or parameters) to every neighbour, paced
-/// by the shaper's schedule, while collecting theirs; fills the exchange and radio
-/// counters of `metrics`.
-async fn exchange(
-    node: &mut Node,
-    start: &StartRound,
-    values: &[f32],
-    deadline: Instant,
-    expected: &Expected,
-    metrics: &mut RoundMetrics,
-) -> Result<Collected> {
-    let plan = &node.plan;
-    let (rows, cols, encoding) = message_shape(plan, node.learner.parameter_count());
-    let encoded = codec::encode(values, rows, cols, encoding);
-    let envelope = Envelope {
-        run_id: plan.run_id.clone(),
-        round: start.round,
-        round_token: start.round_token,
-        sender: node.id,
-    };
-    let frames = codec::frames(&envelope, &encoded, node.shaper.frame_bytes());
-    let receivers: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-    // A silent adversary keeps its predictions to itself (and its radio idle).
-    let silent = node.adversary == Some(AdversaryKind::Silent);
-    let schedule = if silent {
-        Default::default()
-    } else {
-        node.shaper
-            .schedule(start.round, &receivers, encoded.bytes.len() as u64, frames.len())?
-    };
-    let cost = schedule.cost;
-    metrics.airtime_s = cost.airtime_s;
-    metrics.tx_energy_j = cost.tx_energy_j;
-    metrics.frames_lost = cost.frames_lost;
-    metrics.retransmissions = cost.retransmissions;
-
-    let destinations: Vec<(u32, Option<tonic::transport::Channel>)> = start
-        .neighbours
-        .iter()
-        .filter(|_| !silent)
-        .map(|peer| match node.peers.channel(peer.node_id, &peer.address) {
-            Ok(channel) => (peer.node_id, Some(channel)),
-            Err(status) => {
-                warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
-                (peer.node_id, None)
-            }
-        })
-        .collect();
-    let sending = client::transmit(frames, schedule, destinations, node.shaper.time_scale(), deadline);
-    let began = expected.began;
-    let (collected, sent) = tokio::join!(
-        node.mailbox.collect(start.round, deadline, &expected.deadlines),
-        sending
-    );
-    // Punctuality: how late each expected message came beyond its air time, or that
-    // it did not come (the radio's losses are no neighbour's fault: not counted).
-    for (&neighbour, &air) in &expected.delivered {
-        match collected.messages.iter().find(|m| m.sender == neighbour) {
-            Some(message) => {
-                let arrived = message.arrived.unwrap_or(began);
-                let lead = arrived.saturating_duration_since(began).saturating_sub(air);
-                node.punctuality.arrived(neighbour, lead);
-            }
-            None => {
-                if let Some(missed) = node.punctuality.miss(neighbour, node.plan.silent_after) {
-                    node.newly_silent.push((neighbour, missed));
-                }
-            }
-        }
-    }
-    for (outcome, result) in sent {
-        metrics.frames_sent += outcome.frames;
-        metrics.payload_bytes_sent += outcome.payload_bytes;
-        metrics.wire_bytes_sent += outcome.wire_bytes;
-        match result {
-            Ok(()) if outcome.accepted => metrics.messages_sent += 1,
-            Ok(()) => warn!(peer = outcome.to, "neighbour did not accept the message"),
-            Err(status) if status.code() == tonic::Code::DataLoss => {}
-            Err(status) => {
-                warn!(peer = outcome.to, code = ?status.code(), "send failed: {}", status.message())
-            }
-        }
-    }
-    if node.shaper.shaping() == Shaping::Emulate {
-        // Frames on the air: lost tries and retransmissions count, not just the
-        // frames that reached a stream.
-        metrics.frames_sent = cost.transmissions;
-    }
-    metrics.messages_received = collected.messages.len() as u32;
-    metrics.peers_heard = collected.messages.len() as u32;
-    metrics.messages_lost = collected.lost;
-    metrics.payload_bytes_received = collected.messages.iter().map(|m| m.payload_bytes).sum();
-    metrics.wire_bytes_received = collected.messages.iter().map(|m| m.wire_bytes).sum();
-    Ok(collected)
-}
-
-/// The distillation target: the public batch and the aggregate of the neighbours'
-/// softened predictions, or `None` when no neighbour was heard (CE alone).
-fn targets(plan: &RunPlan, public: Tensor, collected: &Collected) -> Result<Option<(Tensor, Tensor)>> {
-    if collected.messages.is_empty() {
-        return Ok(None);
-    }
-    let peers: Vec<&[f32]> = collected.messages.iter().map(|m| m.values.as_slice()).collect();
-    let target = soft_targets(
-        &peers,
-        plan.public_batch,
-        CLASSES,
-        plan.learner.temperature,
-        plan.aggregate,
-    )?;
-    let target = Tensor::from_vec(target, (plan.public_batch, CLASSES), &Device::Cpu).map_err(Error::from)?;
-    Ok(Some((public, target)))
-}
-
-/// E local steps; returns the mean CE, KL and total loss.
-fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<(f64, f64, f64)> {
+/// E local steps of CE on private batches, plus the distillation term toward
+/// `distill` (public images, target probabilities) when given; the mean losses.
+pub(crate) fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<Losses> {
     let steps = node.plan.local_steps;
     let (mut ce, mut kl, mut total) = (0.0, 0.0, 0.0);
     for step in 0..steps {
@@ -419,7 +318,11 @@ fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<(f64, f6
         total += f64::from(losses.total);
     }
     let n = f64::from(steps);
-    Ok((ce / n, kl / n, total / n))
+    Ok(Losses {
+        ce: ce / n,
+        kl: kl / n,
+        total: total / n,
+    })
 }
 
 /// `len` rows of `t` from `start`, wrapping past the end (all of `t` when it has `len`).
@@ -444,28 +347,7 @@ fn ms(d: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::Delivered;
-    use wdml_proto::Peer;
-
-    fn peer(node_id: u32, neighbours: Vec<u32>) -> Peer {
-        Peer {
-            node_id,
-            address: String::new(),
-            neighbours,
-        }
-    }
-
-    fn from(sender: u32, values: Vec<f32>) -> Delivered {
-        Delivered {
-            sender,
-            round: 0,
-            round_token: 1,
-            values,
-            payload_bytes: 0,
-            wire_bytes: 0,
-            arrived: None,
-        }
-    }
+    use candle_core::Device;
 
     #[test]
     fn distillation_slices_cycle_through_every_public_row() {
@@ -482,29 +364,5 @@ mod tests {
             }
         }
         assert_eq!(seen, [2; 5]);
-    }
-
-    #[test]
-    fn gossip_weights_are_metropolis_hastings_and_sum_to_one() {
-        // Node 0 with neighbours 1 (degree 1) and 2 (degree 3): d_0 = 2.
-        let start = StartRound {
-            neighbours: vec![peer(1, vec![0]), peer(2, vec![0, 3, 4])],
-            ..StartRound::default()
-        };
-        let collected = Collected {
-            messages: vec![from(1, vec![3.0]), from(2, vec![6.0])],
-            lost: 0,
-        };
-        // w_01 = 1/(1+2) = 1/3, w_02 = 1/(1+3) = 1/4, w_00 = 5/12.
-        let averaged = gossip_average(&[0.0], &start, &collected);
-        assert!((averaged[0] - (3.0 / 3.0 + 6.0 / 4.0)).abs() < 1e-6);
-        // A constant vector stays constant whatever arrives.
-        let collected = Collected {
-            messages: vec![from(1, vec![2.0])],
-            lost: 1,
-        };
-        assert!((gossip_average(&[2.0], &start, &collected)[0] - 2.0).abs() < 1e-6);
-        // Nothing heard: unchanged.
-        assert_eq!(gossip_average(&[1.5], &start, &Collected::default()), vec![1.5]);
     }
 }

@@ -24,9 +24,9 @@ use tonic::{Code, Status, Streaming};
 use tracing::{debug, error, info, warn};
 use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{
-    Algorithm, CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent,
-    RoundFailed, RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event,
-    node_event, peer_exchange_server::PeerExchangeServer,
+    CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent, RoundFailed,
+    RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event, node_event,
+    peer_exchange_server::PeerExchangeServer,
 };
 
 use crate::checkpoint::{self, Owner};
@@ -37,9 +37,9 @@ use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
 use crate::learn::Learner;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
-use crate::round::{Node, message_shape, run_round};
+use crate::round::{Node, message, run_round};
 use crate::shard::{BatchSampler, Shard};
-use crate::{Error, Result, seed};
+use crate::{Error, Result, seed, strategy};
 
 /// How a node is started.
 #[derive(Clone, Debug)]
@@ -115,7 +115,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, "joined");
 
     let node = prepare(&config, plan, model).await?;
-    let (rows, cols, _) = message_shape(&node.plan, node.learner.parameter_count());
+    // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).
+    let (rows, cols) = message(&node).map_or((0, 0), |m| (m.rows, m.cols));
     let expect = Expectation {
         run_id: node.plan.run_id.clone(),
         me: config.id,
@@ -209,9 +210,10 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         // Independent devices start from their own random models; parameter averaging
         // (FedAvg) starts every node from one shared model, as FedAvg assumes:
         // averaging independently initialised networks destroys them.
-        let model_seed = match plan.algorithm {
-            Algorithm::Fedavg => seed::derive(plan.seed, &[seed::MODEL]),
-            _ => seed::derive(plan.seed, &[seed::MODEL, u64::from(id)]),
+        let model_seed = if strategy::same_model(plan.algorithm) {
+            seed::derive(plan.seed, &[seed::MODEL])
+        } else {
+            seed::derive(plan.seed, &[seed::MODEL, u64::from(id)])
         };
         let mut learner = Learner::new(&model, plan.learner, model_seed)?;
         let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use wdml_channel::{ChannelConfig, Fading, LossModel, Position, Preset, ResolvedChannel};
-use wdml_node::exchange::codec::{self, Envelope};
+use wdml_node::exchange::codec::{self, Envelope, MessageShape};
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
 use wdml_proto::Encoding;
@@ -105,7 +105,14 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     let (mailbox, channel) = receiver(rows).await;
     let sender = Shaper::new(resolved.clone(), 1, 2, 0).unwrap();
     let values = vec![0.5f32; (rows * COLS) as usize];
-    let encoded = codec::encode(&values, rows, COLS, Encoding::F32);
+    let encoded = codec::encode(
+        &values,
+        MessageShape {
+            rows,
+            cols: COLS,
+            encoding: Encoding::F32,
+        },
+    );
     let envelope = Envelope {
         run_id: "t".into(),
         round: 0,

@@ -19,7 +19,8 @@ pub mod v1 {
 pub use v1::*;
 
 /// The proto enums carry their names, so configs, reports and logs need no mirror
-/// enums: `dml`, `f16`, `trimmed-mean`, `confident-wrong`, … (`FromStr` and `Display`).
+/// enums: `dml`, `f16`, `trimmed-mean`, `confident-wrong`, … (`FromStr`, `Display`,
+/// and serde as those names).
 mod names {
     use std::fmt;
     use std::str::FromStr;
@@ -45,6 +46,9 @@ mod names {
     macro_rules! named {
         ($enum:ident, $what:literal, $expected:literal, [$($variant:ident => $name:literal),+ $(,)?]) => {
             impl $enum {
+                /// Every value with a name, in the order they are documented.
+                pub const ALL: &'static [$enum] = &[$($enum::$variant),+];
+
                 /// The name in configs and reports.
                 pub fn name(self) -> &'static str {
                     match self {
@@ -70,6 +74,19 @@ mod names {
                     }
                 }
             }
+
+            impl serde::Serialize for $enum {
+                fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    serializer.serialize_str(self.name())
+                }
+            }
+
+            impl<'de> serde::Deserialize<'de> for $enum {
+                fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                    let name = String::deserialize(deserializer)?;
+                    name.parse().map_err(serde::de::Error::custom)
+                }
+            }
         };
     }
 
@@ -93,6 +110,15 @@ mod names {
             let error = "f8".parse::<Encoding>().unwrap_err().to_string();
             assert!(error.contains("`f32`, `f16` or `q8`"), "{error}");
             assert!("unspecified".parse::<Algorithm>().is_err());
+            for a in Aggregate::ALL {
+                let json = serde_json::to_string(a).unwrap();
+                assert_eq!(json, format!("\"{a}\""));
+                assert_eq!(serde_json::from_str::<Aggregate>(&json).unwrap(), *a);
+            }
+            let error = serde_json::from_str::<AdversaryKind>("\"loud\"")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("unknown adversary kind `loud`"), "{error}");
         }
     }
 }

@@ -22,16 +22,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use wdml_channel::{ChannelConfig, Preset};
 use wdml_coordinator::{MetricsRow, Summary, bytes};
-use wdml_node::exchange::codec::{self, Envelope};
+use wdml_node::exchange::codec::Envelope;
 use wdml_node::exchange::shaper::Shaper;
-use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
+use wdml_node::exchange::{Expectation, Mailbox, MessageShape, Outgoing, PeerService, send_and_collect};
 use wdml_node::round::process_cpu_time;
-use wdml_proto::Encoding;
 use wdml_proto::pki::{self, Authority};
 use wdml_proto::transport::{self, Identity, Limits, Security};
+use wdml_proto::{Algorithm, Encoding, RoundMetrics};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
-use crate::scenario::{AlgorithmName, Scenario};
+use crate::scenario::Scenario;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -99,15 +99,15 @@ fn mean(rows: &[MetricsRow], f: fn(&MetricsRow) -> f64) -> f64 {
 
 fn learning(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path::Path) -> Result<()> {
     let mut results = Vec::new();
-    for algorithm in [AlgorithmName::Dml, AlgorithmName::Local] {
+    for algorithm in [Algorithm::Dml, Algorithm::Local] {
         let mut scenario = base.clone();
         scenario.run.algorithm = algorithm;
-        let name = format!("{algorithm:?}").to_lowercase();
+        let name = algorithm.to_string();
         let (summary, rows) = run(runtime, &scenario, out.join(&name))?;
         results.push((name, summary, rows));
     }
     println!(
-        "\n== learning: {} — {} nodes, {} rounds, E = {}, public batch {} ({:?}), channel {}, seed {}",
+        "\n== learning: {} — {} nodes, {} rounds, E = {}, public batch {} ({}), channel {}, seed {}",
         base.run.name,
         base.nodes.count,
         base.run.rounds,
@@ -173,7 +173,7 @@ fn radio(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path::Pa
     );
     for preset in [Preset::Wifi, Preset::D2dUrban] {
         let mut scenario = base.clone();
-        scenario.run.algorithm = AlgorithmName::Dml;
+        scenario.run.algorithm = Algorithm::Dml;
         scenario.channel = ChannelConfig {
             preset,
             ..base.channel.clone()
@@ -293,26 +293,41 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         .await?;
     let sender = Shaper::new(resolved, 1, 2, 0)?;
     let values: Vec<f32> = (0..rows * 10).map(|i| (i % 97) as f32 * 0.01).collect();
-    let encoded = codec::encode(&values, rows, 10, encoding);
+    let shape = MessageShape {
+        rows,
+        cols: 10,
+        encoding,
+    };
     let before = counted.load(Ordering::Relaxed);
     let every_neighbour_in_time = BTreeMap::new();
     let (mut sent, cpu, wall) = (0, process_cpu_time(), Instant::now());
     for round in 0..messages {
         mailbox.begin_round(round, 1, &[0], &[0]);
-        let envelope = Envelope {
-            run_id: "bench".into(),
-            round,
-            round_token: 1,
-            sender: 0,
+        // The node's own path: encode, frame, schedule, stream while collecting, count.
+        let outgoing = Outgoing {
+            envelope: Envelope {
+                run_id: "bench".into(),
+                round,
+                round_token: 1,
+                sender: 0,
+            },
+            values: &values,
+            shape,
+            destinations: vec![(1, Some(channel.clone()))],
+            withhold: false,
         };
-        let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
-        let schedule = sender.schedule(round, &[1], encoded.bytes.len() as u64, frames.len())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let (_collected, outcomes) = tokio::join!(
-            mailbox.collect(round, deadline, &every_neighbour_in_time),
-            client::transmit(frames, schedule, vec![(1, Some(channel.clone()))], 0.0, deadline)
-        );
-        sent += outcomes[0].0.payload_bytes;
+        let mut metrics = RoundMetrics::default();
+        send_and_collect(
+            &sender,
+            &mailbox,
+            outgoing,
+            deadline,
+            &every_neighbour_in_time,
+            &mut metrics,
+        )
+        .await?;
+        sent += metrics.payload_bytes_sent;
     }
     let result = Streamed {
         payload_bytes: sent,

@@ -19,7 +19,9 @@ use wdml_coordinator::{MetricsRow, Summary, bytes};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use super::plot::{Panel, Series, figure};
-use crate::scenario::{AlgorithmName, Scenario};
+use crate::scenario::Scenario;
+use wdml_node::strategy;
+use wdml_proto::Algorithm;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -98,12 +100,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .unwrap_or_else(|| ["local", "fedavg", "dml"].map(String::from).to_vec());
     let algorithms = names
         .iter()
-        .map(|a| match a.trim() {
-            "local" => Ok(AlgorithmName::Local),
-            "fedavg" => Ok(AlgorithmName::Fedavg),
-            "dml" => Ok(AlgorithmName::Dml),
-            other => bail!("--algorithms: unknown algorithm {other:?}; expected local, fedavg or dml"),
-        })
+        .map(|a| a.parse::<Algorithm>().map_err(|e| anyhow::anyhow!("--algorithms: {e}")))
         .collect::<Result<Vec<_>>>()?;
     if let Some(target) = args.target
         && !(target > 0.0 && target <= 1.0)
@@ -124,10 +121,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         match scenario.validate() {
             Ok(()) => runnable.push(algorithm),
             Err(e) if !chosen => {
-                eprintln!("skipping {}: {e:#}", name(algorithm));
-                skipped.push(format!("{} ({e:#})", name(algorithm)));
+                eprintln!("skipping {}: {e:#}", algorithm.name());
+                skipped.push(format!("{} ({e:#})", algorithm.name()));
             }
-            Err(e) => return Err(e.context(format!("under {}", name(algorithm)))),
+            Err(e) => return Err(e.context(format!("under {}", algorithm.name()))),
         }
     }
     let algorithms = runnable;
@@ -189,7 +186,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 fn compare(
     runtime: &tokio::runtime::Runtime,
     scenario: &Scenario,
-    algorithms: &[AlgorithmName],
+    algorithms: &[Algorithm],
     skipped: &[String],
     target: Option<f64>,
     out: &Path,
@@ -202,10 +199,10 @@ fn compare(
         eprintln!(
             "== {} under {} (seed {})",
             scenario.run.name,
-            name(algorithm),
+            algorithm.name(),
             scenario.run.seed
         );
-        let dir = out.join(name(algorithm));
+        let dir = out.join(algorithm.name());
         RunDirArgs::default().prepare(&dir)?;
         let summary = runtime.block_on(launch(&scenario, &dir, options))?;
         eprintln!("{}", summary.table());
@@ -214,7 +211,7 @@ fn compare(
 
     let exchanging: Vec<f64> = runs
         .iter()
-        .filter(|(a, _, _)| *a != AlgorithmName::Local)
+        .filter(|(a, _, _)| strategy::exchanges(*a))
         .map(|(_, _, rows)| best(&curve(rows)))
         .collect();
     let (target, how) = match target {
@@ -239,14 +236,6 @@ fn compare(
     write("comparison.svg", plot(scenario, &outcomes))?;
     write("comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
     Ok(outcomes)
-}
-
-fn name(algorithm: AlgorithmName) -> &'static str {
-    match algorithm {
-        AlgorithmName::Dml => "dml",
-        AlgorithmName::Local => "local",
-        AlgorithmName::Fedavg => "fedavg",
-    }
 }
 
 /// Per round, over all nodes that reported it.
@@ -277,11 +266,11 @@ fn best(curve: &[Point]) -> f64 {
     curve.iter().map(|p| p.mean_accuracy).fold(0.0, f64::max)
 }
 
-fn outcome(algorithm: AlgorithmName, summary: &Summary, rows: &[MetricsRow], target: f64) -> Outcome {
+fn outcome(algorithm: Algorithm, summary: &Summary, rows: &[MetricsRow], target: f64) -> Outcome {
     let curve = curve(rows);
     let last = curve.last();
     Outcome {
-        algorithm: name(algorithm).to_string(),
+        algorithm: algorithm.name().to_string(),
         final_mean_accuracy: last.map_or(0.0, |p| p.mean_accuracy),
         best_mean_accuracy: best(&curve),
         worst_node_final_accuracy: summary.min_final_accuracy.unwrap_or(0.0),
@@ -305,7 +294,7 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
     let _ = writeln!(md, "# Comparison: {}\n", scenario.run.name);
     let _ = writeln!(
         md,
-        "{} nodes ({}), {} rounds × {} local steps, batch {}, public batch {} ({:?}), partition {}, channel {}, seed {}.\n",
+        "{} nodes ({}), {} rounds × {} local steps, batch {}, public batch {} ({}), partition {}, channel {}, seed {}.\n",
         scenario.nodes.count,
         scenario.nodes.models.join(", "),
         scenario.run.rounds,

@@ -17,7 +17,7 @@ use wdml_proto::pki::{self, Authority};
 use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{RunEvent, WatchRequest, coordinator_client::CoordinatorClient, run_event};
 
-use crate::scenario::{AlgorithmName, Scenario};
+use crate::scenario::Scenario;
 
 #[derive(Debug, Default, clap::Args)]
 pub struct Args {
@@ -391,11 +391,7 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> ProgressBar {
             .expect("a valid template")
             .progress_chars("=> "),
     );
-    let algorithm = match scenario.run.algorithm {
-        AlgorithmName::Dml => "dml",
-        AlgorithmName::Local => "local",
-        AlgorithmName::Fedavg => "fedavg",
-    };
+    let algorithm = scenario.run.algorithm;
     bar.set_prefix(format!(
         "{} {algorithm} × {} nodes",
         scenario.run.name, scenario.nodes.count

@@ -13,6 +13,27 @@ pub fn bytes_per_value(encoding: Encoding) -> Option<usize> {
     }
 }
 
+/// The shape of the message a node sends each round: a `rows × cols` matrix of values
+/// in `encoding` (predictions on the public batch, or all parameters as one row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageShape {
+    pub rows: u32,
+    pub cols: u32,
+    pub encoding: Encoding,
+}
+
+impl MessageShape {
+    /// Values in one message.
+    pub fn values(&self) -> u64 {
+        u64::from(self.rows) * u64::from(self.cols)
+    }
+
+    /// Payload bytes of one message (headers not counted).
+    pub fn bytes(&self) -> u64 {
+        self.values() * bytes_per_value(self.encoding).unwrap_or(4) as u64
+    }
+}
+
 /// An encoded `rows × cols` matrix.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Encoded {
@@ -27,7 +48,8 @@ pub struct Encoded {
 
 /// Encodes row-major values. Q8 maps the message's own [min, max] onto 0..=255, so a
 /// message costs exactly `rows · cols` bytes plus two floats in the header.
-pub fn encode(values: &[f32], rows: u32, cols: u32, encoding: Encoding) -> Encoded {
+pub fn encode(values: &[f32], shape: MessageShape) -> Encoded {
+    let MessageShape { rows, cols, encoding } = shape;
     debug_assert_eq!(values.len(), rows as usize * cols as usize);
     let (mut scale, mut offset) = (0.0, 0.0);
     let bytes = match encoding {
@@ -174,7 +196,14 @@ mod tests {
     #[test]
     fn sizes_are_rows_times_cols_times_width() {
         for (encoding, width) in [(Encoding::F32, 4), (Encoding::F16, 2), (Encoding::Q8, 1)] {
-            let e = encode(&sample(), 4, 10, encoding);
+            let e = encode(
+                &sample(),
+                MessageShape {
+                    rows: 4,
+                    cols: 10,
+                    encoding,
+                },
+            );
             assert_eq!(e.bytes.len(), 40 * width);
         }
     }
@@ -188,7 +217,15 @@ mod tests {
             (Encoding::F16, 0.01),
             (Encoding::Q8, range / 255.0 / 2.0 + 1e-5),
         ] {
-            let decoded = decode(&encode(&values, 4, 10, encoding)).unwrap();
+            let decoded = decode(&encode(
+                &values,
+                MessageShape {
+                    rows: 4,
+                    cols: 10,
+                    encoding,
+                },
+            ))
+            .unwrap();
             for (a, b) in values.iter().zip(&decoded) {
                 assert!((a - b).abs() <= tolerance, "{encoding:?}: {a} vs {b}");
             }
@@ -197,19 +234,48 @@ mod tests {
 
     #[test]
     fn q8_of_a_constant_message_decodes_exactly() {
-        let decoded = decode(&encode(&[2.5; 6], 2, 3, Encoding::Q8)).unwrap();
+        let decoded = decode(&encode(
+            &[2.5; 6],
+            MessageShape {
+                rows: 2,
+                cols: 3,
+                encoding: Encoding::Q8,
+            },
+        ))
+        .unwrap();
         assert_eq!(decoded, vec![2.5; 6]);
     }
 
     #[test]
     fn rejects_bad_payloads() {
-        let mut e = encode(&sample(), 4, 10, Encoding::F32);
+        let mut e = encode(
+            &sample(),
+            MessageShape {
+                rows: 4,
+                cols: 10,
+                encoding: Encoding::F32,
+            },
+        );
         e.bytes.pop();
         assert!(matches!(decode(&e), Err(DecodeError::Length { .. })));
-        let mut e = encode(&sample(), 4, 10, Encoding::F32);
+        let mut e = encode(
+            &sample(),
+            MessageShape {
+                rows: 4,
+                cols: 10,
+                encoding: Encoding::F32,
+            },
+        );
         e.bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
         assert_eq!(decode(&e), Err(DecodeError::NotFinite { row: 0, col: 2 }));
-        let mut e = encode(&sample(), 4, 10, Encoding::Q8);
+        let mut e = encode(
+            &sample(),
+            MessageShape {
+                rows: 4,
+                cols: 10,
+                encoding: Encoding::Q8,
+            },
+        );
         e.scale = f32::INFINITY;
         assert!(matches!(decode(&e), Err(DecodeError::Quantisation { .. })));
         e.encoding = Encoding::Unspecified;
@@ -218,7 +284,14 @@ mod tests {
 
     #[test]
     fn frames_cover_the_payload_in_order() {
-        let e = encode(&sample(), 4, 10, Encoding::F32);
+        let e = encode(
+            &sample(),
+            MessageShape {
+                rows: 4,
+                cols: 10,
+                encoding: Encoding::F32,
+            },
+        );
         let envelope = Envelope {
             run_id: "r".into(),
             round: 3,

@@ -351,7 +351,7 @@ fn check_continuation(frame: &Frame, header: &Header, index: u32) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exchange::codec::{Envelope, encode, frames};
+    use crate::exchange::codec::{Envelope, MessageShape, encode, frames};
 
     fn expect() -> Expectation {
         Expectation {
@@ -365,7 +365,14 @@ mod tests {
     }
 
     fn good() -> Frame {
-        let e = encode(&[0.5; 6], 2, 3, Encoding::F32);
+        let e = encode(
+            &[0.5; 6],
+            MessageShape {
+                rows: 2,
+                cols: 3,
+                encoding: Encoding::F32,
+            },
+        );
         frames(
             &Envelope {
                 run_id: "run".into(),

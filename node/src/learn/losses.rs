@@ -77,6 +77,11 @@ pub fn soft_targets(
         }
     }
 
+    if aggregate == Aggregate::Unspecified {
+        return Err(invalid(
+            "soft_targets needs an aggregate (mean, median or trimmed-mean)",
+        ));
+    }
     let n = peers.len();
     // probs[j * len + i]: peer j's softened probability for entry i.
     let mut probs = vec![0.0f64; n * len];
@@ -101,14 +106,12 @@ pub fn soft_targets(
                     0.5 * (column[n / 2 - 1] + column[n / 2])
                 }
             }
-            Aggregate::TrimmedMean => {
-                if n >= 3 {
-                    column.sort_by(f64::total_cmp);
-                    column[1..n - 1].iter().sum::<f64>() / (n - 2) as f64
-                } else {
-                    column.iter().sum::<f64>() / n as f64
-                }
+            Aggregate::TrimmedMean if n >= 3 => {
+                column.sort_by(f64::total_cmp);
+                column[1..n - 1].iter().sum::<f64>() / (n - 2) as f64
             }
+            // Refused above; the mean is the trimmed mean of fewer than three.
+            Aggregate::TrimmedMean | Aggregate::Unspecified => column.iter().sum::<f64>() / n as f64,
         };
     }
 
@@ -234,7 +237,7 @@ mod tests {
     fn rows_are_independent_and_normalised() {
         let a = [1.0f32, 2.0, 3.0, -50.0, 0.0, 50.0];
         let b = [3.0f32, 2.0, 1.0, 100.0, 0.0, 0.0];
-        for agg in Aggregate::ALL {
+        for &agg in Aggregate::ALL {
             let t = soft_targets(&[&a, &b], 2, 3, 0.5, agg).unwrap();
             for row in t.chunks(3) {
                 assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{agg}: {t:?}");

@@ -9,9 +9,6 @@ pub mod adam;
 pub mod losses;
 pub mod trainer;
 
-use std::fmt;
-use std::str::FromStr;
-
 use candle_core::{Device, Tensor};
 
 pub use losses::{kl_to_target, soft_targets};
@@ -20,66 +17,9 @@ pub use trainer::{Evaluation, Learner, LearnerConfig, StepLosses};
 use crate::model::{CLASSES, INPUT_DIM};
 use crate::{Error, Result};
 
-/// How peers' predictions are combined into one target distribution per row.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Aggregate {
-    /// The mean of the peers' softened probabilities (DML); the default.
-    #[default]
-    Mean,
-    /// The per-entry median, renormalised per row: robust to a minority of bad peers.
-    Median,
-    /// The per-entry mean without the highest and lowest peer (when there are ≥ 3),
-    /// renormalised per row.
-    TrimmedMean,
-}
-
-impl Aggregate {
-    /// Every aggregate, in the order they are documented.
-    pub const ALL: [Aggregate; 3] = [Aggregate::Mean, Aggregate::Median, Aggregate::TrimmedMean];
-
-    /// The name used in configs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Aggregate::Mean => "mean",
-            Aggregate::Median => "median",
-            Aggregate::TrimmedMean => "trimmed-mean",
-        }
-    }
-}
-
-impl fmt::Display for Aggregate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// An aggregate name that is not one of `mean`, `median`, `trimmed-mean`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParseAggregateError(String);
-
-impl fmt::Display for ParseAggregateError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "unknown aggregate `{}`: expected `mean`, `median` or `trimmed-mean`",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for ParseAggregateError {}
-
-impl FromStr for Aggregate {
-    type Err = ParseAggregateError;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        Aggregate::ALL
-            .into_iter()
-            .find(|a| a.as_str().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| ParseAggregateError(s.to_string()))
-    }
-}
+/// How peers' predictions are combined into one target distribution per row (the
+/// proto's enum, which carries the names `mean`, `median`, `trimmed-mean`).
+pub use wdml_proto::Aggregate;
 
 /// An error about a tensor or slice handed to this module with the wrong shape or
 /// contents. The crate's error enum has no variant for bad call arguments, so these
@@ -129,19 +69,6 @@ pub fn targets_tensor(probabilities: Vec<f32>) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn aggregate_names_round_trip() {
-        for a in Aggregate::ALL {
-            assert_eq!(a.to_string().parse::<Aggregate>().unwrap(), a);
-            let json = serde_json::to_string(&a).unwrap();
-            assert_eq!(json, format!("\"{a}\""));
-            assert_eq!(serde_json::from_str::<Aggregate>(&json).unwrap(), a);
-        }
-        assert_eq!("trimmed-mean".parse::<Aggregate>().unwrap(), Aggregate::TrimmedMean);
-        let err = "trimmed".parse::<Aggregate>().unwrap_err().to_string();
-        assert!(err.contains("`mean`, `median` or `trimmed-mean`"), "{err}");
-    }
 
     #[test]
     fn tensor_helpers_check_shapes() {

@@ -1,0 +1,120 @@
+//! `fedavg`: decentralised FedAvg by gossip (McMahan et al. 2017; Xiao & Boyd 2004).
+//! Each round a node takes E local steps of cross-entropy, sends all its parameters to
+//! its neighbours, and averages what arrived with Metropolis–Hastings weights. Every
+//! node starts from one shared model, as FedAvg assumes.
+
+use wdml_proto::{Encoding, StartRound};
+
+use super::{Losses, Strategy};
+use crate::Result;
+use crate::exchange::{Collected, MessageShape};
+use crate::round::{Node, Round, train};
+
+pub(crate) struct Fedavg;
+
+impl Strategy for Fedavg {
+    /// All parameters as one row of f32: averaging quantised parameters would drift,
+    /// so they travel exactly, whatever the run's encoding.
+    fn message(&self, _public_batch: u32, _encoding: Encoding, parameters: usize) -> Option<MessageShape> {
+        Some(MessageShape {
+            rows: 1,
+            cols: parameters as u32,
+            encoding: Encoding::F32,
+        })
+    }
+
+    /// Averaging independently initialised networks destroys them.
+    fn same_model(&self) -> bool {
+        true
+    }
+
+    async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
+        // 1. E local steps of cross-entropy on private batches.
+        let (losses, parameters) = round.compute(|| -> Result<_> {
+            let losses = train(node, None)?;
+            Ok((losses, node.learner.parameters_flat()?))
+        })?;
+        // 2. Swap parameters with the neighbours.
+        let collected = round.exchange(node, &parameters).await?;
+        // 3. Average with the neighbours whose parameters arrived.
+        let averaged = gossip_average(&parameters, round.start, &collected);
+        node.learner.set_parameters_flat(&averaged)?;
+        Ok(losses)
+    }
+}
+
+/// Metropolis–Hastings gossip weights (Xiao & Boyd 2004): w_ij = 1 / (1 + max(d_i, d_j))
+/// for each neighbour j heard, the rest of the weight on our own parameters. A lost
+/// message's weight stays with us, so the weights always sum to 1.
+fn gossip_average(own: &[f32], start: &StartRound, collected: &Collected) -> Vec<f32> {
+    let degree = start.neighbours.len();
+    let mut own_weight = 1.0;
+    let mut sum = vec![0.0f64; own.len()];
+    for message in &collected.messages {
+        let their_degree = start
+            .neighbours
+            .iter()
+            .find(|p| p.node_id == message.sender)
+            .map_or(degree, |p| p.neighbours.len());
+        let weight = 1.0 / (1.0 + degree.max(their_degree) as f64);
+        own_weight -= weight;
+        for (s, &v) in sum.iter_mut().zip(&message.values) {
+            *s += weight * f64::from(v);
+        }
+    }
+    sum.iter()
+        .zip(own)
+        .map(|(s, &mine)| (s + own_weight * f64::from(mine)) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exchange::Delivered;
+    use wdml_proto::Peer;
+
+    fn peer(node_id: u32, neighbours: Vec<u32>) -> Peer {
+        Peer {
+            node_id,
+            address: String::new(),
+            neighbours,
+        }
+    }
+
+    fn from(sender: u32, values: Vec<f32>) -> Delivered {
+        Delivered {
+            sender,
+            round: 0,
+            round_token: 1,
+            values,
+            payload_bytes: 0,
+            wire_bytes: 0,
+            arrived: None,
+        }
+    }
+
+    #[test]
+    fn gossip_weights_are_metropolis_hastings_and_sum_to_one() {
+        // Node 0 with neighbours 1 (degree 1) and 2 (degree 3): d_0 = 2.
+        let start = StartRound {
+            neighbours: vec![peer(1, vec![0]), peer(2, vec![0, 3, 4])],
+            ..StartRound::default()
+        };
+        let collected = Collected {
+            messages: vec![from(1, vec![3.0]), from(2, vec![6.0])],
+            lost: 0,
+        };
+        // w_01 = 1/(1+2) = 1/3, w_02 = 1/(1+3) = 1/4, w_00 = 5/12.
+        let averaged = gossip_average(&[0.0], &start, &collected);
+        assert!((averaged[0] - (3.0 / 3.0 + 6.0 / 4.0)).abs() < 1e-6);
+        // A constant vector stays constant whatever arrives.
+        let collected = Collected {
+            messages: vec![from(1, vec![2.0])],
+            lost: 1,
+        };
+        assert!((gossip_average(&[2.0], &start, &collected)[0] - 2.0).abs() < 1e-6);
+        // Nothing heard: unchanged.
+        assert_eq!(gossip_average(&[1.5], &start, &Collected::default()), vec![1.5]);
+    }
+}

@@ -1,0 +1,109 @@
+//! One strategy per algorithm (as in Flower): what a node does with its round, in the
+//! order it happens, and what it sends. The round around it — the radio's listening
+//! and the deadlines, the one send-and-collect path, evaluation and the report — is the
+//! same for every algorithm and lives in [`crate::round`].
+//!
+//! Adding an algorithm: its value in `proto/wdml.proto` and its name in `wdml_proto`,
+//! a module here, and its line in `with_strategy!`.
+
+mod dml;
+mod fedavg;
+mod local;
+
+use wdml_proto::{Algorithm, Encoding};
+
+use crate::Result;
+use crate::exchange::MessageShape;
+use crate::round::{Node, Round};
+
+/// The mean losses of a round's local steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Losses {
+    pub ce: f64,
+    pub kl: f64,
+    pub total: f64,
+}
+
+/// What an algorithm does in a round.
+pub(crate) trait Strategy {
+    /// The message it sends each round, given the run's public batch and encoding and
+    /// the model's parameter count; `None`: it exchanges nothing.
+    fn message(&self, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape>;
+
+    /// Whether every node must run one model, from one shared initialisation
+    /// (parameter averaging needs both).
+    fn same_model(&self) -> bool {
+        false
+    }
+
+    /// The round's learning, step by step: model work through [`Round::compute`], the
+    /// exchange through [`Round::exchange`]. Returns the local steps' losses.
+    async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses>;
+}
+
+/// Binds `$s` to the strategy of `$algorithm` and evaluates `$body`: the one place
+/// that knows which algorithms there are.
+macro_rules! with_strategy {
+    ($algorithm:expr, $s:ident => $body:expr) => {
+        match $algorithm {
+            Algorithm::Dml => {
+                let $s = dml::Dml;
+                $body
+            }
+            Algorithm::Fedavg => {
+                let $s = fedavg::Fedavg;
+                $body
+            }
+            // Unspecified never reaches a node (the plan refuses it).
+            Algorithm::Local | Algorithm::Unspecified => {
+                let $s = local::Local;
+                $body
+            }
+        }
+    };
+}
+
+/// The message `algorithm` sends each round (`None`: it exchanges nothing).
+pub fn message(algorithm: Algorithm, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape> {
+    with_strategy!(algorithm, s => s.message(public_batch, encoding, parameters))
+}
+
+/// Whether `algorithm` exchanges anything (its figures have a radio cost).
+pub fn exchanges(algorithm: Algorithm) -> bool {
+    message(algorithm, 1, Encoding::F32, 1).is_some()
+}
+
+/// Whether `algorithm` needs every node on one model from one initialisation.
+pub fn same_model(algorithm: Algorithm) -> bool {
+    with_strategy!(algorithm, s => s.same_model())
+}
+
+/// Runs `algorithm`'s learning for the round.
+pub(crate) async fn learn(algorithm: Algorithm, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
+    with_strategy!(algorithm, s => s.learn(node, round).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_algorithm_says_what_it_sends_and_whether_it_needs_one_model() {
+        let dml = message(Algorithm::Dml, 128, Encoding::Q8, 50_890).unwrap();
+        assert_eq!((dml.rows, dml.cols, dml.encoding), (128, 10, Encoding::Q8));
+        assert_eq!(dml.bytes(), 1_280);
+        // Parameters travel exactly, whatever the run's encoding.
+        let fedavg = message(Algorithm::Fedavg, 128, Encoding::Q8, 50_890).unwrap();
+        assert_eq!((fedavg.rows, fedavg.cols, fedavg.encoding), (1, 50_890, Encoding::F32));
+        assert_eq!(fedavg.bytes(), 203_560);
+        assert_eq!(message(Algorithm::Local, 128, Encoding::Q8, 50_890), None);
+        assert_eq!(
+            Algorithm::ALL
+                .iter()
+                .map(|&a| (exchanges(a), same_model(a)))
+                .collect::<Vec<_>>(),
+            [(true, false), (false, false), (true, true)],
+            "dml, local, fedavg"
+        );
+    }
+}
