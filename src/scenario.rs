@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wdml_channel::{ChannelConfig, ResolvedChannel};
 use wdml_node::data::Partition;
+use wdml_node::device::DeviceProfile;
 use wdml_node::learn::LearnerConfig;
 use wdml_node::model::ModelSpec;
 use wdml_node::strategy;
@@ -176,6 +177,11 @@ pub struct NodesSection {
     pub count: u32,
     /// Node k runs `models[k % models.len()]`: "mlp:256,128", "cnn:16,32,128", …
     pub models: Vec<String>,
+    /// Node k emulates the device `devices[k % devices.len()]`: `microcontroller`,
+    /// `phone`, `laptop` or `custom:<GFLOP/s>:<W>`. Its compute time and energy then
+    /// follow from the FLOPs it performs, paced by `channel.time_scale`. Empty (the
+    /// default): no device, the host's speed.
+    pub devices: Vec<String>,
 }
 
 impl Default for NodesSection {
@@ -183,6 +189,7 @@ impl Default for NodesSection {
         NodesSection {
             count: 4,
             models: vec!["mlp".into(), "cnn".into()],
+            devices: Vec::new(),
         }
     }
 }
@@ -264,6 +271,11 @@ impl Scenario {
             model
                 .parse::<ModelSpec>()
                 .with_context(|| format!("nodes.models[{i}]"))?;
+        }
+        for (i, device) in self.nodes.devices.iter().enumerate() {
+            if let Err(e) = device.parse::<DeviceProfile>() {
+                bail!("nodes.devices[{i}]: {e}");
+            }
         }
         positive("train.local_steps", u64::from(self.train.local_steps))?;
         positive("train.batch_size", u64::from(self.train.batch_size))?;
@@ -426,6 +438,12 @@ impl Scenario {
         models[node as usize % models.len()].parse().expect("validated")
     }
 
+    /// Node k's device, if the scenario gives devices.
+    pub fn device_of(&self, node: u32) -> Option<DeviceProfile> {
+        let devices = &self.nodes.devices;
+        (!devices.is_empty()).then(|| devices[node as usize % devices.len()].parse().expect("validated"))
+    }
+
     /// What every node receives when it joins.
     pub fn settings(&self) -> Result<RunSettings> {
         let channel = self.resolved_channel()?;
@@ -454,6 +472,10 @@ impl Scenario {
             test_size: self.data.test_size,
             heartbeat_interval_ms: self.coordinator.heartbeat_interval_ms,
             models: (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect(),
+            devices: (0..self.nodes.count)
+                .filter_map(|k| self.device_of(k))
+                .map(|d| d.to_string())
+                .collect(),
             adversary: Some(wdml_proto::Adversary {
                 nodes: self.adversary.nodes.clone(),
                 kind: if self.adversary.nodes.is_empty() {
@@ -684,6 +706,7 @@ mod tests {
             ("exchange.public_batch=5000", "exchange.public_batch"),
             ("train.distill_batch=129", "train.distill_batch"),
             ("nodes.models=[\"resnet\"]", "nodes.models[0]"),
+            ("nodes.devices=[\"phone\", \"toaster\"]", "nodes.devices[1]"),
             ("train.unknown=1", "unknown"),
             ("coordinator.min_nodes=9", "coordinator.min_nodes"),
             // A timeout beyond what the wire carries is refused, not wrapped to 5 ms.

@@ -50,6 +50,15 @@ pub struct MetricsRow {
     /// (Absent from run directories written before it was measured.)
     #[serde(default)]
     pub compute_cpu_ms: f64,
+    /// Floating-point work of the round's training and inference (not evaluation),
+    /// from the model's shapes; with a device profile, its emulated time and energy.
+    /// (Absent from run directories written before they were counted.)
+    #[serde(default)]
+    pub flops: u64,
+    #[serde(default)]
+    pub device_compute_s: f64,
+    #[serde(default)]
+    pub compute_energy_j: f64,
     /// Sending predictions and waiting for the neighbours'.
     pub exchange_ms: f64,
     /// Idle at the barrier: from this node's report until the round closed.
@@ -116,6 +125,9 @@ impl MetricsRow {
             rx_energy_j: m.rx_energy_j,
             compute_ms: m.compute_ms,
             compute_cpu_ms: m.compute_cpu_ms,
+            flops: m.flops,
+            device_compute_s: m.device_compute_s,
+            compute_energy_j: m.compute_energy_j,
             exchange_ms: m.exchange_ms,
             wait_ms,
             round_ms,

@@ -397,6 +397,8 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
         ("test_loss", m.test_loss),
         ("compute_ms", m.compute_ms),
         ("compute_cpu_ms", m.compute_cpu_ms),
+        ("device_compute_s", m.device_compute_s),
+        ("compute_energy_j", m.compute_energy_j),
         ("exchange_ms", m.exchange_ms),
         ("airtime_s", m.airtime_s),
         ("tx_energy_j", m.tx_energy_j),

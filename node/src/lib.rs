@@ -5,6 +5,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod exchange;
 pub mod learn;

@@ -8,6 +8,7 @@ use wdml_channel::ResolvedChannel;
 use wdml_proto::{AdversaryKind, Algorithm, Encoding, RunSettings};
 
 use crate::data::{Partition, SplitConfig};
+use crate::device::DeviceProfile;
 use crate::learn::{Aggregate, LearnerConfig};
 use crate::model::ModelSpec;
 use crate::{Error, Result};
@@ -43,6 +44,8 @@ pub struct RunPlan {
     pub heartbeat_interval: Duration,
     /// Each node's model, by id.
     pub models: Vec<ModelSpec>,
+    /// Each node's device profile, by id (empty: none; the host's speed).
+    pub devices: Vec<DeviceProfile>,
     /// Nodes that misbehave on purpose, and how.
     pub adversaries: Vec<u32>,
     pub adversary_kind: AdversaryKind,
@@ -120,6 +123,25 @@ impl RunPlan {
                 format!("{} models for {} nodes: one per node is needed", models.len(), s.nodes),
             ));
         }
+        let devices = s
+            .devices
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                d.parse::<DeviceProfile>()
+                    .map_err(|e| Error::config(format!("nodes.devices[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if !devices.is_empty() && devices.len() != s.nodes as usize {
+            return Err(Error::config(
+                "nodes.devices",
+                format!(
+                    "{} device profiles for {} nodes: one per node, or none",
+                    devices.len(),
+                    s.nodes
+                ),
+            ));
+        }
         let adversary = s.adversary.clone().unwrap_or_default();
         let adversary_kind = match AdversaryKind::try_from(adversary.kind) {
             Ok(AdversaryKind::Unspecified) if adversary.nodes.is_empty() => AdversaryKind::Unspecified,
@@ -180,6 +202,7 @@ impl RunPlan {
                 s.heartbeat_interval_ms,
             )?)),
             models,
+            devices,
             adversaries: adversary.nodes,
             adversary_kind,
             silent_after: s.silent_after,
@@ -190,6 +213,11 @@ impl RunPlan {
     /// How node `id` misbehaves, if it is one of the run's adversaries.
     pub fn adversary(&self, id: u32) -> Option<AdversaryKind> {
         self.adversaries.contains(&id).then_some(self.adversary_kind)
+    }
+
+    /// The device node `id` emulates, if the run gives profiles.
+    pub fn device(&self, id: u32) -> Option<&DeviceProfile> {
+        self.devices.get(id as usize)
     }
 
     /// How the data is split: the same on every node, so each computes it alone.

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use candle_core::Tensor;
@@ -21,6 +22,7 @@ use wdml_proto::{AdversaryKind, RoundMetrics, StartRound};
 
 use crate::Result;
 use crate::checkpoint::Owner;
+use crate::device::DeviceProfile;
 use crate::exchange::client::PeerClients;
 use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::Shaper;
@@ -106,6 +108,11 @@ pub fn process_cpu_time() -> Duration {
 /// and the exchange with its neighbours.
 pub(crate) struct Round<'a> {
     pub start: &'a StartRound,
+    /// The device this node emulates, if any, and the wall seconds per emulated
+    /// second (the channel's `time_scale`): compute is paced like the radio.
+    device: Option<(DeviceProfile, f64)>,
+    /// The learner's FLOP counter, and its value when the round began.
+    flops: (Arc<AtomicU64>, u64),
     /// What the algorithm sends, if anything.
     shape: Option<MessageShape>,
     metrics: RoundMetrics,
@@ -115,9 +122,25 @@ pub(crate) struct Round<'a> {
 }
 
 impl Round<'_> {
-    /// Model work, on this thread (tensor work blocks it), counted as compute.
+    /// Model work, on this thread (tensor work blocks it), counted as compute. On an
+    /// emulated device it lasts, in wall time, at least its emulated time × time_scale:
+    /// a slow device is slow in wall time too.
     pub fn compute<T>(&mut self, work: impl FnOnce() -> T) -> T {
-        self.compute.time(|| block_in_place(work))
+        let (counter, device) = (&self.flops.0, &self.device);
+        self.compute.time(|| {
+            block_in_place(|| {
+                let (began, before) = (Instant::now(), counter.load(Ordering::Relaxed));
+                let out = work();
+                if let Some((profile, scale)) = device {
+                    let done = counter.load(Ordering::Relaxed) - before;
+                    // Representable: time_scale was checked at the start, and a round's
+                    // work is bounded by its model and batch sizes.
+                    let paced = Duration::try_from_secs_f64(profile.seconds(done) * scale).unwrap_or_default();
+                    std::thread::sleep(paced.saturating_sub(began.elapsed()));
+                }
+                out
+            })
+        })
     }
 
     /// Sends this round's message (`values`, in the algorithm's [`MessageShape`]) to
@@ -204,8 +227,15 @@ pub fn message(node: &Node) -> Option<MessageShape> {
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
+    let device = node.plan.device(node.id).cloned();
     let mut round = Round {
         start,
+        device: device.clone().map(|d| (d, node.shaper.time_scale())),
+        flops: {
+            let counter = node.learner.flops();
+            let now = counter.load(Ordering::Relaxed);
+            (counter, now)
+        },
         shape: message(node),
         metrics: RoundMetrics::default(),
         compute: ComputeClock::default(),
@@ -226,6 +256,8 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     }
 
     let losses = strategy::learn(node.plan.algorithm, node, &mut round).await?;
+    // What the device computed this round: evaluation below is the experimenter's.
+    let flops = round.flops.0.load(Ordering::Relaxed) - round.flops.1;
 
     let evaluation = round.compute(|| {
         node.learner
@@ -240,6 +272,11 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     metrics.test_loss = f64::from(evaluation.loss);
     metrics.compute_ms = ms(round.compute.wall);
     metrics.compute_cpu_ms = ms(round.compute.cpu);
+    metrics.flops = flops;
+    if let Some(device) = &device {
+        metrics.device_compute_s = device.seconds(flops);
+        metrics.compute_energy_j = device.joules(flops);
+    }
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     let silent = node.take_silent();

@@ -77,6 +77,12 @@ struct Outcome {
     /// summed over every node and round: measured on this machine, not emulated. The
     /// radio's energy leaves it out; times a device's compute power, it compares.
     compute_cpu_s: f64,
+    /// Floating-point work of training and inference (not evaluation), all nodes and
+    /// rounds, counted from the models' shapes.
+    flops: u64,
+    /// With device profiles: that work's emulated time and energy on the devices.
+    device_compute_s: f64,
+    compute_energy_j: f64,
     /// Round, energy and air time when the target was first reached (none: never).
     to_target: Option<(u32, f64, f64)>,
     curve: Vec<Point>,
@@ -279,6 +285,9 @@ fn outcome(algorithm: Algorithm, summary: &Summary, rows: &[MetricsRow], target:
         energy_j: last.map_or(0.0, |p| p.cumulative_energy_j),
         airtime_s: last.map_or(0.0, |p| p.cumulative_airtime_s),
         compute_cpu_s: rows.iter().map(|r| r.compute_cpu_ms).sum::<f64>() / 1000.0,
+        flops: rows.iter().map(|r| r.flops).sum(),
+        device_compute_s: rows.iter().map(|r| r.device_compute_s).sum(),
+        compute_energy_j: rows.iter().map(|r| r.compute_energy_j).sum(),
         // A small tolerance: the default target is some algorithm's own best.
         to_target: curve
             .iter()
@@ -337,6 +346,39 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
             o.energy_j,
             o.compute_cpu_s,
         );
+    }
+    if !scenario.nodes.devices.is_empty() {
+        // The question the radio's energy alone cannot answer: does the extra compute
+        // of an algorithm eat its radio saving, on these devices?
+        let devices: Vec<String> = (0..scenario.nodes.count)
+            .filter_map(|k| scenario.device_of(k))
+            .map(|d| d.to_string())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let _ = writeln!(
+            md,
+            "\nOn the emulated devices ({}): compute counted in FLOPs of training and inference \
+             (evaluation excluded), at each device's speed and power; all nodes summed.\n",
+            devices.join(", ")
+        );
+        let _ = writeln!(
+            md,
+            "| algorithm | work | device compute time | compute energy | radio energy | total energy |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+        for o in outcomes {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} GFLOP | {:.1} s | {:.2} J | {:.4} J | {:.2} J |",
+                o.algorithm,
+                o.flops as f64 / 1e9,
+                o.device_compute_s,
+                o.compute_energy_j,
+                o.energy_j,
+                o.compute_energy_j + o.energy_j,
+            );
+        }
     }
     let _ = writeln!(md, "\nFinal test accuracy per node:\n");
     let _ = write!(md, "| node |");

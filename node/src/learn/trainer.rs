@@ -5,11 +5,14 @@
 //! kernel Candle calls is single-threaded, so a learner built from the same seed and fed
 //! the same batches reaches bit-identical parameters.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use candle_core::{D, DType, Tensor};
 
 use super::adam::Adam;
 use super::{invalid, kl_to_target};
-use crate::model::{CLASSES, INPUT_DIM, ModelSpec, Network};
+use crate::model::{CLASSES, Flops, INPUT_DIM, ModelSpec, Network};
 use crate::{Error, Result};
 
 /// Hyper-parameters of a learner.
@@ -74,6 +77,11 @@ pub struct Learner {
     net: Network,
     opt: Adam,
     cfg: LearnerConfig,
+    /// The model's FLOPs per image.
+    per_image: Flops,
+    /// FLOPs of the work a device does (training, and inference for its neighbours)
+    /// so far; evaluation is the experimenter's, not counted.
+    flops: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Learner {
@@ -126,7 +134,25 @@ impl Learner {
         cfg.validate()?;
         let net = Network::new(spec, seed)?;
         let opt = Adam::new(net.variables(), cfg.learning_rate);
-        Ok(Self { net, opt, cfg })
+        Ok(Self {
+            net,
+            opt,
+            cfg,
+            per_image: spec.flops(),
+            flops: Arc::default(),
+        })
+    }
+
+    /// The FLOPs of the training and inference done so far (see
+    /// [`crate::model::Flops`] for what is counted; evaluation is not), as a counter
+    /// that whoever times the work can read while the learner is busy.
+    pub fn flops(&self) -> Arc<AtomicU64> {
+        self.flops.clone()
+    }
+
+    fn count(&self, images: usize, per_image: u64) {
+        self.flops
+            .fetch_add((images as u64).saturating_mul(per_image), Ordering::Relaxed);
     }
 
     /// The spec of the model.
@@ -163,10 +189,12 @@ impl Learner {
 
     /// Inference logits, row-major `[rows, 10]`, for `images` `[rows, 784]`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        check_images(images, "images")?;
+        let rows = check_images(images, "images")?;
         // Detached so that the forward graph (every intermediate activation) is freed
         // now rather than when the caller drops the logits.
-        Ok(self.net.forward(images)?.detach())
+        let logits = self.net.forward(images)?.detach();
+        self.count(rows, self.per_image.forward);
+        Ok(logits)
     }
 
     /// [`Self::logits`] copied out as `rows × 10` values, row-major: the payload sent
@@ -236,6 +264,8 @@ impl Learner {
             )));
         }
         self.opt.step(&loss.backward()?)?;
+        let public = distill.map_or(Ok(0), |(public, _)| public.dim(0))?;
+        self.count(rows + public, self.per_image.train());
         Ok(losses)
     }
 

@@ -9,6 +9,7 @@
 //! initialisation, the flat vector gossip-FedAvg averages) walks them sorted by name.
 
 mod cnn;
+mod flops;
 pub mod init;
 mod layers;
 mod mlp;
@@ -21,6 +22,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 
 pub use cnn::Cnn;
+pub use flops::Flops;
 pub use mlp::Mlp;
 
 use crate::{Error, Result};
