@@ -13,7 +13,9 @@ use common::{TempDir, launch, metrics, small};
 /// images, a public batch of 64 distilled whole at every step) computes its predictions
 /// on the public batch and trains on private and public rows: by hand, with mlp:64's
 /// 101,632 FLOPs forward and 204,544 to train per image (see `model::flops`).
-const FLOPS_PER_ROUND: u64 = 64 * 101_632 + 15 * (32 + 64) * 204_544;
+const FLOPS_PER_ROUND: u64 = PREDICTIONS + 15 * (32 + 64) * 204_544;
+/// The part computed before the exchange: the predictions on the public batch.
+const PREDICTIONS: u64 = 64 * 101_632;
 
 #[test]
 fn device_time_and_energy_follow_the_flops_whatever_the_load() {
@@ -61,6 +63,17 @@ fn device_time_and_energy_follow_the_flops_whatever_the_load() {
         let (rate, watts) = if x.node % 2 == 0 { (10.4e9, 2.0) } else { (2e9, 0.5) };
         assert_eq!(x.device_compute_s, FLOPS_PER_ROUND as f64 / rate);
         assert_eq!(x.compute_energy_j, x.device_compute_s * watts);
+        assert_eq!(x.emulated_round_s, y.emulated_round_s);
+        // The emulated clock (an ideal radio carries messages in no time): a node sends
+        // once its predictions are computed and trains once the slowest neighbour's
+        // have arrived — the 2 GFLOP/s node 1 is everyone's neighbour and slowest.
+        let before = PREDICTIONS;
+        let ready = before as f64 / 2e9;
+        assert_eq!(
+            x.emulated_round_s,
+            ready + (FLOPS_PER_ROUND - before) as f64 / rate,
+            "{x:?}"
+        );
     }
 }
 
@@ -74,5 +87,6 @@ fn without_devices_the_work_is_counted_and_no_device_time_is_made_up() {
         // local: 15 steps of 32 private images, no public batch.
         assert_eq!(row.flops, 15 * 32 * 204_544);
         assert_eq!((row.device_compute_s, row.compute_energy_j), (0.0, 0.0));
+        assert_eq!(row.emulated_round_s, 0.0);
     }
 }

@@ -59,6 +59,10 @@ pub struct MetricsRow {
     pub device_compute_s: f64,
     #[serde(default)]
     pub compute_energy_j: f64,
+    /// Emulated seconds until this node finished the round (device compute, air time,
+    /// waiting for its neighbours).
+    #[serde(default)]
+    pub emulated_round_s: f64,
     /// Sending predictions and waiting for the neighbours'.
     pub exchange_ms: f64,
     /// Idle at the barrier: from this node's report until the round closed.
@@ -128,6 +132,7 @@ impl MetricsRow {
             flops: m.flops,
             device_compute_s: m.device_compute_s,
             compute_energy_j: m.compute_energy_j,
+            emulated_round_s: m.emulated_round_s,
             exchange_ms: m.exchange_ms,
             wait_ms,
             round_ms,

@@ -399,6 +399,7 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
         ("compute_cpu_ms", m.compute_cpu_ms),
         ("device_compute_s", m.device_compute_s),
         ("compute_energy_j", m.compute_energy_j),
+        ("emulated_round_s", m.emulated_round_s),
         ("exchange_ms", m.exchange_ms),
         ("airtime_s", m.airtime_s),
         ("tx_energy_j", m.tx_energy_j),

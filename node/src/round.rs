@@ -71,6 +71,8 @@ struct Expected {
     began: Instant,
     /// Neighbours whose message the radio delivers, with its air time in wall time.
     delivered: BTreeMap<u32, Duration>,
+    /// The same arrivals in emulated seconds from the sender's start of transmission.
+    arrival_s: BTreeMap<u32, f64>,
     /// The ones the round waits for (not silent), and each one's deadline.
     deadlines: BTreeMap<u32, Instant>,
 }
@@ -113,6 +115,9 @@ pub(crate) struct Round<'a> {
     device: Option<(DeviceProfile, f64)>,
     /// The learner's FLOP counter, and its value when the round began.
     flops: (Arc<AtomicU64>, u64),
+    /// Once exchanged: the emulated time at which this node had sent its message and
+    /// heard its neighbours', and the FLOPs it had computed by then.
+    exchanged: Option<(f64, u64)>,
     /// What the algorithm sends, if anything.
     shape: Option<MessageShape>,
     metrics: RoundMetrics,
@@ -152,6 +157,7 @@ impl Round<'_> {
             return Ok(Collected::default());
         };
         let began = Instant::now();
+        let before = self.flops.0.load(Ordering::Relaxed) - self.flops.1;
         // A silent adversary keeps its predictions to itself (and its radio idle).
         let withhold = node.adversary == Some(AdversaryKind::Silent);
         let destinations = if withhold {
@@ -209,6 +215,24 @@ impl Round<'_> {
             }
         }
         self.metrics.exchange_ms = ms(began.elapsed());
+        // The emulated clock: a neighbour's message is here once that neighbour has
+        // computed what comes before its exchange (on its own device, known from the
+        // plan) and the radio has carried it; ours is sent after our own air time. A
+        // message the radio lost is not waited for (nor is it by the adaptive deadline).
+        let plan = &node.plan;
+        let seconds = |id: u32, flops: u64| plan.device(id).map_or(0.0, |d| d.seconds(flops));
+        let mine = seconds(node.id, before);
+        let mut ready = mine + self.metrics.airtime_s;
+        for message in &collected.messages {
+            if let (Some(&arrival), Some(model)) = (
+                self.expected.arrival_s.get(&message.sender),
+                plan.models.get(message.sender as usize),
+            ) {
+                let theirs = strategy::flops_before_exchange(plan.algorithm, plan, model);
+                ready = ready.max(seconds(message.sender, theirs) + arrival);
+            }
+        }
+        self.exchanged = Some((ready, before));
         Ok(collected)
     }
 }
@@ -236,12 +260,14 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
             let now = counter.load(Ordering::Relaxed);
             (counter, now)
         },
+        exchanged: None,
         shape: message(node),
         metrics: RoundMetrics::default(),
         compute: ComputeClock::default(),
         expected: Expected {
             began,
             delivered: BTreeMap::new(),
+            arrival_s: BTreeMap::new(),
             deadlines: BTreeMap::new(),
         },
         deadline: began + timeout,
@@ -273,10 +299,15 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     metrics.compute_ms = ms(round.compute.wall);
     metrics.compute_cpu_ms = ms(round.compute.cpu);
     metrics.flops = flops;
+    let seconds = |flops: u64| device.as_ref().map_or(0.0, |d| d.seconds(flops));
     if let Some(device) = &device {
         metrics.device_compute_s = device.seconds(flops);
         metrics.compute_energy_j = device.joules(flops);
     }
+    metrics.emulated_round_s = match round.exchanged {
+        Some((ready, before)) => ready + seconds(flops - before),
+        None => seconds(flops),
+    };
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     let silent = node.take_silent();
@@ -307,6 +338,7 @@ fn listen(
     let mut expected = Expected {
         began,
         delivered: BTreeMap::new(),
+        arrival_s: BTreeMap::new(),
         deadlines: BTreeMap::new(),
     };
     for peer in &start.neighbours {
@@ -318,6 +350,7 @@ fn listen(
         // Pacing that no clock can represent was refused at the start (time_scale).
         let air = Duration::try_from_secs_f64(listening.arrival_s * node.shaper.time_scale()).unwrap_or(timeout);
         expected.delivered.insert(peer.node_id, air);
+        expected.arrival_s.insert(peer.node_id, listening.arrival_s);
         if node.punctuality.is_silent(peer.node_id) {
             continue;
         }

@@ -8,7 +8,7 @@ use wdml_proto::{AdversaryKind, Encoding};
 use super::{Losses, Strategy};
 use crate::exchange::{Collected, MessageShape};
 use crate::learn::soft_targets;
-use crate::model::CLASSES;
+use crate::model::{CLASSES, ModelSpec};
 use crate::plan::RunPlan;
 use crate::round::{Node, Round, train};
 use crate::{Error, Result};
@@ -23,6 +23,11 @@ impl Strategy for Dml {
             cols: CLASSES as u32,
             encoding,
         })
+    }
+
+    /// Its predictions on the public batch.
+    fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
+        plan.public_batch as u64 * model.flops().forward
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

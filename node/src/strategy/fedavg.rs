@@ -8,6 +8,8 @@ use wdml_proto::{Encoding, StartRound};
 use super::{Losses, Strategy};
 use crate::Result;
 use crate::exchange::{Collected, MessageShape};
+use crate::model::ModelSpec;
+use crate::plan::RunPlan;
 use crate::round::{Node, Round, train};
 
 pub(crate) struct Fedavg;
@@ -26,6 +28,11 @@ impl Strategy for Fedavg {
     /// Averaging independently initialised networks destroys them.
     fn same_model(&self) -> bool {
         true
+    }
+
+    /// Its local steps.
+    fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
+        u64::from(plan.local_steps) * plan.batch_size as u64 * model.flops().train()
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

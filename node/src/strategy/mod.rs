@@ -14,6 +14,8 @@ use wdml_proto::{Algorithm, Encoding};
 
 use crate::Result;
 use crate::exchange::MessageShape;
+use crate::model::ModelSpec;
+use crate::plan::RunPlan;
 use crate::round::{Node, Round};
 
 /// The mean losses of a round's local steps.
@@ -29,6 +31,12 @@ pub(crate) trait Strategy {
     /// The message it sends each round, given the run's public batch and encoding and
     /// the model's parameter count; `None`: it exchanges nothing.
     fn message(&self, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape>;
+
+    /// The FLOPs a node running `model` computes before it can send its message
+    /// (its neighbours' emulated clocks need it, and it follows from the plan alone).
+    fn flops_before_exchange(&self, _plan: &RunPlan, _model: &ModelSpec) -> u64 {
+        0
+    }
 
     /// Whether every node must run one model, from one shared initialisation
     /// (parameter averaging needs both).
@@ -76,6 +84,11 @@ pub fn exchanges(algorithm: Algorithm) -> bool {
 /// Whether `algorithm` needs every node on one model from one initialisation.
 pub fn same_model(algorithm: Algorithm) -> bool {
     with_strategy!(algorithm, s => s.same_model())
+}
+
+/// The FLOPs a node running `model` computes before it sends under `algorithm`.
+pub fn flops_before_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
+    with_strategy!(algorithm, s => s.flops_before_exchange(plan, model))
 }
 
 /// Runs `algorithm`'s learning for the round.
