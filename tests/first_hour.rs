@@ -11,7 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, TempDir, WDML, launch, metrics, small, summary};
+use common::{Cluster, TempDir, WDML, launch, metrics, run_command, small, summary};
 
 #[test]
 fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
@@ -83,28 +83,14 @@ fn a_run_directory_is_never_replaced_by_accident() {
         "the earlier run was touched"
     );
     // Asked to, it replaces it.
-    let mut args = vec!["--overwrite".to_string()];
-    for o in &overrides {
-        args.extend(["--set".to_string(), o.clone()]);
-    }
-    let output = Command::new(WDML)
-        .arg("run")
-        .arg("--out")
-        .arg(&out)
-        .args(&args)
-        .output()
-        .unwrap();
+    let output = run_command(&out, &overrides).arg("--overwrite").output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
 #[test]
 fn ctrl_c_stops_the_run_with_the_conventional_status_and_the_nodes_left() {
     let dir = TempDir::new("ctrl-c");
-    let mut command = Command::new(WDML);
-    command.arg("run").arg("--out").arg(dir.path().join("run"));
-    for o in small(3, 100_000) {
-        command.arg("--set").arg(o);
-    }
+    let mut command = run_command(&dir.path().join("run"), &small(3, 100_000));
     let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // Wait for rounds to close, then ctrl-c (SIGINT) as a terminal sends it.
     let out = dir.path().join("run");
@@ -137,11 +123,8 @@ fn a_stopped_run_resumes_with_every_round_once_and_a_finished_one_is_not_resumed
     let mut overrides = small(3, rounds);
     overrides.push("train.local_steps=60".into());
     let run = |extra: &[&str]| {
-        let mut command = Command::new(WDML);
-        command.arg("run").arg("--out").arg(&out).args(extra);
-        for o in &overrides {
-            command.arg("--set").arg(o);
-        }
+        let mut command = run_command(&out, &overrides);
+        command.args(extra);
         command
     };
     let mut child = run(&[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
@@ -185,11 +168,7 @@ fn a_stopped_run_resumes_with_every_round_once_and_a_finished_one_is_not_resumed
 #[test]
 fn a_closed_pipe_ends_the_launcher_quietly() {
     let dir = TempDir::new("pipe");
-    let mut command = Command::new(WDML);
-    command.arg("run").arg("--out").arg(dir.path().join("run"));
-    for o in small(2, 1) {
-        command.arg("--set").arg(o);
-    }
+    let mut command = run_command(&dir.path().join("run"), &small(2, 1));
     // `wdml run | head -0`: the reader is gone before the table is printed.
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     drop(child.stdout.take());

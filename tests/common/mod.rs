@@ -80,14 +80,19 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs `wdml run` to the end with the given overrides; returns its output.
-pub fn launch(out: &Path, overrides: &[String]) -> Output {
+/// `wdml run --out OUT --set …` for each override, to be started by the caller.
+pub fn run_command(out: &Path, overrides: &[String]) -> Command {
     let mut command = Command::new(WDML);
     command.arg("run").arg("--out").arg(out);
     for o in overrides {
         command.arg("--set").arg(o);
     }
-    let output = command.output().expect("wdml runs");
+    command
+}
+
+/// Runs `wdml run` to the end with the given overrides; returns its output.
+pub fn launch(out: &Path, overrides: &[String]) -> Output {
+    let output = run_command(out, overrides).output().expect("wdml runs");
     if !output.status.success() {
         eprintln!("stdout:\n{}", String::from_utf8_lossy(&output.stdout));
         eprintln!("stderr:\n{}", String::from_utf8_lossy(&output.stderr));

@@ -189,6 +189,15 @@ pub fn frames(envelope: &Envelope, encoded: &Encoded, frame_bytes: usize) -> Vec
 mod tests {
     use super::*;
 
+    /// The shape of [`sample`]'s 4 × 10 values in `encoding`.
+    fn shape(encoding: Encoding) -> MessageShape {
+        MessageShape {
+            rows: 4,
+            cols: 10,
+            encoding,
+        }
+    }
+
     fn sample() -> Vec<f32> {
         (0..40).map(|i| (i as f32 - 17.0) * 0.37).collect()
     }
@@ -196,14 +205,7 @@ mod tests {
     #[test]
     fn sizes_are_rows_times_cols_times_width() {
         for (encoding, width) in [(Encoding::F32, 4), (Encoding::F16, 2), (Encoding::Q8, 1)] {
-            let e = encode(
-                &sample(),
-                MessageShape {
-                    rows: 4,
-                    cols: 10,
-                    encoding,
-                },
-            );
+            let e = encode(&sample(), shape(encoding));
             assert_eq!(e.bytes.len(), 40 * width);
         }
     }
@@ -217,15 +219,7 @@ mod tests {
             (Encoding::F16, 0.01),
             (Encoding::Q8, range / 255.0 / 2.0 + 1e-5),
         ] {
-            let decoded = decode(&encode(
-                &values,
-                MessageShape {
-                    rows: 4,
-                    cols: 10,
-                    encoding,
-                },
-            ))
-            .unwrap();
+            let decoded = decode(&encode(&values, shape(encoding))).unwrap();
             for (a, b) in values.iter().zip(&decoded) {
                 assert!((a - b).abs() <= tolerance, "{encoding:?}: {a} vs {b}");
             }
@@ -248,34 +242,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_payloads() {
-        let mut e = encode(
-            &sample(),
-            MessageShape {
-                rows: 4,
-                cols: 10,
-                encoding: Encoding::F32,
-            },
-        );
+        let mut e = encode(&sample(), shape(Encoding::F32));
         e.bytes.pop();
         assert!(matches!(decode(&e), Err(DecodeError::Length { .. })));
-        let mut e = encode(
-            &sample(),
-            MessageShape {
-                rows: 4,
-                cols: 10,
-                encoding: Encoding::F32,
-            },
-        );
+        let mut e = encode(&sample(), shape(Encoding::F32));
         e.bytes[8..12].copy_from_slice(&f32::NAN.to_le_bytes());
         assert_eq!(decode(&e), Err(DecodeError::NotFinite { row: 0, col: 2 }));
-        let mut e = encode(
-            &sample(),
-            MessageShape {
-                rows: 4,
-                cols: 10,
-                encoding: Encoding::Q8,
-            },
-        );
+        let mut e = encode(&sample(), shape(Encoding::Q8));
         e.scale = f32::INFINITY;
         assert!(matches!(decode(&e), Err(DecodeError::Quantisation { .. })));
         e.encoding = Encoding::Unspecified;
@@ -284,14 +257,7 @@ mod tests {
 
     #[test]
     fn frames_cover_the_payload_in_order() {
-        let e = encode(
-            &sample(),
-            MessageShape {
-                rows: 4,
-                cols: 10,
-                encoding: Encoding::F32,
-            },
-        );
+        let e = encode(&sample(), shape(Encoding::F32));
         let envelope = Envelope {
             run_id: "r".into(),
             round: 3,
