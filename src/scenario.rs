@@ -312,7 +312,14 @@ impl Scenario {
                 break;
             };
             if shape.bytes() > self.exchange.max_message_bytes {
-                let field = if shape.rows == self.exchange.public_batch {
+                // A message whose size does not depend on the model is the public batch's.
+                let model_free = strategy::message(
+                    self.run.algorithm,
+                    self.exchange.public_batch,
+                    self.exchange.encoding,
+                    0,
+                );
+                let field = if model_free == Some(shape) {
                     "exchange.public_batch"
                 } else {
                     "nodes.models"

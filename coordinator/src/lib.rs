@@ -76,60 +76,50 @@ impl Run {
             report,
             recovered,
         } = self;
-        serve(config, report, recovered, listener, shutdown).await
-    }
-}
+        let addr = listener.local_addr()?;
+        let start = match &recovered {
+            Some(r) => rounds::Start {
+                first_round: r.next_round,
+                // Every member the run had: a crash leaves them running (they reconnect), a
+                // stop made them leave (they are started again).
+                expected: r.members.len().max(1),
+                minimum: 1,
+            },
+            None => rounds::Start {
+                first_round: 0,
+                expected: config.settings.nodes as usize,
+                minimum: config.min_nodes as usize,
+            },
+        };
+        let security = config.security.clone();
+        let shared = Arc::new(service::Shared::new(config, report, recovered.as_ref()));
+        let (stop_server, server_stopped) = oneshot::channel::<()>();
+        let router =
+            transport::server().add_service(CoordinatorServer::new(service::CoordinatorService::new(shared.clone())));
+        let server = tokio::spawn(transport::serve(router, listener, security, Limits::default(), async {
+            server_stopped.await.ok();
+        }));
+        info!(%addr, "coordinator serving");
+        let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
 
-async fn serve(
-    config: Config,
-    report: report::Report,
-    recovered: Option<report::Recovered>,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Summary> {
-    let addr = listener.local_addr()?;
-    let start = match &recovered {
-        Some(r) => rounds::Start {
-            first_round: r.next_round,
-            // Every member the run had: a crash leaves them running (they reconnect), a
-            // stop made them leave (they are started again).
-            expected: r.members.len().max(1),
-            minimum: 1,
-        },
-        None => rounds::Start {
-            first_round: 0,
-            expected: config.settings.nodes as usize,
-            minimum: config.min_nodes as usize,
-        },
-    };
-    let security = config.security.clone();
-    let shared = Arc::new(service::Shared::new(config, report, recovered.as_ref()));
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let router =
-        transport::server().add_service(CoordinatorServer::new(service::CoordinatorService::new(shared.clone())));
-    let server = tokio::spawn(transport::serve(router, listener, security, Limits::default(), async {
-        server_stopped.await.ok();
-    }));
-    info!(%addr, "coordinator serving");
-    let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
-
-    let outcome = tokio::select! {
-        outcome = rounds::drive(shared.clone(), start) => outcome,
-        () = shutdown => {
-            info!("shutdown requested: ending the run early");
-            Ok(rounds::Ending::Interrupted("the coordinator was stopped".into()))
+        let outcome = tokio::select! {
+            outcome = rounds::drive(shared.clone(), start) => outcome,
+            () = shutdown => {
+                info!("shutdown requested: ending the run early");
+                Ok(rounds::Ending::Interrupted("the coordinator was stopped".into()))
+            }
+        };
+        let summary = rounds::finish(&shared, outcome).await;
+        reaper.abort();
+        let _ = stop_server.send(());
+        // Every stream ends with the run (watchers right after RunFinished, nodes' Sync
+        // streams when they are closed); a client that never hangs up must not keep us here.
+        match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!("coordinator server ended with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("coordinator server task failed: {e}"),
+            Err(_) => tracing::warn!("connections still open 5 s after the run; stopping anyway"),
         }
-    };
-    let summary = rounds::finish(&shared, outcome).await;
-    reaper.abort();
-    let _ = stop_server.send(());
-    // Every stream ends with the run (watchers right after RunFinished, nodes' Sync
-    // streams when they are closed); a client that never hangs up must not keep us here.
-    match tokio::time::timeout(std::time::Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!("coordinator server ended with an error: {e}"),
-        Ok(Err(e)) => tracing::warn!("coordinator server task failed: {e}"),
-        Err(_) => tracing::warn!("connections still open 5 s after the run; stopping anyway"),
+        summary
     }
-    summary
 }

@@ -251,10 +251,9 @@ pub fn message(node: &Node) -> Option<MessageShape> {
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
-    let device = node.plan.device(node.id).cloned();
     let mut round = Round {
         start,
-        device: device.clone().map(|d| (d, node.shaper.time_scale())),
+        device: node.plan.device(node.id).map(|d| (d.clone(), node.shaper.time_scale())),
         flops: {
             let counter = node.learner.flops();
             let now = counter.load(Ordering::Relaxed);
@@ -299,11 +298,11 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     metrics.compute_ms = ms(round.compute.wall);
     metrics.compute_cpu_ms = ms(round.compute.cpu);
     metrics.flops = flops;
-    let seconds = |flops: u64| device.as_ref().map_or(0.0, |d| d.seconds(flops));
-    if let Some(device) = &device {
-        metrics.device_compute_s = device.seconds(flops);
-        metrics.compute_energy_j = device.joules(flops);
-    }
+    // Without a device, compute takes no emulated time and no energy.
+    let device = round.device.as_ref().map(|(d, _)| d);
+    let seconds = |flops: u64| device.map_or(0.0, |d| d.seconds(flops));
+    metrics.device_compute_s = seconds(flops);
+    metrics.compute_energy_j = device.map_or(0.0, |d| d.joules(flops));
     metrics.emulated_round_s = match round.exchanged {
         Some((ready, before)) => ready + seconds(flops - before),
         None => seconds(flops),

@@ -101,10 +101,14 @@ impl RunDirArgs {
 
 /// Whether the run in `out` finished (its summary says so).
 fn finished(out: &Path) -> bool {
-    std::fs::read_to_string(out.join("summary.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Summary>(&text).ok())
-        .is_some_and(|s| s.finished)
+    read_summary(out).is_ok_and(|s| s.finished)
+}
+
+/// The summary the coordinator wrote into `out`.
+fn read_summary(out: &Path) -> Result<Summary> {
+    let text = std::fs::read_to_string(out.join("summary.json"))
+        .with_context(|| format!("the coordinator wrote no summary; see {}", out.join("logs").display()))?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// The launcher was stopped by a signal (ctrl-c: SIGINT); the process exits with the
@@ -303,8 +307,8 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         // Its reason is the last line of its log (a run directory it refused, say).
         Err(e) => {
             let log = std::fs::read_to_string(out.join("logs/coordinator.log")).unwrap_or_default();
-            match log.lines().rev().find(|l| l.starts_with("error: ")) {
-                Some(reason) => bail!("the coordinator did not start: {}", &reason["error: ".len()..]),
+            match log.lines().rev().find_map(|l| l.strip_prefix("error: ")) {
+                Some(reason) => bail!("the coordinator did not start: {reason}"),
                 None => return Err(e.context("the coordinator did not start")),
             }
         }
@@ -343,9 +347,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
     bar.finish_and_clear();
     children.wait_all(Duration::from_secs(15), true).await;
     followed?;
-    let summary = std::fs::read_to_string(out.join("summary.json"))
-        .with_context(|| format!("the coordinator wrote no summary; see {}", out.join("logs").display()))?;
-    Ok(serde_json::from_str(&summary)?)
+    read_summary(out)
 }
 
 /// A child's log, appended to (a resumed run keeps what came before).
