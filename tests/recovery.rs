@@ -37,26 +37,34 @@ fn a_node_killed_mid_run_resumes_from_its_checkpoint() {
     // Its last checkpoint is its last report's (or, killed between the report and the
     // checkpoint, the one before).
     let log = std::fs::read_to_string(cluster.out().join("logs/node-2.log")).unwrap();
-    let resumed: u32 = log
+    let (resumed, accuracy): (u32, f32) = log
         .split("resumed from its checkpoint after round ")
         .nth(1)
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .and_then(|rest| {
+            let round = rest.split_whitespace().next()?.parse().ok()?;
+            let accuracy = rest.split("(test accuracy ").nth(1)?.split(')').next()?.parse().ok()?;
+            Some((round, accuracy))
+        })
         .unwrap_or_else(|| panic!("the restarted node did not resume from a checkpoint: {log}"));
     assert!(
         resumed + 1 >= last.round && resumed <= last.round,
         "resumed after {resumed}, last report {}",
         last.round
     );
+    // The restored model is the one that reported that round: the same test accuracy.
     let rows = metrics(cluster.out());
-    let back = rows
+    let reported = rows
         .iter()
-        .find(|r| r.node == 2 && r.round > last.round)
-        .expect("node 2 reported again");
+        .find(|r| r.node == 2 && r.round == resumed)
+        .expect("node 2 reported the round it resumed after");
     assert!(
-        (back.test_accuracy - last.test_accuracy).abs() < 0.02,
-        "first round back {:.3} against {:.3} before the crash: not the model it had",
-        back.test_accuracy,
-        last.test_accuracy
+        (f64::from(accuracy) - f64::from(reported.test_accuracy)).abs() < 1e-4,
+        "restored model: {accuracy:.4}; round {resumed} reported {:.4}: not the model it had",
+        reported.test_accuracy
+    );
+    assert!(
+        rows.iter().any(|r| r.node == 2 && r.round > last.round),
+        "node 2 reported again"
     );
     let s = summary(cluster.out());
     assert!(s.finished, "{}", s.reason);

@@ -33,7 +33,7 @@ use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
 
 /// Rows per evaluation batch: bounds memory, not results.
-const EVAL_BATCH: usize = 500;
+pub(crate) const EVAL_BATCH: usize = 500;
 
 /// Everything a node keeps from round to round.
 pub struct Node {

@@ -37,7 +37,7 @@ use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
 use crate::learn::Learner;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
-use crate::round::{Node, message, run_round};
+use crate::round::{EVAL_BATCH, Node, message, run_round};
 use crate::shard::{BatchSampler, Shard};
 use crate::{Error, Result, seed, strategy};
 
@@ -229,11 +229,15 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         };
         let batches = match restored {
             Some(restored) => {
+                // Evaluated as the round reported it, so that the log shows the model
+                // is the one the node had (the same accuracy, to the digit).
+                let evaluation = learner.evaluate(&shard.test_images, &shard.test_labels, EVAL_BATCH)?;
                 info!(
                     node = id,
                     round = restored.round,
-                    "resumed from its checkpoint after round {}",
-                    restored.round
+                    "resumed from its checkpoint after round {} (test accuracy {:.4})",
+                    restored.round,
+                    evaluation.accuracy
                 );
                 BatchSampler::resume(shard.private_len(), plan.batch_size, batch_seed, restored.sampler)?
             }
