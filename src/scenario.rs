@@ -15,7 +15,7 @@ use wdml_node::learn::LearnerConfig;
 use wdml_node::model::ModelSpec;
 use wdml_node::strategy;
 use wdml_proto::transport::Security;
-use wdml_proto::{AdversaryKind, Aggregate, Algorithm, Encoding, RunSettings};
+use wdml_proto::{AdversaryKind, Aggregate, Algorithm, Encoding, RoundPolicy, RunSettings};
 
 /// The quickstart scenario, built in so `wdml run` works with no file at all.
 pub const QUICKSTART: &str = include_str!("../examples/quickstart.toml");
@@ -109,6 +109,13 @@ pub struct ExchangeSection {
     /// A neighbour whose predictions are missing this many exchanges in a row is
     /// reported to the coordinator and not waited for until they arrive again; 0: never.
     pub silent_after: u32,
+    /// Use a neighbour's message up to this many rounds after the round it was computed
+    /// in (on that round's public batch), when no newer one came; 0: only the current
+    /// round's. With `quorum` or `deadline` rounds, a straggler's work still counts.
+    pub max_staleness: u32,
+    /// `a` in the weight `(1 + age)^-a` of a message `age` rounds old (FedAsync's
+    /// polynomial staleness function).
+    pub staleness_decay: f64,
 }
 
 impl Default for ExchangeSection {
@@ -120,6 +127,8 @@ impl Default for ExchangeSection {
             timeout_ms: 10_000,
             adaptive_deadline: true,
             silent_after: 2,
+            max_staleness: 0,
+            staleness_decay: 0.5,
         }
     }
 }
@@ -207,6 +216,18 @@ pub struct CoordinatorSection {
     /// A node that joined must open its Sync stream (after loading its data) within
     /// this long, or its id is released for another join.
     pub sync_timeout_ms: u64,
+    /// When a round closes: `sync` (every live node reported), `quorum` (a fraction of
+    /// them, plus a grace period) or `deadline` (a fixed emulated time after its start).
+    /// Nodes still working when it closes finish and go on with the newest round.
+    pub round_policy: RoundPolicy,
+    /// `quorum`: the fraction of the round's nodes whose reports close it …
+    pub quorum: f64,
+    /// … after this many more emulated seconds. Nodes also wait this long for their
+    /// neighbours once that fraction of them was heard.
+    pub grace_s: f64,
+    /// `deadline`: emulated seconds from a round's start to its close (nodes stop
+    /// waiting for their neighbours then too).
+    pub deadline_s: f64,
 }
 
 impl Default for CoordinatorSection {
@@ -218,6 +239,10 @@ impl Default for CoordinatorSection {
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 3_000,
             sync_timeout_ms: 60_000,
+            round_policy: RoundPolicy::Sync,
+            quorum: 0.75,
+            grace_s: 0.0,
+            deadline_s: 0.0,
         }
     }
 }
@@ -493,8 +518,14 @@ impl Scenario {
             }),
             silent_after: self.exchange.silent_after,
             adaptive_deadline: self.exchange.adaptive_deadline,
+            quorum: self.coordinator.quorum,
+            grace_s: self.coordinator.grace_s,
+            deadline_s: self.coordinator.deadline_s,
+            max_staleness: self.exchange.max_staleness,
+            staleness_decay: self.exchange.staleness_decay,
             ..RunSettings::default()
         };
+        settings.set_round_policy(self.coordinator.round_policy);
         settings.set_algorithm(self.run.algorithm);
         settings.set_encoding(self.exchange.encoding);
         settings.set_aggregate(self.train.aggregate);
@@ -510,6 +541,7 @@ impl Scenario {
     ) -> Result<wdml_coordinator::Config> {
         let c = &self.coordinator;
         Ok(wdml_coordinator::Config {
+            time_scale: self.resolved_channel()?.time_scale,
             run_dir,
             settings: self.settings()?,
             neighbours: self.neighbours()?,

@@ -58,7 +58,7 @@ fn a_node_killed_mid_run_resumes_from_its_checkpoint() {
         .find(|r| r.node == 2 && r.round == resumed)
         .expect("node 2 reported the round it resumed after");
     assert!(
-        (f64::from(accuracy) - f64::from(reported.test_accuracy)).abs() < 1e-4,
+        (f64::from(accuracy) - reported.test_accuracy).abs() < 1e-4,
         "restored model: {accuracy:.4}; round {resumed} reported {:.4}: not the model it had",
         reported.test_accuracy
     );

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wdml_proto::RunSettings;
+use wdml_proto::policy::{Closing, Staleness};
 use wdml_proto::transport::Security;
 
 use crate::{Error, Result};
@@ -40,6 +41,9 @@ pub struct Config {
     pub overwrite: bool,
     /// The scenario as TOML, written to `scenario.toml` in a new run directory.
     pub scenario_toml: Option<String>,
+    /// Wall seconds per emulated second (the channel's): how the round policy's
+    /// emulated grace and deadline become wall time.
+    pub time_scale: f64,
 }
 
 /// The longest timeout the wire can carry (milliseconds in a `uint32`).
@@ -121,6 +125,31 @@ impl Config {
                 "must be shorter than coordinator.round_timeout_ms: the exchange is one part of a round",
             ));
         }
+        let closing = self.closing()?;
+        Staleness::from_settings(s).map_err(|(field, e)| Error::config(field, e))?;
+        let (field, emulated) = match closing {
+            Closing::Sync => ("", 0.0),
+            Closing::Quorum { grace_s, .. } => ("coordinator.grace_s", grace_s),
+            Closing::Deadline { deadline_s } => ("coordinator.deadline_s", deadline_s),
+        };
+        if matches!(closing, Closing::Deadline { .. }) && self.time_scale <= 0.0 {
+            return Err(Error::config(
+                "coordinator.round_policy",
+                "a deadline in emulated seconds needs emulated time: set channel.time_scale > 0 \
+                 (it is 0, so nothing is paced and the deadline would pass at once)",
+            ));
+        }
+        if self.wall(emulated) >= self.round_timeout {
+            return Err(Error::config(
+                field,
+                format!(
+                    "{emulated} emulated s × channel.time_scale {} is {:.1} s of wall time, not shorter \
+                     than coordinator.round_timeout_ms",
+                    self.time_scale,
+                    emulated * self.time_scale
+                ),
+            ));
+        }
         let heartbeat = Duration::from_millis(u64::from(s.heartbeat_interval_ms));
         if heartbeat.is_zero() || heartbeat * 2 > self.heartbeat_timeout {
             return Err(Error::config(
@@ -129,5 +158,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// How rounds close (checked by [`Config::validate`]).
+    pub fn closing(&self) -> Result<Closing> {
+        Closing::from_settings(&self.settings).map_err(|(field, e)| Error::config(field, e))
+    }
+
+    /// The wall time `emulated` seconds take at the run's time scale (saturating).
+    pub fn wall(&self, emulated: f64) -> Duration {
+        Duration::try_from_secs_f64(emulated * self.time_scale).unwrap_or(Duration::MAX)
     }
 }

@@ -63,6 +63,20 @@ pub struct MetricsRow {
     /// waiting for its neighbours).
     #[serde(default)]
     pub emulated_round_s: f64,
+    /// Emulated seconds the round lasted, as its policy closed it (the same in every
+    /// row of a round): the last report's under `sync`, the quorum's plus the grace, or
+    /// the deadline.
+    #[serde(default)]
+    pub round_emulated_s: f64,
+    /// A report that came after its round closed (in `late.jsonl` only): its work
+    /// counted in no round, its costs are real.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
+    /// Neighbours' messages from earlier rounds used this round, and their mean age.
+    #[serde(default)]
+    pub stale_used: u32,
+    #[serde(default)]
+    pub stale_age: f64,
     /// Sending predictions and waiting for the neighbours'.
     pub exchange_ms: f64,
     /// Idle at the barrier: from this node's report until the round closed.
@@ -75,9 +89,23 @@ impl MetricsRow {
     /// Reads every row of a run directory's `metrics.jsonl`; a malformed line is an
     /// error naming its line number.
     pub fn read_all(run_dir: &Path) -> Result<Vec<MetricsRow>> {
+        Self::read_file(run_dir.join("metrics.jsonl"))
+    }
+
+    /// The reports of a run directory that came after their round closed (none if
+    /// there is no `late.jsonl`).
+    pub fn read_late(run_dir: &Path) -> Result<Vec<MetricsRow>> {
+        let path = run_dir.join(LATE_FILE);
+        if path.exists() {
+            Self::read_file(path)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    fn read_file(path: PathBuf) -> Result<Vec<MetricsRow>> {
         // A row is under a kilobyte; a longer line is not a row (bounded reads).
         const MAX_LINE: u64 = 1 << 20;
-        let path = run_dir.join("metrics.jsonl");
         let corrupt = |reason: String| Error::Corrupt {
             path: path.clone(),
             reason,
@@ -101,7 +129,15 @@ impl MetricsRow {
         Ok(rows)
     }
 
-    fn new(round: u32, node: u32, model: String, m: &RoundMetrics, wait_ms: f64, round_ms: f64) -> Self {
+    fn new(
+        round: u32,
+        node: u32,
+        model: String,
+        m: &RoundMetrics,
+        wait_ms: f64,
+        round_ms: f64,
+        round_emulated_s: f64,
+    ) -> Self {
         MetricsRow {
             round,
             node,
@@ -133,6 +169,10 @@ impl MetricsRow {
             device_compute_s: m.device_compute_s,
             compute_energy_j: m.compute_energy_j,
             emulated_round_s: m.emulated_round_s,
+            round_emulated_s,
+            late: false,
+            stale_used: m.stale_used,
+            stale_age: m.stale_age,
             exchange_ms: m.exchange_ms,
             wait_ms,
             round_ms,
@@ -153,6 +193,9 @@ pub struct NodeSummary {
     #[serde(default)]
     pub adversary: bool,
     pub rounds_reported: u32,
+    /// Reports that came after their round closed (`late.jsonl`).
+    #[serde(default)]
+    pub late_reports: u32,
     pub final_accuracy: Option<f64>,
     pub best_accuracy: Option<f64>,
     pub payload_bytes_sent: u64,
@@ -249,6 +292,9 @@ pub(crate) struct Recovered {
     pub members: Vec<(u32, String, u64)>,
 }
 
+/// Reports that arrived after their round closed, one `MetricsRow` per line.
+pub const LATE_FILE: &str = "late.jsonl";
+
 /// Writes the run directory as the run goes: the journal first (durable), then the
 /// files derived from it.
 pub(crate) struct Report {
@@ -256,6 +302,8 @@ pub(crate) struct Report {
     journal: Journal,
     metrics: File,
     rows: Vec<MetricsRow>,
+    /// Reports that came after their round closed (`late.jsonl`).
+    late: Vec<MetricsRow>,
     round_ms: Vec<f64>,
     rounds_closed: u32,
     /// Rounds that closed with no report at all.
@@ -272,8 +320,9 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 9] = [
+const RUN_FILES: [&str; 10] = [
     journal::FILE,
+    LATE_FILE,
     "split.json",
     "split.svg",
     "scenario.toml",
@@ -366,6 +415,7 @@ impl Report {
             journal,
             metrics,
             rows: Vec::new(),
+            late: Vec::new(),
             round_ms: Vec::new(),
             rounds_closed: 0,
             failed_rounds: 0,
@@ -429,6 +479,7 @@ impl Report {
         let down_s = (now_ms().saturating_sub(entries.last().map_or(at_ms, Entry::at_ms))) as f64 / 1e3;
         let mut report = Self::new(config, dir.clone(), journal, open_append(&path)?, at_ms);
         report.rows = rows;
+        report.late = MetricsRow::read_late(&dir)?;
         report.instance = instance;
         let mut recovered = Recovered {
             next_round: 0,
@@ -522,6 +573,7 @@ impl Report {
         participants: &[u32],
         closed: Instant,
         members: &Members,
+        emulated_s: f64,
     ) -> Result<RoundClosed> {
         let round_ms = ms(closed - open.started);
         let mut rows = Vec::new();
@@ -534,6 +586,7 @@ impl Report {
                 metrics,
                 ms(closed - *at),
                 round_ms,
+                emulated_s,
             ));
         }
         self.journal.append(&Entry::Round {
@@ -566,12 +619,45 @@ impl Report {
             wall_ms: round_ms,
             airtime_s: rows.iter().map(|r| r.airtime_s).sum(),
             energy_j: rows.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum(),
+            emulated_s,
         };
         self.failed_rounds += u32::from(rows.is_empty());
         self.rows.extend(rows);
         self.round_ms.push(round_ms);
         self.rounds_closed += 1;
         Ok(event)
+    }
+
+    /// Files a report that came after its round closed (round policy `quorum` or
+    /// `deadline`, or the round timeout) in `late.jsonl`: its work counted in no
+    /// round, but its radio and compute were spent. Not in the journal: a line lost to
+    /// a crash loses a record of cost, never a result.
+    pub fn file_late(&mut self, round: u32, node: u32, model: String, metrics: &RoundMetrics) -> Result<()> {
+        let row = MetricsRow {
+            late: true,
+            ..MetricsRow::new(round, node, model, metrics, 0.0, 0.0, 0.0)
+        };
+        let path = self.dir.join(LATE_FILE);
+        let mut line = serde_json::to_string(&row)?;
+        line.push('\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        append_durable(&mut file, line.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        self.late.push(row);
+        Ok(())
+    }
+
+    /// Node `id`'s newest model's accuracy: its last report, in time or late.
+    fn newest_accuracy(&self, id: u32) -> Option<(u32, f64)> {
+        self.rows
+            .iter()
+            .chain(&self.late)
+            .filter(|r| r.node == id)
+            .max_by_key(|r| r.round)
+            .map(|r| (r.round, r.test_accuracy))
     }
 
     /// Whether every round that closed had no report at all (every node failed).
@@ -602,12 +688,26 @@ impl Report {
     /// `report.md`, and records the end in the journal.
     pub fn write_summary(&mut self, members: &Members, finished: bool, reason: &str) -> Result<Summary> {
         let last_round = self.rows.iter().map(|r| r.round).max();
-        let final_accuracies: Vec<f64> = self
+        let mut final_accuracies: Vec<f64> = self
             .rows
             .iter()
             .filter(|r| Some(r.round) == last_round && !self.adversaries.contains(&r.node))
             .map(|r| r.test_accuracy)
             .collect();
+        // A straggler not in the last round counts with its newest model if it
+        // reported it late (semi-synchronous rounds).
+        let late_nodes: std::collections::BTreeSet<u32> = self.late.iter().map(|r| r.node).collect();
+        for id in late_nodes {
+            let in_last = self.rows.iter().any(|r| r.node == id && Some(r.round) == last_round);
+            if in_last || self.adversaries.contains(&id) {
+                continue;
+            }
+            if let Some((round, accuracy)) = self.newest_accuracy(id)
+                && self.late.iter().any(|r| r.node == id && r.round == round)
+            {
+                final_accuracies.push(accuracy);
+            }
+        }
         let nodes = members
             .all()
             .map(|m| {
@@ -633,7 +733,12 @@ impl Report {
                     status: status.to_string(),
                     adversary: self.adversaries.contains(&m.id),
                     rounds_reported: rows.len() as u32,
-                    final_accuracy: rows.last().map(|r| r.test_accuracy),
+                    late_reports: members
+                        .events
+                        .iter()
+                        .filter(|e| e.node == m.id && e.event == "late")
+                        .count() as u32,
+                    final_accuracy: self.newest_accuracy(m.id).map(|(_, a)| a),
                     best_accuracy: rows.iter().map(|r| r.test_accuracy).reduce(f64::max),
                     payload_bytes_sent: rows.iter().map(|r| r.payload_bytes_sent).sum(),
                     wire_bytes_sent: rows.iter().map(|r| r.wire_bytes_sent).sum(),

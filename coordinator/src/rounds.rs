@@ -15,9 +15,14 @@ use wdml_proto::{
 
 use wdml_channel::{derive_external_seed, purpose};
 
+use wdml_proto::policy::Closing;
+
 use crate::report::Summary;
 use crate::service::{OpenRound, POLL, Shared, send_to};
 use crate::{Error, Result};
+
+/// Closed rounds whose late reports are still recognised.
+const RECENT_TOKENS: usize = wdml_proto::policy::MAX_STALENESS as usize + 1;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -50,8 +55,8 @@ pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
         let token = random_secret()?;
         open_round(&shared, round, token)?;
         match wait_at_barrier(&shared).await {
-            Barrier::Closed => {
-                close_round(&shared)?;
+            Barrier::Closed { awaited } => {
+                close_round(&shared, awaited)?;
                 round += 1;
             }
             Barrier::Abandoned => {
@@ -183,9 +188,18 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     Ok(())
 }
 
-/// Waits until every participant reported or is gone, or the round deadline.
+/// Waits until the round policy closes the round: every awaited participant reported
+/// or is gone (`sync`), enough of them plus the grace (`quorum`), or the deadline
+/// (`deadline`); never past the round timeout.
 async fn wait_at_barrier(shared: &Shared) -> Barrier {
-    let deadline = tokio::time::Instant::now() + shared.config.round_timeout;
+    let config = &shared.config;
+    let closing = config.closing().expect("validated at the start");
+    let started = tokio::time::Instant::now();
+    let timeout = started + config.round_timeout;
+    let mut close_at = match closing {
+        Closing::Deadline { deadline_s } => started + config.wall(deadline_s),
+        _ => timeout,
+    };
     loop {
         {
             // Everyone it was sent to left without a report or a failure (the nodes
@@ -197,54 +211,77 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
                 return Barrier::Abandoned;
             }
         }
-        let waiting = {
+        let (awaited, reported) = {
             let state = shared.state();
             let open = state.open.as_ref().expect("a round is open");
-            open.participants
+            let awaited = open
+                .participants
                 .iter()
                 .filter(|(id, connection)| {
                     // A participant that reconnected since the round started got no
                     // StartRound on its new stream: it will not report this round. One
                     // that has not reported for rounds is not waited for either.
-                    !open.reported.contains_key(id)
-                        && state.members.is_current(**id, **connection)
-                        && state.members.get(**id).is_some_and(|m| m.awaited())
+                    open.reported.contains_key(id)
+                        || (state.members.is_current(**id, **connection)
+                            && state.members.get(**id).is_some_and(|m| m.awaited()))
                 })
-                .count()
+                .count();
+            (awaited, open.reported.len())
         };
-        if waiting == 0 {
-            return Barrier::Closed;
+        if reported >= awaited {
+            return Barrier::Closed { awaited };
         }
-        if tokio::time::Instant::now() >= deadline {
-            warn!(waiting, "round deadline passed; closing the round without them");
-            return Barrier::Closed;
+        let now = tokio::time::Instant::now();
+        if let Closing::Quorum { grace_s, .. } = closing
+            && reported >= closing.needed(awaited)
+            && close_at == timeout
+        {
+            close_at = now + config.wall(grace_s);
+            info!(reported, awaited, "quorum reached; closing after the grace period");
+        }
+        let close_at = close_at.min(timeout);
+        if now >= close_at {
+            let waiting = awaited - reported;
+            if close_at == timeout {
+                warn!(waiting, "round deadline passed; closing the round without them");
+            } else {
+                info!(waiting, policy = %config.settings.round_policy(), "closing the round without them; they go on with the next");
+            }
+            return Barrier::Closed { awaited };
         }
         // Also re-check now and then: a connection replaced without a wake-up.
-        let _ = timeout_at(
-            deadline.min(tokio::time::Instant::now() + POLL),
-            shared.changed.notified(),
-        )
-        .await;
+        let _ = timeout_at(close_at.min(now + POLL), shared.changed.notified()).await;
     }
 }
 
 /// How waiting at the barrier ended.
 enum Barrier {
-    /// Every participant reported, failed, left or timed out: the round closes.
-    Closed,
+    /// The policy closed the round; `awaited` nodes were expected to report.
+    Closed { awaited: usize },
     /// Every participant left without reporting, and nobody is live.
     Abandoned,
 }
 
 /// Files the round's reports and tells the watchers.
-fn close_round(shared: &Shared) -> Result<()> {
+fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
     let mut state = shared.state();
     let open = state.open.take().expect("a round is open");
     let closed = Instant::now();
     let participants: Vec<u32> = open.participants.keys().copied().collect();
+    let finished: Vec<f64> = open.reported.values().map(|(m, _)| m.emulated_round_s).collect();
+    let emulated_s = shared
+        .config
+        .closing()
+        .expect("validated at the start")
+        .emulated_span(&finished, awaited);
+    // Remembered for late reports, as long as a message may be stale, and then some.
+    state.recent_tokens.insert(open.round, open.token);
+    while state.recent_tokens.len() > RECENT_TOKENS {
+        state.recent_tokens.pop_first();
+    }
     let event = shared
         .report()
-        .close_round(&open, &participants, closed, &state.members)?;
+        .close_round(&open, &participants, closed, &state.members, emulated_s)?;
     let reported: Vec<u32> = open.reported.keys().copied().collect();
     state.members.count_reports(&participants, &reported, open.round + 1);
     shared.commit(&mut state);

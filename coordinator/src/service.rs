@@ -43,6 +43,9 @@ pub(crate) struct State {
     /// The number (from 1) of the round that is open or will open next, for records.
     pub round: u32,
     pub finished: bool,
+    /// The tokens of the rounds closed lately, by round: a report that comes after its
+    /// round closed is recognised as that round's.
+    pub recent_tokens: std::collections::BTreeMap<u32, u64>,
     /// Membership events already in the journal.
     journaled: usize,
 }
@@ -77,6 +80,7 @@ impl Shared {
                 // Numbered from 1 in every record and log (the wire counts from 0).
                 round: recovered.map_or(0, |r| r.next_round) + 1,
                 finished: false,
+                recent_tokens: Default::default(),
                 journaled,
             }),
             changed: Notify::new(),
@@ -291,10 +295,26 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
         Some(Event::Heartbeat(_)) => Ok(Flow::Continue),
         Some(Event::Hello(_)) => Err(Status::invalid_argument("Hello may only be the first message")),
         Some(Event::Done(done)) => {
-            let accepted = record_done(&mut state, id, done)?;
-            drop(state);
-            if accepted {
-                shared.changed.notify_one();
+            match record_done(&mut state, id, done)? {
+                Filed::InTime => {
+                    drop(state);
+                    shared.changed.notify_one();
+                }
+                Filed::Late(done) => {
+                    let round = state.round;
+                    let model = state.members.get(id).map(|m| m.model.clone()).unwrap_or_default();
+                    let metrics = done.metrics.as_ref().expect("validated");
+                    if let Err(e) = shared.report().file_late(done.round + 1, id, model, metrics) {
+                        warn!(node = id, "cannot record a late report: {e}");
+                    }
+                    let reason = format!(
+                        "reported round {} after it closed; it goes on with the newest round",
+                        done.round + 1
+                    );
+                    state.members.record(id, "late", round, reason);
+                    shared.commit(&mut state);
+                }
+                Filed::Ignored => {}
             }
             Ok(Flow::Continue)
         }
@@ -343,37 +363,51 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-/// Validates a Done report and files it if it belongs to the open round. A report
-/// for another round is not an error: a straggler's report arrives after its round
-/// closed, and is only logged.
-fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
+/// Where a validated Done report goes.
+enum Filed {
+    /// Into the open round.
+    InTime,
+    /// After its round closed (round policy, or the round timeout): recorded as late.
+    Late(Box<Done>),
+    /// Of a round this coordinator does not know (closed before a restart, or never
+    /// opened): only logged.
+    Ignored,
+}
+
+/// Validates a Done report and files it in the open round, or as late if it carries
+/// a recently closed round's token. A report for another round is not an error: a
+/// straggler's report arrives after its round closed.
+fn record_done(state: &mut State, id: u32, done: Done) -> Result<Filed, Status> {
     let metrics = done
         .metrics
+        .as_ref()
         .ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
-    validate_metrics(&metrics)?;
-    let Some(open) = state.open.as_mut() else {
+    validate_metrics(metrics)?;
+    let open_round = state.open.as_ref().map(|o| (o.round, o.token));
+    if open_round != Some((done.round, done.round_token)) {
+        if state.recent_tokens.get(&done.round) == Some(&done.round_token) {
+            // Late, but alive: it is awaited again in the next rounds.
+            if let Some(member) = state.members.get_mut(id) {
+                member.missed_reports = 0;
+            }
+            return Ok(Filed::Late(Box::new(done)));
+        }
         info!(
             node = id,
             round = done.round + 1,
-            "report arrived between rounds; ignored"
+            open = open_round.map(|(r, _)| r + 1),
+            "report for a round that is not open and was not closed lately; ignored"
         );
-        return Ok(false);
-    };
-    if done.round != open.round || done.round_token != open.token {
-        info!(
-            node = id,
-            round = done.round + 1,
-            open = open.round + 1,
-            "late report for a closed round; ignored"
-        );
-        return Ok(false);
+        return Ok(Filed::Ignored);
     }
+    let open = state.open.as_mut().expect("checked above");
     if !open.participants.contains_key(&id) {
         return Err(Status::failed_precondition(format!(
             "node {id} is not a participant of round {}",
             open.round + 1
         )));
     }
+    let metrics = done.metrics.expect("checked above");
     if open.reported.insert(id, (metrics, Instant::now())).is_some() {
         return Err(Status::already_exists(format!(
             "node {id} reported round {} twice",
@@ -384,7 +418,7 @@ fn record_done(state: &mut State, id: u32, done: Done) -> Result<bool, Status> {
         member.rounds_reported += 1;
         member.missed_reports = 0;
     }
-    Ok(true)
+    Ok(Filed::InTime)
 }
 
 /// Metrics go straight into the report: they must be finite and in range.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use wdml_channel::ResolvedChannel;
+use wdml_proto::policy::{Closing, Staleness};
 use wdml_proto::{AdversaryKind, Algorithm, Encoding, RunSettings};
 
 use crate::data::{Partition, SplitConfig};
@@ -53,6 +54,10 @@ pub struct RunPlan {
     pub silent_after: u32,
     /// Per-neighbour exchange deadlines from the radio and their punctuality.
     pub adaptive_deadline: bool,
+    /// When rounds close: the exchange waits by the same rule.
+    pub closing: Closing,
+    /// How old a neighbour's message may be, and its weight.
+    pub staleness: Staleness,
 }
 
 impl RunPlan {
@@ -168,7 +173,11 @@ impl RunPlan {
             .radio
             .validate()
             .map_err(|e| Error::config("channel", e.to_string()))?;
+        let closing = Closing::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
+        let staleness = Staleness::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         Ok(RunPlan {
+            closing,
+            staleness,
             run_instance: s.run_instance,
             run_id: s.run_id,
             seed: s.seed,

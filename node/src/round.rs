@@ -18,6 +18,7 @@ use candle_core::Tensor;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+use wdml_proto::policy::Closing;
 use wdml_proto::{AdversaryKind, RoundMetrics, StartRound};
 
 use crate::Result;
@@ -26,7 +27,7 @@ use crate::device::DeviceProfile;
 use crate::exchange::client::PeerClients;
 use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::Shaper;
-use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, send_and_collect};
+use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Quorum, send_and_collect};
 use crate::learn::Learner;
 use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
@@ -187,15 +188,44 @@ impl Round<'_> {
             destinations,
             withhold,
         };
+        // Semi-synchronous rounds: the exchange waits by the round's own rule.
+        let scale = node.shaper.time_scale();
+        let wall = |emulated_s: f64| Duration::try_from_secs_f64(emulated_s * scale).unwrap_or(Duration::MAX);
+        let (deadline, quorum) = match node.plan.closing {
+            Closing::Sync => (self.deadline, None),
+            Closing::Quorum { grace_s, .. } => (
+                self.deadline,
+                Some(Quorum {
+                    // The same fraction of the neighbourhood, this node counted in: with
+                    // 3 neighbours and a quorum of 0.75, 2 of them.
+                    needed: node.plan.closing.needed(self.expected.deadlines.len() + 1) - 1,
+                    grace: wall(grace_s),
+                }),
+            ),
+            // What comes after the exchange must fit before the deadline too.
+            Closing::Deadline { deadline_s } => {
+                let model = &node.plan.models[node.id as usize];
+                let after = strategy::flops_after_exchange(node.plan.algorithm, &node.plan, model);
+                let after_s = node.plan.device(node.id).map_or(0.0, |d| d.seconds(after));
+                let cutoff = self.expected.began + wall((deadline_s - after_s).max(0.0));
+                (self.deadline.min(cutoff), None)
+            }
+        };
         let collected = send_and_collect(
             &node.shaper,
             &node.mailbox,
             outgoing,
-            self.deadline,
+            deadline,
             &self.expected.deadlines,
+            quorum,
             &mut self.metrics,
         )
         .await?;
+        if !collected.stale.is_empty() {
+            let ages: u32 = collected.stale.iter().map(|m| self.start.round - m.round).sum();
+            self.metrics.stale_used = collected.stale.len() as u32;
+            self.metrics.stale_age = f64::from(ages) / collected.stale.len() as f64;
+        }
         // Punctuality: how late each expected message came beyond its air time, or that
         // it did not come (the radio's losses are no neighbour's fault: not counted).
         for (&neighbour, &air) in &self.expected.delivered {
@@ -363,25 +393,44 @@ fn listen(
     Ok(expected)
 }
 
+/// What the distillation term pulls toward: public images and a target distribution
+/// per row; with stale predictions, the public batches of several rounds one after the
+/// other, and a weight per row.
+pub(crate) struct Distill {
+    pub public: Tensor,
+    pub targets: Tensor,
+    pub weights: Option<Tensor>,
+}
+
 /// E local steps of CE on private batches, plus the distillation term toward
-/// `distill` (public images, target probabilities) when given; the mean losses.
-pub(crate) fn train(node: &mut Node, distill: Option<&(Tensor, Tensor)>) -> Result<Losses> {
+/// `distill` when given; the mean losses.
+pub(crate) fn train(node: &mut Node, distill: Option<&Distill>) -> Result<Losses> {
     let steps = node.plan.local_steps;
     let (mut ce, mut kl, mut total) = (0.0, 0.0, 0.0);
     for step in 0..steps {
         let (images, labels) = node.batches.next_batch(&node.shard)?;
         let slice = match distill {
-            Some((public, targets)) => {
-                let rows = public.dim(0)?;
+            Some(d) => {
+                let rows = d.public.dim(0)?;
+                // As many rows per step with stale batches as without (the compute of a
+                // round does not grow): the steps cycle through all of them.
                 let take = node.plan.distill_batch.min(rows);
                 let start = (step as usize * take) % rows.max(1);
-                Some((cyclic_rows(public, start, take)?, cyclic_rows(targets, start, take)?))
+                let weights = d.weights.as_ref().map(|w| cyclic_rows(w, start, take)).transpose()?;
+                Some((
+                    cyclic_rows(&d.public, start, take)?,
+                    cyclic_rows(&d.targets, start, take)?,
+                    weights,
+                ))
             }
             None => None,
         };
-        let losses = node
-            .learner
-            .train_step(&images, &labels, slice.as_ref().map(|(p, t)| (p, t)))?;
+        let losses = node.learner.train_step_weighted(
+            &images,
+            &labels,
+            slice.as_ref().map(|(p, t, _)| (p, t)),
+            slice.as_ref().and_then(|(_, _, w)| w.as_ref()),
+        )?;
         ce += f64::from(losses.ce);
         kl += f64::from(losses.kl);
         total += f64::from(losses.total);

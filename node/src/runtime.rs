@@ -243,7 +243,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             }
             None => BatchSampler::new(shard.private_len(), plan.batch_size, batch_seed),
         };
-        let mailbox = Arc::new(Mailbox::new(plan.nodes));
+        let mailbox = Arc::new(Mailbox::new(plan.nodes, plan.staleness.max));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
         Ok(Node {
             shaper,

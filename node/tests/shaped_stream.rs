@@ -59,7 +59,7 @@ fn credentials() -> (Security, Security) {
 /// Node 1's peer service on loopback, in round 0 with token 9, expecting node 0.
 async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
     let (node0, node1) = credentials();
-    let mailbox = Arc::new(Mailbox::new(2));
+    let mailbox = Arc::new(Mailbox::new(2, 0));
     mailbox.begin_round(0, 9, &[0], &[0]);
     let expect = Expectation {
         run_id: "t".into(),
@@ -126,7 +126,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
     let received = async {
-        let collected = mailbox.collect(0, deadline, &BTreeMap::new()).await;
+        let collected = mailbox.collect(0, deadline, &BTreeMap::new(), None).await;
         (collected, started.elapsed())
     };
     let sending = client::transmit(

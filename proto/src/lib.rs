@@ -9,6 +9,7 @@
 
 pub mod files;
 pub mod pki;
+pub mod policy;
 pub mod transport;
 
 /// Version 1 of the protocol.
@@ -25,7 +26,7 @@ mod names {
     use std::fmt;
     use std::str::FromStr;
 
-    use super::{AdversaryKind, Aggregate, Algorithm, Encoding};
+    use super::{AdversaryKind, Aggregate, Algorithm, Encoding, RoundPolicy};
 
     /// An unknown name for one of the enums; says which names there are.
     #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +97,8 @@ mod names {
         [Mean => "mean", Median => "median", TrimmedMean => "trimmed-mean"]);
     named!(AdversaryKind, "adversary kind", "`confident-wrong` or `silent`",
         [ConfidentWrong => "confident-wrong", Silent => "silent"]);
+    named!(RoundPolicy, "round policy", "`sync`, `quorum` or `deadline`",
+        [Sync => "sync", Quorum => "quorum", Deadline => "deadline"]);
 
     #[cfg(test)]
     mod tests {

@@ -263,7 +263,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
     }
     .resolve()?;
     let pair = Pair::new(tls)?;
-    let mailbox = Arc::new(Mailbox::new(2));
+    let mailbox = Arc::new(Mailbox::new(2, 0));
     let expect = Expectation {
         run_id: "bench".into(),
         me: 1,
@@ -324,6 +324,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
             outgoing,
             deadline,
             &every_neighbour_in_time,
+            None,
             &mut metrics,
         )
         .await?;
@@ -459,7 +460,7 @@ async fn tls() -> Result<()> {
             cols: 10,
             max_message_bytes: 1 << 20,
         },
-        Arc::new(Mailbox::new(2)),
+        Arc::new(Mailbox::new(2, 0)),
     ));
     let server = tokio::spawn(transport::serve(
         transport::server().add_service(service),

@@ -9,6 +9,7 @@
 //! `seeds.md` / `seeds.json`: every seed's final accuracies and their mean and
 //! standard deviation, since one partition can flatter or sink an algorithm.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -217,7 +218,10 @@ fn compare(
         RunDirArgs::default().prepare(&dir)?;
         let summary = runtime.block_on(launch(&scenario, &dir, options))?;
         eprintln!("{}", summary.table());
-        runs.push((algorithm, summary, MetricsRow::read_all(&dir)?));
+        // Late reports (semi-synchronous rounds) count for costs and accuracy too.
+        let mut rows = MetricsRow::read_all(&dir)?;
+        rows.extend(MetricsRow::read_late(&dir)?);
+        runs.push((algorithm, summary, rows));
     }
 
     let exchanging: Vec<f64> = runs
@@ -249,23 +253,36 @@ fn compare(
     Ok(outcomes)
 }
 
-/// Per round, over all nodes that reported it.
+/// Per closed round: the mean over the nodes of the accuracy of each one's newest model
+/// (a node late for a round counts with the model it last reported, in time or late:
+/// under `sync` every node reports every round, and this is that round's mean); the
+/// radio's costs so far, late reports' included; the emulated time so far, as each
+/// round's policy closed it.
 fn curve(rows: &[MetricsRow]) -> Vec<Point> {
     let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
     let (mut energy, mut airtime, mut emulated) = (0.0, 0.0, 0.0);
+    let mut newest: BTreeMap<u32, f64> = BTreeMap::new();
     let mut points = Vec::new();
     for round in 0..=last {
-        let these: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
+        let all: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
+        energy += all.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum::<f64>();
+        airtime += all.iter().map(|r| r.airtime_s).sum::<f64>();
+        for r in &all {
+            newest.insert(r.node, r.test_accuracy);
+        }
+        let these: Vec<&&MetricsRow> = all.iter().filter(|r| !r.late).collect();
         if these.is_empty() {
             continue;
         }
         let n = these.len() as f64;
-        energy += these.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum::<f64>();
-        airtime += these.iter().map(|r| r.airtime_s).sum::<f64>();
-        emulated += these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max);
+        emulated += match these.iter().map(|r| r.round_emulated_s).fold(0.0, f64::max) {
+            // Directories written before rounds recorded their span: the last node's.
+            0.0 => these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max),
+            span => span,
+        };
         points.push(Point {
             round,
-            mean_accuracy: these.iter().map(|r| r.test_accuracy).sum::<f64>() / n,
+            mean_accuracy: newest.values().sum::<f64>() / newest.len() as f64,
             cumulative_energy_j: energy,
             cumulative_airtime_s: airtime,
             cumulative_emulated_s: emulated,

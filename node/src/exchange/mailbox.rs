@@ -32,6 +32,17 @@ pub struct Collected {
     pub messages: Vec<Delivered>,
     /// Neighbours expected this round whose message did not arrive.
     pub lost: u32,
+    /// For neighbours not heard this round, their newest message from an earlier round
+    /// within `exchange.max_staleness` (by sender id).
+    pub stale: Vec<Delivered>,
+}
+
+/// Stop waiting once `needed` of the awaited neighbours were heard, `grace` later (the
+/// `quorum` round policy, applied to the exchange).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Quorum {
+    pub needed: usize,
+    pub grace: std::time::Duration,
 }
 
 #[derive(Default)]
@@ -46,6 +57,11 @@ struct Inner {
     gone: BTreeSet<u32>,
     /// Messages by (round, sender): the current round's, and early ones for the next.
     inbox: BTreeMap<(u32, u32), Delivered>,
+    /// The tokens of the rounds this node took part in lately, by round.
+    tokens: BTreeMap<u32, u64>,
+    /// Each neighbour's newest message from an earlier round, kept while it may still
+    /// be used (`max_staleness`).
+    stale: BTreeMap<u32, Delivered>,
 }
 
 /// The node's mailbox, shared by the peer service (which fills it) and the round
@@ -57,16 +73,20 @@ pub struct Mailbox {
     rejected: AtomicU32,
     /// Early messages held before the node's first round, at most.
     early_capacity: usize,
+    /// How many rounds old a message may be and still be used (0: refused).
+    max_staleness: u32,
 }
 
 impl Mailbox {
-    /// A mailbox for a run with `nodes` members.
-    pub fn new(nodes: u32) -> Self {
+    /// A mailbox for a run with `nodes` members, keeping messages up to
+    /// `max_staleness` rounds old.
+    pub fn new(nodes: u32, max_staleness: u32) -> Self {
         Mailbox {
             inner: Mutex::new(Inner::default()),
             changes: watch::channel(0).0,
             rejected: AtomicU32::new(0),
             early_capacity: 2 * nodes as usize,
+            max_staleness,
         }
     }
 
@@ -85,11 +105,15 @@ impl Mailbox {
     pub fn begin_round(&self, round: u32, token: u64, neighbours: &[u32], expected: &[u32]) {
         let mut inner = self.inner();
         inner.current = Some((round, token));
+        inner.tokens.insert(round, token);
+        let oldest = round.saturating_sub(self.max_staleness);
+        inner.tokens.retain(|&r, _| r >= oldest);
         inner.neighbours = neighbours.iter().copied().collect();
         inner.expected = expected.iter().copied().collect();
         inner.gone.clear();
         let neighbours = inner.neighbours.clone();
         let mut dropped = 0;
+        let mut older = Vec::new();
         inner.inbox.retain(|&(r, sender), m| {
             let keep = r > round || (r == round && m.round_token == token && neighbours.contains(&sender));
             if !keep && r == round {
@@ -99,21 +123,53 @@ impl Mailbox {
                 );
                 dropped += 1;
             }
+            if r < round {
+                // Came after its round's exchange, or for a round this node skipped.
+                older.push(m.clone());
+            }
             keep
         });
+        for message in older {
+            Self::keep_stale(&mut inner, round, self.max_staleness, message);
+        }
+        inner
+            .stale
+            .retain(|_, m| round.saturating_sub(m.round) <= self.max_staleness);
         drop(inner);
         self.rejected.fetch_add(dropped, Ordering::Relaxed);
         self.changed();
     }
 
     /// Decides whether a message for `round` from `sender` may come in.
-    fn admit(inner: &Inner, early_capacity: usize, round: u32, token: u64, sender: u32) -> Result<(), Status> {
+    fn admit(
+        inner: &Inner,
+        early_capacity: usize,
+        max_staleness: u32,
+        round: u32,
+        token: u64,
+        sender: u32,
+    ) -> Result<(), Status> {
         if inner.inbox.contains_key(&(round, sender)) {
             return Err(Status::already_exists(format!(
                 "node {sender} already delivered its message for round {round}"
             )));
         }
         match inner.current {
+            // A neighbour's late message, still young enough to be used: its token must
+            // be that round's if this node took part in it.
+            Some((current, _))
+                if round < current
+                    && current - round <= max_staleness
+                    && inner.tokens.get(&round).is_none_or(|t| *t == token) =>
+            {
+                match inner.stale.get(&sender) {
+                    Some(kept) if kept.round >= round => Err(Status::already_exists(format!(
+                        "node {sender} already delivered a message for round {} or later",
+                        kept.round
+                    ))),
+                    _ => Ok(()),
+                }
+            }
             Some((current, _)) if round < current => Err(Status::failed_precondition(format!(
                 "stale message: round {round} is over, this node is in round {current}"
             ))),
@@ -131,6 +187,9 @@ impl Mailbox {
                 }
             }
             Some((current, _)) if round == current + 1 => Ok(()),
+            // Semi-synchronous rounds: this node is behind (a straggler); the round
+            // it skips to may be this one, or this message may serve it as stale.
+            Some(_) if max_staleness > 0 && inner.inbox.len() < early_capacity => Ok(()),
             Some((current, _)) => Err(Status::failed_precondition(format!(
                 "round {round} is too far ahead: this node is in round {current}"
             ))),
@@ -149,14 +208,41 @@ impl Mailbox {
         Self::admit(
             &inner,
             self.early_capacity,
+            self.max_staleness,
             message.round,
             message.round_token,
             message.sender,
         )?;
-        inner.inbox.insert((message.round, message.sender), message);
+        match inner.current {
+            Some((current, _)) if message.round < current => {
+                Self::keep_stale(&mut inner, current, self.max_staleness, message);
+            }
+            _ => {
+                inner.inbox.insert((message.round, message.sender), message);
+            }
+        }
         drop(inner);
         self.changed();
         Ok(())
+    }
+
+    /// Keeps `message` (from a round before `current`) as its sender's newest stale one,
+    /// if it is young enough and newer than the one kept.
+    fn keep_stale(inner: &mut Inner, current: u32, max_staleness: u32, message: Delivered) {
+        if message.round >= current
+            || current - message.round > max_staleness
+            || inner
+                .tokens
+                .get(&message.round)
+                .is_some_and(|t| *t != message.round_token)
+            || inner
+                .stale
+                .get(&message.sender)
+                .is_some_and(|kept| kept.round >= message.round)
+        {
+            return;
+        }
+        inner.stale.insert(message.sender, message);
     }
 
     /// A neighbour left: the round stops waiting for it.
@@ -177,14 +263,36 @@ impl Mailbox {
 
     /// Waits until every expected neighbour of `round` delivered, is gone, or passed
     /// its own deadline (`deadlines`; `deadline` for one not listed, and for all at
-    /// most); takes the round's messages out of the mailbox.
-    pub async fn collect(&self, round: u32, deadline: Instant, deadlines: &BTreeMap<u32, Instant>) -> Collected {
+    /// most), or a `quorum` of them was heard and its grace passed; takes the round's
+    /// messages out of the mailbox, with the stale ones of the neighbours not heard.
+    pub async fn collect(
+        &self,
+        round: u32,
+        mut deadline: Instant,
+        deadlines: &BTreeMap<u32, Instant>,
+        quorum: Option<Quorum>,
+    ) -> Collected {
         let mut changes = self.changes.subscribe();
+        let mut quorum_reached = false;
         loop {
             let now = Instant::now();
             // The soonest deadline of a neighbour still awaited.
             let next = {
                 let inner = self.inner();
+                if let Some(quorum) = quorum
+                    && !quorum_reached
+                {
+                    let heard = inner
+                        .expected
+                        .iter()
+                        .filter(|n| inner.inbox.contains_key(&(round, **n)))
+                        .count();
+                    let awaited = inner.expected.iter().filter(|n| !inner.gone.contains(n)).count();
+                    if heard >= quorum.needed.min(awaited) {
+                        quorum_reached = true;
+                        deadline = deadline.min(now + quorum.grace);
+                    }
+                }
                 inner
                     .expected
                     .iter()
@@ -208,9 +316,23 @@ impl Mailbox {
             .iter()
             .filter_map(|n| inner.inbox.remove(&(round, *n)))
             .collect();
+        if self.max_staleness > 0 {
+            // What was heard now stands in for its sender in the next rounds, if need be.
+            for message in &messages {
+                inner.stale.insert(message.sender, message.clone());
+            }
+        }
+        let stale = neighbours
+            .iter()
+            .filter(|n| !messages.iter().any(|m| m.sender == **n))
+            .filter_map(|n| inner.stale.get(n))
+            .filter(|m| m.round < round && round - m.round <= self.max_staleness)
+            .cloned()
+            .collect();
         Collected {
             lost: (neighbours.len() - messages.len()) as u32,
             messages,
+            stale,
         }
     }
 }
@@ -239,7 +361,7 @@ mod tests {
 
     #[test]
     fn judges_rounds_tokens_and_senders() {
-        let mailbox = Mailbox::new(4);
+        let mailbox = Mailbox::new(4, 0);
         mailbox.begin_round(5, 77, &[1, 2], &[1, 2]);
         let code = |sender, round, token| mailbox.deliver(message(sender, round, token)).unwrap_err().code();
         assert_eq!(code(1, 4, 77), Code::FailedPrecondition);
@@ -256,7 +378,7 @@ mod tests {
 
     #[test]
     fn early_messages_are_kept_only_with_the_right_token() {
-        let mailbox = Mailbox::new(4);
+        let mailbox = Mailbox::new(4, 0);
         mailbox.deliver(message(1, 0, 10)).unwrap();
         mailbox.deliver(message(2, 0, 11)).unwrap();
         mailbox.begin_round(0, 10, &[1, 2], &[1, 2]);
@@ -267,12 +389,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn collect_stops_at_the_deadline_and_counts_the_missing() {
-        let mailbox = Mailbox::new(4);
+        let mailbox = Mailbox::new(4, 0);
         mailbox.begin_round(0, 1, &[1, 2, 3], &[1, 2, 3]);
         mailbox.deliver(message(3, 0, 1)).unwrap();
         mailbox.deliver(message(1, 0, 1)).unwrap();
         let collected = mailbox
-            .collect(0, Instant::now() + Duration::from_secs(5), &BTreeMap::new())
+            .collect(0, Instant::now() + Duration::from_secs(5), &BTreeMap::new(), None)
             .await;
         assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [1, 3]);
         assert_eq!(collected.lost, 1);
@@ -280,7 +402,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_neighbour_is_awaited_until_its_own_deadline() {
-        let mailbox = std::sync::Arc::new(Mailbox::new(4));
+        let mailbox = std::sync::Arc::new(Mailbox::new(4, 0));
         mailbox.begin_round(0, 1, &[1, 2], &[1, 2]);
         let started = Instant::now();
         let deadlines = BTreeMap::from([
@@ -293,7 +415,9 @@ mod tests {
             m.deliver(message(2, 0, 1)).unwrap();
         });
         // Node 1 is given up after 1 s; node 2 arrives at 2 s, inside its 3 s.
-        let collected = mailbox.collect(0, started + Duration::from_secs(60), &deadlines).await;
+        let collected = mailbox
+            .collect(0, started + Duration::from_secs(60), &deadlines, None)
+            .await;
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [2]);
         assert_eq!(collected.lost, 1);
@@ -301,7 +425,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn collect_does_not_wait_for_a_gone_neighbour() {
-        let mailbox = std::sync::Arc::new(Mailbox::new(4));
+        let mailbox = std::sync::Arc::new(Mailbox::new(4, 0));
         mailbox.begin_round(0, 1, &[1, 2], &[1, 2]);
         mailbox.deliver(message(1, 0, 1)).unwrap();
         let started = Instant::now();
@@ -311,9 +435,99 @@ mod tests {
             m.peer_gone(2);
         });
         let collected = mailbox
-            .collect(0, Instant::now() + Duration::from_secs(60), &BTreeMap::new())
+            .collect(0, Instant::now() + Duration::from_secs(60), &BTreeMap::new(), None)
             .await;
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!((collected.messages.len(), collected.lost), (1, 1));
+    }
+    #[tokio::test(start_paused = true)]
+    async fn late_messages_are_used_as_stale_within_the_bound_and_refused_beyond() {
+        let mailbox = Mailbox::new(4, 2);
+        let at = |round| Instant::now() + Duration::from_secs(1) + Duration::from_secs(round);
+        // Round 3: node 1 is heard, node 2 (a straggler) is not.
+        mailbox.begin_round(3, 30, &[1, 2], &[1, 2]);
+        mailbox.deliver(message(1, 3, 30)).unwrap();
+        let collected = mailbox.collect(3, at(0), &BTreeMap::new(), None).await;
+        assert!(collected.stale.is_empty());
+        // Round 4: node 2's round-3 message arrives late, with round 3's token.
+        mailbox.begin_round(4, 40, &[1, 2], &[1, 2]);
+        mailbox.deliver(message(2, 3, 30)).unwrap();
+        assert_eq!(
+            mailbox.deliver(message(2, 3, 30)).unwrap_err().code(),
+            Code::AlreadyExists
+        );
+        // Another token for a round this node took part in: not that round's message.
+        assert_eq!(
+            mailbox.deliver(message(1, 3, 31)).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        mailbox.deliver(message(1, 4, 40)).unwrap();
+        let collected = mailbox.collect(4, at(1), &BTreeMap::new(), None).await;
+        assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [1]);
+        assert_eq!(
+            collected.stale.iter().map(|m| (m.sender, m.round)).collect::<Vec<_>>(),
+            [(2, 3)]
+        );
+        // Nobody heard in round 5: each neighbour's newest message stands in for it;
+        // node 2's is still usable two rounds on (age 2), not three.
+        let stale = |c: Collected| c.stale.iter().map(|m| (m.sender, m.round)).collect::<Vec<_>>();
+        mailbox.begin_round(5, 50, &[1, 2], &[1, 2]);
+        assert_eq!(
+            stale(mailbox.collect(5, at(2), &BTreeMap::new(), None).await),
+            [(1, 4), (2, 3)]
+        );
+        mailbox.begin_round(6, 60, &[1, 2], &[1, 2]);
+        assert_eq!(stale(mailbox.collect(6, at(3), &BTreeMap::new(), None).await), [(1, 4)]);
+        // Beyond the bound, a late message is refused outright.
+        assert_eq!(
+            mailbox.deliver(message(2, 3, 30)).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        // A neighbour heard this round is not also used stale.
+        mailbox.begin_round(7, 70, &[1, 2], &[1, 2]);
+        mailbox.deliver(message(2, 7, 70)).unwrap();
+        mailbox.deliver(message(1, 6, 60)).unwrap();
+        let collected = mailbox.collect(7, at(4), &BTreeMap::new(), None).await;
+        assert_eq!(collected.messages.len(), 1);
+        assert_eq!(stale(collected), [(1, 6)], "node 2 was heard fresh");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_staleness_a_late_message_is_refused_as_before() {
+        let mailbox = Mailbox::new(4, 0);
+        mailbox.begin_round(3, 30, &[1, 2], &[1, 2]);
+        mailbox.deliver(message(2, 3, 30)).unwrap();
+        mailbox.begin_round(4, 40, &[1, 2], &[1, 2]);
+        assert_eq!(
+            mailbox.deliver(message(1, 3, 30)).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        let collected = mailbox
+            .collect(4, Instant::now() + Duration::from_secs(1), &BTreeMap::new(), None)
+            .await;
+        assert!(collected.stale.is_empty() && collected.messages.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quorum_of_neighbours_ends_the_wait_after_its_grace() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(4, 0));
+        mailbox.begin_round(0, 1, &[1, 2, 3], &[1, 2, 3]);
+        mailbox.deliver(message(1, 0, 1)).unwrap();
+        let started = Instant::now();
+        let m = mailbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            m.deliver(message(2, 0, 1)).unwrap();
+        });
+        let quorum = Quorum {
+            needed: 2,
+            grace: Duration::from_millis(500),
+        };
+        // Two of three by 1 s, then half a second of grace; node 3 is not waited for.
+        let collected = mailbox
+            .collect(0, started + Duration::from_secs(60), &BTreeMap::new(), Some(quorum))
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_millis(1500));
+        assert_eq!((collected.messages.len(), collected.lost), (2, 1));
     }
 }

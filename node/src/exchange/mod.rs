@@ -14,7 +14,7 @@ pub mod service;
 pub mod shaper;
 
 pub use codec::MessageShape;
-pub use mailbox::{Collected, Delivered, Mailbox};
+pub use mailbox::{Collected, Delivered, Mailbox, Quorum};
 pub use punctuality::Punctuality;
 pub use send::{Outgoing, send_and_collect};
 pub use service::{Assembler, Expectation, PeerService};

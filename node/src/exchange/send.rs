@@ -13,7 +13,7 @@ use wdml_proto::RoundMetrics;
 
 use super::client;
 use super::codec::{self, Envelope, MessageShape};
-use super::mailbox::{Collected, Mailbox};
+use super::mailbox::{Collected, Mailbox, Quorum};
 use super::shaper::Shaper;
 use crate::Result;
 
@@ -31,13 +31,15 @@ pub struct Outgoing<'a> {
 
 /// Sends `outgoing` through `shaper`'s schedule while collecting the round's messages
 /// from `mailbox` until each neighbour in `awaited` arrived or its deadline passed (or
-/// `deadline`); fills the exchange and radio counters of `metrics`.
+/// `deadline`, or the `quorum` and its grace); fills the exchange and radio counters of
+/// `metrics`.
 pub async fn send_and_collect(
     shaper: &Shaper,
     mailbox: &Mailbox,
     outgoing: Outgoing<'_>,
     deadline: Instant,
     awaited: &BTreeMap<u32, Instant>,
+    quorum: Option<Quorum>,
     metrics: &mut RoundMetrics,
 ) -> Result<Collected> {
     let Outgoing {
@@ -64,7 +66,7 @@ pub async fn send_and_collect(
     metrics.retransmissions = cost.retransmissions;
 
     let sending = client::transmit(frames, schedule, destinations, shaper.time_scale(), deadline);
-    let (collected, sent) = tokio::join!(mailbox.collect(round, deadline, awaited), sending);
+    let (collected, sent) = tokio::join!(mailbox.collect(round, deadline, awaited, quorum), sending);
     for (outcome, result) in sent {
         metrics.frames_sent += outcome.frames;
         metrics.payload_bytes_sent += outcome.payload_bytes;

@@ -155,6 +155,29 @@ pub fn kl_to_target(logits: &Tensor, target: &Tensor, temperature: f64) -> Resul
     Ok(((p_log_p - p_log_q)? / rows as f64)?)
 }
 
+/// [`kl_to_target`] with a weight per row: `Σ_i w_i · KL(p_i ‖ q_i) / rows`. A row of
+/// a neighbour's stale predictions counts less than a fresh one (see
+/// `wdml_proto::policy::Staleness`); all weights 1 give [`kl_to_target`].
+pub fn weighted_kl_to_target(logits: &Tensor, target: &Tensor, weights: &Tensor, temperature: f64) -> Result<Tensor> {
+    if logits.dims() != target.dims() || logits.rank() != 2 || weights.dims() != [logits.dim(0)?] {
+        return Err(invalid(format!(
+            "weighted KL needs logits and target of one [rows, classes] shape and one weight per row, got \
+             {:?}, {:?} and {:?}",
+            logits.dims(),
+            target.dims(),
+            weights.dims()
+        )));
+    }
+    let rows = logits.dim(0)?;
+    if rows == 0 {
+        return Err(invalid("KL over an empty batch"));
+    }
+    let log_q = candle_nn::ops::log_softmax(&(logits / temperature)?, D::Minus1)?;
+    let log_p = target.clamp(f32::MIN_POSITIVE, 1.0f32)?.log()?;
+    let per_row = (target * (log_p - log_q)?)?.sum(D::Minus1)?;
+    Ok(((per_row * weights)?.sum_all()? / rows as f64)?)
+}
+
 #[cfg(test)]
 mod tests {
     use candle_core::{DType, Device, Var};
@@ -310,5 +333,32 @@ mod tests {
         let expected = ((&own - &p).unwrap() / (t * 2.0)).unwrap();
         let diff = (g - expected).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-6);
+    }
+    #[test]
+    fn weighted_kl_weighs_each_row_and_is_the_plain_kl_with_unit_weights() {
+        let device = Device::Cpu;
+        let logits = Tensor::new(&[[1.0f32, 0.0, -1.0], [0.5, 0.5, 2.0]], &device).unwrap();
+        let target = Tensor::new(&[[0.2f32, 0.3, 0.5], [0.6, 0.3, 0.1]], &device).unwrap();
+        let plain = kl_to_target(&logits, &target, 2.0).unwrap().to_scalar::<f32>().unwrap();
+        let ones = Tensor::new(&[1.0f32, 1.0], &device).unwrap();
+        let unit = weighted_kl_to_target(&logits, &target, &ones, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((plain - unit).abs() < 1e-6, "{plain} vs {unit}");
+        // Row by row: the weighted sum of each row's own KL, over the rows.
+        let row = |i: usize| {
+            kl_to_target(&logits.narrow(0, i, 1).unwrap(), &target.narrow(0, i, 1).unwrap(), 2.0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let weights = Tensor::new(&[1.0f32, 0.25], &device).unwrap();
+        let weighted = weighted_kl_to_target(&logits, &target, &weights, 2.0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!((weighted - (row(0) + 0.25 * row(1)) / 2.0).abs() < 1e-6);
+        assert!(weighted_kl_to_target(&logits, &target, &ones.narrow(0, 0, 1).unwrap(), 2.0).is_err());
     }
 }

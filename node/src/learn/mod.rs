@@ -11,7 +11,7 @@ pub mod trainer;
 
 use candle_core::{Device, Tensor};
 
-pub use losses::{kl_to_target, soft_targets};
+pub use losses::{kl_to_target, soft_targets, weighted_kl_to_target};
 pub use trainer::{Evaluation, Learner, LearnerConfig, StepLosses};
 
 use crate::model::{CLASSES, INPUT_DIM};

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use candle_core::{D, DType, Tensor};
 
 use super::adam::Adam;
-use super::{invalid, kl_to_target};
+use super::{invalid, kl_to_target, weighted_kl_to_target};
 use crate::model::{CLASSES, Flops, INPUT_DIM, ModelSpec, Network};
 use crate::{Error, Result};
 
@@ -218,6 +218,18 @@ impl Learner {
         labels: &Tensor,
         distill: Option<(&Tensor, &Tensor)>,
     ) -> Result<StepLosses> {
+        self.train_step_weighted(images, labels, distill, None)
+    }
+
+    /// [`Learner::train_step`] with a weight per public row in the distillation term
+    /// (`weights`: one f32 per row; `None`: all 1).
+    pub fn train_step_weighted(
+        &mut self,
+        images: &Tensor,
+        labels: &Tensor,
+        distill: Option<(&Tensor, &Tensor)>,
+        weights: Option<&Tensor>,
+    ) -> Result<StepLosses> {
         let rows = check_images(images, "images")?;
         check_labels(labels, rows)?;
         let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
@@ -239,7 +251,11 @@ impl Learner {
                 let logits = self.net.forward(&Tensor::cat(&[images, public], 0)?)?;
                 let ce = candle_nn::loss::cross_entropy(&logits.narrow(0, 0, rows)?, labels)?;
                 let own = logits.narrow(0, rows, public.dim(0)?)?;
-                (ce, Some(kl_to_target(&own, target, self.cfg.temperature)?))
+                let kl = match weights {
+                    Some(weights) => weighted_kl_to_target(&own, target, weights, self.cfg.temperature)?,
+                    None => kl_to_target(&own, target, self.cfg.temperature)?,
+                };
+                (ce, Some(kl))
             }
             None => (
                 candle_nn::loss::cross_entropy(&self.net.forward(images)?, labels)?,

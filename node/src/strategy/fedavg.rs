@@ -44,7 +44,8 @@ impl Strategy for Fedavg {
         // 2. Swap parameters with the neighbours.
         let collected = round.exchange(node, &parameters).await?;
         // 3. Average with the neighbours whose parameters arrived.
-        let averaged = gossip_average(&parameters, round.start, &collected);
+        let staleness = node.plan.staleness;
+        let averaged = gossip_average(&parameters, round.start, &collected, |age| staleness.weight(age));
         node.learner.set_parameters_flat(&averaged)?;
         Ok(losses)
     }
@@ -52,18 +53,29 @@ impl Strategy for Fedavg {
 
 /// Metropolis–Hastings gossip weights (Xiao & Boyd 2004): w_ij = 1 / (1 + max(d_i, d_j))
 /// for each neighbour j heard, the rest of the weight on our own parameters. A lost
-/// message's weight stays with us, so the weights always sum to 1.
-fn gossip_average(own: &[f32], start: &StartRound, collected: &Collected) -> Vec<f32> {
+/// message's weight stays with us, so the weights always sum to 1. A neighbour heard
+/// only through an earlier round's parameters gets w_ij · `staleness(age)`.
+fn gossip_average(
+    own: &[f32],
+    start: &StartRound,
+    collected: &Collected,
+    staleness: impl Fn(u32) -> Option<f64>,
+) -> Vec<f32> {
     let degree = start.neighbours.len();
     let mut own_weight = 1.0;
     let mut sum = vec![0.0f64; own.len()];
-    for message in &collected.messages {
+    let fresh = collected.messages.iter().map(|m| (m, 1.0));
+    let stale = collected
+        .stale
+        .iter()
+        .filter_map(|m| Some((m, staleness(start.round.checked_sub(m.round)?)?)));
+    for (message, discount) in fresh.chain(stale) {
         let their_degree = start
             .neighbours
             .iter()
             .find(|p| p.node_id == message.sender)
             .map_or(degree, |p| p.neighbours.len());
-        let weight = 1.0 / (1.0 + degree.max(their_degree) as f64);
+        let weight = discount / (1.0 + degree.max(their_degree) as f64);
         own_weight -= weight;
         for (s, &v) in sum.iter_mut().zip(&message.values) {
             *s += weight * f64::from(v);
@@ -111,17 +123,34 @@ mod tests {
         let collected = Collected {
             messages: vec![from(1, vec![3.0]), from(2, vec![6.0])],
             lost: 0,
+            ..Collected::default()
         };
         // w_01 = 1/(1+2) = 1/3, w_02 = 1/(1+3) = 1/4, w_00 = 5/12.
-        let averaged = gossip_average(&[0.0], &start, &collected);
+        let averaged = gossip_average(&[0.0], &start, &collected, |_| None);
         assert!((averaged[0] - (3.0 / 3.0 + 6.0 / 4.0)).abs() < 1e-6);
         // A constant vector stays constant whatever arrives.
         let collected = Collected {
             messages: vec![from(1, vec![2.0])],
             lost: 1,
+            ..Collected::default()
         };
-        assert!((gossip_average(&[2.0], &start, &collected)[0] - 2.0).abs() < 1e-6);
+        assert!((gossip_average(&[2.0], &start, &collected, |_| None)[0] - 2.0).abs() < 1e-6);
+        // Node 2 heard only through its parameters of two rounds ago, weighted 1/2:
+        // w_02 = 1/8, w_00 = 1 − 1/3 − 1/8.
+        let start = StartRound { round: 5, ..start };
+        let mut old = from(2, vec![8.0]);
+        old.round = 3;
+        let collected = Collected {
+            messages: vec![from(1, vec![3.0])],
+            lost: 1,
+            stale: vec![old],
+        };
+        let averaged = gossip_average(&[0.0], &start, &collected, |age| (age <= 2).then_some(0.5));
+        assert!((averaged[0] - (3.0 / 3.0 + 8.0 / 8.0)).abs() < 1e-6, "{averaged:?}");
         // Nothing heard: unchanged.
-        assert_eq!(gossip_average(&[1.5], &start, &Collected::default()), vec![1.5]);
+        assert_eq!(
+            gossip_average(&[1.5], &start, &Collected::default(), |_| None),
+            vec![1.5]
+        );
     }
 }

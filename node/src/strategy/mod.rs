@@ -38,6 +38,12 @@ pub(crate) trait Strategy {
         0
     }
 
+    /// The FLOPs it computes after the exchange, as far as the plan tells (a round
+    /// with a deadline must leave them time).
+    fn flops_after_exchange(&self, _plan: &RunPlan, _model: &ModelSpec) -> u64 {
+        0
+    }
+
     /// Whether every node must run one model, from one shared initialisation
     /// (parameter averaging needs both).
     fn same_model(&self) -> bool {
@@ -89,6 +95,11 @@ pub fn same_model(algorithm: Algorithm) -> bool {
 /// The FLOPs a node running `model` computes before it sends under `algorithm`.
 pub fn flops_before_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
     with_strategy!(algorithm, s => s.flops_before_exchange(plan, model))
+}
+
+/// The FLOPs a node running `model` computes after its exchange under `algorithm`.
+pub fn flops_after_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
+    with_strategy!(algorithm, s => s.flops_after_exchange(plan, model))
 }
 
 /// Runs `algorithm`'s learning for the round.
