@@ -725,6 +725,20 @@ mod tests {
                 },
                 "exchange.public_batch",
             ),
+            (
+                RunSettings {
+                    round_policy: 0,
+                    ..good.clone()
+                },
+                "coordinator.round_policy",
+            ),
+            (
+                RunSettings {
+                    max_staleness: 1000,
+                    ..good.clone()
+                },
+                "exchange.max_staleness",
+            ),
         ];
         for (settings, field) in cases {
             let error = wdml_node::plan::RunPlan::from_settings(settings)
@@ -763,6 +777,55 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
         }
+    }
+
+    #[test]
+    fn round_policies_that_cannot_work_are_refused_naming_the_field() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Scenario::load(None, &sets).map_err(|e| format!("{e:#}"))
+        };
+        let cases: [(&[&str], &str); 7] = [
+            (&["coordinator.round_policy=\"soon\""], "unknown round policy `soon`"),
+            (
+                &["coordinator.round_policy=\"quorum\"", "coordinator.quorum=1.5"],
+                "coordinator.quorum",
+            ),
+            (
+                &["coordinator.round_policy=\"quorum\"", "coordinator.grace_s=-1.0"],
+                "coordinator.grace_s",
+            ),
+            // No deadline given.
+            (&["coordinator.round_policy=\"deadline\""], "coordinator.deadline_s"),
+            // Nothing paced: a deadline in emulated seconds would pass at once.
+            (
+                &[
+                    "coordinator.round_policy=\"deadline\"",
+                    "coordinator.deadline_s=5.0",
+                    "channel.time_scale=0.0",
+                ],
+                "channel.time_scale > 0",
+            ),
+            // Longer in wall time than the round timeout allows.
+            (
+                &[
+                    "coordinator.round_policy=\"deadline\"",
+                    "coordinator.deadline_s=20000.0",
+                ],
+                "coordinator.deadline_s",
+            ),
+            (&["exchange.staleness_decay=-0.5"], "exchange.staleness_decay"),
+        ];
+        for (sets, field) in cases {
+            let error = load(sets).unwrap_err();
+            assert!(error.contains(field), "{sets:?}: {error}");
+        }
+        let ok = load(&[
+            "coordinator.round_policy=\"deadline\"",
+            "coordinator.deadline_s=5.0",
+            "exchange.max_staleness=3",
+        ]);
+        assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]

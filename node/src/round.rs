@@ -202,12 +202,13 @@ impl Round<'_> {
                     grace: wall(grace_s),
                 }),
             ),
-            // What comes after the exchange must fit before the deadline too.
+            // What comes after the exchange must fit before the deadline too, with a
+            // margin (5 % of it) for the report's way to the coordinator.
             Closing::Deadline { deadline_s } => {
                 let model = &node.plan.models[node.id as usize];
                 let after = strategy::flops_after_exchange(node.plan.algorithm, &node.plan, model);
                 let after_s = node.plan.device(node.id).map_or(0.0, |d| d.seconds(after));
-                let cutoff = self.expected.began + wall((deadline_s - after_s).max(0.0));
+                let cutoff = self.expected.began + wall((0.95 * deadline_s - after_s).max(0.0));
                 (self.deadline.min(cutoff), None)
             }
         };

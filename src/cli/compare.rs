@@ -373,8 +373,19 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
     }
     let _ = writeln!(
         md,
-        "\nEmulated time: each round lasts as long as its slowest node's {}air time and wait for \
-         its neighbours' messages (the nodes meet at the barrier), summed over the rounds.\n",
+        "\nEmulated time: {}, summed over the rounds; a node's time is its {}air time and wait for \
+         its neighbours' messages. Accuracy is the mean over the nodes of each one's newest model.\n",
+        match scenario.coordinator.round_policy {
+            wdml_proto::RoundPolicy::Quorum => format!(
+                "each round lasts until {} of its nodes finished, plus {} s (quorum), or its last node if sooner",
+                scenario.coordinator.quorum, scenario.coordinator.grace_s
+            ),
+            wdml_proto::RoundPolicy::Deadline => format!(
+                "each round lasts {} s (deadline), or until its last node finished if sooner",
+                scenario.coordinator.deadline_s
+            ),
+            _ => "each round lasts as long as its slowest node (the nodes meet at the barrier)".to_string(),
+        },
         if scenario.nodes.devices.is_empty() {
             "(no device profiles: the radio's time alone) "
         } else {
