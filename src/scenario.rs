@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use wdml_channel::{ChannelConfig, ResolvedChannel};
+use wdml_channel::{ChannelConfig, Mobility, ResolvedChannel};
 use wdml_node::data::Partition;
 use wdml_node::device::DeviceProfile;
 use wdml_node::learn::LearnerConfig;
@@ -558,9 +558,23 @@ impl Scenario {
         })
     }
 
-    /// The `[channel]` section with the preset's values filled in.
+    /// The `[channel]` section with the preset's values filled in, and a mobility
+    /// trace read from its file.
     pub fn resolved_channel(&self) -> Result<ResolvedChannel> {
-        Ok(self.channel.resolve()?)
+        let mut resolved = self.channel.resolve()?;
+        if let Mobility::Trace(trace) = &mut resolved.mobility
+            && trace.samples.is_empty()
+        {
+            let Some(file) = &trace.file else {
+                bail!(
+                    "channel.mobility.trace needs a file: {{ trace = {{ file = \"walk.csv\" }} }} (time_s,node,x_m,y_m)"
+                );
+            };
+            let text = read_bounded_as(Path::new(file), MAX_TRACE_BYTES, "mobility trace")?;
+            trace.samples = wdml_channel::Trace::parse_csv(&text).with_context(|| format!("trace {file}"))?;
+            resolved.mobility.validate()?;
+        }
+        Ok(resolved)
     }
 
     /// Each node's radio neighbours, from the channel's topology and placement.
@@ -583,17 +597,25 @@ impl Scenario {
 /// A scenario file is a page of TOML; anything larger is not one.
 const MAX_SCENARIO_BYTES: u64 = 1 << 20;
 
+/// A mobility trace is travelled by every node's settings: a few MiB at most.
+const MAX_TRACE_BYTES: u64 = 8 << 20;
+
 /// Reads a scenario file, refusing one larger than [`MAX_SCENARIO_BYTES`].
 fn read_bounded(path: &Path) -> Result<String> {
+    read_bounded_as(path, MAX_SCENARIO_BYTES, "scenario")
+}
+
+/// Reads `path` (a `what`), refusing one larger than `max` bytes.
+fn read_bounded_as(path: &Path, max: u64, what: &str) -> Result<String> {
     use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read scenario {}", path.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
     let mut text = String::new();
-    file.take(MAX_SCENARIO_BYTES + 1)
+    file.take(max + 1)
         .read_to_string(&mut text)
-        .with_context(|| format!("cannot read scenario {} (is it UTF-8 text?)", path.display()))?;
-    if text.len() as u64 > MAX_SCENARIO_BYTES {
+        .with_context(|| format!("cannot read {what} {} (is it UTF-8 text?)", path.display()))?;
+    if text.len() as u64 > max {
         bail!(
-            "scenario {} is larger than {MAX_SCENARIO_BYTES} bytes: not a scenario file",
+            "{what} {} is larger than {max} bytes: not a {what} file",
             path.display()
         );
     }

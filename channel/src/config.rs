@@ -17,6 +17,7 @@ use crate::error::{Error, Result, ensure_non_negative};
 use crate::geometry::{Placement, Position};
 use crate::link::Channel;
 use crate::loss::LossModel;
+use crate::mobility::{DEFAULT_DECORRELATION_M, Mobility};
 use crate::preset::{Preset, Shaping};
 use crate::propagation::{Fading, PathLoss};
 use crate::radio::RadioParams;
@@ -119,6 +120,11 @@ pub struct ChannelConfig {
     /// Overrides [`RadioParams::loss`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub loss: Option<LossModel>,
+    /// How the devices move (default: they do not).
+    pub mobility: Mobility,
+    /// Gudmundson's shadowing decorrelation distance for moving devices, m.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadowing_decorrelation_m: Option<f64>,
 }
 
 impl Default for ChannelConfig {
@@ -149,6 +155,8 @@ impl Default for ChannelConfig {
             frame_header_bytes: None,
             max_retransmissions: None,
             loss: None,
+            mobility: Mobility::Static,
+            shadowing_decorrelation_m: None,
         }
     }
 }
@@ -171,13 +179,39 @@ pub struct ResolvedChannel {
     pub placement: Placement,
     /// The radio parameters.
     pub radio: RadioParams,
+    /// How the devices move.
+    #[serde(default)]
+    pub mobility: Mobility,
+    /// Gudmundson's decorrelation distance, m.
+    #[serde(default = "default_decorrelation")]
+    pub shadowing_decorrelation_m: f64,
+}
+
+fn default_decorrelation() -> f64 {
+    DEFAULT_DECORRELATION_M
 }
 
 impl ResolvedChannel {
-    /// The channel of a run of `nodes` devices seeded by `run_seed`.
+    /// The channel of a run of `nodes` devices seeded by `run_seed`, where they were
+    /// placed (emulated time 0).
     pub fn channel(&self, run_seed: u64, nodes: usize) -> Result<Channel> {
+        self.channel_at(run_seed, nodes, 0.0)
+    }
+
+    /// The channel at emulated time `t`: the devices where `mobility` has taken them.
+    pub fn channel_at(&self, run_seed: u64, nodes: usize, t: f64) -> Result<Channel> {
         let positions = self.placement.positions(run_seed, nodes)?;
-        Channel::new(run_seed, self.radio.clone(), positions)
+        if self.mobility.is_static() {
+            return Channel::new(run_seed, self.radio.clone(), positions);
+        }
+        Channel::moving(
+            run_seed,
+            self.radio.clone(),
+            positions,
+            &self.mobility,
+            self.shadowing_decorrelation_m,
+            t,
+        )
     }
 }
 
@@ -226,6 +260,22 @@ impl ChannelConfig {
         topology.validate()?;
         let radio = self.apply_overrides(self.preset.radio_params());
         radio.validate()?;
+        let mut mobility = self.mobility.clone();
+        if let Mobility::RandomWaypoint(walk) = &mut mobility
+            && walk.area_m.is_none()
+        {
+            // The placement's square, or the preset's.
+            walk.area_m = Some(match &placement {
+                Placement::UniformSquare { area_m } => *area_m,
+                Placement::Explicit { .. } => self.preset.area_m(),
+            });
+        }
+        // A trace is checked once the scenario has read its file.
+        if !matches!(&mobility, Mobility::Trace(t) if t.samples.is_empty()) {
+            mobility.validate()?;
+        }
+        let shadowing_decorrelation_m = self.shadowing_decorrelation_m.unwrap_or(DEFAULT_DECORRELATION_M);
+        crate::error::ensure_positive(shadowing_decorrelation_m, "channel.shadowing_decorrelation_m")?;
         Ok(ResolvedChannel {
             preset: self.preset,
             shaping: self.preset.shaping(),
@@ -234,6 +284,8 @@ impl ChannelConfig {
             topology,
             placement,
             radio,
+            mobility,
+            shadowing_decorrelation_m,
         })
     }
 

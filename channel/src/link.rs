@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, ensure_finite};
 use crate::geometry::Position;
 use crate::loss::FrameLoss;
+use crate::mobility::{Mobility, Motion};
 use crate::propagation::draw_shadowing_db;
 use crate::radio::{RadioParams, airtime_s};
 use crate::rng::{SplitMix64, Stream, derive_seed};
@@ -99,6 +100,8 @@ pub struct Channel {
     run_seed: u64,
     params: RadioParams,
     positions: Vec<Position>,
+    /// When the devices move: their trajectories up to now, for the shadowing.
+    motion: Option<std::sync::Arc<Motion>>,
 }
 
 impl Channel {
@@ -113,7 +116,28 @@ impl Channel {
             run_seed,
             params,
             positions,
+            motion: None,
         })
+    }
+
+    /// The channel at emulated time `t` of devices placed at `start` that move by
+    /// `mobility`: positions at `t`, shadowing evolved along the way (Gudmundson, with
+    /// decorrelation distance `decorrelation_m`).
+    pub fn moving(
+        run_seed: u64,
+        params: RadioParams,
+        start: Vec<Position>,
+        mobility: &Mobility,
+        decorrelation_m: f64,
+        t: f64,
+    ) -> Result<Self> {
+        let positions = mobility.positions_at(run_seed, &start, t)?;
+        let mut channel = Self::new(run_seed, params, positions)?;
+        if !mobility.is_static() {
+            let motion = Motion::new(mobility, run_seed, &start, t, decorrelation_m)?;
+            channel.motion = Some(std::sync::Arc::new(motion));
+        }
+        Ok(channel)
     }
 
     /// The run seed every draw derives from.
@@ -175,7 +199,11 @@ impl Channel {
         self.check_link(link)?;
         let (low, high) = (link.from.min(link.to), link.from.max(link.to));
         let mut rng = SplitMix64::for_stream(self.run_seed, Stream::Shadowing, &[low as u64, high as u64]);
-        Ok(draw_shadowing_db(self.params.shadowing_sigma_db, &mut rng))
+        let fixed = draw_shadowing_db(self.params.shadowing_sigma_db, &mut rng);
+        Ok(match &self.motion {
+            Some(motion) => motion.shadowing_db(self.run_seed, self.params.shadowing_sigma_db, low, high, fixed),
+            None => fixed,
+        })
     }
 
     /// The link's mean SNR without fast fading (path loss and shadowing only), dB: what

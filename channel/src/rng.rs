@@ -35,6 +35,8 @@ pub(crate) enum Stream {
     FrameLoss = 5,
     /// Draws made outside the channel (a node's model initialisation, its batches, …).
     External = 6,
+    /// Random-waypoint walks.
+    Mobility = 7,
 }
 
 /// A seed for a random quantity outside the channel, named by `words` (a [`purpose`]

@@ -292,6 +292,9 @@ pub(crate) struct Recovered {
     pub members: Vec<(u32, String, u64)>,
 }
 
+/// Where moving devices were in each round, and their neighbours.
+pub const POSITIONS_FILE: &str = "positions.jsonl";
+
 /// Reports that arrived after their round closed, one `MetricsRow` per line.
 pub const LATE_FILE: &str = "late.jsonl";
 
@@ -320,9 +323,10 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 10] = [
+const RUN_FILES: [&str; 11] = [
     journal::FILE,
     LATE_FILE,
+    POSITIONS_FILE,
     "split.json",
     "split.svg",
     "scenario.toml",
@@ -551,6 +555,57 @@ impl Report {
     }
 
     /// How many rows `node` has in the run so far.
+    /// The run's emulated clock: the emulated spans of the closed rounds, summed.
+    pub fn emulated_so_far(&self) -> f64 {
+        let mut spans: std::collections::BTreeMap<u32, f64> = Default::default();
+        for r in &self.rows {
+            // Rows written before rounds recorded their span: the last node's time.
+            let span = if r.round_emulated_s > 0.0 {
+                r.round_emulated_s
+            } else {
+                r.emulated_round_s
+            };
+            let entry = spans.entry(r.round).or_default();
+            *entry = entry.max(span);
+        }
+        // (A fold from +0.0: an empty f64 sum is −0.0.)
+        spans.values().fold(0.0, |total, span| total + span)
+    }
+
+    /// Records where the devices are in round `round` (from 1), at emulated time
+    /// `emulated_s`, and who hears whom: `positions.jsonl`, one line per round of a run
+    /// whose devices move.
+    pub fn file_positions(
+        &mut self,
+        round: u32,
+        emulated_s: f64,
+        positions: &[wdml_channel::Position],
+        neighbours: &[Vec<u32>],
+    ) -> Result<()> {
+        #[derive(Serialize)]
+        struct Line<'a> {
+            round: u32,
+            emulated_s: f64,
+            positions: Vec<[f64; 2]>,
+            neighbours: &'a [Vec<u32>],
+        }
+        let line = Line {
+            round,
+            emulated_s,
+            positions: positions.iter().map(|p| [p.x_m, p.y_m]).collect(),
+            neighbours,
+        };
+        let path = self.dir.join(POSITIONS_FILE);
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        append_durable(&mut file, text.as_bytes()).map_err(|e| Error::io(&path, e))
+    }
+
     pub fn rows_of(&self, node: u32) -> u32 {
         self.rows.iter().filter(|r| r.node == node).count() as u32
     }

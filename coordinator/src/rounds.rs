@@ -13,12 +13,12 @@ use wdml_proto::{
     CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
 
-use wdml_channel::{derive_external_seed, purpose};
+use wdml_channel::{ResolvedChannel, derive_external_seed, purpose};
 
 use wdml_proto::policy::Closing;
 
 use crate::report::Summary;
-use crate::service::{OpenRound, POLL, Shared, send_to};
+use crate::service::{Moved, OpenRound, POLL, Shared, send_to};
 use crate::{Error, Result};
 
 /// Closed rounds whose late reports are still recognised.
@@ -135,14 +135,12 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         return Err(Error::NoLiveNodes { round });
     }
     let is_live = |j: &u32| live.iter().any(|(id, _, _)| id == j);
+    let emulated_start_s = state.emulated_s;
+    let moved = neighbours_at(shared, emulated_start_s)?;
+    let radio_neighbours = moved.as_ref().map_or(&shared.config.neighbours, |m| &m.neighbours);
     // The radio neighbours that are live this round.
-    let neighbours_of = |id: u32| -> Vec<u32> {
-        shared.config.neighbours[id as usize]
-            .iter()
-            .copied()
-            .filter(is_live)
-            .collect()
-    };
+    let neighbours_of =
+        |id: u32| -> Vec<u32> { radio_neighbours[id as usize].iter().copied().filter(is_live).collect() };
     let mut participants = Vec::new();
     for (id, _, connection) in &live {
         let neighbours = neighbours_of(*id)
@@ -167,6 +165,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             neighbours,
             // Validated to fit (Config::validate).
             exchange_timeout_ms: u32::try_from(shared.config.exchange_timeout.as_millis()).unwrap_or(u32::MAX),
+            emulated_start_s,
         };
         let event = CoordinatorEvent {
             event: Some(coordinator_event::Event::StartRound(start)),
@@ -184,8 +183,40 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         participants: participants.into_iter().collect(),
         reported: BTreeMap::new(),
         failed: Default::default(),
+        moved,
     });
     Ok(())
+}
+
+/// With moving devices (`channel.mobility`), each node's radio neighbours at emulated
+/// time `t`, from the topology on the channel of that moment (and the positions go on
+/// record when the round closes); `None` when the devices do not move (the configured
+/// neighbours hold).
+fn neighbours_at(shared: &Shared, t: f64) -> Result<Option<Moved>> {
+    let settings = &shared.config.settings;
+    let bad = |e: String| Error::Config {
+        field: "channel".into(),
+        reason: e,
+    };
+    let resolved: ResolvedChannel = serde_json::from_str(&settings.channel).map_err(|e| bad(e.to_string()))?;
+    if resolved.mobility.is_static() {
+        return Ok(None);
+    }
+    let channel = resolved
+        .channel_at(settings.seed, settings.nodes as usize, t)
+        .map_err(|e| bad(e.to_string()))?;
+    let neighbours: Vec<Vec<u32>> = resolved
+        .topology
+        .adjacency(&channel)
+        .map_err(|e| bad(e.to_string()))?
+        .into_iter()
+        .map(|n| n.into_iter().map(|j| j as u32).collect())
+        .collect();
+    Ok(Some(Moved {
+        emulated_s: t,
+        positions: channel.positions().to_vec(),
+        neighbours,
+    }))
 }
 
 /// Waits until the round policy closes the round: every awaited participant reported
@@ -275,6 +306,7 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
         .expect("validated at the start")
         .emulated_span(&finished, awaited);
     // Remembered for late reports, as long as a message may be stale, and then some.
+    state.emulated_s += emulated_s;
     state.recent_tokens.insert(open.round, open.token);
     while state.recent_tokens.len() > RECENT_TOKENS {
         state.recent_tokens.pop_first();
@@ -282,6 +314,12 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
     let event = shared
         .report()
         .close_round(&open, &participants, closed, &state.members, emulated_s)?;
+    if let Some(moved) = &open.moved {
+        // After the journal: a crash may lose this line, never repeat it.
+        shared
+            .report()
+            .file_positions(open.round + 1, moved.emulated_s, &moved.positions, &moved.neighbours)?;
+    }
     let reported: Vec<u32> = open.reported.keys().copied().collect();
     state.members.count_reports(&participants, &reported, open.round + 1);
     shared.commit(&mut state);

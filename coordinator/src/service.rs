@@ -33,6 +33,16 @@ pub(crate) struct OpenRound {
     pub reported: std::collections::BTreeMap<u32, (wdml_proto::RoundMetrics, Instant)>,
     /// Participants whose round failed (they said so).
     pub failed: std::collections::BTreeSet<u32>,
+    /// Where moving devices are this round, and who hears whom (`None`: static).
+    pub moved: Option<Moved>,
+}
+
+/// Where moving devices are in a round (`channel.mobility`).
+#[derive(Debug)]
+pub(crate) struct Moved {
+    pub emulated_s: f64,
+    pub positions: Vec<wdml_channel::Position>,
+    pub neighbours: Vec<Vec<u32>>,
 }
 
 /// Everything the handlers and the round driver share.
@@ -46,6 +56,8 @@ pub(crate) struct State {
     /// The tokens of the rounds closed lately, by round: a report that comes after its
     /// round closed is recognised as that round's.
     pub recent_tokens: std::collections::BTreeMap<u32, u64>,
+    /// The run's emulated clock at the start of the next round.
+    pub emulated_s: f64,
     /// Membership events already in the journal.
     journaled: usize,
 }
@@ -81,6 +93,7 @@ impl Shared {
                 round: recovered.map_or(0, |r| r.next_round) + 1,
                 finished: false,
                 recent_tokens: Default::default(),
+                emulated_s: report.emulated_so_far(),
                 journaled,
             }),
             changed: Notify::new(),

@@ -281,6 +281,7 @@ pub fn message(node: &Node) -> Option<MessageShape> {
 /// Runs one round and returns its metrics.
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
+    node.shaper.move_to(start.emulated_start_s)?;
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut round = Round {
         start,

@@ -77,6 +77,27 @@ impl Shaper {
         Ok(Shaper { resolved, channel, me })
     }
 
+    /// Moves the devices to where they are at emulated time `t` (the round's start, from
+    /// the coordinator): positions, path loss and shadowing follow. Nothing to do when
+    /// they do not move.
+    pub fn move_to(&mut self, t: f64) -> Result<()> {
+        if self.resolved.mobility.is_static() {
+            return Ok(());
+        }
+        if !(t.is_finite() && t >= 0.0) {
+            return Err(crate::Error::config(
+                "StartRound.emulated_start_s",
+                format!("{t} is not an emulated time"),
+            ));
+        }
+        let nodes = self.channel.nodes();
+        self.channel = self
+            .resolved
+            .channel_at(self.channel.run_seed(), nodes, t)
+            .map_err(channel_error)?;
+        Ok(())
+    }
+
     pub fn shaping(&self) -> Shaping {
         self.resolved.shaping
     }
