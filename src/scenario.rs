@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use wdml_channel::{ChannelConfig, Mobility, ResolvedChannel};
+use wdml_channel::{ChannelConfig, Mobility, ResolvedChannel, purpose};
 use wdml_node::data::Partition;
 use wdml_node::device::DeviceProfile;
 use wdml_node::learn::LearnerConfig;
@@ -191,6 +191,10 @@ pub struct NodesSection {
     /// follow from the FLOPs it performs, paced by `channel.time_scale`. Empty (the
     /// default): no device, the host's speed.
     pub devices: Vec<String>,
+    /// Instead of `devices`: profiles and the share of the nodes each gets, e.g.
+    /// `{ phone = 0.75, "custom:2.08:2" = 0.25 }`; the shares become whole counts
+    /// (largest remainders) and go to the nodes in an order shuffled by the run seed.
+    pub device_mix: std::collections::BTreeMap<String, f64>,
 }
 
 impl Default for NodesSection {
@@ -199,6 +203,7 @@ impl Default for NodesSection {
             count: 4,
             models: vec!["mlp".into(), "cnn".into()],
             devices: Vec::new(),
+            device_mix: Default::default(),
         }
     }
 }
@@ -296,6 +301,19 @@ impl Scenario {
             model
                 .parse::<ModelSpec>()
                 .with_context(|| format!("nodes.models[{i}]"))?;
+        }
+        if !self.nodes.device_mix.is_empty() && !self.nodes.devices.is_empty() {
+            bail!(
+                "nodes.device_mix: give either nodes.devices (a list by node) or nodes.device_mix (shares), not both"
+            );
+        }
+        for (name, share) in &self.nodes.device_mix {
+            if let Err(e) = name.parse::<DeviceProfile>() {
+                bail!("nodes.device_mix.{name}: {e}");
+            }
+            if !(share.is_finite() && *share > 0.0) {
+                bail!("nodes.device_mix.{name}: the share must be a positive number, got {share}");
+            }
         }
         for (i, device) in self.nodes.devices.iter().enumerate() {
             if let Err(e) = device.parse::<DeviceProfile>() {
@@ -473,7 +491,42 @@ impl Scenario {
     /// Node k's device, if the scenario gives devices.
     pub fn device_of(&self, node: u32) -> Option<DeviceProfile> {
         let devices = &self.nodes.devices;
+        if !self.nodes.device_mix.is_empty() {
+            let name = &self.device_assignment()[node as usize];
+            return Some(name.parse().expect("validated"));
+        }
         (!devices.is_empty()).then(|| devices[node as usize % devices.len()].parse().expect("validated"))
+    }
+
+    /// `nodes.device_mix` made concrete: each profile's share of the nodes as a whole
+    /// count (largest remainders, ties to the name first in order), the list shuffled
+    /// (Fisher–Yates) with draws derived from the run seed, so the same seed gives the
+    /// same devices to the same nodes.
+    fn device_assignment(&self) -> Vec<String> {
+        let n = self.nodes.count as usize;
+        let total: f64 = self.nodes.device_mix.values().sum();
+        let exact: Vec<(&String, f64)> = self
+            .nodes
+            .device_mix
+            .iter()
+            .map(|(name, share)| (name, share / total * n as f64))
+            .collect();
+        let mut counts: Vec<usize> = exact.iter().map(|(_, e)| e.floor() as usize).collect();
+        let mut order: Vec<usize> = (0..exact.len()).collect();
+        order.sort_by(|&a, &b| (exact[b].1 - exact[b].1.floor()).total_cmp(&(exact[a].1 - exact[a].1.floor())));
+        for &i in order.iter().cycle().take(n - counts.iter().sum::<usize>()) {
+            counts[i] += 1;
+        }
+        let mut names: Vec<String> = exact
+            .iter()
+            .zip(&counts)
+            .flat_map(|((name, _), &count)| std::iter::repeat_n((*name).clone(), count))
+            .collect();
+        for i in (1..names.len()).rev() {
+            let draw = wdml_channel::derive_external_seed(self.run.seed, &[purpose::DEVICES, i as u64]);
+            names.swap(i, (draw % (i as u64 + 1)) as usize);
+        }
+        names
     }
 
     /// What every node receives when it joins.
@@ -799,6 +852,47 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
         }
+    }
+
+    #[test]
+    fn a_device_mix_gives_each_profile_its_share_of_the_nodes_by_the_seed() {
+        let load = |seed: u64| {
+            Scenario::load(
+                None,
+                &[
+                    "nodes.count=8".into(),
+                    "nodes.device_mix={ phone = 0.75, \"custom:2.08:2\" = 0.25 }".into(),
+                    format!("run.seed={seed}"),
+                ],
+            )
+            .unwrap()
+        };
+        let devices = |s: &Scenario| (0..8).map(|k| s.device_of(k).unwrap().to_string()).collect::<Vec<_>>();
+        let a = devices(&load(7));
+        assert_eq!(a.iter().filter(|d| d.starts_with("custom")).count(), 2, "{a:?}");
+        assert_eq!(a.iter().filter(|d| *d == "phone").count(), 6, "{a:?}");
+        assert_eq!(a, devices(&load(7)), "same seed, same devices");
+        assert!((1..20).any(|seed| devices(&load(seed)) != a), "the seed shuffles them");
+        // Thirds of 8: 3, 3, 2 (largest remainders).
+        let thirds = Scenario::load(
+            None,
+            &[
+                "nodes.count=8".into(),
+                "nodes.device_mix={ phone = 1, laptop = 1, microcontroller = 1 }".into(),
+            ],
+        )
+        .unwrap();
+        let mut counts = std::collections::BTreeMap::new();
+        for k in 0..8 {
+            *counts.entry(thirds.device_of(k).unwrap().to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>().iter().sum::<i32>(), 8);
+        assert!(counts.values().all(|&c| c == 2 || c == 3), "{counts:?}");
+        let error = format!(
+            "{:#}",
+            Scenario::load(None, &["nodes.device_mix={ toaster = 1 }".into()]).unwrap_err()
+        );
+        assert!(error.contains("nodes.device_mix.toaster"), "{error}");
     }
 
     #[test]

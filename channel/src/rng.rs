@@ -57,6 +57,8 @@ pub mod purpose {
     pub const PUBLIC_BATCH: u64 = 3;
     // 4 and 5 were the coordinator's round tokens and sessions, once derived from the
     // run seed; they are secrets from the OS random source now. Not reused.
+    /// Which node gets which device profile of a mix (coordinate: shuffle step).
+    pub const DEVICES: u64 = 6;
 }
 
 /// A 64-bit seed for `stream` at the coordinates `words`, derived from `run_seed`.

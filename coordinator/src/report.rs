@@ -323,10 +323,11 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 11] = [
+const RUN_FILES: [&str; 12] = [
     journal::FILE,
     LATE_FILE,
     POSITIONS_FILE,
+    "positions.svg",
     "split.json",
     "split.svg",
     "scenario.toml",

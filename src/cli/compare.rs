@@ -386,7 +386,7 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
             ),
             _ => "each round lasts as long as its slowest node (the nodes meet at the barrier)".to_string(),
         },
-        if scenario.nodes.devices.is_empty() {
+        if scenario.device_of(0).is_none() {
             "(no device profiles: the radio's time alone) "
         } else {
             "device compute, "
@@ -400,7 +400,7 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
             .map_or("not reached".into(), |s| format!("{s:.3} s"));
         let _ = writeln!(md, "| {} | {:.3} s | {to_target} |", o.algorithm, o.emulated_s);
     }
-    if !scenario.nodes.devices.is_empty() {
+    if scenario.device_of(0).is_some() {
         // The question the radio's energy alone cannot answer: does the extra compute
         // of an algorithm eat its radio saving, on these devices?
         let devices: Vec<String> = (0..scenario.nodes.count)

@@ -68,6 +68,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
         if let Err(e) = crate::cli::plot::write_run_figure(&args.out, &title) {
             tracing::warn!("no rounds.svg: {e:#}");
         }
+        if let Err(e) = crate::cli::plot::write_positions_figure(&args.out, &title) {
+            tracing::warn!("no positions.svg: {e:#}");
+        }
         if let Err(e) = crate::cli::plot::write_split_figure(&args.out) {
             tracing::warn!("no split.svg: {e:#}");
         }

@@ -255,6 +255,52 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
     figure(title, &panels)
 }
 
+/// Writes `positions.svg` beside the run's `positions.jsonl` (moving devices; none
+/// without one): each node's path over the rounds, on the plane.
+pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        positions: Vec<[f64; 2]>,
+    }
+    let path = run_dir.join("positions.jsonl");
+    if !path.exists() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(&path)?;
+    let mut paths: Vec<Vec<(f64, f64)>> = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line: Line =
+            serde_json::from_str(line).map_err(|e| anyhow::anyhow!("{} line {}: {e}", path.display(), number + 1))?;
+        paths.resize(paths.len().max(line.positions.len()), Vec::new());
+        for (node, [x, y]) in line.positions.into_iter().enumerate() {
+            paths[node].push((x, y));
+        }
+    }
+    let names: Vec<String> = (0..paths.len()).map(|node| format!("node {node}")).collect();
+    let panel = Panel {
+        title: "where the devices were, round by round",
+        x_label: "x, m",
+        y_label: "y, m",
+        log_x: false,
+        series: paths
+            .into_iter()
+            .zip(&names)
+            .enumerate()
+            .map(|(i, (points, name))| Series {
+                name,
+                color: PALETTE[i % PALETTE.len()],
+                points,
+            })
+            .collect(),
+    };
+    wdml_proto::files::write_atomic(
+        &run_dir.join("positions.svg"),
+        figure(title, &[panel]).as_bytes(),
+        wdml_proto::files::Mode::Public,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot write {e}"))
+}
+
 /// Writes `split.svg` beside the run's `split.json` (none without one).
 pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
     let path = run_dir.join("split.json");
