@@ -596,15 +596,20 @@ impl Report {
             positions: positions.iter().map(|p| [p.x_m, p.y_m]).collect(),
             neighbours,
         };
-        let path = self.dir.join(POSITIONS_FILE);
-        let mut text = serde_json::to_string(&line)?;
-        text.push('\n');
+        self.append_line(POSITIONS_FILE, &line)
+    }
+
+    /// Appends `value` as one JSON line to `file` of the run directory, flushed to disk.
+    fn append_line(&self, file: &str, value: &impl Serialize) -> Result<()> {
+        let path = self.dir.join(file);
+        let mut line = serde_json::to_string(value)?;
+        line.push('\n');
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
-        append_durable(&mut file, text.as_bytes()).map_err(|e| Error::io(&path, e))
+        append_durable(&mut file, line.as_bytes()).map_err(|e| Error::io(&path, e))
     }
 
     pub fn rows_of(&self, node: u32) -> u32 {
@@ -693,15 +698,7 @@ impl Report {
             late: true,
             ..MetricsRow::new(round, node, model, metrics, 0.0, 0.0, 0.0)
         };
-        let path = self.dir.join(LATE_FILE);
-        let mut line = serde_json::to_string(&row)?;
-        line.push('\n');
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        append_durable(&mut file, line.as_bytes()).map_err(|e| Error::io(&path, e))?;
+        self.append_line(LATE_FILE, &row)?;
         self.late.push(row);
         Ok(())
     }
