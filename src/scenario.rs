@@ -594,7 +594,7 @@ impl Scenario {
     ) -> Result<wdml_coordinator::Config> {
         let c = &self.coordinator;
         Ok(wdml_coordinator::Config {
-            time_scale: self.resolved_channel()?.time_scale,
+            channel: self.resolved_channel()?,
             run_dir,
             settings: self.settings()?,
             neighbours: self.neighbours()?,

@@ -41,9 +41,10 @@ pub struct Config {
     pub overwrite: bool,
     /// The scenario as TOML, written to `scenario.toml` in a new run directory.
     pub scenario_toml: Option<String>,
-    /// Wall seconds per emulated second (the channel's): how the round policy's
-    /// emulated grace and deadline become wall time.
-    pub time_scale: f64,
+    /// The run's channel, resolved (the same as `settings.channel`, read once): its
+    /// time scale turns the round policy's emulated grace and deadline into wall time,
+    /// and with moving devices each round's neighbours come from it.
+    pub channel: wdml_channel::ResolvedChannel,
 }
 
 /// The longest timeout the wire can carry (milliseconds in a `uint32`).
@@ -132,7 +133,7 @@ impl Config {
             Closing::Quorum { grace_s, .. } => ("coordinator.grace_s", grace_s),
             Closing::Deadline { deadline_s } => ("coordinator.deadline_s", deadline_s),
         };
-        if matches!(closing, Closing::Deadline { .. }) && self.time_scale <= 0.0 {
+        if matches!(closing, Closing::Deadline { .. }) && self.channel.time_scale <= 0.0 {
             return Err(Error::config(
                 "coordinator.round_policy",
                 "a deadline in emulated seconds needs emulated time: set channel.time_scale > 0 \
@@ -145,8 +146,8 @@ impl Config {
                 format!(
                     "{emulated} emulated s × channel.time_scale {} is {:.1} s of wall time, not shorter \
                      than coordinator.round_timeout_ms",
-                    self.time_scale,
-                    emulated * self.time_scale
+                    self.channel.time_scale,
+                    emulated * self.channel.time_scale
                 ),
             ));
         }
@@ -167,6 +168,6 @@ impl Config {
 
     /// The wall time `emulated` seconds take at the run's time scale (saturating).
     pub fn wall(&self, emulated: f64) -> Duration {
-        Duration::try_from_secs_f64(emulated * self.time_scale).unwrap_or(Duration::MAX)
+        Duration::try_from_secs_f64(emulated * self.channel.time_scale).unwrap_or(Duration::MAX)
     }
 }

@@ -13,7 +13,7 @@ use wdml_proto::{
     CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
 
-use wdml_channel::{ResolvedChannel, derive_external_seed, purpose};
+use wdml_channel::{derive_external_seed, purpose};
 
 use wdml_proto::policy::Closing;
 
@@ -193,12 +193,11 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
 /// record when the round closes); `None` when the devices do not move (the configured
 /// neighbours hold).
 fn neighbours_at(shared: &Shared, t: f64) -> Result<Option<Moved>> {
-    let settings = &shared.config.settings;
+    let (settings, resolved) = (&shared.config.settings, &shared.config.channel);
     let bad = |e: String| Error::Config {
         field: "channel".into(),
         reason: e,
     };
-    let resolved: ResolvedChannel = serde_json::from_str(&settings.channel).map_err(|e| bad(e.to_string()))?;
     if resolved.mobility.is_static() {
         return Ok(None);
     }
