@@ -218,6 +218,19 @@ impl ResolvedChannel {
 /// The slowest pacing the shaper represents: wall seconds per emulated second.
 pub const MAX_TIME_SCALE: f64 = 1000.0;
 
+/// The wall time `emulated_s` emulated seconds take at `time_scale` wall seconds per
+/// emulated second; `None` when no clock can hold it (each caller decides what then).
+pub fn wall_time(emulated_s: f64, time_scale: f64) -> Option<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(emulated_s * time_scale).ok()
+}
+
+impl ResolvedChannel {
+    /// [`wall_time`] at this channel's time scale.
+    pub fn wall(&self, emulated_s: f64) -> Option<std::time::Duration> {
+        wall_time(emulated_s, self.time_scale)
+    }
+}
+
 impl ChannelConfig {
     /// A configuration of `preset` with no overrides.
     pub fn from_preset(preset: Preset) -> Self {

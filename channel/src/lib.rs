@@ -40,7 +40,7 @@ mod topology;
 mod transmission;
 pub mod units;
 
-pub use config::{ChannelConfig, DEFAULT_TIME_SCALE, Mode, ResolvedChannel};
+pub use config::{ChannelConfig, DEFAULT_TIME_SCALE, Mode, ResolvedChannel, wall_time};
 pub use error::{Error, Result};
 pub use geometry::{Placement, Position};
 pub use link::{Channel, Link, LinkState};

@@ -168,6 +168,6 @@ impl Config {
 
     /// The wall time `emulated` seconds take at the run's time scale (saturating).
     pub fn wall(&self, emulated: f64) -> Duration {
-        Duration::try_from_secs_f64(emulated * self.channel.time_scale).unwrap_or(Duration::MAX)
+        self.channel.wall(emulated).unwrap_or(Duration::MAX)
     }
 }

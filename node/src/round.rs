@@ -141,7 +141,7 @@ impl Round<'_> {
                     let done = counter.load(Ordering::Relaxed) - before;
                     // Representable: time_scale was checked at the start, and a round's
                     // work is bounded by its model and batch sizes.
-                    let paced = Duration::try_from_secs_f64(profile.seconds(done) * scale).unwrap_or_default();
+                    let paced = wdml_channel::wall_time(profile.seconds(done), *scale).unwrap_or_default();
                     std::thread::sleep(paced.saturating_sub(began.elapsed()));
                 }
                 out
@@ -189,8 +189,7 @@ impl Round<'_> {
             withhold,
         };
         // Semi-synchronous rounds: the exchange waits by the round's own rule.
-        let scale = node.shaper.time_scale();
-        let wall = |emulated_s: f64| Duration::try_from_secs_f64(emulated_s * scale).unwrap_or(Duration::MAX);
+        let wall = |emulated_s: f64| node.shaper.wall(emulated_s).unwrap_or(Duration::MAX);
         let (deadline, quorum) = match node.plan.closing {
             Closing::Sync => (self.deadline, None),
             Closing::Quorum { grace_s, .. } => (
@@ -379,7 +378,7 @@ fn listen(
             continue;
         }
         // Pacing that no clock can represent was refused at the start (time_scale).
-        let air = Duration::try_from_secs_f64(listening.arrival_s * node.shaper.time_scale()).unwrap_or(timeout);
+        let air = node.shaper.wall(listening.arrival_s).unwrap_or(timeout);
         expected.delivered.insert(peer.node_id, air);
         expected.arrival_s.insert(peer.node_id, listening.arrival_s);
         if node.punctuality.is_silent(peer.node_id) {

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -135,8 +134,7 @@ pub async fn transmit(
     for delivery in schedule.deliveries {
         // A frame due after the deadline (or at an instant no clock can hold) would
         // arrive too late for the round: the radio has nothing more to deliver in time.
-        let due = Duration::try_from_secs_f64(delivery.at_s * time_scale)
-            .ok()
+        let due = wdml_channel::wall_time(delivery.at_s, time_scale)
             .and_then(|after| began.checked_add(after))
             .filter(|due| *due <= deadline);
         let Some(due) = due else { break };

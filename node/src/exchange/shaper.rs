@@ -107,6 +107,11 @@ impl Shaper {
         self.resolved.time_scale
     }
 
+    /// The wall time of `emulated_s` emulated seconds (`None`: no clock holds it).
+    pub fn wall(&self, emulated_s: f64) -> Option<std::time::Duration> {
+        self.resolved.wall(emulated_s)
+    }
+
     /// Payload bytes per frame.
     pub fn frame_bytes(&self) -> usize {
         self.resolved.radio.frame_payload_bytes as usize
