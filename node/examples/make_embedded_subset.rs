@@ -8,7 +8,7 @@
 //! ```
 //!
 //! The output is byte-for-byte reproducible for a given build (gzip without timestamps,
-//! `StdRng` pinned by `Cargo.lock`). The crate embeds the files it writes, so they must
+//! ChaCha12, `wdml_node::seed::rng`). The crate embeds the files it writes, so they must
 //! exist (from git) for this example to compile.
 
 use std::path::PathBuf;

@@ -1,9 +1,9 @@
 //! This node's view of the data, as tensors ready for the round: its private shard,
 //! the public pool, the test set; and the seeded sampler of private batches.
 
+use crate::seed::{Rng as SeedRng, rng};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
-use rand::{SeedableRng, rngs::StdRng};
 
 use crate::data::{Dataset, Split};
 use crate::{Error, Result};
@@ -72,7 +72,7 @@ impl Shard {
             ));
         }
         let mut order: Vec<u32> = (0..pool as u32).collect();
-        let (chosen, _) = order.partial_shuffle(&mut StdRng::seed_from_u64(seed), size);
+        let (chosen, _) = order.partial_shuffle(&mut rng(seed), size);
         let index = Tensor::from_slice(chosen, size, &Device::Cpu)?;
         Ok(self.public_images.index_select(&index, 0)?)
     }
@@ -84,7 +84,7 @@ pub struct BatchSampler {
     order: Vec<u32>,
     next: usize,
     batch: usize,
-    rng: StdRng,
+    rng: SeedRng,
     /// Reshuffles since the start: with `next`, the sampler's whole position.
     epoch: u64,
 }
@@ -98,7 +98,7 @@ pub struct SamplerPosition {
 
 impl BatchSampler {
     pub fn new(samples: usize, batch: usize, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = rng(seed);
         let mut order: Vec<u32> = (0..samples as u32).collect();
         order.shuffle(&mut rng);
         BatchSampler {

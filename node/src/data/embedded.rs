@@ -8,8 +8,6 @@
 
 use std::path::Path;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::{CLASSES, Dataset, ImageSet, idx};
@@ -76,7 +74,7 @@ pub fn load() -> Result<Dataset> {
 /// the union is shuffled again so classes are interleaved. Reproducible for a given
 /// `seed` and a given build (the `rand` version pinned in `Cargo.lock`).
 pub fn balanced_subset(set: &ImageSet, classes: usize, per_class: usize, seed: u64) -> Result<ImageSet> {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = crate::seed::rng(seed);
     let mut by_class = vec![Vec::new(); classes];
     for (index, &label) in set.labels.iter().enumerate() {
         if let Some(members) = by_class.get_mut(usize::from(label)) {

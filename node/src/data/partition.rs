@@ -36,10 +36,10 @@
 //!
 //! # Reproducibility and the order of random draws
 //!
-//! Everything is drawn from one `StdRng` seeded with the split seed, on one thread, so a
-//! split is reproducible for a given seed and a given build (`StdRng`'s algorithm is
-//! pinned by the `rand` version in `Cargo.lock`, not across `rand` upgrades). The draws
-//! are, in this order:
+//! Everything is drawn from one generator (ChaCha12, [`crate::seed::rng`]) seeded with
+//! the split seed, on one thread, so a split is a function of the seed and of named
+//! algorithms (the determinism contract of docs/determinism.md). The draws are, in this
+//! order:
 //!
 //! 1. a shuffle of all training indices (`SliceRandom::shuffle`); the first `public_pool`
 //!    are the public pool, the rest (in that order) the private pool;
@@ -62,13 +62,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rand::rngs::StdRng;
+use rand::Rng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
 
 use super::{CLASSES, Dataset};
+use crate::seed::Rng as SeedRng;
 use crate::{Error, Result};
 
 /// The fewest private samples a node may get under a Dirichlet split (Flower Datasets'
@@ -393,9 +393,9 @@ pub fn class_order(dataset: &Dataset, cfg: &SplitConfig) -> Result<Option<Vec<us
 
 /// Validates `cfg`, seeds the split's RNG and makes the first draw: the shuffle of the
 /// training indices, cut into the public pool and the private pool.
-fn shuffled_pool(dataset: &Dataset, cfg: &SplitConfig) -> Result<(StdRng, Vec<usize>, Vec<usize>)> {
+fn shuffled_pool(dataset: &Dataset, cfg: &SplitConfig) -> Result<(SeedRng, Vec<usize>, Vec<usize>)> {
     cfg.validate(dataset)?;
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut rng = crate::seed::rng(cfg.seed);
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();
     order.shuffle(&mut rng);
     let private_pool = order.split_off(cfg.public_pool);
@@ -414,7 +414,7 @@ fn by_class(pool: &[usize], labels: &[u8]) -> Vec<Vec<usize>> {
 }
 
 /// The class order of a Dirichlet split: a shuffle of `0..classes`.
-fn draw_class_order(classes: usize, rng: &mut StdRng) -> Vec<usize> {
+fn draw_class_order(classes: usize, rng: &mut SeedRng) -> Vec<usize> {
     let mut order: Vec<usize> = (0..classes).collect();
     order.shuffle(rng);
     order
@@ -453,7 +453,7 @@ fn per_class_dirichlet(
     nodes: usize,
     alpha: f64,
     balanced: bool,
-    rng: &mut StdRng,
+    rng: &mut SeedRng,
 ) -> Result<Option<(Vec<Vec<usize>>, usize)>> {
     // The pool is shuffled, so each class's members are in random order already.
     let total: usize = by_class.iter().map(Vec::len).sum();
@@ -499,7 +499,7 @@ fn per_node_dirichlet(
     order: &[usize],
     nodes: usize,
     alpha: f64,
-    rng: &mut StdRng,
+    rng: &mut SeedRng,
 ) -> Result<Vec<Vec<usize>>> {
     // Everything below is indexed by position in `order`.
     let counts: Vec<usize> = order.iter().map(|&c| by_class[c].len()).collect();
@@ -583,7 +583,7 @@ impl LogGamma {
         Ok(LogGamma { shape, plus_one })
     }
 
-    fn sample(&self, rng: &mut StdRng) -> f64 {
+    fn sample(&self, rng: &mut SeedRng) -> f64 {
         let u = 1.0 - rng.random::<f64>(); // in (0, 1], so ln is finite
         self.plus_one.sample(rng).ln() + u.ln() / self.shape
     }
@@ -606,7 +606,7 @@ fn scaled_weights(logs: &[f64], open: &[bool]) -> Vec<f64> {
 
 /// McMahan shards: the pool sorted by label, cut into `nodes·per_node` equal shards,
 /// `per_node` random shards dealt to each node.
-fn shards(pool: &[usize], labels: &[u8], nodes: usize, per_node: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
+fn shards(pool: &[usize], labels: &[u8], nodes: usize, per_node: usize, rng: &mut SeedRng) -> Vec<Vec<usize>> {
     let mut sorted = pool.to_vec();
     // Stable, so within a label the shuffled order is kept.
     sorted.sort_by_key(|&index| labels[index]);
@@ -913,7 +913,7 @@ mod tests {
     /// The plain Dirichlet split written out directly, draw by draw, for comparison.
     fn reference_plain_dirichlet(dataset: &Dataset, cfg: &SplitConfig, alpha: f64) -> Vec<Vec<usize>> {
         let labels = &dataset.train.labels;
-        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let mut rng = crate::seed::rng(cfg.seed);
         let mut indices: Vec<usize> = (0..dataset.train.len()).collect();
         indices.shuffle(&mut rng);
         let pool = indices.split_off(cfg.public_pool);

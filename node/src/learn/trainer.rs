@@ -369,8 +369,6 @@ impl Learner {
 #[cfg(test)]
 mod tests {
     use candle_core::Device;
-    use rand::SeedableRng;
-    use rand::rngs::StdRng;
     use rand_distr::{Distribution, StandardNormal};
 
     use super::*;
@@ -386,7 +384,7 @@ mod tests {
 
     /// `n` rows of a 10-class problem: each class is a random prototype plus noise.
     fn separable(n: usize, seed: u64) -> (Tensor, Tensor) {
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = crate::seed::rng(seed);
         let mut draw = || -> f32 { StandardNormal.sample(&mut rng) };
         let protos: Vec<f32> = (0..CLASSES * INPUT_DIM).map(|_| draw()).collect();
         let mut xs = Vec::with_capacity(n * INPUT_DIM);

@@ -2,7 +2,7 @@
 //!
 //! Candle draws its CPU random numbers from an unseeded generator, so layers are
 //! declared with [`PLACEHOLDER`] zeros and every variable is then drawn again from
-//! `StdRng::seed_from_u64(seed)`, walking the variables in sorted-name order: the same
+//! `crate::seed::rng(seed)`, walking the variables in sorted-name order: the same
 //! seed gives bit-identical parameters on every run and every machine.
 //!
 //! The ranges are PyTorch's defaults for `nn.Linear` / `nn.Conv2d`: weights and biases
@@ -12,8 +12,6 @@
 
 use candle_core::{Tensor, Var};
 use candle_nn::Init;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use rand_distr::{Distribution, Uniform};
 
 /// The value layers are declared with. Zeros cost no random draws, and every
@@ -45,7 +43,7 @@ fn fan_in(name: &str, params: &[(String, Var)]) -> candle_core::Result<usize> {
 /// Redraws every parameter of `params` (which must be sorted by name) from `seed`.
 pub fn init_seeded(params: &[(String, Var)], seed: u64) -> candle_core::Result<()> {
     debug_assert!(params.windows(2).all(|w| w[0].0 < w[1].0), "params must be sorted");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = crate::seed::rng(seed);
     for (name, var) in params {
         let bound = 1.0 / (fan_in(name, params)? as f32).sqrt();
         let dist = Uniform::new_inclusive(-bound, bound)
