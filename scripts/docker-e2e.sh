@@ -168,6 +168,14 @@ for service in coordinator node-1 node-2 node-3 node-4; do
 done
 [ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q certs)")" = 0 ] || fail "the certs service failed"
 say "every container exited 0"
+# Each container holds only its own credentials: the CA certificate, its own certificate
+# and key; never the CA's key or another identity's key.
+for pair in coordinator:coordinator node-1:node-0 node-4:node-3; do
+    service=${pair%%:*} stem=${pair#*:}
+    held="$(docker cp "$(container "$service")":/tls - | tar -t | grep -v '/$' | sed 's|^tls/||' | sort | tr '\n' ' ')"
+    [ "$held" = "ca.pem $stem.key $stem.pem " ] || fail "$service holds [$held] in /tls, not only ca.pem and its own $stem.pem/.key"
+done
+say "each container holds only ca.pem and its own certificate and key"
 # (grep -c reads to the end: grep -q would break the pipe, and pipefail would fail it)
 compose logs --no-color coordinator | grep -c "rounds in" >/dev/null || fail "the coordinator's log has no final table"
 

@@ -22,6 +22,9 @@ use crate::{Error, Result};
 pub const FILE: &str = "checkpoint.safetensors";
 /// The layout of the file; another number is refused.
 const FORMAT: &str = "1";
+/// The largest checkpoint read: parameters and two Adam moments, f32, of a model of
+/// about 350 M parameters, far beyond what a device here trains.
+const MAX_BYTES: u64 = 4 << 30;
 
 /// Who a checkpoint belongs to.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,7 +84,7 @@ pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: S
 /// the node stood.
 pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<Restored>> {
     let path = dir.join(FILE);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match wdml_proto::files::read_bounded(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path, e)),

@@ -3,9 +3,11 @@
 //! [`write_atomic`] writes a temporary file beside the target, flushes it to disk,
 //! renames it over the target and flushes the directory, so a reader (or a process
 //! restarted after a crash) sees either the old file or the new one, never a torn one.
+//! [`read_bounded`] reads one whole, refusing a file larger than its kind can be (a run
+//! directory or a state directory is written by others too).
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::Path;
 
 /// Who may read a file.
@@ -53,6 +55,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: Mode) -> io::Result<()> {
     result.map_err(named)
 }
 
+/// Reads `path` whole, refusing it when it is larger than `max` bytes. An error names
+/// the path.
+pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    File::open(path)
+        .map_err(named)?
+        .take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(named)?;
+    if bytes.len() as u64 > max {
+        return Err(named(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {max} bytes"),
+        )));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`], as UTF-8 text.
+pub fn read_bounded_text(path: &Path, max: u64) -> io::Result<String> {
+    String::from_utf8(read_bounded(path, max)?).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: not UTF-8 text", path.display()),
+        )
+    })
+}
+
 /// Flushes a directory's entries (a rename, a new file) to disk.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
@@ -78,6 +109,10 @@ mod tests {
         write_atomic(&path, b"one", Mode::Secret).unwrap();
         write_atomic(&path, b"two", Mode::Secret).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(read_bounded(&path, 3).unwrap(), b"two");
+        let error = read_bounded(&path, 2).unwrap_err();
+        assert!(error.to_string().contains("larger than 2 bytes"), "{error}");
+        assert!(error.to_string().contains(&path.display().to_string()), "{error}");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

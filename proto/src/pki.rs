@@ -95,7 +95,7 @@ impl Authority {
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|e| Error::File {
+            crate::files::read_bounded_text(&path, MAX_PEM_BYTES).map_err(|e| Error::File {
                 path,
                 reason: e.to_string(),
             })
@@ -160,6 +160,9 @@ impl Authority {
     }
 }
 
+/// The largest PEM file read (a certificate or key is a few kilobytes).
+pub const MAX_PEM_BYTES: u64 = 1 << 20;
+
 /// Writes `authority` and a certificate for each of `identities` into `dir`: the files
 /// that exist already are kept (so more nodes can be added later), the rest written
 /// atomically, keys `0600`. `ca.key` only with `keep_ca_key`. Returns what was written.
@@ -202,4 +205,33 @@ pub fn write_dir(
         put(cert, &issued.cert_pem, Mode::Public)?;
     }
     Ok(written)
+}
+
+/// Copies, for each of `identities`, `ca.pem` and its own certificate and key from the
+/// credentials directory `dir` into `into/<stem>/`: one folder per machine or container
+/// that holds what it needs and nothing else (no other identity's key, no `ca.key`).
+/// Keys stay `0600`. Returns the folders.
+pub fn deploy(dir: &Path, into: &Path, identities: &[Identity]) -> Result<Vec<PathBuf>, Error> {
+    let file_error = |path: &Path, e: std::io::Error| Error::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut folders = Vec::new();
+    for &identity in identities {
+        let folder = into.join(identity.stem());
+        std::fs::create_dir_all(&folder).map_err(|e| file_error(&folder, e))?;
+        let files = [
+            ("ca.pem".to_string(), Mode::Public),
+            (format!("{}.pem", identity.stem()), Mode::Public),
+            (format!("{}.key", identity.stem()), Mode::Secret),
+        ];
+        for (name, mode) in files {
+            let from = dir.join(&name);
+            let bytes = crate::files::read_bounded(&from, MAX_PEM_BYTES).map_err(|e| file_error(&from, e))?;
+            let to = folder.join(&name);
+            write_atomic(&to, &bytes, mode).map_err(|e| file_error(&to, e))?;
+        }
+        folders.push(folder);
+    }
+    Ok(folders)
 }

@@ -152,13 +152,14 @@ impl Security {
     pub fn from_dir(dir: &Path, identity: Identity) -> Result<Self, Error> {
         let read = |name: String| -> Result<(PathBuf, Vec<u8>), Error> {
             let path = dir.join(name);
-            let bytes = std::fs::read(&path).map_err(|e| Error::Credentials {
-                reason: match e.kind() {
-                    io::ErrorKind::NotFound => "not found (make the run's certificates with `wdml certs`)".into(),
-                    _ => e.to_string(),
-                },
-                path: path.clone(),
-            })?;
+            let bytes =
+                crate::files::read_bounded(&path, crate::pki::MAX_PEM_BYTES).map_err(|e| Error::Credentials {
+                    reason: match e.kind() {
+                        io::ErrorKind::NotFound => "not found (make the run's certificates with `wdml certs`)".into(),
+                        _ => e.to_string(),
+                    },
+                    path: path.clone(),
+                })?;
             Ok((path, bytes))
         };
         let (ca_path, ca_pem) = read("ca.pem".into())?;

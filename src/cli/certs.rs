@@ -26,6 +26,11 @@ pub struct Args {
     /// runs as another user. Needs the right to chown.
     #[arg(long, env = "WDML_CERTS_OWNER")]
     owner: Option<String>,
+    /// Also give each identity a folder of its own, DIR/coordinator/, DIR/node-<id>/, …,
+    /// holding ca.pem and that identity's certificate and key and nothing else: the
+    /// folder to copy to that machine or mount into that container.
+    #[arg(long)]
+    deploy: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -49,8 +54,15 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let mut identities = vec![Identity::Coordinator, Identity::Observer];
     identities.extend((0..args.nodes).map(Identity::Node));
     let written = pki::write_dir(&args.out, &authority, &identities, validity, true)?;
+    let folders = match &args.deploy {
+        Some(into) => pki::deploy(&args.out, into, &identities)?,
+        None => Vec::new(),
+    };
     if let Some(owner) = &args.owner {
         chown_all(&args.out, owner)?;
+        for folder in &folders {
+            chown_all(folder, owner)?;
+        }
     }
     let total = 2 + 2 * identities.len();
     println!(
@@ -62,6 +74,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
     );
     println!("every machine needs ca.pem; the coordinator coordinator.pem and .key; node k node-k.pem and .key;");
     println!("keep ca.key off the devices (it issues certificates).");
+    if let Some(into) = &args.deploy {
+        println!(
+            "{} folders in {}, one per identity, each with only what that identity needs",
+            folders.len(),
+            into.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

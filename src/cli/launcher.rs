@@ -106,7 +106,8 @@ fn finished(out: &Path) -> bool {
 
 /// The summary the coordinator wrote into `out`.
 fn read_summary(out: &Path) -> Result<Summary> {
-    let text = std::fs::read_to_string(out.join("summary.json"))
+    // A summary is a few kilobytes (one entry per node).
+    let text = wdml_proto::files::read_bounded_text(&out.join("summary.json"), 64 << 20)
         .with_context(|| format!("the coordinator wrote no summary; see {}", out.join("logs").display()))?;
     Ok(serde_json::from_str(&text)?)
 }

@@ -266,7 +266,8 @@ pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()>
     if !path.exists() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(&path)?;
+    // One line per closed round, one position per node.
+    let text = wdml_proto::files::read_bounded_text(&path, 1 << 30)?;
     let mut paths: Vec<Vec<(f64, f64)>> = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line: Line =
@@ -304,9 +305,11 @@ pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()>
 /// Writes `split.svg` beside the run's `split.json` (none without one).
 pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
     let path = run_dir.join("split.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
+    if !path.exists() {
         return Ok(());
-    };
+    }
+    // Per node: a sample count and a histogram.
+    let text = wdml_proto::files::read_bounded_text(&path, 64 << 20)?;
     let split: wdml_coordinator::SplitRecord =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let out = run_dir.join("split.svg");
