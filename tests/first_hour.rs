@@ -38,10 +38,12 @@ fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
     assert!(node.contains("round done node=0 round=1 "), "{node}");
     // The run ends when its last round does: nothing is left open to wait for.
     assert!(!coordinator.contains("still open"), "{coordinator}");
-    // Logs written to files carry no terminal colour codes.
+    // Logs written to files carry no terminal colour codes, and no process waited for
+    // connections left open at its end (the coordinator's and the nodes' alike).
     for entry in std::fs::read_dir(dir.path().join("logs")).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         assert!(!text.contains('\u{1b}'), "colour codes in a log file:\n{text}");
+        assert!(!text.contains("still open"), "{text}");
     }
     // The realised split is recorded: per node, its samples per class, and a picture.
     let split: wdml_coordinator::SplitRecord =
@@ -240,6 +242,12 @@ fn compare_runs_what_it_can_and_says_what_it_left_out() {
         "{table}"
     );
     assert!(table.contains("| local |") && table.contains("| dml |"), "{table}");
+    // What it prints fits an 80-column terminal, and says what it left out too.
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.contains("not run: fedavg"), "{printed}");
+    for line in printed.lines() {
+        assert!(line.chars().count() <= 80, "{line}");
+    }
     // The curves count rounds from 1 too.
     let json = std::fs::read_to_string(dir.path().join("cmp/comparison.json")).unwrap();
     let outcomes: serde_json::Value = serde_json::from_str(&json).unwrap();

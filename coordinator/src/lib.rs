@@ -24,7 +24,7 @@ pub use config::{Config, MAX_TIMEOUT};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage, SplitRecord, Summary};
-pub use table::bytes;
+pub use table::{bytes, joules, seconds};
 
 use std::future::Future;
 use std::sync::Arc;

@@ -113,7 +113,7 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A duration in seconds, in ms below a second (at most 8 characters up to 10⁵ s).
-fn seconds(s: f64) -> String {
+pub fn seconds(s: f64) -> String {
     match s {
         s if s < 1.0 => format!("{:.1} ms", 1e3 * s),
         s if s < 100.0 => format!("{s:.2} s"),
@@ -122,7 +122,7 @@ fn seconds(s: f64) -> String {
 }
 
 /// Energy in joules, in mJ below a joule, kJ from a thousand.
-fn joules(j: f64) -> String {
+pub fn joules(j: f64) -> String {
     match j {
         j if j < 1.0 => format!("{:.2} mJ", 1e3 * j),
         j if j < 1e3 => format!("{j:.3} J"),

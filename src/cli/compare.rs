@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use wdml_coordinator::{MetricsRow, Summary, bytes};
+use wdml_coordinator::{MetricsRow, Summary, bytes, joules, seconds};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use super::plot::{Panel, Series, figure};
@@ -159,9 +159,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
     };
 
     if args.seeds.is_empty() {
-        compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
-        println!("{}", std::fs::read_to_string(out.join("comparison.md"))?);
-        println!("written: {}/comparison.{{md,svg,json}}", out.display());
+        let (outcomes, target) = compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
+        print!("{}", terminal(&outcomes, target, &skipped));
+        println!("every column: {}/comparison.{{md,svg,json}}", out.display());
         return Ok(ExitCode::SUCCESS);
     }
     let mut per_seed = Vec::new();
@@ -169,7 +169,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let mut scenario = base.clone();
         scenario.run.seed = seed;
         eprintln!("==== seed {seed}");
-        let outcomes = compare(
+        let (outcomes, _) = compare(
             &runtime,
             &scenario,
             &algorithms,
@@ -185,9 +185,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
     wdml_proto::files::write_atomic(&out.join("seeds.md"), markdown.as_bytes(), public)?;
     let json = serde_json::to_string_pretty(&per_seed)? + "\n";
     wdml_proto::files::write_atomic(&out.join("seeds.json"), json.as_bytes(), public)?;
-    println!("{markdown}");
+    print!("{}", seeds_terminal(&per_seed));
     println!(
-        "written: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
+        "every column: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
         out.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -203,7 +203,7 @@ fn compare(
     target: Option<f64>,
     out: &Path,
     options: Launch,
-) -> Result<Vec<Outcome>> {
+) -> Result<(Vec<Outcome>, f64)> {
     let mut runs = Vec::new();
     for &algorithm in algorithms {
         let mut scenario = scenario.clone();
@@ -250,7 +250,90 @@ fn compare(
     write("comparison.md", report(scenario, &outcomes, target, how, skipped))?;
     write("comparison.svg", plot(scenario, &outcomes))?;
     write("comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
-    Ok(outcomes)
+    Ok((outcomes, target))
+}
+
+/// The comparison for a terminal, within 80 columns (comparison.md has every column).
+fn terminal(outcomes: &[Outcome], target: f64, skipped: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:>7} {:>7} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "algorithm", "final", "worst", "bytes/rd", "air time", "energy", "compute", "to target"
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            out,
+            "{:<9} {:>6.2}% {:>6.2}% {:>9} {:>9} {:>9} {:>9} {:>10}",
+            o.algorithm,
+            100.0 * o.final_mean_accuracy,
+            100.0 * o.worst_node_final_accuracy,
+            bytes(o.wire_bytes_per_round_per_node as u64),
+            seconds(o.airtime_s),
+            joules(o.energy_j),
+            seconds(o.compute_cpu_s),
+            o.to_target.map_or("never".into(), |(r, _, _)| format!("round {r}")),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "(final: mean accuracy over the nodes; worst: the worst node's; bytes/rd: wire\n \
+         bytes per round per node; air time, energy, compute CPU: all nodes, whole run;\n \
+         to target: first round at {:.2} % mean accuracy)",
+        100.0 * target
+    );
+    for skip in skipped {
+        out.push_str(&wrap(&format!("not run: {skip}"), 80));
+    }
+    out
+}
+
+/// `text` as lines of at most `width` characters (a longer word stands alone), the
+/// lines after the first indented by two spaces.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.trim().is_empty() && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = "  ".into();
+        } else if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
+}
+
+/// The comparison across seeds for a terminal, within 80 columns.
+fn seeds_terminal(per_seed: &[SeedOutcome]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<9} {:>5} {:>21} {:>21}",
+        "algorithm", "seeds", "final mean acc", "worst node"
+    );
+    let algorithms = per_seed.first().map_or(0, |s| s.outcomes.len());
+    for i in 0..algorithms {
+        let stat = |field: fn(&Outcome) -> f64| {
+            let values: Vec<f64> = per_seed.iter().map(|s| 100.0 * field(&s.outcomes[i])).collect();
+            let (mean, sd) = mean_sd(&values);
+            format!("{mean:.2} ± {sd:.2} %")
+        };
+        let _ = writeln!(
+            out,
+            "{:<9} {:>5} {:>21} {:>21}",
+            per_seed[0].outcomes[i].algorithm,
+            per_seed.len(),
+            stat(|o| o.final_mean_accuracy),
+            stat(|o| o.worst_node_final_accuracy),
+        );
+    }
+    let _ = writeln!(out, "(mean ± sample standard deviation over the seeds)");
+    out
 }
 
 /// Per closed round: the mean over the nodes of the accuracy of each one's newest model
