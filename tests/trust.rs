@@ -335,3 +335,60 @@ fn honest_nodes_keep_their_accuracy_under_median_while_an_adversary_lies() {
         "the liar cost little under mean: {under_mean} against {under_median}"
     );
 }
+
+#[test]
+fn a_node_refuses_a_coordinator_that_another_ca_certified() {
+    // An impostor coordinator, certified as "coordinator" by a CA of its own, where the
+    // node expects the run's: the node must not join it (nor tell it anything).
+    let dir = TempDir::new("impostor-coordinator");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let run = common::certs(&dir.path().join("run"), 1);
+    let foreign = common::certs(&dir.path().join("foreign"), 1);
+    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &small(1, 2));
+    let tls_at = args.iter().position(|a| a == "--tls-dir").unwrap();
+    args[tls_at + 1] = foreign.display().to_string();
+    let impostor = common::Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
+    let output = std::process::Command::new(common::WDML)
+        .args(["node", "--id", "0", "--coordinator", &impostor.address])
+        .args(["--coordinator-timeout-s", "2", "--tls-dir"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    // At once and clearly: a certificate no retry can change.
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        log.contains(&impostor.address)
+            && log.contains("TLS handshake failed")
+            && log.contains("invalid peer certificate"),
+        "{log}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let impostor_log = std::fs::read_to_string(dir.path().join("logs/coordinator.log")).unwrap();
+    assert!(!impostor_log.contains("event=\"joined\""), "{impostor_log}");
+    assert!(impostor_log.contains("0 of 1 joined"), "{impostor_log}");
+
+    // The run's own coordinator, by contrast, streams its events only to a caller with
+    // the run's credentials: Watch without a certificate is refused in the handshake.
+    let rt = runtime();
+    let watched = rt.block_on(async {
+        let tls_config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(foreign.join("ca.pem")).unwrap()))
+            .domain_name("coordinator.wdml");
+        let channel = Endpoint::from_shared(format!("https://{}", impostor.address))
+            .unwrap()
+            .tls_config(tls_config)
+            .unwrap()
+            .connect()
+            .await;
+        match channel {
+            Err(_) => Err(Code::Unavailable),
+            Ok(channel) => CoordinatorClient::new(channel)
+                .watch(wdml_proto::WatchRequest {})
+                .await
+                .map(drop)
+                .map_err(|s| s.code()),
+        }
+    });
+    assert!(watched.is_err(), "Watch without a certificate was served");
+}
