@@ -8,6 +8,7 @@
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
 pub mod files;
+pub mod message;
 pub mod pki;
 pub mod policy;
 pub mod transport;

@@ -19,8 +19,8 @@ pub use partition::{NodeStats, Partition, Split, SplitConfig, SplitStats, split}
 
 use crate::{Error, Result};
 
-/// Number of classes of the datasets we load (MNIST-style: labels `0..10`).
-pub const CLASSES: usize = 10;
+/// Classes of the datasets (the wire's: the columns of a prediction message).
+pub use wdml_proto::message::CLASSES;
 /// Mean of Fashion-MNIST training pixels scaled to `[0, 1]`.
 pub const MEAN: f32 = 0.2860;
 /// Standard deviation of Fashion-MNIST training pixels scaled to `[0, 1]`.

@@ -3,36 +3,7 @@
 
 use wdml_proto::{Encoding, Frame};
 
-/// Bytes per value of an encoding, or `None` for one this node cannot decode.
-pub fn bytes_per_value(encoding: Encoding) -> Option<usize> {
-    match encoding {
-        Encoding::F32 => Some(4),
-        Encoding::F16 => Some(2),
-        Encoding::Q8 => Some(1),
-        Encoding::Unspecified => None,
-    }
-}
-
-/// The shape of the message a node sends each round: a `rows × cols` matrix of values
-/// in `encoding` (predictions on the public batch, or all parameters as one row).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MessageShape {
-    pub rows: u32,
-    pub cols: u32,
-    pub encoding: Encoding,
-}
-
-impl MessageShape {
-    /// Values in one message.
-    pub fn values(&self) -> u64 {
-        u64::from(self.rows) * u64::from(self.cols)
-    }
-
-    /// Payload bytes of one message (headers not counted).
-    pub fn bytes(&self) -> u64 {
-        self.values() * bytes_per_value(self.encoding).unwrap_or(4) as u64
-    }
-}
+pub use wdml_proto::message::{MessageShape, bytes_per_value};
 
 /// An encoded `rows × cols` matrix.
 #[derive(Clone, Debug, PartialEq)]

@@ -31,8 +31,8 @@ use crate::{Error, Result};
 pub const INPUT_DIM: usize = 28 * 28;
 /// Side of the square input image.
 pub const IMAGE_SIDE: usize = 28;
-/// Number of classes every model predicts.
-pub const CLASSES: usize = 10;
+/// Classes of the datasets (the wire's: the columns of a prediction message).
+pub use wdml_proto::message::CLASSES;
 /// Largest model a spec may describe. A typo such as `mlp:1000000` would otherwise
 /// try to allocate gigabytes and abort the process instead of returning an error.
 pub const MAX_PARAMETERS: usize = 50_000_000;

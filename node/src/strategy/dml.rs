@@ -3,14 +3,14 @@
 //! trains on its private data with a distillation term toward their aggregate.
 
 use candle_core::{Device, Tensor};
-use wdml_proto::{AdversaryKind, Encoding};
+use wdml_proto::AdversaryKind;
 
 use super::{Losses, Strategy};
 use std::collections::BTreeMap;
 
 use wdml_channel::{derive_external_seed, purpose};
 
-use crate::exchange::{Collected, Delivered, MessageShape};
+use crate::exchange::{Collected, Delivered};
 use crate::learn::soft_targets;
 use crate::model::{CLASSES, ModelSpec};
 use crate::plan::RunPlan;
@@ -20,15 +20,6 @@ use crate::{Error, Result};
 pub(crate) struct Dml;
 
 impl Strategy for Dml {
-    /// Logits on the public batch, one row per image.
-    fn message(&self, public_batch: u32, encoding: Encoding, _parameters: usize) -> Option<MessageShape> {
-        Some(MessageShape {
-            rows: public_batch,
-            cols: CLASSES as u32,
-            encoding,
-        })
-    }
-
     /// Its predictions on the public batch.
     fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
         plan.public_batch as u64 * model.flops().forward

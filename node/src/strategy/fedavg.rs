@@ -3,11 +3,11 @@
 //! its neighbours, and averages what arrived with Metropolis–Hastings weights. Every
 //! node starts from one shared model, as FedAvg assumes.
 
-use wdml_proto::{Encoding, StartRound};
+use wdml_proto::StartRound;
 
 use super::{Losses, Strategy};
 use crate::Result;
-use crate::exchange::{Collected, MessageShape};
+use crate::exchange::Collected;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{Node, Round, train};
@@ -17,14 +17,6 @@ pub(crate) struct Fedavg;
 impl Strategy for Fedavg {
     /// All parameters as one row of f32: averaging quantised parameters would drift,
     /// so they travel exactly, whatever the run's encoding.
-    fn message(&self, _public_batch: u32, _encoding: Encoding, parameters: usize) -> Option<MessageShape> {
-        Some(MessageShape {
-            rows: 1,
-            cols: parameters as u32,
-            encoding: Encoding::F32,
-        })
-    }
-
     /// Averaging independently initialised networks destroys them.
     fn same_model(&self) -> bool {
         true

@@ -1,20 +1,13 @@
 //! `local`: every node learns alone, on its private data; the baseline that says what
 //! sharing is worth.
 
-use wdml_proto::Encoding;
-
 use super::{Losses, Strategy};
 use crate::Result;
-use crate::exchange::MessageShape;
 use crate::round::{Node, Round, train};
 
 pub(crate) struct Local;
 
 impl Strategy for Local {
-    fn message(&self, _public_batch: u32, _encoding: Encoding, _parameters: usize) -> Option<MessageShape> {
-        None
-    }
-
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
         // E local steps of cross-entropy on private batches.
         round.compute(|| train(node, None))

@@ -3,8 +3,9 @@
 //! and the deadlines, the one send-and-collect path, evaluation and the report — is the
 //! same for every algorithm and lives in [`crate::round`].
 //!
-//! Adding an algorithm: its value in `proto/wdml.proto` and its name in `wdml_proto`,
-//! a module here, and its line in `with_strategy!`.
+//! Adding an algorithm: its value in `proto/wdml.proto`, its name in `wdml_proto` and
+//! its message in `wdml_proto::message::shape` (the wire's), a module here, and its
+//! line in `with_strategy!`.
 
 mod dml;
 mod fedavg;
@@ -28,10 +29,6 @@ pub struct Losses {
 
 /// What an algorithm does in a round.
 pub(crate) trait Strategy {
-    /// The message it sends each round, given the run's public batch and encoding and
-    /// the model's parameter count; `None`: it exchanges nothing.
-    fn message(&self, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape>;
-
     /// The FLOPs a node running `model` computes before it can send its message
     /// (its neighbours' emulated clocks need it, and it follows from the plan alone).
     fn flops_before_exchange(&self, _plan: &RunPlan, _model: &ModelSpec) -> u64 {
@@ -79,7 +76,7 @@ macro_rules! with_strategy {
 
 /// The message `algorithm` sends each round (`None`: it exchanges nothing).
 pub fn message(algorithm: Algorithm, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape> {
-    with_strategy!(algorithm, s => s.message(public_batch, encoding, parameters))
+    wdml_proto::message::shape(algorithm, public_batch, encoding, parameters as u64)
 }
 
 /// Whether `algorithm` exchanges anything (its figures have a radio cost).
@@ -112,15 +109,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_algorithm_says_what_it_sends_and_whether_it_needs_one_model() {
-        let dml = message(Algorithm::Dml, 128, Encoding::Q8, 50_890).unwrap();
-        assert_eq!((dml.rows, dml.cols, dml.encoding), (128, 10, Encoding::Q8));
-        assert_eq!(dml.bytes(), 1_280);
-        // Parameters travel exactly, whatever the run's encoding.
-        let fedavg = message(Algorithm::Fedavg, 128, Encoding::Q8, 50_890).unwrap();
-        assert_eq!((fedavg.rows, fedavg.cols, fedavg.encoding), (1, 50_890, Encoding::F32));
-        assert_eq!(fedavg.bytes(), 203_560);
-        assert_eq!(message(Algorithm::Local, 128, Encoding::Q8, 50_890), None);
+    fn each_algorithm_says_whether_it_exchanges_and_needs_one_model() {
         assert_eq!(
             Algorithm::ALL
                 .iter()
