@@ -40,6 +40,20 @@ pub enum Mode {
     Broadcast,
 }
 
+/// Who shares the spectrum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Every link has a band of its own (`bandwidth_hz` each): transmissions of
+    /// different nodes happen at once and never meet.
+    #[default]
+    Dedicated,
+    /// One band of `bandwidth_hz` for the whole network: the nodes take turns,
+    /// one transmission at a time, in a fixed order (TDMA, see [`crate::spectrum`]),
+    /// so a round's exchange lasts the sum of every node's air time.
+    Shared,
+}
+
 /// The channel section of a scenario: a preset and overrides of any of its parameters.
 ///
 /// Every override is optional; an absent one keeps the preset's value.
@@ -53,6 +67,8 @@ pub struct ChannelConfig {
     pub time_scale: f64,
     /// Unicast or broadcast. Default unicast.
     pub mode: Mode,
+    /// A band per link, or one shared band. Default dedicated.
+    pub access: Access,
     /// Neighbour selection; default the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
@@ -133,6 +149,7 @@ impl Default for ChannelConfig {
             preset: Preset::default(),
             time_scale: DEFAULT_TIME_SCALE,
             mode: Mode::default(),
+            access: Access::default(),
             topology: None,
             area_m: None,
             positions: None,
@@ -173,6 +190,9 @@ pub struct ResolvedChannel {
     pub time_scale: f64,
     /// Unicast or broadcast.
     pub mode: Mode,
+    /// A band per link, or one shared band.
+    #[serde(default)]
+    pub access: Access,
     /// Neighbour selection.
     pub topology: Topology,
     /// Device placement.
@@ -287,6 +307,13 @@ impl ChannelConfig {
         if !matches!(&mobility, Mobility::Trace(t) if t.samples.is_empty()) {
             mobility.validate()?;
         }
+        crate::error::ensure(
+            self.access == Access::Dedicated || self.preset.shaping() == Shaping::Emulate,
+            "channel.access",
+            "can be `shared` only on an emulated radio (the preset's links are not emulated, so \
+             there is no air time to share)",
+            format!("shared, with preset {}", self.preset),
+        )?;
         let shadowing_decorrelation_m = self.shadowing_decorrelation_m.unwrap_or(DEFAULT_DECORRELATION_M);
         crate::error::ensure_positive(shadowing_decorrelation_m, "channel.shadowing_decorrelation_m")?;
         Ok(ResolvedChannel {
@@ -294,6 +321,7 @@ impl ChannelConfig {
             shaping: self.preset.shaping(),
             time_scale: self.time_scale,
             mode: self.mode,
+            access: self.access,
             topology,
             placement,
             radio,
@@ -337,6 +365,20 @@ impl ChannelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_band_needs_an_emulated_radio() {
+        let shared = |preset| ChannelConfig {
+            access: Access::Shared,
+            ..ChannelConfig::from_preset(preset)
+        };
+        assert_eq!(shared(Preset::D2dUrban).resolve().unwrap().access, Access::Shared);
+        let error = shared(Preset::Ideal).resolve().unwrap_err().to_string();
+        assert!(
+            error.contains("channel.access") && error.contains("emulated"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn the_default_config_is_d2d_urban() {

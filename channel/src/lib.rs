@@ -36,11 +36,12 @@ mod preset_behaviour_tests;
 mod propagation;
 mod radio;
 mod rng;
+pub mod spectrum;
 mod topology;
 mod transmission;
 pub mod units;
 
-pub use config::{ChannelConfig, DEFAULT_TIME_SCALE, Mode, ResolvedChannel, wall_time};
+pub use config::{Access, ChannelConfig, DEFAULT_TIME_SCALE, Mode, ResolvedChannel, wall_time};
 pub use error::{Error, Result};
 pub use geometry::{Placement, Position};
 pub use link::{Channel, Link, LinkState};

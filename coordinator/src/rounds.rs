@@ -13,7 +13,9 @@ use wdml_proto::{
     CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
 
-use wdml_channel::{derive_external_seed, purpose};
+use wdml_channel::spectrum::{self, BandPlan, Sender};
+use wdml_channel::{Access, derive_external_seed, purpose};
+use wdml_proto::message;
 
 use wdml_proto::policy::Closing;
 
@@ -131,6 +133,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         .live()
         .filter_map(|m| m.outbox.as_ref().map(|(c, _)| (m.id, m.advertise.clone(), *c)))
         .collect();
+    let parameters: BTreeMap<u32, u64> = state.members.live().map(|m| (m.id, m.parameters)).collect();
     if live.is_empty() {
         return Err(Error::NoLiveNodes { round });
     }
@@ -141,6 +144,8 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // The radio neighbours that are live this round.
     let neighbours_of =
         |id: u32| -> Vec<u32> { radio_neighbours[id as usize].iter().copied().filter(is_live).collect() };
+    let band = band_plan(shared, round, emulated_start_s, &parameters, &neighbours_of)?;
+    let band_start = |id: u32| band.turn(id as usize).map_or(0.0, |t| t.start_s);
     let mut participants = Vec::new();
     for (id, _, connection) in &live {
         let neighbours = neighbours_of(*id)
@@ -155,6 +160,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
                     node_id: j,
                     address,
                     neighbours: neighbours_of(j),
+                    band_start_s: band_start(j),
                 }
             })
             .collect();
@@ -166,6 +172,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             // Validated to fit (Config::validate).
             exchange_timeout_ms: u32::try_from(shared.config.exchange_timeout.as_millis()).unwrap_or(u32::MAX),
             emulated_start_s,
+            band_start_s: band_start(*id),
         };
         let event = CoordinatorEvent {
             event: Some(coordinator_event::Event::StartRound(start)),
@@ -186,6 +193,54 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         moved,
     });
     Ok(())
+}
+
+/// On a shared band (`channel.access = "shared"`), the round's turns: every live
+/// member that sends takes its turn in id order (`wdml_channel::spectrum`), each for
+/// the air time its message to its live neighbours takes on the channel of this
+/// moment; an empty plan on dedicated bands.
+fn band_plan(
+    shared: &Shared,
+    round: u32,
+    emulated_start_s: f64,
+    parameters: &BTreeMap<u32, u64>,
+    neighbours_of: &dyn Fn(u32) -> Vec<u32>,
+) -> Result<BandPlan> {
+    let (settings, resolved) = (&shared.config.settings, &shared.config.channel);
+    if resolved.access != Access::Shared {
+        return Ok(BandPlan::default());
+    }
+    let bad = |e: wdml_channel::Error| Error::Config {
+        field: "channel".into(),
+        reason: e.to_string(),
+    };
+    let channel = resolved
+        .channel_at(settings.seed, settings.nodes as usize, emulated_start_s)
+        .map_err(bad)?;
+    let senders: Vec<Sender> = parameters
+        .iter()
+        .filter_map(|(&id, &parameters)| {
+            let shape = message::shape(
+                settings.algorithm(),
+                settings.public_batch,
+                settings.encoding(),
+                parameters,
+            )?;
+            Some(Sender {
+                node: id as usize,
+                receivers: neighbours_of(id).into_iter().map(|j| j as usize).collect(),
+                bytes: shape.bytes(),
+            })
+        })
+        .collect();
+    spectrum::tdma(
+        &channel,
+        resolved.mode,
+        u64::from(round),
+        spectrum::ROUND_MESSAGE,
+        &senders,
+    )
+    .map_err(bad)
 }
 
 /// With moving devices (`channel.mobility`), each node's radio neighbours at emulated

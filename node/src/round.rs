@@ -18,10 +18,10 @@ use candle_core::Tensor;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
+use wdml_channel::Access;
 use wdml_proto::policy::Closing;
 use wdml_proto::{AdversaryKind, RoundMetrics, StartRound};
 
-use crate::Result;
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
 use crate::exchange::client::PeerClients;
@@ -32,6 +32,7 @@ use crate::learn::Learner;
 use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
+use crate::{Error, Result};
 
 /// Rows per evaluation batch: bounds memory, not results.
 pub(crate) const EVAL_BATCH: usize = 500;
@@ -187,6 +188,7 @@ impl Round<'_> {
             shape,
             destinations,
             withhold,
+            wait_s: band_wait_s(&node.plan, node.id, self.start.band_start_s),
         };
         // Semi-synchronous rounds: the exchange waits by the round's own rule.
         let wall = |emulated_s: f64| node.shaper.wall(emulated_s).unwrap_or(Duration::MAX);
@@ -252,7 +254,8 @@ impl Round<'_> {
         let plan = &node.plan;
         let seconds = |id: u32, flops: u64| plan.device(id).map_or(0.0, |d| d.seconds(flops));
         let mine = seconds(node.id, before);
-        let mut ready = mine + self.metrics.airtime_s;
+        let wait = band_wait_s(plan, node.id, self.start.band_start_s);
+        let mut ready = mine + wait + self.metrics.airtime_s;
         for message in &collected.messages {
             if let (Some(&arrival), Some(model)) = (
                 self.expected.arrival_s.get(&message.sender),
@@ -277,9 +280,39 @@ pub fn message(node: &Node) -> Option<MessageShape> {
     )
 }
 
+/// On a shared band (`channel.access = "shared"`), how long node `id` waits between
+/// having its message ready and the start of its turn: the exchange phase begins once
+/// the slowest device of the scenario has its message ready (known from the plan), and
+/// the node's turn `band_start_s` after that (the coordinator's plan). 0 on dedicated
+/// bands, where every node transmits as soon as it is ready.
+fn band_wait_s(plan: &RunPlan, id: u32, band_start_s: f64) -> f64 {
+    if plan.channel.access != Access::Shared {
+        return 0.0;
+    }
+    let ready = |k: u32| {
+        let model = &plan.models[k as usize];
+        let flops = strategy::flops_before_exchange(plan.algorithm, plan, model);
+        plan.device(k).map_or(0.0, |d| d.seconds(flops))
+    };
+    let phase = (0..plan.nodes).map(ready).fold(0.0, f64::max);
+    (phase + band_start_s - ready(id)).max(0.0)
+}
+
+/// A shared band's turn from the coordinator: emulated seconds, finite and ≥ 0.
+fn check_band_start(field: &str, band_start_s: f64) -> Result<()> {
+    if band_start_s.is_finite() && band_start_s >= 0.0 {
+        return Ok(());
+    }
+    Err(Error::config(field, format!("{band_start_s} is not an emulated time")))
+}
+
 /// Runs one round and returns its metrics.
 pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
     let began = Instant::now();
+    check_band_start("StartRound.band_start_s", start.band_start_s)?;
+    for peer in &start.neighbours {
+        check_band_start("StartRound.neighbours.band_start_s", peer.band_start_s)?;
+    }
     node.shaper.move_to(start.emulated_start_s)?;
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut round = Round {
@@ -372,7 +405,10 @@ fn listen(
         deadlines: BTreeMap::new(),
     };
     for peer in &start.neighbours {
-        let listening = node.shaper.listen(start.round, peer.node_id, &peer.neighbours, bytes)?;
+        let wait = band_wait_s(&node.plan, peer.node_id, peer.band_start_s);
+        let listening = node
+            .shaper
+            .listen(start.round, peer.node_id, &peer.neighbours, bytes, wait)?;
         metrics.rx_energy_j += listening.rx_energy_j;
         if !listening.delivered {
             continue;

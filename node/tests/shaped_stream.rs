@@ -121,7 +121,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     };
     let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
     let bytes = encoded.bytes.len() as u64;
-    let schedule = sender.schedule(0, &[1], bytes, frames.len()).unwrap();
+    let schedule = sender.schedule(0, &[1], bytes, frames.len(), 0.0).unwrap();
     let cost = schedule.cost;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);

@@ -27,6 +27,9 @@ pub struct Outgoing<'a> {
     pub destinations: Vec<(u32, Option<Channel>)>,
     /// Send nothing at all (a silent adversary): no frames, no radio cost.
     pub withhold: bool,
+    /// Emulated seconds from now until the first transmission may start (the node's
+    /// turn on a shared band; 0 on dedicated bands).
+    pub wait_s: f64,
 }
 
 /// Sends `outgoing` through `shaper`'s schedule while collecting the round's messages
@@ -48,6 +51,7 @@ pub async fn send_and_collect(
         shape,
         destinations,
         withhold,
+        wait_s,
     } = outgoing;
     let round = envelope.round;
     let encoded = codec::encode(values, shape);
@@ -56,7 +60,7 @@ pub async fn send_and_collect(
         (Default::default(), Vec::new())
     } else {
         let receivers: Vec<u32> = destinations.iter().map(|(id, _)| *id).collect();
-        let schedule = shaper.schedule(round, &receivers, encoded.bytes.len() as u64, frames.len())?;
+        let schedule = shaper.schedule(round, &receivers, encoded.bytes.len() as u64, frames.len(), wait_s)?;
         (schedule, destinations)
     };
     let cost = schedule.cost;

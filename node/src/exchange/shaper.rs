@@ -10,6 +10,10 @@
 //! neighbours follow each other; a broadcast is one transmission heard by all, at the
 //! rate of the worst neighbour.
 //!
+//! On a shared band (`channel.access = "shared"`) a node's transmissions wait for its
+//! turn (`wait_s`, from the coordinator's plan): the schedule starts that much later,
+//! and a receiver expects each neighbour's message that much later.
+//!
 //! A receiver evaluates the same pure model for the links into it, so it knows which
 //! neighbours' messages can arrive this round (it does not wait for a message the
 //! radio lost, as a MAC timeout would not) and what listening cost it.
@@ -19,7 +23,7 @@ use wdml_channel::{Channel, Link, Mode, Reception, ResolvedChannel, Shaping};
 use crate::{Error, Result};
 
 /// Which message of a round this is, for the channel's loss draws (one a round).
-const MESSAGE: u64 = 0;
+const MESSAGE: u64 = wdml_channel::spectrum::ROUND_MESSAGE;
 
 /// One frame reaching one receiver.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -117,8 +121,14 @@ impl Shaper {
         self.resolved.radio.frame_payload_bytes as usize
     }
 
-    /// Plans sending `bytes` (cut into `frames` frames) to `receivers` in `round`.
-    pub fn schedule(&self, round: u32, receivers: &[u32], bytes: u64, frames: usize) -> Result<Schedule> {
+    /// A band per link, or one shared band.
+    pub fn access(&self) -> wdml_channel::Access {
+        self.resolved.access
+    }
+
+    /// Plans sending `bytes` (cut into `frames` frames) to `receivers` in `round`, the
+    /// first transmission `wait_s` emulated seconds from now (a shared band's turn).
+    pub fn schedule(&self, round: u32, receivers: &[u32], bytes: u64, frames: usize, wait_s: f64) -> Result<Schedule> {
         if self.shaping() != Shaping::Emulate {
             // Unshaped: everything at once, nothing lost, no radio cost.
             let deliveries = (0..receivers.len())
@@ -138,7 +148,7 @@ impl Shaper {
         }
         let round = u64::from(round);
         let mut schedule = Schedule::default();
-        let mut clock = 0.0;
+        let mut clock = wait_s;
         match self.resolved.mode {
             Mode::Unicast => {
                 for (receiver, &to) in receivers.iter().enumerate() {
@@ -211,8 +221,16 @@ impl Shaper {
 
     /// Whether `sender`'s message of `bytes` reaches this node in `round`, and what
     /// listening to it costs. `sender_receivers` are the sender's neighbours (they set
-    /// a broadcast's rate).
-    pub fn listen(&self, round: u32, sender: u32, sender_receivers: &[u32], bytes: u64) -> Result<Listening> {
+    /// a broadcast's rate); the sender transmits `sender_wait_s` after it is ready (its
+    /// turn on a shared band).
+    pub fn listen(
+        &self,
+        round: u32,
+        sender: u32,
+        sender_receivers: &[u32],
+        bytes: u64,
+        sender_wait_s: f64,
+    ) -> Result<Listening> {
         if self.shaping() != Shaping::Emulate {
             return Ok(Listening {
                 delivered: true,
@@ -244,7 +262,7 @@ impl Shaper {
                 Ok(Listening {
                     delivered: outcome.delivered,
                     rx_energy_j: outcome.rx_energy_j,
-                    arrival_s: before + outcome.airtime_s + outcome.latency_s,
+                    arrival_s: sender_wait_s + before + outcome.airtime_s + outcome.latency_s,
                 })
             }
             Mode::Broadcast => {
@@ -264,7 +282,7 @@ impl Shaper {
                     |r| Listening {
                         delivered: r.delivered,
                         rx_energy_j: r.rx_energy_j,
-                        arrival_s: outcome.airtime_s + r.latency_s,
+                        arrival_s: sender_wait_s + outcome.airtime_s + r.latency_s,
                     },
                 ))
             }
@@ -288,7 +306,7 @@ mod tests {
     #[test]
     fn unshaped_sends_every_frame_at_once() {
         let s = shaper(ChannelConfig::from_preset(Preset::Ideal), 0);
-        let schedule = s.schedule(0, &[1, 2], 3000, 3).unwrap();
+        let schedule = s.schedule(0, &[1, 2], 3000, 3, 0.0).unwrap();
         assert_eq!(schedule.deliveries.len(), 6);
         assert!(schedule.deliveries.iter().all(|d| d.at_s == 0.0));
         assert_eq!(schedule.cost, SendCost::default());
@@ -303,7 +321,7 @@ mod tests {
         let s = shaper(config, 0);
         let bytes: u64 = 2560;
         let frames = bytes.div_ceil(s.frame_bytes() as u64) as usize;
-        let schedule = s.schedule(3, &[1, 2, 3], bytes, frames).unwrap();
+        let schedule = s.schedule(3, &[1, 2, 3], bytes, frames, 0.0).unwrap();
         assert_eq!(
             schedule.deliveries.len(),
             3 * frames,
@@ -324,7 +342,7 @@ mod tests {
             },
             2,
         );
-        assert!(receiver.listen(3, 0, &[1, 2, 3], bytes).unwrap().delivered);
+        assert!(receiver.listen(3, 0, &[1, 2, 3], bytes, 0.0).unwrap().delivered);
     }
 
     #[test]
@@ -333,9 +351,11 @@ mod tests {
         let (mut lost, mut checked) = (0, 0);
         for round in 0..40 {
             let sender = shaper(config.clone(), 0);
-            let schedule = sender.schedule(round, &[1, 2, 3], 2560, 2).unwrap();
+            let schedule = sender.schedule(round, &[1, 2, 3], 2560, 2, 0.0).unwrap();
             for (i, to) in [1, 2, 3].into_iter().enumerate() {
-                let listening = shaper(config.clone(), to).listen(round, 0, &[1, 2, 3], 2560).unwrap();
+                let listening = shaper(config.clone(), to)
+                    .listen(round, 0, &[1, 2, 3], 2560, 0.0)
+                    .unwrap();
                 assert_eq!(
                     listening.delivered, schedule.delivered[i],
                     "round {round}, receiver {to}"

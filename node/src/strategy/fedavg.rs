@@ -90,6 +90,7 @@ mod tests {
             node_id,
             address: String::new(),
             neighbours,
+            band_start_s: 0.0,
         }
     }
 
