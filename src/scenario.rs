@@ -425,6 +425,9 @@ impl Scenario {
                 MAX_START_ROUND_BYTES >> 20
             );
         }
+        // What every node checks at Join, checked here first: a run that no node could
+        // join is refused before anything starts.
+        wdml_node::plan::RunPlan::from_settings(self.settings()?).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(())
     }
 
@@ -851,6 +854,27 @@ mod tests {
         for (assignment, field) in cases {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
+        }
+    }
+
+    #[test]
+    fn settings_over_the_air_cannot_use_are_refused_naming_the_field() {
+        let air = ["channel.mode=\"over_the_air\"", "channel.access=\"shared\"", "exchange.encoding=\"f32\""];
+        let load = |extra: &[&str]| {
+            let overrides: Vec<String> = air.iter().chain(extra).map(|o| o.to_string()).collect();
+            Scenario::load(None, &overrides).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        load(&[]).unwrap();
+        for (extra, field) in [
+            (&["channel.access=\"dedicated\""][..], "channel.access"),
+            (&["exchange.encoding=\"q8\""], "exchange.encoding"),
+            (&["exchange.aggregate=\"median\""], "exchange.aggregate"),
+            (&["exchange.max_staleness=2"], "exchange.max_staleness"),
+            (&["run.algorithm=\"fedavg\"", "nodes.models=[\"mlp\"]"], "run.algorithm"),
+            (&["channel.preset=\"ideal\""], "channel.access"),
+        ] {
+            let error = load(extra).unwrap_err();
+            assert!(error.contains(field), "{extra:?}: {error}");
         }
     }
 

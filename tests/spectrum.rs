@@ -1,7 +1,9 @@
 //! The spectrum, done with real processes: on a shared band the nodes take turns, so a
 //! round's exchange lasts the sum of every node's air time (on dedicated bands they
 //! transmit at once); broadcast needs one transmission per node where unicast needs one
-//! per neighbour, and shortens the band's busy time accordingly.
+//! per neighbour, and shortens the band's busy time accordingly. Over the air, without
+//! noise, learning is exactly digital exchange's; with noise it still learns; a sender
+//! below the truncation threshold is left out by both ends.
 
 mod common;
 
@@ -29,8 +31,14 @@ fn radio(access: &str, mode: &str) -> Vec<String> {
 }
 
 fn run(access: &str, mode: &str) -> Vec<MetricsRow> {
+    run_with(access, mode, &[])
+}
+
+fn run_with(access: &str, mode: &str, extra: &[&str]) -> Vec<MetricsRow> {
     let dir = TempDir::new(&format!("spectrum-{access}-{mode}"));
-    assert!(launch(dir.path(), &radio(access, mode)).status.success());
+    let mut overrides = radio(access, mode);
+    overrides.extend(extra.iter().map(|o| o.to_string()));
+    assert!(launch(dir.path(), &overrides).status.success());
     metrics(dir.path())
 }
 
@@ -87,5 +95,81 @@ fn a_shared_band_takes_turns_and_broadcast_takes_fewer() {
         );
         // At the worst neighbour's rate, so up to 3× shorter, never longer.
         assert!(broadcast_last < unicast_last && 3.0 * broadcast_air >= unicast_air * (1.0 - 1e-12));
+    }
+}
+
+#[test]
+fn over_the_air_without_noise_learns_exactly_as_digital_exchange_and_with_noise_still_learns() {
+    // Values as they are (f32), every sender aligned (no threshold, no link in outage).
+    let analog = ["exchange.encoding=\"f32\"", "channel.air_min_snr_db=-100"];
+    let digital = run_with("shared", "unicast", &analog);
+    let mut ideal = analog.to_vec();
+    ideal.push("channel.air_noise=false");
+    let ideal = run_with("shared", "over_the_air", &ideal);
+    let noisy = run_with("shared", "over_the_air", &analog);
+    for ((d, i), n) in digital.iter().zip(&ideal).zip(&noisy) {
+        assert_eq!((d.node, d.round), (i.node, i.round));
+        assert_eq!(
+            i.peers_heard, 3,
+            "node {} round {}: every neighbour aligned",
+            i.node, i.round
+        );
+        assert_eq!(d.test_accuracy, i.test_accuracy, "node {} round {}", i.node, i.round);
+        assert_eq!(d.kl_loss, i.kl_loss, "node {} round {}", i.node, i.round);
+        // The noise moves the target, but the run still learns.
+        assert_eq!(n.peers_heard, 3);
+        assert!(n.kl_loss.is_finite() && n.test_accuracy > 0.3, "{n:?}");
+    }
+    assert!(
+        noisy.iter().zip(&ideal).any(|(n, i)| n.kl_loss != i.kl_loss),
+        "the noise did nothing"
+    );
+    // The analog slots are far shorter than one digital message per link, and each
+    // receiver's listening energy is its slot's length times P_rx (0.1 W): the slots
+    // follow each other, so the last node's round ends after all of them.
+    for round in 1..=3 {
+        let these: Vec<&MetricsRow> = noisy.iter().filter(|r| r.round == round).collect();
+        let slots: f64 = these.iter().map(|r| r.rx_energy_j / 0.1).sum();
+        let last = these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max);
+        assert!(
+            (last - (slots + 1e-3)).abs() < 1e-9,
+            "round {round}: {last} s against {slots} s of slots"
+        );
+        let digital_air: f64 = digital.iter().filter(|r| r.round == round).map(|r| r.airtime_s).sum();
+        let analog_air: f64 = these.iter().map(|r| r.airtime_s).sum();
+        assert!(analog_air < digital_air, "{analog_air} vs {digital_air}");
+    }
+}
+
+#[test]
+fn over_the_air_leaves_a_sender_below_the_threshold_out_at_both_ends() {
+    // A threshold between the links' SNRs: some senders are aligned, some are not.
+    let rows = run_with(
+        "shared",
+        "over_the_air",
+        &[
+            "exchange.encoding=\"f32\"",
+            "channel.area_m=400",
+            "channel.air_min_snr_db=25",
+        ],
+    );
+    let heard: u32 = rows.iter().map(|r| r.peers_heard).sum();
+    let possible = 3 * rows.len() as u32;
+    assert!(heard > 0 && heard < possible, "{heard} of {possible} messages heard");
+    // What was not heard was not sent either: a silent sender spends no air time in
+    // that slot, so the air times add up to one burst per message heard.
+    for round in 1..=3 {
+        let these: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
+        let sent: u32 = these.iter().map(|r| r.frames_sent).sum();
+        let heard: u32 = these.iter().map(|r| r.peers_heard).sum();
+        assert_eq!(
+            sent,
+            2 * heard,
+            "round {round}: an analog burst and a control message per message heard"
+        );
+        // A neighbour left out counts as a message the radio did not deliver.
+        for r in &these {
+            assert_eq!(r.peers_heard + r.messages_lost, 3, "{r:?}");
+        }
     }
 }

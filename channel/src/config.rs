@@ -38,7 +38,15 @@ pub enum Mode {
     /// One transmission heard by every neighbour, at the worst neighbour's rate
     /// (see [`crate::BroadcastTransmission`]).
     Broadcast,
+    /// Analog over-the-air aggregation: one slot per receiver, in which all its
+    /// neighbours transmit their soft predictions at once and the channel adds them
+    /// (see [`crate::spectrum`]). Needs `access = "shared"`.
+    OverTheAir,
 }
+
+/// The default truncation threshold of over-the-air aggregation, dB: a sender whose
+/// full-power SNR to the receiver is below it stays silent in that slot.
+pub const DEFAULT_AIR_MIN_SNR_DB: f64 = 10.0;
 
 /// Who shares the spectrum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -69,6 +77,13 @@ pub struct ChannelConfig {
     pub mode: Mode,
     /// A band per link, or one shared band. Default dedicated.
     pub access: Access,
+    /// Over the air: the truncation threshold, dB (a sender below it in a slot stays
+    /// silent). Default [`DEFAULT_AIR_MIN_SNR_DB`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub air_min_snr_db: Option<f64>,
+    /// Over the air: whether the receiver noise is added to the sum (default true;
+    /// false gives ideal over-the-air aggregation, for comparison).
+    pub air_noise: bool,
     /// Neighbour selection; default the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
@@ -150,6 +165,8 @@ impl Default for ChannelConfig {
             time_scale: DEFAULT_TIME_SCALE,
             mode: Mode::default(),
             access: Access::default(),
+            air_min_snr_db: None,
+            air_noise: true,
             topology: None,
             area_m: None,
             positions: None,
@@ -193,6 +210,12 @@ pub struct ResolvedChannel {
     /// A band per link, or one shared band.
     #[serde(default)]
     pub access: Access,
+    /// Over the air: the truncation threshold, dB.
+    #[serde(default = "default_air_min_snr_db")]
+    pub air_min_snr_db: f64,
+    /// Over the air: whether the receiver noise is added.
+    #[serde(default = "default_true")]
+    pub air_noise: bool,
     /// Neighbour selection.
     pub topology: Topology,
     /// Device placement.
@@ -205,6 +228,14 @@ pub struct ResolvedChannel {
     /// Gudmundson's decorrelation distance, m.
     #[serde(default = "default_decorrelation")]
     pub shadowing_decorrelation_m: f64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_air_min_snr_db() -> f64 {
+    DEFAULT_AIR_MIN_SNR_DB
 }
 
 fn default_decorrelation() -> f64 {
@@ -314,6 +345,20 @@ impl ChannelConfig {
              there is no air time to share)",
             format!("shared, with preset {}", self.preset),
         )?;
+        crate::error::ensure(
+            self.mode != Mode::OverTheAir || self.access == Access::Shared,
+            "channel.mode",
+            "can be `over_the_air` only with channel.access = \"shared\" (the receivers take turns \
+             on one band: a node cannot transmit and receive at once)",
+            "over_the_air, with dedicated bands",
+        )?;
+        let air_min_snr_db = self.air_min_snr_db.unwrap_or(DEFAULT_AIR_MIN_SNR_DB);
+        crate::error::ensure(
+            air_min_snr_db.is_finite(),
+            "channel.air_min_snr_db",
+            "must be a finite threshold in dB",
+            air_min_snr_db,
+        )?;
         let shadowing_decorrelation_m = self.shadowing_decorrelation_m.unwrap_or(DEFAULT_DECORRELATION_M);
         crate::error::ensure_positive(shadowing_decorrelation_m, "channel.shadowing_decorrelation_m")?;
         Ok(ResolvedChannel {
@@ -322,6 +367,8 @@ impl ChannelConfig {
             time_scale: self.time_scale,
             mode: self.mode,
             access: self.access,
+            air_min_snr_db,
+            air_noise: self.air_noise,
             topology,
             placement,
             radio,

@@ -41,7 +41,7 @@ mod topology;
 mod transmission;
 pub mod units;
 
-pub use config::{Access, ChannelConfig, DEFAULT_TIME_SCALE, Mode, ResolvedChannel, wall_time};
+pub use config::{Access, ChannelConfig, DEFAULT_AIR_MIN_SNR_DB, DEFAULT_TIME_SCALE, Mode, ResolvedChannel, wall_time};
 pub use error::{Error, Result};
 pub use geometry::{Placement, Position};
 pub use link::{Channel, Link, LinkState};

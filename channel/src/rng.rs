@@ -37,6 +37,8 @@ pub(crate) enum Stream {
     External = 6,
     /// Random-waypoint walks.
     Mobility = 7,
+    /// The receiver noise on an over-the-air sum.
+    AirNoise = 8,
 }
 
 /// A seed for a random quantity outside the channel, named by `words` (a [`purpose`]

@@ -12,10 +12,39 @@
 //! the coordinator computes it and gives each node its own turn and its neighbours'
 //! ([`BandPlan`]), and every air time in it is the one the sender's shaper computes for
 //! the same transmission.
+//!
+//! # Over the air (`mode = "over_the_air"`)
+//!
+//! Distillation needs only the *mean* of the neighbours' soft predictions, and a radio
+//! channel adds signals that arrive at once (over-the-air computation: Zhu, Wang &
+//! Huang 2019 for federated learning; Ahn, Simeone & Kang 2019 for federated
+//! distillation). So each receiver gets one slot ([`AirSlot`]), the receivers taking
+//! turns in id order (a node cannot transmit and receive at once), and in it every
+//! neighbour transmits its softened prediction matrix at the same time, one analog
+//! symbol per value (`values / bandwidth_hz` seconds).
+//!
+//! - Truncated channel inversion: sender k scales its signal by `√ρ / h_k` so that every
+//!   sender arrives at the same power ρ; its transmit power `ρ / g_k` must stay within
+//!   its maximum `P`, so a sender whose full-power SNR `P·g_k/σ²` is below the
+//!   threshold (`air_min_snr_db`), or in outage, stays silent in that slot. The
+//!   receiver picks the largest ρ every aligned sender can reach: that of the weakest,
+//!   so the effective SNR of each sender's values is `γ = min_k P·g_k/σ²` over the
+//!   aligned senders, and the weakest transmits at full power.
+//! - The receiver gets `y = √ρ·Σ_k x_k + n`, `n ~ N(0, σ²)` per value, and divides by
+//!   `K·√ρ` (K, the number of aligned senders, it learns from each one's short control
+//!   message, sent digitally before the analog part): the estimate of the mean is the
+//!   true mean plus Gaussian noise of standard deviation `1 / (K·√γ)`. (The full
+//!   complex noise power lands on the real value: conservative by a factor 2.)
+//! - Costs: a slot lasts the aligned senders' control messages plus the analog part; an
+//!   aligned sender spends `(ρ/g_k + P_circuit)·analog + (P + P_circuit)·control`, the
+//!   receiver `P_rx` for the whole slot.
+
+use rand_distr::{Distribution, StandardNormal};
 
 use crate::config::Mode;
 use crate::error::Result;
 use crate::link::{Channel, Link};
+use crate::rng::{SplitMix64, Stream};
 
 /// Which message of a round a node's round message is, for the channel's loss draws
 /// (one a round; the sender's shaper and this plan draw the same).
@@ -55,6 +84,164 @@ impl BandPlan {
     }
 }
 
+/// Payload bytes of an aligned sender's control message before an over-the-air slot
+/// (it says "I take part"; the receiver counts them).
+pub const AIR_CONTROL_BYTES: u64 = 2;
+
+/// A sender aligned in an over-the-air slot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Aligned {
+    pub node: usize,
+    /// Its SNR at full power this round, linear.
+    pub snr_linear: f64,
+    /// Its control message's air time, s.
+    pub control_s: f64,
+    /// The link's latency this round, s.
+    pub latency_s: f64,
+}
+
+/// One receiver's over-the-air slot in a round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AirSlot {
+    pub receiver: usize,
+    /// The senders above the truncation threshold, in id order (the others stay silent).
+    pub aligned: Vec<Aligned>,
+    /// The analog part: one symbol per value at the band's symbol rate, s (0 when no
+    /// sender is aligned: there is no slot).
+    pub analog_s: f64,
+    /// The effective SNR of each aligned sender's values at the receiver, linear: the
+    /// weakest aligned sender's full-power SNR.
+    pub snr_linear: f64,
+    /// Transmit power at full power, W (to price the inversion).
+    tx_power_w: f64,
+    circuit_power_w: f64,
+    rx_power_w: f64,
+}
+
+impl AirSlot {
+    /// How long the slot occupies the band: the control messages, then the analog part.
+    pub fn span_s(&self) -> f64 {
+        self.aligned.iter().map(|a| a.control_s).sum::<f64>() + self.analog_s
+    }
+
+    /// The aligned sender `node`, if it is.
+    pub fn aligned(&self, node: usize) -> Option<&Aligned> {
+        self.aligned.iter().find(|a| a.node == node)
+    }
+
+    /// What taking part costs sender `node`: (air time, transmit energy); `None` if it
+    /// stays silent.
+    pub fn sender_cost(&self, node: usize) -> Option<(f64, f64)> {
+        let a = self.aligned(node)?;
+        // Inversion to the weakest aligned sender's received power.
+        let power = self.tx_power_w * self.snr_linear / a.snr_linear;
+        let energy =
+            (power + self.circuit_power_w) * self.analog_s + (self.tx_power_w + self.circuit_power_w) * a.control_s;
+        Some((self.analog_s + a.control_s, energy))
+    }
+
+    /// What listening to the whole slot costs the receiver, J.
+    pub fn receiver_energy_j(&self) -> f64 {
+        self.rx_power_w * self.span_s()
+    }
+
+    /// The standard deviation of the noise on the received mean when `heard` of the
+    /// aligned senders' values are summed: `1 / (heard·√γ)`.
+    pub fn noise_std(&self, heard: usize) -> f64 {
+        if heard == 0 || !self.snr_linear.is_finite() {
+            return 0.0;
+        }
+        1.0 / (heard as f64 * self.snr_linear.sqrt())
+    }
+}
+
+/// Receiver `receiver`'s over-the-air slot in `round`, for a message of `values`
+/// analog values from each of `senders` (its neighbours).
+pub fn air_slot(
+    channel: &Channel,
+    round: u64,
+    receiver: usize,
+    senders: &[usize],
+    values: u64,
+    min_snr_db: f64,
+) -> Result<AirSlot> {
+    let params = channel.params();
+    let control_bits = params.frame_bits(AIR_CONTROL_BYTES);
+    let mut sorted = senders.to_vec();
+    sorted.sort_unstable();
+    let mut aligned = Vec::new();
+    for sender in sorted {
+        let state = channel.link_state(Link::new(sender, receiver), round)?;
+        if state.outage || state.snr_db < min_snr_db {
+            continue;
+        }
+        let Some(control_s) = state.airtime_s(control_bits) else {
+            continue;
+        };
+        aligned.push(Aligned {
+            node: sender,
+            snr_linear: state.snr_linear(),
+            control_s,
+            latency_s: state.latency_s,
+        });
+    }
+    let snr_linear = aligned.iter().map(|a| a.snr_linear).fold(f64::INFINITY, f64::min);
+    let analog_s = if aligned.is_empty() {
+        0.0
+    } else {
+        values as f64 / params.bandwidth_hz
+    };
+    Ok(AirSlot {
+        receiver,
+        aligned,
+        analog_s,
+        snr_linear,
+        tx_power_w: params.tx_power_w(),
+        circuit_power_w: params.circuit_power_w,
+        rx_power_w: params.rx_power_w,
+    })
+}
+
+/// The receivers' over-the-air slots of `round` on the one band: in ascending id order,
+/// each starting when the one before it has finished. `receivers`: each receiver and
+/// its neighbours (the senders of its slot); `values` per message.
+pub fn over_the_air(
+    channel: &Channel,
+    round: u64,
+    receivers: &[(usize, Vec<usize>)],
+    values: u64,
+    min_snr_db: f64,
+) -> Result<BandPlan> {
+    let mut order: Vec<&(usize, Vec<usize>)> = receivers.iter().collect();
+    order.sort_by_key(|(node, _)| *node);
+    let mut plan = BandPlan::default();
+    for (receiver, senders) in order {
+        let span = air_slot(channel, round, *receiver, senders, values, min_snr_db)?.span_s();
+        plan.turns.push(Turn {
+            node: *receiver,
+            start_s: plan.span_s,
+            airtime_s: span,
+        });
+        plan.span_s += span;
+    }
+    Ok(plan)
+}
+
+/// Adds the receiver noise of `slot` to `mean` (the mean of the `heard` aligned
+/// senders' values, row-major), drawn from the run seed, the receiver and the round:
+/// the same noise wherever it is computed.
+pub fn add_air_noise(mean: &mut [f32], slot: &AirSlot, heard: usize, run_seed: u64, round: u64) {
+    let std = slot.noise_std(heard);
+    if std == 0.0 {
+        return;
+    }
+    let mut rng = SplitMix64::for_stream(run_seed, Stream::AirNoise, &[slot.receiver as u64, round]);
+    for value in mean.iter_mut() {
+        let noise: f64 = StandardNormal.sample(&mut rng);
+        *value += (std * noise) as f32;
+    }
+}
+
 /// The air time of `sender`'s message in `round` (message index `message`), as its own
 /// radio spends it under `mode`: every transmission and retransmission.
 pub fn airtime_s(channel: &Channel, mode: Mode, round: u64, message: u64, sender: &Sender) -> Result<f64> {
@@ -72,6 +259,8 @@ pub fn airtime_s(channel: &Channel, mode: Mode, round: u64, message: u64, sender
             .broadcast(sender.node, &sender.receivers, round, message, sender.bytes)?
             .run()
             .airtime_s),
+        // Analog slots are planned per receiver (`over_the_air`), not per sender.
+        Mode::OverTheAir => Ok(0.0),
     }
 }
 
@@ -147,6 +336,75 @@ mod tests {
         // worst neighbour's rate, so somewhat less).
         assert!(broadcast.span_s < unicast.span_s, "{broadcast:?} {unicast:?}");
         assert!(broadcast.span_s * 4.0 >= unicast.span_s * (1.0 - 1e-12));
+    }
+
+    #[test]
+    fn over_the_air_slots_follow_each_other_and_truncate_weak_senders() {
+        let channel = channel(6);
+        let receivers: Vec<(usize, Vec<usize>)> = (0..6).map(|i| (i, (0..6).filter(|&j| j != i).collect())).collect();
+        let strict = over_the_air(&channel, 2, &receivers, 640, 25.0).unwrap();
+        let lax = over_the_air(&channel, 2, &receivers, 640, -50.0).unwrap();
+        let mut clock = 0.0;
+        for (turn, (receiver, senders)) in lax.turns.iter().zip(&receivers) {
+            assert_eq!((turn.node, turn.start_s), (*receiver, clock));
+            let slot = air_slot(&channel, 2, *receiver, senders, 640, -50.0).unwrap();
+            // No threshold: every sender not in outage takes part, the weakest at full
+            // power, and the analog part is 640 symbols at 1 MHz.
+            let outage: Vec<usize> = senders
+                .iter()
+                .copied()
+                .filter(|&k| channel.link_state(Link::new(k, *receiver), 2).unwrap().outage)
+                .collect();
+            assert_eq!(slot.aligned.len() + outage.len(), 5);
+            assert!((slot.analog_s - 640e-6).abs() < 1e-15);
+            let weakest = slot.aligned.iter().map(|a| a.snr_linear).fold(f64::INFINITY, f64::min);
+            assert_eq!(slot.snr_linear, weakest);
+            assert_eq!(turn.airtime_s, slot.span_s());
+            clock += turn.airtime_s;
+        }
+        assert_eq!(lax.span_s, clock);
+        // A threshold leaves the weak senders out, on every slot.
+        for (receiver, senders) in &receivers {
+            let slot = air_slot(&channel, 2, *receiver, senders, 640, 25.0).unwrap();
+            for &k in senders {
+                let snr = channel.link_state(Link::new(k, *receiver), 2).unwrap().snr_db;
+                assert_eq!(slot.aligned(k).is_some(), snr >= 25.0, "{k} -> {receiver}: {snr} dB");
+                // A silent sender spends nothing.
+                assert_eq!(slot.sender_cost(k).is_some(), snr >= 25.0);
+            }
+        }
+        assert!(strict.span_s < lax.span_s);
+    }
+
+    #[test]
+    fn the_noise_on_the_received_mean_has_the_models_variance() {
+        let channel = channel(4);
+        let slot = air_slot(&channel, 0, 0, &[1, 2, 3], 100_000, -50.0).unwrap();
+        let heard = slot.aligned.len();
+        assert!(heard > 0);
+        let std = slot.noise_std(heard);
+        assert_eq!(std, 1.0 / (heard as f64 * slot.snr_linear.sqrt()));
+        let mut mean = vec![0.25f32; 100_000];
+        add_air_noise(&mut mean, &slot, heard, 7, 0);
+        let errors: Vec<f64> = mean.iter().map(|&v| f64::from(v) - 0.25).collect();
+        let n = errors.len() as f64;
+        let bias = errors.iter().sum::<f64>() / n;
+        let variance = errors.iter().map(|e| (e - bias) * (e - bias)).sum::<f64>() / (n - 1.0);
+        // 100,000 draws: the sample variance is within 2 % of σ² (about 4.5 standard
+        // errors), and the mean within 5 standard errors of 0.
+        assert!(
+            (variance / (std * std) - 1.0).abs() < 0.02,
+            "{variance} vs {}",
+            std * std
+        );
+        assert!(bias.abs() < 5.0 * std / n.sqrt(), "{bias}");
+        // The same draw wherever it is made; none without noise.
+        let mut again = vec![0.25f32; 100_000];
+        add_air_noise(&mut again, &slot, heard, 7, 0);
+        assert_eq!(mean, again);
+        let mut quiet = vec![0.25f32; 10];
+        add_air_noise(&mut quiet, &slot, 0, 7, 0);
+        assert_eq!(quiet, vec![0.25f32; 10]);
     }
 
     #[test]

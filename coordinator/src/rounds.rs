@@ -14,7 +14,7 @@ use wdml_proto::{
 };
 
 use wdml_channel::spectrum::{self, BandPlan, Sender};
-use wdml_channel::{Access, derive_external_seed, purpose};
+use wdml_channel::{Access, Mode, derive_external_seed, purpose};
 use wdml_proto::message;
 
 use wdml_proto::policy::Closing;
@@ -198,7 +198,8 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
 /// On a shared band (`channel.access = "shared"`), the round's turns: every live
 /// member that sends takes its turn in id order (`wdml_channel::spectrum`), each for
 /// the air time its message to its live neighbours takes on the channel of this
-/// moment; an empty plan on dedicated bands.
+/// moment; over the air, every live member's receive slot in id order; an empty plan
+/// on dedicated bands.
 fn band_plan(
     shared: &Shared,
     round: u32,
@@ -217,6 +218,17 @@ fn band_plan(
     let channel = resolved
         .channel_at(settings.seed, settings.nodes as usize, emulated_start_s)
         .map_err(bad)?;
+    if resolved.mode == Mode::OverTheAir {
+        // One slot per receiver, in which its neighbours transmit their soft predictions
+        // at once: one analog value per public image and class.
+        let values = u64::from(settings.public_batch) * message::CLASSES as u64;
+        let receivers: Vec<(usize, Vec<usize>)> = parameters
+            .keys()
+            .map(|&id| (id as usize, neighbours_of(id).into_iter().map(|j| j as usize).collect()))
+            .collect();
+        return spectrum::over_the_air(&channel, u64::from(round), &receivers, values, resolved.air_min_snr_db)
+            .map_err(bad);
+    }
     let senders: Vec<Sender> = parameters
         .iter()
         .filter_map(|(&id, &parameters)| {

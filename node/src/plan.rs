@@ -173,6 +173,9 @@ impl RunPlan {
             .radio
             .validate()
             .map_err(|e| Error::config("channel", e.to_string()))?;
+        if channel.mode == wdml_channel::Mode::OverTheAir {
+            over_the_air_fits(algorithm, aggregate, encoding, s.max_staleness)?;
+        }
         let closing = Closing::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         let staleness = Staleness::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         Ok(RunPlan {
@@ -219,6 +222,11 @@ impl RunPlan {
         })
     }
 
+    /// Whether the run aggregates over the air (`channel.mode = "over_the_air"`).
+    pub fn over_the_air(&self) -> bool {
+        self.channel.mode == wdml_channel::Mode::OverTheAir
+    }
+
     /// How node `id` misbehaves, if it is one of the run's adversaries.
     pub fn adversary(&self, id: u32) -> Option<AdversaryKind> {
         self.adversaries.contains(&id).then_some(self.adversary_kind)
@@ -239,4 +247,41 @@ impl RunPlan {
             test_size: self.test_size,
         }
     }
+}
+
+/// Over the air, the channel itself computes the neighbours' mean soft prediction: only
+/// an algorithm that needs that mean can use it, on values sent as they are.
+fn over_the_air_fits(algorithm: Algorithm, aggregate: Aggregate, encoding: Encoding, max_staleness: u32) -> Result<()> {
+    let refuse = |field: &str, reason: String| Err(Error::config(field, reason));
+    if algorithm != Algorithm::Dml {
+        return refuse(
+            "run.algorithm",
+            format!("{algorithm} cannot run over the air: the channel sums soft predictions, which only dml sends"),
+        );
+    }
+    if aggregate != Aggregate::Mean {
+        return refuse(
+            "exchange.aggregate",
+            format!("{aggregate} cannot be computed over the air: the channel adds signals, so only `mean` works"),
+        );
+    }
+    if encoding != Encoding::F32 {
+        return refuse(
+            "exchange.encoding",
+            format!(
+                "{encoding}: over the air each value is an analog symbol, so the stream carries them as they are; \
+                 set exchange.encoding = \"f32\""
+            ),
+        );
+    }
+    if max_staleness > 0 {
+        return refuse(
+            "exchange.max_staleness",
+            format!(
+                "{max_staleness}: over the air a neighbour's predictions exist only as part of its slot's sum; \
+                 an old one cannot be added later (set 0)"
+            ),
+        );
+    }
+    Ok(())
 }

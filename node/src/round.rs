@@ -26,7 +26,7 @@ use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
 use crate::exchange::client::PeerClients;
 use crate::exchange::codec::Envelope;
-use crate::exchange::shaper::Shaper;
+use crate::exchange::shaper::{AirReceiver, Listening, Shaper};
 use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Quorum, send_and_collect};
 use crate::learn::Learner;
 use crate::plan::RunPlan;
@@ -177,6 +177,32 @@ impl Round<'_> {
                 })
                 .collect()
         };
+        // Over the air: each neighbour's slot, which its own neighbours share.
+        let air = node.plan.over_the_air().then(|| {
+            self.start
+                .neighbours
+                .iter()
+                .filter(|_| !withhold)
+                .map(|peer| AirReceiver {
+                    id: peer.node_id,
+                    wait_s: band_wait_s(&node.plan, node.id, peer.band_start_s),
+                    senders: peer.neighbours.clone(),
+                })
+                .collect::<Vec<_>>()
+        });
+        // When this node's radio is done transmitting, over the air: its last slot.
+        let air_busy_s = match &air {
+            Some(slots) => slots.iter().try_fold(0.0f64, |busy, slot| -> Result<f64> {
+                let air_slot = node
+                    .shaper
+                    .air_slot(self.start.round, slot.id, &slot.senders, shape.values())?;
+                Ok(match air_slot.aligned(node.id as usize) {
+                    Some(_) => busy.max(slot.wait_s + air_slot.span_s()),
+                    None => busy,
+                })
+            })?,
+            None => 0.0,
+        };
         let outgoing = Outgoing {
             envelope: Envelope {
                 run_id: node.plan.run_id.clone(),
@@ -189,6 +215,7 @@ impl Round<'_> {
             destinations,
             withhold,
             wait_s: band_wait_s(&node.plan, node.id, self.start.band_start_s),
+            air,
         };
         // Semi-synchronous rounds: the exchange waits by the round's own rule.
         let wall = |emulated_s: f64| node.shaper.wall(emulated_s).unwrap_or(Duration::MAX);
@@ -254,8 +281,11 @@ impl Round<'_> {
         let plan = &node.plan;
         let seconds = |id: u32, flops: u64| plan.device(id).map_or(0.0, |d| d.seconds(flops));
         let mine = seconds(node.id, before);
-        let wait = band_wait_s(plan, node.id, self.start.band_start_s);
-        let mut ready = mine + wait + self.metrics.airtime_s;
+        let mut ready = if plan.over_the_air() {
+            mine + air_busy_s
+        } else {
+            mine + band_wait_s(plan, node.id, self.start.band_start_s) + self.metrics.airtime_s
+        };
         for message in &collected.messages {
             if let (Some(&arrival), Some(model)) = (
                 self.expected.arrival_s.get(&message.sender),
@@ -404,11 +434,34 @@ fn listen(
         arrival_s: BTreeMap::new(),
         deadlines: BTreeMap::new(),
     };
+    // Over the air: this node's own slot, in which every aligned neighbour transmits at
+    // once; listening to it costs the same however many take part.
+    let slot = match node.plan.over_the_air() {
+        true => {
+            let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
+            let slot = node.shaper.air_slot(start.round, node.id, &senders, shape.values())?;
+            metrics.rx_energy_j += slot.receiver_energy_j();
+            Some(slot)
+        }
+        false => None,
+    };
     for peer in &start.neighbours {
-        let wait = band_wait_s(&node.plan, peer.node_id, peer.band_start_s);
-        let listening = node
-            .shaper
-            .listen(start.round, peer.node_id, &peer.neighbours, bytes, wait)?;
+        let listening = match &slot {
+            Some(slot) => Listening {
+                delivered: slot.aligned(peer.node_id as usize).is_some(),
+                rx_energy_j: 0.0,
+                // From the sender's readiness to the end of our slot (the sum exists
+                // only then), plus its link's latency.
+                arrival_s: band_wait_s(&node.plan, peer.node_id, start.band_start_s)
+                    + slot.span_s()
+                    + slot.aligned(peer.node_id as usize).map_or(0.0, |a| a.latency_s),
+            },
+            None => {
+                let wait = band_wait_s(&node.plan, peer.node_id, peer.band_start_s);
+                node.shaper
+                    .listen(start.round, peer.node_id, &peer.neighbours, bytes, wait)?
+            }
+        };
         metrics.rx_energy_j += listening.rx_energy_j;
         if !listening.delivered {
             continue;

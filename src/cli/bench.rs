@@ -316,6 +316,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
             destinations: vec![(1, Some(channel.clone()))],
             withhold: false,
             wait_s: 0.0,
+            air: None,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut metrics = RoundMetrics::default();

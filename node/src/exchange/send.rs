@@ -14,7 +14,7 @@ use wdml_proto::RoundMetrics;
 use super::client;
 use super::codec::{self, Envelope, MessageShape};
 use super::mailbox::{Collected, Mailbox, Quorum};
-use super::shaper::Shaper;
+use super::shaper::{AirReceiver, Shaper};
 use crate::Result;
 
 /// One round's outgoing message.
@@ -30,6 +30,9 @@ pub struct Outgoing<'a> {
     /// Emulated seconds from now until the first transmission may start (the node's
     /// turn on a shared band; 0 on dedicated bands).
     pub wait_s: f64,
+    /// Over the air: each destination's slot, in the order of `destinations` (`None`:
+    /// digital).
+    pub air: Option<Vec<AirReceiver>>,
 }
 
 /// Sends `outgoing` through `shaper`'s schedule while collecting the round's messages
@@ -52,6 +55,7 @@ pub async fn send_and_collect(
         destinations,
         withhold,
         wait_s,
+        air,
     } = outgoing;
     let round = envelope.round;
     let encoded = codec::encode(values, shape);
@@ -59,8 +63,13 @@ pub async fn send_and_collect(
     let (schedule, destinations) = if withhold {
         (Default::default(), Vec::new())
     } else {
-        let receivers: Vec<u32> = destinations.iter().map(|(id, _)| *id).collect();
-        let schedule = shaper.schedule(round, &receivers, encoded.bytes.len() as u64, frames.len(), wait_s)?;
+        let schedule = match &air {
+            Some(slots) => shaper.schedule_over_the_air(round, slots, shape.values(), frames.len())?,
+            None => {
+                let receivers: Vec<u32> = destinations.iter().map(|(id, _)| *id).collect();
+                shaper.schedule(round, &receivers, encoded.bytes.len() as u64, frames.len(), wait_s)?
+            }
+        };
         (schedule, destinations)
     };
     let cost = schedule.cost;

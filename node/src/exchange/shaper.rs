@@ -18,6 +18,7 @@
 //! neighbours' messages can arrive this round (it does not wait for a message the
 //! radio lost, as a MAC timeout would not) and what listening cost it.
 
+use wdml_channel::spectrum::{self, AirSlot};
 use wdml_channel::{Channel, Link, Mode, Reception, ResolvedChannel, Shaping};
 
 use crate::{Error, Result};
@@ -55,6 +56,15 @@ pub struct Schedule {
     /// Per receiver: whether every frame gets through.
     pub delivered: Vec<bool>,
     pub cost: SendCost,
+}
+
+/// A neighbour this node sends to over the air: its slot starts `wait_s` emulated
+/// seconds after this node's message is ready, and `senders` (its neighbours) share it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AirReceiver {
+    pub id: u32,
+    pub wait_s: f64,
+    pub senders: Vec<u32>,
 }
 
 /// What listening to one neighbour's message costs and yields.
@@ -213,6 +223,7 @@ impl Shaper {
                     tx_energy_j: outcome.tx_energy_j,
                 };
             }
+            Mode::OverTheAir => return Err(over_the_air_elsewhere()),
         }
         // Latencies differ per receiver: keep the schedule in time order.
         schedule.deliveries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
@@ -286,8 +297,67 @@ impl Shaper {
                     },
                 ))
             }
+            Mode::OverTheAir => Err(over_the_air_elsewhere()),
         }
     }
+
+    /// Receiver `receiver`'s over-the-air slot in `round` for messages of `values`
+    /// values from `senders` (the same pure model everywhere).
+    pub fn air_slot(&self, round: u32, receiver: u32, senders: &[u32], values: u64) -> Result<AirSlot> {
+        let senders: Vec<usize> = senders.iter().map(|&s| s as usize).collect();
+        spectrum::air_slot(
+            &self.channel,
+            u64::from(round),
+            receiver as usize,
+            &senders,
+            values,
+            self.resolved.air_min_snr_db,
+        )
+        .map_err(channel_error)
+    }
+
+    /// Over the air: plans sending the message (`values` values, cut into `frames`
+    /// frames on the stream) to each of `receivers` in its slot. Where this node is
+    /// aligned, every frame reaches that receiver when its slot ends (the analog sum is
+    /// known only then); where it is not, it stays silent and nothing is delivered.
+    pub fn schedule_over_the_air(
+        &self,
+        round: u32,
+        receivers: &[AirReceiver],
+        values: u64,
+        frames: usize,
+    ) -> Result<Schedule> {
+        let mut schedule = Schedule::default();
+        for (index, receiver) in receivers.iter().enumerate() {
+            let slot = self.air_slot(round, receiver.id, &receiver.senders, values)?;
+            let (Some((airtime_s, energy_j)), Some(aligned)) =
+                (slot.sender_cost(self.me as usize), slot.aligned(self.me as usize))
+            else {
+                schedule.delivered.push(false);
+                continue;
+            };
+            let at_s = receiver.wait_s + slot.span_s() + aligned.latency_s;
+            schedule.deliveries.extend((0..frames).map(|frame| Delivery {
+                at_s,
+                receiver: index,
+                frame,
+            }));
+            schedule.delivered.push(true);
+            // One analog burst and one control message per slot it takes part in.
+            schedule.cost.transmissions += 2;
+            schedule.cost.airtime_s += airtime_s;
+            schedule.cost.tx_energy_j += energy_j;
+        }
+        schedule.deliveries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+        Ok(schedule)
+    }
+}
+
+fn over_the_air_elsewhere() -> Error {
+    Error::config(
+        "channel.mode",
+        "over the air has its own schedule (Shaper::schedule_over_the_air, Shaper::air_slot)",
+    )
 }
 
 fn channel_error(e: wdml_channel::Error) -> Error {

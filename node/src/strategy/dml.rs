@@ -3,7 +3,8 @@
 //! trains on its private data with a distillation term toward their aggregate.
 
 use candle_core::{Device, Tensor};
-use wdml_proto::AdversaryKind;
+use wdml_channel::spectrum;
+use wdml_proto::{AdversaryKind, StartRound};
 
 use super::{Losses, Strategy};
 use std::collections::BTreeMap;
@@ -46,7 +47,10 @@ impl Strategy for Dml {
         let collected = round.exchange(node, &logits).await?;
         // 3. E local steps: CE on private batches plus λ·T²·KL toward the neighbours'
         //    aggregated soft predictions (CE alone if no neighbour was heard).
-        let distill = round.compute(|| targets(&node.plan, node, start.round, public, &collected))?;
+        let distill = round.compute(|| match node.plan.over_the_air() {
+            true => over_the_air_targets(node, start, public, &collected),
+            false => targets(&node.plan, node, start.round, public, &collected),
+        })?;
         round.compute(|| train(node, distill.as_ref()))
     }
 }
@@ -62,6 +66,57 @@ fn confidently_wrong(logits: &mut [f32]) {
             .map_or(0, |(i, _)| i);
         row.fill(0.0);
         row[(own + 1) % CLASSES] = 20.0;
+    }
+}
+
+/// Over the air, the distillation target is what the receiver's slot yields: the mean
+/// of the aligned neighbours' softened predictions (each sender's stream carries its
+/// values; the superposition is formed here) plus the receiver noise of the slot, put
+/// back on the probability simplex (a noisy value can fall below 0).
+fn over_the_air_targets(
+    node: &Node,
+    start: &StartRound,
+    public: Tensor,
+    collected: &Collected,
+) -> Result<Option<Distill>> {
+    let plan = &node.plan;
+    if collected.messages.is_empty() {
+        return Ok(None);
+    }
+    let peers: Vec<&[f32]> = collected.messages.iter().map(|m| m.values.as_slice()).collect();
+    let mut mean = soft_targets(
+        &peers,
+        plan.public_batch,
+        CLASSES,
+        plan.learner.temperature,
+        plan.aggregate,
+    )?;
+    let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
+    let values = (plan.public_batch * CLASSES) as u64;
+    let slot = node.shaper.air_slot(start.round, node.id, &senders, values)?;
+    if plan.channel.air_noise {
+        spectrum::add_air_noise(&mut mean, &slot, peers.len(), plan.seed, u64::from(start.round));
+    }
+    onto_simplex(&mut mean, CLASSES);
+    Ok(Some(Distill {
+        targets: Tensor::from_vec(mean, (plan.public_batch, CLASSES), &Device::Cpu)?,
+        public,
+        weights: None,
+    }))
+}
+
+/// Each row of `values` made a probability distribution again: values below a small
+/// floor raised to it (a KL target needs no zero), then the row scaled to sum to 1. A
+/// row that needs neither is left exactly as it is.
+fn onto_simplex(values: &mut [f32], classes: usize) {
+    const FLOOR: f32 = 1e-12;
+    for row in values.chunks_mut(classes) {
+        if row.iter().all(|&v| v >= FLOOR) && (row.iter().sum::<f32>() - 1.0).abs() <= 1e-5 {
+            continue;
+        }
+        row.iter_mut().for_each(|v| *v = v.max(FLOOR));
+        let sum: f32 = row.iter().sum();
+        row.iter_mut().for_each(|v| *v /= sum);
     }
 }
 
@@ -122,4 +177,23 @@ fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &
         targets: Tensor::cat(&targets, 0)?,
         weights: Some(Tensor::from_vec(weights, images.len() * rows, &Device::Cpu)?),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::onto_simplex;
+
+    #[test]
+    fn a_distribution_stays_exactly_itself_and_a_noisy_row_becomes_one() {
+        let mut rows = vec![0.1f32, 0.2, 0.7, 0.25, -0.05, 0.9];
+        onto_simplex(&mut rows, 3);
+        assert_eq!(&rows[..3], &[0.1, 0.2, 0.7], "a distribution is left as it is");
+        let noisy = &rows[3..];
+        assert!(noisy.iter().all(|&v| v > 0.0), "{noisy:?}");
+        assert!((noisy.iter().sum::<f32>() - 1.0).abs() < 1e-6, "{noisy:?}");
+        assert!(
+            noisy[2] > noisy[0] && noisy[0] > noisy[1],
+            "the order is kept: {noisy:?}"
+        );
+    }
 }
