@@ -859,7 +859,11 @@ mod tests {
 
     #[test]
     fn settings_over_the_air_cannot_use_are_refused_naming_the_field() {
-        let air = ["channel.mode=\"over_the_air\"", "channel.access=\"shared\"", "exchange.encoding=\"f32\""];
+        let air = [
+            "channel.mode=\"over_the_air\"",
+            "channel.access=\"shared\"",
+            "exchange.encoding=\"f32\"",
+        ];
         let load = |extra: &[&str]| {
             let overrides: Vec<String> = air.iter().chain(extra).map(|o| o.to_string()).collect();
             Scenario::load(None, &overrides).map(drop).map_err(|e| format!("{e:#}"))

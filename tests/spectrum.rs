@@ -39,6 +39,12 @@ fn run_with(access: &str, mode: &str, extra: &[&str]) -> Vec<MetricsRow> {
     let mut overrides = radio(access, mode);
     overrides.extend(extra.iter().map(|o| o.to_string()));
     assert!(launch(dir.path(), &overrides).status.success());
+    // The links the receivers had: 4 nodes in a full mesh, 12 directed links.
+    let links: wdml_coordinator::LinksRecord =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("links.json")).unwrap()).unwrap();
+    assert_eq!(links.links.len(), 12);
+    let mean = links.links.iter().map(|l| l.mean_snr_db).sum::<f64>() / 12.0;
+    assert!((links.mean_snr_db - mean).abs() < 1e-9 && mean.is_finite());
     metrics(dir.path())
 }
 

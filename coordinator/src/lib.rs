@@ -23,7 +23,9 @@ mod table;
 pub use config::{Config, MAX_TIMEOUT};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
-pub use report::{MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage, SplitRecord, Summary};
+pub use report::{
+    LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage, SplitRecord, Summary,
+};
 pub use table::{bytes, joules, seconds};
 
 use std::future::Future;

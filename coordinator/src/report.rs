@@ -257,6 +257,26 @@ impl From<&MembershipEvent> for MembershipEventRecord {
     }
 }
 
+/// The radio links of the run, in `links.json`: every neighbour pair of the topology
+/// where the devices were placed (time 0), with its long-term quality, so that a
+/// figure can say what SNR its receivers had.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinksRecord {
+    pub links: Vec<LinkRecord>,
+    /// The mean over the links of `mean_snr_db`, dB.
+    pub mean_snr_db: f64,
+}
+
+/// One directed link in `links.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub from: u32,
+    pub to: u32,
+    pub distance_m: f64,
+    /// Path loss and shadowing, no fast fading: the link's long-term SNR, dB.
+    pub mean_snr_db: f64,
+}
+
 /// The realised split, in `split.json`: what each node's private shard holds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SplitRecord {
@@ -734,6 +754,31 @@ impl Report {
         };
         let path = self.dir.join("split.json");
         let json = serde_json::to_string_pretty(&record)? + "\n";
+        write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Writes `links.json`: every directed link between neighbours, with its distance
+    /// and long-term SNR on `channel` (the devices where they were placed).
+    pub fn write_links(&self, channel: &wdml_channel::Channel, neighbours: &[Vec<u32>]) -> Result<()> {
+        let mut links = Vec::new();
+        for (from, tos) in neighbours.iter().enumerate() {
+            for &to in tos {
+                let link = wdml_channel::Link::new(from, to as usize);
+                let field = |e: wdml_channel::Error| Error::Config {
+                    field: "channel".into(),
+                    reason: e.to_string(),
+                };
+                links.push(LinkRecord {
+                    from: from as u32,
+                    to,
+                    distance_m: channel.distance_m(link).map_err(field)?,
+                    mean_snr_db: channel.mean_snr_db(link).map_err(field)?,
+                });
+            }
+        }
+        let mean_snr_db = links.iter().map(|l| l.mean_snr_db).sum::<f64>() / links.len().max(1) as f64;
+        let path = self.dir.join("links.json");
+        let json = serde_json::to_string_pretty(&LinksRecord { links, mean_snr_db })? + "\n";
         write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
     }
 

@@ -51,6 +51,7 @@ pub(crate) struct Start {
 pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
     wait_for_members(&shared, &start).await?;
     write_split(&shared);
+    write_links(&shared);
     let mut round = start.first_round;
     while round < shared.config.settings.rounds {
         // Tokens only order and authenticate; they never shape results.
@@ -404,6 +405,25 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
 }
 
 /// Records the realised split (the nodes' shards) in the run directory.
+/// `links.json`: the topology's links where the devices were placed, with their SNR
+/// (only on an emulated radio: an unshaped one has no SNR to tell).
+fn write_links(shared: &Shared) {
+    let (settings, resolved) = (&shared.config.settings, &shared.config.channel);
+    if resolved.shaping != wdml_channel::Shaping::Emulate {
+        return;
+    }
+    let written = resolved
+        .channel(settings.seed, settings.nodes as usize)
+        .map_err(|e| Error::Config {
+            field: "channel".into(),
+            reason: e.to_string(),
+        })
+        .and_then(|channel| shared.report().write_links(&channel, &shared.config.neighbours));
+    if let Err(e) = written {
+        warn!("no links.json: {e}");
+    }
+}
+
 fn write_split(shared: &Shared) {
     let state = shared.state();
     write_split_locked(shared, &state);
