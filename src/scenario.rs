@@ -97,7 +97,7 @@ impl Default for TrainSection {
 pub struct ExchangeSection {
     /// Rows of the public batch each round.
     pub public_batch: u32,
-    /// Wire encoding of the predictions: `f32`, `f16` or `q8`.
+    /// Wire encoding of the predictions: `f32`, `f16`, `q8` or `q4`.
     pub encoding: Encoding,
     /// The largest message a node accepts.
     pub max_message_bytes: u64,

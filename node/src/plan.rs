@@ -83,7 +83,7 @@ impl RunPlan {
             Ok(Encoding::Unspecified) | Err(_) => {
                 return Err(Error::config(
                     "exchange.encoding",
-                    format!("unknown encoding {}; expected f32, f16 or q8", s.encoding),
+                    format!("unknown encoding {}; expected f32, f16, q8 or q4", s.encoding),
                 ));
             }
             Ok(e) => e,

@@ -12,12 +12,15 @@ use crate::{Algorithm, Encoding};
 /// prediction message.
 pub const CLASSES: usize = 10;
 
-/// Bytes per value of an encoding, or `None` for one this build cannot decode.
-pub fn bytes_per_value(encoding: Encoding) -> Option<usize> {
+/// Payload bytes of `values` values in `encoding` (headers not counted), or `None` for
+/// an encoding this build cannot decode.
+pub fn payload_bytes(encoding: Encoding, values: u64) -> Option<u64> {
     match encoding {
-        Encoding::F32 => Some(4),
-        Encoding::F16 => Some(2),
-        Encoding::Q8 => Some(1),
+        Encoding::F32 => values.checked_mul(4),
+        Encoding::F16 => values.checked_mul(2),
+        Encoding::Q8 => Some(values),
+        // Two values per byte.
+        Encoding::Q4 => Some(values.div_ceil(2)),
         Encoding::Unspecified => None,
     }
 }
@@ -39,7 +42,7 @@ impl MessageShape {
 
     /// Payload bytes of one message (headers not counted).
     pub fn bytes(&self) -> u64 {
-        self.values() * bytes_per_value(self.encoding).unwrap_or(4) as u64
+        payload_bytes(self.encoding, self.values()).unwrap_or(u64::MAX)
     }
 }
 
@@ -76,5 +79,9 @@ mod tests {
         assert_eq!((fedavg.rows, fedavg.cols, fedavg.encoding), (1, 50_890, Encoding::F32));
         assert_eq!(fedavg.bytes(), 203_560);
         assert_eq!(shape(Algorithm::Local, 128, Encoding::Q8, 50_890), None);
+        // Half a byte a value, the last byte half used when the count is odd.
+        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q4, 1).unwrap().bytes(), 640);
+        assert_eq!(payload_bytes(Encoding::Q4, 7), Some(4));
+        assert_eq!(payload_bytes(Encoding::Unspecified, 7), None);
     }
 }

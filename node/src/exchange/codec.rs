@@ -1,9 +1,9 @@
-//! Encoding predictions for the wire (f32, f16, affine 8-bit) and cutting an encoded
+//! Encoding predictions for the wire (f32, f16, affine 8-bit, affine 4-bit) and cutting an encoded
 //! message into frames.
 
 use wdml_proto::{Encoding, Frame};
 
-pub use wdml_proto::message::{MessageShape, bytes_per_value};
+pub use wdml_proto::message::{MessageShape, payload_bytes};
 
 /// An encoded `rows × cols` matrix.
 #[derive(Clone, Debug, PartialEq)]
@@ -11,14 +11,16 @@ pub struct Encoded {
     pub encoding: Encoding,
     pub rows: u32,
     pub cols: u32,
-    /// Q8 only: value = offset + scale · byte.
+    /// Q8 and Q4 only: value = offset + scale · level.
     pub scale: f32,
     pub offset: f32,
     pub bytes: Vec<u8>,
 }
 
 /// Encodes row-major values. Q8 maps the message's own [min, max] onto 0..=255, so a
-/// message costs exactly `rows · cols` bytes plus two floats in the header.
+/// message costs exactly `rows · cols` bytes plus two floats in the header; Q4 onto
+/// 0..=15, two values a byte (low nibble first), so half that. Either is off by at
+/// most half a step, (max − min) / 510 or / 30.
 pub fn encode(values: &[f32], shape: MessageShape) -> Encoded {
     let MessageShape { rows, cols, encoding } = shape;
     debug_assert_eq!(values.len(), rows as usize * cols as usize);
@@ -29,21 +31,28 @@ pub fn encode(values: &[f32], shape: MessageShape) -> Encoded {
             .iter()
             .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
             .collect(),
-        Encoding::Q8 => {
+        Encoding::Q8 | Encoding::Q4 => {
+            let top = if encoding == Encoding::Q8 { 255.0 } else { 15.0 };
             let min = values.iter().copied().fold(f32::INFINITY, f32::min);
             let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             offset = if min.is_finite() { min } else { 0.0 };
-            scale = if max > min { (max - min) / 255.0 } else { 0.0 };
-            values
-                .iter()
-                .map(|v| {
-                    if scale > 0.0 {
-                        ((v - offset) / scale).round().clamp(0.0, 255.0) as u8
-                    } else {
-                        0
-                    }
-                })
-                .collect()
+            scale = if max > min { (max - min) / top } else { 0.0 };
+            let levels = values.iter().map(|v| {
+                if scale > 0.0 {
+                    ((v - offset) / scale).round().clamp(0.0, top) as u8
+                } else {
+                    0
+                }
+            });
+            if encoding == Encoding::Q8 {
+                levels.collect()
+            } else {
+                let levels: Vec<u8> = levels.collect();
+                levels
+                    .chunks(2)
+                    .map(|pair| pair[0] | pair.get(1).map_or(0, |high| high << 4))
+                    .collect()
+            }
         }
     };
     let encoding = if encoding == Encoding::Unspecified {
@@ -73,7 +82,7 @@ pub enum DecodeError {
         rows: u32,
         cols: u32,
     },
-    #[error("q8 scale {scale} / offset {offset} must be finite and the scale ≥ 0")]
+    #[error("quantisation scale {scale} / offset {offset} must be finite and the scale ≥ 0")]
     Quantisation { scale: f32, offset: f32 },
     #[error("value at row {row}, column {col} is not finite")]
     NotFinite { row: usize, col: usize },
@@ -81,8 +90,8 @@ pub enum DecodeError {
 
 /// Decodes a payload back to row-major f32 values, rejecting non-finite ones.
 pub fn decode(encoded: &Encoded) -> Result<Vec<f32>, DecodeError> {
-    let width = bytes_per_value(encoded.encoding).ok_or(DecodeError::UnknownEncoding)?;
-    let want = encoded.rows as usize * encoded.cols as usize * width;
+    let count = encoded.rows as usize * encoded.cols as usize;
+    let want = payload_bytes(encoded.encoding, count as u64).ok_or(DecodeError::UnknownEncoding)? as usize;
     if encoded.bytes.len() != want {
         return Err(DecodeError::Length {
             got: encoded.bytes.len(),
@@ -102,12 +111,22 @@ pub fn decode(encoded: &Encoded) -> Result<Vec<f32>, DecodeError> {
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        Encoding::Q8 => {
+        Encoding::Q8 | Encoding::Q4 => {
             let (scale, offset) = (encoded.scale, encoded.offset);
             if !scale.is_finite() || !offset.is_finite() || scale < 0.0 {
                 return Err(DecodeError::Quantisation { scale, offset });
             }
-            encoded.bytes.iter().map(|&b| offset + scale * f32::from(b)).collect()
+            let level = |l: u8| offset + scale * f32::from(l);
+            if encoded.encoding == Encoding::Q8 {
+                encoded.bytes.iter().map(|&b| level(b)).collect()
+            } else {
+                encoded
+                    .bytes
+                    .iter()
+                    .flat_map(|&b| [level(b & 0x0f), level(b >> 4)])
+                    .take(count)
+                    .collect()
+            }
         }
         Encoding::Unspecified => return Err(DecodeError::UnknownEncoding),
     };
@@ -175,9 +194,14 @@ mod tests {
 
     #[test]
     fn sizes_are_rows_times_cols_times_width() {
-        for (encoding, width) in [(Encoding::F32, 4), (Encoding::F16, 2), (Encoding::Q8, 1)] {
+        for (encoding, bytes) in [
+            (Encoding::F32, 160),
+            (Encoding::F16, 80),
+            (Encoding::Q8, 40),
+            (Encoding::Q4, 20),
+        ] {
             let e = encode(&sample(), shape(encoding));
-            assert_eq!(e.bytes.len(), 40 * width);
+            assert_eq!(e.bytes.len(), bytes, "{encoding:?}");
         }
     }
 
@@ -189,6 +213,7 @@ mod tests {
             (Encoding::F32, 0.0),
             (Encoding::F16, 0.01),
             (Encoding::Q8, range / 255.0 / 2.0 + 1e-5),
+            (Encoding::Q4, range / 15.0 / 2.0 + 1e-5),
         ] {
             let decoded = decode(&encode(&values, shape(encoding))).unwrap();
             for (a, b) in values.iter().zip(&decoded) {

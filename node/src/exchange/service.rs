@@ -292,9 +292,10 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
         )));
     }
     let encoding = Encoding::try_from(frame.encoding).unwrap_or(Encoding::Unspecified);
-    let Some(width) = codec::bytes_per_value(encoding) else {
+    let values = u64::from(frame.rows) * u64::from(frame.cols);
+    let Some(want) = codec::payload_bytes(encoding, values) else {
         return Err(Status::invalid_argument(format!(
-            "undecodable encoding {}: expected F32, F16 or Q8",
+            "undecodable encoding {}: expected F32, F16, Q8 or Q4",
             frame.encoding
         )));
     };
@@ -310,10 +311,9 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
             frame.total_bytes, expect.max_message_bytes
         )));
     }
-    let want = u64::from(frame.rows) * u64::from(frame.cols) * width as u64;
     if frame.total_bytes != want {
         return Err(Status::invalid_argument(format!(
-            "total_bytes {} does not match {}×{} values of {width} bytes ({want})",
+            "total_bytes {} does not match {}×{} values in {encoding} ({want} bytes)",
             frame.total_bytes, frame.rows, frame.cols
         )));
     }
@@ -407,6 +407,55 @@ mod tests {
             mutate(&mut frame);
             assert_eq!(check_header(&frame, &expect()).unwrap_err().code(), *code, "case {i}");
         }
+    }
+
+    #[test]
+    fn a_q4_frame_is_half_a_byte_a_value_and_nothing_else() {
+        let q4 = |values: &[f32]| {
+            let e = encode(
+                values,
+                MessageShape {
+                    rows: 2,
+                    cols: 3,
+                    encoding: Encoding::Q4,
+                },
+            );
+            let envelope = Envelope {
+                run_id: "run".into(),
+                round: 0,
+                round_token: 1,
+                sender: 1,
+            };
+            frames(&envelope, &e, 1500).remove(0)
+        };
+        let frame = q4(&[0.0, 0.1, 0.2, 0.3, 0.4, 1.0]);
+        assert_eq!(frame.total_bytes, 3);
+        assert!(check_header(&frame, &expect()).is_ok());
+        let mut long = frame.clone();
+        long.total_bytes = 6;
+        assert_eq!(
+            check_header(&long, &expect()).unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        // Decoded within half a step of (max − min)/15.
+        let encoded = codec::Encoded {
+            encoding: Encoding::Q4,
+            rows: 2,
+            cols: 3,
+            scale: frame.scale,
+            offset: frame.offset,
+            bytes: frame.data.clone(),
+        };
+        let decoded = codec::decode(&encoded).unwrap();
+        for (a, b) in [0.0, 0.1, 0.2, 0.3, 0.4, 1.0].iter().zip(&decoded) {
+            assert!((a - b).abs() <= 1.0 / 30.0 + 1e-6, "{a} vs {b}");
+        }
+        // A payload of the wrong length for its shape is refused by the decoder too.
+        let short = codec::Encoded {
+            bytes: vec![0; 2],
+            ..encoded
+        };
+        assert!(codec::decode(&short).is_err());
     }
 
     #[test]
