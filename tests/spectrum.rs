@@ -179,3 +179,49 @@ fn over_the_air_leaves_a_sender_below_the_threshold_out_at_both_ends() {
         }
     }
 }
+
+#[test]
+fn a_sweep_runs_the_grid_and_draws_accuracy_against_its_costs() {
+    let dir = TempDir::new("sweep");
+    let mut command = std::process::Command::new(common::WDML);
+    command
+        .args(["compare", "--algorithms", "dml", "--out"])
+        .arg(dir.path());
+    for o in small(2, 1) {
+        command.arg("--set").arg(o);
+    }
+    command.args(["--set", "channel.preset=\"d2d-urban\"", "--set", "channel.time_scale=0"]);
+    command.args([
+        "--sweep",
+        "exchange.encoding=q8,q4",
+        "--sweep",
+        "exchange.public_batch=32,64",
+    ]);
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let points: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sweep.json")).unwrap()).unwrap();
+    let points = points.as_array().unwrap();
+    assert_eq!(points.len(), 4, "2 encodings × 2 public batches, one algorithm");
+    let bytes = |encoding: &str, batch: &str| {
+        let p = points
+            .iter()
+            .find(|p| p["setting"]["exchange.encoding"] == encoding && p["setting"]["exchange.public_batch"] == batch)
+            .unwrap();
+        p["wire_bytes_per_round_per_node"].as_f64().unwrap()
+    };
+    // Half the values, and half a byte each: the wire says so.
+    assert!(bytes("\"q4\"", "64") < bytes("\"q8\"", "64"));
+    assert!(bytes("\"q8\"", "32") < bytes("\"q8\"", "64"));
+    // Each setting has its own full comparison, and the picture has a dot per point.
+    assert!(dir.path().join("encoding=q4,public_batch=32/comparison.json").exists());
+    let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
+    assert_eq!(svg.matches("<circle").count(), 2 * 4, "{svg}");
+    // Its table fits 80 columns (the line naming the output directory is as long as
+    // the directory's path).
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let path = dir.path().display().to_string();
+    for line in printed.lines().filter(|l| !l.contains(&path)) {
+        assert!(line.chars().count() <= 80, "{line}");
+    }
+}

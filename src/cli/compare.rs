@@ -46,6 +46,12 @@ pub struct Args {
     /// summarise across them.
     #[arg(long, value_delimiter = ',')]
     seeds: Vec<u64>,
+    /// Run the comparison at every value of a field, e.g. `--sweep
+    /// exchange.public_batch=32,64,128,256`; given twice, over the grid of both (e.g.
+    /// with `--sweep exchange.encoding=q8,q4`). Writes sweep.{md,json,svg}: accuracy
+    /// against energy and against air time, with the Pareto front.
+    #[arg(long, value_name = "FIELD=V1,V2,…")]
+    sweep: Vec<String>,
     /// Replace what an earlier comparison left in the output directory.
     #[arg(long)]
     overwrite: bool,
@@ -158,6 +164,64 @@ pub fn main(args: Args) -> Result<ExitCode> {
         insecure: args.insecure,
     };
 
+    if !args.sweep.is_empty() {
+        if !args.seeds.is_empty() {
+            bail!("--sweep and --seeds: give one of them (a sweep runs one seed per setting)");
+        }
+        let sweeps = parse_sweeps(&args.sweep)?;
+        let grid = grid(&sweeps);
+        // Every setting is loaded and checked before anything runs.
+        let mut points = Vec::new();
+        for setting in &grid {
+            let mut overrides = args.overrides.clone();
+            overrides.extend(setting.iter().map(|(field, value)| format!("{field}={value}")));
+            let scenario = Scenario::load(args.scenario.as_deref(), &overrides)
+                .map_err(|e| e.context(format!("--sweep {}", label(setting))))?;
+            for &algorithm in &algorithms {
+                let mut checked = scenario.clone();
+                checked.run.algorithm = algorithm;
+                checked
+                    .validate()
+                    .map_err(|e| e.context(format!("--sweep {} under {}", label(setting), algorithm.name())))?;
+            }
+            checked_preflight(&scenario, setting)?;
+            points.push((setting.clone(), scenario));
+        }
+        let mut results = Vec::new();
+        for (setting, scenario) in points {
+            eprintln!("==== {}", label(&setting));
+            let dir = out.join(dir_name(&setting));
+            let (outcomes, _) = compare(&runtime, &scenario, &algorithms, &skipped, args.target, &dir, options)?;
+            results.extend(outcomes.into_iter().map(|o| SweepPoint {
+                setting: setting.iter().cloned().collect(),
+                algorithm: o.algorithm,
+                final_mean_accuracy: o.final_mean_accuracy,
+                worst_node_final_accuracy: o.worst_node_final_accuracy,
+                wire_bytes_per_round_per_node: o.wire_bytes_per_round_per_node,
+                energy_j: o.energy_j,
+                airtime_s: o.airtime_s,
+            }));
+        }
+        let public = wdml_proto::files::Mode::Public;
+        let json = serde_json::to_string_pretty(&results)? + "\n";
+        wdml_proto::files::write_atomic(&out.join("sweep.json"), json.as_bytes(), public)?;
+        wdml_proto::files::write_atomic(
+            &out.join("sweep.md"),
+            sweep_report(&base, &sweeps, &results).as_bytes(),
+            public,
+        )?;
+        wdml_proto::files::write_atomic(
+            &out.join("sweep.svg"),
+            sweep_plot(&base, &sweeps, &results).as_bytes(),
+            public,
+        )?;
+        print!("{}", sweep_terminal(&results));
+        println!(
+            "every column: {}/sweep.{{md,json,svg}} and <setting>/comparison.{{md,svg,json}}",
+            out.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.seeds.is_empty() {
         let (outcomes, target) = compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
         print!("{}", terminal(&outcomes, target, &skipped));
@@ -191,6 +255,290 @@ pub fn main(args: Args) -> Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A field swept and its values (TOML, as `--set` takes them; a bare word is a string).
+type Sweep = (String, Vec<String>);
+
+/// `--sweep` arguments: at most two fields, each with at least one value, no field
+/// twice.
+fn parse_sweeps(args: &[String]) -> Result<Vec<Sweep>> {
+    if args.len() > 2 {
+        bail!(
+            "--sweep: at most two fields (a grid of {} is not one picture)",
+            args.len()
+        );
+    }
+    let mut sweeps: Vec<Sweep> = Vec::new();
+    for arg in args {
+        let Some((field, values)) = arg.split_once('=') else {
+            bail!("--sweep {arg:?}: expected FIELD=V1,V2,…, e.g. exchange.public_batch=32,64,128");
+        };
+        let field = field.trim().to_string();
+        if sweeps.iter().any(|(f, _)| *f == field) {
+            bail!("--sweep: {field} is given twice");
+        }
+        let values: Vec<String> = values
+            .split(',')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                // `q4` reads as a string; `64`, `"q4"`, `true` as themselves.
+                if toml::from_str::<toml::Table>(&format!("v = {v}")).is_ok() {
+                    v.to_string()
+                } else {
+                    format!("\"{v}\"")
+                }
+            })
+            .collect();
+        if values.is_empty() {
+            bail!("--sweep {field}: no values");
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = values.iter().find(|v| !seen.insert(*v)) {
+            bail!("--sweep {field}: {twice} is given twice");
+        }
+        sweeps.push((field, values));
+    }
+    Ok(sweeps)
+}
+
+/// Every combination of the swept values, the first field varying slowest.
+fn grid(sweeps: &[Sweep]) -> Vec<Vec<(String, String)>> {
+    let mut grid: Vec<Vec<(String, String)>> = vec![Vec::new()];
+    for (field, values) in sweeps {
+        grid = grid
+            .into_iter()
+            .flat_map(|setting| {
+                values.iter().map(move |v| {
+                    let mut next = setting.clone();
+                    next.push((field.clone(), v.clone()));
+                    next
+                })
+            })
+            .collect();
+    }
+    grid
+}
+
+/// `exchange.public_batch=64, exchange.encoding=q4`.
+fn label(setting: &[(String, String)]) -> String {
+    setting
+        .iter()
+        .map(|(f, v)| format!("{f}={}", v.trim_matches('"')))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A directory name for a setting: `public_batch=64,encoding=q4`.
+fn dir_name(setting: &[(String, String)]) -> String {
+    setting
+        .iter()
+        .map(|(f, v)| {
+            let field = f.rsplit('.').next().unwrap_or(f);
+            let value: String = v
+                .trim_matches('"')
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{field}={value}")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The preflight of one setting, its error naming the setting.
+fn checked_preflight(scenario: &Scenario, setting: &[(String, String)]) -> Result<()> {
+    scenario
+        .preflight()
+        .map_err(|e| e.context(format!("--sweep {}", label(setting))))
+}
+
+/// One algorithm at one setting of a sweep.
+#[derive(Debug, Serialize)]
+struct SweepPoint {
+    setting: BTreeMap<String, String>,
+    algorithm: String,
+    final_mean_accuracy: f64,
+    worst_node_final_accuracy: f64,
+    wire_bytes_per_round_per_node: f64,
+    energy_j: f64,
+    airtime_s: f64,
+}
+
+impl SweepPoint {
+    /// The setting's values in the order of the sweeps, e.g. `64, q4`.
+    fn values(&self, sweeps: &[Sweep]) -> String {
+        sweeps
+            .iter()
+            .map(|(f, _)| self.setting[f].trim_matches('"').to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The points no other point beats on both cost and accuracy (cheaper or as cheap and
+/// at least as accurate, strictly better in one): the Pareto front, by cost.
+fn pareto(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let mut sorted: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(c, a)| c.is_finite() && a.is_finite())
+        .collect();
+    sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
+    let mut front: Vec<(f64, f64)> = Vec::new();
+    for point in sorted {
+        if front.last().is_none_or(|last| point.1 > last.1) {
+            front.push(point);
+        }
+    }
+    front
+}
+
+fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> String {
+    let mut md = String::new();
+    let fields: Vec<&str> = sweeps.iter().map(|(f, _)| f.as_str()).collect();
+    let _ = writeln!(md, "# Sweep: {} over {}\n", scenario.run.name, fields.join(" × "));
+    let _ = writeln!(
+        md,
+        "{} nodes ({}), {} rounds × {} local steps, partition {}, channel {}, seed {}. Energy and air \
+         time: the emulated radio's, all nodes, the whole run. Each setting's full comparison is in its \
+         own directory.\n",
+        scenario.nodes.count,
+        scenario.nodes.models.join(", "),
+        scenario.run.rounds,
+        scenario.train.local_steps,
+        scenario.data.partition,
+        scenario.channel.preset,
+        scenario.run.seed,
+    );
+    let _ = writeln!(
+        md,
+        "| {} | algorithm | final mean acc | worst node | wire bytes / round / node | air time | energy | on the energy front |",
+        fields.join(" | ")
+    );
+    let _ = writeln!(md, "|{}---|---:|---:|---:|---:|---:|---|", "---|".repeat(fields.len()));
+    for algorithm in algorithms_of(results) {
+        let these: Vec<&SweepPoint> = results.iter().filter(|p| p.algorithm == algorithm).collect();
+        let front = pareto(
+            &these
+                .iter()
+                .map(|p| (p.energy_j, p.final_mean_accuracy))
+                .collect::<Vec<_>>(),
+        );
+        for p in these {
+            let on_front = front.contains(&(p.energy_j, p.final_mean_accuracy));
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {} |",
+                p.values(sweeps).replace(", ", " | "),
+                p.algorithm,
+                100.0 * p.final_mean_accuracy,
+                100.0 * p.worst_node_final_accuracy,
+                bytes(p.wire_bytes_per_round_per_node as u64),
+                p.airtime_s,
+                p.energy_j,
+                if on_front { "yes" } else { "" }
+            );
+        }
+    }
+    md
+}
+
+/// The algorithms of a sweep, in the order they ran.
+fn algorithms_of(results: &[SweepPoint]) -> Vec<String> {
+    let mut algorithms: Vec<String> = Vec::new();
+    for p in results {
+        if !algorithms.contains(&p.algorithm) {
+            algorithms.push(p.algorithm.clone());
+        }
+    }
+    algorithms
+}
+
+/// Accuracy against energy and against air time: a dot per setting (labelled with its
+/// values), a colour per algorithm, and each algorithm's Pareto front as a line.
+fn sweep_plot(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> String {
+    let algorithms = algorithms_of(results);
+    let names: Vec<String> = algorithms.iter().map(|a| format!("{a} (front)")).collect();
+    let panel = |title: &'static str, x_label: &'static str, cost: fn(&SweepPoint) -> f64| Panel {
+        title,
+        x_label,
+        y_label: "final mean test accuracy",
+        log_x: true,
+        series: algorithms
+            .iter()
+            .enumerate()
+            .flat_map(|(i, a)| {
+                let these: Vec<&SweepPoint> = results.iter().filter(|p| &p.algorithm == a).collect();
+                let points: Vec<(f64, f64)> = these.iter().map(|p| (cost(p), p.final_mean_accuracy)).collect();
+                let color = super::plot::PALETTE[i % super::plot::PALETTE.len()];
+                [
+                    Series {
+                        name: a,
+                        color,
+                        marks: true,
+                        labels: these.iter().map(|p| p.values(sweeps)).collect(),
+                        points: points.clone(),
+                    },
+                    Series {
+                        name: &names[i],
+                        color,
+                        points: pareto(&points),
+                        ..Default::default()
+                    },
+                ]
+            })
+            .collect(),
+    };
+    let fields: Vec<&str> = sweeps.iter().map(|(f, _)| f.as_str()).collect();
+    figure(
+        &format!("{}: {} (labels: {})", scenario.run.name, "sweep", fields.join(", ")),
+        &[
+            panel("against energy (log)", "radio energy, J (all nodes, whole run)", |p| {
+                p.energy_j
+            }),
+            panel("against air time (log)", "air time, s (all nodes, whole run)", |p| {
+                p.airtime_s
+            }),
+        ],
+    )
+}
+
+/// The sweep for a terminal, within 80 columns.
+fn sweep_terminal(results: &[SweepPoint]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<9} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "setting", "algorithm", "final", "worst", "bytes/rd", "air time", "energy"
+    );
+    for p in results {
+        let setting: String = p
+            .setting
+            .values()
+            .map(|v| v.trim_matches('"'))
+            .collect::<Vec<_>>()
+            .join(",");
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {:>6.2}% {:>6.2}% {:>9} {:>9} {:>9}",
+            setting.chars().take(24).collect::<String>(),
+            p.algorithm,
+            100.0 * p.final_mean_accuracy,
+            100.0 * p.worst_node_final_accuracy,
+            bytes(p.wire_bytes_per_round_per_node as u64),
+            seconds(p.airtime_s),
+            joules(p.energy_j),
+        );
+    }
+    out
 }
 
 /// Runs `scenario` under each algorithm into `out/<algorithm>` and writes the
@@ -621,6 +969,7 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
                 name: &o.algorithm,
                 color: color(&o.algorithm),
                 points: o.curve.iter().map(|p| (x(p), p.mean_accuracy)).collect(),
+                ..Default::default()
             })
             .collect()
     };
@@ -658,7 +1007,33 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::mean_sd;
+    use super::{grid, mean_sd, pareto, parse_sweeps};
+
+    #[test]
+    fn a_sweep_is_the_grid_of_its_fields_and_bare_words_are_strings() {
+        let sweeps = parse_sweeps(&["exchange.public_batch=32,64".into(), "exchange.encoding=q8, q4".into()]).unwrap();
+        assert_eq!(sweeps[1].1, ["\"q8\"", "\"q4\""]);
+        let settings: Vec<String> = grid(&sweeps)
+            .iter()
+            .map(|s| s.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join(" "))
+            .collect();
+        assert_eq!(settings, ["32 \"q8\"", "32 \"q4\"", "64 \"q8\"", "64 \"q4\""]);
+        for bad in [
+            vec!["exchange.public_batch".to_string()],
+            vec!["a=1".into(), "b=2".into(), "c=3".into()],
+            vec!["a=1".into(), "a=2".into()],
+            vec!["a=1,1".into()],
+            vec!["a=".into()],
+        ] {
+            assert!(parse_sweeps(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_pareto_front_keeps_what_nothing_cheaper_beats() {
+        let front = pareto(&[(4.0, 0.80), (1.0, 0.70), (2.0, 0.69), (3.0, 0.82), (3.0, 0.75)]);
+        assert_eq!(front, [(1.0, 0.70), (3.0, 0.82)]);
+    }
 
     #[test]
     fn spread_is_the_sample_standard_deviation() {

@@ -6,10 +6,15 @@ use std::path::Path;
 
 use wdml_coordinator::MetricsRow;
 
-/// One line of a chart.
+/// One line of a chart (or, with `marks`, one set of points).
+#[derive(Default)]
 pub struct Series<'a> {
     pub name: &'a str,
     pub color: &'a str,
+    /// Points drawn as dots, not joined.
+    pub marks: bool,
+    /// A short label beside each point (none: no labels).
+    pub labels: Vec<String>,
     pub points: Vec<(f64, f64)>,
 }
 
@@ -161,7 +166,24 @@ fn draw(svg: &mut String, panel: &Panel) {
             .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_x || *x > 0.0))
             .map(|&(x, y)| format!("{:.1},{:.1}", px(xs(x)), py(y)))
             .collect();
-        if !path.is_empty() {
+        if s.marks {
+            for (i, &(x, y)) in s.points.iter().enumerate() {
+                if !(x.is_finite() && y.is_finite() && (!panel.log_x || x > 0.0)) {
+                    continue;
+                }
+                let (cx, cy) = (px(xs(x)), py(y));
+                let _ = writeln!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="4" fill="{}"/>"#, s.color);
+                if let Some(label) = s.labels.get(i) {
+                    let _ = writeln!(
+                        svg,
+                        r#"<text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
+                        cx + 6.0,
+                        cy - 4.0,
+                        escape(label)
+                    );
+                }
+            }
+        } else if !path.is_empty() {
             let _ = writeln!(
                 svg,
                 r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
@@ -173,7 +195,7 @@ fn draw(svg: &mut String, panel: &Panel) {
 }
 
 /// Ten colours that stay apart (matplotlib's tab10), reused past ten series.
-const PALETTE: [&str; 10] = [
+pub const PALETTE: [&str; 10] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
 ];
 
@@ -226,6 +248,7 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
                 name,
                 color: PALETTE[i % PALETTE.len()],
                 points: c[k].clone(),
+                ..Default::default()
             })
             .collect()
     };
@@ -291,6 +314,7 @@ pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()>
                 name,
                 color: PALETTE[i % PALETTE.len()],
                 points,
+                ..Default::default()
             })
             .collect(),
     };
@@ -424,11 +448,13 @@ mod tests {
                     name: "a<b",
                     color: "red",
                     points: vec![(1.0, 0.1), (10.0, 0.5)],
+                    ..Default::default()
                 },
                 Series {
                     name: "c",
                     color: "blue",
                     points: vec![(0.0, 0.2), (100.0, 0.9)],
+                    ..Default::default()
                 },
             ],
         };
@@ -474,6 +500,7 @@ mod tests {
                 name: "n",
                 color: "red",
                 points: vec![(0.0, 0.0), (1.0, 1.0)],
+                ..Default::default()
             })
             .collect();
         let panel = Panel {
