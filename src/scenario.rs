@@ -97,8 +97,10 @@ impl Default for TrainSection {
 pub struct ExchangeSection {
     /// Rows of the public batch each round.
     pub public_batch: u32,
-    /// Wire encoding of the predictions: `f32`, `f16`, `q8` or `q4`.
+    /// Wire encoding of the predictions: `f32`, `f16`, `q8`, `q4` or `topk`.
     pub encoding: Encoding,
+    /// With `encoding = "topk"`: the logits kept per row (1 to 9).
+    pub top_k: u32,
     /// The largest message a node accepts.
     pub max_message_bytes: u64,
     /// The longest a node waits for its neighbours' predictions in a round.
@@ -123,6 +125,7 @@ impl Default for ExchangeSection {
         ExchangeSection {
             public_batch: 128,
             encoding: Encoding::Q8,
+            top_k: 2,
             max_message_bytes: 16 << 20,
             timeout_ms: 10_000,
             adaptive_deadline: true,
@@ -350,6 +353,7 @@ impl Scenario {
                 self.run.algorithm,
                 self.exchange.public_batch,
                 self.exchange.encoding,
+                self.exchange.top_k,
                 model.parameter_count(),
             ) else {
                 break;
@@ -360,6 +364,7 @@ impl Scenario {
                     self.run.algorithm,
                     self.exchange.public_batch,
                     self.exchange.encoding,
+                    self.exchange.top_k,
                     0,
                 );
                 let field = if model_free == Some(shape) {
@@ -579,6 +584,7 @@ impl Scenario {
             deadline_s: self.coordinator.deadline_s,
             max_staleness: self.exchange.max_staleness,
             staleness_decay: self.exchange.staleness_decay,
+            top_k: self.exchange.top_k,
             ..RunSettings::default()
         };
         settings.set_round_policy(self.coordinator.round_policy);
@@ -850,10 +856,29 @@ mod tests {
             ("nodes.count=1000000", "nodes.count"),
             ("adversary.nodes=[7]", "adversary.nodes"),
             ("adversary.kind=\"loud\"", "adversary.kind"),
+            ("exchange.encoding=\"q3\"", "encoding"),
         ];
         for (assignment, field) in cases {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_top_k_outside_the_classes_is_refused() {
+        let load = |k: u32| {
+            Scenario::load(
+                None,
+                &["exchange.encoding=\"topk\"".into(), format!("exchange.top_k={k}")],
+            )
+            .map(drop)
+            .map_err(|e| format!("{e:#}"))
+        };
+        load(1).unwrap();
+        load(9).unwrap();
+        for k in [0, 10] {
+            let error = load(k).unwrap_err();
+            assert!(error.contains("exchange.top_k"), "{k}: {error}");
         }
     }
 

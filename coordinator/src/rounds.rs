@@ -237,6 +237,7 @@ fn band_plan(
                 settings.algorithm(),
                 settings.public_batch,
                 settings.encoding(),
+                settings.top_k,
                 parameters,
             )?;
             Some(Sender {

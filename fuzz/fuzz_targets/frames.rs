@@ -18,6 +18,7 @@ fuzz_target!(|data: &[u8]| {
         rows: 2,
         cols: 3,
         max_message_bytes: 1 << 20,
+        top_k: 0,
     };
     let mut message = Assembler::new(&expect);
     let mut bytes = data;

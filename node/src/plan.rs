@@ -11,7 +11,7 @@ use wdml_proto::{AdversaryKind, Algorithm, Encoding, RunSettings};
 use crate::data::{Partition, SplitConfig};
 use crate::device::DeviceProfile;
 use crate::learn::{Aggregate, LearnerConfig};
-use crate::model::ModelSpec;
+use crate::model::{CLASSES, ModelSpec};
 use crate::{Error, Result};
 
 /// Largest message a node agrees to receive, whatever the coordinator says.
@@ -35,6 +35,8 @@ pub struct RunPlan {
     /// Public images per local step in the distillation term (≤ public_batch).
     pub distill_batch: usize,
     pub encoding: Encoding,
+    /// Logits kept per row with the top-k encoding (0 with any other).
+    pub top_k: u32,
     /// The radio between the nodes (every node builds the same seeded channel).
     pub channel: ResolvedChannel,
     pub max_message_bytes: u64,
@@ -83,7 +85,7 @@ impl RunPlan {
             Ok(Encoding::Unspecified) | Err(_) => {
                 return Err(Error::config(
                     "exchange.encoding",
-                    format!("unknown encoding {}; expected f32, f16, q8 or q4", s.encoding),
+                    format!("unknown encoding {}; expected f32, f16, q8, q4 or topk", s.encoding),
                 ));
             }
             Ok(e) => e,
@@ -203,6 +205,20 @@ impl RunPlan {
                 }
             },
             encoding,
+            top_k: match encoding {
+                Encoding::Topk if (1..CLASSES as u32).contains(&s.top_k) => s.top_k,
+                Encoding::Topk => {
+                    return Err(Error::config(
+                        "exchange.top_k",
+                        format!(
+                            "{} logits kept per row: between 1 and {} (of {CLASSES} classes)",
+                            s.top_k,
+                            CLASSES - 1
+                        ),
+                    ));
+                }
+                _ => 0,
+            },
             channel,
             max_message_bytes: s.max_message_bytes,
             data_dir: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),

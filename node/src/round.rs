@@ -306,6 +306,7 @@ pub fn message(node: &Node) -> Option<MessageShape> {
         node.plan.algorithm,
         node.plan.public_batch as u32,
         node.plan.encoding,
+        node.plan.top_k,
         node.learner.parameter_count(),
     )
 }

@@ -116,7 +116,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let node = prepare(&config, plan, model).await?;
     // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).
-    let (rows, cols) = message(&node).map_or((0, 0), |m| (m.rows, m.cols));
+    let (rows, cols, top_k) = message(&node).map_or((0, 0, 0), |m| (m.rows, m.cols, m.top_k));
     let expect = Expectation {
         run_id: node.plan.run_id.clone(),
         me: config.id,
@@ -124,6 +124,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         rows,
         cols,
         max_message_bytes: node.plan.max_message_bytes,
+        top_k,
     };
     let service = PeerExchangeServer::new(PeerService::new(expect, node.mailbox.clone()))
         .max_decoding_message_size(MAX_FRAME_BYTES);

@@ -68,6 +68,7 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
         rows,
         cols: COLS,
         max_message_bytes: 1 << 24,
+        top_k: 0,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address: SocketAddr = listener.local_addr().unwrap();
@@ -111,6 +112,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
             rows,
             cols: COLS,
             encoding: Encoding::F32,
+            top_k: 0,
         },
     );
     let envelope = Envelope {

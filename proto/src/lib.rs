@@ -93,7 +93,8 @@ mod names {
     }
 
     named!(Algorithm, "algorithm", "`dml`, `local` or `fedavg`", [Dml => "dml", Local => "local", Fedavg => "fedavg"]);
-    named!(Encoding, "encoding", "`f32`, `f16`, `q8` or `q4`", [F32 => "f32", F16 => "f16", Q8 => "q8", Q4 => "q4"]);
+    named!(Encoding, "encoding", "`f32`, `f16`, `q8`, `q4` or `topk`",
+        [F32 => "f32", F16 => "f16", Q8 => "q8", Q4 => "q4", Topk => "topk"]);
     named!(Aggregate, "aggregate", "`mean`, `median` or `trimmed-mean`",
         [Mean => "mean", Median => "median", TrimmedMean => "trimmed-mean"]);
     named!(AdversaryKind, "adversary kind", "`confident-wrong` or `silent`",
@@ -112,7 +113,7 @@ mod names {
             }
             assert_eq!("trimmed-mean".parse::<Aggregate>().unwrap(), Aggregate::TrimmedMean);
             let error = "f8".parse::<Encoding>().unwrap_err().to_string();
-            assert!(error.contains("`f32`, `f16`, `q8` or `q4`"), "{error}");
+            assert!(error.contains("`f32`, `f16`, `q8`, `q4` or `topk`"), "{error}");
             assert!("unspecified".parse::<Algorithm>().is_err());
             for a in Aggregate::ALL {
                 let json = serde_json::to_string(a).unwrap();

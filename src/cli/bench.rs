@@ -271,6 +271,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         rows,
         cols: 10,
         max_message_bytes: 1 << 24,
+        top_k: 0,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server_address = listener.local_addr()?;
@@ -297,6 +298,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         rows,
         cols: 10,
         encoding,
+        top_k: 0,
     };
     let before = counted.load(Ordering::Relaxed);
     let every_neighbour_in_time = BTreeMap::new();
@@ -461,6 +463,7 @@ async fn tls() -> Result<()> {
             rows: 1,
             cols: 10,
             max_message_bytes: 1 << 20,
+            top_k: 0,
         },
         Arc::new(Mailbox::new(2, 0)),
     ));

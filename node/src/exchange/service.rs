@@ -30,6 +30,8 @@ pub struct Expectation {
     pub rows: u32,
     pub cols: u32,
     pub max_message_bytes: u64,
+    /// Entries kept per row when the run's encoding is top-k; 0 otherwise.
+    pub top_k: u32,
 }
 
 /// The tonic service.
@@ -166,6 +168,7 @@ impl<'a> Assembler<'a> {
             cols: first.cols,
             scale: first.scale,
             offset: first.offset,
+            top_k: self.expect.top_k,
             bytes: self.payload,
         };
         let values = codec::decode(&encoded).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -292,10 +295,9 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
         )));
     }
     let encoding = Encoding::try_from(frame.encoding).unwrap_or(Encoding::Unspecified);
-    let values = u64::from(frame.rows) * u64::from(frame.cols);
-    let Some(want) = codec::payload_bytes(encoding, values) else {
+    let Some(want) = codec::payload_bytes(encoding, frame.rows, frame.cols, expect.top_k) else {
         return Err(Status::invalid_argument(format!(
-            "undecodable encoding {}: expected F32, F16, Q8 or Q4",
+            "undecodable encoding {}: expected F32, F16, Q8, Q4 or TOPK",
             frame.encoding
         )));
     };
@@ -361,6 +363,7 @@ mod tests {
             rows: 2,
             cols: 3,
             max_message_bytes: 1 << 20,
+            top_k: 0,
         }
     }
 
@@ -371,6 +374,7 @@ mod tests {
                 rows: 2,
                 cols: 3,
                 encoding: Encoding::F32,
+                top_k: 0,
             },
         );
         frames(
@@ -418,6 +422,7 @@ mod tests {
                     rows: 2,
                     cols: 3,
                     encoding: Encoding::Q4,
+                    top_k: 0,
                 },
             );
             let envelope = Envelope {
@@ -444,6 +449,7 @@ mod tests {
             cols: 3,
             scale: frame.scale,
             offset: frame.offset,
+            top_k: 0,
             bytes: frame.data.clone(),
         };
         let decoded = codec::decode(&encoded).unwrap();

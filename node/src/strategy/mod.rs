@@ -75,13 +75,19 @@ macro_rules! with_strategy {
 }
 
 /// The message `algorithm` sends each round (`None`: it exchanges nothing).
-pub fn message(algorithm: Algorithm, public_batch: u32, encoding: Encoding, parameters: usize) -> Option<MessageShape> {
-    wdml_proto::message::shape(algorithm, public_batch, encoding, parameters as u64)
+pub fn message(
+    algorithm: Algorithm,
+    public_batch: u32,
+    encoding: Encoding,
+    top_k: u32,
+    parameters: usize,
+) -> Option<MessageShape> {
+    wdml_proto::message::shape(algorithm, public_batch, encoding, top_k, parameters as u64)
 }
 
 /// Whether `algorithm` exchanges anything (its figures have a radio cost).
 pub fn exchanges(algorithm: Algorithm) -> bool {
-    message(algorithm, 1, Encoding::F32, 1).is_some()
+    message(algorithm, 1, Encoding::F32, 0, 1).is_some()
 }
 
 /// Whether `algorithm` needs every node on one model from one initialisation.
