@@ -31,6 +31,24 @@ fn credentials(dir: &Path, tls: &Path, identity: Identity, issued: &pki::Issued)
     dir.to_path_buf()
 }
 
+/// A TLS connection to `server` at `address` that trusts the CA in `tls` but presents
+/// no certificate of its own.
+async fn without_certificate(
+    tls: &Path,
+    server: Identity,
+    address: &str,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(tls.join("ca.pem")).unwrap()))
+        .domain_name(server.dns_name());
+    Endpoint::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(tls_config)
+        .unwrap()
+        .connect()
+        .await
+}
+
 /// What a Join as `node_id` over `security` gets.
 async fn join(security: &Security, address: &str, node_id: u32) -> Result<(), tonic::Status> {
     let channel = security
@@ -77,16 +95,7 @@ fn strangers_and_impostors_are_refused_and_the_run_finishes_unharmed() {
 
     // 1. No certificate at all: TLS to the right server, presenting nothing.
     let anonymous = rt.block_on(async {
-        let tls_config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(tls.join("ca.pem")).unwrap()))
-            .domain_name("node-0.wdml");
-        let channel = Endpoint::from_shared(format!("https://{node0}"))
-            .unwrap()
-            .tls_config(tls_config)
-            .unwrap()
-            .connect()
-            .await;
-        match channel {
+        match without_certificate(&tls, Identity::Node(0), &node0).await {
             Err(_) => Err(Code::Unavailable),
             Ok(channel) => PeerExchangeClient::new(channel)
                 .send(tokio_stream::iter(vec![frame("trust-42", 1)]))
@@ -372,16 +381,7 @@ fn a_node_refuses_a_coordinator_that_another_ca_certified() {
     // the run's credentials: Watch without a certificate is refused in the handshake.
     let rt = runtime();
     let watched = rt.block_on(async {
-        let tls_config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(std::fs::read(foreign.join("ca.pem")).unwrap()))
-            .domain_name("coordinator.wdml");
-        let channel = Endpoint::from_shared(format!("https://{}", impostor.address))
-            .unwrap()
-            .tls_config(tls_config)
-            .unwrap()
-            .connect()
-            .await;
-        match channel {
+        match without_certificate(&foreign, Identity::Coordinator, &impostor.address).await {
             Err(_) => Err(Code::Unavailable),
             Ok(channel) => CoordinatorClient::new(channel)
                 .watch(wdml_proto::WatchRequest {})

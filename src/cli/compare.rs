@@ -407,15 +407,9 @@ fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -
     let _ = writeln!(md, "# Sweep: {} over {}\n", scenario.run.name, fields.join(" × "));
     let _ = writeln!(
         md,
-        "{} nodes ({}), {} rounds × {} local steps, partition {}, channel {}, seed {}. Energy and air \
-         time: the emulated radio's, all nodes, the whole run. Each setting's full comparison is in its \
-         own directory.\n",
-        scenario.nodes.count,
-        scenario.nodes.models.join(", "),
-        scenario.run.rounds,
-        scenario.train.local_steps,
-        scenario.data.partition,
-        scenario.channel.preset,
+        "{}, seed {}. Energy and air time: the emulated radio's, all nodes, the whole run. Each \
+         setting's full comparison is in its own directory.\n",
+        setup(scenario),
         scenario.run.seed,
     );
     let _ = writeln!(
@@ -449,6 +443,20 @@ fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -
         }
     }
     md
+}
+
+/// A scenario in a line: `8 nodes (mlp:256,128, cnn:16,32,128), 30 rounds × 20 local
+/// steps, partition dirichlet:0.5, channel d2d-urban`.
+fn setup(scenario: &Scenario) -> String {
+    format!(
+        "{} nodes ({}), {} rounds × {} local steps, partition {}, channel {}",
+        scenario.nodes.count,
+        scenario.nodes.models.join(", "),
+        scenario.run.rounds,
+        scenario.train.local_steps,
+        scenario.data.partition,
+        scenario.channel.preset,
+    )
 }
 
 /// The algorithms of a sweep, in the order they ran.
@@ -894,15 +902,9 @@ fn seeds_report(scenario: &Scenario, per_seed: &[SeedOutcome]) -> String {
     let _ = writeln!(md, "# Comparison across seeds: {}\n", scenario.run.name);
     let _ = writeln!(
         md,
-        "{} nodes ({}), {} rounds × {} local steps, partition {}, channel {}; seeds {}. \
-         Each seed draws its own split, initialisation, placement and fading; \
+        "{}; seeds {}. Each seed draws its own split, initialisation, placement and fading; \
          `seed-<s>/comparison.md` has each seed's full table.\n",
-        scenario.nodes.count,
-        scenario.nodes.models.join(", "),
-        scenario.run.rounds,
-        scenario.train.local_steps,
-        scenario.data.partition,
-        scenario.channel.preset,
+        setup(scenario),
         per_seed
             .iter()
             .map(|s| s.seed.to_string())

@@ -83,19 +83,13 @@ fn over_the_air_targets(
     if collected.messages.is_empty() {
         return Ok(None);
     }
-    let peers: Vec<&[f32]> = collected.messages.iter().map(|m| m.values.as_slice()).collect();
-    let mut mean = soft_targets(
-        &peers,
-        plan.public_batch,
-        CLASSES,
-        plan.learner.temperature,
-        plan.aggregate,
-    )?;
+    let fresh: Vec<&Delivered> = collected.messages.iter().collect();
+    let mut mean = aggregate(plan, &fresh)?;
     let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
     let values = (plan.public_batch * CLASSES) as u64;
     let slot = node.shaper.air_slot(start.round, node.id, &senders, values)?;
     if plan.channel.air_noise {
-        spectrum::add_air_noise(&mut mean, &slot, peers.len(), plan.seed, u64::from(start.round));
+        spectrum::add_air_noise(&mut mean, &slot, fresh.len(), plan.seed, u64::from(start.round));
     }
     onto_simplex(&mut mean, CLASSES);
     Ok(Some(Distill {
@@ -103,6 +97,18 @@ fn over_the_air_targets(
         public,
         weights: None,
     }))
+}
+
+/// The run's aggregate of `messages`' softened predictions, row-major.
+fn aggregate(plan: &RunPlan, messages: &[&Delivered]) -> Result<Vec<f32>> {
+    let peers: Vec<&[f32]> = messages.iter().map(|m| m.values.as_slice()).collect();
+    soft_targets(
+        &peers,
+        plan.public_batch,
+        CLASSES,
+        plan.learner.temperature,
+        plan.aggregate,
+    )
 }
 
 /// Each row of `values` made a probability distribution again: values below a small
@@ -126,14 +132,7 @@ fn onto_simplex(values: &mut [f32], classes: usize) {
 /// seed) and their aggregate, weighted down with age. `None` when nothing was heard.
 fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &Collected) -> Result<Option<Distill>> {
     let aggregate = |messages: &[&Delivered]| -> Result<Tensor> {
-        let peers: Vec<&[f32]> = messages.iter().map(|m| m.values.as_slice()).collect();
-        let target = soft_targets(
-            &peers,
-            plan.public_batch,
-            CLASSES,
-            plan.learner.temperature,
-            plan.aggregate,
-        )?;
+        let target = aggregate(plan, messages)?;
         Tensor::from_vec(target, (plan.public_batch, CLASSES), &Device::Cpu).map_err(Error::from)
     };
     let fresh: Vec<&Delivered> = collected.messages.iter().collect();
