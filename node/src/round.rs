@@ -33,6 +33,7 @@ use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
 use crate::{Error, Result};
+use wdml_channel::spectrum::AirSlot;
 
 /// Rows per evaluation batch: bounds memory, not results.
 pub(crate) const EVAL_BATCH: usize = 500;
@@ -77,6 +78,24 @@ struct Expected {
     arrival_s: BTreeMap<u32, f64>,
     /// The ones the round waits for (not silent), and each one's deadline.
     deadlines: BTreeMap<u32, Instant>,
+    /// On a shared band: when the exchange phase begins, emulated seconds after the
+    /// round's start ([`band_phase_s`]); 0 on dedicated bands.
+    band_phase_s: f64,
+    /// Over the air: this node's own slot, in which its aligned neighbours transmit.
+    air_slot: Option<AirSlot>,
+}
+
+impl Expected {
+    fn new(began: Instant) -> Self {
+        Expected {
+            began,
+            delivered: BTreeMap::new(),
+            arrival_s: BTreeMap::new(),
+            deadlines: BTreeMap::new(),
+            band_phase_s: 0.0,
+            air_slot: None,
+        }
+    }
 }
 
 /// Time spent on model work in a round: wall time, and the process's CPU time, which
@@ -129,6 +148,12 @@ pub(crate) struct Round<'a> {
 }
 
 impl Round<'_> {
+    /// Over the air: this node's own slot this round (its aligned neighbours, the
+    /// noise of their sum), as listening found it.
+    pub fn air_slot(&self) -> Option<&AirSlot> {
+        self.expected.air_slot.as_ref()
+    }
+
     /// Model work, on this thread (tensor work blocks it), counted as compute. On an
     /// emulated device it lasts, in wall time, at least its emulated time × time_scale:
     /// a slow device is slow in wall time too.
@@ -177,32 +202,38 @@ impl Round<'_> {
                 })
                 .collect()
         };
+        let phase_s = self.expected.band_phase_s;
         // Over the air: each neighbour's slot, which its own neighbours share.
-        let air = node.plan.over_the_air().then(|| {
-            self.start
-                .neighbours
-                .iter()
-                .filter(|_| !withhold)
-                .map(|peer| AirReceiver {
-                    id: peer.node_id,
-                    wait_s: band_wait_s(&node.plan, node.id, peer.band_start_s),
-                    senders: peer.neighbours.clone(),
-                })
-                .collect::<Vec<_>>()
-        });
-        // When this node's radio is done transmitting, over the air: its last slot.
-        let air_busy_s = match &air {
-            Some(slots) => slots.iter().try_fold(0.0f64, |busy, slot| -> Result<f64> {
-                let air_slot = node
-                    .shaper
-                    .air_slot(self.start.round, slot.id, &slot.senders, shape.values())?;
-                Ok(match air_slot.aligned(node.id as usize) {
-                    Some(_) => busy.max(slot.wait_s + air_slot.span_s()),
-                    None => busy,
-                })
-            })?,
-            None => 0.0,
+        let air = match node.plan.over_the_air() {
+            true => Some(
+                self.start
+                    .neighbours
+                    .iter()
+                    .filter(|_| !withhold)
+                    .map(|peer| {
+                        Ok(AirReceiver {
+                            id: peer.node_id,
+                            wait_s: band_wait_s(&node.plan, phase_s, node.id, peer.band_start_s),
+                            slot: node.shaper.air_slot(
+                                self.start.round,
+                                peer.node_id,
+                                &peer.neighbours,
+                                shape.values(),
+                            )?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            false => None,
         };
+        // When this node's radio is done transmitting, over the air: its last slot.
+        let air_busy_s =
+            air.iter()
+                .flatten()
+                .fold(0.0f64, |busy, receiver| match receiver.slot.aligned(node.id as usize) {
+                    Some(_) => busy.max(receiver.wait_s + receiver.slot.span_s()),
+                    None => busy,
+                });
         let outgoing = Outgoing {
             envelope: Envelope {
                 run_id: node.plan.run_id.clone(),
@@ -214,7 +245,7 @@ impl Round<'_> {
             shape,
             destinations,
             withhold,
-            wait_s: band_wait_s(&node.plan, node.id, self.start.band_start_s),
+            wait_s: band_wait_s(&node.plan, phase_s, node.id, self.start.band_start_s),
             air,
         };
         // Semi-synchronous rounds: the exchange waits by the round's own rule.
@@ -284,7 +315,7 @@ impl Round<'_> {
         let mut ready = if plan.over_the_air() {
             mine + air_busy_s
         } else {
-            mine + band_wait_s(plan, node.id, self.start.band_start_s) + self.metrics.airtime_s
+            mine + band_wait_s(plan, phase_s, node.id, self.start.band_start_s) + self.metrics.airtime_s
         };
         for message in &collected.messages {
             if let (Some(&arrival), Some(model)) = (
@@ -311,22 +342,32 @@ pub fn message(node: &Node) -> Option<MessageShape> {
     )
 }
 
-/// On a shared band (`channel.access = "shared"`), how long node `id` waits between
-/// having its message ready and the start of its turn: the exchange phase begins once
-/// the slowest device of the scenario has its message ready (known from the plan), and
-/// the node's turn `band_start_s` after that (the coordinator's plan). 0 on dedicated
-/// bands, where every node transmits as soon as it is ready.
-fn band_wait_s(plan: &RunPlan, id: u32, band_start_s: f64) -> f64 {
+/// Emulated seconds from the round's start until node `id` has its message ready (its
+/// compute before the exchange, on its device; 0 without one).
+fn ready_s(plan: &RunPlan, id: u32) -> f64 {
+    let flops = strategy::flops_before_exchange(plan.algorithm, plan, &plan.models[id as usize]);
+    plan.device(id).map_or(0.0, |d| d.seconds(flops))
+}
+
+/// On a shared band (`channel.access = "shared"`), when the exchange phase begins: once
+/// the slowest device of the scenario has its message ready (known from the plan). 0 on
+/// dedicated bands.
+fn band_phase_s(plan: &RunPlan) -> f64 {
     if plan.channel.access != Access::Shared {
         return 0.0;
     }
-    let ready = |k: u32| {
-        let model = &plan.models[k as usize];
-        let flops = strategy::flops_before_exchange(plan.algorithm, plan, model);
-        plan.device(k).map_or(0.0, |d| d.seconds(flops))
-    };
-    let phase = (0..plan.nodes).map(ready).fold(0.0, f64::max);
-    (phase + band_start_s - ready(id)).max(0.0)
+    (0..plan.nodes).map(|k| ready_s(plan, k)).fold(0.0, f64::max)
+}
+
+/// On a shared band, how long node `id` waits between having its message ready and the
+/// start of its turn (or slot): the phase `phase_s` ([`band_phase_s`]), then
+/// `band_start_s` (the coordinator's plan). 0 on dedicated bands, where every node
+/// transmits as soon as it is ready.
+fn band_wait_s(plan: &RunPlan, phase_s: f64, id: u32, band_start_s: f64) -> f64 {
+    if plan.channel.access != Access::Shared {
+        return 0.0;
+    }
+    (phase_s + band_start_s - ready_s(plan, id)).max(0.0)
 }
 
 /// A shared band's turn from the coordinator: emulated seconds, finite and ≥ 0.
@@ -358,12 +399,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
         shape: message(node),
         metrics: RoundMetrics::default(),
         compute: ComputeClock::default(),
-        expected: Expected {
-            began,
-            delivered: BTreeMap::new(),
-            arrival_s: BTreeMap::new(),
-            deadlines: BTreeMap::new(),
-        },
+        expected: Expected::new(began),
         deadline: began + timeout,
     };
     if let Some(shape) = round.shape {
@@ -429,36 +465,30 @@ fn listen(
     metrics: &mut RoundMetrics,
 ) -> Result<Expected> {
     let bytes = shape.bytes();
-    let mut expected = Expected {
-        began,
-        delivered: BTreeMap::new(),
-        arrival_s: BTreeMap::new(),
-        deadlines: BTreeMap::new(),
-    };
+    let mut expected = Expected::new(began);
+    let phase_s = band_phase_s(&node.plan);
+    expected.band_phase_s = phase_s;
     // Over the air: this node's own slot, in which every aligned neighbour transmits at
     // once; listening to it costs the same however many take part.
-    let slot = match node.plan.over_the_air() {
-        true => {
-            let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-            let slot = node.shaper.air_slot(start.round, node.id, &senders, shape.values())?;
-            metrics.rx_energy_j += slot.receiver_energy_j();
-            Some(slot)
-        }
-        false => None,
-    };
+    if node.plan.over_the_air() {
+        let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
+        let slot = node.shaper.air_slot(start.round, node.id, &senders, shape.values())?;
+        metrics.rx_energy_j += slot.receiver_energy_j();
+        expected.air_slot = Some(slot);
+    }
     for peer in &start.neighbours {
-        let listening = match &slot {
+        let listening = match &expected.air_slot {
             Some(slot) => Listening {
                 delivered: slot.aligned(peer.node_id as usize).is_some(),
                 rx_energy_j: 0.0,
                 // From the sender's readiness to the end of our slot (the sum exists
                 // only then), plus its link's latency.
-                arrival_s: band_wait_s(&node.plan, peer.node_id, start.band_start_s)
+                arrival_s: band_wait_s(&node.plan, phase_s, peer.node_id, start.band_start_s)
                     + slot.span_s()
                     + slot.aligned(peer.node_id as usize).map_or(0.0, |a| a.latency_s),
             },
             None => {
-                let wait = band_wait_s(&node.plan, peer.node_id, peer.band_start_s);
+                let wait = band_wait_s(&node.plan, phase_s, peer.node_id, peer.band_start_s);
                 node.shaper
                     .listen(start.round, peer.node_id, &peer.neighbours, bytes, wait)?
             }

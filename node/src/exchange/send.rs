@@ -64,7 +64,7 @@ pub async fn send_and_collect(
         (Default::default(), Vec::new())
     } else {
         let schedule = match &air {
-            Some(slots) => shaper.schedule_over_the_air(round, slots, shape.values(), frames.len())?,
+            Some(slots) => shaper.schedule_over_the_air(slots, frames.len()),
             None => {
                 let receivers: Vec<u32> = destinations.iter().map(|(id, _)| *id).collect();
                 shaper.schedule(round, &receivers, encoded.bytes.len() as u64, frames.len(), wait_s)?

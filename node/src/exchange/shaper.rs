@@ -58,13 +58,13 @@ pub struct Schedule {
     pub cost: SendCost,
 }
 
-/// A neighbour this node sends to over the air: its slot starts `wait_s` emulated
-/// seconds after this node's message is ready, and `senders` (its neighbours) share it.
+/// A neighbour this node sends to over the air: its slot (which its own neighbours
+/// share) starts `wait_s` emulated seconds after this node's message is ready.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AirReceiver {
     pub id: u32,
     pub wait_s: f64,
-    pub senders: Vec<u32>,
+    pub slot: AirSlot,
 }
 
 /// What listening to one neighbour's message costs and yields.
@@ -129,11 +129,6 @@ impl Shaper {
     /// Payload bytes per frame.
     pub fn frame_bytes(&self) -> usize {
         self.resolved.radio.frame_payload_bytes as usize
-    }
-
-    /// A band per link, or one shared band.
-    pub fn access(&self) -> wdml_channel::Access {
-        self.resolved.access
     }
 
     /// Plans sending `bytes` (cut into `frames` frames) to `receivers` in `round`, the
@@ -316,20 +311,14 @@ impl Shaper {
         .map_err(channel_error)
     }
 
-    /// Over the air: plans sending the message (`values` values, cut into `frames`
-    /// frames on the stream) to each of `receivers` in its slot. Where this node is
-    /// aligned, every frame reaches that receiver when its slot ends (the analog sum is
-    /// known only then); where it is not, it stays silent and nothing is delivered.
-    pub fn schedule_over_the_air(
-        &self,
-        round: u32,
-        receivers: &[AirReceiver],
-        values: u64,
-        frames: usize,
-    ) -> Result<Schedule> {
+    /// Over the air: plans sending the message (cut into `frames` frames on the
+    /// stream) to each of `receivers` in its slot. Where this node is aligned, every
+    /// frame reaches that receiver when its slot ends (the analog sum is known only
+    /// then); where it is not, it stays silent and nothing is delivered.
+    pub fn schedule_over_the_air(&self, receivers: &[AirReceiver], frames: usize) -> Schedule {
         let mut schedule = Schedule::default();
         for (index, receiver) in receivers.iter().enumerate() {
-            let slot = self.air_slot(round, receiver.id, &receiver.senders, values)?;
+            let slot = &receiver.slot;
             let (Some((airtime_s, energy_j)), Some(aligned)) =
                 (slot.sender_cost(self.me as usize), slot.aligned(self.me as usize))
             else {
@@ -349,7 +338,7 @@ impl Shaper {
             schedule.cost.tx_energy_j += energy_j;
         }
         schedule.deliveries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-        Ok(schedule)
+        schedule
     }
 }
 

@@ -3,7 +3,7 @@
 //! trains on its private data with a distillation term toward their aggregate.
 
 use candle_core::{Device, Tensor};
-use wdml_channel::spectrum;
+use wdml_channel::spectrum::{self, AirSlot};
 use wdml_proto::{AdversaryKind, StartRound};
 
 use super::{Losses, Strategy};
@@ -47,9 +47,10 @@ impl Strategy for Dml {
         let collected = round.exchange(node, &logits).await?;
         // 3. E local steps: CE on private batches plus λ·T²·KL toward the neighbours'
         //    aggregated soft predictions (CE alone if no neighbour was heard).
-        let distill = round.compute(|| match node.plan.over_the_air() {
-            true => over_the_air_targets(node, start, public, &collected),
-            false => targets(&node.plan, node, start.round, public, &collected),
+        let slot = round.air_slot().cloned();
+        let distill = round.compute(|| match &slot {
+            Some(slot) => over_the_air_targets(node, start, slot, public, &collected),
+            None => targets(&node.plan, node, start.round, public, &collected),
         })?;
         round.compute(|| train(node, distill.as_ref()))
     }
@@ -76,6 +77,7 @@ fn confidently_wrong(logits: &mut [f32]) {
 fn over_the_air_targets(
     node: &Node,
     start: &StartRound,
+    slot: &AirSlot,
     public: Tensor,
     collected: &Collected,
 ) -> Result<Option<Distill>> {
@@ -85,11 +87,8 @@ fn over_the_air_targets(
     }
     let fresh: Vec<&Delivered> = collected.messages.iter().collect();
     let mut mean = aggregate(plan, &fresh)?;
-    let senders: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-    let values = (plan.public_batch * CLASSES) as u64;
-    let slot = node.shaper.air_slot(start.round, node.id, &senders, values)?;
     if plan.channel.air_noise {
-        spectrum::add_air_noise(&mut mean, &slot, fresh.len(), plan.seed, u64::from(start.round));
+        spectrum::add_air_noise(&mut mean, slot, fresh.len(), plan.seed, u64::from(start.round));
     }
     onto_simplex(&mut mean, CLASSES);
     Ok(Some(Distill {
