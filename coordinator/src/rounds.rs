@@ -14,7 +14,7 @@ use wdml_proto::{
 };
 
 use wdml_channel::spectrum::{self, BandPlan, Sender};
-use wdml_channel::{Access, Mode, derive_external_seed, purpose};
+use wdml_channel::{Access, Channel, Mode, derive_external_seed, purpose};
 use wdml_proto::message;
 
 use wdml_proto::policy::Closing;
@@ -140,12 +140,26 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     }
     let is_live = |j: &u32| live.iter().any(|(id, _, _)| id == j);
     let emulated_start_s = state.emulated_s;
-    let moved = neighbours_at(shared, emulated_start_s)?;
+    // The channel of this moment, once, for whoever needs it: moving devices' topology
+    // and the shared band's plan.
+    let resolved = &shared.config.channel;
+    let channel = match !resolved.mobility.is_static() || resolved.access == Access::Shared {
+        true => Some(
+            resolved
+                .channel_at(settings.seed, settings.nodes as usize, emulated_start_s)
+                .map_err(channel_error)?,
+        ),
+        false => None,
+    };
+    let moved = neighbours_at(shared, channel.as_ref(), emulated_start_s)?;
     let radio_neighbours = moved.as_ref().map_or(&shared.config.neighbours, |m| &m.neighbours);
     // The radio neighbours that are live this round.
     let neighbours_of =
         |id: u32| -> Vec<u32> { radio_neighbours[id as usize].iter().copied().filter(is_live).collect() };
-    let band = band_plan(shared, round, emulated_start_s, &parameters, &neighbours_of)?;
+    let band = match &channel {
+        Some(channel) => band_plan(shared, channel, round, &parameters, &neighbours_of)?,
+        None => BandPlan::default(),
+    };
     let band_start = |id: u32| band.turn(id as usize).map_or(0.0, |t| t.start_s);
     let mut participants = Vec::new();
     for (id, _, connection) in &live {
@@ -196,6 +210,14 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     Ok(())
 }
 
+/// A channel model error here is a setting the start-up checks let through.
+fn channel_error(e: wdml_channel::Error) -> Error {
+    Error::Config {
+        field: "channel".into(),
+        reason: e.to_string(),
+    }
+}
+
 /// On a shared band (`channel.access = "shared"`), the round's turns: every live
 /// member that sends takes its turn in id order (`wdml_channel::spectrum`), each for
 /// the air time its message to its live neighbours takes on the channel of this
@@ -203,8 +225,8 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
 /// on dedicated bands.
 fn band_plan(
     shared: &Shared,
+    channel: &Channel,
     round: u32,
-    emulated_start_s: f64,
     parameters: &BTreeMap<u32, u64>,
     neighbours_of: &dyn Fn(u32) -> Vec<u32>,
 ) -> Result<BandPlan> {
@@ -212,13 +234,6 @@ fn band_plan(
     if resolved.access != Access::Shared {
         return Ok(BandPlan::default());
     }
-    let bad = |e: wdml_channel::Error| Error::Config {
-        field: "channel".into(),
-        reason: e.to_string(),
-    };
-    let channel = resolved
-        .channel_at(settings.seed, settings.nodes as usize, emulated_start_s)
-        .map_err(bad)?;
     if resolved.mode == Mode::OverTheAir {
         // One slot per receiver, in which its neighbours transmit their soft predictions
         // at once: one analog value per public image and class.
@@ -227,8 +242,8 @@ fn band_plan(
             .keys()
             .map(|&id| (id as usize, neighbours_of(id).into_iter().map(|j| j as usize).collect()))
             .collect();
-        return spectrum::over_the_air(&channel, u64::from(round), &receivers, values, resolved.air_min_snr_db)
-            .map_err(bad);
+        return spectrum::over_the_air(channel, u64::from(round), &receivers, values, resolved.air_min_snr_db)
+            .map_err(channel_error);
     }
     let senders: Vec<Sender> = parameters
         .iter()
@@ -248,35 +263,28 @@ fn band_plan(
         })
         .collect();
     spectrum::tdma(
-        &channel,
+        channel,
         resolved.mode,
         u64::from(round),
         spectrum::ROUND_MESSAGE,
         &senders,
     )
-    .map_err(bad)
+    .map_err(channel_error)
 }
 
 /// With moving devices (`channel.mobility`), each node's radio neighbours at emulated
 /// time `t`, from the topology on the channel of that moment (and the positions go on
 /// record when the round closes); `None` when the devices do not move (the configured
 /// neighbours hold).
-fn neighbours_at(shared: &Shared, t: f64) -> Result<Option<Moved>> {
-    let (settings, resolved) = (&shared.config.settings, &shared.config.channel);
-    let bad = |e: String| Error::Config {
-        field: "channel".into(),
-        reason: e,
-    };
-    if resolved.mobility.is_static() {
+fn neighbours_at(shared: &Shared, channel: Option<&Channel>, t: f64) -> Result<Option<Moved>> {
+    let resolved = &shared.config.channel;
+    let Some(channel) = channel.filter(|_| !resolved.mobility.is_static()) else {
         return Ok(None);
-    }
-    let channel = resolved
-        .channel_at(settings.seed, settings.nodes as usize, t)
-        .map_err(|e| bad(e.to_string()))?;
+    };
     let neighbours: Vec<Vec<u32>> = resolved
         .topology
-        .adjacency(&channel)
-        .map_err(|e| bad(e.to_string()))?
+        .adjacency(channel)
+        .map_err(channel_error)?
         .into_iter()
         .map(|n| n.into_iter().map(|j| j as u32).collect())
         .collect();
@@ -415,10 +423,7 @@ fn write_links(shared: &Shared) {
     }
     let written = resolved
         .channel(settings.seed, settings.nodes as usize)
-        .map_err(|e| Error::Config {
-            field: "channel".into(),
-            reason: e.to_string(),
-        })
+        .map_err(channel_error)
         .and_then(|channel| shared.report().write_links(&channel, &shared.config.neighbours));
     if let Err(e) = written {
         warn!("no links.json: {e}");
