@@ -134,9 +134,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let mut runnable = Vec::new();
     let mut skipped = Vec::new();
     for &algorithm in &algorithms {
-        let mut scenario = base.clone();
-        scenario.run.algorithm = algorithm;
-        match scenario.validate() {
+        match validate_under(&base, algorithm) {
             Ok(()) => runnable.push(algorithm),
             Err(e) if !chosen => {
                 eprintln!("skipping {}: {e:#}", algorithm.name());
@@ -178,13 +176,12 @@ pub fn main(args: Args) -> Result<ExitCode> {
             let scenario = Scenario::load(args.scenario.as_deref(), &overrides)
                 .map_err(|e| e.context(format!("--sweep {}", label(setting))))?;
             for &algorithm in &algorithms {
-                let mut checked = scenario.clone();
-                checked.run.algorithm = algorithm;
-                checked
-                    .validate()
+                validate_under(&scenario, algorithm)
                     .map_err(|e| e.context(format!("--sweep {} under {}", label(setting), algorithm.name())))?;
             }
-            checked_preflight(&scenario, setting)?;
+            scenario
+                .preflight()
+                .map_err(|e| e.context(format!("--sweep {}", label(setting))))?;
             points.push((setting.clone(), scenario));
         }
         let mut results = Vec::new();
@@ -202,19 +199,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 airtime_s: o.airtime_s,
             }));
         }
-        let public = wdml_proto::files::Mode::Public;
-        let json = serde_json::to_string_pretty(&results)? + "\n";
-        wdml_proto::files::write_atomic(&out.join("sweep.json"), json.as_bytes(), public)?;
-        wdml_proto::files::write_atomic(
-            &out.join("sweep.md"),
-            sweep_report(&base, &sweeps, &results).as_bytes(),
-            public,
-        )?;
-        wdml_proto::files::write_atomic(
-            &out.join("sweep.svg"),
-            sweep_plot(&base, &sweeps, &results).as_bytes(),
-            public,
-        )?;
+        write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
+        write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
+        write(&out, "sweep.svg", sweep_plot(&base, &sweeps, &results))?;
         print!("{}", sweep_terminal(&results));
         println!(
             "every column: {}/sweep.{{md,json,svg}} and <setting>/comparison.{{md,svg,json}}",
@@ -244,11 +231,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         )?;
         per_seed.push(SeedOutcome { seed, outcomes });
     }
-    let markdown = seeds_report(&base, &per_seed);
-    let public = wdml_proto::files::Mode::Public;
-    wdml_proto::files::write_atomic(&out.join("seeds.md"), markdown.as_bytes(), public)?;
-    let json = serde_json::to_string_pretty(&per_seed)? + "\n";
-    wdml_proto::files::write_atomic(&out.join("seeds.json"), json.as_bytes(), public)?;
+    write(&out, "seeds.md", seeds_report(&base, &per_seed))?;
+    write(&out, "seeds.json", serde_json::to_string_pretty(&per_seed)? + "\n")?;
     print!("{}", seeds_terminal(&per_seed));
     println!(
         "every column: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
@@ -353,11 +337,17 @@ fn dir_name(setting: &[(String, String)]) -> String {
         .join(",")
 }
 
-/// The preflight of one setting, its error naming the setting.
-fn checked_preflight(scenario: &Scenario, setting: &[(String, String)]) -> Result<()> {
-    scenario
-        .preflight()
-        .map_err(|e| e.context(format!("--sweep {}", label(setting))))
+/// Whether `scenario` can run under `algorithm` (fedavg needs one model, …).
+fn validate_under(scenario: &Scenario, algorithm: Algorithm) -> Result<()> {
+    let mut scenario = scenario.clone();
+    scenario.run.algorithm = algorithm;
+    scenario.validate()
+}
+
+/// Writes `text` into `dir/name`, atomically: the comparison's own files.
+fn write(dir: &Path, name: &str, text: String) -> Result<()> {
+    wdml_proto::files::write_atomic(&dir.join(name), text.as_bytes(), wdml_proto::files::Mode::Public)?;
+    Ok(())
 }
 
 /// One algorithm at one setting of a sweep.
@@ -598,14 +588,9 @@ fn compare(
     };
     let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
 
-    let write = |name: &str, text: String| -> Result<()> {
-        let path = out.join(name);
-        wdml_proto::files::write_atomic(&path, text.as_bytes(), wdml_proto::files::Mode::Public)?;
-        Ok(())
-    };
-    write("comparison.md", report(scenario, &outcomes, target, how, skipped))?;
-    write("comparison.svg", plot(scenario, &outcomes))?;
-    write("comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
+    write(out, "comparison.md", report(scenario, &outcomes, target, how, skipped))?;
+    write(out, "comparison.svg", plot(scenario, &outcomes))?;
+    write(out, "comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
     Ok((outcomes, target))
 }
 
