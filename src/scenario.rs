@@ -198,6 +198,19 @@ pub struct NodesSection {
     /// `{ phone = 0.75, "custom:2.08:2" = 0.25 }`; the shares become whole counts
     /// (largest remainders) and go to the nodes in an order shuffled by the run seed.
     pub device_mix: std::collections::BTreeMap<String, f64>,
+    /// The program `wdml run` starts for the nodes whose model is external (`ext:NAME`,
+    /// e.g. a Python device), instead of `wdml node`; it finds its id, the coordinator
+    /// and its certificates in `WDML_*` variables (docs/python.md).
+    pub programs: Vec<Program>,
+}
+
+/// A device program for some nodes: `{ ids = [2], command = ["python3", "dev.py"] }`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Program {
+    pub ids: Vec<u32>,
+    /// The program and its arguments, run from the directory `wdml run` runs in.
+    pub command: Vec<String>,
 }
 
 impl Default for NodesSection {
@@ -207,6 +220,7 @@ impl Default for NodesSection {
             models: vec!["mlp".into(), "cnn".into()],
             devices: Vec::new(),
             device_mix: Default::default(),
+            programs: Vec::new(),
         }
     }
 }
@@ -335,6 +349,7 @@ impl Scenario {
                 wdml_node::plan::MAX_MESSAGE_BYTES
             );
         }
+        self.check_external_models()?;
         if strategy::same_model(self.run.algorithm) && self.nodes.models.len() > 1 {
             let distinct: std::collections::BTreeSet<String> =
                 (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
@@ -460,6 +475,10 @@ impl Scenario {
             (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
         for model in models {
             let spec: ModelSpec = model.parse()?;
+            // An external model is its own program's: nothing to try here.
+            if spec.is_external() {
+                continue;
+            }
             let mut learner = Learner::new(&spec, self.learner(), 1)?;
             for step in 1..=2 {
                 // A loss measured before any update can only overflow in the softened
@@ -491,6 +510,70 @@ impl Scenario {
     }
 
     /// Node k's model.
+    /// External models (`ext:NAME`, a model of the device's own program): no parameter
+    /// averaging (their parameters are their program's), no device profile (their FLOPs
+    /// are unknown), and a program only for them, each node at most once.
+    fn check_external_models(&self) -> Result<()> {
+        let mut programmed = std::collections::BTreeSet::new();
+        for (i, program) in self.nodes.programs.iter().enumerate() {
+            if program.command.first().is_none_or(|c| c.trim().is_empty()) {
+                bail!(
+                    "nodes.programs[{i}].command: give the program and its arguments, e.g. [\"python3\", \"device.py\"]"
+                );
+            }
+            if program.ids.is_empty() {
+                bail!("nodes.programs[{i}].ids: give the ids of the nodes it runs");
+            }
+            for &id in &program.ids {
+                if id >= self.nodes.count {
+                    bail!(
+                        "nodes.programs[{i}].ids: node {id} is out of range (nodes.count is {})",
+                        self.nodes.count
+                    );
+                }
+                if !self.model_of(id).is_external() {
+                    bail!(
+                        "nodes.programs[{i}].ids: node {id} runs {}, a model wdml node builds; a program \
+                         runs only a node whose model is external (ext:NAME)",
+                        self.model_of(id)
+                    );
+                }
+                if !programmed.insert(id) {
+                    bail!("nodes.programs[{i}].ids: node {id} already has a program");
+                }
+            }
+        }
+        for node in 0..self.nodes.count {
+            let model = self.model_of(node);
+            if !model.is_external() {
+                continue;
+            }
+            if strategy::same_model(self.run.algorithm) {
+                bail!(
+                    "nodes.models: {} averages parameters, which node {node}'s external model ({model}) \
+                     keeps in its own program",
+                    self.run.algorithm
+                );
+            }
+            if self.device_of(node).is_some() {
+                bail!(
+                    "nodes.devices: node {node} runs an external model ({model}) whose FLOPs are unknown, \
+                     so no device profile can time it"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The program that runs node `id`, if the scenario gives one.
+    pub fn program_of(&self, id: u32) -> Option<&[String]> {
+        self.nodes
+            .programs
+            .iter()
+            .find(|p| p.ids.contains(&id))
+            .map(|p| p.command.as_slice())
+    }
+
     pub fn model_of(&self, node: u32) -> ModelSpec {
         let models = &self.nodes.models;
         models[node as usize % models.len()].parse().expect("validated")

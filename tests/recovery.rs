@@ -148,6 +148,8 @@ fn a_node_that_dies_between_join_and_its_stream_does_not_block_the_run() {
             advertise: "127.0.0.1:9".into(),
             model: String::new(),
             parameters: 1,
+            protocol_version: wdml_proto::PROTOCOL_VERSION,
+            data_contract: wdml_proto::DATA_CONTRACT,
         };
         CoordinatorClient::new(channel).join(request).await.unwrap();
     });
@@ -181,6 +183,8 @@ fn a_join_without_a_stream_is_released_after_its_deadline() {
             advertise: "127.0.0.1:9".into(),
             model: String::new(),
             parameters: 1,
+            protocol_version: wdml_proto::PROTOCOL_VERSION,
+            data_contract: wdml_proto::DATA_CONTRACT,
         };
         client.join(request).await.unwrap();
     });

@@ -62,6 +62,8 @@ async fn join(security: &Security, address: &str, node_id: u32) -> Result<(), to
         advertise: "127.0.0.1:9".into(),
         model: "mlp:64".into(),
         parameters: 1,
+        protocol_version: wdml_proto::PROTOCOL_VERSION,
+        data_contract: wdml_proto::DATA_CONTRACT,
     };
     CoordinatorClient::new(channel).join(request).await.map(drop)
 }
@@ -186,6 +188,8 @@ fn an_unauthenticated_caller_learns_nothing_about_the_run() {
                     advertise: "127.0.0.1:9".into(),
                     model: String::new(),
                     parameters: 1,
+                    protocol_version: wdml_proto::PROTOCOL_VERSION,
+                    data_contract: wdml_proto::DATA_CONTRACT,
                 };
                 let first = client.join(request.clone()).await;
                 if node_id == 0 {

@@ -117,7 +117,24 @@ impl Members {
                 node_range(self.nodes())
             )));
         };
+        check_versions(request)?;
         validate_address(&request.advertise)?;
+        // An external model (of the device's own program) only its device can count.
+        if model.starts_with("ext:") {
+            if request.model != model {
+                return Err(Status::failed_precondition(format!(
+                    "the scenario gives node {id} {model}, a model of the device's own program: \
+                     that device joins naming it (it asked for {:?})",
+                    request.model
+                )));
+            }
+            if !(1..=MAX_EXTERNAL_PARAMETERS).contains(&request.parameters) {
+                return Err(Status::invalid_argument(format!(
+                    "parameters: node {id} declares {} for {model}; an external model declares 1 to {MAX_EXTERNAL_PARAMETERS}",
+                    request.parameters
+                )));
+            }
+        }
         // An empty model means "the scenario's"; any other must be it.
         if !request.model.is_empty() && request.model != model {
             return Err(Status::failed_precondition(format!(
@@ -400,6 +417,26 @@ fn validate_address(address: &str) -> Result<(), Status> {
     }
 }
 
+/// Largest parameter count an external model may declare (the node's own limit for
+/// the models it builds).
+pub const MAX_EXTERNAL_PARAMETERS: u64 = 50_000_000;
+
+/// A node must speak this build's protocol and follow its data contract: two builds
+/// that drew different public batches would otherwise learn from each other's noise.
+fn check_versions(request: &JoinRequest) -> Result<(), Status> {
+    let (protocol, data) = (request.protocol_version, request.data_contract);
+    if protocol != wdml_proto::PROTOCOL_VERSION || data != wdml_proto::DATA_CONTRACT {
+        return Err(Status::failed_precondition(format!(
+            "node {} speaks protocol version {protocol} with data contract {data}; this coordinator \
+             speaks protocol version {} with data contract {} (0: a build from before versions)",
+            request.node_id,
+            wdml_proto::PROTOCOL_VERSION,
+            wdml_proto::DATA_CONTRACT
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -410,11 +447,62 @@ mod tests {
             advertise: advertise.into(),
             model: "mlp:8".into(),
             parameters: 10,
+            protocol_version: wdml_proto::PROTOCOL_VERSION,
+            data_contract: wdml_proto::DATA_CONTRACT,
         }
     }
 
     fn members(nodes: usize) -> Members {
         Members::new(vec!["mlp:8".into(); nodes])
+    }
+
+    #[test]
+    fn a_join_in_another_version_is_refused_naming_both() {
+        let mut members = members(2);
+        let mut old = request(0, "127.0.0.1:1");
+        old.protocol_version = 0;
+        let status = members.join(&old, 7, Proof::None, 0).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("protocol version 0 with data contract 1")
+                && status
+                    .message()
+                    .contains("this coordinator speaks protocol version 1 with data contract 1"),
+            "{}",
+            status.message()
+        );
+        let mut other = request(1, "127.0.0.1:2");
+        other.data_contract = 2;
+        let status = members.join(&other, 7, Proof::None, 0).unwrap_err();
+        assert!(status.message().contains("data contract 2"), "{}", status.message());
+        assert!(
+            members.get(0).is_none() && members.get(1).is_none(),
+            "neither was admitted"
+        );
+    }
+
+    #[test]
+    fn an_external_model_joins_naming_itself_and_its_parameters() {
+        let mut members = Members::new(vec!["mlp:8".into(), "ext:numpy-mlp".into()]);
+        let mut join = request(1, "127.0.0.1:1");
+        join.model = String::new();
+        let status = members.join(&join, 7, Proof::None, 0).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("that device joins naming it"),
+            "{}",
+            status.message()
+        );
+        join.model = "ext:numpy-mlp".into();
+        for bad in [0, MAX_EXTERNAL_PARAMETERS + 1] {
+            join.parameters = bad;
+            let status = members.join(&join, 7, Proof::None, 0).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            assert!(status.message().starts_with("parameters:"), "{}", status.message());
+        }
+        join.parameters = 101_770;
+        assert_eq!(members.join(&join, 7, Proof::None, 0).unwrap(), "ext:numpy-mlp");
+        assert_eq!(members.get(1).unwrap().parameters, 101_770);
     }
 
     #[test]

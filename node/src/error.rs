@@ -28,6 +28,11 @@ pub enum Error {
     #[error("round {round} failed: {reason}")]
     RoundFailed { round: u32, reason: String },
 
+    /// The model of the device's own program (e.g. Python code) failed or answered
+    /// something unusable.
+    #[error("the device's model failed in `{method}`: {reason}")]
+    Model { method: String, reason: String },
+
     /// The peer service could not be started.
     #[error("peer service: {0}")]
     Serve(#[from] tonic::transport::Error),

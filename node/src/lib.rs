@@ -18,4 +18,4 @@ pub mod shard;
 pub mod strategy;
 
 pub use error::{Error, Result};
-pub use runtime::{Config, Outcome, run};
+pub use runtime::{Config, ExternalModel, Outcome, run};

@@ -28,7 +28,7 @@ use crate::exchange::client::PeerClients;
 use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::{AirReceiver, Listening, Shaper};
 use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Quorum, send_and_collect};
-use crate::learn::Learner;
+use crate::learn::Learn;
 use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
@@ -42,7 +42,8 @@ pub(crate) const EVAL_BATCH: usize = 500;
 pub struct Node {
     pub id: u32,
     pub plan: RunPlan,
-    pub learner: Learner,
+    /// The model: Candle's, or one in the device's own program.
+    pub learner: Box<dyn Learn>,
     pub shard: Shard,
     pub batches: BatchSampler,
     pub mailbox: Arc<Mailbox>,

@@ -34,7 +34,7 @@ use crate::data::{Dataset, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
 use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
-use crate::learn::Learner;
+use crate::learn::{Learn, Learner};
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{EVAL_BATCH, Node, message, run_round};
@@ -62,6 +62,31 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// Fault injection for tests: the round worker panics in this round.
     pub panic_at_round: Option<u32>,
+    /// A model that lives in this device's own program; `model` is then its
+    /// `ext:NAME`. `None`: a Candle model built from the spec.
+    pub external: Option<ExternalModel>,
+}
+
+/// A model that lives in the device's own program (the Python package's, say): the
+/// node runtime does everything else — data, exchange, radio, reports.
+#[derive(Clone)]
+pub struct ExternalModel {
+    /// Its trainable parameters, as the device declares them when it joins.
+    pub parameters: u64,
+    /// Builds it once the run's settings are known (the plan, this node's id), on a
+    /// blocking thread.
+    pub build: Arc<BuildModel>,
+}
+
+/// Builds an external model from the run's plan and the node's id.
+pub type BuildModel = dyn Fn(&RunPlan, u32) -> Result<Box<dyn Learn>> + Send + Sync;
+
+impl std::fmt::Debug for ExternalModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExternalModel")
+            .field("parameters", &self.parameters)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a node's run ended.
@@ -88,12 +113,30 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             ),
         ));
     }
+    let declared = match (&config.model, &config.external) {
+        (Some(ModelSpec::External { .. }), Some(external)) => external.parameters,
+        (Some(model @ ModelSpec::External { .. }), None) => {
+            return Err(Error::config(
+                "node.model",
+                format!("{model} is a model of the device's own program (e.g. the Python package); this node has none"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(Error::config(
+                "node.model",
+                "a device that brings its own model joins as `ext:NAME`",
+            ));
+        }
+        (model, None) => model.as_ref().map_or(0, |m| m.parameter_count() as u64),
+    };
     let coordinator = Coordinator::new(&config)?;
     let join = JoinRequest {
         node_id: config.id,
         advertise: advertise.clone(),
         model: config.model.as_ref().map(ToString::to_string).unwrap_or_default(),
-        parameters: config.model.as_ref().map_or(0, |m| m.parameter_count() as u64),
+        parameters: declared,
+        protocol_version: wdml_proto::PROTOCOL_VERSION,
+        data_contract: wdml_proto::DATA_CONTRACT,
     };
     let joined = coordinator.join(&join).await?;
     let model: ModelSpec = joined
@@ -111,7 +154,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             ),
         ));
     }
-    let parameters = model.parameter_count() as u64;
+    let parameters = match model {
+        ModelSpec::External { .. } => declared,
+        _ => model.parameter_count() as u64,
+    };
     info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, "joined");
 
     let node = prepare(&config, plan, model).await?;
@@ -195,6 +241,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
     let id = config.id;
     let state_dir = config.state_dir.clone();
     let security = config.security.clone();
+    let external = config.external.clone();
     // Loading and splitting is seconds of CPU work on the full dataset.
     tokio::task::spawn_blocking(move || {
         let dataset = Dataset::load(data_dir.as_deref())?;
@@ -216,7 +263,22 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         } else {
             seed::derive(plan.seed, &[seed::MODEL, u64::from(id)])
         };
-        let mut learner = Learner::new(&model, plan.learner, model_seed)?;
+        let mut learner: Box<dyn Learn> = match (&model, external) {
+            (ModelSpec::External { .. }, Some(external)) => (external.build)(&plan, id)?,
+            (ModelSpec::External { .. }, None) => {
+                return Err(Error::config(
+                    "node.model",
+                    format!("the scenario gives node {id} {model}, a model of the device's own program"),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(Error::config(
+                    "node.model",
+                    format!("this device brings its own model, but the scenario gives node {id} {model}"),
+                ));
+            }
+            (_, None) => Box::new(Learner::new(&model, plan.learner, model_seed)?),
+        };
         let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);
         let owner = Owner {
             run_id: plan.run_id.clone(),
@@ -224,9 +286,11 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             node: id,
             model: model.to_string(),
         };
-        let restored = match &state_dir {
-            Some(dir) => checkpoint::load(dir, &owner, &mut learner)?,
-            None => None,
+        // Checkpoints hold a Candle model's parameters and optimiser; an external model
+        // keeps its own state (a restarted device starts it afresh).
+        let restored = match (&state_dir, learner.candle_mut()) {
+            (Some(dir), Some(candle)) => checkpoint::load(dir, &owner, candle)?,
+            _ => None,
         };
         let batches = match restored {
             Some(restored) => {
@@ -323,8 +387,10 @@ async fn round_worker(
                 if reports.send(Report::Done(done)).await.is_err() {
                     return;
                 }
-                let Some(dir) = &node.state_dir else { continue };
-                match checkpoint::save(dir, &node.owner, &node.learner, round, node.batches.position()) {
+                let (Some(dir), Some(learner)) = (&node.state_dir, node.learner.candle()) else {
+                    continue;
+                };
+                match checkpoint::save(dir, &node.owner, learner, round, node.batches.position()) {
                     Ok(written) => {
                         debug!(
                             node = node.id,

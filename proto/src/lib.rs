@@ -13,6 +13,14 @@ pub mod pki;
 pub mod policy;
 pub mod transport;
 
+/// The protocol version this build speaks (docs/protocol.md): any change to a message's
+/// meaning, a validation rule or the radio settings' JSON schema bumps it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The data contract this build follows (docs/determinism.md): any change to how the
+/// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
+pub const DATA_CONTRACT: u32 = 1;
+
 /// Version 1 of the protocol.
 pub mod v1 {
     tonic::include_proto!("wdml.v1");

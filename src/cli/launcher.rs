@@ -245,6 +245,18 @@ impl Progress {
 /// run), and returns [`Interrupted`].
 pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<Summary> {
     let progress = options.progress;
+    // Only its own program can run an external model: without one the run would wait
+    // for a join that never comes.
+    if let Some(id) =
+        (0..scenario.nodes.count).find(|&id| scenario.model_of(id).is_external() && scenario.program_of(id).is_none())
+    {
+        bail!(
+            "nodes.programs: node {id} runs {}, a model of the device's own program, and no program \
+             is given for it; add [[nodes.programs]] with ids = [{id}] and its command (docs/python.md), \
+             or start it yourself against `wdml coordinator`",
+            scenario.model_of(id)
+        );
+    }
     // The split needs the dataset: check it now rather than in every node.
     let dataset = wdml_node::data::Dataset::load(scenario.data.dir.as_deref())?;
     let split = wdml_node::data::SplitConfig {
@@ -317,6 +329,30 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
 
     let mut watch = watch_rounds(&address, &observer).await?;
     for id in 0..scenario.nodes.count {
+        // A device that brings its own model runs its own program, told everything a
+        // `wdml node` is told through the same WDML_* variables.
+        if let Some(program) = scenario.program_of(id) {
+            let mut device = Command::new(&program[0]);
+            device
+                .args(&program[1..])
+                .env("WDML_NODE_ID", id.to_string())
+                .env("WDML_MODEL", scenario.model_of(id).to_string())
+                .env("WDML_COORDINATOR", &address)
+                .env("WDML_LISTEN", "127.0.0.1:0")
+                .env("WDML_THREADS", "1")
+                .env_remove("WDML_INSECURE")
+                .env_remove("WDML_TLS_DIR")
+                .stdout(Stdio::null())
+                .stderr(log_file(out, &format!("node-{id}"))?);
+            match options.insecure {
+                true => device.env("WDML_INSECURE", "true"),
+                false => device.env("WDML_TLS_DIR", &tls_dir),
+            };
+            children
+                .spawn(&format!("node-{id}"), device)
+                .with_context(|| format!("nodes.programs: node {id}'s program {:?}", program[0]))?;
+            continue;
+        }
         let mut node = Command::new(&exe);
         node.arg("node")
             .args(["--id", &id.to_string()])

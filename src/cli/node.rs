@@ -69,6 +69,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         security,
         state_dir: args.state_dir,
         panic_at_round: args.fault_panic_at_round,
+        external: None,
     };
     // Two workers: the round blocks one while training, the other serves peers.
     let runtime = tokio::runtime::Builder::new_multi_thread()

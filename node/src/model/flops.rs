@@ -59,6 +59,8 @@ impl ModelSpec {
                     h.saturating_mul(CLASSES as u64),
                 ]
             }
+            // Unknown: its device's program computes it.
+            ModelSpec::External { .. } => Vec::new(),
         };
         let forward = macs
             .iter()

@@ -58,11 +58,22 @@ pub enum ModelSpec {
         /// Width of the hidden dense layer.
         hidden: usize,
     },
+    /// A model of the device's own program (a PyTorch or numpy model behind the Python
+    /// package): the node runtime knows its name, and its parameter count only as the
+    /// device declares it; its FLOPs are unknown (counted as 0).
+    External {
+        /// 1 to [`EXTERNAL_NAME_MAX`] characters of `a-z`, `0-9`, `.`, `_`, `-`.
+        name: String,
+    },
 }
+
+/// Longest name of an external model.
+pub const EXTERNAL_NAME_MAX: usize = 40;
 
 /// The forms [`ModelSpec::from_str`] accepts, quoted in its errors.
 const SPEC_FORMS: &str = "`mlp` (= mlp:256,128), `mlp:W1[,W2…]` (hidden widths), \
-     `cnn` (= cnn:16,32,128) or `cnn:C1,C2,H` (conv channels and hidden width), all sizes ≥ 1";
+     `cnn` (= cnn:16,32,128) or `cnn:C1,C2,H` (conv channels and hidden width), all sizes ≥ 1, \
+     or `ext:NAME` (a model of the device's own program, e.g. a Python device)";
 
 impl ModelSpec {
     /// The default MLP, 784-256-128-10.
@@ -101,10 +112,17 @@ impl ModelSpec {
                 let f2 = dense(hidden, CLASSES)?;
                 c1.checked_add(c2)?.checked_add(f1)?.checked_add(f2)
             }
+            ModelSpec::External { .. } => Some(0),
         }
     }
 
-    /// Number of trainable parameters this spec describes (saturating on absurd sizes).
+    /// Whether the model lives in the device's own program.
+    pub fn is_external(&self) -> bool {
+        matches!(self, ModelSpec::External { .. })
+    }
+
+    /// Number of trainable parameters this spec describes (saturating on absurd sizes;
+    /// 0 for an external model, whose count only its device knows).
     pub fn parameter_count(&self) -> usize {
         self.checked_parameter_count().unwrap_or(usize::MAX)
     }
@@ -115,6 +133,15 @@ impl ModelSpec {
         let sizes_ok = match self {
             ModelSpec::Mlp { hidden } => !hidden.is_empty() && hidden.iter().all(|&w| w > 0),
             &ModelSpec::Cnn { conv1, conv2, hidden } => conv1 > 0 && conv2 > 0 && hidden > 0,
+            ModelSpec::External { name } => {
+                return match external_name_ok(name) {
+                    true => Ok(()),
+                    false => Err(ParseModelSpecError::new(
+                        self.to_string(),
+                        format!("an external model's name is 1 to {EXTERNAL_NAME_MAX} of a-z 0-9 . _ -"),
+                    )),
+                };
+            }
         };
         if !sizes_ok {
             return Err(ParseModelSpecError::new(self.to_string(), "a size is zero or missing"));
@@ -157,6 +184,13 @@ impl fmt::Display for ParseModelSpecError {
 
 impl std::error::Error for ParseModelSpecError {}
 
+fn external_name_ok(name: &str) -> bool {
+    (1..=EXTERNAL_NAME_MAX).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
 /// Parses a comma-separated list of positive sizes.
 fn parse_sizes(input: &str, list: &str) -> std::result::Result<Vec<usize>, ParseModelSpecError> {
     list.split(',')
@@ -195,6 +229,9 @@ impl FromStr for ModelSpec {
                     ));
                 }
             },
+            ("ext", Some(name)) => ModelSpec::External {
+                name: name.trim().to_string(),
+            },
             _ => {
                 return Err(ParseModelSpecError::new(s, format!("unknown model kind `{kind}`")));
             }
@@ -218,6 +255,7 @@ impl fmt::Display for ModelSpec {
                 Ok(())
             }
             ModelSpec::Cnn { conv1, conv2, hidden } => write!(f, "cnn:{conv1},{conv2},{hidden}"),
+            ModelSpec::External { name } => write!(f, "ext:{name}"),
         }
     }
 }
@@ -275,6 +313,12 @@ impl Network {
         let model: Box<dyn Model> = match spec {
             ModelSpec::Mlp { hidden } => Box::new(Mlp::new(hidden, vb)?),
             &ModelSpec::Cnn { conv1, conv2, hidden } => Box::new(Cnn::new(conv1, conv2, hidden, vb)?),
+            ModelSpec::External { .. } => {
+                return Err(Error::config(
+                    "model",
+                    format!("{spec} is a model of the device's own program; Candle cannot build it"),
+                ));
+            }
         };
         let mut params: Vec<(String, Var)> = {
             let data = varmap
@@ -474,6 +518,8 @@ mod tests {
             ("cnn", "cnn:16,32,128"),
             ("cnn:8,16,64", "cnn:8,16,64"),
             ("CNN", "cnn:16,32,128"),
+            ("ext:torch-resnet", "ext:torch-resnet"),
+            (" ext: numpy.mlp_2 ", "ext:numpy.mlp_2"),
         ];
         for (input, canonical) in cases {
             let spec: ModelSpec = input.parse().unwrap();
@@ -509,11 +555,22 @@ mod tests {
             "cnn:0,16,64",
             "mlp:10000000",
             "cnn:1,1,99999999999999999999",
+            "ext:",
+            "ext:Torch",
+            "ext:a/b",
+            "ext:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         ] {
             let err = bad.parse::<ModelSpec>().unwrap_err().to_string();
             assert!(err.contains("expected `mlp`"), "{bad}: {err}");
         }
         assert!(Network::new(&ModelSpec::Mlp { hidden: vec![] }, 0).is_err());
+        let external: ModelSpec = "ext:numpy-mlp".parse().unwrap();
+        let err = Network::new(&external, 0).unwrap_err().to_string();
+        assert!(
+            err.contains("ext:numpy-mlp is a model of the device's own program"),
+            "{err}"
+        );
+        assert_eq!((external.parameter_count(), external.flops().train()), (0, 0));
         assert!(
             Network::new(
                 &ModelSpec::Cnn {

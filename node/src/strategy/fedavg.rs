@@ -6,11 +6,12 @@
 use wdml_proto::StartRound;
 
 use super::{Losses, Strategy};
-use crate::Result;
 use crate::exchange::Collected;
+use crate::learn::Learner;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{Node, Round, train};
+use crate::{Error, Result};
 
 pub(crate) struct Fedavg;
 
@@ -31,16 +32,33 @@ impl Strategy for Fedavg {
         // 1. E local steps of cross-entropy on private batches.
         let (losses, parameters) = round.compute(|| -> Result<_> {
             let losses = train(node, None)?;
-            Ok((losses, node.learner.parameters_flat()?))
+            Ok((losses, candle(node)?.parameters_flat()?))
         })?;
         // 2. Swap parameters with the neighbours.
         let collected = round.exchange(node, &parameters).await?;
         // 3. Average with the neighbours whose parameters arrived.
         let staleness = node.plan.staleness;
         let averaged = gossip_average(&parameters, round.start, &collected, |age| staleness.weight(age));
-        node.learner.set_parameters_flat(&averaged)?;
+        candle_mut(node)?.set_parameters_flat(&averaged)?;
         Ok(losses)
     }
+}
+
+/// Averaging needs the parameters: only a Candle model has them (an external model is
+/// refused with fedavg at the start, so this is a guard, not a path).
+fn candle(node: &Node) -> Result<&Learner> {
+    node.learner.candle().ok_or_else(external)
+}
+
+fn candle_mut(node: &mut Node) -> Result<&mut Learner> {
+    node.learner.candle_mut().ok_or_else(external)
+}
+
+fn external() -> Error {
+    Error::config(
+        "run.algorithm",
+        "fedavg averages parameters, which an external model does not share",
+    )
 }
 
 /// Metropolis–Hastings gossip weights (Xiao & Boyd 2004): w_ij = 1 / (1 + max(d_i, d_j))
