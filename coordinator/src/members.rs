@@ -119,6 +119,12 @@ impl Members {
         };
         check_versions(request)?;
         validate_address(&request.advertise)?;
+        if request.parameters > MAX_PARAMETERS {
+            return Err(Status::invalid_argument(format!(
+                "parameters: node {id} declares {}; a model has at most {MAX_PARAMETERS}",
+                request.parameters
+            )));
+        }
         // An external model (of the device's own program) only its device can count.
         if model.starts_with("ext:") {
             if request.model != model {
@@ -128,9 +134,9 @@ impl Members {
                     request.model
                 )));
             }
-            if !(1..=MAX_EXTERNAL_PARAMETERS).contains(&request.parameters) {
+            if !(1..=MAX_PARAMETERS).contains(&request.parameters) {
                 return Err(Status::invalid_argument(format!(
-                    "parameters: node {id} declares {} for {model}; an external model declares 1 to {MAX_EXTERNAL_PARAMETERS}",
+                    "parameters: node {id} declares {} for {model}; an external model declares 1 to {MAX_PARAMETERS}",
                     request.parameters
                 )));
             }
@@ -225,8 +231,16 @@ impl Members {
             )));
         }
         let member = self.by_id.get_mut(&id).expect("authenticated above");
-        if hello.parameters > 0 {
-            member.parameters = hello.parameters;
+        // What the Join declared stands (an external model's count was checked there);
+        // a node that joined without naming its model tells it here.
+        if member.parameters != 0 && hello.parameters != 0 && hello.parameters != member.parameters {
+            return Err(Status::invalid_argument(format!(
+                "parameters: node {id}'s Hello says {}, its Join declared {}",
+                hello.parameters, member.parameters
+            )));
+        }
+        if member.parameters == 0 {
+            member.parameters = hello.parameters.min(MAX_PARAMETERS);
         }
         if !hello.label_histogram.is_empty() {
             member.histogram = hello.label_histogram.clone();
@@ -417,9 +431,9 @@ fn validate_address(address: &str) -> Result<(), Status> {
     }
 }
 
-/// Largest parameter count an external model may declare (the node's own limit for
-/// the models it builds).
-pub const MAX_EXTERNAL_PARAMETERS: u64 = 50_000_000;
+/// Largest parameter count a node may declare (the node's own limit for the models
+/// it builds).
+pub const MAX_PARAMETERS: u64 = 50_000_000;
 
 /// A node must speak this build's protocol and follow its data contract: two builds
 /// that drew different public batches would otherwise learn from each other's noise.
@@ -494,7 +508,7 @@ mod tests {
             status.message()
         );
         join.model = "ext:numpy-mlp".into();
-        for bad in [0, MAX_EXTERNAL_PARAMETERS + 1] {
+        for bad in [0, MAX_PARAMETERS + 1] {
             join.parameters = bad;
             let status = members.join(&join, 7, Proof::None, 0).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -191,6 +191,8 @@ impl Coordinator for CoordinatorService {
             session,
             settings: Some(self.shared.config.settings.clone()),
             model,
+            protocol_version: wdml_proto::PROTOCOL_VERSION,
+            data_contract: wdml_proto::DATA_CONTRACT,
         }))
     }
 

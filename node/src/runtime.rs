@@ -24,9 +24,9 @@ use tonic::{Code, Status, Streaming};
 use tracing::{debug, error, info, warn};
 use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{
-    CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent, RoundFailed,
-    RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event, node_event,
-    peer_exchange_server::PeerExchangeServer,
+    CoordinatorEvent, Done, Encoding, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent,
+    RoundFailed, RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event,
+    node_event, peer_exchange_server::PeerExchangeServer,
 };
 
 use crate::checkpoint::{self, Owner};
@@ -162,7 +162,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let node = prepare(&config, plan, model).await?;
     // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).
-    let (rows, cols, top_k) = message(&node).map_or((0, 0, 0), |m| (m.rows, m.cols, m.top_k));
+    let shape = message(&node);
+    let (rows, cols, top_k) = shape.map_or((0, 0, 0), |m| (m.rows, m.cols, m.top_k));
     let expect = Expectation {
         run_id: node.plan.run_id.clone(),
         me: config.id,
@@ -170,6 +171,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         rows,
         cols,
         max_message_bytes: node.plan.max_message_bytes,
+        encoding: shape.map_or(Encoding::Unspecified, |m| m.encoding),
         top_k,
     };
     let service = PeerExchangeServer::new(PeerService::new(expect, node.mailbox.clone()))
@@ -475,6 +477,17 @@ impl Coordinator {
             match self.client().join(request.clone()).await {
                 Ok(response) => {
                     let response = response.into_inner();
+                    let versions = (response.protocol_version, response.data_contract);
+                    if versions != (wdml_proto::PROTOCOL_VERSION, wdml_proto::DATA_CONTRACT) {
+                        return Err(self.error(format!(
+                            "it speaks protocol version {} with data contract {}; this node speaks protocol \
+                             version {} with data contract {} (0: a coordinator from before versions)",
+                            versions.0,
+                            versions.1,
+                            wdml_proto::PROTOCOL_VERSION,
+                            wdml_proto::DATA_CONTRACT
+                        )));
+                    }
                     let settings = response
                         .settings
                         .ok_or_else(|| self.error("join answer without run settings"))?;

@@ -68,6 +68,7 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
         rows,
         cols: COLS,
         max_message_bytes: 1 << 24,
+        encoding: Encoding::F32,
         top_k: 0,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

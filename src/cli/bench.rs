@@ -271,6 +271,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         rows,
         cols: 10,
         max_message_bytes: 1 << 24,
+        encoding,
         top_k: 0,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -463,6 +464,7 @@ async fn tls() -> Result<()> {
             rows: 1,
             cols: 10,
             max_message_bytes: 1 << 20,
+            encoding: Encoding::F32,
             top_k: 0,
         },
         Arc::new(Mailbox::new(2, 0)),

@@ -28,24 +28,24 @@ pub fn small(nodes: u32, rounds: u32) -> Vec<String> {
     ]
 }
 
-/// A well-formed single-frame message of the `small` scenario (64 × 10 values, f32),
-/// from `sender`, for round 0 with token 1.
+/// A well-formed single-frame message of the `small` scenario (64 × 10 values in its
+/// encoding, q8: a byte each, value = offset + scale · byte), from `sender`, for round 0
+/// with token 1.
 pub fn frame(run_id: &str, sender: u32) -> wdml_proto::Frame {
-    let values = vec![0.25f32; 64 * 10];
     wdml_proto::Frame {
         run_id: run_id.into(),
         round: 0,
         round_token: 1,
         sender,
-        encoding: wdml_proto::Encoding::F32 as i32,
+        encoding: wdml_proto::Encoding::Q8 as i32,
         rows: 64,
         cols: 10,
-        scale: 0.0,
+        scale: 1.0 / 255.0,
         offset: 0.0,
         index: 0,
         count: 1,
-        total_bytes: 64 * 10 * 4,
-        data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        total_bytes: 64 * 10,
+        data: (0..64 * 10).map(|i| (i % 256) as u8).collect(),
     }
 }
 

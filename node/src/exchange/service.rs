@@ -30,6 +30,8 @@ pub struct Expectation {
     pub rows: u32,
     pub cols: u32,
     pub max_message_bytes: u64,
+    /// The run's encoding (the algorithm's: parameters travel in f32).
+    pub encoding: Encoding,
     /// Entries kept per row when the run's encoding is top-k; 0 otherwise.
     pub top_k: u32,
 }
@@ -301,6 +303,14 @@ fn check_header(frame: &Frame, expect: &Expectation) -> Result<Header, Status> {
             frame.encoding
         )));
     };
+    // Every message of a run is in its encoding: a decodable other one would be read
+    // with another precision (or, for top-k, another k) than the run's accounting says.
+    if encoding != expect.encoding {
+        return Err(Status::invalid_argument(format!(
+            "encoding {encoding}: this run's messages are {}",
+            expect.encoding
+        )));
+    }
     if (frame.rows, frame.cols) != (expect.rows, expect.cols) {
         return Err(Status::invalid_argument(format!(
             "wrong shape {}×{}: expected {}×{} (public batch × classes)",
@@ -363,6 +373,7 @@ mod tests {
             rows: 2,
             cols: 3,
             max_message_bytes: 1 << 20,
+            encoding: Encoding::F32,
             top_k: 0,
         }
     }
@@ -395,11 +406,20 @@ mod tests {
         assert!(check_header(&good(), &expect()).is_ok());
         // A change that spoils a good frame, and the code it must earn.
         type Spoil = fn(&mut Frame);
-        let cases: [(Spoil, Code); 9] = [
+        let cases: [(Spoil, Code); 10] = [
             (|f| f.run_id = "other".into(), Code::FailedPrecondition),
             (|f| f.sender = 0, Code::PermissionDenied),
             (|f| f.sender = 9, Code::PermissionDenied),
             (|f| f.encoding = 42, Code::InvalidArgument),
+            // Decodable, but not the run's: 6 values in q8 are 6 bytes, as total_bytes
+            // says, and still refused.
+            (
+                |f| {
+                    f.encoding = Encoding::Q8 as i32;
+                    f.total_bytes = 6;
+                },
+                Code::InvalidArgument,
+            ),
             (|f| f.rows = 3, Code::InvalidArgument),
             (|f| f.total_bytes = 1 << 30, Code::ResourceExhausted),
             (|f| f.total_bytes = 23, Code::InvalidArgument),
@@ -433,15 +453,16 @@ mod tests {
             };
             frames(&envelope, &e, 1500).remove(0)
         };
+        let q4_run = Expectation {
+            encoding: Encoding::Q4,
+            ..expect()
+        };
         let frame = q4(&[0.0, 0.1, 0.2, 0.3, 0.4, 1.0]);
         assert_eq!(frame.total_bytes, 3);
-        assert!(check_header(&frame, &expect()).is_ok());
+        assert!(check_header(&frame, &q4_run).is_ok());
         let mut long = frame.clone();
         long.total_bytes = 6;
-        assert_eq!(
-            check_header(&long, &expect()).unwrap_err().code(),
-            Code::InvalidArgument
-        );
+        assert_eq!(check_header(&long, &q4_run).unwrap_err().code(), Code::InvalidArgument);
         // Decoded within half a step of (max − min)/15.
         let encoded = codec::Encoded {
             encoding: Encoding::Q4,
