@@ -40,9 +40,11 @@ fn render(summary: &Summary) -> String {
         );
     }
     let mark = |adversary: bool| if adversary { "!" } else { " " };
+    // As wide as the longest model name (an external one can be 44 characters).
+    let width = summary.nodes.iter().map(|n| n.model.len()).fold(14, usize::max);
     let _ = writeln!(
         out,
-        "{:>5}  {:<14} {:>8}  {:<8} {:>7}  {:>9}",
+        "{:>5}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}",
         "node", "model", "params", "status", "rounds", "final acc"
     );
     for n in &summary.nodes {
@@ -51,7 +53,7 @@ fn render(summary: &Summary) -> String {
             .map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
         let _ = writeln!(
             out,
-            "{:>4}{}  {:<14} {:>8}  {:<8} {:>7}  {:>9}",
+            "{:>4}{}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}",
             n.id,
             mark(n.adversary),
             n.model,

@@ -8,9 +8,15 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use wdml_node::exchange::{Assembler, Expectation};
-use wdml_proto::Frame;
+use wdml_proto::{Encoding, Frame};
 
 fuzz_target!(|data: &[u8]| {
+    // The first byte picks the run's encoding (a receiver refuses any other), so every
+    // decoder is fuzzed.
+    let Some((&pick, data)) = data.split_first() else {
+        return;
+    };
+    let encoding = [Encoding::F32, Encoding::F16, Encoding::Q8, Encoding::Q4, Encoding::Topk][usize::from(pick) % 5];
     let expect = Expectation {
         run_id: "fuzz".into(),
         me: 0,
@@ -18,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
         rows: 2,
         cols: 3,
         max_message_bytes: 1 << 20,
-        top_k: 0,
+        encoding,
+        top_k: if encoding == Encoding::Topk { 2 } else { 0 },
     };
     let mut message = Assembler::new(&expect);
     let mut bytes = data;
