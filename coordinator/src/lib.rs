@@ -12,6 +12,7 @@
 //! [`run`] is the whole process: serve, drive the rounds, write the report, stop.
 
 mod config;
+pub mod dashboard;
 mod error;
 mod journal;
 mod members;
@@ -41,7 +42,7 @@ use wdml_proto::transport::{self, Limits};
 /// `shutdown` completes; returns the run's summary (also written to the run directory).
 /// A run directory whose journal records an unfinished run is resumed at its next round.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
-    open(config)?.serve(listener, shutdown).await
+    open(config)?.serve(listener, None, shutdown).await
 }
 
 /// A run whose configuration is checked and whose run directory is open (new, or
@@ -71,8 +72,15 @@ impl Run {
         self.recovered.is_some()
     }
 
-    /// Serves the run on `listener` until it is over or `shutdown` completes.
-    pub async fn serve(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Summary> {
+    /// Serves the run on `listener` until it is over or `shutdown` completes, and its
+    /// read-only dashboard on `web` if given (HTTPS with the coordinator's certificate,
+    /// or plain HTTP under `--insecure`), for as long as the process lives.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        web: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<Summary> {
         let Run {
             config,
             report,
@@ -102,6 +110,17 @@ impl Run {
             server_stopped.await.ok();
         }));
         info!(%addr, "coordinator serving");
+        if let Some(web) = web {
+            let router = dashboard::router(dashboard::Source::live(shared.clone()));
+            let security = shared.config.security.clone();
+            tokio::spawn(async move {
+                if let Err(e) =
+                    transport::serve_web(router, web, security, Limits::default(), std::future::pending()).await
+                {
+                    tracing::warn!("the dashboard stopped: {e}");
+                }
+            });
+        }
         let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
 
         let outcome = tokio::select! {

@@ -262,6 +262,10 @@ impl From<&MembershipEvent> for MembershipEventRecord {
 /// figure can say what SNR its receivers had.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LinksRecord {
+    /// Where each device was placed (x, y in metres), by node id; empty in files
+    /// written before positions were recorded.
+    #[serde(default)]
+    pub positions: Vec<[f64; 2]>,
     pub links: Vec<LinkRecord>,
     /// The mean over the links of `mean_snr_db`, dB.
     pub mean_snr_db: f64,
@@ -571,6 +575,16 @@ impl Report {
     }
 
     /// This run's random instance (the same across a coordinator's restarts).
+    /// Every row reported so far, in the order they were written.
+    pub fn rows(&self) -> &[MetricsRow] {
+        &self.rows
+    }
+
+    /// The run directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn instance(&self) -> &str {
         &self.instance
     }
@@ -778,7 +792,13 @@ impl Report {
         }
         let mean_snr_db = links.iter().map(|l| l.mean_snr_db).sum::<f64>() / links.len().max(1) as f64;
         let path = self.dir.join("links.json");
-        let json = serde_json::to_string_pretty(&LinksRecord { links, mean_snr_db })? + "\n";
+        let positions = channel.positions().iter().map(|p| [p.x_m, p.y_m]).collect();
+        let record = LinksRecord {
+            positions,
+            links,
+            mean_snr_db,
+        };
+        let json = serde_json::to_string_pretty(&record)? + "\n";
         write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
     }
 

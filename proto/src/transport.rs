@@ -131,6 +131,9 @@ pub struct Credentials {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     acceptor: TlsAcceptor,
+    /// For the read-only web pages (the dashboard): the same certificate, no client
+    /// certificate asked (a browser has none), HTTP/1.1 or HTTP/2.
+    web_acceptor: TlsAcceptor,
 }
 
 impl fmt::Debug for Credentials {
@@ -187,6 +190,7 @@ impl Security {
         if ca.is_empty() {
             return Err(bad(&ca_path, "holds no certificate".into()));
         }
+        let web_acceptor = web_acceptor(chain.clone(), key.clone_key()).map_err(|e| bad(&cert_path, e.to_string()))?;
         let acceptor = acceptor(ca, chain, key).map_err(|e| bad(&cert_path, e.to_string()))?;
         Ok(Security::Tls(Arc::new(Credentials {
             identity,
@@ -194,6 +198,7 @@ impl Security {
             cert_pem,
             key_pem,
             acceptor,
+            web_acceptor,
         })))
     }
 
@@ -284,6 +289,19 @@ fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// The server side of the web pages' TLS: the server proves who it is; the pages are
+/// read-only and public to whoever reaches the port, so no client certificate is asked.
+fn web_acceptor(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<TlsAcceptor, Error> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| Error::Tls(format!("the certificate and key do not go together: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
 /// What a handler knows about the connection a request came on.
 #[derive(Clone, Debug, Default)]
 pub struct Caller {
@@ -369,8 +387,65 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     router
-        .serve_with_incoming_shutdown(accept(listener, security, limits), shutdown)
+        .serve_with_incoming_shutdown(accept(listener, security, limits, Side::Members), shutdown)
         .await
+}
+
+/// Serves read-only web pages (`router`: the dashboard, its JSON API, `/metrics`) on
+/// `listener` until `shutdown` completes: HTTPS with this process's certificate when it
+/// has credentials (no client certificate asked), plain HTTP under `--insecure`. The
+/// same handshake deadline and connection limits as the gRPC listeners.
+pub async fn serve_web(
+    router: axum::Router,
+    listener: TcpListener,
+    security: Security,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    let incoming = WebIncoming {
+        connections: accept(listener, security, limits, Side::Web),
+        local,
+    };
+    axum::serve(incoming, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Who a listener serves: the run's members (mutual TLS, every caller named by its
+/// certificate) or the read-only web pages (server authentication only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Members,
+    Web,
+}
+
+/// The accepted connections of a web listener, for axum.
+struct WebIncoming {
+    connections: ReceiverStream<io::Result<Conn>>,
+    local: SocketAddr,
+}
+
+impl axum::serve::Listener for WebIncoming {
+    type Io = Conn;
+    type Addr = Option<SocketAddr>;
+
+    async fn accept(&mut self) -> (Conn, Option<SocketAddr>) {
+        use tokio_stream::StreamExt as _;
+        loop {
+            match self.connections.next().await {
+                Some(Ok(conn)) => {
+                    let remote = conn.caller.remote;
+                    return (conn, remote);
+                }
+                Some(Err(_)) => continue,
+                // The accept loop ended: nothing will come again.
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
+        Ok(Some(self.local))
+    }
 }
 
 /// The accepted, authenticated connections of `listener`, as a stream for tonic. The
@@ -381,7 +456,7 @@ pub async fn serve(
 /// oldest pending one. So connections that never finish their handshake hold a bounded
 /// amount of memory and cannot make an honest newcomer wait in line behind them (an
 /// honest handshake takes milliseconds; a stalled one is the oldest).
-fn accept(listener: TcpListener, security: Security, limits: Limits) -> ReceiverStream<io::Result<Conn>> {
+fn accept(listener: TcpListener, security: Security, limits: Limits, side: Side) -> ReceiverStream<io::Result<Conn>> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let pending: Arc<Mutex<VecDeque<(u64, AbortHandle)>>> = Arc::default();
@@ -402,7 +477,7 @@ fn accept(listener: TcpListener, security: Security, limits: Limits) -> Receiver
             let _ = tcp.set_nodelay(true);
             let (tx, security, open, done) = (tx.clone(), security.clone(), open.clone(), pending.clone());
             let task = tokio::spawn(async move {
-                let conn = establish(tcp, remote, &security, &open).await;
+                let conn = establish(tcp, remote, &security, &open, side).await;
                 lock(&done).retain(|(n, _)| *n != number);
                 if let Some(conn) = conn {
                     let _ = tx.send(Ok(conn)).await;
@@ -431,11 +506,16 @@ async fn establish(
     remote: SocketAddr,
     security: &Security,
     open: &Arc<OpenConnections>,
+    side: Side,
 ) -> Option<Conn> {
     let (io, identity) = match security {
         Security::Insecure => (Io::Plain(tcp), None),
         Security::Tls(credentials) => {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, credentials.acceptor.accept(tcp)).await {
+            let acceptor = match side {
+                Side::Members => &credentials.acceptor,
+                Side::Web => &credentials.web_acceptor,
+            };
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     debug!(%remote, "TLS handshake refused: {e}");
@@ -446,6 +526,18 @@ async fn establish(
                     return None;
                 }
             };
+            if side == Side::Web {
+                // Nobody is told apart on the read-only pages.
+                let slot = open.take(None)?;
+                return Some(Conn {
+                    io: Io::Tls(Box::new(tls)),
+                    caller: Caller {
+                        remote: Some(remote),
+                        identity: None,
+                    },
+                    _slot: slot,
+                });
+            }
             let identity = tls
                 .get_ref()
                 .1

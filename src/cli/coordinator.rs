@@ -29,6 +29,11 @@ pub struct Args {
     /// Replace a finished run in --out instead of refusing.
     #[arg(long, env = "WDML_OVERWRITE")]
     overwrite: bool,
+    /// Serve the run's read-only dashboard (its page, JSON API and Prometheus /metrics)
+    /// on this address: HTTPS with the coordinator's certificate, or HTTP with
+    /// --insecure. Port 0: any free port. None: no dashboard.
+    #[arg(long, env = "WDML_HTTP", value_name = "ADDR")]
+    http: Option<SocketAddr>,
     /// Also append the log to this file (e.g. into the run directory from a container).
     #[arg(long, env = "WDML_LOG_FILE", value_name = "FILE")]
     log_file: Option<PathBuf>,
@@ -51,7 +56,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
     runtime.block_on(async {
         let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
-        let summary = run.serve(listener, crate::cli::shutdown_signal()).await?;
+        let web = match args.http {
+            Some(address) => {
+                let web = crate::cli::bind(address, "--http").await?;
+                let url = crate::cli::announce_dashboard(web.local_addr()?, !args.tls.insecure);
+                tracing::info!("dashboard on {url}");
+                Some(web)
+            }
+            None => None,
+        };
+        let summary = run.serve(listener, web, crate::cli::shutdown_signal()).await?;
         // The table goes to stdout only: in a container, stdout and the log share one
         // stream, and it is printed once. The launcher stops reading our stdout after
         // the first line, so a closed pipe is not an error here (report.md has it too).

@@ -308,15 +308,30 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         .arg(out)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .args(["--http", "127.0.0.1:0"])
         .args(&tls_args)
         .env_remove("WDML_SET")
+        .env_remove("WDML_HTTP")
         .env_remove("WDML_INSECURE")
         .env_remove("WDML_TLS_DIR")
         .stdout(Stdio::piped())
         .stderr(log_file(out, "coordinator")?);
     let child = children.spawn("coordinator", coordinator)?;
     let address = match listening_address(child).await {
-        Ok(address) => address,
+        Ok((address, dashboard)) => {
+            let trust = match options.insecure {
+                true => String::new(),
+                false => format!(
+                    "; the browser will not know the run's CA: trust {} or accept the warning",
+                    tls_dir.join("ca.pem").display()
+                ),
+            };
+            eprintln!(
+                "dashboard: {dashboard} (live while the run goes on{trust}; `wdml view {}` reopens it)",
+                out.display()
+            );
+            address
+        }
         // Its reason is the last line of its log (a run directory it refused, say).
         Err(e) => {
             let log = std::fs::read_to_string(out.join("logs/coordinator.log")).unwrap_or_default();
@@ -397,18 +412,24 @@ fn log_file(out: &Path, name: &str) -> Result<std::fs::File> {
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
-/// Reads the `listening on ADDR` line a server prints first.
-async fn listening_address(child: &mut Child) -> Result<String> {
+/// Reads the `listening on ADDR` and `dashboard on URL` lines the coordinator prints
+/// first.
+async fn listening_address(child: &mut Child) -> Result<(String, String)> {
     let stdout = child.stdout.take().context("no stdout")?;
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .context("no answer within 30 s")??
-        .context("it exited; see its log")?;
-    let address = line
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected first line {line:?}"))?;
-    Ok(address.trim().to_string())
+    let mut next = async |what: &str| -> Result<String> {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("no answer within 30 s")??
+            .context("it exited; see its log")?;
+        let value = line
+            .strip_prefix(what)
+            .with_context(|| format!("unexpected line {line:?}"))?;
+        Ok(value.trim().to_string())
+    };
+    let address = next("listening on ").await?;
+    let dashboard = next("dashboard on ").await?;
+    Ok((address, dashboard))
 }
 
 /// The coordinator's progress stream, as the run's observer.

@@ -9,6 +9,7 @@ mod health;
 mod launcher;
 mod node;
 mod plot;
+mod view;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Command {
     /// Write a run's certificates (a CA, the coordinator, an observer, each node) for
     /// processes started by hand; `wdml run` makes its own.
     Certs(certs::Args),
+    /// Serve the dashboard of a finished (or stopped) run from its run directory.
+    View(view::Args),
     /// Exit 0 if a coordinator or node answers gRPC at host:port (container healthchecks).
     Health(health::Args),
 }
@@ -57,6 +60,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Compare(args) => compare::main(args),
         Command::Certs(args) => certs::main(args),
         Command::Health(args) => health::main(args),
+        Command::View(args) => view::main(args),
     };
     match result {
         Ok(code) => code,
@@ -218,4 +222,14 @@ pub(crate) fn announce_listening(addr: std::net::SocketAddr) {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
+}
+
+/// Prints `dashboard on URL` (the line after `listening on`, for the launcher).
+pub(crate) fn announce_dashboard(addr: std::net::SocketAddr, tls: bool) -> String {
+    use std::io::Write;
+    let url = format!("{}://{addr}/", if tls { "https" } else { "http" });
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "dashboard on {url}");
+    let _ = out.flush();
+    url
 }

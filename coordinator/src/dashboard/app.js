@@ -1,0 +1,198 @@
+// The WDML dashboard: reads the JSON API, draws plain SVG, redraws when the
+// coordinator says a round closed (server-sent events). No library, no build step.
+"use strict";
+
+// Colour by node id, the same in every chart (Tableau 10).
+const COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+  "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+const colour = (id) => COLOURS[id % COLOURS.length];
+const NS = "http://www.w3.org/2000/svg";
+
+function el(name, attrs, parent, text) {
+  const e = document.createElementNS(NS, name);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+function clear(svg) { while (svg.firstChild) svg.removeChild(svg.firstChild); }
+
+// Round numbers for an axis from 0 (or lo) to hi: 1, 2 or 5 × a power of ten.
+function ticks(lo, hi, count, integer) {
+  const span = Math.max(hi - lo, integer ? 1 : 1e-12);
+  let step = Math.pow(10, Math.floor(Math.log10(span / count)));
+  for (const m of [1, 2, 5, 10]) { if (span / (step * m) <= count) { step *= m; break; } }
+  if (integer) step = Math.max(1, Math.round(step));
+  const out = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  return out;
+}
+
+function fmt(v) {
+  if (v === 0) return "0";
+  const a = Math.abs(v);
+  if (a >= 1000) return String(Math.round(v));
+  if (a < 0.01) return v.toExponential(1);
+  return String(+v.toPrecision(3));
+}
+
+// A line chart: one polyline per series, integer round ticks on x.
+function lineChart(svg, series, yMin) {
+  clear(svg);
+  const W = 440, H = 260, L = 46, R = 10, T = 10, B = 30;
+  const xs = series.flatMap((s) => s.points.map((p) => p[0]));
+  const ys = series.flatMap((s) => s.points.map((p) => p[1]));
+  const x1 = Math.max(1, ...xs), y0 = yMin === undefined ? Math.min(0, ...ys) : yMin;
+  const y1 = Math.max(y0 + 1e-9, ...ys);
+  const X = (x) => L + (W - L - R) * (x - 1) / Math.max(1, x1 - 1);
+  const Y = (y) => H - B - (H - T - B) * (y - y0) / (y1 - y0);
+  const axis = el("g", { class: "axis" }, svg);
+  for (const t of ticks(y0, y1, 5, false)) {
+    el("line", { class: "grid", x1: L, x2: W - R, y1: Y(t), y2: Y(t) }, axis);
+    el("text", { x: L - 4, y: Y(t) + 4, "text-anchor": "end" }, axis, fmt(t));
+  }
+  for (const t of ticks(1, x1, 8, true)) {
+    el("line", { x1: X(t), x2: X(t), y1: H - B, y2: H - B + 4 }, axis);
+    el("text", { x: X(t), y: H - B + 16, "text-anchor": "middle" }, axis, String(t));
+  }
+  el("line", { x1: L, x2: W - R, y1: H - B, y2: H - B }, axis);
+  el("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, axis, "round");
+  for (const s of series) {
+    const points = s.points.map((p) => `${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join(" ");
+    el("polyline", { points, fill: "none", stroke: s.colour, "stroke-width": 2,
+      "data-node": s.id, "data-points": s.points.length }, svg);
+    for (const p of s.points) el("circle", { cx: X(p[0]), cy: Y(p[1]), r: 2.2, fill: s.colour }, svg);
+  }
+}
+
+// Per node, its rows in round order.
+function byNode(nodes, rounds) {
+  return nodes.map((n) => ({ id: n.id, rows: rounds.filter((r) => r.node === n.id).sort((a, b) => a.round - b.round) }));
+}
+
+function cumulative(rows, f) {
+  let sum = 0;
+  return rows.map((r) => { sum += f(r); return [r.round, sum]; });
+}
+
+function topology(svg, nodes, links, rounds) {
+  clear(svg);
+  const W = 440, H = 320, M = 30;
+  const placed = nodes.filter((n) => n.position);
+  if (placed.length === 0) { el("text", { x: 10, y: 20 }, svg, "positions not known yet"); return; }
+  const px = placed.map((n) => n.position[0]), py = placed.map((n) => n.position[1]);
+  const [x0, x1, y0, y1] = [Math.min(...px), Math.max(...px), Math.min(...py), Math.max(...py)];
+  const s = Math.min((W - 2 * M) / Math.max(x1 - x0, 1e-9), (H - 2 * M) / Math.max(y1 - y0, 1e-9));
+  const at = (p) => [M + (p[0] - x0) * s, H - M - (p[1] - y0) * s];
+  // One line per neighbour pair, coloured by the weaker direction's long-term SNR.
+  const pairs = new Map();
+  for (const l of links.links) {
+    const key = `${Math.min(l.from, l.to)}-${Math.max(l.from, l.to)}`;
+    pairs.set(key, Math.min(pairs.has(key) ? pairs.get(key) : Infinity, l.mean_snr_db));
+  }
+  const snrs = [...pairs.values()];
+  const lo = Math.min(...snrs), hi = Math.max(...snrs);
+  for (const [key, snr] of pairs) {
+    const [a, b] = key.split("-").map(Number);
+    const na = nodes.find((n) => n.id === a), nb = nodes.find((n) => n.id === b);
+    if (!na || !nb || !na.position || !nb.position) continue;
+    const q = hi > lo ? (snr - lo) / (hi - lo) : 1;
+    const [ax, ay] = at(na.position), [bx, by] = at(nb.position);
+    const line = el("line", { x1: ax, y1: ay, x2: bx, y2: by, "data-link": key,
+      stroke: `hsl(${Math.round(120 * q)}, 65%, 45%)`, "stroke-width": 1 + 2 * q, opacity: 0.8 }, svg);
+    el("title", {}, line, `${key}: ${snr.toFixed(1)} dB`);
+  }
+  const last = Math.max(0, ...rounds.map((r) => r.round));
+  for (const n of placed) {
+    const [x, y] = at(n.position);
+    const g = el("g", { class: `node ${n.status}`, "data-node": n.id, "data-status": n.status }, svg);
+    el("circle", { cx: x, cy: y, r: 11, fill: colour(n.id) }, g);
+    el("text", { x, y: y + 4, "text-anchor": "middle", fill: "#fff" }, g, String(n.id));
+    const row = rounds.find((r) => r.node === n.id && r.round === last);
+    if (row && row.messages_lost > 0) {
+      el("circle", { class: "lost", cx: x + 10, cy: y - 10, r: 6 }, g);
+      el("text", { x: x + 10, y: y - 6.5, "text-anchor": "middle", fill: "#fff" }, g, String(row.messages_lost));
+    }
+  }
+}
+
+function split(svg, rounds) {
+  clear(svg);
+  const W = 440, H = 260, L = 46, R = 10, T = 10, B = 30;
+  const last = Math.max(0, ...rounds.map((r) => r.round));
+  const per = [];
+  for (let k = 1; k <= last; k++) {
+    const rows = rounds.filter((r) => r.round === k);
+    if (rows.length === 0) continue;
+    const mean = (f) => rows.reduce((s, r) => s + f(r), 0) / rows.length;
+    per.push([k, mean((r) => r.compute_ms), mean((r) => r.exchange_ms), mean((r) => r.wait_ms)]);
+  }
+  if (per.length === 0) return;
+  const y1 = Math.max(1, ...per.map((p) => p[1] + p[2] + p[3]));
+  const bw = (W - L - R) / Math.max(per.length, 1);
+  const Y = (y) => H - B - (H - T - B) * y / y1;
+  const axis = el("g", { class: "axis" }, svg);
+  for (const t of ticks(0, y1, 5, false)) {
+    el("line", { class: "grid", x1: L, x2: W - R, y1: Y(t), y2: Y(t) }, axis);
+    el("text", { x: L - 4, y: Y(t) + 4, "text-anchor": "end" }, axis, fmt(t));
+  }
+  const every = ticks(1, last, 8, true);
+  per.forEach((p, i) => {
+    let base = 0;
+    [["#4e79a7", p[1]], ["#f28e2b", p[2]], ["#bab0ac", p[3]]].forEach(([c, v]) => {
+      el("rect", { x: L + i * bw + 1, width: Math.max(bw - 2, 1), y: Y(base + v), height: Y(base) - Y(base + v), fill: c }, svg);
+      base += v;
+    });
+    if (every.includes(p[0])) el("text", { x: L + (i + 0.5) * bw, y: H - B + 16, "text-anchor": "middle" }, axis, String(p[0]));
+  });
+  el("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, axis, "round");
+}
+
+async function load() {
+  const get = (p) => fetch(`/api/${p}`).then((r) => { if (!r.ok) throw new Error(`${p}: ${r.status}`); return r.json(); });
+  const [run, nodes, rounds, links] = await Promise.all(["run", "nodes", "rounds", "links"].map(get));
+  document.getElementById("title").textContent = `${run.run_id} · ${run.algorithm} · ${run.nodes} nodes`;
+  document.getElementById("progress").textContent =
+    `round ${run.rounds_closed}/${run.rounds_planned} · ${run.live ? "live" : run.finished ? "finished" : "ended early"}`;
+  document.body.dataset.rounds = run.rounds_closed;
+  topology(document.getElementById("topology"), nodes, links, rounds);
+  const per = byNode(nodes, rounds);
+  const series = (f) => per.map((n) => ({ id: n.id, colour: colour(n.id), points: f(n.rows) }));
+  lineChart(document.getElementById("accuracy"), series((rows) => rows.map((r) => [r.round, 100 * r.test_accuracy])));
+  lineChart(document.getElementById("energy"), series((rows) => cumulative(rows, (r) => r.tx_energy_j + r.rx_energy_j)), 0);
+  lineChart(document.getElementById("airtime"), series((rows) => cumulative(rows, (r) => r.airtime_s)), 0);
+  split(document.getElementById("split"), rounds);
+  const legend = document.getElementById("legend");
+  legend.replaceChildren(...nodes.map((n) => {
+    const span = document.createElement("span");
+    const swatch = document.createElement("i");
+    swatch.style.background = colour(n.id);
+    span.append(swatch, `node ${n.id} (${n.model})`);
+    return span;
+  }));
+  const members = document.getElementById("members");
+  members.replaceChildren(...nodes.map((n) => {
+    const li = document.createElement("li");
+    const rows = rounds.filter((r) => r.node === n.id).length;
+    li.textContent = `node ${n.id}: ${n.model}, ${n.parameters} parameters, ${n.status}, ${rows} rounds reported`;
+    li.dataset.status = n.status;
+    return li;
+  }));
+  return run;
+}
+
+function follow() {
+  const events = new EventSource("/api/events");
+  // Opened (or opened again after a break): catch up on what closed meanwhile.
+  events.addEventListener("open", () => load().catch(report));
+  events.addEventListener("round", () => load().catch(report));
+  events.addEventListener("finished", () => { events.close(); load().catch(report); });
+}
+
+function report(e) { document.getElementById("progress").textContent = `cannot read the run: ${e.message}`; }
+
+// Live: follow the rounds as they close (from a second after the first drawing, so a
+// headless browser can take the page as drawn before a stream that never ends opens);
+// a finished run has nothing more to say.
+load().then((run) => { if (run.live) setTimeout(follow, 1000); }).catch(report);

@@ -1,0 +1,292 @@
+//! The dashboard, in a real browser: headless Chromium opens the live page of a run
+//! (over HTTPS with the run's certificate), which shows one node per member and one
+//! link per neighbour pair, gains a point on its accuracy curve as rounds close (pushed
+//! by server-sent events), and shows a killed node as gone, without a console error.
+//! The JSON API and `/metrics` say what `metrics.jsonl` says. A screenshot is kept in
+//! `target/tmp/dashboard.png`.
+//!
+//! Needs `chromium` (Debian's package).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, Process, TempDir, dump_logs, metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+use wdml_coordinator::MetricsRow;
+use wdml_proto::transport::Identity;
+
+/// Three nodes in a full mesh on an emulated radio that loses nothing, with 150 ms of
+/// latency paced in wall time: a round takes about 0.2 s, and the run lasts long
+/// enough to be watched (the test ends it).
+fn scenario() -> Vec<String> {
+    let mut overrides = common::small(3, 400);
+    overrides.retain(|o| !o.starts_with("channel.preset"));
+    overrides.extend([
+        "channel.preset=\"d2d-urban\"".into(),
+        "channel.loss=\"none\"".into(),
+        "channel.area_m=30".into(),
+        "channel.topology=\"full_mesh\"".into(),
+        "channel.latency_ms=150".into(),
+        "channel.time_scale=1".into(),
+        "run.name=\"dash\"".into(),
+    ]);
+    overrides
+}
+
+/// A coordinator with its dashboard on a free port, and three nodes; the page's URL.
+fn start() -> (Cluster, String) {
+    let dir = TempDir::new("dashboard");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    common::certs(dir.path(), 3);
+    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &scenario());
+    args.extend(["--http".into(), "127.0.0.1:0".into()]);
+    let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
+    let mut cluster = Cluster {
+        dir,
+        coordinator,
+        nodes: Vec::new(),
+    };
+    for id in 0..3 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let log = cluster.out().join("logs/coordinator.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(url) = text.lines().rev().find_map(|l| l.split("dashboard on ").nth(1)) {
+            break url.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "no dashboard line in {}", log.display());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(url.starts_with("https://"), "{url}");
+    (cluster, url)
+}
+
+/// What Chromium made of `url` after `budget_ms` of virtual time: the DOM, and its
+/// console lines.
+fn chromium(url: &str, budget_ms: u32, screenshot: Option<&Path>) -> (String, Vec<String>) {
+    let mut command = Command::new("chromium");
+    command.args([
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        // The run's CA is not the browser's: the page is read-only, the test trusts it.
+        "--ignore-certificate-errors",
+        "--window-size=1400,1000",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]);
+    command.arg(format!("--virtual-time-budget={budget_ms}"));
+    match screenshot {
+        Some(path) => command.arg(format!("--screenshot={}", path.display())),
+        None => command.arg("--dump-dom"),
+    };
+    let output = command
+        .arg(url)
+        .output()
+        .expect("chromium runs (apt-get install chromium)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let console = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter(|l| l.contains("CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&output.stdout).into_owned(), console)
+}
+
+/// The values of `attribute` on the elements of `dom` that carry `marker` (a crude
+/// scan of Chromium's serialised DOM; the page's markup is ours).
+fn attributes(dom: &str, marker: &str, attribute: &str) -> Vec<String> {
+    dom.split('<')
+        .filter(|tag| tag.contains(marker))
+        .filter_map(|tag| tag.split(&format!("{attribute}=\"")).nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sends `request` for `path` over HTTPS, trusting the run's CA (as a user of the JSON
+/// API would), and hands the response's bytes to `read` as they come.
+fn exchange<T>(
+    url: &str,
+    path: &str,
+    ca: &Path,
+    read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
+) -> T {
+    let address = url.trim_start_matches("https://").trim_end_matches('/').to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
+            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from(Identity::Coordinator.dns_name()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        read(&mut tls).await
+    })
+}
+
+/// The body of an HTTPS GET of `path` (status 200 asserted).
+fn get(url: &str, path: &str, ca: &Path) -> String {
+    let response = exchange(url, path, ca, async |io| {
+        let mut response = Vec::new();
+        let _ = io.read_to_end(&mut response).await;
+        response
+    });
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    body.to_string()
+}
+
+/// The rounds of the first `count` `round` events `/api/events` pushes (within 30 s).
+fn pushed_rounds(url: &str, ca: &Path, count: usize) -> Vec<u32> {
+    exchange(url, "/api/events", ca, async |io| {
+        let (mut text, mut rounds) = (String::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut buffer = [0u8; 4096];
+        while rounds.len() < count {
+            let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut buffer)).await else {
+                break;
+            };
+            if n == 0 {
+                break;
+            }
+            text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            rounds = text
+                .split("event: round\ndata: ")
+                .skip(1)
+                .filter_map(|rest| rest.split('\n').next()?.trim().parse().ok())
+                .collect();
+        }
+        rounds.truncate(count);
+        rounds
+    })
+}
+
+#[test]
+fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
+    let (mut cluster, url) = start();
+    cluster.wait_for_round(3, Duration::from_secs(120));
+
+    // 1. The page: one node per member, one link per neighbour pair, no console line.
+    let (dom, console) = chromium(&url, 500, None);
+    assert!(console.is_empty(), "console: {console:#?}");
+    let nodes = attributes(&dom, "class=\"node ", "data-node");
+    assert_eq!(nodes, ["0", "1", "2"], "{dom}");
+    let mut links = attributes(&dom, "data-link=", "data-link");
+    links.sort();
+    assert_eq!(links, ["0-1", "0-2", "1-2"]);
+    let points = |dom: &str| -> Vec<u32> {
+        attributes(dom, "polyline ", "data-points")
+            .iter()
+            .map(|p| p.parse().unwrap())
+            .collect()
+    };
+    let before = points(&dom);
+    assert_eq!(before.len(), 3 * 3, "a polyline per node in each of 3 charts");
+    let shown: u32 = attributes(&dom, "body ", "data-rounds")[0].parse().unwrap();
+    assert!(
+        shown >= 3 && before[..3].iter().all(|&p| p == shown),
+        "{before:?} at round {shown}"
+    );
+
+    // 2. As rounds close, the coordinator pushes each one to open pages (server-sent
+    //    events), and the page drawn later has the new points.
+    let ca = cluster.tls().join("ca.pem");
+    let pushed = pushed_rounds(&url, &ca, 2);
+    assert_eq!(pushed.len(), 2, "{pushed:?}");
+    assert_eq!(
+        pushed[1],
+        pushed[0] + 1,
+        "one event per closed round, in order: {pushed:?}"
+    );
+    cluster.wait_for_round(shown + 2, Duration::from_secs(60));
+    let (dom, console) = chromium(&url, 500, None);
+    assert!(console.is_empty(), "console: {console:#?}");
+    let after = points(&dom);
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a >= &(b + 2)),
+        "{before:?} then {after:?}"
+    );
+
+    // 3. The JSON API and /metrics say what metrics.jsonl says.
+    let api: Vec<MetricsRow> = serde_json::from_str(&get(&url, "/api/rounds", &ca)).unwrap();
+    let file = metrics(cluster.out());
+    assert!(!api.is_empty() && api.len() <= file.len());
+    for row in &api {
+        let on_disk = file
+            .iter()
+            .find(|r| (r.round, r.node) == (row.round, row.node))
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(row).unwrap(),
+            serde_json::to_value(on_disk).unwrap()
+        );
+    }
+    let prometheus = get(&url, "/metrics", &ca);
+    let closed: u32 = prometheus
+        .lines()
+        .find_map(|l| l.strip_prefix("wdml_rounds_closed_total{run=\"dash-42\"} "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let in_file = file.iter().map(|r| r.round).max().unwrap();
+    assert!(closed >= api.iter().map(|r| r.round).max().unwrap() && closed <= in_file + 1);
+    for node in 0..3u32 {
+        let reported = prometheus
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "wdml_node_rounds_reported_total{{node=\"{node}\",model=\"mlp:64\"}} "
+                ))
+            })
+            .unwrap();
+        let rows = file.iter().filter(|r| r.node == node).count() as f64;
+        let reported: f64 = reported.parse().unwrap();
+        assert!(reported >= api.iter().filter(|r| r.node == node).count() as f64 && reported <= rows + 1.0);
+    }
+
+    // 4. A node killed (-9) is shown as gone once the coordinator notices.
+    cluster.nodes[2].kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let nodes = get(&url, "/api/nodes", &ca);
+        if nodes.contains("\"id\":2,") && nodes.contains("\"status\":\"gone\"") {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(cluster.out());
+            panic!("node 2 never shown gone: {nodes}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (dom, console) = chromium(&url, 500, None);
+    assert!(console.is_empty(), "console: {console:#?}");
+    let statuses = attributes(&dom, "class=\"node ", "data-status");
+    assert_eq!(statuses, ["live", "live", "gone"], "{dom}");
+
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    chromium(&url, 500, Some(&screenshot));
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
+    eprintln!("screenshot: {}", screenshot.display());
+}
