@@ -24,13 +24,8 @@ use wdml_proto::transport::Identity;
 /// latency paced in wall time: a round takes about 0.2 s, and the run lasts long
 /// enough to be watched (the test ends it).
 fn scenario() -> Vec<String> {
-    let mut overrides = common::small(3, 400);
-    overrides.retain(|o| !o.starts_with("channel.preset"));
+    let mut overrides = common::small_mesh(3, 400);
     overrides.extend([
-        "channel.preset=\"d2d-urban\"".into(),
-        "channel.loss=\"none\"".into(),
-        "channel.area_m=30".into(),
-        "channel.topology=\"full_mesh\"".into(),
         "channel.latency_ms=150".into(),
         "channel.time_scale=1".into(),
         "run.name=\"dash\"".into(),

@@ -7,20 +7,14 @@
 
 mod common;
 
-use common::{TempDir, launch, metrics, small};
+use common::{TempDir, launch, metrics, small, small_mesh};
 use wdml_coordinator::MetricsRow;
 
 /// 4 nodes in a full mesh, close together, on an emulated radio without losses, latency 1 ms, no
 /// jitter, time_scale 0 (the emulated clock runs, nothing waits), no device compute.
 fn radio(access: &str, mode: &str) -> Vec<String> {
-    let mut overrides = small(4, 3);
-    overrides.retain(|o| !o.starts_with("channel.preset"));
+    let mut overrides = small_mesh(4, 3);
     overrides.extend([
-        "channel.preset=\"d2d-urban\"".into(),
-        "channel.loss=\"none\"".into(),
-        // No link in outage either: every message reaches every neighbour.
-        "channel.area_m=30".into(),
-        "channel.topology=\"full_mesh\"".into(),
         "channel.latency_ms=1".into(),
         "channel.jitter_ms=0".into(),
         "channel.time_scale=0".into(),

@@ -28,6 +28,20 @@ pub fn small(nodes: u32, rounds: u32) -> Vec<String> {
     ]
 }
 
+/// [`small`] on an emulated radio where every message arrives: the d2d-urban preset,
+/// no losses, devices within 30 m (no link in outage), a full mesh.
+pub fn small_mesh(nodes: u32, rounds: u32) -> Vec<String> {
+    let mut overrides = small(nodes, rounds);
+    overrides.retain(|o| !o.starts_with("channel.preset"));
+    overrides.extend([
+        "channel.preset=\"d2d-urban\"".into(),
+        "channel.loss=\"none\"".into(),
+        "channel.area_m=30".into(),
+        "channel.topology=\"full_mesh\"".into(),
+    ]);
+    overrides
+}
+
 /// A well-formed single-frame message of the `small` scenario (64 × 10 values in its
 /// encoding, q8: a byte each, value = offset + scale · byte), from `sender`, for round 0
 /// with token 1.
