@@ -321,6 +321,28 @@ fn a_coordinator_says_who_it_waits_for_and_names_the_fields_when_it_gives_up() {
         text.contains("coordinator.join_timeout_ms") && text.contains("coordinator.min_nodes"),
         "{text}"
     );
+    assert!(
+        text.contains("only 0 of the 3 nodes needed were ready within") && text.contains(" s, 0 joined"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_split_that_leaves_a_node_below_the_minimum_is_refused_before_any_process_starts() {
+    let dir = TempDir::new("split-below");
+    // The embedded subset in 256 label-skewed shards: some node gets fewer than 10.
+    let output = launch(dir.path(), &["nodes.count=256".into()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("nodes.count = 256 with data.partition = \"dirichlet:0.5\" cannot be split")
+            && stderr.contains("fewer than 10 private samples"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("logs/coordinator.log").exists(),
+        "a process was started"
+    );
 }
 
 #[test]

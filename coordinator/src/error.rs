@@ -9,12 +9,19 @@ pub enum Error {
     #[error("invalid config `{field}`: {reason}")]
     Config { field: String, reason: String },
 
-    /// Too few nodes joined before the join timeout.
+    /// Too few nodes were ready (joined, and their Sync stream open) before the join
+    /// timeout.
     #[error(
-        "only {joined} of the {min} nodes needed joined within {waited_s:.0} s \
-         (coordinator.join_timeout_ms waits for them, coordinator.min_nodes says how many are needed)"
+        "only {ready} of the {min} nodes needed were ready within {waited_s:.0} s, {joined} joined \
+         (a node that joined and never opened its stream failed while preparing: see its log; \
+         coordinator.join_timeout_ms waits for them, coordinator.min_nodes says how many are needed)"
     )]
-    NotEnoughNodes { joined: usize, min: usize, waited_s: f64 },
+    NotEnoughNodes {
+        ready: usize,
+        joined: usize,
+        min: usize,
+        waited_s: f64,
+    },
 
     /// Every node is gone: there is nobody left to run a round.
     #[error("no live node left at round {round}")]

@@ -115,7 +115,8 @@ async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
                 return Ok(());
             }
             return Err(Error::NotEnoughNodes {
-                joined: live,
+                ready: live,
+                joined: shared.state().members.all().count(),
                 min: start.minimum,
                 waited_s: started.elapsed().as_secs_f64(),
             });

@@ -266,7 +266,15 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         public_pool: scenario.data.public_pool as usize,
         test_size: scenario.data.test_size as usize,
     };
-    split.validate(&dataset)?;
+    // The split itself, as every node will draw it: a Dirichlet split can leave a node
+    // below the minimum however the sizes look, and that is refused here, before any
+    // process starts, rather than by every node after it joined.
+    wdml_node::data::split(&dataset, &split).with_context(|| {
+        format!(
+            "nodes.count = {} with data.partition = {:?} cannot be split",
+            scenario.nodes.count, scenario.data.partition
+        )
+    })?;
     drop(dataset);
 
     std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))?;
