@@ -238,6 +238,13 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
             serde_json::to_value(on_disk).unwrap()
         );
     }
+    let newest = api.iter().map(|r| r.round).max().unwrap();
+    let since: Vec<MetricsRow> =
+        serde_json::from_str(&get(&url, &format!("/api/rounds?since={}", newest - 1), &ca)).unwrap();
+    assert!(
+        !since.is_empty() && since.iter().all(|r| r.round >= newest),
+        "?since= gives the newer rounds only"
+    );
     let prometheus = get(&url, "/metrics", &ca);
     let closed: u32 = prometheus
         .lines()

@@ -11,7 +11,7 @@
 //! | `/` | the page (`dashboard/index.html`, `dashboard/app.js`: plain SVG, no build step) |
 //! | `/api/run` | the run: id, algorithm, rounds planned and closed, finished, live |
 //! | `/api/nodes` | each node: id, model, parameters, status, position |
-//! | `/api/rounds` | every `metrics.jsonl` row so far |
+//! | `/api/rounds` | every `metrics.jsonl` row so far; `?since=R`: those of rounds after R |
 //! | `/api/links` | `links.json`: each neighbour link's distance and long-term SNR, the positions |
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
 //! | `/metrics` | Prometheus text: the run's counters and gauges |
@@ -307,10 +307,7 @@ pub fn router(source: Source) -> Router {
             "/api/nodes",
             get(|s: State<Source>| async move { api(&s, |v| Json(v.nodes).into_response()) }),
         )
-        .route(
-            "/api/rounds",
-            get(|s: State<Source>| async move { api(&s, |v| Json(v.rows).into_response()) }),
-        )
+        .route("/api/rounds", get(rounds))
         .route(
             "/api/links",
             get(|s: State<Source>| async move { api(&s, |v| Json(v.links).into_response()) }),
@@ -348,6 +345,27 @@ fn api(source: &Source, answer: impl FnOnce(RunView) -> Response) -> Response {
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The rows so far, or with `?since=R` those of the rounds after R: a page that has
+/// the first R rounds asks only for what is new (a round's rows arrive together, when
+/// it closes).
+async fn rounds(State(source): State<Source>, uri: axum::http::Uri) -> Response {
+    let since = match uri.query().map(|q| q.strip_prefix("since=").map(str::parse::<u32>)) {
+        None => 0,
+        Some(Some(Ok(round))) => round,
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "the only parameter is since=ROUND (a round number)",
+            )
+                .into_response();
+        }
+    };
+    api(&source, |mut view| {
+        view.rows.retain(|r| r.round > since);
+        Json(view.rows).into_response()
+    })
 }
 
 fn metrics(view: RunView) -> Response {

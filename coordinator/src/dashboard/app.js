@@ -149,9 +149,18 @@ function split(svg, rounds) {
   el("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, axis, "round");
 }
 
+// The rows drawn so far: each redraw asks only for the rounds closed since.
+let rounds = [];
+
 async function load() {
   const get = (p) => fetch(`/api/${p}`).then((r) => { if (!r.ok) throw new Error(`${p}: ${r.status}`); return r.json(); });
-  const [run, nodes, rounds, links] = await Promise.all(["run", "nodes", "rounds", "links"].map(get));
+  const since = Math.max(0, ...rounds.map((r) => r.round));
+  const [run, nodes, fresh, links] = await Promise.all(["run", "nodes", `rounds?since=${since}`, "links"].map(get));
+  // A coordinator that resumed from an earlier round (or another run): start over.
+  // Keyed by (round, node): two redraws racing never draw a row twice.
+  const rows = new Map((run.rounds_closed < since ? await get("rounds") : rounds.concat(fresh))
+    .map((r) => [`${r.round}:${r.node}`, r]));
+  rounds = [...rows.values()];
   document.getElementById("title").textContent = `${run.run_id} · ${run.algorithm} · ${run.nodes} nodes`;
   document.getElementById("progress").textContent =
     `round ${run.rounds_closed}/${run.rounds_planned} · ${run.live ? "live" : run.finished ? "finished" : "ended early"}`;
