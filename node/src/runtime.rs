@@ -265,21 +265,12 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         } else {
             seed::derive(plan.seed, &[seed::MODEL, u64::from(id)])
         };
-        let mut learner: Box<dyn Learn> = match (&model, external) {
-            (ModelSpec::External { .. }, Some(external)) => (external.build)(&plan, id)?,
-            (ModelSpec::External { .. }, None) => {
-                return Err(Error::config(
-                    "node.model",
-                    format!("the scenario gives node {id} {model}, a model of the device's own program"),
-                ));
-            }
-            (_, Some(_)) => {
-                return Err(Error::config(
-                    "node.model",
-                    format!("this device brings its own model, but the scenario gives node {id} {model}"),
-                ));
-            }
-            (_, None) => Box::new(Learner::new(&model, plan.learner, model_seed)?),
+        // A device with its own model joined naming it (checked before the join), and
+        // the coordinator admits only the scenario's: the model here is that one. (Candle
+        // refuses to build an external model, should one ever get this far.)
+        let mut learner: Box<dyn Learn> = match external {
+            Some(external) => (external.build)(&plan, id)?,
+            None => Box::new(Learner::new(&model, plan.learner, model_seed)?),
         };
         let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);
         let owner = Owner {
