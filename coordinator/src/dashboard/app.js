@@ -151,11 +151,15 @@ function split(svg, rounds) {
 
 // The rows drawn so far: each redraw asks only for the rounds closed since.
 let rounds = [];
+let placement = null;
 
 async function load() {
   const get = (p) => fetch(`/api/${p}`).then((r) => { if (!r.ok) throw new Error(`${p}: ${r.status}`); return r.json(); });
   const since = Math.max(0, ...rounds.map((r) => r.round));
-  const [run, nodes, fresh, links] = await Promise.all(["run", "nodes", `rounds?since=${since}`, "links"].map(get));
+  // The links are the placement's: read once they exist.
+  const [run, nodes, fresh, links] = await Promise.all([get("run"), get("nodes"), get(`rounds?since=${since}`),
+    placement && placement.links.length > 0 ? placement : get("links")]);
+  placement = links;
   // A coordinator that resumed from an earlier round (or another run): start over.
   // Keyed by (round, node): two redraws racing never draw a row twice.
   const rows = new Map((run.rounds_closed < since ? await get("rounds") : rounds.concat(fresh))
