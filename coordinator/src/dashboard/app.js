@@ -200,7 +200,14 @@ function follow() {
   // Opened (or opened again after a break): catch up on what closed meanwhile.
   events.addEventListener("open", () => load().catch(report));
   events.addEventListener("round", () => load().catch(report));
-  events.addEventListener("finished", () => { events.close(); load().catch(report); });
+  // The coordinator exits once the run is over: a last reading may find it gone.
+  events.addEventListener("finished", () => {
+    events.close();
+    load().catch(() => {
+      document.getElementById("progress").textContent =
+        "finished; the coordinator has exited (wdml view RUN_DIR reopens the run)";
+    });
+  });
 }
 
 function report(e) { document.getElementById("progress").textContent = `cannot read the run: ${e.message}`; }
