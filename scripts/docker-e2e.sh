@@ -192,7 +192,7 @@ check(summary["finished"], f"the run did not finish: {summary['reason']}")
 check(open(f"{run_dir}/rounds.svg").read().count("<polyline") >= 3, "rounds.svg has no curves")
 # The same files as a `wdml run` directory: the scenario, the realised split, every log.
 import os
-for name in ["scenario.toml", "journal.jsonl", "split.json", "split.svg", "report.md",
+for name in ["scenario.toml", "journal.jsonl", "split.json", "split.svg", "rounds.png", "report.md",
              "logs/coordinator.log", "logs/node-0.log", "state/node-0/checkpoint.safetensors"]:
     check(os.path.exists(f"{run_dir}/{name}"), f"the run directory has no {name}")
 split = json.load(open(f"{run_dir}/split.json"))

@@ -48,9 +48,12 @@ fn dml_nodes_learn_and_send_exactly_batch_times_classes_per_neighbour() {
             node.id
         );
     }
-    // The run directory has its picture: a line per node in each of three panels.
+    // The run directory has its picture, as SVG and PNG: a line per node in each of
+    // three panels (the data's lines are 2 wide; the legend's 3, the axes' 1).
     let figure = std::fs::read_to_string(dir.path().join("rounds.svg")).expect("rounds.svg");
-    assert_eq!(figure.matches("<polyline").count(), 3 * 3);
+    assert_eq!(figure.matches(r#"stroke-width="2" points"#).count(), 3 * 3, "{figure}");
+    let png = std::fs::read(dir.path().join("rounds.png")).expect("rounds.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
     // The launcher's final table names every node.
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("mean final accuracy"), "{table}");
@@ -311,7 +314,8 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
     // Accuracy per round for all three; against energy and air time (log axes) for the
     // two that spend any.
-    assert_eq!(svg.matches("<polyline").count(), 3 + 2 + 2);
+    assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 3 + 2 + 2, "{svg}");
+    assert!(dir.path().join("comparison.png").exists());
 
     // Parameters (50,890 of mlp:64, f32) against predictions (64 × 10, q8), per neighbour.
     let payload = |algorithm: &str| metrics(&dir.path().join(algorithm))[0].payload_bytes_sent;

@@ -210,7 +210,8 @@ fn a_sweep_runs_the_grid_and_draws_accuracy_against_its_costs() {
     // Each setting has its own full comparison, and the picture has a dot per point.
     assert!(dir.path().join("encoding=q4,public_batch=32/comparison.json").exists());
     let svg = std::fs::read_to_string(dir.path().join("sweep.svg")).unwrap();
-    assert_eq!(svg.matches("<circle").count(), 2 * 4, "{svg}");
+    // Two panels of four settings, and the algorithm's mark in the legend.
+    assert_eq!(svg.matches("<circle").count(), 2 * 4 + 1, "{svg}");
     // Its table fits 80 columns (the line naming the output directory is as long as
     // the directory's path).
     let printed = String::from_utf8_lossy(&output.stdout);

@@ -3,7 +3,7 @@
 //! and best accuracy, accuracy against rounds, cumulative energy and air time, bytes
 //! per round, and what each algorithm spent to reach a target accuracy.
 //!
-//! Writes `comparison.md`, `comparison.svg` and `comparison.json` next to one run
+//! Writes `comparison.md`, `comparison.svg` / `.png` and `comparison.json` next to one run
 //! directory per algorithm. With `--seeds`, does that once per seed (each seed draws
 //! its own split, initialisation, placement and fading) under `seed-<s>/`, and adds
 //! `seeds.md` / `seeds.json`: every seed's final accuracies and their mean and
@@ -19,7 +19,7 @@ use serde::Serialize;
 use wdml_coordinator::{MetricsRow, Summary, bytes, joules, seconds};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
-use super::plot::{Panel, Series, figure};
+use super::plot::{Figure, Panel, Scale, Series, algorithm_color};
 use crate::scenario::Scenario;
 use wdml_node::strategy;
 use wdml_proto::Algorithm;
@@ -201,10 +201,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
         write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
         write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
-        write(&out, "sweep.svg", sweep_plot(&base, &sweeps, &results))?;
+        sweep_plot(&base, &sweeps, &results).write(&out, "sweep")?;
         print!("{}", sweep_terminal(&results));
         println!(
-            "every column: {}/sweep.{{md,json,svg}} and <setting>/comparison.{{md,svg,json}}",
+            "every column: {}/sweep.{{md,json,svg,png}} and <setting>/comparison.{{md,svg,png,json}}",
             out.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -462,43 +462,42 @@ fn algorithms_of(results: &[SweepPoint]) -> Vec<String> {
 
 /// Accuracy against energy and against air time: a dot per setting (labelled with its
 /// values), a colour per algorithm, and each algorithm's Pareto front as a line.
-fn sweep_plot(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> String {
+fn sweep_plot(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> Figure {
     let algorithms = algorithms_of(results);
-    let names: Vec<String> = algorithms.iter().map(|a| format!("{a} (front)")).collect();
     let panel = |title: &'static str, x_label: &'static str, cost: fn(&SweepPoint) -> f64| Panel {
         title,
         x_label,
         y_label: "final mean test accuracy",
-        log_x: true,
+        x: Scale::Log,
         series: algorithms
             .iter()
-            .enumerate()
-            .flat_map(|(i, a)| {
+            .flat_map(|a| {
                 let these: Vec<&SweepPoint> = results.iter().filter(|p| &p.algorithm == a).collect();
                 let points: Vec<(f64, f64)> = these.iter().map(|p| (cost(p), p.final_mean_accuracy)).collect();
-                let color = super::plot::PALETTE[i % super::plot::PALETTE.len()];
+                let color = algorithm_color(a);
+                // Zero cost (local training) has no place on a log axis: say so.
+                let free = points.iter().all(|&(cost, _)| cost <= 0.0);
                 [
                     Series {
-                        name: a,
+                        name: if free {
+                            format!("{a} (no radio cost: not drawn)")
+                        } else {
+                            a.clone()
+                        },
                         color,
                         marks: true,
                         labels: these.iter().map(|p| p.values(sweeps)).collect(),
                         points: points.clone(),
                     },
-                    Series {
-                        name: &names[i],
-                        color,
-                        points: pareto(&points),
-                        ..Default::default()
-                    },
+                    Series::line(format!("{a} (front)"), color, pareto(&points)),
                 ]
             })
             .collect(),
     };
     let fields: Vec<&str> = sweeps.iter().map(|(f, _)| f.as_str()).collect();
-    figure(
-        &format!("{}: {} (labels: {})", scenario.run.name, "sweep", fields.join(", ")),
-        &[
+    Figure {
+        title: format!("{}: {} (labels: {})", scenario.run.name, "sweep", fields.join(", ")),
+        panels: vec![
             panel("against energy (log)", "radio energy, J (all nodes, whole run)", |p| {
                 p.energy_j
             }),
@@ -506,7 +505,7 @@ fn sweep_plot(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> 
                 p.airtime_s
             }),
         ],
-    )
+    }
 }
 
 /// The sweep for a terminal, within 80 columns.
@@ -589,7 +588,7 @@ fn compare(
     let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
 
     write(out, "comparison.md", report(scenario, &outcomes, target, how, skipped))?;
-    write(out, "comparison.svg", plot(scenario, &outcomes))?;
+    plot(scenario, &outcomes).write(out, "comparison")?;
     write(out, "comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
     Ok((outcomes, target))
 }
@@ -943,53 +942,44 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> String {
-    let color = |a: &str| match a {
-        "dml" => "#d62728",
-        "fedavg" => "#1f77b4",
-        _ => "#7f7f7f",
-    };
+fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
     let series = |x: fn(&Point) -> f64| -> Vec<Series> {
         outcomes
             .iter()
-            .map(|o| Series {
-                name: &o.algorithm,
-                color: color(&o.algorithm),
-                points: o.curve.iter().map(|p| (x(p), p.mean_accuracy)).collect(),
-                ..Default::default()
+            .map(|o| {
+                let points = o.curve.iter().map(|p| (x(p), p.mean_accuracy)).collect();
+                Series::line(o.algorithm.clone(), algorithm_color(&o.algorithm), points)
             })
             .collect()
     };
-    let panels = [
-        Panel {
-            title: "accuracy per round",
-            x_label: "round",
-            y_label: "mean test accuracy",
-            log_x: false,
-            series: series(|p| f64::from(p.round)),
-        },
-        Panel {
-            title: "against energy (log)",
-            x_label: "cumulative energy, J (all nodes)",
-            y_label: "mean test accuracy",
-            log_x: true,
-            series: series(|p| p.cumulative_energy_j),
-        },
-        Panel {
-            title: "against air time (log)",
-            x_label: "cumulative air time, s (all nodes)",
-            y_label: "mean test accuracy",
-            log_x: true,
-            series: series(|p| p.cumulative_airtime_s),
-        },
-    ];
-    figure(
-        &format!(
+    let panel = |title, x_label, x, cost| Panel {
+        title,
+        x_label,
+        y_label: "mean test accuracy",
+        x,
+        series: series(cost),
+    };
+    Figure {
+        title: format!(
             "{}: {} nodes, {} channel",
             scenario.run.name, scenario.nodes.count, scenario.channel.preset
         ),
-        &panels,
-    )
+        panels: vec![
+            panel("accuracy per round", "round", Scale::Rounds, |p| f64::from(p.round)),
+            panel(
+                "against energy (log)",
+                "cumulative energy, J (all nodes)",
+                Scale::Log,
+                |p| p.cumulative_energy_j,
+            ),
+            panel(
+                "against air time (log)",
+                "cumulative air time, s (all nodes)",
+                Scale::Log,
+                |p| p.cumulative_airtime_s,
+            ),
+        ],
+    }
 }
 
 #[cfg(test)]

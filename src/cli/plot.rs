@@ -1,16 +1,30 @@
-//! Line charts as SVG, written by hand: a comparison or a run needs three small
-//! panels of a few lines each, not a plotting library.
+//! Figures for papers, drawn by plotters as SVG and PNG from one description: panels
+//! side by side above a shared legend (below the axes, so it never covers data),
+//! round-number ticks (whole rounds on round axes, decades on log axes), and one colour
+//! per node or per algorithm wherever it appears.
 
-use std::fmt::Write;
 use std::path::Path;
 
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use wdml_coordinator::MetricsRow;
 
+/// What an x axis holds.
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Scale {
+    /// Rounds: whole-number ticks only.
+    Rounds,
+    Linear,
+    /// Costs that differ by orders of magnitude: decade ticks.
+    Log,
+}
+
 /// One line of a chart (or, with `marks`, one set of points).
-#[derive(Default)]
-pub struct Series<'a> {
-    pub name: &'a str,
-    pub color: &'a str,
+pub struct Series {
+    pub name: String,
+    pub color: RGBColor,
     /// Points drawn as dots, not joined.
     pub marks: bool,
     /// A short label beside each point (none: no labels).
@@ -18,210 +32,467 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
+impl Series {
+    pub fn line(name: impl Into<String>, color: RGBColor, points: Vec<(f64, f64)>) -> Self {
+        Series {
+            name: name.into(),
+            color,
+            marks: false,
+            labels: Vec::new(),
+            points,
+        }
+    }
+}
+
 /// A panel: its axes and lines.
-pub struct Panel<'a> {
-    pub title: &'a str,
-    pub x_label: &'a str,
-    pub y_label: &'a str,
-    /// A logarithmic x axis, for costs that differ by orders of magnitude.
-    pub log_x: bool,
-    pub series: Vec<Series<'a>>,
+pub struct Panel {
+    pub title: &'static str,
+    pub x_label: &'static str,
+    pub y_label: &'static str,
+    pub x: Scale,
+    pub series: Vec<Series>,
 }
 
-const WIDTH: f64 = 420.0;
-const HEIGHT: f64 = 320.0;
-const MARGIN: (f64, f64, f64, f64) = (60.0, 20.0, 40.0, 50.0); // left, right, top, bottom
-
-/// Legend entries: this wide, wrapped onto as many rows as they need.
-const LEGEND_ENTRY: f64 = 130.0;
-const LEGEND_ROW: f64 = 18.0;
-
-/// Panels side by side in one SVG document, with a shared legend.
-pub fn figure(title: &str, panels: &[Panel]) -> String {
-    let width = WIDTH * panels.len() as f64;
-    let per_row = (((width - 20.0) / LEGEND_ENTRY).floor() as usize).max(1);
-    let legend_rows = panels.first().map_or(0, |p| p.series.len().div_ceil(per_row));
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{}" font-family="sans-serif" font-size="12">"#,
-        HEIGHT + 22.0 + LEGEND_ROW * legend_rows.max(1) as f64
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="15">{}</text>"#,
-        width / 2.0,
-        escape(title)
-    );
-    for (i, panel) in panels.iter().enumerate() {
-        let _ = writeln!(svg, r#"<g transform="translate({},24)">"#, WIDTH * i as f64);
-        draw(&mut svg, panel);
-        let _ = writeln!(svg, "</g>");
-    }
-    if let Some(panel) = panels.first() {
-        for (i, s) in panel.series.iter().enumerate() {
-            let x = 20.0 + LEGEND_ENTRY * (i % per_row) as f64;
-            let y = HEIGHT + 30.0 + LEGEND_ROW * (i / per_row) as f64;
-            let _ = writeln!(
-                svg,
-                r#"<line x1="{x}" y1="{y}" x2="{}" y2="{y}" stroke="{}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
-                x + 24.0,
-                s.color,
-                x + 30.0,
-                y + 4.0,
-                escape(s.name)
-            );
-        }
-    }
-    svg.push_str("</svg>\n");
-    svg
+/// Panels side by side under a title, with the first panel's series as the legend
+/// (every panel draws the same series).
+pub struct Figure {
+    pub title: String,
+    pub panels: Vec<Panel>,
 }
 
-fn draw(svg: &mut String, panel: &Panel) {
-    let (left, right, top, bottom) = MARGIN;
-    let (plot_w, plot_h) = (WIDTH - left - right, HEIGHT - top - bottom);
-    let xs = |x: f64| {
-        if panel.log_x {
-            x.max(f64::MIN_POSITIVE).log10()
-        } else {
-            x
-        }
-    };
-    let points = panel
-        .series
-        .iter()
-        .flat_map(|s| s.points.iter())
-        .filter(|(x, y)| x.is_finite() && y.is_finite());
-    let points: Vec<(f64, f64)> = points
-        .filter(|(x, _)| !panel.log_x || *x > 0.0)
-        .map(|&(x, y)| (xs(x), y))
-        .collect();
-    let (mut x0, mut x1) = bounds(points.iter().map(|p| p.0));
-    let (mut y0, mut y1) = bounds(points.iter().map(|p| p.1));
-    if x1 <= x0 {
-        (x0, x1) = (x0 - 1.0, x0 + 1.0);
-    }
-    if y1 <= y0 {
-        (y0, y1) = (y0 - 0.05, y0 + 0.05);
-    }
-    let px = |x: f64| left + (x - x0) / (x1 - x0) * plot_w;
-    let py = |y: f64| top + plot_h - (y - y0) / (y1 - y0) * plot_h;
-
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-size="13">{}</text>"#,
-        WIDTH / 2.0,
-        top - 14.0,
-        escape(panel.title)
-    );
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#444"/>"##
-    );
-    // Enough decimals that the five y labels differ (0.008 J, not 0.01).
-    let decimals = (1 - (y1 - y0).log10().floor() as i32).clamp(0, 6) as usize;
-    for i in 0..=4 {
-        let fy = y0 + (y1 - y0) * f64::from(i) / 4.0;
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{left}" y1="{0}" x2="{1}" y2="{0}" stroke="#ddd"/><text x="{2}" y="{3}" text-anchor="end">{4:.5$}</text>"##,
-            py(fy),
-            left + plot_w,
-            left - 6.0,
-            py(fy) + 4.0,
-            fy,
-            decimals
-        );
-        let fx = x0 + (x1 - x0) * f64::from(i) / 4.0;
-        let label = if panel.log_x {
-            format_si(10f64.powf(fx))
-        } else {
-            format_si(fx)
-        };
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{label}</text>"#,
-            px(fx),
-            top + plot_h + 16.0
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-        left + plot_w / 2.0,
-        HEIGHT - 8.0,
-        escape(panel.x_label)
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="14" y="{0}" text-anchor="middle" transform="rotate(-90 14 {0})">{1}</text>"#,
-        top + plot_h / 2.0,
-        escape(panel.y_label)
-    );
-    for s in &panel.series {
-        let path: Vec<String> = s
-            .points
-            .iter()
-            .filter(|(x, y)| x.is_finite() && y.is_finite() && (!panel.log_x || *x > 0.0))
-            .map(|&(x, y)| format!("{:.1},{:.1}", px(xs(x)), py(y)))
-            .collect();
-        if s.marks {
-            for (i, &(x, y)) in s.points.iter().enumerate() {
-                if !(x.is_finite() && y.is_finite() && (!panel.log_x || x > 0.0)) {
-                    continue;
-                }
-                let (cx, cy) = (px(xs(x)), py(y));
-                let _ = writeln!(svg, r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="4" fill="{}"/>"#, s.color);
-                if let Some(label) = s.labels.get(i) {
-                    let _ = writeln!(
-                        svg,
-                        r#"<text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
-                        cx + 6.0,
-                        cy - 4.0,
-                        escape(label)
-                    );
-                }
-            }
-        } else if !path.is_empty() {
-            let _ = writeln!(
-                svg,
-                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
-                path.join(" "),
-                s.color
-            );
-        }
-    }
-}
-
-/// Ten colours that stay apart (matplotlib's tab10), reused past ten series.
-pub const PALETTE: [&str; 10] = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+/// Ten colours that stay apart in print and for the colour-blind (matplotlib's
+/// tab10); node `i` is `PALETTE[i % 10]` in every figure and on the dashboard.
+pub const PALETTE: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
 ];
 
-/// A run at a glance, written beside `metrics.jsonl` as `rounds.svg`: per node, test
-/// accuracy, cumulative radio energy and cumulative air time against rounds.
-pub fn write_run_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
-    let rows = MetricsRow::read_all(run_dir)?;
-    let path = run_dir.join("rounds.svg");
-    wdml_proto::files::write_atomic(
-        &path,
-        run_figure(title, &rows).as_bytes(),
-        wdml_proto::files::Mode::Public,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot write {e}"))
+/// An algorithm's colour, the same in every figure (and on the dashboard's compare
+/// view): DML red, FedAvg blue, local training grey.
+pub fn algorithm_color(algorithm: &str) -> RGBColor {
+    match algorithm {
+        "dml" => PALETTE[3],
+        "fedavg" => PALETTE[0],
+        "local" => PALETTE[7],
+        _ => PALETTE[4],
+    }
 }
 
-fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
+const PANEL: (u32, u32) = (440, 330);
+const TITLE_HEIGHT: u32 = 30;
+const LEGEND_ENTRY: u32 = 140;
+const LEGEND_ROW: u32 = 20;
+/// PNGs are drawn at twice the SVG's size: sharp in print.
+const PNG_SCALE: f64 = 2.0;
+const FONT: &str = "sans-serif";
+
+/// Something drawn the same way on any plotters backend, at a scale.
+trait Drawing {
+    /// Size at scale 1, in pixels.
+    fn size(&self) -> (u32, u32);
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, s: f64) -> Drawn<DB>;
+}
+
+type Drawn<DB> = Result<(), DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+/// The one font, embedded: a figure looks the same on every machine and needs none
+/// installed (DejaVu Sans; its licence is beside it).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("fonts/DejaVuSans.ttf");
+        if plotters::style::register_font(FONT, FontStyle::Normal, bytes).is_err() {
+            unreachable!("the embedded font parses");
+        }
+    });
+}
+
+fn svg_of(drawing: &impl Drawing) -> anyhow::Result<String> {
+    register_font();
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, drawing.size()).into_drawing_area();
+        drawing
+            .draw(&root, 1.0)
+            .map_err(|e| anyhow::anyhow!("drawing an SVG: {e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("drawing an SVG: {e}"))?;
+    }
+    Ok(svg)
+}
+
+fn png_of(drawing: &impl Drawing) -> anyhow::Result<Vec<u8>> {
+    register_font();
+    let (w, h) = drawing.size();
+    let (w, h) = ((f64::from(w) * PNG_SCALE) as u32, (f64::from(h) * PNG_SCALE) as u32);
+    let mut rgb = vec![0u8; w as usize * h as usize * 3];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        drawing
+            .draw(&root, PNG_SCALE)
+            .map_err(|e| anyhow::anyhow!("drawing a PNG: {e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("drawing a PNG: {e}"))?;
+    }
+    let mut png = Vec::new();
+    let mut encoder = png::Encoder::new(&mut png, w, h);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder.write_header()?;
+    writer.write_image_data(&rgb)?;
+    writer.finish()?;
+    Ok(png)
+}
+
+/// Writes `STEM.svg` and `STEM.png` into `dir`, each atomically.
+fn write(drawing: &impl Drawing, dir: &Path, stem: &str) -> anyhow::Result<()> {
+    for (extension, bytes) in [("svg", svg_of(drawing)?.into_bytes()), ("png", png_of(drawing)?)] {
+        let path = dir.join(format!("{stem}.{extension}"));
+        wdml_proto::files::write_atomic(&path, &bytes, wdml_proto::files::Mode::Public)
+            .map_err(|e| anyhow::anyhow!("cannot write {e}"))?;
+    }
+    Ok(())
+}
+
+impl Figure {
+    /// Writes `STEM.svg` and `STEM.png` into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> anyhow::Result<()> {
+        write(self, dir, stem)
+    }
+
+    fn legend(&self) -> &[Series] {
+        self.panels.first().map_or(&[], |p| &p.series)
+    }
+
+    fn legend_per_row(&self) -> u32 {
+        ((PANEL.0 * self.panels.len() as u32).saturating_sub(20) / LEGEND_ENTRY).max(1)
+    }
+
+    fn legend_height(&self) -> u32 {
+        LEGEND_ROW * (self.legend().len() as u32).div_ceil(self.legend_per_row()).max(1) + 10
+    }
+}
+
+impl Drawing for Figure {
+    fn size(&self) -> (u32, u32) {
+        (
+            PANEL.0 * self.panels.len().max(1) as u32,
+            TITLE_HEIGHT + PANEL.1 + self.legend_height(),
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, s: f64) -> Drawn<DB> {
+        let px = |v: u32| (f64::from(v) * s) as u32;
+        root.fill(&WHITE)?;
+        let (title, rest) = root.split_vertically(px(TITLE_HEIGHT));
+        let (panels, legend) = rest.split_vertically(px(PANEL.1));
+        let (w, _) = title.dim_in_pixel();
+        title.draw(&Text::new(
+            self.title.clone(),
+            (w as i32 / 2, px(8) as i32),
+            font(16.0, s).pos(Pos::new(HPos::Center, VPos::Top)),
+        ))?;
+        for (area, panel) in panels
+            .split_evenly((1, self.panels.len().max(1)))
+            .iter()
+            .zip(&self.panels)
+        {
+            draw_panel(area, panel, s)?;
+        }
+        let per_row = self.legend_per_row();
+        for (i, series) in self.legend().iter().enumerate() {
+            let i = i as u32;
+            let x = px(20 + LEGEND_ENTRY * (i % per_row)) as i32;
+            let y = px(4 + LEGEND_ROW * (i / per_row) + LEGEND_ROW / 2) as i32;
+            if series.marks {
+                legend.draw(&Circle::new((x + px(12) as i32, y), px(4), series.color.filled()))?;
+            } else {
+                legend.draw(&PathElement::new(
+                    vec![(x, y), (x + px(24) as i32, y)],
+                    series.color.stroke_width(px(3)),
+                ))?;
+            }
+            legend.draw(&Text::new(
+                series.name.clone(),
+                (x + px(30) as i32, y),
+                font(12.0, s).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+        }
+        Ok(())
+    }
+}
+
+fn font(size: f64, s: f64) -> TextStyle<'static> {
+    TextStyle::from((FONT, size * s).into_font()).color(&BLACK)
+}
+
+/// Ticks for one axis: the axis spans `lo..hi`, both ticks themselves.
+#[derive(Debug, PartialEq)]
+struct Ticks {
+    lo: f64,
+    hi: f64,
+    values: Vec<f64>,
+    /// The distance between linear ticks (the labels' precision); 0 on a log axis.
+    step: f64,
+}
+
+impl Ticks {
+    /// About six ticks at 1, 2 or 5 × 10^k apart (at least 1 apart for rounds), the
+    /// axis widened to the ticks around the data.
+    fn linear((lo, hi): (f64, f64), whole: bool) -> Ticks {
+        let (lo, hi) = if lo.is_finite() && hi.is_finite() {
+            (lo, hi)
+        } else {
+            (0.0, 1.0)
+        };
+        let (lo, hi) = if hi > lo {
+            (lo, hi)
+        } else if whole {
+            // One round: the axis around it, never below zero.
+            let below = if lo >= 0.0 { (lo - 1.0).max(0.0) } else { lo - 1.0 };
+            (below, lo + 1.0)
+        } else {
+            let pad = if lo == 0.0 { 1.0 } else { lo.abs() * 0.1 };
+            (lo - pad, hi + pad)
+        };
+        // The 1, 2 or 5 × 10^k that cuts the span into closest to five steps.
+        let decade = 10f64.powf(((hi - lo) / 5.0).log10().floor());
+        let mut step = [1.0, 2.0, 5.0, 10.0]
+            .into_iter()
+            .map(|m| m * decade)
+            .min_by(|a, b| ((hi - lo) / a - 5.0).abs().total_cmp(&((hi - lo) / b - 5.0).abs()))
+            .unwrap_or(decade);
+        if whole {
+            step = step.max(1.0).round();
+        }
+        let first = (lo / step).floor() as i64;
+        let last = (hi / step).ceil() as i64;
+        // Multiples of the step, computed as such: 0.1 * 3 prints as 0.30000000000000004.
+        let values: Vec<f64> = (first..=last).map(|k| round_to(k as f64 * step, step)).collect();
+        Ticks {
+            lo: values[0],
+            hi: values[values.len() - 1],
+            values,
+            step,
+        }
+    }
+
+    /// Decades around the data (1, 2 and 5 within them when the data spans less than
+    /// two); non-positive values cannot be drawn and are left out by the caller.
+    fn log((lo, hi): (f64, f64)) -> Ticks {
+        let (lo, hi) = if lo.is_finite() && hi.is_finite() && lo > 0.0 {
+            (lo, hi)
+        } else {
+            (1.0, 10.0)
+        };
+        let first = lo.log10().floor() as i32;
+        let last = (hi.log10().ceil() as i32).max(first + 1);
+        let mantissas: &[f64] = if last - first < 2 { &[1.0, 2.0, 5.0] } else { &[1.0] };
+        let mut values = Vec::new();
+        for e in first..=last {
+            for m in mantissas {
+                let v = m * 10f64.powi(e);
+                if e == last && *m > 1.0 {
+                    break;
+                }
+                values.push(round_to(v, 10f64.powi(e.min(0))));
+            }
+        }
+        Ticks {
+            lo: values[0],
+            hi: values[values.len() - 1],
+            values,
+            step: 0.0,
+        }
+    }
+
+    /// A tick's label, to the step's precision: plain from 0.01 to 10,000 (0.25,
+    /// 1200), SI-prefixed beyond (2m, 15k); on a log axis every tick with its own prefix
+    /// (1m, 10m, 100m, 1, 10).
+    fn label(&self, v: f64) -> String {
+        if v == 0.0 {
+            return "0".into();
+        }
+        if self.step > 0.0 {
+            let largest = self.values.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let prefix = if (0.01..1e4).contains(&largest) {
+                (1.0, "")
+            } else {
+                si_prefix(largest)
+            };
+            fixed(v, self.step, prefix)
+        } else {
+            fixed(v, v.abs(), si_prefix(v.abs()))
+        }
+    }
+}
+
+fn round_to(v: f64, step: f64) -> f64 {
+    // Steps are 1, 2 or 5 × 10^k: 10^-k (or 1) makes them whole.
+    let scale = 10f64.powi((-step.log10().floor()).max(0.0) as i32);
+    (v * scale).round() / scale
+}
+
+/// The SI prefix for numbers as large as `v`, and its factor.
+fn si_prefix(v: f64) -> (f64, &'static str) {
+    const PREFIXES: [(f64, &str); 8] = [
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+        (1.0, ""),
+        (1e-3, "m"),
+        (1e-6, "µ"),
+        (1e-9, "n"),
+        (1e-12, "p"),
+    ];
+    PREFIXES.iter().copied().find(|&(f, _)| v >= f).unwrap_or(PREFIXES[7])
+}
+
+/// `v` in units of the prefix, with the decimals `step` needs.
+fn fixed(v: f64, step: f64, (factor, prefix): (f64, &str)) -> String {
+    let decimals = (-(step / factor).log10().floor()).max(0.0) as usize;
+    format!("{:.*}{prefix}", decimals, v / factor)
+}
+
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
+}
+
+/// One axis as plotters sees it: our ticks (and only those), our labels, a linear or
+/// logarithmic mapping.
+struct Axis {
+    ticks: Ticks,
+    log: bool,
+}
+
+impl Axis {
+    fn position(&self, v: f64) -> f64 {
+        if self.log { v.max(f64::MIN_POSITIVE).log10() } else { v }
+    }
+}
+
+impl Ranged for Axis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        let (lo, hi) = (self.position(self.ticks.lo), self.position(self.ticks.hi));
+        let at = (self.position(*value) - lo) / (hi - lo);
+        limit.0 + (at * f64::from(limit.1 - limit.0)).round() as i32
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // Grid lines at the labelled ticks only.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.values.clone()
+        }
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        self.ticks.lo..self.ticks.hi
+    }
+}
+
+impl ValueFormatter<f64> for Axis {
+    fn format_ext(&self, value: &f64) -> String {
+        self.ticks.label(*value)
+    }
+}
+
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, s: f64) -> Drawn<DB> {
+    let px = |v: f64| (v * s) as u32;
+    let log = panel.x == Scale::Log;
+    // A log axis cannot place zero or less; such points are left out.
+    let drawable = |&(x, y): &(f64, f64)| x.is_finite() && y.is_finite() && (!log || x > 0.0);
+    let points = || {
+        panel
+            .series
+            .iter()
+            .flat_map(|series| series.points.iter().copied())
+            .filter(drawable)
+    };
+    let y = Axis {
+        ticks: Ticks::linear(bounds(points().map(|p| p.1)), false),
+        log: false,
+    };
+    let xs = bounds(points().map(|p| p.0));
+    let x = Axis {
+        ticks: if log {
+            Ticks::log(xs)
+        } else {
+            Ticks::linear(xs, panel.x == Scale::Rounds)
+        },
+        log,
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, font(13.0, s))
+        .margin_left(px(8.0))
+        .margin_right(px(18.0))
+        .margin_top(px(4.0))
+        .x_label_area_size(px(42.0))
+        .y_label_area_size(px(56.0))
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_label)
+        .y_desc(panel.y_label)
+        .label_style(font(11.0, s))
+        .axis_desc_style(font(12.0, s))
+        .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4).stroke_width(px(1.0).max(1)))
+        .axis_style(BLACK.stroke_width(px(1.0).max(1)))
+        .draw()?;
+    for series in &panel.series {
+        let points: Vec<(f64, f64)> = series.points.iter().copied().filter(drawable).collect();
+        if series.marks {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, px(3.5), series.color.filled())))?;
+            let labelled = series.points.iter().zip(&series.labels).filter(|(p, _)| drawable(p));
+            chart.draw_series(labelled.map(|(&p, label)| {
+                EmptyElement::at(p)
+                    + Text::new(
+                        label.clone(),
+                        (px(5.0) as i32, -(px(4.0) as i32)),
+                        font(9.0, s).color(&series.color),
+                    )
+            }))?;
+        } else {
+            chart.draw_series(LineSeries::new(points, series.color.stroke_width(px(2.0))))?;
+        }
+    }
+    Ok(())
+}
+
+/// A run at a glance, written beside `metrics.jsonl` as `rounds.svg` and `rounds.png`:
+/// per node, test accuracy, cumulative radio energy and cumulative air time against
+/// rounds.
+pub fn write_run_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
+    let rows = MetricsRow::read_all(run_dir)?;
+    run_figure(title, &rows).write(run_dir, "rounds")
+}
+
+/// "3 cnn" per node, in node order: the legend has room for a short name only.
+fn node_names(rows: &[MetricsRow]) -> Vec<(u32, String)> {
     let mut nodes: Vec<(u32, &str)> = rows.iter().map(|r| (r.node, r.model.as_str())).collect();
     nodes.sort_unstable();
     nodes.dedup_by_key(|(node, _)| *node);
-    // "3 cnn": the legend has room for a short name only; the table has the rest.
-    let names: Vec<String> = nodes
-        .iter()
-        .map(|(node, model)| format!("{node} {}", model.split(':').next().unwrap_or(model)))
-        .collect();
-    let curves: Vec<[Vec<(f64, f64)>; 3]> = nodes
+    nodes
+        .into_iter()
+        .map(|(node, model)| (node, format!("{node} {}", model.split(':').next().unwrap_or(model))))
+        .collect()
+}
+
+fn run_figure(title: &str, rows: &[MetricsRow]) -> Figure {
+    let names = node_names(rows);
+    let curves: Vec<[Vec<(f64, f64)>; 3]> = names
         .iter()
         .map(|&(node, _)| {
             let mut mine: Vec<&MetricsRow> = rows.iter().filter(|r| r.node == node).collect();
@@ -240,57 +511,63 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> String {
         })
         .collect();
     let series = |k: usize| -> Vec<Series> {
-        curves
+        names
             .iter()
-            .zip(&names)
-            .enumerate()
-            .map(|(i, (c, name))| Series {
-                name,
-                color: PALETTE[i % PALETTE.len()],
-                points: c[k].clone(),
-                ..Default::default()
-            })
+            .zip(&curves)
+            .map(|((node, name), c)| Series::line(name, PALETTE[*node as usize % PALETTE.len()], c[k].clone()))
             .collect()
     };
-    let panels = [
-        Panel {
-            title: "test accuracy",
-            x_label: "round",
-            y_label: "test accuracy",
-            log_x: false,
-            series: series(0),
-        },
-        Panel {
-            title: "radio energy (transmit + receive)",
-            x_label: "round",
-            y_label: "cumulative energy, J",
-            log_x: false,
-            series: series(1),
-        },
-        Panel {
-            title: "air time",
-            x_label: "round",
-            y_label: "cumulative air time, s",
-            log_x: false,
-            series: series(2),
-        },
-    ];
-    figure(title, &panels)
+    let panel = |title, y_label, k| Panel {
+        title,
+        x_label: "round",
+        y_label,
+        x: Scale::Rounds,
+        series: series(k),
+    };
+    Figure {
+        title: title.to_string(),
+        panels: vec![
+            panel("test accuracy", "test accuracy", 0),
+            panel("radio energy (transmit + receive)", "cumulative energy, J", 1),
+            panel("air time", "cumulative air time, s", 2),
+        ],
+    }
 }
 
-/// Writes `positions.svg` beside the run's `positions.jsonl` (moving devices; none
-/// without one): each node's path over the rounds, on the plane.
+/// Writes `positions.svg` and `.png` beside the run's `positions.jsonl` (moving
+/// devices; none without one): each node's path over the rounds, on the plane.
 pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()> {
-    #[derive(serde::Deserialize)]
-    struct Line {
-        positions: Vec<[f64; 2]>,
-    }
     let path = run_dir.join("positions.jsonl");
     if !path.exists() {
         return Ok(());
     }
+    let paths = read_paths(&path)?;
+    let panel = Panel {
+        title: "where the devices were, round by round",
+        x_label: "x, m",
+        y_label: "y, m",
+        x: Scale::Linear,
+        series: paths
+            .into_iter()
+            .enumerate()
+            .map(|(i, points)| Series::line(format!("node {i}"), PALETTE[i % PALETTE.len()], points))
+            .collect(),
+    };
+    Figure {
+        title: title.to_string(),
+        panels: vec![panel],
+    }
+    .write(run_dir, "positions")
+}
+
+/// Per node, its positions over the rounds, from `positions.jsonl`.
+fn read_paths(path: &Path) -> anyhow::Result<Vec<Vec<(f64, f64)>>> {
+    #[derive(serde::Deserialize)]
+    struct Line {
+        positions: Vec<[f64; 2]>,
+    }
     // One line per closed round, one position per node.
-    let text = wdml_proto::files::read_bounded_text(&path, 1 << 30)?;
+    let text = wdml_proto::files::read_bounded_text(path, 1 << 30)?;
     let mut paths: Vec<Vec<(f64, f64)>> = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line: Line =
@@ -300,33 +577,10 @@ pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()>
             paths[node].push((x, y));
         }
     }
-    let names: Vec<String> = (0..paths.len()).map(|node| format!("node {node}")).collect();
-    let panel = Panel {
-        title: "where the devices were, round by round",
-        x_label: "x, m",
-        y_label: "y, m",
-        log_x: false,
-        series: paths
-            .into_iter()
-            .zip(&names)
-            .enumerate()
-            .map(|(i, (points, name))| Series {
-                name,
-                color: PALETTE[i % PALETTE.len()],
-                points,
-                ..Default::default()
-            })
-            .collect(),
-    };
-    wdml_proto::files::write_atomic(
-        &run_dir.join("positions.svg"),
-        figure(title, &[panel]).as_bytes(),
-        wdml_proto::files::Mode::Public,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot write {e}"))
+    Ok(paths)
 }
 
-/// Writes `split.svg` beside the run's `split.json` (none without one).
+/// Writes `split.svg` and `.png` beside the run's `split.json` (none without one).
 pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
     let path = run_dir.join("split.json");
     if !path.exists() {
@@ -336,185 +590,276 @@ pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
     let text = wdml_proto::files::read_bounded_text(&path, 64 << 20)?;
     let split: wdml_coordinator::SplitRecord =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let out = run_dir.join("split.svg");
-    wdml_proto::files::write_atomic(&out, split_figure(&split).as_bytes(), wdml_proto::files::Mode::Public)
-        .map_err(|e| anyhow::anyhow!("cannot write {e}"))
+    write(&SplitFigure(&split), run_dir, "split")
 }
 
 /// The realised split: a bar per node, its length the node's private samples, cut
-/// into its classes' counts (one colour per class).
-fn split_figure(split: &wdml_coordinator::SplitRecord) -> String {
-    const CLASS_COLOURS: [&str; 10] = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
-    ];
-    let (left, bar, gap, top, width) = (70.0, 16.0, 6.0, 40.0, 520.0);
-    let most = split.nodes.iter().map(|n| n.samples).max().unwrap_or(1).max(1) as f64;
-    let height = top + (bar + gap) * split.nodes.len() as f64 + 60.0;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="12">"#,
-        left + width + 30.0
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">private samples per node and class ({})</text>"#,
-        (left + width) / 2.0,
-        escape(&split.partition)
-    );
-    for (row, node) in split.nodes.iter().enumerate() {
-        let y = top + (bar + gap) * row as f64;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">node {} ({})</text>"#,
-            left - 6.0,
-            y + bar - 4.0,
-            node.node,
-            node.samples
-        );
-        let mut x = left;
-        for (class, &count) in node.histogram.iter().enumerate() {
-            let w = width * f64::from(count) / most;
-            if w > 0.0 {
-                let _ = writeln!(
-                    svg,
-                    r#"<rect x="{x:.2}" y="{y:.2}" width="{w:.2}" height="{bar}" fill="{}"><title>class {class}: {count}</title></rect>"#,
-                    CLASS_COLOURS[class % CLASS_COLOURS.len()]
-                );
+/// into its classes' counts (class `c` in `PALETTE[c]`).
+struct SplitFigure<'a>(&'a wdml_coordinator::SplitRecord);
+
+impl SplitFigure<'_> {
+    const BAR: u32 = 20;
+}
+
+impl Drawing for SplitFigure<'_> {
+    fn size(&self) -> (u32, u32) {
+        (
+            640,
+            TITLE_HEIGHT + 70 + Self::BAR * self.0.nodes.len().max(1) as u32 + 40,
+        )
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>, s: f64) -> Drawn<DB> {
+        let px = |v: u32| (f64::from(v) * s) as u32;
+        let split = self.0;
+        root.fill(&WHITE)?;
+        let (_, h) = root.dim_in_pixel();
+        let (chart_area, legend) = root.split_vertically(h - px(40));
+        let most = split.nodes.iter().map(|n| n.samples).max().unwrap_or(1).max(1);
+        let x = Axis {
+            ticks: Ticks::linear((0.0, most as f64), true),
+            log: false,
+        };
+        let rows = split.nodes.len().max(1) as f64;
+        let y = Axis {
+            ticks: Ticks {
+                lo: 0.0,
+                hi: rows,
+                values: Vec::new(),
+                step: 1.0,
+            },
+            log: false,
+        };
+        let mut chart = ChartBuilder::on(&chart_area)
+            .caption(
+                format!("private samples per node and class ({})", split.partition),
+                font(15.0, s),
+            )
+            .margin(px(8))
+            .margin_right(px(24))
+            .x_label_area_size(px(40))
+            .y_label_area_size(px(90))
+            .build_cartesian_2d(x, y)?;
+        chart
+            .configure_mesh()
+            .x_desc("private samples")
+            .label_style(font(11.0, s))
+            .axis_desc_style(font(12.0, s))
+            .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4).stroke_width(1))
+            .draw()?;
+        for (row, node) in split.nodes.iter().enumerate() {
+            // Node 0 on top.
+            let top = rows - row as f64 - 0.1;
+            let bottom = rows - row as f64 - 0.9;
+            let mut left = 0.0;
+            for (class, &count) in node.histogram.iter().enumerate() {
+                let right = left + f64::from(count);
+                if count > 0 {
+                    chart.draw_series([Rectangle::new(
+                        [(left, bottom), (right, top)],
+                        PALETTE[class % PALETTE.len()].filled(),
+                    )])?;
+                }
+                left = right;
             }
-            x += w;
+            chart.draw_series([EmptyElement::at((0.0, (top + bottom) / 2.0))
+                + Text::new(
+                    format!("node {} ({})", node.node, node.samples),
+                    (-(px(6) as i32), 0),
+                    font(11.0, s).pos(Pos::new(HPos::Right, VPos::Center)),
+                )])?;
         }
+        for class in 0..10u32 {
+            let x0 = px(90 + 52 * class) as i32;
+            let y0 = px(14) as i32;
+            legend.draw(&Rectangle::new(
+                [(x0, y0 - px(6) as i32), (x0 + px(12) as i32, y0 + px(6) as i32)],
+                PALETTE[class as usize].filled(),
+            ))?;
+            legend.draw(&Text::new(
+                format!("class {class}"),
+                (x0 + px(15) as i32, y0),
+                font(10.0, s).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+        }
+        Ok(())
     }
-    let legend_y = top + (bar + gap) * split.nodes.len() as f64 + 20.0;
-    for (class, colour) in CLASS_COLOURS.iter().enumerate() {
-        let x = left + 52.0 * class as f64;
-        let _ = writeln!(
-            svg,
-            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{colour}"/><text x="{}" y="{}">{class}</text>"#,
-            legend_y - 10.0,
-            x + 16.0,
-            legend_y
-        );
-    }
-    let _ = writeln!(svg, "</svg>");
-    svg
-}
-
-fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)))
-}
-
-/// 1234 → "1.23k", 0.00123 → "1.23m".
-fn format_si(v: f64) -> String {
-    let a = v.abs();
-    let (scaled, unit) = match a {
-        0.0 => (v, ""),
-        a if a >= 1e9 => (v / 1e9, "G"),
-        a if a >= 1e6 => (v / 1e6, "M"),
-        a if a >= 1e3 => (v / 1e3, "k"),
-        a if a >= 1.0 => (v, ""),
-        a if a >= 1e-3 => (v * 1e3, "m"),
-        a if a >= 1e-6 => (v * 1e6, "µ"),
-        _ => (v * 1e9, "n"),
-    };
-    // Three decimals at most, without trailing zeros: 8.25, 1.5k, 43.626m.
-    let digits = format!("{scaled:.3}");
-    let digits = if digits.contains('.') {
-        digits.trim_end_matches('0').trim_end_matches('.')
-    } else {
-        &digits
-    };
-    format!("{digits}{unit}")
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
 
-    #[test]
-    fn a_figure_is_well_formed_svg_with_every_series() {
-        let panel = |log_x| Panel {
-            title: "t",
-            x_label: "x",
-            y_label: "y",
-            log_x,
-            series: vec![
-                Series {
-                    name: "a<b",
-                    color: "red",
-                    points: vec![(1.0, 0.1), (10.0, 0.5)],
-                    ..Default::default()
-                },
-                Series {
-                    name: "c",
-                    color: "blue",
-                    points: vec![(0.0, 0.2), (100.0, 0.9)],
-                    ..Default::default()
-                },
-            ],
-        };
-        let svg = figure("title", &[panel(false), panel(true)]);
-        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert_eq!(svg.matches("<polyline").count(), 4);
-        assert!(svg.contains("a&lt;b"));
-        assert_eq!(format_si(0.00123), "1.23m");
-        assert_eq!(format_si(2500.0), "2.5k");
-        assert_eq!(format_si(30.0), "30");
+    /// Every text of an SVG, in document order.
+    pub fn texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| Some(t[t.find('>')? + 1..t.find("</text>")?].trim().to_string()))
+            .collect()
     }
 
-    #[test]
-    fn a_run_figure_has_a_line_per_node_in_every_panel() {
-        let row = |node: u32, round: u32, model: &str| MetricsRow {
+    /// The texts that are tick labels: numbers, with an SI prefix or none.
+    pub fn tick_labels(svg: &str) -> Vec<f64> {
+        texts(svg)
+            .iter()
+            .filter_map(|t| {
+                let (number, factor) = match t.char_indices().last()? {
+                    (i, 'k') => (&t[..i], 1e3),
+                    (i, 'M') => (&t[..i], 1e6),
+                    (i, 'm') => (&t[..i], 1e-3),
+                    (i, 'µ') => (&t[..i], 1e-6),
+                    (i, 'n') => (&t[..i], 1e-9),
+                    _ => (&t[..], 1.0),
+                };
+                number.parse::<f64>().ok().map(|v| v * factor)
+            })
+            .collect()
+    }
+
+    /// A round number: three significant digits at most (0.25, 1.5k, 0.52 pass;
+    /// 43.626m does not). Rounds axes are checked for whole numbers apart.
+    pub fn is_round(v: f64) -> bool {
+        // `{:e}` is the shortest form that reads back as `v`.
+        let text = format!("{v:e}");
+        let mantissa = text.split('e').next().unwrap_or_default();
+        mantissa.chars().filter(char::is_ascii_digit).count() <= 3
+    }
+
+    fn row(node: u32, round: u32, model: &str) -> MetricsRow {
+        MetricsRow {
             node,
             round,
             model: model.into(),
-            test_accuracy: 0.9,
-            tx_energy_j: 0.25,
-            airtime_s: 0.001,
+            test_accuracy: 0.5 + 0.013 * f64::from(round) + 0.01 * f64::from(node),
+            tx_energy_j: 0.043_626,
+            airtime_s: 0.001_37,
             ..MetricsRow::default()
-        };
-        // Out of order, as nodes report.
-        let rows = [
-            row(1, 1, "cnn:16,32,128"),
-            row(0, 0, "mlp:64"),
-            row(1, 0, "cnn:16,32,128"),
-            row(0, 1, "mlp:64"),
-        ];
-        let svg = run_figure("run", &rows);
-        assert_eq!(svg.matches("<polyline").count(), 2 * 3);
-        assert!(svg.contains(">0 mlp<") && svg.contains(">1 cnn<"), "{svg}");
-        // Energy accumulates: 0.25 J then 0.5 J per node, so its axis reaches 0.50
-        // (accuracy's spans 0.85–0.95, air time's 0.0010–0.0020).
-        assert!(svg.contains(">0.50<"), "{svg}");
+        }
     }
 
     #[test]
-    fn a_long_legend_wraps_onto_more_rows() {
-        let series = (0..12)
-            .map(|_| Series {
-                name: "n",
-                color: "red",
-                points: vec![(0.0, 0.0), (1.0, 1.0)],
-                ..Default::default()
-            })
+    fn ticks_are_round_numbers_on_every_axis_kind() {
+        // Rounds: whole numbers, even on a short run.
+        for (lo, hi) in [(0.0, 2.0), (0.0, 29.0), (3.0, 3.0), (0.0, 0.0), (0.0, 333.0)] {
+            let t = Ticks::linear((lo, hi), true);
+            assert!(t.values.iter().all(|v| v.fract() == 0.0), "{lo}..{hi}: {t:?}");
+            assert!(t.lo <= lo && t.hi >= hi && t.values.len() >= 2, "{t:?}");
+        }
+        assert_eq!(
+            Ticks::linear((0.0, 29.0), true).values,
+            [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+        );
+        // Linear: multiples of 1, 2 or 5 × 10^k, labelled to the step's precision.
+        let t = Ticks::linear((0.0436, 1.3), false);
+        assert_eq!(t.values, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]);
+        assert_eq!(t.label(0.2), "0.2");
+        let t = Ticks::linear((0.0, 0.043626), false);
+        assert_eq!(t.values, [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]);
+        assert_eq!(t.label(0.03), "0.03");
+        assert_eq!(Ticks::linear((0.0, 0.0043), false).label(0.004), "4m");
+        assert_eq!(Ticks::linear((1000.0, 26000.0), false).label(15000.0), "15k");
+        // Log: decades, and 1-2-5 within a span of less than two.
+        assert_eq!(Ticks::log((0.003, 47.0)).values, [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]);
+        let t = Ticks::log((2.3, 7.8));
+        assert_eq!(t.values, [1.0, 2.0, 5.0, 10.0]);
+        assert_eq!(t.label(2.0), "2");
+        let t = Ticks::log((0.0003, 2.0));
+        let labels: Vec<String> = t.values.iter().map(|&v| t.label(v)).collect();
+        assert_eq!(labels, ["100µ", "1m", "10m", "100m", "1", "10"]);
+        for t in [Ticks::log((0.003, 47.0)), Ticks::linear((0.0436, 1.3), false)] {
+            assert!(t.values.iter().all(|&v| is_round(v)), "{t:?}");
+        }
+        assert!(!is_round(8.125) && !is_round(0.043626) && is_round(0.25) && is_round(1500.0));
+    }
+
+    #[test]
+    fn a_run_figure_draws_every_node_in_every_panel_with_round_ticks() {
+        // Out of order, as nodes report; five rounds of three nodes.
+        let mut rows: Vec<MetricsRow> = (0..5)
+            .rev()
+            .flat_map(|r| (0..3).map(move |n| (n, r)))
+            .map(|(n, r)| row(n, r, if n == 1 { "cnn:16,32,128" } else { "mlp:64" }))
             .collect();
-        let panel = Panel {
-            title: "t",
-            x_label: "x",
-            y_label: "y",
-            log_x: false,
-            series,
+        rows.swap(0, 7);
+        let figure = run_figure("run", &rows);
+        let svg = svg_of(&figure).unwrap();
+        // A line per node and panel, each through the node's five rounds, in its colour
+        // (width 2; the legend's are 3, the axes' 1).
+        let lines = || {
+            svg.split("<polyline")
+                .skip(1)
+                .map(|l| l.split("/>").next().unwrap())
+                .filter(|l| l.contains(r#"stroke-width="2""#))
+        };
+        assert_eq!(lines().count(), 3 * 3, "{svg}");
+        for (node, colour) in PALETTE.iter().enumerate().take(3) {
+            let stroke = format!("stroke=\"#{:02X}{:02X}{:02X}\"", colour.0, colour.1, colour.2);
+            let lines: Vec<&str> = lines().filter(|l| l.contains(&stroke)).collect();
+            assert_eq!(lines.len(), 3, "node {node}");
+            for line in lines {
+                let points = line.split("points=\"").nth(1).unwrap().split('"').next().unwrap();
+                assert_eq!(points.split_whitespace().count(), 5, "node {node}: {points}");
+            }
+        }
+        let texts = texts(&svg);
+        assert!(
+            texts.iter().any(|t| t == "0 mlp") && texts.iter().any(|t| t == "1 cnn"),
+            "{texts:?}"
+        );
+        // Round numbers only: 43.626 mJ per round accumulate to 218 mJ, drawn on
+        // ticks 0, 0.05, …, 0.25; rounds 0–4 on whole ticks.
+        let ticks = tick_labels(&svg);
+        assert!(ticks.len() > 15, "{texts:?}");
+        assert!(ticks.iter().all(|&v| is_round(v)), "{texts:?}");
+        assert!(
+            texts.iter().any(|t| t == "0.25") && texts.iter().any(|t| t == "4"),
+            "{texts:?}"
+        );
+        assert!(
+            !texts.iter().any(|t| t.contains('.') && t.ends_with('m') && t.len() > 5),
+            "{texts:?}"
+        );
+        // The PNG is a PNG, at twice the size.
+        let png = png_of(&figure).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let (w, h) = figure.size();
+        assert_eq!(u32::from_be_bytes(png[16..20].try_into().unwrap()), 2 * w);
+        assert_eq!(u32::from_be_bytes(png[20..24].try_into().unwrap()), 2 * h);
+    }
+
+    #[test]
+    fn the_legend_sits_below_the_axes_and_wraps() {
+        let figure = Figure {
+            title: "t".into(),
+            panels: vec![Panel {
+                title: "p",
+                x_label: "x",
+                y_label: "y",
+                x: Scale::Log,
+                series: (0..12)
+                    .map(|i| Series::line(format!("series {i}"), PALETTE[0], vec![(0.5, 1.0), (40.0, 2.0)]))
+                    .collect(),
+            }],
         };
         // One panel holds three entries a row: four rows.
-        let svg = figure("title", &[panel]);
-        assert!(
-            svg.contains(&format!(r#"height="{}""#, HEIGHT + 22.0 + 4.0 * LEGEND_ROW)),
-            "{svg}"
-        );
+        assert_eq!(figure.size().1, TITLE_HEIGHT + PANEL.1 + 4 * LEGEND_ROW + 10);
+        let svg = svg_of(&figure).unwrap();
+        // Every legend entry's text is below the panel.
+        let below = svg
+            .split("<text")
+            .filter(|t| t.contains(">series "))
+            .map(|t| {
+                t.split("y=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse::<f64>()
+                    .unwrap()
+            })
+            .all(|y| y > f64::from(TITLE_HEIGHT + PANEL.1));
+        assert!(below, "{svg}");
+        assert!(tick_labels(&svg).iter().all(|&v| is_round(v)));
     }
 }
