@@ -198,16 +198,63 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
             .collect()
     };
     let before = points(&dom);
-    assert_eq!(before.len(), 3 * 3, "a polyline per node in each of 3 charts");
+    assert_eq!(
+        before.len(),
+        3 * 4,
+        "a polyline per node in each of 4 charts (accuracy, loss, energy, air time)"
+    );
     let shown: u32 = attributes(&dom, "body ", "data-rounds")[0].parse().unwrap();
     assert!(
         shown >= 3 && before[..3].iter().all(|&p| p == shown),
         "{before:?} at round {shown}"
     );
 
+    // The radio as drawn: each pair by the weaker direction's SNR in the round shown.
+    // /api/radio gives the draws the nodes' shapers made: recomputed here from
+    // channel.json with the channel crate. Fading moves them from round to round.
+    let ca = cluster.tls().join("ca.pem");
+    let radio = |round: u32| -> serde_json::Value {
+        serde_json::from_str(&get(&url, &format!("/api/radio?round={round}"), &ca)).unwrap()
+    };
+    let record: wdml_coordinator::ChannelRecord =
+        serde_json::from_str(&std::fs::read_to_string(cluster.out().join("channel.json")).unwrap()).unwrap();
+    let channel = record.channel.channel(record.seed, record.nodes as usize).unwrap();
+    let snr = |round: u32, from: u32, to: u32| {
+        let link = wdml_channel::Link::new(from as usize, to as usize);
+        channel.link_state(link, u64::from(round - 1)).unwrap().snr_db
+    };
+    for round in [shown, shown - 1] {
+        let links = radio(round)["links"].as_array().unwrap().clone();
+        assert_eq!(links.len(), 6, "every directed link of the mesh");
+        for l in &links {
+            let (from, to) = (l["from"].as_u64().unwrap() as u32, l["to"].as_u64().unwrap() as u32);
+            assert_eq!(l["snr_db"].as_f64().unwrap(), snr(round, from, to), "{l}");
+        }
+    }
+    assert_ne!(
+        snr(shown, 0, 1),
+        snr(shown - 1, 0, 1),
+        "fading changes the SNR each round"
+    );
+    // (the round the page drew the radio of: the newest closed when it asked)
+    let drawn_round: u32 = attributes(&dom, "id=\"topology\"", "data-round")[0].parse().unwrap();
+    assert!(drawn_round >= shown, "{drawn_round} < {shown}");
+    let drawn: Vec<f64> = attributes(&dom, "data-link=", "data-snr")
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for (pair, drawn) in attributes(&dom, "data-link=", "data-link").iter().zip(drawn) {
+        let (a, b) = pair.split_once('-').unwrap();
+        let (a, b) = (a.parse().unwrap(), b.parse().unwrap());
+        let weaker = snr(drawn_round, a, b).min(snr(drawn_round, b, a));
+        assert!(
+            (drawn - weaker).abs() < 0.006,
+            "{pair}: drawn {drawn} dB, round {drawn_round}: {weaker} dB"
+        );
+    }
+
     // 2. As rounds close, the coordinator pushes each one to open pages (server-sent
     //    events), and the page drawn later has the new points.
-    let ca = cluster.tls().join("ca.pem");
     let pushed = pushed_rounds(&url, &ca, 2);
     assert_eq!(pushed.len(), 2, "{pushed:?}");
     assert_eq!(
@@ -286,6 +333,17 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
     assert!(console.is_empty(), "console: {console:#?}");
     let statuses = attributes(&dom, "class=\"node ", "data-status");
     assert_eq!(statuses, ["live", "live", "gone"], "{dom}");
+    // The membership events say so too, in the API and on the page.
+    let membership: Vec<serde_json::Value> = serde_json::from_str(&get(&url, "/api/membership", &ca)).unwrap();
+    let events: Vec<(u64, &str)> = membership
+        .iter()
+        .map(|e| (e["node"].as_u64().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    let mut joined: Vec<u64> = events.iter().filter(|e| e.1 == "joined").map(|e| e.0).collect();
+    joined.sort();
+    assert_eq!(joined, [0, 1, 2], "{membership:?}");
+    assert_eq!(events.last(), Some(&(2, "gone")), "{membership:?}");
+    assert!(dom.contains(": node 2 gone"), "{dom}");
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     chromium(&url, 500, Some(&screenshot));

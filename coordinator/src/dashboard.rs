@@ -4,7 +4,9 @@
 //!
 //! Both read one [`RunView`]: a snapshot of the run built either from the
 //! coordinator's live state or from a run directory, so the page, the API and
-//! `/metrics` say the same thing whichever serves them. Every asset is in the binary.
+//! `/metrics` say the same thing whichever serves them. A snapshot is built once per
+//! change (a report, a closed round, a membership event) and shared by every route
+//! and page until the next. Every asset is in the binary.
 //!
 //! | route | what |
 //! | --- | --- |
@@ -13,13 +15,15 @@
 //! | `/api/nodes` | each node: id, model, parameters, status, position |
 //! | `/api/rounds` | every `metrics.jsonl` row so far; `?since=R`: those of rounds after R |
 //! | `/api/links` | `links.json`: each neighbour link's distance and long-term SNR, the positions |
+//! | `/api/radio` | one round's radio (`?round=R`, default the newest closed): where the devices were, each neighbour link's SNR, rate and outage that round |
+//! | `/api/membership` | membership events: joined, gone, rejoined, left, … with their round |
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
 //! | `/metrics` | Prometheus text: the run's counters and gauges |
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -33,16 +37,24 @@ use tokio_stream::wrappers::BroadcastStream;
 use wdml_proto::run_event;
 
 use crate::members::Presence;
-use crate::report::{LinksRecord, MetricsRow, Summary};
+use crate::report::{
+    CHANNEL_FILE, ChannelRecord, LinksRecord, MembershipEventRecord, MetricsRow, POSITIONS_FILE, Summary,
+};
 use crate::service::Shared;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP: &str = include_str!("dashboard/app.js");
 
 /// Where the dashboard reads the run: the coordinator's live state, or a run
-/// directory ([`Source::dir`]).
+/// directory ([`Source::dir`]); and the newest snapshot of it.
 #[derive(Clone)]
-pub struct Source(Origin);
+pub struct Source {
+    origin: Origin,
+    newest: Arc<Mutex<Option<Versioned>>>,
+}
+
+/// A snapshot and the version of the run it was built from.
+type Versioned = (Vec<u64>, Arc<RunView>);
 
 #[derive(Clone)]
 enum Origin {
@@ -53,13 +65,80 @@ enum Origin {
 impl Source {
     /// A run directory (a finished or stopped run).
     pub fn dir(path: impl Into<PathBuf>) -> Source {
-        Source(Origin::Dir(path.into()))
+        Source::of(Origin::Dir(path.into()))
     }
 
     /// The coordinator's live state.
     pub(crate) fn live(shared: Arc<Shared>) -> Source {
-        Source(Origin::Live(shared))
+        Source::of(Origin::Live(shared))
     }
+
+    fn of(origin: Origin) -> Source {
+        Source {
+            origin,
+            newest: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// What a snapshot depends on, cheap to read: when it is unchanged, so is the run.
+    fn version(&self) -> Vec<u64> {
+        match &self.origin {
+            Origin::Live(shared) => {
+                let mut version = {
+                    let state = shared.state();
+                    let mut v = vec![u64::from(state.finished), state.members.events.len() as u64];
+                    v.extend(state.members.all().map(|m| m.id as u64 * 8 + m.presence as u64));
+                    v
+                };
+                let report = shared.report();
+                version.extend([report.rows().len() as u64, u64::from(report.rounds_closed())]);
+                version.extend(files_version(report.dir(), &["links.json"]));
+                version
+            }
+            Origin::Dir(dir) => files_version(
+                dir,
+                &[
+                    "summary.json",
+                    "metrics.jsonl",
+                    "links.json",
+                    POSITIONS_FILE,
+                    CHANNEL_FILE,
+                ],
+            ),
+        }
+    }
+
+    /// The snapshot of the run now: the one already built if nothing changed since.
+    pub fn view(&self) -> crate::Result<Arc<RunView>> {
+        let version = self.version();
+        if let Some((seen, view)) = &*self.newest.lock().unwrap_or_else(|p| p.into_inner())
+            && *seen == version
+        {
+            return Ok(view.clone());
+        }
+        let view = Arc::new(match &self.origin {
+            Origin::Live(shared) => RunView::live(shared),
+            Origin::Dir(dir) => RunView::from_dir(dir)?,
+        });
+        *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, view.clone()));
+        Ok(view)
+    }
+}
+
+/// Each file's length and modification time (0 for a file not there).
+fn files_version(dir: &Path, files: &[&str]) -> Vec<u64> {
+    files
+        .iter()
+        .flat_map(|f| {
+            let meta = std::fs::metadata(dir.join(f)).ok();
+            let modified = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos() as u64);
+            [meta.map_or(0, |m| m.len()), modified]
+        })
+        .collect()
 }
 
 /// The run, as `/api/run` gives it.
@@ -95,20 +174,20 @@ pub struct RunView {
     pub nodes: Vec<NodeInfo>,
     pub rows: Vec<MetricsRow>,
     pub links: LinksRecord,
+    pub membership: Vec<MembershipEventRecord>,
+    /// What recomputes any round's link states (emulated radios only).
+    radio: Option<Radio>,
 }
 
 impl RunView {
     /// The snapshot of `source` now.
-    pub fn of(source: &Source) -> crate::Result<RunView> {
-        match &source.0 {
-            Origin::Live(shared) => Ok(Self::live(shared)),
-            Origin::Dir(dir) => Self::from_dir(dir),
-        }
+    pub fn of(source: &Source) -> crate::Result<Arc<RunView>> {
+        source.view()
     }
 
     fn live(shared: &Shared) -> RunView {
         let settings = &shared.config.settings;
-        let (presence, finished) = {
+        let (presence, finished, membership) = {
             let state = shared.state();
             let presence: Vec<Option<(String, u64, &'static str)>> = (0..settings.nodes)
                 .map(|id| {
@@ -123,12 +202,27 @@ impl RunView {
                     })
                 })
                 .collect();
-            (presence, state.finished)
+            let membership = state.members.events.iter().map(MembershipEventRecord::from).collect();
+            (presence, state.finished, membership)
         };
-        let (rows, rounds_closed, links) = {
+        let (rows, rounds_closed, links, dir) = {
             let report = shared.report();
-            (report.rows().to_vec(), report.rounds_closed(), read_links(report.dir()))
+            (
+                report.rows().to_vec(),
+                report.rounds_closed(),
+                read_links(report.dir()),
+                report.dir().to_path_buf(),
+            )
         };
+        let radio = (shared.config.channel.shaping == wdml_channel::Shaping::Emulate).then(|| Radio {
+            record: ChannelRecord {
+                seed: settings.seed,
+                nodes: settings.nodes,
+                channel: shared.config.channel.clone(),
+            },
+            neighbours: shared.config.neighbours.clone(),
+            moves: read_moves(&dir),
+        });
         let nodes = presence
             .into_iter()
             .enumerate()
@@ -160,6 +254,8 @@ impl RunView {
             nodes,
             rows,
             links,
+            membership,
+            radio,
         }
     }
 
@@ -183,6 +279,20 @@ impl RunView {
                 position: links.positions.get(n.id as usize).copied(),
             })
             .collect();
+        // The channel as the run resolved it, and the neighbour pairs of links.json.
+        let radio = read_json::<ChannelRecord>(&dir.join(CHANNEL_FILE)).map(|record| {
+            let mut neighbours = vec![Vec::new(); record.nodes as usize];
+            for l in &links.links {
+                if let Some(of) = neighbours.get_mut(l.from as usize) {
+                    of.push(l.to);
+                }
+            }
+            Radio {
+                record,
+                neighbours,
+                moves: read_moves(dir),
+            }
+        });
         Ok(RunView {
             run: RunInfo {
                 run_id: summary.run_id,
@@ -196,7 +306,14 @@ impl RunView {
             nodes,
             rows,
             links,
+            membership: summary.events,
+            radio,
         })
+    }
+
+    /// Round `round`'s radio (numbered from 1, as the rows are).
+    pub fn radio(&self, round: u32) -> Option<std::result::Result<RadioRound, String>> {
+        self.radio.as_ref().map(|radio| radio.round(round))
     }
 
     /// Prometheus' text format: the run's counters and gauges, per node where they are
@@ -287,11 +404,111 @@ impl RunView {
 }
 
 /// `links.json` of `dir`, or an empty record before it is written.
-fn read_links(dir: &std::path::Path) -> LinksRecord {
-    wdml_proto::files::read_bounded_text(&dir.join("links.json"), 64 << 20)
-        .ok()
-        .and_then(|text| serde_json::from_str(&text).ok())
-        .unwrap_or_default()
+fn read_links(dir: &Path) -> LinksRecord {
+    read_json(&dir.join("links.json")).unwrap_or_default()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let text = wdml_proto::files::read_bounded_text(path, 64 << 20).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Where moving devices were each round, from `positions.jsonl` (none when they stay).
+fn read_moves(dir: &Path) -> Vec<Moved> {
+    let Ok(text) = wdml_proto::files::read_bounded_text(&dir.join(POSITIONS_FILE), 1 << 30) else {
+        return Vec::new();
+    };
+    // A line being written (or torn by a crash) is not a round yet.
+    text.lines().map_while(|line| serde_json::from_str(line).ok()).collect()
+}
+
+/// One line of `positions.jsonl`.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct Moved {
+    round: u32,
+    emulated_s: f64,
+    positions: Vec<[f64; 2]>,
+    neighbours: Vec<Vec<u32>>,
+}
+
+/// What recomputes a round's link states: the channel, as the run resolved it, is
+/// deterministic in (seed, link, round), so these are the draws the nodes' shapers made.
+#[derive(Clone, Debug)]
+struct Radio {
+    record: ChannelRecord,
+    /// The placement's neighbours (moving devices: each round's are in `moves`).
+    neighbours: Vec<Vec<u32>>,
+    moves: Vec<Moved>,
+}
+
+/// One round's radio, as `/api/radio` gives it.
+#[derive(Clone, Debug, Serialize)]
+pub struct RadioRound {
+    pub round: u32,
+    /// Emulated seconds at the round's start (where moving devices were).
+    pub emulated_s: f64,
+    pub positions: Vec<[f64; 2]>,
+    pub links: Vec<LinkRound>,
+}
+
+/// One directed neighbour link in one round.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkRound {
+    pub from: u32,
+    pub to: u32,
+    pub distance_m: f64,
+    /// This round's SNR (fast fading included), dB.
+    pub snr_db: f64,
+    /// Without fast fading, dB.
+    pub mean_snr_db: f64,
+    /// This round's rate, bit/s (0 in outage).
+    pub rate_bps: f64,
+    pub outage: bool,
+}
+
+impl Radio {
+    fn round(&self, round: u32) -> std::result::Result<RadioRound, String> {
+        let ChannelRecord { seed, nodes, channel } = &self.record;
+        let moved = self.moves.iter().find(|m| m.round == round);
+        if !channel.mobility.is_static() && moved.is_none() {
+            return Err(format!(
+                "round {round} has not started (or the run's devices never got there)"
+            ));
+        }
+        let emulated_s = moved.map_or(0.0, |m| m.emulated_s);
+        let now = channel
+            .channel_at(*seed, *nodes as usize, emulated_s)
+            .map_err(|e| e.to_string())?;
+        let neighbours = moved.map_or(&self.neighbours, |m| &m.neighbours);
+        let mut links = Vec::new();
+        for (from, tos) in neighbours.iter().enumerate() {
+            for &to in tos {
+                // The channel numbers rounds from 0.
+                let link = wdml_channel::Link::new(from, to as usize);
+                let state = now
+                    .link_state(link, u64::from(round.saturating_sub(1)))
+                    .map_err(|e| e.to_string())?;
+                links.push(LinkRound {
+                    from: from as u32,
+                    to,
+                    distance_m: state.distance_m,
+                    snr_db: state.snr_db,
+                    mean_snr_db: state.mean_snr_db,
+                    rate_bps: state.rate_bps,
+                    outage: state.outage,
+                });
+            }
+        }
+        Ok(RadioRound {
+            round,
+            emulated_s,
+            positions: moved.map_or_else(
+                || now.positions().iter().map(|p| [p.x_m, p.y_m]).collect(),
+                |m| m.positions.clone(),
+            ),
+            links,
+        })
+    }
 }
 
 /// The dashboard's routes over `source`.
@@ -301,16 +518,21 @@ pub fn router(source: Source) -> Router {
         .route("/app.js", get(|| async { page(APP, "text/javascript; charset=utf-8") }))
         .route(
             "/api/run",
-            get(|s: State<Source>| async move { api(&s, |v| Json(v.run).into_response()) }),
+            get(|s: State<Source>| async move { api(&s, |v| Json(&v.run).into_response()) }),
         )
         .route(
             "/api/nodes",
-            get(|s: State<Source>| async move { api(&s, |v| Json(v.nodes).into_response()) }),
+            get(|s: State<Source>| async move { api(&s, |v| Json(&v.nodes).into_response()) }),
         )
         .route("/api/rounds", get(rounds))
         .route(
             "/api/links",
-            get(|s: State<Source>| async move { api(&s, |v| Json(v.links).into_response()) }),
+            get(|s: State<Source>| async move { api(&s, |v| Json(&v.links).into_response()) }),
+        )
+        .route("/api/radio", get(radio))
+        .route(
+            "/api/membership",
+            get(|s: State<Source>| async move { api(&s, |v| Json(&v.membership).into_response()) }),
         )
         .route("/metrics", get(|s: State<Source>| async move { api(&s, metrics) }))
         .route("/api/events", get(events))
@@ -332,12 +554,12 @@ fn page(body: &'static str, kind: &'static str) -> Response {
         .into_response()
 }
 
-/// Answers from a fresh snapshot; a run directory that cannot be read is a 500 naming
-/// the file.
-fn api(source: &Source, answer: impl FnOnce(RunView) -> Response) -> Response {
-    match RunView::of(source) {
+/// Answers from the newest snapshot; a run directory that cannot be read is a 500
+/// naming the file.
+fn api(source: &Source, answer: impl FnOnce(&RunView) -> Response) -> Response {
+    match source.view() {
         Ok(view) => {
-            let mut response = answer(view);
+            let mut response = answer(&view);
             response
                 .headers_mut()
                 .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
@@ -351,24 +573,53 @@ fn api(source: &Source, answer: impl FnOnce(RunView) -> Response) -> Response {
 /// the first R rounds asks only for what is new (a round's rows arrive together, when
 /// it closes).
 async fn rounds(State(source): State<Source>, uri: axum::http::Uri) -> Response {
-    let since = match uri.query().map(|q| q.strip_prefix("since=").map(str::parse::<u32>)) {
-        None => 0,
-        Some(Some(Ok(round))) => round,
-        Some(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                "the only parameter is since=ROUND (a round number)",
-            )
-                .into_response();
-        }
+    let since = match round_parameter(&uri, "since") {
+        Ok(since) => since.unwrap_or(0),
+        Err(refusal) => return refusal,
     };
-    api(&source, |mut view| {
-        view.rows.retain(|r| r.round > since);
-        Json(view.rows).into_response()
+    api(&source, |view| {
+        // Rows are kept in the order rounds closed: the new ones are a tail.
+        let new: Vec<&MetricsRow> = view.rows.iter().filter(|r| r.round > since).collect();
+        Json(new).into_response()
     })
 }
 
-fn metrics(view: RunView) -> Response {
+/// `?NAME=ROUND`, the only parameter a route takes: none, a round, or a 400 saying so.
+#[allow(clippy::result_large_err)]
+fn round_parameter(uri: &axum::http::Uri, name: &str) -> std::result::Result<Option<u32>, Response> {
+    match uri.query().map(|q| {
+        q.strip_prefix(name)
+            .and_then(|v| v.strip_prefix('='))
+            .map(str::parse::<u32>)
+    }) {
+        None => Ok(None),
+        Some(Some(Ok(round))) => Ok(Some(round)),
+        Some(_) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("the only parameter is {name}=ROUND (a round number)"),
+        )
+            .into_response()),
+    }
+}
+
+/// One round's radio: `?round=R`, or the newest closed round (the placement's before
+/// any closed).
+async fn radio(State(source): State<Source>, uri: axum::http::Uri) -> Response {
+    let asked = match round_parameter(&uri, "round") {
+        Ok(round) => round,
+        Err(refusal) => return refusal,
+    };
+    api(&source, |view| {
+        let round = asked.unwrap_or(view.run.rounds_closed.max(1));
+        match view.radio(round) {
+            None => (StatusCode::NOT_FOUND, "this run has no emulated radio").into_response(),
+            Some(Err(reason)) => (StatusCode::NOT_FOUND, reason).into_response(),
+            Some(Ok(radio)) => Json(radio).into_response(),
+        }
+    })
+}
+
+fn metrics(view: &RunView) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         view.prometheus(),
@@ -380,7 +631,7 @@ fn metrics(view: RunView) -> Response {
 /// at the end. A run directory has nothing more to say: 204 tells the browser not to
 /// reconnect.
 async fn events(State(source): State<Source>) -> Response {
-    let Source(Origin::Live(shared)) = source else {
+    let Origin::Live(shared) = source.origin else {
         return StatusCode::NO_CONTENT.into_response();
     };
     let stream = BroadcastStream::new(shared.watchers.subscribe()).filter_map(|event| {

@@ -25,7 +25,8 @@ pub use config::{Config, MAX_TIMEOUT};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{
-    LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage, SplitRecord, Summary,
+    ChannelRecord, LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage,
+    SplitRecord, Summary,
 };
 pub use table::{bytes, joules, seconds};
 

@@ -13,7 +13,7 @@ use wdml_proto::{CoordinatorEvent, Hello, JoinRequest, MemberGone, coordinator_e
 pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorEvent, Status>>;
 
 /// Where a node stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Presence {
     /// Joined, but its `Sync` stream is not open yet.
     Joined,
@@ -291,7 +291,7 @@ impl Members {
         if !matches!(member.presence, Presence::Live | Presence::Joined) {
             return false;
         }
-        member.presence = presence.clone();
+        member.presence = presence;
         member.outbox = None;
         let event = if presence == Presence::Left { "left" } else { "gone" };
         self.record(id, event, round, reason.to_string());
@@ -578,10 +578,7 @@ mod tests {
         members.attach(1, 11, &Hello::default(), tx).unwrap();
         members.join(&request(1, "h:9"), 12, Proof::Certificate, 0).unwrap();
         let member = members.get(1).unwrap();
-        assert_eq!(
-            (member.presence.clone(), member.outbox.is_none()),
-            (Presence::Joined, true)
-        );
+        assert_eq!((member.presence, member.outbox.is_none()), (Presence::Joined, true));
         assert!(members.authenticate(1, 11).is_err() && members.authenticate(1, 12).is_ok());
     }
 

@@ -319,6 +319,19 @@ pub(crate) struct Recovered {
 /// Where moving devices were in each round, and their neighbours.
 pub const POSITIONS_FILE: &str = "positions.jsonl";
 
+/// The radio as the run resolved it, in `channel.json`.
+pub const CHANNEL_FILE: &str = "channel.json";
+
+/// `channel.json`: with the seed and the node count, the channel (path loss,
+/// shadowing, fading, placement, mobility) recomputes any link's state in any round,
+/// exactly as the nodes' shapers drew it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    pub seed: u64,
+    pub nodes: u32,
+    pub channel: wdml_channel::ResolvedChannel,
+}
+
 /// Reports that arrived after their round closed, one `MetricsRow` per line.
 pub const LATE_FILE: &str = "late.jsonl";
 
@@ -347,18 +360,22 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 12] = [
+const RUN_FILES: [&str; 16] = [
     journal::FILE,
+    CHANNEL_FILE,
     LATE_FILE,
     POSITIONS_FILE,
     "positions.svg",
+    "positions.png",
     "split.json",
     "split.svg",
+    "split.png",
     "scenario.toml",
     "metrics.jsonl",
     "summary.json",
     "report.md",
     "rounds.svg",
+    "rounds.png",
     "config.json",
 ];
 
@@ -768,6 +785,13 @@ impl Report {
         };
         let path = self.dir.join("split.json");
         let json = serde_json::to_string_pretty(&record)? + "\n";
+        write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
+    }
+
+    /// Writes `channel.json`.
+    pub fn write_channel(&self, record: &ChannelRecord) -> Result<()> {
+        let path = self.dir.join(CHANNEL_FILE);
+        let json = serde_json::to_string_pretty(record)? + "\n";
         write_atomic(&path, json.as_bytes(), Mode::Public).map_err(|e| Error::io(&path, e))
     }
 

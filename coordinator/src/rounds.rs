@@ -415,8 +415,9 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
 }
 
 /// Records the realised split (the nodes' shards) in the run directory.
-/// `links.json`: the topology's links where the devices were placed, with their SNR
-/// (only on an emulated radio: an unshaped one has no SNR to tell).
+/// `links.json`: the topology's links where the devices were placed, with their SNR,
+/// and `channel.json`, what recomputes any round's (only on an emulated radio: an
+/// unshaped one has no SNR to tell).
 fn write_links(shared: &Shared) {
     let (settings, resolved) = (&shared.config.settings, &shared.config.channel);
     if resolved.shaping != wdml_channel::Shaping::Emulate {
@@ -428,6 +429,14 @@ fn write_links(shared: &Shared) {
         .and_then(|channel| shared.report().write_links(&channel, &shared.config.neighbours));
     if let Err(e) = written {
         warn!("no links.json: {e}");
+    }
+    let record = crate::report::ChannelRecord {
+        seed: settings.seed,
+        nodes: settings.nodes,
+        channel: resolved.clone(),
+    };
+    if let Err(e) = shared.report().write_channel(&record) {
+        warn!("no {}: {e}", crate::report::CHANNEL_FILE);
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use wdml_coordinator::dashboard::{RunView, Source, router};
+use wdml_coordinator::dashboard::{Source, router};
 use wdml_proto::transport::{self, Identity, Limits, Security};
 
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
     crate::cli::init_tracing(None)?;
     let source = Source::dir(&args.run_dir);
     // Refused now, not at the first request: a directory that holds no run.
-    RunView::of(&source).with_context(|| format!("{} holds no finished run", args.run_dir.display()))?;
+    source
+        .view()
+        .with_context(|| format!("{} holds no finished run", args.run_dir.display()))?;
     let security = if args.insecure {
         transport::warn_insecure("this dashboard");
         Security::Insecure

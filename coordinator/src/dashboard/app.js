@@ -2,9 +2,10 @@
 // coordinator says a round closed (server-sent events). No library, no build step.
 "use strict";
 
-// Colour by node id, the same in every chart (Tableau 10).
-const COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
-  "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
+// Colour by node id, the same in every chart and in the run directory's figures
+// (matplotlib's tab10, as src/cli/plot.rs draws them).
+const COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+  "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
 const colour = (id) => COLOURS[id % COLOURS.length];
 const NS = "http://www.w3.org/2000/svg";
 
@@ -29,12 +30,15 @@ function ticks(lo, hi, count, integer) {
   return out;
 }
 
+// A tick label: plain from 0.01 to 10,000, SI-prefixed beyond (2m, 15k), as in the
+// run directory's figures.
 function fmt(v) {
   if (v === 0) return "0";
   const a = Math.abs(v);
-  if (a >= 1000) return String(Math.round(v));
-  if (a < 0.01) return v.toExponential(1);
-  return String(+v.toPrecision(3));
+  for (const [f, p] of [[1e9, "G"], [1e6, "M"], [1e4, "k"]]) if (a >= f) return `${+(v / (f === 1e4 ? 1e3 : f)).toPrecision(3)}${f === 1e4 ? "k" : p}`;
+  if (a >= 0.01) return String(+v.toPrecision(3));
+  for (const [f, p] of [[1e-3, "m"], [1e-6, "µ"], [1e-9, "n"]]) if (a >= f) return `${+(v / f).toPrecision(3)}${p}`;
+  return v.toExponential(1);
 }
 
 // A line chart: one polyline per series, integer round ticks on x.
@@ -76,36 +80,45 @@ function cumulative(rows, f) {
   return rows.map((r) => { sum += f(r); return [r.round, sum]; });
 }
 
-function topology(svg, nodes, links, rounds) {
+// SNR to colour on one fixed scale (red at 0 dB and below, green from 30 dB), so a
+// colour means the same in every round and every run.
+const snrColour = (snr) => `hsl(${Math.round(120 * Math.min(1, Math.max(0, snr / 30)))}, 65%, 42%)`;
+
+// The devices where they were in the round (they move with mobility), and each
+// neighbour pair drawn by the weaker direction's SNR that round; outage dashed.
+function topology(svg, nodes, radio, rounds) {
   clear(svg);
   const W = 440, H = 320, M = 30;
-  const placed = nodes.filter((n) => n.position);
+  const positions = radio ? radio.positions : nodes.map((n) => n.position);
+  const placed = nodes.filter((n) => positions[n.id]);
   if (placed.length === 0) { el("text", { x: 10, y: 20 }, svg, "positions not known yet"); return; }
-  const px = placed.map((n) => n.position[0]), py = placed.map((n) => n.position[1]);
+  const px = placed.map((n) => positions[n.id][0]), py = placed.map((n) => positions[n.id][1]);
   const [x0, x1, y0, y1] = [Math.min(...px), Math.max(...px), Math.min(...py), Math.max(...py)];
   const s = Math.min((W - 2 * M) / Math.max(x1 - x0, 1e-9), (H - 2 * M) / Math.max(y1 - y0, 1e-9));
-  const at = (p) => [M + (p[0] - x0) * s, H - M - (p[1] - y0) * s];
-  // One line per neighbour pair, coloured by the weaker direction's long-term SNR.
+  const at = (id) => [M + (positions[id][0] - x0) * s, H - M - (positions[id][1] - y0) * s];
   const pairs = new Map();
-  for (const l of links.links) {
+  for (const l of radio ? radio.links : []) {
     const key = `${Math.min(l.from, l.to)}-${Math.max(l.from, l.to)}`;
-    pairs.set(key, Math.min(pairs.has(key) ? pairs.get(key) : Infinity, l.mean_snr_db));
+    const seen = pairs.get(key);
+    if (!seen || l.snr_db < seen.snr_db) pairs.set(key, l);
   }
-  const snrs = [...pairs.values()];
-  const lo = Math.min(...snrs), hi = Math.max(...snrs);
-  for (const [key, snr] of pairs) {
-    const [a, b] = key.split("-").map(Number);
-    const na = nodes.find((n) => n.id === a), nb = nodes.find((n) => n.id === b);
-    if (!na || !nb || !na.position || !nb.position) continue;
-    const q = hi > lo ? (snr - lo) / (hi - lo) : 1;
-    const [ax, ay] = at(na.position), [bx, by] = at(nb.position);
-    const line = el("line", { x1: ax, y1: ay, x2: bx, y2: by, "data-link": key,
-      stroke: `hsl(${Math.round(120 * q)}, 65%, 45%)`, "stroke-width": 1 + 2 * q, opacity: 0.8 }, svg);
-    el("title", {}, line, `${key}: ${snr.toFixed(1)} dB`);
+  for (const [key, l] of pairs) {
+    if (!positions[l.from] || !positions[l.to]) continue;
+    const [ax, ay] = at(l.from), [bx, by] = at(l.to);
+    const q = Math.min(1, Math.max(0, l.snr_db / 30));
+    const line = el("line", { x1: ax, y1: ay, x2: bx, y2: by, "data-link": key, "data-snr": l.snr_db.toFixed(2),
+      stroke: l.outage ? "#999" : snrColour(l.snr_db), "stroke-width": 1 + 2 * q, opacity: 0.8,
+      "stroke-dasharray": l.outage ? "4 3" : "none" }, svg);
+    el("title", {}, line, `${key}: ${l.snr_db.toFixed(1)} dB this round (${l.mean_snr_db.toFixed(1)} dB long-term), ` +
+      (l.outage ? "outage" : `${(l.rate_bps / 1e6).toFixed(2)} Mbit/s`));
+  }
+  if (radio) {
+    svg.dataset.round = radio.round;
+    el("text", { x: W - 4, y: 14, "text-anchor": "end" }, svg, `round ${radio.round}, t = ${radio.emulated_s.toFixed(1)} s`);
   }
   const last = Math.max(0, ...rounds.map((r) => r.round));
   for (const n of placed) {
-    const [x, y] = at(n.position);
+    const [x, y] = at(n.id);
     const g = el("g", { class: `node ${n.status}`, "data-node": n.id, "data-status": n.status }, svg);
     el("circle", { cx: x, cy: y, r: 11, fill: colour(n.id) }, g);
     el("text", { x, y: y + 4, "text-anchor": "middle", fill: "#fff" }, g, String(n.id));
@@ -151,15 +164,14 @@ function split(svg, rounds) {
 
 // The rows drawn so far: each redraw asks only for the rounds closed since.
 let rounds = [];
-let placement = null;
 
 async function load() {
   const get = (p) => fetch(`/api/${p}`).then((r) => { if (!r.ok) throw new Error(`${p}: ${r.status}`); return r.json(); });
   const since = Math.max(0, ...rounds.map((r) => r.round));
   // The links are the placement's: read once they exist.
-  const [run, nodes, fresh, links] = await Promise.all([get("run"), get("nodes"), get(`rounds?since=${since}`),
-    placement && placement.links.length > 0 ? placement : get("links")]);
-  placement = links;
+  // This round's radio (a run without an emulated radio has none: 404).
+  const [run, nodes, fresh, radio, membership] = await Promise.all([get("run"), get("nodes"),
+    get(`rounds?since=${since}`), get("radio").catch(() => null), get("membership")]);
   // A coordinator that resumed from an earlier round (or another run): start over.
   // Keyed by (round, node): two redraws racing never draw a row twice.
   const rows = new Map((run.rounds_closed < since ? await get("rounds") : rounds.concat(fresh))
@@ -169,10 +181,11 @@ async function load() {
   document.getElementById("progress").textContent =
     `round ${run.rounds_closed}/${run.rounds_planned} · ${run.live ? "live" : run.finished ? "finished" : "ended early"}`;
   document.body.dataset.rounds = run.rounds_closed;
-  topology(document.getElementById("topology"), nodes, links, rounds);
+  topology(document.getElementById("topology"), nodes, radio, rounds);
   const per = byNode(nodes, rounds);
   const series = (f) => per.map((n) => ({ id: n.id, colour: colour(n.id), points: f(n.rows) }));
   lineChart(document.getElementById("accuracy"), series((rows) => rows.map((r) => [r.round, 100 * r.test_accuracy])));
+  lineChart(document.getElementById("loss"), series((rows) => rows.map((r) => [r.round, r.train_loss])), 0);
   lineChart(document.getElementById("energy"), series((rows) => cumulative(rows, (r) => r.tx_energy_j + r.rx_energy_j)), 0);
   lineChart(document.getElementById("airtime"), series((rows) => cumulative(rows, (r) => r.airtime_s)), 0);
   split(document.getElementById("split"), rounds);
@@ -190,6 +203,11 @@ async function load() {
     const rows = rounds.filter((r) => r.node === n.id).length;
     li.textContent = `node ${n.id}: ${n.model}, ${n.parameters} parameters, ${n.status}, ${rows} rounds reported`;
     li.dataset.status = n.status;
+    return li;
+  }));
+  document.getElementById("membership").replaceChildren(...membership.map((e) => {
+    const li = document.createElement("li");
+    li.textContent = `round ${e.round}: node ${e.node} ${e.event}${e.reason ? ` (${e.reason})` : ""}`;
     return li;
   }));
   return run;
