@@ -41,6 +41,8 @@ export COMPOSE_PROJECT_NAME="$PROJECT"
 export WDML_IMAGE="${WDML_IMAGE:-wdml:latest}"
 # The quickstart (mlp and cnn, same data, same seed, about 1 s a round here), long
 # enough for the faults, with short deadlines so that no round can stall the test.
+# The dashboard on an ephemeral host port (loopback): never in another's way.
+export WDML_DASHBOARD=127.0.0.1:
 export WDML_SET="run.rounds=$ROUNDS;coordinator.round_timeout_ms=30000;exchange.timeout_ms=5000"
 export WDML_RUNS
 WDML_RUNS="$(mktemp -d "${TMPDIR:-/tmp}/wdml-e2e.XXXXXX")"
@@ -119,6 +121,18 @@ say "compose up: coordinator and node-1 … node-4, $ROUNDS rounds (run director
 compose up -d >"$WDML_RUNS/up.log" 2>&1 || { cat "$WDML_RUNS/up.log" >&2; fail "compose up -d failed"; }
 wait_for_round 1 240
 say "rounds are closing: $(last_round) closed"
+
+# The dashboard, published on the host's loopback (an ephemeral port here), answers
+# over HTTPS with the coordinator's certificate, checked against the run's CA.
+DASHBOARD="$(compose port coordinator 8443)"
+docker cp "$(container coordinator)":/tls/ca.pem "$WDML_RUNS/ca.pem"
+PORT="${DASHBOARD##*:}"
+curl -sS --max-time 10 --cacert "$WDML_RUNS/ca.pem" --resolve "coordinator.wdml:$PORT:127.0.0.1" \
+    "https://coordinator.wdml:$PORT/api/run" >"$WDML_RUNS/dashboard.json" 2>&1 ||
+    { cat "$WDML_RUNS/dashboard.json" >&2; fail "the dashboard on $DASHBOARD did not answer over HTTPS"; }
+grep -c '"live":true' "$WDML_RUNS/dashboard.json" >/dev/null ||
+    fail "the dashboard's /api/run says: $(cat "$WDML_RUNS/dashboard.json")"
+say "the dashboard answers on $DASHBOARD: $(cat "$WDML_RUNS/dashboard.json")"
 
 # A stranger on the compose network, without the run's certificates, gets nothing.
 NETWORK="${PROJECT}_default"

@@ -350,3 +350,78 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 10_000);
     eprintln!("screenshot: {}", screenshot.display());
 }
+
+#[test]
+fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison_json() {
+    let dir = TempDir::new("dashboard-compare");
+    // `wdml compare` serves the comparison's own page while it runs.
+    let output = Command::new(common::WDML)
+        .args(["compare", "--algorithms", "local,dml", "--out"])
+        .arg(dir.path())
+        .args(common::small_mesh(3, 3).iter().flat_map(|o| ["--set", o.as_str()]))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("comparison dashboard (the algorithms side by side): https://127.0.0.1:"),
+        "{stderr}"
+    );
+
+    // Afterwards, `wdml view` serves it from the directory, with the comparison's
+    // certificate.
+    let mut view = Command::new(common::WDML)
+        .args(["view", "--http", "127.0.0.1:0"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(view.stdout.take().unwrap()), &mut line).unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("dashboard on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let ca = dir.path().join("tls/ca.pem");
+
+    // The API gives each algorithm's curve, exactly as comparison.json has it.
+    let api: serde_json::Value = serde_json::from_str(&get(&url, "/api/compare", &ca)).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("comparison.json")).unwrap()).unwrap();
+    let algorithms: Vec<&str> = api
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["algorithm"].as_str().unwrap())
+        .collect();
+    assert_eq!(algorithms, ["local", "dml"]);
+    for (shown, written) in api.as_array().unwrap().iter().zip(file.as_array().unwrap()) {
+        assert_eq!(shown["algorithm"], written["algorithm"]);
+        assert_eq!(shown["curve"], written["curve"], "{}", shown["algorithm"]);
+        assert_eq!(shown["curve"].as_array().unwrap().len(), 3);
+        assert_eq!(shown["finished"], true);
+    }
+    // Over a radio: DML pays for its exchange, local training nothing.
+    let energy = |a: usize| api[a]["curve"][2]["cumulative_energy_j"].as_f64().unwrap();
+    assert!(energy(0) == 0.0 && energy(1) > 0.0, "{api}");
+
+    // The page: a line per algorithm in each of its three charts, three rounds each,
+    // and a row per algorithm; nothing on the console.
+    let (dom, console) = chromium(&url, 500, None);
+    let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-compare.png");
+    chromium(&url, 500, Some(&screenshot));
+    let _ = view.kill();
+    let _ = view.wait();
+    assert!(console.is_empty(), "console: {console:#?}");
+    let lines = attributes(&dom, "polyline ", "data-node");
+    assert_eq!(lines, ["local", "dml", "local", "dml", "local", "dml"], "{dom}");
+    let points = attributes(&dom, "polyline ", "data-points");
+    assert!(points.iter().all(|p| p == "3"), "{points:?}");
+    assert_eq!(
+        attributes(&dom, "tr data-algorithm", "data-algorithm"),
+        ["local", "dml"],
+        "{dom}"
+    );
+}

@@ -3,7 +3,8 @@
 //! server-sent events as rounds close) and by `wdml view RUN_DIR` after it.
 //!
 //! Both read one [`RunView`]: a snapshot of the run built either from the
-//! coordinator's live state or from a run directory, so the page, the API and
+//! coordinator's live state or from a run directory (or, for a comparison, from each
+//! algorithm's run directory: [`Source::compare`]), so the page, the API and
 //! `/metrics` say the same thing whichever serves them. A snapshot is built once per
 //! change (a report, a closed round, a membership event) and shared by every route
 //! and page until the next. Every asset is in the binary.
@@ -15,8 +16,9 @@
 //! | `/api/nodes` | each node: id, model, parameters, status, position |
 //! | `/api/rounds` | every `metrics.jsonl` row so far; `?since=R`: those of rounds after R |
 //! | `/api/links` | `links.json`: each neighbour link's distance and long-term SNR, the positions |
-//! | `/api/radio` | one round's radio (`?round=R`, default the newest closed): where the devices were, each neighbour link's SNR, rate and outage that round |
+//! | `/api/radio` | one round's radio (`?round=R`, default the newest closed): where the devices were, each neighbour link's SNR, rate and outage that round (`null` without an emulated radio) |
 //! | `/api/membership` | membership events: joined, gone, rejoined, left, … with their round |
+//! | `/api/compare` | a comparison's algorithms side by side: each one's curve (`wdml compare`'s) |
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
 //! | `/metrics` | Prometheus text: the run's counters and gauges |
 
@@ -60,12 +62,19 @@ type Versioned = (Vec<u64>, Arc<RunView>);
 enum Origin {
     Live(Arc<Shared>),
     Dir(PathBuf),
+    Compare(PathBuf),
 }
 
 impl Source {
     /// A run directory (a finished or stopped run).
     pub fn dir(path: impl Into<PathBuf>) -> Source {
         Source::of(Origin::Dir(path.into()))
+    }
+
+    /// A comparison's directory (`wdml compare --out`): one run directory per
+    /// algorithm, finished or under way.
+    pub fn compare(path: impl Into<PathBuf>) -> Source {
+        Source::of(Origin::Compare(path.into()))
     }
 
     /// The coordinator's live state.
@@ -105,6 +114,13 @@ impl Source {
                     CHANNEL_FILE,
                 ],
             ),
+            Origin::Compare(dir) => {
+                let mut version = files_version(dir, &["comparison.json"]);
+                for (_, run) in algorithm_dirs(dir) {
+                    version.extend(files_version(&run, &["metrics.jsonl", "late.jsonl", "summary.json"]));
+                }
+                version
+            }
         }
     }
 
@@ -119,6 +135,7 @@ impl Source {
         let view = Arc::new(match &self.origin {
             Origin::Live(shared) => RunView::live(shared),
             Origin::Dir(dir) => RunView::from_dir(dir)?,
+            Origin::Compare(dir) => RunView::from_compare(dir)?,
         });
         *self.newest.lock().unwrap_or_else(|p| p.into_inner()) = Some((version, view.clone()));
         Ok(view)
@@ -144,6 +161,8 @@ fn files_version(dir: &Path, files: &[&str]) -> Vec<u64> {
 /// The run, as `/api/run` gives it.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunInfo {
+    /// `run`, or `compare` for a comparison (rounds counted over its algorithms).
+    pub kind: &'static str,
     pub run_id: String,
     pub algorithm: String,
     pub rounds_planned: u32,
@@ -177,6 +196,37 @@ pub struct RunView {
     pub membership: Vec<MembershipEventRecord>,
     /// What recomputes any round's link states (emulated radios only).
     radio: Option<Radio>,
+    /// A comparison's algorithms (empty for a run).
+    pub compare: Vec<AlgorithmCurve>,
+}
+
+/// One algorithm of a comparison, as `/api/compare` gives it.
+#[derive(Clone, Debug, Serialize)]
+pub struct AlgorithmCurve {
+    pub algorithm: String,
+    pub rounds_planned: u32,
+    pub nodes: u32,
+    /// Its run is over (`summary.json` written); `finished`: every round closed.
+    pub ended: bool,
+    pub finished: bool,
+    pub curve: Vec<crate::CurvePoint>,
+}
+
+/// The run directories of a comparison's algorithms, in the order `wdml compare` runs
+/// them (local, fedavg, dml; then any other by name).
+fn algorithm_dirs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut runs: Vec<(String, PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|run| run.join("config.json").exists() || run.join("metrics.jsonl").exists())
+        .filter_map(|run| Some((run.file_name()?.to_str()?.to_string(), run)))
+        .filter(|(name, _)| name.parse::<wdml_proto::Algorithm>().is_ok())
+        .collect();
+    let rank = |name: &str| ["local", "fedavg", "dml"].iter().position(|a| *a == name).unwrap_or(3);
+    runs.sort_by(|a, b| (rank(&a.0), &a.0).cmp(&(rank(&b.0), &b.0)));
+    runs
 }
 
 impl RunView {
@@ -242,6 +292,7 @@ impl RunView {
             .collect();
         RunView {
             run: RunInfo {
+                kind: "run",
                 run_id: settings.run_id.clone(),
                 algorithm: wdml_proto::Algorithm::try_from(settings.algorithm)
                     .map_or("unknown".into(), |a| a.name().to_string()),
@@ -256,6 +307,7 @@ impl RunView {
             links,
             membership,
             radio,
+            compare: Vec::new(),
         }
     }
 
@@ -295,6 +347,7 @@ impl RunView {
         });
         Ok(RunView {
             run: RunInfo {
+                kind: "run",
                 run_id: summary.run_id,
                 algorithm: summary.algorithm,
                 rounds_planned: summary.rounds_planned,
@@ -308,6 +361,59 @@ impl RunView {
             links,
             membership: summary.events,
             radio,
+            compare: Vec::new(),
+        })
+    }
+
+    /// A comparison: each algorithm's curve, from its run directory as it stands (none
+    /// before the first run starts).
+    fn from_compare(dir: &Path) -> crate::Result<RunView> {
+        let mut compare = Vec::new();
+        for (algorithm, run) in algorithm_dirs(dir) {
+            let mut rows = Vec::new();
+            if run.join("metrics.jsonl").exists() {
+                rows = MetricsRow::read_all(&run)?;
+                rows.extend(MetricsRow::read_late(&run)?);
+            }
+            let config: Option<serde_json::Value> = read_json(&run.join("config.json"));
+            let number = |section: &str, field: &str| {
+                config.as_ref().and_then(|c| c[section][field].as_u64()).unwrap_or(0) as u32
+            };
+            let summary: Option<Summary> = read_json(&run.join("summary.json"));
+            compare.push(AlgorithmCurve {
+                algorithm,
+                rounds_planned: number("run", "rounds"),
+                nodes: number("nodes", "count"),
+                ended: summary.is_some(),
+                finished: summary.is_some_and(|s| s.finished),
+                curve: crate::curve(&rows),
+            });
+        }
+        let finished = dir.join("comparison.json").exists();
+        let run = RunInfo {
+            kind: "compare",
+            run_id: dir
+                .file_name()
+                .map_or("comparison".into(), |n| n.to_string_lossy().into_owned()),
+            algorithm: compare
+                .iter()
+                .map(|a| a.algorithm.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            rounds_planned: compare.iter().map(|a| a.rounds_planned).sum(),
+            rounds_closed: compare.iter().map(|a| a.curve.len() as u32).sum(),
+            nodes: compare.first().map_or(0, |a| a.nodes),
+            finished,
+            live: !finished,
+        };
+        Ok(RunView {
+            run,
+            nodes: Vec::new(),
+            rows: Vec::new(),
+            links: LinksRecord::default(),
+            membership: Vec::new(),
+            radio: None,
+            compare,
         })
     }
 
@@ -531,6 +637,15 @@ pub fn router(source: Source) -> Router {
         )
         .route("/api/radio", get(radio))
         .route(
+            "/api/compare",
+            get(|s: State<Source>| async move {
+                api(&s, |v| match v.run.kind {
+                    "compare" => Json(&v.compare).into_response(),
+                    _ => (StatusCode::NOT_FOUND, "not a comparison").into_response(),
+                })
+            }),
+        )
+        .route(
             "/api/membership",
             get(|s: State<Source>| async move { api(&s, |v| Json(&v.membership).into_response()) }),
         )
@@ -612,7 +727,8 @@ async fn radio(State(source): State<Source>, uri: axum::http::Uri) -> Response {
     api(&source, |view| {
         let round = asked.unwrap_or(view.run.rounds_closed.max(1));
         match view.radio(round) {
-            None => (StatusCode::NOT_FOUND, "this run has no emulated radio").into_response(),
+            // A run without an emulated radio: nothing to draw, not an error.
+            None => Json(serde_json::Value::Null).into_response(),
             Some(Err(reason)) => (StatusCode::NOT_FOUND, reason).into_response(),
             Some(Ok(radio)) => Json(radio).into_response(),
         }
@@ -631,8 +747,10 @@ fn metrics(view: &RunView) -> Response {
 /// at the end. A run directory has nothing more to say: 204 tells the browser not to
 /// reconnect.
 async fn events(State(source): State<Source>) -> Response {
-    let Origin::Live(shared) = source.origin else {
-        return StatusCode::NO_CONTENT.into_response();
+    let shared = match &source.origin {
+        Origin::Live(shared) => shared.clone(),
+        Origin::Compare(_) => return compare_events(source),
+        Origin::Dir(_) => return StatusCode::NO_CONTENT.into_response(),
     };
     let stream = BroadcastStream::new(shared.watchers.subscribe()).filter_map(|event| {
         let event = event.ok()?.event?;
@@ -643,4 +761,33 @@ async fn events(State(source): State<Source>) -> Response {
         Some(Ok::<_, Infallible>(sse))
     });
     Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// A comparison's events: its runs' files are looked at every second (here, not by the
+/// page), and a change is pushed as `round`, the comparison written as `finished`.
+fn compare_events(source: Source) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let mut seen = source.version();
+        // Until the page goes away or the comparison is written.
+        while !tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let now = source.version();
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            let Ok(view) = source.view() else { continue };
+            let event = match view.run.finished {
+                true => Event::default().event("finished").data("1"),
+                false => Event::default().event("round").data(view.run.rounds_closed.to_string()),
+            };
+            if tx.send(Ok::<_, Infallible>(event)).await.is_err() || view.run.finished {
+                return;
+            }
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -12,6 +12,7 @@
 //! [`run`] is the whole process: serve, drive the rounds, write the report, stop.
 
 mod config;
+mod curve;
 pub mod dashboard;
 mod error;
 mod journal;
@@ -22,6 +23,7 @@ mod service;
 mod table;
 
 pub use config::{Config, MAX_TIMEOUT};
+pub use curve::{CurvePoint, curve};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{

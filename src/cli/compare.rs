@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use serde::Serialize;
-use wdml_coordinator::{MetricsRow, Summary, bytes, joules, seconds};
+use wdml_coordinator::{CurvePoint, MetricsRow, Summary, bytes, curve, joules, seconds};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use super::plot::{Figure, Panel, Scale, Series, algorithm_color};
@@ -60,19 +60,6 @@ pub struct Args {
     insecure: bool,
 }
 
-/// One round of one algorithm, over all nodes.
-#[derive(Clone, Debug, Serialize)]
-struct Point {
-    round: u32,
-    mean_accuracy: f64,
-    /// Summed over every node, up to and including this round.
-    cumulative_energy_j: f64,
-    cumulative_airtime_s: f64,
-    /// Emulated time of the rounds so far: each round lasts as long as its slowest node.
-    cumulative_emulated_s: f64,
-    wire_bytes_per_node: f64,
-}
-
 #[derive(Debug, Serialize)]
 struct Outcome {
     algorithm: String,
@@ -97,7 +84,7 @@ struct Outcome {
     /// Emulated time of the whole run, and until the target was first reached.
     emulated_s: f64,
     emulated_to_target_s: Option<f64>,
-    curve: Vec<Point>,
+    curve: Vec<CurvePoint>,
     final_accuracy_per_node: Vec<Option<f64>>,
 }
 
@@ -210,6 +197,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.seeds.is_empty() {
+        let _dashboard = serve_comparison(&runtime, &out, args.insecure)?;
         let (outcomes, target) = compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
         print!("{}", terminal(&outcomes, target, &skipped));
         println!("every column: {}/comparison.{{md,svg,json}}", out.display());
@@ -239,6 +227,46 @@ pub fn main(args: Args) -> Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The comparison's own dashboard on a free loopback port, until the returned sender
+/// is dropped: the algorithms side by side as their runs go on (each run also serves
+/// its own). HTTPS under a CA made for it, kept in `out/tls`, which `wdml view OUT`
+/// serves with afterwards.
+fn serve_comparison(
+    runtime: &tokio::runtime::Runtime,
+    out: &Path,
+    insecure: bool,
+) -> Result<tokio::sync::oneshot::Sender<()>> {
+    use wdml_proto::pki::{self, Authority};
+    use wdml_proto::transport::{self, Identity, Limits, Security};
+    let security = if insecure {
+        Security::Insecure
+    } else {
+        let tls = out.join("tls");
+        if !tls.join("ca.pem").exists() {
+            let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
+            pki::write_dir(&tls, &authority, &[Identity::Coordinator], pki::DEFAULT_VALIDITY, false)?;
+        }
+        Security::from_dir(&tls, Identity::Coordinator)?
+    };
+    let listener = runtime.block_on(super::bind(([127, 0, 0, 1], 0).into(), "--http"))?;
+    let scheme = if security.is_tls() { "https" } else { "http" };
+    eprintln!(
+        "comparison dashboard (the algorithms side by side): {scheme}://{}/",
+        listener.local_addr()?
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = wdml_coordinator::dashboard::router(wdml_coordinator::dashboard::Source::compare(out));
+    runtime.spawn(async move {
+        let until = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = transport::serve_web(router, listener, security, Limits::default(), until).await {
+            tracing::warn!("the comparison's dashboard stopped: {e}");
+        }
+    });
+    Ok(stop)
 }
 
 /// A field swept and its values (TOML, as `--set` takes them; a bare word is a string).
@@ -676,46 +704,7 @@ fn seeds_terminal(per_seed: &[SeedOutcome]) -> String {
     out
 }
 
-/// Per closed round: the mean over the nodes of the accuracy of each one's newest model
-/// (a node late for a round counts with the model it last reported, in time or late:
-/// under `sync` every node reports every round, and this is that round's mean); the
-/// radio's costs so far, late reports' included; the emulated time so far, as each
-/// round's policy closed it.
-fn curve(rows: &[MetricsRow]) -> Vec<Point> {
-    let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
-    let (mut energy, mut airtime, mut emulated) = (0.0, 0.0, 0.0);
-    let mut newest: BTreeMap<u32, f64> = BTreeMap::new();
-    let mut points = Vec::new();
-    for round in 0..=last {
-        let all: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
-        energy += all.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum::<f64>();
-        airtime += all.iter().map(|r| r.airtime_s).sum::<f64>();
-        for r in &all {
-            newest.insert(r.node, r.test_accuracy);
-        }
-        let these: Vec<&&MetricsRow> = all.iter().filter(|r| !r.late).collect();
-        if these.is_empty() {
-            continue;
-        }
-        let n = these.len() as f64;
-        emulated += match these.iter().map(|r| r.round_emulated_s).fold(0.0, f64::max) {
-            // Directories written before rounds recorded their span: the last node's.
-            0.0 => these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max),
-            span => span,
-        };
-        points.push(Point {
-            round,
-            mean_accuracy: newest.values().sum::<f64>() / newest.len() as f64,
-            cumulative_energy_j: energy,
-            cumulative_airtime_s: airtime,
-            cumulative_emulated_s: emulated,
-            wire_bytes_per_node: these.iter().map(|r| r.wire_bytes_sent as f64).sum::<f64>() / n,
-        });
-    }
-    points
-}
-
-fn best(curve: &[Point]) -> f64 {
+fn best(curve: &[CurvePoint]) -> f64 {
     curve.iter().map(|p| p.mean_accuracy).fold(0.0, f64::max)
 }
 
@@ -943,7 +932,7 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 }
 
 fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
-    let series = |x: fn(&Point) -> f64| -> Vec<Series> {
+    let series = |x: fn(&CurvePoint) -> f64| -> Vec<Series> {
         outcomes
             .iter()
             .map(|o| {

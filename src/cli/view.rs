@@ -1,5 +1,6 @@
-//! `wdml view RUN_DIR`: the dashboard of a run that is over, served from its run
-//! directory (the same page, JSON API and /metrics the coordinator serves live).
+//! `wdml view DIR`: the dashboard of a run that is over, served from its run directory
+//! (the same page, JSON API and /metrics the coordinator serves live), or of a
+//! comparison (`wdml compare`'s output directory: the algorithms side by side).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,13 +12,14 @@ use wdml_proto::transport::{self, Identity, Limits, Security};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The run directory (holding summary.json and metrics.jsonl).
+    /// The run directory (holding summary.json and metrics.jsonl), or a comparison's
+    /// (holding one run directory per algorithm).
     run_dir: PathBuf,
     /// Address to serve on; port 0: any free port.
     #[arg(long, env = "WDML_HTTP", default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// The certificates to serve HTTPS with (the coordinator's); default: the run
-    /// directory's tls/ (where `wdml run` keeps them).
+    /// The certificates to serve HTTPS with (the coordinator's); default: the
+    /// directory's tls/ (where `wdml run` and `wdml compare` keep them).
     #[arg(long, value_name = "DIR")]
     tls_dir: Option<PathBuf>,
     /// Serve plain HTTP (the pages are read-only; use it on loopback only).
@@ -27,11 +29,20 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     crate::cli::init_tracing(None)?;
-    let source = Source::dir(&args.run_dir);
+    let source = match args.run_dir.join("summary.json").exists() {
+        true => Source::dir(&args.run_dir),
+        false => Source::compare(&args.run_dir),
+    };
     // Refused now, not at the first request: a directory that holds no run.
-    source
+    let view = source
         .view()
         .with_context(|| format!("{} holds no finished run", args.run_dir.display()))?;
+    if view.run.kind == "compare" && view.compare.is_empty() {
+        anyhow::bail!(
+            "{} holds no finished run (no summary.json) and no comparison (no run directory named after an algorithm)",
+            args.run_dir.display()
+        );
+    }
     let security = if args.insecure {
         transport::warn_insecure("this dashboard");
         Security::Insecure

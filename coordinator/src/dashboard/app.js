@@ -48,7 +48,9 @@ function lineChart(svg, series, yMin) {
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1]));
   const x1 = Math.max(1, ...xs), y0 = yMin === undefined ? Math.min(0, ...ys) : yMin;
-  const y1 = Math.max(y0 + 1e-9, ...ys);
+  // (all at y0, e.g. no radio cost: an axis of 0 to 1)
+  const top = Math.max(...ys);
+  const y1 = top > y0 ? top : y0 + 1;
   const X = (x) => L + (W - L - R) * (x - 1) / Math.max(1, x1 - 1);
   const Y = (y) => H - B - (H - T - B) * (y - y0) / (y1 - y0);
   const axis = el("g", { class: "axis" }, svg);
@@ -169,9 +171,11 @@ async function load() {
   const get = (p) => fetch(`/api/${p}`).then((r) => { if (!r.ok) throw new Error(`${p}: ${r.status}`); return r.json(); });
   const since = Math.max(0, ...rounds.map((r) => r.round));
   // The links are the placement's: read once they exist.
-  // This round's radio (a run without an emulated radio has none: 404).
-  const [run, nodes, fresh, radio, membership] = await Promise.all([get("run"), get("nodes"),
-    get(`rounds?since=${since}`), get("radio").catch(() => null), get("membership")]);
+  const run = await get("run");
+  if (run.kind === "compare") return loadCompare(run, get);
+  // This round's radio (null without an emulated radio).
+  const [nodes, fresh, radio, membership] = await Promise.all([get("nodes"),
+    get(`rounds?since=${since}`), get("radio"), get("membership")]);
   // A coordinator that resumed from an earlier round (or another run): start over.
   // Keyed by (round, node): two redraws racing never draw a row twice.
   const rows = new Map((run.rounds_closed < since ? await get("rounds") : rounds.concat(fresh))
@@ -210,6 +214,44 @@ async function load() {
     li.textContent = `round ${e.round}: node ${e.node} ${e.event}${e.reason ? ` (${e.reason})` : ""}`;
     return li;
   }));
+  return run;
+}
+
+// Algorithms by the colours of the figures: DML red, FedAvg blue, local grey.
+const ALGORITHM_COLOURS = { dml: "#d62728", fedavg: "#1f77b4", local: "#7f7f7f" };
+
+// A comparison: each algorithm's mean accuracy and radio costs against rounds, side by
+// side, from the same curve `wdml compare` writes to comparison.json.
+async function loadCompare(run, get) {
+  const algorithms = await get("compare");
+  document.getElementById("run").hidden = true;
+  document.getElementById("compare").hidden = false;
+  document.title = `WDML comparison ${run.run_id}`;
+  document.getElementById("title").textContent = `${run.run_id} · ${run.algorithm} · ${run.nodes} nodes`;
+  document.getElementById("progress").textContent =
+    `${run.rounds_closed}/${run.rounds_planned} rounds over the algorithms · ${run.live ? "live" : "finished"}`;
+  document.body.dataset.rounds = run.rounds_closed;
+  const series = (f) => algorithms.map((a) => ({ id: a.algorithm, colour: ALGORITHM_COLOURS[a.algorithm] || "#9467bd",
+    points: a.curve.map((p) => [p.round, f(p)]) }));
+  lineChart(document.getElementById("c-accuracy"), series((p) => 100 * p.mean_accuracy));
+  lineChart(document.getElementById("c-energy"), series((p) => p.cumulative_energy_j), 0);
+  lineChart(document.getElementById("c-airtime"), series((p) => p.cumulative_airtime_s), 0);
+  const rows = algorithms.map((a) => {
+    const last = a.curve[a.curve.length - 1];
+    const tr = document.createElement("tr");
+    tr.dataset.algorithm = a.algorithm;
+    const state = a.finished ? "finished" : a.ended ? "ended early" : a.curve.length ? "running" : "waiting";
+    for (const text of [a.algorithm, `${a.curve.length}/${a.rounds_planned}`, state,
+      last ? `${(100 * last.mean_accuracy).toFixed(2)} %` : "–",
+      last ? fmt(last.cumulative_energy_j) : "–", last ? fmt(last.cumulative_airtime_s) : "–"]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    tr.firstChild.style.color = ALGORITHM_COLOURS[a.algorithm] || "#9467bd";
+    return tr;
+  });
+  document.getElementById("c-table").replaceChildren(...rows);
   return run;
 }
 
