@@ -269,3 +269,23 @@ fn a_run_whose_every_round_failed_is_not_finished_and_says_why() {
     assert!(!s.finished);
     assert!(s.reason.contains("every round failed"), "{}", s.reason);
 }
+
+#[test]
+fn a_run_whose_nodes_all_died_is_not_finished_and_exits_non_zero() {
+    // Many rounds, so the run cannot end by itself while the nodes are being killed.
+    let mut cluster = Cluster::coordinator_on("all-died", "127.0.0.1", &small(2, 500));
+    for id in 0..2 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    cluster.wait_for_round(2, Duration::from_secs(60));
+    for node in &mut cluster.nodes {
+        node.kill();
+    }
+    let status = cluster.wait_for_end(Duration::from_secs(120));
+    assert!(!status.success(), "a run that lost every node exits non-zero");
+    let s = summary(cluster.out());
+    assert!(!s.finished, "{}", s.reason);
+    assert!(s.rounds_closed < 500, "{}", s.rounds_closed);
+    let statuses: Vec<&str> = s.nodes.iter().map(|n| n.status.as_str()).collect();
+    assert_eq!(statuses, ["gone", "gone"], "{}", s.reason);
+}

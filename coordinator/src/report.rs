@@ -187,7 +187,8 @@ pub struct NodeSummary {
     pub model: String,
     pub parameters: u64,
     pub private_samples: u32,
-    /// "finished", "gone" or "left".
+    /// "finished", "gone", "left", or "never reported" (joined and stayed, but no round
+    /// of it counted).
     pub status: String,
     /// Misbehaving on purpose (`[adversary]` in the scenario); left out of the means.
     #[serde(default)]
@@ -855,6 +856,8 @@ impl Report {
             .map(|m| {
                 let rows: Vec<&MetricsRow> = self.rows.iter().filter(|r| r.node == m.id).collect();
                 let status = match m.presence {
+                    // Joined and still there, but no round of it ever counted.
+                    Presence::Live | Presence::Joined if rows.is_empty() => "never reported",
                     Presence::Live | Presence::Joined => "finished",
                     Presence::Gone => "gone",
                     Presence::Left => "left",

@@ -459,9 +459,25 @@ fn write_split_locked(shared: &Shared, state: &crate::service::State) {
 pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<Summary> {
     let all_failed = shared.report().every_round_failed();
     let every_round_failed = "every round failed: no node reported any round (see the nodes' logs)";
+    // A run is finished when its rounds closed with someone still in it: rounds that
+    // closed on their deadlines after every node died learned nothing.
+    let anyone_left = {
+        let state = shared.state();
+        let report = shared.report();
+        state.members.all().any(|m| {
+            matches!(
+                m.presence,
+                crate::members::Presence::Live | crate::members::Presence::Joined
+            ) && report.rows_of(m.id) > 0
+        })
+    };
     let (finished, reason) = match &outcome {
         // Whatever ended the run then (nobody left, say), this is its story.
         Ok(Ending::Finished) | Err(_) if all_failed => (false, every_round_failed.to_string()),
+        Ok(Ending::Finished) if !anyone_left => (
+            false,
+            "all rounds closed, but no node took part to the end (every one gone, left or silent)".to_string(),
+        ),
         Ok(Ending::Finished) => (true, "all rounds closed".to_string()),
         Ok(Ending::Interrupted(why)) => (false, why.clone()),
         Err(e) => (false, e.to_string()),
