@@ -10,6 +10,11 @@
 
 use std::time::Instant;
 
+/// The `wdml` binary's allocator (src/main.rs): Candle allocates a tensor per
+/// operation, and the system allocator's cost would understate the real node's speed.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use candle_core::{Device, Tensor};
 use wdml_node::learn::{Aggregate, Learner, LearnerConfig, labels_tensor, soft_targets, targets_tensor};
 use wdml_node::model::{CLASSES, INPUT_DIM, ModelSpec};

@@ -97,6 +97,16 @@ impl Adam {
         let scale_m = (1.0 / (1.0 - self.beta1.powf(t))) as f32;
         let scale_v = (1.0 / (1.0 - self.beta2.powf(t))) as f32;
         let (lr, eps) = (self.lr as f32, self.eps as f32);
+        let constants = Constants {
+            b1,
+            b2,
+            one_b1,
+            one_b2,
+            scale_m,
+            scale_v,
+            lr,
+            eps,
+        };
         for slot in &mut self.slots {
             let Some(grad) = grads.get(slot.var.as_tensor()) else {
                 continue;
@@ -111,13 +121,7 @@ impl Adam {
                 if g.len() != theta.len() || slot.m.len() != theta.len() {
                     candle_core::bail!("adam: gradient of {} values for {}", g.len(), theta.len())
                 }
-                let mut next = Vec::with_capacity(theta.len());
-                for (((&g, &th), m), v) in g.iter().zip(theta).zip(&mut slot.m).zip(&mut slot.v) {
-                    *m = b1 * *m + one_b1 * g;
-                    *v = b2 * *v + one_b2 * (g * g);
-                    next.push(th - lr * (*m * scale_m) / ((*v * scale_v).sqrt() + eps));
-                }
-                next
+                update(&constants, g, theta, &mut slot.m, &mut slot.v)
                 // The read guards drop here: `set` below takes the write lock.
             };
             slot.var
@@ -125,6 +129,33 @@ impl Adam {
         }
         Ok(())
     }
+}
+
+/// One step's constants, in f32 as the update uses them.
+struct Constants {
+    b1: f32,
+    b2: f32,
+    one_b1: f32,
+    one_b2: f32,
+    scale_m: f32,
+    scale_v: f32,
+    lr: f32,
+    eps: f32,
+}
+
+/// The moments updated in place, and the new parameters. Slices of one length zipped,
+/// each output written in place: the loop compiles to SIMD (sqrtps, divps, IEEE-exact
+/// like their scalar forms, and no operation reordered, so the same bits). Pushing onto
+/// a Vec kept it scalar, a square root and a division at a time.
+fn update(c: &Constants, g: &[f32], theta: &[f32], m: &mut [f32], v: &mut [f32]) -> Vec<f32> {
+    let mut next = vec![0f32; theta.len()];
+    let lanes = next.iter_mut().zip(g).zip(theta).zip(m).zip(v);
+    for ((((next, &g), &th), m), v) in lanes {
+        *m = c.b1 * *m + c.one_b1 * g;
+        *v = c.b2 * *v + c.one_b2 * (g * g);
+        *next = th - c.lr * (*m * c.scale_m) / ((*v * c.scale_v).sqrt() + c.eps);
+    }
+    next
 }
 
 #[cfg(test)]
@@ -176,6 +207,93 @@ mod tests {
         assert_ne!(
             ours.0.as_tensor().to_vec2::<f32>().unwrap(),
             init(1.0).to_vec2::<f32>().unwrap()
+        );
+    }
+
+    /// The update as it was written before it was vectorised (pushing onto a Vec).
+    fn scalar(c: &Constants, g: &[f32], theta: &[f32], m: &mut [f32], v: &mut [f32]) -> Vec<f32> {
+        let mut next = Vec::with_capacity(theta.len());
+        for (((&g, &th), m), v) in g.iter().zip(theta).zip(m.iter_mut()).zip(v.iter_mut()) {
+            *m = c.b1 * *m + c.one_b1 * g;
+            *v = c.b2 * *v + c.one_b2 * (g * g);
+            next.push(th - c.lr * (*m * c.scale_m) / ((*v * c.scale_v).sqrt() + c.eps));
+        }
+        next
+    }
+
+    fn constants(t: f64) -> Constants {
+        Constants {
+            b1: 0.9,
+            b2: 0.999,
+            one_b1: (1.0 - 0.9f64) as f32,
+            one_b2: (1.0 - 0.999f64) as f32,
+            scale_m: (1.0 / (1.0 - 0.9f64.powf(t))) as f32,
+            scale_v: (1.0 / (1.0 - 0.999f64.powf(t))) as f32,
+            lr: 1e-3,
+            eps: 1e-8,
+        }
+    }
+
+    /// An MLP's worth of values (235,146), deterministic, of mixed signs and scales.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) ^ seed) % 20_001) as f32 / 10_000.0 - 1.0)
+            .map(|x| x * x * x * 0.05)
+            .collect()
+    }
+
+    #[test]
+    fn the_vectorised_update_gives_the_scalar_one_bit_for_bit() {
+        let n = 235_146;
+        let theta = values(n, 1);
+        let (mut m1, mut v1) = (vec![0.0; n], vec![0.0; n]);
+        let (mut m2, mut v2) = (vec![0.0; n], vec![0.0; n]);
+        for t in 1..=5 {
+            let g = values(n, 7 + t);
+            let c = constants(f64::from(t));
+            let ours = update(&c, &g, &theta, &mut m1, &mut v1);
+            let reference = scalar(&c, &g, &theta, &mut m2, &mut v2);
+            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&ours), bits(&reference), "step {t}");
+            assert_eq!(bits(&m1), bits(&m2));
+            assert_eq!(bits(&v1), bits(&v2));
+        }
+    }
+
+    /// CPU time of one update of an MLP's 235,146 parameters, vectorised and as it was,
+    /// interleaved: `cargo test --release --workspace --lib adam_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing; run on an idle machine"]
+    fn adam_timing() {
+        let n = 235_146;
+        let (theta, g) = (values(n, 1), values(n, 2));
+        let c = constants(3.0);
+        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let cpu = || {
+            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            // SAFETY: a valid out-pointer for the calling thread's CPU clock.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
+        };
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..20 {
+            let start = cpu();
+            for _ in 0..20 {
+                std::hint::black_box(update(&c, &g, &theta, &mut m, &mut v));
+            }
+            ours.push((cpu() - start) / 20.0);
+            let start = cpu();
+            for _ in 0..20 {
+                std::hint::black_box(scalar(&c, &g, &theta, &mut m, &mut v));
+            }
+            theirs.push((cpu() - start) / 20.0);
+        }
+        let min = |x: &[f64]| x.iter().copied().fold(f64::INFINITY, f64::min);
+        println!(
+            "adam update, 235,146 parameters, ms of thread CPU (min of 20 × 20): vectorised {:.3}, scalar {:.3}, ratio {:.2}",
+            min(&ours),
+            min(&theirs),
+            min(&theirs) / min(&ours)
         );
     }
 }
