@@ -179,8 +179,8 @@ pub struct NodeInfo {
     pub id: u32,
     pub model: String,
     pub parameters: u64,
-    /// `joined`, `live`, `gone`, `left`; after the run, the summary's `finished`, `gone`
-    /// or `left`; `absent` for an id that never joined.
+    /// `joined`, `live`, `gone`, `left`; after the run, the summary's `finished`,
+    /// `never reported`, `gone` or `left`; `absent` for an id that never joined.
     pub status: String,
     /// Where it was placed, metres (none before `links.json` is written).
     pub position: Option<[f64; 2]>,
