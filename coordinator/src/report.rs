@@ -668,6 +668,11 @@ impl Report {
         self.rows.iter().filter(|r| r.node == node).count() as u32
     }
 
+    /// Whether any report of `node` counted, in time or late.
+    pub fn reported_any(&self, node: u32) -> bool {
+        self.rows.iter().chain(&self.late).any(|r| r.node == node)
+    }
+
     /// Records a membership event in the journal.
     pub fn record_member(&mut self, event: &MembershipEvent, model: &str, parameters: u64) -> Result<()> {
         self.journal.append(&Entry::Member {
@@ -856,8 +861,8 @@ impl Report {
             .map(|m| {
                 let rows: Vec<&MetricsRow> = self.rows.iter().filter(|r| r.node == m.id).collect();
                 let status = match m.presence {
-                    // Joined and still there, but no round of it ever counted.
-                    Presence::Live | Presence::Joined if rows.is_empty() => "never reported",
+                    // Joined and still there, but no report of it ever came, in time or late.
+                    Presence::Live | Presence::Joined if !self.reported_any(m.id) => "never reported",
                     Presence::Live | Presence::Joined => "finished",
                     Presence::Gone => "gone",
                     Presence::Left => "left",

@@ -468,7 +468,7 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
             matches!(
                 m.presence,
                 crate::members::Presence::Live | crate::members::Presence::Joined
-            ) && report.rows_of(m.id) > 0
+            ) && report.reported_any(m.id)
         })
     };
     let (finished, reason) = match &outcome {
