@@ -87,7 +87,8 @@ pub struct MetricsRow {
 
 impl MetricsRow {
     /// Reads every row of a run directory's `metrics.jsonl`; a malformed line is an
-    /// error naming its line number.
+    /// error naming its line number. A last line without its newline is a row being
+    /// appended (or cut by a crash) and is not read: a run under way can be read.
     pub fn read_all(run_dir: &Path) -> Result<Vec<MetricsRow>> {
         Self::read_file(run_dir.join("metrics.jsonl"))
     }
@@ -123,6 +124,9 @@ impl MetricsRow {
             }
             if read as u64 > MAX_LINE {
                 return Err(corrupt(format!("line {number} is longer than {MAX_LINE} bytes")));
+            }
+            if line.last() != Some(&b'\n') {
+                break;
             }
             rows.push(serde_json::from_slice(&line).map_err(|e| corrupt(format!("line {number}: {e}")))?);
         }
@@ -974,4 +978,33 @@ fn ms(d: std::time::Duration) -> f64 {
 
 fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_being_appended_is_not_read_and_a_malformed_one_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("wdml-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let row = |round: u32| {
+            serde_json::to_string(&MetricsRow {
+                round,
+                ..MetricsRow::default()
+            })
+            .unwrap()
+        };
+        let path = dir.join("metrics.jsonl");
+        // Two rows, and the first half of a third (its writer not done yet).
+        let third = row(3);
+        std::fs::write(&path, format!("{}\n{}\n{}", row(1), row(2), &third[..third.len() / 2])).unwrap();
+        let rows = MetricsRow::read_all(&dir).unwrap();
+        assert_eq!(rows.iter().map(|r| r.round).collect::<Vec<_>>(), [1, 2]);
+        // A complete line that is not a row is corrupt, naming it.
+        std::fs::write(&path, format!("{}\n{{\"round\":\n{}\n", row(1), row(2))).unwrap();
+        let error = MetricsRow::read_all(&dir).unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
