@@ -238,16 +238,12 @@ fn serve_comparison(
     out: &Path,
     insecure: bool,
 ) -> Result<tokio::sync::oneshot::Sender<()>> {
-    use wdml_proto::pki::{self, Authority};
     use wdml_proto::transport::{self, Identity, Limits, Security};
     let security = if insecure {
         Security::Insecure
     } else {
         let tls = out.join("tls");
-        if !tls.join("ca.pem").exists() {
-            let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
-            pki::write_dir(&tls, &authority, &[Identity::Coordinator], pki::DEFAULT_VALIDITY, false)?;
-        }
+        super::launcher::ensure_certs(&tls, &[Identity::Coordinator])?;
         Security::from_dir(&tls, Identity::Coordinator)?
     };
     let listener = runtime.block_on(super::bind(([127, 0, 0, 1], 0).into(), "--http"))?;

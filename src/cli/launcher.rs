@@ -292,12 +292,9 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         wdml_proto::transport::warn_insecure("this run");
         vec!["--insecure".into()]
     } else {
-        if !tls_dir.join("ca.pem").exists() {
-            let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
-            let mut identities = vec![Identity::Coordinator, Identity::Observer];
-            identities.extend((0..scenario.nodes.count).map(Identity::Node));
-            pki::write_dir(&tls_dir, &authority, &identities, pki::DEFAULT_VALIDITY, false)?;
-        }
+        let mut identities = vec![Identity::Coordinator, Identity::Observer];
+        identities.extend((0..scenario.nodes.count).map(Identity::Node));
+        ensure_certs(&tls_dir, &identities)?;
         vec!["--tls-dir".into(), tls_dir.display().to_string()]
     };
     let observer = if options.insecure {
@@ -564,4 +561,15 @@ impl Children {
             self.wait_all(Duration::from_secs(10), false).await;
         }
     }
+}
+
+/// Certificates for `identities` in `dir` under a CA made for this run (or comparison)
+/// alone, unless the directory has them already; the CA's key is never written, so
+/// nobody can issue another certificate under it.
+pub(crate) fn ensure_certs(dir: &Path, identities: &[Identity]) -> Result<()> {
+    if !dir.join("ca.pem").exists() {
+        let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
+        pki::write_dir(dir, &authority, identities, pki::DEFAULT_VALIDITY, false)?;
+    }
+    Ok(())
 }
