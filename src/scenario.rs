@@ -431,13 +431,13 @@ impl Scenario {
         }
         let config = self.coordinator_config(PathBuf::new(), Security::Insecure, false)?;
         config.validate()?;
-        // Each StartRound carries every neighbour's own neighbour list (a broadcast's
-        // rate depends on it): it must fit in one gRPC message.
+        // Each StartRound carries the node's neighbours (an address each): it must fit
+        // in one gRPC message.
         let largest = start_round_bytes(&config.neighbours);
         if largest > MAX_START_ROUND_BYTES {
             bail!(
                 "nodes.count {} with channel.topology {}: a round's start would carry {:.1} MiB of neighbour \
-                 tables to one node, more than the {} MiB a message may have; use fewer nodes or a sparser \
+                 addresses to one node, more than the {} MiB a message may have; use fewer nodes or a sparser \
                  topology (e.g. {{ k_nearest = {{ k = 8 }} }})",
                 self.nodes.count,
                 serde_json::to_string(&self.resolved_channel()?.topology)?,
@@ -773,17 +773,11 @@ pub const MAX_NODES: u32 = 4096;
 const MAX_START_ROUND_BYTES: usize = 4 << 20;
 
 /// An upper bound on the encoded size of the largest StartRound of a run with these
-/// neighbour lists (every neighbour with its own list, an address and framing).
+/// neighbour lists: an address and framing per neighbour, the fixed fields, and at
+/// worst every other node listed as absent.
 fn start_round_bytes(neighbours: &[Vec<u32>]) -> usize {
-    neighbours
-        .iter()
-        .map(|mine| {
-            mine.iter()
-                .map(|&j| 80 + 5 * neighbours.get(j as usize).map_or(0, Vec::len))
-                .sum::<usize>()
-        })
-        .max()
-        .unwrap_or(0)
+    let largest = neighbours.iter().map(Vec::len).max().unwrap_or(0);
+    80 * largest + 5 * neighbours.len() + 64
 }
 
 fn positive(field: &str, value: u64) -> Result<()> {

@@ -255,7 +255,8 @@ fn a_join_in_another_protocol_version_is_refused_naming_both() {
                 .await
         })
     };
-    for (protocol, data) in [(0, 0), (2, 1), (1, 7)] {
+    let (ours, contract) = (wdml_proto::PROTOCOL_VERSION, wdml_proto::DATA_CONTRACT);
+    for (protocol, data) in [(0, 0), (ours + 1, contract), (ours, contract + 6)] {
         let status = join(protocol, data).unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         let expected = format!(

@@ -77,11 +77,30 @@ impl Topology {
         }
     }
 
-    /// Every node's neighbours, indexed by node.
+    /// Every node's neighbours, indexed by node: the same lists as [`Self::neighbours`]
+    /// node by node.
     pub fn adjacency(&self, channel: &Channel) -> Result<Vec<Vec<usize>>> {
-        (0..channel.nodes())
-            .map(|node| self.neighbours(node, channel))
-            .collect()
+        self.validate()?;
+        let Topology::KNearest { k } = *self else {
+            return (0..channel.nodes())
+                .map(|node| self.neighbours(node, channel))
+                .collect();
+        };
+        // Each node's own picks once, then their union: node by node, every node would
+        // redo everyone's picks (O(n³ log n): minutes at 1,024 nodes, every round for
+        // moving devices).
+        let mut adjacency = vec![Vec::new(); channel.nodes()];
+        for node in 0..channel.nodes() {
+            for other in nearest(node, k, channel) {
+                adjacency[node].push(other);
+                adjacency[other].push(node);
+            }
+        }
+        for neighbours in &mut adjacency {
+            neighbours.sort_unstable();
+            neighbours.dedup();
+        }
+        Ok(adjacency)
     }
 }
 
@@ -92,8 +111,14 @@ fn nearest(node: usize, k: usize, channel: &Channel) -> Vec<usize> {
         .filter(|&other| other != node)
         .map(|other| (positions[node].distance_m(&positions[other]), other))
         .collect();
-    others.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-    others.into_iter().take(k).map(|(_, other)| other).collect()
+    // A total order (distance, then index), so the k smallest are one set whichever
+    // way they are found; selecting them is linear where sorting all is not.
+    let order = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if k < others.len() {
+        others.select_nth_unstable_by(k, order);
+        others.truncate(k);
+    }
+    others.into_iter().map(|(_, other)| other).collect()
 }
 
 #[cfg(test)]
@@ -149,6 +174,33 @@ mod tests {
         assert!(two.iter().all(|n| n.len() >= 2));
         let all = Topology::KNearest { k: 10 }.adjacency(&channel).unwrap();
         assert_eq!(all, Topology::FullMesh.adjacency(&channel).unwrap());
+    }
+
+    /// The adjacency computed at once is, list for list, the per-node definition, on a
+    /// grid (many distance ties) and on seeded random points.
+    #[test]
+    fn k_nearest_adjacency_is_the_per_node_definition() {
+        let grid: Vec<(f64, f64)> = (0..25).map(|i| (f64::from(i % 5), f64::from(i / 5))).collect();
+        let mut state = 7u64;
+        let scattered: Vec<(f64, f64)> = (0..40)
+            .map(|_| {
+                let mut next = || {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    (state >> 11) as f64 / (1u64 << 53) as f64 * 500.0
+                };
+                (next(), next())
+            })
+            .collect();
+        for points in [grid, scattered] {
+            let channel = channel_at(&points);
+            for k in [1, 2, 3, 4, 8, 100] {
+                let topology = Topology::KNearest { k };
+                let per_node: Vec<Vec<usize>> = (0..points.len())
+                    .map(|n| topology.neighbours(n, &channel).unwrap())
+                    .collect();
+                assert_eq!(topology.adjacency(&channel).unwrap(), per_node, "k = {k}");
+            }
+        }
     }
 
     /// Mean SNR at the defaults without shadowing is −23 − 40·log10(d_km) dB:

@@ -481,7 +481,7 @@ mod tests {
             status.message().contains("protocol version 0 with data contract 1")
                 && status
                     .message()
-                    .contains("this coordinator speaks protocol version 1 with data contract 1"),
+                    .contains("this coordinator speaks protocol version 2 with data contract 1"),
             "{}",
             status.message()
         );

@@ -130,16 +130,17 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     let settings = &shared.config.settings;
     let mut state = shared.state();
     state.round = round + 1;
-    let live: Vec<(u32, String, u64)> = state
+    // Live members by id: address and connection.
+    let live: BTreeMap<u32, (String, u64)> = state
         .members
         .live()
-        .filter_map(|m| m.outbox.as_ref().map(|(c, _)| (m.id, m.advertise.clone(), *c)))
+        .filter_map(|m| m.outbox.as_ref().map(|(c, _)| (m.id, (m.advertise.clone(), *c))))
         .collect();
     let parameters: BTreeMap<u32, u64> = state.members.live().map(|m| (m.id, m.parameters)).collect();
     if live.is_empty() {
         return Err(Error::NoLiveNodes { round });
     }
-    let is_live = |j: &u32| live.iter().any(|(id, _, _)| id == j);
+    let is_live = |j: &u32| live.contains_key(j);
     let emulated_start_s = state.emulated_s;
     // The channel of this moment, once, for whoever needs it: moving devices' topology
     // and the shared band's plan.
@@ -162,40 +163,25 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         None => BandPlan::default(),
     };
     let band_start = |id: u32| band.turn(id as usize).map_or(0.0, |t| t.start_s);
+    let absent: Vec<u32> = (0..settings.nodes).filter(|j| !is_live(j)).collect();
+    let common = StartRound {
+        round,
+        round_token: token,
+        public_seed: derive_external_seed(settings.seed, &[purpose::PUBLIC_BATCH, u64::from(round)]),
+        // Validated to fit (Config::validate).
+        exchange_timeout_ms: u32::try_from(shared.config.exchange_timeout.as_millis()).unwrap_or(u32::MAX),
+        emulated_start_s,
+        ..StartRound::default()
+    };
     let mut participants = Vec::new();
-    for (id, _, connection) in &live {
-        let neighbours = neighbours_of(*id)
-            .into_iter()
-            .map(|j| {
-                let address = live
-                    .iter()
-                    .find(|(k, _, _)| *k == j)
-                    .map(|(_, a, _)| a.clone())
-                    .unwrap_or_default();
-                Peer {
-                    node_id: j,
-                    address,
-                    neighbours: neighbours_of(j),
-                    band_start_s: band_start(j),
-                }
-            })
-            .collect();
-        let start = StartRound {
-            round,
-            round_token: token,
-            public_seed: derive_external_seed(settings.seed, &[purpose::PUBLIC_BATCH, u64::from(round)]),
-            neighbours,
-            // Validated to fit (Config::validate).
-            exchange_timeout_ms: u32::try_from(shared.config.exchange_timeout.as_millis()).unwrap_or(u32::MAX),
-            emulated_start_s,
-            band_start_s: band_start(*id),
-        };
+    for (&id, (_, connection)) in &live {
+        let start = start_for(id, &common, radio_neighbours, &live, &absent, &band_start);
         let event = CoordinatorEvent {
             event: Some(coordinator_event::Event::StartRound(start)),
         };
-        let member = state.members.get(*id).expect("listed as live");
+        let member = state.members.get(id).expect("listed as live");
         if send_to(member, event) {
-            participants.push((*id, *connection));
+            participants.push((id, *connection));
         }
     }
     info!(round = round + 1, participants = participants.len(), "round started");
@@ -209,6 +195,41 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         moved,
     });
     Ok(())
+}
+
+/// Member `id`'s StartRound: the round's `common` fields, its live radio neighbours
+/// (each with its address and band turn), and the absences among its radio neighbours
+/// and theirs. Its size follows its own neighbours only: their neighbourhoods the node
+/// derives from the channel and the absences.
+fn start_for(
+    id: u32,
+    common: &StartRound,
+    radio_neighbours: &[Vec<u32>],
+    live: &BTreeMap<u32, (String, u64)>,
+    absent: &[u32],
+    band_start: &dyn Fn(u32) -> f64,
+) -> StartRound {
+    let mine = &radio_neighbours[id as usize];
+    let neighbours: Vec<Peer> = mine
+        .iter()
+        .filter_map(|j| live.get_key_value(j))
+        .map(|(&j, (address, _))| Peer {
+            node_id: j,
+            address: address.clone(),
+            band_start_s: band_start(j),
+        })
+        .collect();
+    let near = |a: &&u32| {
+        let hears = |list: &Vec<u32>| list.binary_search(a).is_ok();
+        hears(mine) || neighbours.iter().any(|p| hears(&radio_neighbours[p.node_id as usize]))
+    };
+    let absent = absent.iter().filter(near).copied().collect();
+    StartRound {
+        neighbours,
+        band_start_s: band_start(id),
+        absent,
+        ..common.clone()
+    }
 }
 
 /// A channel model error here is a setting the start-up checks let through.
@@ -519,4 +540,109 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
     shared.state().members.close_all_streams();
     let summary = summary?;
     outcome.map(|_| summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+    use wdml_channel::{Channel, Position, RadioParams, Topology};
+
+    use super::*;
+
+    fn adjacency(topology: Topology, nodes: usize) -> Vec<Vec<u32>> {
+        // Seeded scattered points, 1 km square.
+        let mut state = 11u64;
+        let mut next = || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (state >> 11) as f64 / (1u64 << 53) as f64 * 1000.0
+        };
+        let positions = (0..nodes).map(|_| Position::new(next(), next())).collect();
+        let channel = Channel::new(1, RadioParams::default(), positions).unwrap();
+        let lists = topology.adjacency(&channel).unwrap();
+        lists
+            .into_iter()
+            .map(|n| n.into_iter().map(|j| j as u32).collect())
+            .collect()
+    }
+
+    /// Every node live at an address as long as a real one (`node-0042.wdml:7001`).
+    fn all_live(nodes: usize) -> BTreeMap<u32, (String, u64)> {
+        (0..nodes as u32)
+            .map(|id| (id, (format!("node-{id:04}.wdml:7001"), 1)))
+            .collect()
+    }
+
+    fn common() -> StartRound {
+        StartRound {
+            round: 1_000,
+            round_token: u64::MAX,
+            public_seed: u64::MAX,
+            exchange_timeout_ms: 600_000,
+            emulated_start_s: 12.5,
+            ..StartRound::default()
+        }
+    }
+
+    /// A round's start carries its receiver's neighbours and nothing that grows with
+    /// the run: at most a fixed part and one bounded entry per neighbour, from 8 to
+    /// 1,024 nodes, full mesh included (each neighbour's own list made it N² before).
+    #[test]
+    fn a_round_start_grows_with_the_receivers_neighbours_only() {
+        // Fields of `common` and framing, and per neighbour: its entry's framing, id,
+        // the address and a band turn.
+        let fixed = common().encoded_len() + 16;
+        let per_neighbour = 2 + 4 + 2 + "node-0000.wdml:7001".len() + 9;
+        let runs = [
+            (Topology::FullMesh, 8),
+            (Topology::FullMesh, 64),
+            (Topology::FullMesh, 256),
+            (Topology::KNearest { k: 3 }, 16),
+            (Topology::KNearest { k: 3 }, 1_024),
+            (Topology::Ring, 1_024),
+        ];
+        for (topology, nodes) in runs {
+            let radio = adjacency(topology, nodes);
+            let live = all_live(nodes);
+            for id in 0..nodes as u32 {
+                let start = start_for(id, &common(), &radio, &live, &[], &|_| 1.5);
+                let degree = radio[id as usize].len();
+                assert_eq!(start.neighbours.len(), degree);
+                assert!(
+                    start.encoded_len() <= fixed + degree * per_neighbour,
+                    "{topology:?} of {nodes}: node {id} with {degree} neighbours gets {} bytes",
+                    start.encoded_len()
+                );
+            }
+        }
+        // The same neighbourhood, the same bytes, however many nodes the run has.
+        let ring = |nodes: usize| {
+            start_for(
+                5,
+                &common(),
+                &adjacency(Topology::Ring, nodes),
+                &all_live(nodes),
+                &[],
+                &|_| 0.0,
+            )
+            .encoded_len()
+        };
+        assert_eq!(ring(8), ring(1_024));
+    }
+
+    /// Only absences a node needs are listed: its radio neighbours' and theirs. On a
+    /// ring of 8 without node 3, node 5 (neighbours 4 and 6, whose neighbours are 3,
+    /// 5 and 7) is told; node 0 (neighbours 7 and 1, theirs 6, 0 and 2) is not; node 4
+    /// loses its neighbour 3 and is told why.
+    #[test]
+    fn a_round_start_lists_only_the_absences_near_its_receiver() {
+        let radio = adjacency(Topology::Ring, 8);
+        let mut live = all_live(8);
+        live.remove(&3);
+        let start = |id| start_for(id, &common(), &radio, &live, &[3], &|_| 0.0);
+        assert_eq!(start(5).absent, [3]);
+        assert!(start(0).absent.is_empty());
+        let four = start(4);
+        assert_eq!(four.absent, [3]);
+        assert_eq!(four.neighbours.iter().map(|p| p.node_id).collect::<Vec<_>>(), [5]);
+    }
 }

@@ -132,6 +132,8 @@ pub fn process_cpu_time() -> Duration {
 /// and the exchange with its neighbours.
 pub(crate) struct Round<'a> {
     pub start: &'a StartRound,
+    /// Each neighbour's own neighbours this round.
+    pub neighbourhood: Neighbourhood,
     /// The device this node emulates, if any, and the wall seconds per emulated
     /// second (the channel's `time_scale`): compute is paced like the radio.
     device: Option<(DeviceProfile, f64)>,
@@ -218,7 +220,7 @@ impl Round<'_> {
                             slot: node.shaper.air_slot(
                                 self.start.round,
                                 peer.node_id,
-                                &peer.neighbours,
+                                self.neighbourhood.of(peer.node_id),
                                 shape.values(),
                             )?,
                         })
@@ -371,6 +373,54 @@ fn band_wait_s(plan: &RunPlan, phase_s: f64, id: u32, band_start_s: f64) -> f64 
     (phase_s + band_start_s - ready_s(plan, id)).max(0.0)
 }
 
+/// A round's neighbourhood as this node derives it: each live neighbour's own live
+/// neighbours, which set its broadcast's rate, its unicast order and its over-the-air
+/// slot. They are its radio neighbours (from the channel, as the coordinator computes
+/// them) minus the members the coordinator lists as absent.
+#[derive(Debug, Default)]
+pub(crate) struct Neighbourhood(pub(crate) BTreeMap<u32, Vec<u32>>);
+
+impl Neighbourhood {
+    /// From the round's start; refuses an absence list that is not one, and a list of
+    /// neighbours that the same rule does not give for this node (the coordinator and
+    /// this node would account the radio differently).
+    fn derive(shaper: &Shaper, me: u32, nodes: u32, start: &StartRound) -> Result<Self> {
+        let absent = &start.absent;
+        let ascending = absent.windows(2).all(|w| w[0] < w[1]);
+        if !ascending || absent.last().is_some_and(|&a| a >= nodes) {
+            return Err(Error::config(
+                "StartRound.absent",
+                format!("is not an ascending list of node ids below {nodes}"),
+            ));
+        }
+        let live = |j: &u32| absent.binary_search(j).is_err();
+        let live_neighbours =
+            |j: u32| -> Vec<u32> { shaper.radio_neighbours(j).iter().copied().filter(live).collect() };
+        let listed: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
+        let mine = live_neighbours(me);
+        if listed != mine {
+            return Err(Error::config(
+                "StartRound.neighbours",
+                format!(
+                    "{} neighbours listed, where this node's channel and the absences give {} \
+                     (first difference at position {}): the coordinator runs another channel",
+                    listed.len(),
+                    mine.len(),
+                    listed.iter().zip(&mine).take_while(|(a, b)| a == b).count()
+                ),
+            ));
+        }
+        Ok(Neighbourhood(
+            listed.into_iter().map(|j| (j, live_neighbours(j))).collect(),
+        ))
+    }
+
+    /// `peer`'s live neighbours this round (empty for a node that is not ours).
+    pub(crate) fn of(&self, peer: u32) -> &[u32] {
+        self.0.get(&peer).map_or(&[], Vec::as_slice)
+    }
+}
+
 /// A shared band's turn from the coordinator: emulated seconds, finite and ≥ 0.
 fn check_band_start(field: &str, band_start_s: f64) -> Result<()> {
     if band_start_s.is_finite() && band_start_s >= 0.0 {
@@ -387,9 +437,11 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
         check_band_start("StartRound.neighbours.band_start_s", peer.band_start_s)?;
     }
     node.shaper.move_to(start.emulated_start_s)?;
+    let neighbourhood = Neighbourhood::derive(&node.shaper, node.id, node.plan.nodes, start)?;
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut round = Round {
         start,
+        neighbourhood,
         device: node.plan.device(node.id).map(|d| (d.clone(), node.shaper.time_scale())),
         flops: {
             let counter = node.learner.flops();
@@ -406,7 +458,15 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     if let Some(shape) = round.shape {
         // At once: a faster neighbour's message may already be on its way.
         let neighbours: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
-        round.expected = listen(node, start, began, timeout, shape, &mut round.metrics)?;
+        round.expected = listen(
+            node,
+            start,
+            &round.neighbourhood,
+            began,
+            timeout,
+            shape,
+            &mut round.metrics,
+        )?;
         let awaited: Vec<u32> = round.expected.deadlines.keys().copied().collect();
         node.mailbox
             .begin_round(start.round, start.round_token, &neighbours, &awaited);
@@ -460,6 +520,7 @@ impl Node {
 fn listen(
     node: &Node,
     start: &StartRound,
+    neighbourhood: &Neighbourhood,
     began: Instant,
     timeout: Duration,
     shape: MessageShape,
@@ -490,8 +551,8 @@ fn listen(
             },
             None => {
                 let wait = band_wait_s(&node.plan, phase_s, peer.node_id, peer.band_start_s);
-                node.shaper
-                    .listen(start.round, peer.node_id, &peer.neighbours, bytes, wait)?
+                let receivers = neighbourhood.of(peer.node_id);
+                node.shaper.listen(start.round, peer.node_id, receivers, bytes, wait)?
             }
         };
         metrics.rx_energy_j += listening.rx_energy_j;
@@ -604,5 +665,44 @@ mod tests {
             }
         }
         assert_eq!(seen, [2; 5]);
+    }
+
+    fn ring_shaper(me: u32) -> Shaper {
+        let config: wdml_channel::ChannelConfig = serde_json::from_str(r#"{"topology": "ring"}"#).unwrap();
+        Shaper::new(config.resolve().unwrap(), 7, 6, me).unwrap()
+    }
+
+    fn start(neighbours: &[u32], absent: &[u32]) -> StartRound {
+        StartRound {
+            neighbours: neighbours
+                .iter()
+                .map(|&node_id| wdml_proto::Peer {
+                    node_id,
+                    ..Default::default()
+                })
+                .collect(),
+            absent: absent.to_vec(),
+            ..StartRound::default()
+        }
+    }
+
+    /// On a ring of 6 without node 3, node 1 derives its neighbours' neighbourhoods:
+    /// 0 hears 5 and 1; 2 hears only 1. Lists the ring does not give are refused.
+    #[test]
+    fn a_node_derives_its_neighbours_neighbourhoods_and_checks_its_own() {
+        let shaper = ring_shaper(1);
+        let around = Neighbourhood::derive(&shaper, 1, 6, &start(&[0, 2], &[3])).unwrap();
+        assert_eq!(
+            (around.of(0), around.of(2), around.of(4)),
+            (&[1, 5][..], &[1][..], &[][..])
+        );
+        let refused = |neighbours: &[u32], absent: &[u32]| {
+            let e = Neighbourhood::derive(&shaper, 1, 6, &start(neighbours, absent)).unwrap_err();
+            e.to_string()
+        };
+        assert!(refused(&[0, 2, 3], &[]).contains("StartRound.neighbours"));
+        assert!(refused(&[0], &[3]).contains("StartRound.neighbours"));
+        assert!(refused(&[0, 2], &[3, 3]).contains("StartRound.absent"));
+        assert!(refused(&[0, 2], &[6]).contains("StartRound.absent"));
     }
 }

@@ -180,7 +180,9 @@ async function load() {
   // Keyed by (round, node): two redraws racing never draw a row twice.
   const rows = new Map((run.rounds_closed < since ? await get("rounds") : rounds.concat(fresh))
     .map((r) => [`${r.round}:${r.node}`, r]));
-  rounds = [...rows.values()];
+  // Rows of a round that closed after /api/run answered wait for the next redraw, so
+  // the charts and the header show the same round.
+  rounds = [...rows.values()].filter((r) => r.round <= run.rounds_closed);
   document.getElementById("title").textContent = `${run.run_id} · ${run.algorithm} · ${run.nodes} nodes`;
   document.getElementById("progress").textContent =
     `round ${run.rounds_closed}/${run.rounds_planned} · ${run.live ? "live" : run.finished ? "finished" : "ended early"}`;

@@ -81,6 +81,9 @@ pub struct Listening {
 pub struct Shaper {
     resolved: ResolvedChannel,
     channel: Channel,
+    /// Every node's radio neighbours on `channel`, by the run's topology: the lists the
+    /// coordinator computes too, so a round's start need not carry them.
+    adjacency: Vec<Vec<u32>>,
     me: u32,
 }
 
@@ -88,7 +91,19 @@ impl Shaper {
     /// The run's channel, from the settings every node shares.
     pub fn new(resolved: ResolvedChannel, run_seed: u64, nodes: u32, me: u32) -> Result<Self> {
         let channel = resolved.channel(run_seed, nodes as usize).map_err(channel_error)?;
-        Ok(Shaper { resolved, channel, me })
+        let adjacency = adjacency(&resolved, &channel)?;
+        Ok(Shaper {
+            resolved,
+            channel,
+            adjacency,
+            me,
+        })
+    }
+
+    /// `node`'s radio neighbours where the devices are now, in ascending order (empty
+    /// for an id outside the run).
+    pub fn radio_neighbours(&self, node: u32) -> &[u32] {
+        self.adjacency.get(node as usize).map_or(&[], Vec::as_slice)
     }
 
     /// Moves the devices to where they are at emulated time `t` (the round's start, from
@@ -109,6 +124,7 @@ impl Shaper {
             .resolved
             .channel_at(self.channel.run_seed(), nodes, t)
             .map_err(channel_error)?;
+        self.adjacency = adjacency(&self.resolved, &self.channel)?;
         Ok(())
     }
 
@@ -340,6 +356,14 @@ impl Shaper {
         schedule.deliveries.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
         schedule
     }
+}
+
+fn adjacency(resolved: &ResolvedChannel, channel: &Channel) -> Result<Vec<Vec<u32>>> {
+    let adjacency = resolved.topology.adjacency(channel).map_err(channel_error)?;
+    Ok(adjacency
+        .into_iter()
+        .map(|n| n.into_iter().map(|j| j as u32).collect())
+        .collect())
 }
 
 fn over_the_air_elsewhere() -> Error {

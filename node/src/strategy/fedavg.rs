@@ -10,7 +10,7 @@ use crate::exchange::Collected;
 use crate::learn::Learner;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
-use crate::round::{Node, Round, train};
+use crate::round::{Neighbourhood, Node, Round, train};
 use crate::{Error, Result};
 
 pub(crate) struct Fedavg;
@@ -38,7 +38,9 @@ impl Strategy for Fedavg {
         let collected = round.exchange(node, &parameters).await?;
         // 3. Average with the neighbours whose parameters arrived.
         let staleness = node.plan.staleness;
-        let averaged = gossip_average(&parameters, round.start, &collected, |age| staleness.weight(age));
+        let averaged = gossip_average(&parameters, round.start, &round.neighbourhood, &collected, |age| {
+            staleness.weight(age)
+        });
         candle_mut(node)?.set_parameters_flat(&averaged)?;
         Ok(losses)
     }
@@ -68,6 +70,7 @@ fn external() -> Error {
 fn gossip_average(
     own: &[f32],
     start: &StartRound,
+    neighbourhood: &Neighbourhood,
     collected: &Collected,
     staleness: impl Fn(u32) -> Option<f64>,
 ) -> Vec<f32> {
@@ -80,11 +83,10 @@ fn gossip_average(
         .iter()
         .filter_map(|m| Some((m, staleness(start.round.checked_sub(m.round)?)?)));
     for (message, discount) in fresh.chain(stale) {
-        let their_degree = start
-            .neighbours
-            .iter()
-            .find(|p| p.node_id == message.sender)
-            .map_or(degree, |p| p.neighbours.len());
+        let their_degree = match neighbourhood.of(message.sender) {
+            [] => degree,
+            theirs => theirs.len(),
+        };
         let weight = discount / (1.0 + degree.max(their_degree) as f64);
         own_weight -= weight;
         for (s, &v) in sum.iter_mut().zip(&message.values) {
@@ -103,11 +105,10 @@ mod tests {
     use crate::exchange::Delivered;
     use wdml_proto::Peer;
 
-    fn peer(node_id: u32, neighbours: Vec<u32>) -> Peer {
+    fn peer(node_id: u32) -> Peer {
         Peer {
             node_id,
             address: String::new(),
-            neighbours,
             band_start_s: 0.0,
         }
     }
@@ -128,16 +129,17 @@ mod tests {
     fn gossip_weights_are_metropolis_hastings_and_sum_to_one() {
         // Node 0 with neighbours 1 (degree 1) and 2 (degree 3): d_0 = 2.
         let start = StartRound {
-            neighbours: vec![peer(1, vec![0]), peer(2, vec![0, 3, 4])],
+            neighbours: vec![peer(1), peer(2)],
             ..StartRound::default()
         };
+        let theirs = Neighbourhood([(1, vec![0]), (2, vec![0, 3, 4])].into());
         let collected = Collected {
             messages: vec![from(1, vec![3.0]), from(2, vec![6.0])],
             lost: 0,
             ..Collected::default()
         };
         // w_01 = 1/(1+2) = 1/3, w_02 = 1/(1+3) = 1/4, w_00 = 5/12.
-        let averaged = gossip_average(&[0.0], &start, &collected, |_| None);
+        let averaged = gossip_average(&[0.0], &start, &theirs, &collected, |_| None);
         assert!((averaged[0] - (3.0 / 3.0 + 6.0 / 4.0)).abs() < 1e-6);
         // A constant vector stays constant whatever arrives.
         let collected = Collected {
@@ -145,7 +147,7 @@ mod tests {
             lost: 1,
             ..Collected::default()
         };
-        assert!((gossip_average(&[2.0], &start, &collected, |_| None)[0] - 2.0).abs() < 1e-6);
+        assert!((gossip_average(&[2.0], &start, &theirs, &collected, |_| None)[0] - 2.0).abs() < 1e-6);
         // Node 2 heard only through its parameters of two rounds ago, weighted 1/2:
         // w_02 = 1/8, w_00 = 1 − 1/3 − 1/8.
         let start = StartRound { round: 5, ..start };
@@ -156,11 +158,11 @@ mod tests {
             lost: 1,
             stale: vec![old],
         };
-        let averaged = gossip_average(&[0.0], &start, &collected, |age| (age <= 2).then_some(0.5));
+        let averaged = gossip_average(&[0.0], &start, &theirs, &collected, |age| (age <= 2).then_some(0.5));
         assert!((averaged[0] - (3.0 / 3.0 + 8.0 / 8.0)).abs() < 1e-6, "{averaged:?}");
         // Nothing heard: unchanged.
         assert_eq!(
-            gossip_average(&[1.5], &start, &Collected::default(), |_| None),
+            gossip_average(&[1.5], &start, &theirs, &Collected::default(), |_| None),
             vec![1.5]
         );
     }
