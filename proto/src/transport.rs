@@ -216,7 +216,10 @@ impl Security {
 
     /// An endpoint for `address` (`host:port`), at which `server` must answer. Lazily
     /// connected, with the keepalives every long-lived WDML connection needs: a cut link
-    /// never closes a stream, HTTP/2 pings notice it within seconds.
+    /// never closes a stream, HTTP/2 pings notice it within [`KEEPALIVE_INTERVAL`] +
+    /// [`KEEPALIVE_TIMEOUT`]. Only the coordinator's connection is pinged while idle (it
+    /// carries the node's Sync stream); a peer's is idle between exchanges, and with a
+    /// full mesh those idle pings were N² wake-ups a second.
     pub fn endpoint(&self, address: &str, server: Identity) -> Result<Endpoint, Error> {
         let scheme = if self.is_tls() { "https" } else { "http" };
         let bad = |reason: String| Error::Address {
@@ -229,9 +232,9 @@ impl Security {
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(2))
-            .keep_alive_while_idle(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(server == Identity::Coordinator)
             .tcp_nodelay(true);
         if let Security::Tls(c) = self {
             let tls = ClientTlsConfig::new()
@@ -245,10 +248,24 @@ impl Security {
     }
 }
 
-/// How long a client waits for TCP to connect.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long either side waits for a TLS handshake to complete.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 keepalive: a ping after this long without a frame (clients; servers ping
+/// after twice as long) ...
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// ... and the connection is dead when the answer takes longer than this. Measured: at
+/// 1 s / 2 s (clients) and 2 s / 5 s (servers), 128 full-mesh nodes on 2 cores (load
+/// above 100) broke hundreds of streams in the first round ("http2 error"), and 256
+/// lost their coordinator streams; a process on such a machine can wait seconds for
+/// a core. A link that is really cut is still noticed within 25 s.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a client waits for TCP to connect, and either side for a TLS handshake
+/// to complete. Measured: at 2 s and 5 s, 128 full-mesh nodes on 2 cores, all dialling
+/// their neighbours at the first round's start, lost dozens of connections (each a
+/// message lost for the whole round) while tens of thousands of handshakes queued for
+/// two cores. A stalled handshake still holds one of a bounded set of slots, and the
+/// oldest is evicted when they run out ([`Limits`]).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identity a certificate names, if it names exactly one of ours.
 pub fn identity_of(cert: &CertificateDer<'_>) -> Option<Identity> {
@@ -372,8 +389,8 @@ impl Default for Limits {
 /// notice dead clients, and a bound on streams per connection.
 pub fn server() -> tonic::transport::Server {
     tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(2)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .http2_keepalive_interval(Some(2 * KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(Some(256))
         .tcp_nodelay(true)
 }
