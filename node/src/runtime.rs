@@ -372,26 +372,35 @@ async fn round_worker(
                     );
                     let _ = reports.send(Report::Silent(NeighbourSilent { node_id, missed })).await;
                 }
-                let done = Done {
-                    round: round - 1,
-                    round_token: token,
-                    metrics: Some(outcome.metrics),
+                // Saved before it is reported: a round the coordinator counts is one the
+                // node resumes after. (Saved after the report, every node's checkpoint
+                // raced the coordinator's own fsync as it closed the round: 0.2–0.6 s
+                // between rounds at 256 nodes on one disk.)
+                let saved = match (&node.state_dir, node.learner.candle()) {
+                    (Some(dir), Some(learner)) => {
+                        checkpoint::save(dir, &node.owner, learner, round, node.batches.position()).map(Some)
+                    }
+                    _ => Ok(None),
                 };
-                if reports.send(Report::Done(done)).await.is_err() {
-                    return;
-                }
-                let (Some(dir), Some(learner)) = (&node.state_dir, node.learner.candle()) else {
-                    continue;
-                };
-                match checkpoint::save(dir, &node.owner, learner, round, node.batches.position()) {
+                match saved {
                     Ok(written) => {
-                        debug!(
-                            node = node.id,
-                            round,
-                            bytes = written.bytes,
-                            ms = format!("{:.2}", written.took.as_secs_f64() * 1e3),
-                            "checkpoint written"
-                        );
+                        if let Some(written) = written {
+                            debug!(
+                                node = node.id,
+                                round,
+                                bytes = written.bytes,
+                                ms = format!("{:.2}", written.took.as_secs_f64() * 1e3),
+                                "checkpoint written"
+                            );
+                        }
+                        let done = Done {
+                            round: round - 1,
+                            round_token: token,
+                            metrics: Some(outcome.metrics),
+                        };
+                        if reports.send(Report::Done(done)).await.is_err() {
+                            return;
+                        }
                         continue;
                     }
                     Err(e) => format!("cannot write its checkpoint: {e}"),
