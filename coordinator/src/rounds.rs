@@ -184,7 +184,15 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             participants.push((id, *connection));
         }
     }
-    info!(round = round + 1, participants = participants.len(), "round started");
+    // From the previous round's close to this one's last StartRound handed to its
+    // stream: the coordinator's own time between rounds (the record's fsync included).
+    let gap_ms = state.closing_began.take().map(|t| t.elapsed().as_secs_f64() * 1e3);
+    info!(
+        round = round + 1,
+        participants = participants.len(),
+        gap_ms,
+        "round started"
+    );
     state.open = Some(OpenRound {
         round,
         token,
@@ -396,6 +404,7 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
     let mut state = shared.state();
     let open = state.open.take().expect("a round is open");
     let closed = Instant::now();
+    state.closing_began = Some(closed);
     let participants: Vec<u32> = open.participants.keys().copied().collect();
     let finished: Vec<f64> = open.reported.values().map(|(m, _)| m.emulated_round_s).collect();
     let emulated_s = shared

@@ -58,6 +58,9 @@ pub(crate) struct State {
     pub recent_tokens: std::collections::BTreeMap<u32, u64>,
     /// The run's emulated clock at the start of the next round.
     pub emulated_s: f64,
+    /// When the last round's closing began (the barrier's decision): the next round's
+    /// start logs the gap from there, the coordinator's own time between rounds.
+    pub closing_began: Option<Instant>,
     /// Membership events already in the journal.
     journaled: usize,
 }
@@ -94,6 +97,7 @@ impl Shared {
                 finished: false,
                 recent_tokens: Default::default(),
                 emulated_s: report.emulated_so_far(),
+                closing_began: None,
                 journaled,
             }),
             changed: Notify::new(),
