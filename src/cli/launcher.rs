@@ -499,6 +499,10 @@ async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progr
     bail!("the coordinator closed the progress stream before the run finished")
 }
 
+/// The niceness `wdml run` gives its devices (Children::spawn_device).
+#[cfg(target_os = "linux")]
+const DEVICE_NICENESS: libc::c_int = 10;
+
 /// The launcher's child processes; all killed if the launcher drops them.
 #[derive(Default)]
 struct Children {
@@ -506,20 +510,22 @@ struct Children {
 }
 
 impl Children {
-    /// Spawns a device (a node, or a program with its own model) as batch work, on
-    /// Linux `SCHED_BATCH`: the same share of the CPU, but a device that wakes does not
-    /// preempt the process running. A round's start wakes every device; without this,
-    /// the first ones woken preempted the coordinator before it had handed out the
-    /// rest (its gap between rounds, 64 nodes on 2 cores: 7–38 ms, the StartRounds
-    /// themselves taking under 1 ms of CPU).
+    /// Spawns a device (a node, or a program with its own model) as background batch
+    /// work: on Linux `SCHED_BATCH` (a device that wakes does not preempt the process
+    /// running) at niceness 10 (a tenth of the coordinator's weight). A round's start
+    /// wakes every device at once, and the coordinator, which paces them all, then had
+    /// to wait for a core: its gap between rounds (64 nodes on 2 cores) was 7–38 ms, the
+    /// StartRounds themselves taking under 1 ms of CPU.
     fn spawn_device(&mut self, name: &str, mut command: Command) -> Result<&mut Child> {
-        // SAFETY: sched_setscheduler is a plain system call (async-signal-safe) on the
-        // child itself; should it fail, the device runs as an ordinary process.
+        // SAFETY: sched_setscheduler and setpriority are plain system calls
+        // (async-signal-safe) on the child itself; should one fail, the device runs as
+        // an ordinary process.
         #[cfg(target_os = "linux")]
         unsafe {
             command.pre_exec(|| {
                 let param = libc::sched_param { sched_priority: 0 };
                 libc::sched_setscheduler(0, libc::SCHED_BATCH, &param);
+                libc::setpriority(libc::PRIO_PROCESS, 0, DEVICE_NICENESS);
                 Ok(())
             });
         }
