@@ -14,7 +14,7 @@
 # `compose down -v` always runs at the end. Exits non-zero, with the reason, on failure.
 #
 # Without a Docker engine it prints "SKIPPED: no Docker engine" and exits 0.
-# Knobs: WDML_E2E_ROUNDS (default 30), WDML_E2E_KEEP=1 keeps the run directory.
+# Knobs: WDML_E2E_ROUNDS (default 40), WDML_E2E_KEEP=1 keeps the run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,12 +35,14 @@ else
     exit 1
 fi
 
-ROUNDS="${WDML_E2E_ROUNDS:-30}"
+ROUNDS="${WDML_E2E_ROUNDS:-40}"
 PROJECT=wdml-e2e
 export COMPOSE_PROJECT_NAME="$PROJECT"
 export WDML_IMAGE="${WDML_IMAGE:-wdml:latest}"
-# The quickstart (mlp and cnn, same data, same seed, about 1 s a round here), long
-# enough for the faults, with short deadlines so that no round can stall the test.
+# The quickstart (mlp and cnn, same data, same seed, 0.7-1 s a round here), long
+# enough for the faults, with short deadlines so that no round can stall the test. The
+# cut node notices its dead coordinator link within LINK_TIMEOUT (10 s, the kernel's
+# TCP_USER_TIMEOUT) and joins again: the run must outlast that by some rounds.
 # The dashboard on an ephemeral host port (loopback): never in another's way.
 export WDML_DASHBOARD=127.0.0.1:
 export WDML_SET="run.rounds=$ROUNDS;coordinator.round_timeout_ms=30000;exchange.timeout_ms=5000"

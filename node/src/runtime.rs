@@ -246,9 +246,10 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
     let external = config.external.clone();
     // Loading and splitting is seconds of CPU work on the full dataset.
     tokio::task::spawn_blocking(move || {
-        let dataset = Dataset::load(data_dir.as_deref())?;
+        // The labels to split by, then only the images this node keeps.
+        let dataset = Dataset::load_labels(data_dir.as_deref())?;
         let split = split(&dataset, &plan.split_config())?;
-        let shard = Shard::new(&dataset, &split, id as usize)?;
+        let shard = Shard::load(data_dir.as_deref(), &split, id as usize)?;
         info!(
             node = id,
             dataset = %dataset.name,
@@ -447,9 +448,8 @@ impl Coordinator {
     fn new(config: &Config) -> Result<Self> {
         let channel = config
             .security
-            .endpoint(&config.coordinator, Identity::Coordinator)
-            .map_err(|e| Error::config("node.coordinator", e.to_string()))?
-            .connect_lazy();
+            .connect_lazy(&config.coordinator, Identity::Coordinator)
+            .map_err(|e| Error::config("node.coordinator", e.to_string()))?;
         Ok(Coordinator {
             address: config.coordinator.clone(),
             channel,

@@ -38,7 +38,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, Router};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tracing::{debug, warn};
 
 /// Who a process is, as its certificate says.
@@ -246,7 +246,34 @@ impl Security {
         }
         Ok(endpoint)
     }
+
+    /// A lazily connected channel to `server` at `address` ([`Security::endpoint`]).
+    /// The coordinator's also ends when the link is cut ([`LINK_TIMEOUT`]).
+    pub fn connect_lazy(&self, address: &str, server: Identity) -> Result<Channel, Error> {
+        let endpoint = self.endpoint(address, server)?;
+        if server != Identity::Coordinator {
+            return Ok(endpoint.connect_lazy());
+        }
+        // tonic's own connector, as its Endpoint builds it, plus the user timeout.
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        #[cfg(target_os = "linux")]
+        http.set_tcp_user_timeout(Some(LINK_TIMEOUT));
+        Ok(endpoint.connect_with_connector_lazy(http))
+    }
 }
+
+/// Sent data that the coordinator's kernel has not acknowledged for this long ends the
+/// node's connection to it (`TCP_USER_TIMEOUT`, Linux). A node writes a heartbeat to
+/// that connection every heartbeat interval, so a cut link (a laptop off the Wi-Fi, a
+/// container moved to another address) is noticed within this time, and the node joins
+/// again; without it, only the HTTP/2 keepalive below notices, within 25 s. The kernel
+/// acknowledges for a process that waits for a core, so a loaded machine does not trip
+/// it, as it tripped the 2 s keepalive. Peer links do not get it: a receiver that does
+/// not read for this long (its window full) would end them too.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// HTTP/2 keepalive: a ping after this long without a frame (clients; servers ping
 /// after twice as long) ...
