@@ -5,8 +5,18 @@ use crate::seed::{Rng as SeedRng, rng};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 
-use crate::data::{Dataset, Split};
+use crate::data::{Dataset, ImageSet, Split};
 use crate::{Error, Result};
+
+/// Node `node`'s private shard of `split`.
+fn shard_of(split: &Split, node: usize) -> Result<&[usize]> {
+    split.private.get(node).map(Vec::as_slice).ok_or_else(|| {
+        Error::config(
+            "node.id",
+            format!("node {node} has no shard: the split has {} shards", split.private.len()),
+        )
+    })
+}
 
 /// The tensors one node trains and evaluates on.
 pub struct Shard {
@@ -19,26 +29,55 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Gathers node `node`'s part of `split` into tensors, once for the whole run.
+    /// Gathers node `node`'s part of `split` of the loaded `dataset` into tensors.
     pub fn new(dataset: &Dataset, split: &Split, node: usize) -> Result<Self> {
-        let private = split.private.get(node).ok_or_else(|| {
-            Error::config(
-                "node.id",
-                format!("node {node} has no shard: the split has {} shards", split.private.len()),
-            )
-        })?;
-        let pixels = dataset.train.pixels();
+        let private = shard_of(split, node)?;
+        Self::gather(&dataset.train, private, &split.public, &dataset.test, &split.test)
+    }
+
+    /// The same tensors as [`Shard::new`] on the dataset [`Dataset::load`] would load from
+    /// `dir`, reading only the images they hold ([`Dataset::load_rows`]): a node's memory
+    /// holds its shard, the public pool and the test set, not the dataset.
+    pub fn load(dir: Option<&std::path::Path>, split: &Split, node: usize) -> Result<Self> {
+        let private = shard_of(split, node)?;
+        let ascending = |rows: &mut Vec<usize>| {
+            rows.sort_unstable();
+            rows.dedup();
+        };
+        let mut train_rows: Vec<usize> = private.iter().chain(&split.public).copied().collect();
+        ascending(&mut train_rows);
+        let mut test_rows = split.test.clone();
+        ascending(&mut test_rows);
+        let (train, test) = Dataset::load_rows(dir, &train_rows, &test_rows)?;
+        // Indices of the dataset, to positions among the rows held.
+        let at = |rows: &[usize], indices: &[usize]| -> Vec<usize> {
+            indices
+                .iter()
+                .map(|i| rows.binary_search(i).expect("every index asked for is held"))
+                .collect()
+        };
+        Self::gather(
+            &train,
+            &at(&train_rows, private),
+            &at(&train_rows, &split.public),
+            &test,
+            &at(&test_rows, &split.test),
+        )
+    }
+
+    fn gather(train: &ImageSet, private: &[usize], public: &[usize], test: &ImageSet, tests: &[usize]) -> Result<Self> {
+        let pixels = train.pixels();
         let device = Device::Cpu;
         let images = |values: Vec<f32>, rows: usize| Tensor::from_vec(values, (rows, pixels), &device);
-        let (private_x, private_y) = dataset.train.gather(private);
-        let (public_x, _) = dataset.train.gather(&split.public);
-        let (test_x, test_y) = dataset.test.gather(&split.test);
+        let (private_x, private_y) = train.gather(private);
+        let (public_x, _) = train.gather(public);
+        let (test_x, test_y) = test.gather(tests);
         Ok(Shard {
             private_images: images(private_x, private.len())?,
             private_labels: Tensor::from_vec(private_y, private.len(), &device)?,
-            public_images: images(public_x, split.public.len())?,
-            test_images: images(test_x, split.test.len())?,
-            test_labels: Tensor::from_vec(test_y, split.test.len(), &device)?,
+            public_images: images(public_x, public.len())?,
+            test_images: images(test_x, tests.len())?,
+            test_labels: Tensor::from_vec(test_y, tests.len(), &device)?,
         })
     }
 
@@ -155,6 +194,67 @@ impl BatchSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::{Partition, SplitConfig, split};
+
+    /// What a node loads for itself (its rows only) is, tensor for tensor, what it
+    /// would gather from the whole dataset: the seeded figures cannot move.
+    #[test]
+    fn a_shard_loaded_row_by_row_is_the_one_gathered_from_the_whole_dataset() {
+        let whole = Dataset::embedded().unwrap();
+        for partition in [Partition::Iid, Partition::Dirichlet { alpha: 0.1 }] {
+            let cfg = SplitConfig {
+                seed: 11,
+                nodes: 6,
+                partition: partition.clone(),
+                public_pool: 300,
+                test_size: 250,
+            };
+            let split = split(&Dataset::load_labels(None).unwrap(), &cfg).unwrap();
+            assert_eq!(split, crate::data::split(&whole, &cfg).unwrap());
+            for node in [0, 5] {
+                let (a, b) = (
+                    Shard::new(&whole, &split, node).unwrap(),
+                    Shard::load(None, &split, node).unwrap(),
+                );
+                let flat = |t: &Tensor| {
+                    t.flatten_all()
+                        .unwrap()
+                        .to_dtype(candle_core::DType::F32)
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                };
+                for (x, y) in [
+                    (&a.private_images, &b.private_images),
+                    (&a.private_labels, &b.private_labels),
+                    (&a.public_images, &b.public_images),
+                    (&a.test_images, &b.test_images),
+                    (&a.test_labels, &b.test_labels),
+                ] {
+                    assert_eq!(x.dims(), y.dims());
+                    assert_eq!(flat(x), flat(y), "{partition} node {node}");
+                }
+            }
+        }
+        assert!(
+            Shard::load(
+                None,
+                &crate::data::split(
+                    &whole,
+                    &SplitConfig {
+                        seed: 1,
+                        nodes: 2,
+                        partition: Partition::Iid,
+                        public_pool: 10,
+                        test_size: 5
+                    }
+                )
+                .unwrap(),
+                2
+            )
+            .is_err()
+        );
+    }
 
     #[test]
     fn sampler_visits_every_sample_once_per_epoch() {

@@ -6,7 +6,7 @@
 //! at the repository root. `data/README.md` says how to regenerate them with the
 //! `make_embedded_subset` example, which calls [`balanced_subset`] with [`SUBSET_SEED`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 
@@ -43,10 +43,23 @@ static TEST_LABELS: &[u8] = include_bytes!(concat!(
     "/../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz"
 ));
 
+/// The embedded files (train images, train labels, test images, test labels), each
+/// with the path errors name it by: as it sits in the repository, prefixed `embedded:`.
+pub(super) fn files() -> [(PathBuf, &'static [u8]); 4] {
+    [
+        (source("train-images-idx3-ubyte.gz"), TRAIN_IMAGES),
+        (source("train-labels-idx1-ubyte.gz"), TRAIN_LABELS),
+        (source("t10k-images-idx3-ubyte.gz"), TEST_IMAGES),
+        (source("t10k-labels-idx1-ubyte.gz"), TEST_LABELS),
+    ]
+}
+
+fn source(file: &str) -> PathBuf {
+    Path::new("embedded:").join(DIR).join(file)
+}
+
 /// Decodes the embedded subset.
 pub fn load() -> Result<Dataset> {
-    // Errors name the file as it sits in the repository, with an `embedded:` prefix.
-    let source = |file: &str| Path::new("embedded:").join(DIR).join(file);
     let train = idx::parse_set(
         TRAIN_IMAGES,
         &source("train-images-idx3-ubyte.gz"),

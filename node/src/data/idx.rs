@@ -9,7 +9,7 @@
 //! the file name. Every error names the file it came from.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::Path;
 
 use flate2::Compression;
@@ -101,20 +101,10 @@ pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
 /// Parses an IDX images file held in memory (gzipped or not); `source` names it in errors.
 pub fn parse_images(bytes: &[u8], source: &Path) -> Result<Images> {
     let mut reader = decoder(bytes);
-    let dims = read_header(&mut reader, source, IMAGES_MAGIC, "images [n, height, width]")?;
-    let (count, height, width) = (dims[0], dims[1], dims[2]);
-    if count == 0 || height == 0 || width == 0 {
-        return Err(data_error(
-            source,
-            format!("empty images: header says {count} images of {height}×{width}"),
-        ));
-    }
-    let len = count
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(width))
-        .ok_or_else(|| data_error(source, format!("{count}×{height}×{width} pixels overflow")))?;
+    let (count, height, width) = read_images_header(&mut reader, source)?;
     let what = format!("{count} images of {height}×{width}");
-    let pixels = read_body(&mut reader, source, len, &what)?;
+    // Checked not to overflow with the header.
+    let pixels = read_body(&mut reader, source, count * height * width, &what)?;
     Ok(Images {
         pixels,
         count,
@@ -144,6 +134,93 @@ pub fn parse_labels(bytes: &[u8], source: &Path, classes: usize) -> Result<Vec<u
         ));
     }
     Ok(labels)
+}
+
+/// The header of an IDX images stream: `(count, height, width)`, each checked non-zero.
+pub fn read_images_header(reader: &mut dyn Read, source: &Path) -> Result<(usize, usize, usize)> {
+    let dims = read_header(reader, source, IMAGES_MAGIC, "images [n, height, width]")?;
+    let (count, height, width) = (dims[0], dims[1], dims[2]);
+    if count == 0 || height == 0 || width == 0 {
+        return Err(data_error(
+            source,
+            format!("empty images: header says {count} images of {height}×{width}"),
+        ));
+    }
+    count
+        .checked_mul(height)
+        .and_then(|n| n.checked_mul(width))
+        .ok_or_else(|| data_error(source, format!("{count}×{height}×{width} pixels overflow")))?;
+    Ok((count, height, width))
+}
+
+/// The images `rows` (strictly ascending) of an IDX images stream of `expected` images:
+/// the others are read past through a one-image buffer, so only the kept rows are held
+/// (a node keeps its shard, not the dataset). The whole stream is still read and checked
+/// as [`parse_images`] checks it (length, trailing bytes, gzip CRC).
+pub fn read_image_rows(reader: &mut dyn Read, source: &Path, expected: usize, rows: &[usize]) -> Result<Images> {
+    let (count, height, width) = read_images_header(reader, source)?;
+    if count != expected {
+        return Err(data_error(
+            source,
+            format!("holds {count} images but {expected} labels"),
+        ));
+    }
+    if let Some(&last) = rows.last().filter(|&&last| last >= count) {
+        return Err(data_error(source, format!("image {last} asked for, of {count}")));
+    }
+    if rows.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(data_error(source, "the rows to keep are not strictly ascending"));
+    }
+    let row = height * width;
+    let mut pixels = Vec::with_capacity(rows.len() * row);
+    let mut skipped = vec![0u8; row];
+    let mut wanted = rows.iter().peekable();
+    for i in 0..count {
+        let buffer = match wanted.next_if_eq(&&i) {
+            Some(_) => {
+                let start = pixels.len();
+                pixels.resize(start + row, 0);
+                &mut pixels[start..]
+            }
+            None => &mut skipped[..],
+        };
+        reader.read_exact(buffer).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => data_error(
+                source,
+                format!("truncated: header says {count} images of {height}×{width} but it ends in image {i}"),
+            ),
+            _ => stream_error(source, &e),
+        })?;
+    }
+    // Reading to the end also makes the gzip decoder check the stream's CRC and length.
+    let rest = io::copy(reader, &mut io::sink()).map_err(|e| stream_error(source, &e))?;
+    if rest > 0 {
+        return Err(data_error(
+            source,
+            format!("{rest} unexpected bytes after the {count} images of {height}×{width}"),
+        ));
+    }
+    Ok(Images {
+        pixels,
+        count: rows.len(),
+        height,
+        width,
+    })
+}
+
+/// Opens an IDX file as a stream, decompressing it if it is gzipped: read as it goes,
+/// never whole.
+pub fn open(path: &Path) -> Result<Box<dyn Read>> {
+    let file = fs::File::open(path).map_err(|e| data_error(path, format!("cannot read: {e}")))?;
+    let mut reader = io::BufReader::new(file);
+    let head = reader
+        .fill_buf()
+        .map_err(|e| data_error(path, format!("cannot read: {e}")))?;
+    Ok(if head.starts_with(&GZIP_MAGIC) {
+        Box::new(MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    })
 }
 
 /// Encodes images as an (uncompressed) IDX images file.
@@ -195,7 +272,7 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// A reader over the IDX bytes, decompressing them if they are gzipped.
-fn decoder(bytes: &[u8]) -> Box<dyn Read + '_> {
+pub fn decoder(bytes: &[u8]) -> Box<dyn Read + '_> {
     if bytes.starts_with(&GZIP_MAGIC) {
         // Multi-member, so files produced by concatenating gzip streams read whole.
         Box::new(MultiGzDecoder::new(bytes))

@@ -166,6 +166,127 @@ impl Dataset {
             Some(dir) => Dataset::load_dir(dir),
         }
     }
+
+    /// The labels and image sizes of the dataset [`Dataset::load`] would load, without
+    /// its pixels (both sets' `images` are empty): what [`split`] needs, a few KB where
+    /// the pixels of the full Fashion-MNIST are 55 MB.
+    pub fn load_labels(dir: Option<&Path>) -> Result<Dataset> {
+        let files = Files::of(dir)?;
+        let set = |images: &Source, labels: &Source| -> Result<ImageSet> {
+            let (_, height, width) = idx::read_images_header(&mut *images.open()?, &images.path)?;
+            Ok(ImageSet {
+                images: Vec::new(),
+                labels: labels.labels()?,
+                height,
+                width,
+            })
+        };
+        Ok(Dataset {
+            name: files.name.clone(),
+            train: set(&files.train_images, &files.train_labels)?,
+            test: set(&files.test_images, &files.test_labels)?,
+        })
+    }
+
+    /// Only the training images `train` and the test images `test` (each strictly
+    /// ascending) of the dataset [`Dataset::load`] would load, as two sets of those rows
+    /// in that order: the files are streamed, and the other images read past.
+    pub fn load_rows(dir: Option<&Path>, train: &[usize], test: &[usize]) -> Result<(ImageSet, ImageSet)> {
+        let files = Files::of(dir)?;
+        let rows = |images: &Source, labels: &Source, rows: &[usize]| -> Result<ImageSet> {
+            let all = labels.labels()?;
+            let kept = idx::read_image_rows(&mut *images.open()?, &images.path, all.len(), rows)?;
+            Ok(ImageSet {
+                images: kept.pixels,
+                labels: rows.iter().map(|&i| all[i]).collect(),
+                height: kept.height,
+                width: kept.width,
+            })
+        };
+        let train = rows(&files.train_images, &files.train_labels, train)?;
+        let test = rows(&files.test_images, &files.test_labels, test)?;
+        if (train.height, train.width) != (test.height, test.width) {
+            return Err(Error::Data {
+                path: files.test_images.path.clone(),
+                reason: format!(
+                    "test images are {}×{} but training images are {}×{}",
+                    test.height, test.width, train.height, train.width
+                ),
+            });
+        }
+        Ok((train, test))
+    }
+}
+
+/// The four files of a dataset, compiled in or in a directory.
+struct Files {
+    name: String,
+    train_images: Source,
+    train_labels: Source,
+    test_images: Source,
+    test_labels: Source,
+}
+
+/// One IDX file: its path (errors name it) and, when compiled in, its bytes.
+struct Source {
+    path: PathBuf,
+    embedded: Option<&'static [u8]>,
+}
+
+impl Files {
+    fn of(dir: Option<&Path>) -> Result<Files> {
+        let Some(dir) = dir else {
+            let [train_images, train_labels, test_images, test_labels] =
+                embedded::files().map(|(path, bytes)| Source {
+                    path,
+                    embedded: Some(bytes),
+                });
+            return Ok(Files {
+                name: embedded::NAME.to_string(),
+                train_images,
+                train_labels,
+                test_images,
+                test_labels,
+            });
+        };
+        if !dir.is_dir() {
+            return Err(Error::Data {
+                path: dir.to_path_buf(),
+                reason: "not a directory".into(),
+            });
+        }
+        let source = |name| -> Result<Source> {
+            Ok(Source {
+                path: find(dir, name)?,
+                embedded: None,
+            })
+        };
+        Ok(Files {
+            name: dir_name(dir),
+            train_images: source(TRAIN_IMAGES)?,
+            train_labels: source(TRAIN_LABELS)?,
+            test_images: source(TEST_IMAGES)?,
+            test_labels: source(TEST_LABELS)?,
+        })
+    }
+}
+
+impl Source {
+    /// The file as a stream, decompressed if gzipped.
+    fn open(&self) -> Result<Box<dyn std::io::Read>> {
+        match self.embedded {
+            Some(bytes) => Ok(idx::decoder(bytes)),
+            None => idx::open(&self.path),
+        }
+    }
+
+    /// The file read as labels (a few KB: read whole).
+    fn labels(&self) -> Result<Vec<u8>> {
+        match self.embedded {
+            Some(bytes) => idx::parse_labels(bytes, &self.path, CLASSES),
+            None => idx::read_labels(&self.path, CLASSES),
+        }
+    }
 }
 
 /// `dir/name` if it exists, else `dir/name.gz`, else an error naming both.
@@ -208,6 +329,63 @@ mod tests {
             idx::write(&images, &idx::encode_images(s).unwrap(), true).unwrap();
             idx::write(&labels, &idx::encode_labels(&s.labels).unwrap(), false).unwrap();
         }
+    }
+
+    /// A node reads the labels, then only its rows: the same labels and the same
+    /// pixels as the whole dataset holds, from a directory (gzipped images) and from
+    /// the embedded files.
+    #[test]
+    fn labels_and_chosen_rows_are_those_of_the_whole_dataset() {
+        let tmp = TempDir::new("rows");
+        let (train, test) = (set(30, 3, 2), set(12, 3, 2));
+        write_dataset(tmp.path(), &train, &test);
+        let embedded = Dataset::embedded().unwrap();
+        for (dir, whole) in [
+            (Some(tmp.path()), Dataset::load(Some(tmp.path())).unwrap()),
+            (None, embedded),
+        ] {
+            let labels = Dataset::load_labels(dir).unwrap();
+            assert_eq!(
+                (labels.train.labels.clone(), labels.test.labels.clone()),
+                (whole.train.labels.clone(), whole.test.labels.clone())
+            );
+            assert_eq!(
+                (labels.train.height, labels.train.width),
+                (whole.train.height, whole.train.width)
+            );
+            assert!(labels.train.images.is_empty() && labels.test.images.is_empty());
+            let last = whole.train.len() - 1;
+            for rows in [vec![0], vec![1, 2, 7, last], (0..=last).step_by(3).collect()] {
+                let (train, test) = Dataset::load_rows(dir, &rows, &[0, 5]).unwrap();
+                assert_eq!(train, whole.train.select(&rows));
+                assert_eq!(test, whole.test.select(&[0, 5]));
+            }
+        }
+    }
+
+    #[test]
+    fn rows_out_of_range_or_order_are_refused_naming_the_file() {
+        let tmp = TempDir::new("bad-rows");
+        write_dataset(tmp.path(), &set(30, 3, 2), &set(12, 3, 2));
+        for (rows, says) in [
+            (vec![3, 30], "image 30 asked for, of 30"),
+            (vec![4, 2], "not strictly ascending"),
+            (vec![2, 2], "not strictly ascending"),
+        ] {
+            let err = Dataset::load_rows(Some(tmp.path()), &rows, &[])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(says) && err.contains("train-images-idx3-ubyte.gz"),
+                "{rows:?}: {err}"
+            );
+        }
+        // A stream cut short is found even past the last row kept.
+        let images = tmp.path().join("train-images-idx3-ubyte.gz");
+        let whole = idx::encode_images(&set(30, 3, 2)).unwrap();
+        idx::write(&images, &whole[..whole.len() - 5], true).unwrap();
+        let err = Dataset::load_rows(Some(tmp.path()), &[0], &[]).unwrap_err().to_string();
+        assert!(err.contains("truncated") && err.contains("ends in image 29"), "{err}");
     }
 
     #[test]
