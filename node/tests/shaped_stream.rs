@@ -59,6 +59,21 @@ fn credentials() -> (Security, Security) {
 /// Node 1's peer service on loopback, in round 0 with token 9, expecting node 0.
 async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
     let (node0, node1) = credentials();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address: SocketAddr = listener.local_addr().unwrap();
+    let mailbox = serve_node1(listener, node1, rows);
+    // Connected before the clock starts: the handshake is not the radio's.
+    let channel = node0
+        .endpoint(&address.to_string(), Identity::Node(1))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (mailbox, channel)
+}
+
+/// Serves node 1's peer service on `listener` (round 0, token 9, expecting node 0).
+fn serve_node1(listener: TcpListener, node1: Security, rows: u32) -> Arc<Mailbox> {
     let mailbox = Arc::new(Mailbox::new(2, 0));
     mailbox.begin_round(0, 9, &[0], &[0]);
     let expect = Expectation {
@@ -71,8 +86,6 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
         encoding: Encoding::F32,
         top_k: 0,
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address: SocketAddr = listener.local_addr().unwrap();
     let service = PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
     tokio::spawn(transport::serve(
         transport::server().add_service(service),
@@ -81,14 +94,7 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
         Limits::default(),
         std::future::pending(),
     ));
-    // Connected before the clock starts: the handshake is not the radio's.
-    let channel = node0
-        .endpoint(&address.to_string(), Identity::Node(1))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (mailbox, channel)
+    mailbox
 }
 
 struct Run {
@@ -195,4 +201,49 @@ async fn frames_lost_by_the_model_never_reach_the_stream_at_the_seeded_rate() {
         n * p,
         4.0 * sigma
     );
+}
+
+/// A send whose connection fails (here nobody listens yet; on a loaded machine, a
+/// handshake that timed out) is tried again before the deadline, and the message
+/// arrives: its receiver does not wait out the round for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
+    let (node0, node1) = credentials();
+    let free = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = free.local_addr().unwrap();
+    drop(free);
+    let channel = node0.connect_lazy(&address.to_string(), Identity::Node(1)).unwrap();
+    let rows = 4;
+    let resolved = radio(LossModel::None, 0.0);
+    let sender = Shaper::new(resolved, 1, 2, 0).unwrap();
+    let shape = MessageShape {
+        rows,
+        cols: COLS,
+        encoding: Encoding::F32,
+        top_k: 0,
+    };
+    let encoded = codec::encode(&vec![0.25f32; (rows * COLS) as usize], shape);
+    let envelope = Envelope {
+        run_id: "t".into(),
+        round: 0,
+        round_token: 9,
+        sender: 0,
+    };
+    let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
+    let schedule = sender
+        .schedule(0, &[1], encoded.bytes.len() as u64, frames.len(), 0.0)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sending = client::transmit(frames, schedule, vec![(1, Some(channel))], 0.0, deadline);
+    // The receiver comes up after the first try was refused, before the second.
+    let serving = async {
+        tokio::time::sleep(client::RETRY_AFTER / 2).await;
+        serve_node1(TcpListener::bind(address).await.unwrap(), node1, rows)
+    };
+    let (sent, mailbox) = tokio::join!(sending, serving);
+    let (outcome, result) = &sent[0];
+    assert!(result.is_ok(), "{result:?}");
+    assert!(outcome.accepted);
+    let collected = mailbox.collect(0, deadline, &BTreeMap::new(), None).await;
+    assert_eq!(collected.messages.len(), 1, "the message arrived on the second try");
 }
