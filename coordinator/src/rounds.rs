@@ -338,19 +338,18 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
         _ => timeout,
     };
     loop {
-        {
-            // Everyone it was sent to left without a report or a failure (the nodes
-            // were stopped): nothing happened in this round, so it is not closed; it
-            // starts again when members are back (or the run is stopped meanwhile).
-            let state = shared.state();
-            let open = state.open.as_ref().expect("a round is open");
-            if open.reported.is_empty() && open.failed.is_empty() && state.members.live().next().is_none() {
-                return Barrier::Abandoned;
-            }
-        }
+        // One look at the state for both: a member leaving between two looks made a
+        // round everyone left look closed with no report (CI saw it: a stopped run then
+        // resumed past a round it never had).
         let (awaited, reported) = {
             let state = shared.state();
             let open = state.open.as_ref().expect("a round is open");
+            // Everyone it was sent to left without a report or a failure (the nodes
+            // were stopped): nothing happened in this round, so it is not closed; it
+            // starts again when members are back (or the run is stopped meanwhile).
+            if open.reported.is_empty() && open.failed.is_empty() && state.members.live().next().is_none() {
+                return Barrier::Abandoned;
+            }
             let awaited = open
                 .participants
                 .iter()
