@@ -108,10 +108,13 @@ struct Run {
     delivered: bool,
 }
 
-/// Sends one message of `rows × 10` f32 values from node 0 to node 1.
-async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
-    let (mailbox, channel) = receiver(rows).await;
-    let sender = Shaper::new(resolved.clone(), 1, 2, 0).unwrap();
+/// Node 0's round-0 message of `rows × 10` f32 values to node 1: its frames, their
+/// schedule on `resolved`, and the payload's bytes.
+fn message(
+    rows: u32,
+    resolved: ResolvedChannel,
+) -> (Vec<wdml_proto::Frame>, wdml_node::exchange::shaper::Schedule, u64) {
+    let sender = Shaper::new(resolved, 1, 2, 0).unwrap();
     let values = vec![0.5f32; (rows * COLS) as usize];
     let encoded = codec::encode(
         &values,
@@ -131,6 +134,13 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
     let bytes = encoded.bytes.len() as u64;
     let schedule = sender.schedule(0, &[1], bytes, frames.len(), 0.0).unwrap();
+    (frames, schedule, bytes)
+}
+
+/// Sends one message of `rows × 10` f32 values from node 0 to node 1.
+async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
+    let (mailbox, channel) = receiver(rows).await;
+    let (frames, schedule, bytes) = message(rows, resolved.clone());
     let cost = schedule.cost;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(60);
@@ -214,25 +224,7 @@ async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
     drop(free);
     let channel = node0.connect_lazy(&address.to_string(), Identity::Node(1)).unwrap();
     let rows = 4;
-    let resolved = radio(LossModel::None, 0.0);
-    let sender = Shaper::new(resolved, 1, 2, 0).unwrap();
-    let shape = MessageShape {
-        rows,
-        cols: COLS,
-        encoding: Encoding::F32,
-        top_k: 0,
-    };
-    let encoded = codec::encode(&vec![0.25f32; (rows * COLS) as usize], shape);
-    let envelope = Envelope {
-        run_id: "t".into(),
-        round: 0,
-        round_token: 9,
-        sender: 0,
-    };
-    let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
-    let schedule = sender
-        .schedule(0, &[1], encoded.bytes.len() as u64, frames.len(), 0.0)
-        .unwrap();
+    let (frames, schedule, _) = message(rows, radio(LossModel::None, 0.0));
     let deadline = Instant::now() + Duration::from_secs(30);
     let sending = client::transmit(frames, schedule, vec![(1, Some(channel))], 0.0, deadline);
     // The receiver comes up after the first try was refused, before the second.
