@@ -135,25 +135,13 @@ impl Dataset {
     /// and `t10k-labels-idx1-ubyte` from `dir`, each raw or gzipped, with or without `.gz`
     /// (the raw name is tried first). Named after the directory.
     pub fn load_dir(dir: &Path) -> Result<Dataset> {
-        if !dir.is_dir() {
-            return Err(Error::Data {
-                path: dir.to_path_buf(),
-                reason: "not a directory".into(),
-            });
-        }
-        let train = idx::read_set(&find(dir, TRAIN_IMAGES)?, &find(dir, TRAIN_LABELS)?, CLASSES)?;
-        let test = idx::read_set(&find(dir, TEST_IMAGES)?, &find(dir, TEST_LABELS)?, CLASSES)?;
-        if (train.height, train.width) != (test.height, test.width) {
-            return Err(Error::Data {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "training images are {}×{} but test images are {}×{}",
-                    train.height, train.width, test.height, test.width
-                ),
-            });
-        }
+        let files = Files::of(Some(dir))?;
+        let set = |images: &Source, labels: &Source| idx::read_set(&images.path, &labels.path, CLASSES);
+        let train = set(&files.train_images, &files.train_labels)?;
+        let test = set(&files.test_images, &files.test_labels)?;
+        same_size(&train, &test, dir)?;
         Ok(Dataset {
-            name: dir_name(dir),
+            name: files.name,
             train,
             test,
         })
@@ -205,17 +193,23 @@ impl Dataset {
         };
         let train = rows(&files.train_images, &files.train_labels, train)?;
         let test = rows(&files.test_images, &files.test_labels, test)?;
-        if (train.height, train.width) != (test.height, test.width) {
-            return Err(Error::Data {
-                path: files.test_images.path.clone(),
-                reason: format!(
-                    "test images are {}×{} but training images are {}×{}",
-                    test.height, test.width, train.height, train.width
-                ),
-            });
-        }
+        same_size(&train, &test, &files.test_images.path)?;
         Ok((train, test))
     }
+}
+
+/// Training and test images of one size, or an error naming `path`.
+fn same_size(train: &ImageSet, test: &ImageSet, path: &Path) -> Result<()> {
+    if (train.height, train.width) != (test.height, test.width) {
+        return Err(Error::Data {
+            path: path.to_path_buf(),
+            reason: format!(
+                "training images are {}×{} but test images are {}×{}",
+                train.height, train.width, test.height, test.width
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The four files of a dataset, compiled in or in a directory.
