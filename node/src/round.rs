@@ -128,6 +128,15 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
+/// CPU time of the calling thread so far: unlike wall time, it leaves out the time the
+/// thread waited for a core that other processes held.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: as in `process_cpu_time`, for the calling thread's clock.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
 /// A round under way, as a strategy sees it: its start, the clock of its model work,
 /// and the exchange with its neighbours.
 pub(crate) struct Round<'a> {

@@ -10,6 +10,10 @@
 //!   highest rate it sustains.
 //! - `tls`: what mutual TLS costs a quickstart-sized message (bytes on the TCP
 //!   connection, CPU) against plaintext, and what a handshake costs.
+//! - `steps` (not by default): the default models' predictions and training steps on
+//!   one thread ([`steps`]).
+
+mod steps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,9 +47,12 @@ pub struct Args {
     /// Where the runs go (one sub-directory per run; default: a new runs/bench-<date>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Parts to run: learning, radio, shaper, tls.
+    /// Parts to run: learning, radio, shaper, tls, steps.
     #[arg(long, value_delimiter = ',', default_value = "learning,radio,shaper,tls")]
     only: Vec<String>,
+    /// `steps`: interleaved trials per operation (the least is reported).
+    #[arg(long, default_value_t = 5)]
+    trials: usize,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -68,7 +75,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
             "radio" => radio(&runtime, &base, &out)?,
             "shaper" => runtime.block_on(shaper())?,
             "tls" => runtime.block_on(tls())?,
-            other => anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper or tls"),
+            "steps" => steps::steps(args.trials, &out)?,
+            other => anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper, tls or steps"),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -269,12 +269,7 @@ mod tests {
         let (theta, g) = (values(n, 1), values(n, 2));
         let c = constants(3.0);
         let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let cpu = || {
-            let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-            // SAFETY: a valid out-pointer for the calling thread's CPU clock.
-            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
-            t.tv_sec as f64 * 1e3 + t.tv_nsec as f64 / 1e6
-        };
+        let cpu = || crate::round::thread_cpu_time().as_secs_f64() * 1e3;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..20 {
             let start = cpu();
