@@ -49,7 +49,7 @@ impl Model for Cnn {
         let h = self.conv1.forward(&h)?;
         let h = self.conv2.forward(&h)?;
         let h = h.flatten_from(1)?;
-        let h = self.fc1.forward(&h)?.relu()?;
+        let h = self.fc1.forward_relu(&h)?;
         self.fc2.forward(&h)
     }
 }

@@ -5,7 +5,7 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::init::PLACEHOLDER;
-use super::ops::{conv3x3_pool_relu, matmul_wt};
+use super::ops::{conv3x3_pool_relu, linear};
 
 /// A dense layer `in → out`: `weight` `[out, in]`, `bias` `[out]`.
 #[derive(Clone, Debug)]
@@ -25,7 +25,12 @@ impl Dense {
 
     /// `[rows, in]` → `[rows, out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        matmul_wt(xs, &self.weight)?.broadcast_add(&self.bias)
+        linear(xs, &self.weight, &self.bias, false)
+    }
+
+    /// `relu(x · wᵀ + b)`, in one op.
+    pub fn forward_relu(&self, xs: &Tensor) -> Result<Tensor> {
+        linear(xs, &self.weight, &self.bias, true)
     }
 }
 

@@ -34,7 +34,7 @@ impl Model for Mlp {
             .ok_or_else(|| candle_core::Error::Msg("mlp without layers".into()))?;
         let mut h = xs.clone();
         for layer in hidden {
-            h = layer.forward(&h)?.relu()?;
+            h = layer.forward_relu(&h)?;
         }
         last.forward(&h)
     }

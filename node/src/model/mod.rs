@@ -10,6 +10,7 @@
 
 mod cnn;
 mod flops;
+pub(crate) mod gemm;
 pub mod init;
 mod layers;
 mod mlp;

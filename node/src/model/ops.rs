@@ -14,8 +14,8 @@
 //!   weight column meeting a column of ones, run a few images at a time (see
 //!   `ConvPoolRelu` for the gradient). ReLU after pooling is the same function as
 //!   before it (ReLU is monotone), on a quarter of the values.
-//! - [`matmul_wt`] is a dense layer's `x · wᵀ` that skips the input gradient when the
-//!   input is data.
+//! - [`linear`] is a dense layer, `x · wᵀ + b` and its ReLU, in one op whose products
+//!   run on [`super::gemm`] and which skips the input gradient when the input is data.
 //!
 //! NHWC keeps everything contiguous: a convolution's output already is the next layer's
 //! input, and a `[b, 784]` batch of images is an NHWC tensor with one channel.
@@ -23,8 +23,10 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use super::gemm::{self, Mat};
+
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Result, Shape, Storage, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, bail};
 
 /// The contiguous `f32` values of a CPU storage seen through `layout`.
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -247,21 +249,15 @@ impl CustomOp2 for ConvPoolRelu {
         let (b, h, w, c) = dims;
         let x = contiguous_f32(x_storage, x_layout, self.name())?;
         let w_full = contiguous_f32(w_storage, w_layout, self.name())?;
-        let w_t = Tensor::from_slice(w_full, (out, row_len(c)), &Device::Cpu)?.t()?;
+        let w_full = Mat::row_major(w_full, out, row_len(c))?;
         let pooled = b * (h / 2) * (w / 2) * out;
         let (mut y, mut winners) = (Vec::with_capacity(pooled), Vec::with_capacity(pooled));
         for first in (0..b).step_by(per_block) {
             let imgs = per_block.min(b - first);
             let rows = first * h * w..(first + imgs) * h * w;
-            let cols = Tensor::from_vec(im2col(x, dims, rows.clone()), (rows.len(), row_len(c)), &Device::Cpu)?;
-            let conv = cols.matmul(&w_t)?;
-            let (storage, layout) = conv.storage_and_layout();
-            pool_relu(
-                tensor_f32(&storage, layout, self.name())?,
-                (imgs, h, w, out),
-                &mut y,
-                &mut winners,
-            );
+            let cols = im2col(x, dims, rows.clone());
+            let conv = gemm::matmul(Mat::row_major(&cols, rows.len(), row_len(c))?, w_full.t())?;
+            pool_relu(&conv, (imgs, h, w, out), &mut y, &mut winners);
         }
         // One record per op value; Candle never runs a forward twice, and a second record
         // would mis-route gradients, so refuse it.
@@ -283,11 +279,13 @@ impl CustomOp2 for ConvPoolRelu {
         let Some(winners) = self.winners.get() else {
             bail!("{}: backward before forward", self.name())
         };
-        let (x_c, grad_c, w_c) = (x.contiguous()?, grad_res.contiguous()?, w_full.contiguous()?);
+        let (x_c, grad_c) = (x.contiguous()?, grad_res.contiguous()?);
         let (xs, xl) = x_c.storage_and_layout();
         let (gs, gl) = grad_c.storage_and_layout();
+        let (ws, wl) = w_full.storage_and_layout();
         let xv = tensor_f32(&xs, xl, self.name())?;
         let g = tensor_f32(&gs, gl, self.name())?;
+        let w_mat = tensor_matrix(&ws, wl, self.name())?;
         let pooled_per_image = (h / 2) * (w / 2) * out;
         if g.len() != b * pooled_per_image || winners.len() != g.len() {
             bail!(
@@ -305,17 +303,16 @@ impl CustomOp2 for ConvPoolRelu {
             let rows = first * h * w..(first + imgs) * h * w;
             let pooled = first * pooled_per_image..(first + imgs) * pooled_per_image;
             let g_conv = unpool(&g[pooled.clone()], &winners[pooled], (imgs, h, w, out));
-            let g_conv = Tensor::from_vec(g_conv, (rows.len(), out), &Device::Cpu)?;
-            let cols = Tensor::from_vec(im2col(xv, dims, rows.clone()), (rows.len(), row_len(c)), &Device::Cpu)?;
-            let block_w = g_conv.t()?.matmul(&cols)?;
+            let g_conv = Mat::row_major(&g_conv, rows.len(), out)?;
+            let cols = im2col(xv, dims, rows.clone());
+            let block_w = gemm::matmul(g_conv.t(), Mat::row_major(&cols, rows.len(), row_len(c))?)?;
+            let block_w = Tensor::from_vec(block_w, (out, row_len(c)), &Device::Cpu)?;
             grad_w = Some(match grad_w {
                 Some(acc) => (acc + block_w)?,
                 None => block_w,
             });
             if let Some(grad_x) = grad_x.as_mut() {
-                let g_cols = g_conv.matmul(&w_c)?;
-                let (storage, layout) = g_cols.storage_and_layout();
-                col2im(tensor_f32(&storage, layout, self.name())?, dims, rows, grad_x);
+                col2im(&gemm::matmul(g_conv, w_mat)?, dims, rows, grad_x);
             }
         }
         let grad_x = grad_x.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
@@ -341,44 +338,135 @@ pub fn conv3x3_pool_relu(x: &Tensor, w_full: &Tensor) -> Result<Tensor> {
     )
 }
 
-/// `lhs · wᵀ` as an op on `w` alone: `lhs` is data that needs no gradient.
+/// A dense layer, `y = x · wᵀ + b` and optionally `relu(y)`, with its gradients.
 ///
-/// Candle's matmul always computes both operand gradients; for a first layer, whose
-/// input is the images, the input gradient (`grad · w`) is as costly as the forward
-/// product and thrown away. This op differentiates only in `w`.
-struct MatmulDataLhs {
-    lhs: Tensor,
+/// Every product goes through [`gemm::matmul`] (Candle's bits; faster where the CPU has
+/// AVX-512), and every other step is Candle's arithmetic in Candle's order: the bias
+/// added to each product, `f32::max(0)`, the gradient times 1 or 0 by `pre ≥ 0`, the
+/// bias gradient summed over the rows from the first. So a layer computes what
+/// `x.matmul(&w.t())?.broadcast_add(&b)?.relu()` did, bit for bit (a test checks it),
+/// in one pass instead of four, and without the product Candle's matmul would spend on
+/// the gradient of a first layer's input, the images, which nothing uses.
+struct Linear {
+    input_grad: bool,
+    relu: bool,
+    /// `x · wᵀ + b` before the ReLU, for its gradient.
+    pre: OnceLock<Vec<f32>>,
 }
 
-impl CustomOp1 for MatmulDataLhs {
+impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
-        "matmul_data_lhs"
+        "linear"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let w = contiguous_f32(storage, layout, self.name())?;
-        // The weight is small: copying it into a tensor lets Candle's gemm do the work;
-        // the product is copied once more into the op's output.
-        let w = Tensor::from_slice(w, layout.shape(), self.lhs.device())?;
-        let product = self.lhs.matmul(&w.t()?)?;
-        let shape = product.shape().clone();
-        Ok((CpuStorage::F32(product.flatten_all()?.to_vec1::<f32>()?), shape))
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+        b_storage: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = matrix(x_storage, x_layout, self.name())?;
+        let w = matrix(w_storage, w_layout, self.name())?;
+        let b = contiguous_f32(b_storage, b_layout, self.name())?;
+        let out = w.rows();
+        if b.len() != out {
+            bail!("{}: {} bias values for {out} outputs", self.name(), b.len())
+        }
+        let mut y = gemm::matmul(x, w.t())?;
+        for row in y.chunks_exact_mut(out.max(1)) {
+            for (v, b) in row.iter_mut().zip(b) {
+                *v += b;
+            }
+        }
+        if self.relu {
+            let activated = y.iter().map(|v| v.max(0f32)).collect();
+            if self.pre.set(y).is_err() {
+                bail!("{}: op applied twice", self.name())
+            }
+            y = activated;
+        }
+        Ok((CpuStorage::F32(y), Shape::from((x.rows(), out))))
     }
 
-    fn bwd(&self, _w: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad_res.t()?.matmul(&self.lhs)?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let grad = grad_res.contiguous()?;
+        let (gs, gl) = grad.storage_and_layout();
+        let mut g = tensor_f32(&gs, gl, self.name())?.to_vec();
+        if self.relu {
+            let Some(pre) = self.pre.get() else {
+                bail!("{}: backward before forward", self.name())
+            };
+            for (g, &pre) in g.iter_mut().zip(pre) {
+                *g *= if pre >= 0.0 { 1.0 } else { 0.0 };
+            }
+        }
+        let out = w.dim(0)?;
+        let mut grad_b = vec![0f32; out];
+        for row in g.chunks_exact(out.max(1)) {
+            for (sum, v) in grad_b.iter_mut().zip(row) {
+                *sum += v;
+            }
+        }
+        let g = Mat::row_major(&g, g.len() / out.max(1), out)?;
+        let grad_x = if self.input_grad {
+            let (ws, wl) = w.storage_and_layout();
+            let product = gemm::matmul(g, tensor_matrix(&ws, wl, self.name())?)?;
+            Some(Tensor::from_vec(product, x.shape(), x.device())?)
+        } else {
+            None
+        };
+        let (xs, xl) = x.storage_and_layout();
+        let grad_w = gemm::matmul(g.t(), tensor_matrix(&xs, xl, self.name())?)?;
+        Ok((
+            grad_x,
+            Some(Tensor::from_vec(grad_w, w.shape(), w.device())?),
+            Some(Tensor::from_vec(grad_b, b.shape(), b.device())?),
+        ))
     }
 }
 
-/// `x · wᵀ` for `x` `[m, k]` and `w` `[n, k]` → `[m, n]`: the product of a dense or
-/// im2col'd convolution layer. When `x` carries no gradient (the network's input),
-/// its gradient is not computed.
-pub fn matmul_wt(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if x.track_op() {
-        x.matmul(&w.t()?)
-    } else {
-        w.apply_op1(MatmulDataLhs { lhs: x.clone() })
+/// A 2-D `f32` CPU storage seen through `layout` as a matrix, strides and all.
+fn matrix<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<Mat<'a>> {
+    let CpuStorage::F32(values) = storage else {
+        bail!("{op}: expects f32, got {:?}", storage.dtype())
+    };
+    let (&[rows, cols], &[rs, cs]) = (layout.dims(), layout.stride()) else {
+        bail!("{op}: expects a matrix, got shape {:?}", layout.dims())
+    };
+    Mat::strided(&values[layout.start_offset()..], (rows, cols), (rs, cs))
+}
+
+/// [`matrix`] behind a tensor's storage guard (CPU only).
+fn tensor_matrix<'a>(storage: &'a Storage, layout: &Layout, op: &str) -> Result<Mat<'a>> {
+    match storage {
+        Storage::Cpu(cpu) => matrix(cpu, layout, op),
+        _ => bail!("{op}: only implemented on the CPU"),
     }
+}
+
+/// A dense layer on `x` `[m, k]`, weights `w` `[n, k]` and bias `b` `[n]`:
+/// `x · wᵀ + b`, then `relu` if asked, `[m, n]` ([`Linear`]). When `x` carries no
+/// gradient (the network's input), its gradient is not computed.
+pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> {
+    x.apply_op3(
+        w,
+        b,
+        Linear {
+            input_grad: x.track_op(),
+            relu,
+            pre: OnceLock::new(),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -549,25 +637,42 @@ mod tests {
     }
 
     #[test]
-    fn matmul_wt_with_data_lhs_matches_matmul() {
-        let x = ramp(&[5, 7]);
-        let w = Var::from_tensor(&ramp(&[3, 7])).unwrap();
-        let probe = ramp(&[5, 3]);
-        let ours = matmul_wt(&x, &w).unwrap();
-        let reference = x.matmul(&w.t().unwrap()).unwrap();
-        assert_close(&values(&ours), &values(&reference), 1e-6, "product");
-        let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        let g2 = (&reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-        assert_close(
-            &values(g1.get(&w).unwrap()),
-            &values(g2.get(&w).unwrap()),
-            1e-5,
-            "gradient",
-        );
-        // A tracked lhs takes the ordinary path and gets its gradient.
-        let xv = Var::from_tensor(&x).unwrap();
-        let g = matmul_wt(&xv, &w).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(g.get(&xv).is_some());
+    fn a_dense_layer_and_its_gradients_are_candles_bit_for_bit() {
+        // The default MLP's first layer on a batch of 70 (its contraction over 784 takes
+        // two blocks, its gradient's over the batch one), against Candle's own ops:
+        // with and without ReLU, the input as data and as a variable.
+        let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let x = (ramp(&[70, 784]) * 0.37).unwrap().sin().unwrap();
+        let w = Var::from_tensor(&(ramp(&[256, 784]) * 0.11).unwrap().cos().unwrap()).unwrap();
+        let b = Var::from_tensor(&(ramp(&[256]) * 0.5).unwrap().sin().unwrap()).unwrap();
+        let probe = (ramp(&[70, 256]) * 0.7).unwrap().sin().unwrap();
+        for (input_grad, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let xv = Var::from_tensor(&x).unwrap();
+            let x = if input_grad { xv.as_tensor() } else { &x };
+            let ours = linear(x, &w, &b, relu).unwrap();
+            let mut reference = x.matmul(&w.t().unwrap()).unwrap().broadcast_add(&b).unwrap();
+            if relu {
+                reference = reference.relu().unwrap();
+                assert!(values(&ours).contains(&0.0), "some outputs cut by the ReLU");
+            }
+            assert_eq!(bits(&ours), bits(&reference), "output (relu {relu})");
+            let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (var, what) in [(&w, "weight"), (&b, "bias")] {
+                let theirs = g2.get(var).unwrap().contiguous().unwrap();
+                assert_eq!(
+                    bits(g1.get(var).unwrap()),
+                    bits(&theirs),
+                    "{what} gradient (relu {relu})"
+                );
+            }
+            // The input's gradient exactly when the input is tracked.
+            match (g1.get(&xv), g2.get(&xv)) {
+                (Some(a), Some(b)) => assert_eq!(bits(a), bits(b), "input gradient (relu {relu})"),
+                (None, None) => assert!(!input_grad),
+                other => panic!("input gradient present {:?}", (other.0.is_some(), other.1.is_some())),
+            }
+        }
     }
 
     #[test]
