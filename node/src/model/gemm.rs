@@ -87,22 +87,27 @@ pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
         bail!("matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols)
     }
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    let mut c = vec![0f32; m * n];
-    if m == 0 || n == 0 {
-        return Ok(c);
-    }
-    // The kernel's tile is 12 × 32: for a product narrower than 64 either way, its
-    // padding and packing cost more than the wider vectors save (on one Zen 4 core, a
-    // `[25872, 10]` by `[10, 16]` convolution took 2.4× `gemm`'s time, a `[1764, 145]`
-    // by `[145, 32]` one 1.2×), and `gemm` has paths of its own for k ≤ 2.
+    // The kernel's tile is 12 × 32: for a product narrower than 32 either way, its
+    // padding costs more than the wider vectors save (on one Zen 4 core, the CNN's
+    // `[25872, 10]` by `[10, 16]` convolution took 2.2× `gemm`'s time, its `[320, 128]`
+    // by `[128, 10]` output layer 2.6×), and `gemm` has paths of its own for k ≤ 2.
     #[cfg(target_arch = "x86_64")]
-    if m >= 64 && n >= 64 && k > 2 && avx512::available() {
+    if m >= 32 && n >= 32 && k > 2 && avx512::available() {
+        let mut c = Vec::with_capacity(m * n);
         // SAFETY: the CPU has AVX-512F (checked above); `a`, `b` are in bounds (checked
-        // when built) and `c` holds m·n values.
-        unsafe { avx512::gemm(&a, &b, &mut c, block(m, n, k)) };
+        // when built); the kernel writes each of the m·n values of `c` (its first block
+        // stores, later ones add to what it stored) before any is read.
+        unsafe {
+            avx512::gemm(&a, &b, c.as_mut_ptr(), block(m, n, k));
+            c.set_len(m * n);
+        }
         return Ok(c);
     }
-    with_gemm_crate(&a, &b, &mut c);
+    // Zeroed as Candle's matmul does: `gemm`'s paths for thin products may read it.
+    let mut c = vec![0f32; m * n];
+    if m > 0 && n > 0 {
+        with_gemm_crate(&a, &b, &mut c);
+    }
     Ok(c)
 }
 
@@ -174,13 +179,13 @@ mod avx512 {
         *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
     }
 
-    /// `c = a · b` (`c` row-major, zeroed or not: every element is written), the
-    /// contraction in blocks of `kc`.
+    /// `c = a · b` (`c` row-major, initialised or not: every element is written before it
+    /// is read), the contraction in blocks of `kc`.
     ///
     /// # Safety
-    /// The CPU supports AVX-512F; `c` holds `a.rows · b.cols` values.
+    /// The CPU supports AVX-512F; `c` points to room for `a.rows · b.cols` values.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn gemm(a: &Mat, b: &Mat, c: &mut [f32], kc: usize) {
+    pub unsafe fn gemm(a: &Mat, b: &Mat, c: *mut f32, kc: usize) {
         let (m, n, k) = (a.rows, b.cols, a.cols);
         let kc = kc.clamp(1, k);
         let panels = n.div_ceil(NR);
@@ -204,7 +209,7 @@ mod avx512 {
                             packed_a.as_ptr(),
                             packed_b.as_ptr().add(p * NR * depth),
                             depth,
-                            c.as_mut_ptr().add(i0 * n + j0),
+                            c.add(i0 * n + j0),
                             n,
                             rows,
                             NR.min(n - j0),
@@ -244,10 +249,13 @@ mod avx512 {
                 let (full_steps, full_halves) = (depth - depth % 16, cols / 16);
                 for half in 0..full_halves {
                     for kk in (0..full_steps).step_by(16) {
-                        let rows: [&[f32]; 16] = std::array::from_fn(|r| &columns[16 * half + r][kk..kk + 16]);
-                        // SAFETY: AVX-512F (the caller's contract); 16 steps from kk of the
-                        // panel exist (kk + 16 ≤ depth).
-                        unsafe { transpose16(&rows, &mut panel[kk * NR + 16 * half..]) };
+                        // SAFETY: AVX-512F (the caller's contract).
+                        let steps = unsafe { transpose(load16(&columns[16 * half..16 * half + 16], kk)) };
+                        for (i, step) in steps.iter().enumerate() {
+                            let at = (kk + i) * NR + 16 * half;
+                            // SAFETY: step kk + i < depth of the panel holds NR values.
+                            unsafe { _mm512_storeu_ps(panel[at..at + 16].as_mut_ptr(), *step) };
+                        }
                     }
                 }
                 for (kk, step) in panel.chunks_exact_mut(NR).enumerate() {
@@ -268,16 +276,11 @@ mod avx512 {
         }
     }
 
-    /// Writes the transpose of a 16 × 16 block: `out[c·NR + r] = rows[r][c]`.
-    ///
-    /// # Safety
-    /// The CPU supports AVX-512F; every row holds 16 values, `out` at least 15·NR + 16.
+    /// The transpose of a 16 × 16 block held as 16 row vectors: element `c` of result
+    /// `r` is element `r` of row `c`. Pairs of rows are interleaved, then pairs of pairs
+    /// (64 bits), then 128-bit lanes twice.
     #[target_feature(enable = "avx512f")]
-    unsafe fn transpose16(rows: &[&[f32]; 16], out: &mut [f32]) {
-        assert!(out.len() >= 15 * NR + 16 && rows.iter().all(|r| r.len() >= 16));
-        // SAFETY: lengths checked above.
-        let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(rows[i].as_ptr()) });
-        // Interleave pairs of rows, then pairs of pairs (64-bit), then 128-bit lanes twice.
+    fn transpose(r: [__m512; 16]) -> [__m512; 16] {
         let t: [__m512; 16] = std::array::from_fn(|i| {
             let pair = (i / 2) * 2;
             if i % 2 == 0 {
@@ -287,8 +290,9 @@ mod avx512 {
             }
         });
         let pd = _mm512_castps_pd;
+        // In fours: (t0, t2) low and high, then (t1, t3): rows 4g..4g+3 of columns
+        // c, c + 4, c + 8, c + 12 in u[4g + c].
         let u: [__m512; 16] = std::array::from_fn(|i| {
-            // Groups of four: (t0, t2) lo/hi → u0, u1; (t1, t3) lo/hi → u2, u3.
             let base = (i / 4) * 4;
             let (x, y) = if i % 4 < 2 {
                 (t[base], t[base + 2])
@@ -301,11 +305,10 @@ mod avx512 {
                 _mm512_unpackhi_pd(pd(x), pd(y))
             })
         });
-        // 128-bit lanes: v[i] for i < 4 takes even lanes of (u[i], u[i+4]), i in 4..8 odd
-        // lanes of (u[i-4], u[i]); the same for 8..16.
+        // Lanes 0 and 2 (0x88) or 1 and 3 (0xdd) of two vectors: first within each half
+        // of the rows, then across the halves.
         let v: [__m512; 16] = std::array::from_fn(|i| {
-            let base = (i / 8) * 8;
-            let j = i % 8;
+            let (base, j) = ((i / 8) * 8, i % 8);
             let (x, y) = (u[base + j % 4], u[base + j % 4 + 4]);
             if j < 4 {
                 _mm512_shuffle_f32x4::<0x88>(x, y)
@@ -313,17 +316,24 @@ mod avx512 {
                 _mm512_shuffle_f32x4::<0xdd>(x, y)
             }
         });
-        for i in 0..16 {
-            let j = i % 8;
-            let (x, y) = (v[j], v[j + 8]);
-            let row = if i < 8 {
+        std::array::from_fn(|i| {
+            let (x, y) = (v[i % 8], v[i % 8 + 8]);
+            if i < 8 {
                 _mm512_shuffle_f32x4::<0x88>(x, y)
             } else {
                 _mm512_shuffle_f32x4::<0xdd>(x, y)
-            };
-            // SAFETY: i·NR + 16 ≤ out.len() (checked above).
-            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i * NR), row) };
-        }
+            }
+        })
+    }
+
+    /// Sixteen values from `kk` of each of up to 16 runs (zeros for the missing ones).
+    #[target_feature(enable = "avx512f")]
+    fn load16(runs: &[&[f32]], kk: usize) -> [__m512; 16] {
+        std::array::from_fn(|i| match runs.get(i) {
+            // SAFETY: the slice holds the 16 values (bounds checked by indexing).
+            Some(run) => unsafe { _mm512_loadu_ps(run[kk..kk + 16].as_ptr()) },
+            None => _mm512_setzero_ps(),
+        })
     }
 
     /// Rows `i0..i0+rows` of `a`, columns `k0..k0+depth`: step `kk`, row `ii` at
@@ -343,7 +353,19 @@ mod avx512 {
                     &a.data[start..start + depth]
                 })
                 .collect();
-            for (kk, step) in out.chunks_exact_mut(MR).enumerate() {
+            // As in pack_b: 16 steps at a time through a transpose (the MR rows and
+            // 16 − MR zeros), the last few an element at a time.
+            let full_steps = depth - depth % 16;
+            for kk in (0..full_steps).step_by(16) {
+                // SAFETY: AVX-512F (the caller's contract).
+                let steps = unsafe { transpose(load16(&lines, kk)) };
+                for (i, step) in steps.iter().enumerate() {
+                    let at = (kk + i) * MR;
+                    // SAFETY: the MR values of step kk + i; lanes MR.. are not stored.
+                    unsafe { _mm512_mask_storeu_ps(out[at..at + MR].as_mut_ptr(), lanes(MR), *step) };
+                }
+            }
+            for (kk, step) in out.chunks_exact_mut(MR).enumerate().skip(full_steps) {
                 for (v, line) in step.iter_mut().zip(&lines) {
                     *v = line[kk];
                 }
@@ -474,6 +496,9 @@ mod tests {
             (10, 320, 128),
             (320, 1568, 128),
             (128, 320, 1568),
+            (1764, 145, 32),
+            (32, 1764, 145),
+            (40, 1100, 48),
             (13, 700, 33),
             (65, 1030, 17),
             (2, 3, 2),
@@ -580,7 +605,7 @@ mod timing {
                 for _ in 0..reps {
                     let mut c = vec![0f32; m * n];
                     // SAFETY: AVX-512 checked above; c holds m·n values.
-                    unsafe { avx512::gemm(&a, &b, &mut c, block(m, n, k)) };
+                    unsafe { avx512::gemm(&a, &b, c.as_mut_ptr(), block(m, n, k)) };
                     std::hint::black_box(c);
                 }
                 ours_ms = ours_ms.min((cpu() - start) / reps as f64);

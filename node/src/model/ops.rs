@@ -350,8 +350,8 @@ pub fn conv3x3_pool_relu(x: &Tensor, w_full: &Tensor) -> Result<Tensor> {
 struct Linear {
     input_grad: bool,
     relu: bool,
-    /// `x · wᵀ + b` before the ReLU, for its gradient.
-    pre: OnceLock<Vec<f32>>,
+    /// Whether `x · wᵀ + b` was ≥ 0 before the ReLU (Candle's ReLU gradient), per output.
+    passed: OnceLock<Vec<bool>>,
 }
 
 impl CustomOp3 for Linear {
@@ -382,11 +382,17 @@ impl CustomOp3 for Linear {
             }
         }
         if self.relu {
-            let activated = y.iter().map(|v| v.max(0f32)).collect();
-            if self.pre.set(y).is_err() {
+            let passed = y
+                .iter_mut()
+                .map(|v| {
+                    let pass = *v >= 0.0;
+                    *v = v.max(0f32);
+                    pass
+                })
+                .collect();
+            if self.passed.set(passed).is_err() {
                 bail!("{}: op applied twice", self.name())
             }
-            y = activated;
         }
         Ok((CpuStorage::F32(y), Shape::from((x.rows(), out))))
     }
@@ -403,11 +409,11 @@ impl CustomOp3 for Linear {
         let (gs, gl) = grad.storage_and_layout();
         let mut g = tensor_f32(&gs, gl, self.name())?.to_vec();
         if self.relu {
-            let Some(pre) = self.pre.get() else {
+            let Some(passed) = self.passed.get() else {
                 bail!("{}: backward before forward", self.name())
             };
-            for (g, &pre) in g.iter_mut().zip(pre) {
-                *g *= if pre >= 0.0 { 1.0 } else { 0.0 };
+            for (g, &pass) in g.iter_mut().zip(passed) {
+                *g *= if pass { 1.0 } else { 0.0 };
             }
         }
         let out = w.dim(0)?;
@@ -464,7 +470,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor, relu: bool) -> Result<Tensor> 
         Linear {
             input_grad: x.track_op(),
             relu,
-            pre: OnceLock::new(),
+            passed: OnceLock::new(),
         },
     )
 }
