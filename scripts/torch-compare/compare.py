@@ -130,6 +130,17 @@ def trial(f) -> float:
     return (time.thread_time_ns() - start) / 1e6 / CALLS
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the record."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def candle_trial(wdml: str, scratch: Path) -> dict:
     subprocess.run(
         [wdml, "bench", "--only", "steps", "--trials", "1", "--out", str(scratch)],
@@ -173,7 +184,7 @@ def main() -> int:
 
     candle_model = {"mlp": "mlp:256,128", "cnn": "cnn:16,32,128"}
     print(
-        f"\n{platform.processor() or platform.machine()}, torch {torch.__version__} "
+        f"\n{cpu_model()}, torch {torch.__version__} "
         f"({torch.backends.cpu.get_cpu_capability()}), one thread; ms of thread CPU per call, "
         f"least of {args.trials} interleaved trials of {CALLS}; ratio = Candle / PyTorch"
     )
@@ -188,7 +199,16 @@ def main() -> int:
                 {"model": model, "op": op, "candle_ms": ours, "torch": variant, "torch_ms": ref, "ratio": ours / ref}
             )
     if args.out:
-        args.out.write_text(json.dumps({"torch": torch.__version__, "trials": args.trials, "results": results}, indent=1))
+        record = {
+            "cpu": cpu_model(),
+            "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "wdml": args.wdml,
+            "trials": args.trials,
+            "calls_per_trial": CALLS,
+            "results": results,
+        }
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
     return 0
 
 
