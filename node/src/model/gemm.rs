@@ -196,10 +196,12 @@ mod avx512 {
         let mut k0 = 0;
         while k0 < k {
             let depth = kc.min(k - k0);
-            pack_b(b, k0, depth, &mut packed_b);
+            for (p, panel) in packed_b.chunks_exact_mut(NR * depth).take(panels).enumerate() {
+                pack(b, k0, depth, p * NR, NR.min(n - p * NR), NR, panel);
+            }
             for i0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - i0);
-                pack_a(a, i0, rows, k0, depth, &mut packed_a);
+                pack(&a.t(), k0, depth, i0, rows, MR, &mut packed_a);
                 for p in 0..panels {
                     let j0 = p * NR;
                     // SAFETY: the packed panels hold `depth` steps each; rows i0..i0+rows
@@ -222,56 +224,65 @@ mod avx512 {
         }
     }
 
-    /// Rows `k0..k0+depth` of `b`: panel `p`, step `kk`, column `jj` at
-    /// `p·NR·depth + kk·NR + jj`. Rows or columns that lie contiguous in memory are
-    /// copied as runs (a layer's `wᵀ` has contiguous columns, a batch contiguous rows):
-    /// an element at a time, packing took a quarter of the product's time.
-    fn pack_b(b: &Mat, k0: usize, depth: usize, out: &mut [f32]) {
-        let n = b.cols;
-        for (p, panel) in out.chunks_exact_mut(NR * depth).take(n.div_ceil(NR)).enumerate() {
-            let (j0, cols) = (p * NR, NR.min(n - p * NR));
-            if b.cs == 1 {
-                for (kk, step) in panel.chunks_exact_mut(NR).enumerate() {
-                    let start = (k0 + kk) * b.rs + j0;
-                    step[..cols].copy_from_slice(&b.data[start..start + cols]);
-                    step[cols..].fill(0.0);
-                }
-            } else if b.rs == 1 {
-                // Columns lie contiguous (a layer's `wᵀ`): transpose 16 × 16 blocks in
-                // registers; the rest an element at a time, each step written whole (the
-                // compiler turns a column-at-a-time loop into scatters, slower still).
-                let columns: Vec<&[f32]> = (0..cols)
-                    .map(|jj| {
-                        let start = (j0 + jj) * b.cs + k0;
-                        &b.data[start..start + depth]
-                    })
-                    .collect();
-                let (full_steps, full_halves) = (depth - depth % 16, cols / 16);
-                for half in 0..full_halves {
-                    for kk in (0..full_steps).step_by(16) {
-                        // SAFETY: AVX-512F (the caller's contract).
-                        let steps = unsafe { transpose(load16(&columns[16 * half..16 * half + 16], kk)) };
-                        for (i, step) in steps.iter().enumerate() {
-                            let at = (kk + i) * NR + 16 * half;
-                            // SAFETY: step kk + i < depth of the panel holds NR values.
-                            unsafe { _mm512_storeu_ps(panel[at..at + 16].as_mut_ptr(), *step) };
-                        }
+    /// Packs columns `j0..j0+cols` of rows `k0..k0+depth` of `m` into a panel `width`
+    /// wide: step `kk`, column `jj` at `kk·width + jj`, zeros beyond `cols`. B's panels
+    /// are its columns (NR wide); A's are its rows, the columns of `aᵀ` (MR wide).
+    ///
+    /// Runs that lie contiguous are copied whole (a batch's rows); columns that do (a
+    /// layer's `wᵀ`) go through 16 × 16 transposes in registers, the last steps an
+    /// element at a time, each step written whole. An element at a time, packing took a
+    /// quarter of a product's time, and the compiler turned a column-at-a-time loop into
+    /// scatters, slower still.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    fn pack(m: &Mat, k0: usize, depth: usize, j0: usize, cols: usize, width: usize, out: &mut [f32]) {
+        let out = &mut out[..width * depth];
+        if m.cs == 1 {
+            for (kk, step) in out.chunks_exact_mut(width).enumerate() {
+                let start = (k0 + kk) * m.rs + j0;
+                step[..cols].copy_from_slice(&m.data[start..start + cols]);
+                step[cols..].fill(0.0);
+            }
+        } else if m.rs == 1 {
+            let columns: Vec<&[f32]> = (0..cols)
+                .map(|jj| {
+                    let start = (j0 + jj) * m.cs + k0;
+                    &m.data[start..start + depth]
+                })
+                .collect();
+            let full_steps = depth - depth % 16;
+            for (group, columns) in columns.chunks(16).enumerate() {
+                // Lanes past `cols` come from zero vectors: the panel's padding.
+                let (first, lanes_here) = (16 * group, 16.min(width - 16 * group));
+                for kk in (0..full_steps).step_by(16) {
+                    let steps = transpose(load16(columns, kk));
+                    for (i, step) in steps.iter().enumerate() {
+                        let at = (kk + i) * width + first;
+                        // SAFETY: `lanes_here` values of step kk + i from `first` exist;
+                        // masked-off lanes are not written.
+                        unsafe {
+                            _mm512_mask_storeu_ps(out[at..at + lanes_here].as_mut_ptr(), lanes(lanes_here), *step)
+                        };
                     }
                 }
-                for (kk, step) in panel.chunks_exact_mut(NR).enumerate() {
-                    let done = if kk < full_steps { 16 * full_halves } else { 0 };
-                    for (v, column) in step[done..].iter_mut().zip(&columns[done..]) {
-                        *v = column[kk];
-                    }
-                    step[cols..].fill(0.0);
+            }
+            let written = 16 * cols.div_ceil(16);
+            for (kk, step) in out.chunks_exact_mut(width).enumerate() {
+                if kk < full_steps {
+                    step[written.min(width)..].fill(0.0);
+                    continue;
                 }
-            } else {
-                for (kk, step) in panel.chunks_exact_mut(NR).enumerate() {
-                    for (jj, v) in step[..cols].iter_mut().enumerate() {
-                        *v = b.at(k0 + kk, j0 + jj);
-                    }
-                    step[cols..].fill(0.0);
+                for (v, column) in step.iter_mut().zip(&columns) {
+                    *v = column[kk];
                 }
+                step[cols..].fill(0.0);
+            }
+        } else {
+            for (kk, step) in out.chunks_exact_mut(width).enumerate() {
+                for (jj, v) in step[..cols].iter_mut().enumerate() {
+                    *v = m.at(k0 + kk, j0 + jj);
+                }
+                step[cols..].fill(0.0);
             }
         }
     }
@@ -334,51 +345,6 @@ mod avx512 {
             Some(run) => unsafe { _mm512_loadu_ps(run[kk..kk + 16].as_ptr()) },
             None => _mm512_setzero_ps(),
         })
-    }
-
-    /// Rows `i0..i0+rows` of `a`, columns `k0..k0+depth`: step `kk`, row `ii` at
-    /// `kk·MR + ii`; runs copied as in [`pack_b`].
-    fn pack_a(a: &Mat, i0: usize, rows: usize, k0: usize, depth: usize, out: &mut [f32]) {
-        let out = &mut out[..MR * depth];
-        if a.rs == 1 {
-            for (kk, step) in out.chunks_exact_mut(MR).enumerate() {
-                let start = (k0 + kk) * a.cs + i0;
-                step[..rows].copy_from_slice(&a.data[start..start + rows]);
-                step[rows..].fill(0.0);
-            }
-        } else if a.cs == 1 {
-            let lines: Vec<&[f32]> = (0..rows)
-                .map(|ii| {
-                    let start = (i0 + ii) * a.rs + k0;
-                    &a.data[start..start + depth]
-                })
-                .collect();
-            // As in pack_b: 16 steps at a time through a transpose (the MR rows and
-            // 16 − MR zeros), the last few an element at a time.
-            let full_steps = depth - depth % 16;
-            for kk in (0..full_steps).step_by(16) {
-                // SAFETY: AVX-512F (the caller's contract).
-                let steps = unsafe { transpose(load16(&lines, kk)) };
-                for (i, step) in steps.iter().enumerate() {
-                    let at = (kk + i) * MR;
-                    // SAFETY: the MR values of step kk + i; lanes MR.. are not stored.
-                    unsafe { _mm512_mask_storeu_ps(out[at..at + MR].as_mut_ptr(), lanes(MR), *step) };
-                }
-            }
-            for (kk, step) in out.chunks_exact_mut(MR).enumerate().skip(full_steps) {
-                for (v, line) in step.iter_mut().zip(&lines) {
-                    *v = line[kk];
-                }
-                step[rows..].fill(0.0);
-            }
-        } else {
-            for (kk, step) in out.chunks_exact_mut(MR).enumerate() {
-                for (ii, v) in step[..rows].iter_mut().enumerate() {
-                    *v = a.at(i0 + ii, k0 + kk);
-                }
-                step[rows..].fill(0.0);
-            }
-        }
     }
 
     /// Mask of the first `n` (≤ 16) lanes.
