@@ -445,6 +445,8 @@ pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutco
     for peer in &start.neighbours {
         check_band_start("StartRound.neighbours.band_start_s", peer.band_start_s)?;
     }
+    let neighbours = start.neighbours.iter().map(|p| (p.node_id, p.address.as_str()));
+    node.peers.begin_round(start.round, neighbours);
     node.shaper.move_to(start.emulated_start_s)?;
     let neighbourhood = Neighbourhood::derive(&node.shaper, node.id, node.plan.nodes, start)?;
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));

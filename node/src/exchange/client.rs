@@ -35,6 +35,8 @@ pub struct PeerClients {
     security: Security,
     /// By neighbour and address: a neighbour back at a new address gets a new channel.
     channels: HashMap<(u32, String), Channel>,
+    /// The round the connections were last used in.
+    round: Option<u32>,
 }
 
 /// The largest frame this node will decode from a peer, headers included.
@@ -45,7 +47,27 @@ impl PeerClients {
         PeerClients {
             security,
             channels: HashMap::new(),
+            round: None,
         }
+    }
+
+    /// Starts `round` with these neighbours (id, address): keeps only their connections,
+    /// and none if the node missed rounds.
+    ///
+    /// A neighbour that dropped out of the list (gone, left) may come back at a new IP
+    /// behind the same name, and a node that missed rounds (cut off, its own address
+    /// changed) may hold connections that lead nowhere. Kept, either hangs its sends to
+    /// the deadline until the keepalives notice, up to 25 s: in CI's compose test a node
+    /// back at a new address heard no one for five rounds. A new connection costs one
+    /// handshake.
+    pub fn begin_round<'a>(&mut self, round: u32, neighbours: impl IntoIterator<Item = (u32, &'a str)>) {
+        if self.round.is_some_and(|last| last + 1 != round) {
+            self.channels.clear();
+        }
+        self.round = Some(round);
+        let live: std::collections::HashSet<(u32, &str)> = neighbours.into_iter().collect();
+        self.channels
+            .retain(|(id, address), _| live.contains(&(*id, address.as_str())));
     }
 
     /// A (lazily connected) channel to node `id` at `address`; over TLS the server
@@ -256,4 +278,37 @@ struct Counters {
     frames: AtomicU64,
     payload: AtomicU64,
     wire: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(peers: &PeerClients) -> Vec<u32> {
+        let mut ids: Vec<u32> = peers.channels.keys().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn a_neighbour_that_drops_out_or_a_node_that_missed_rounds_connects_anew() {
+        let mut peers = PeerClients::new(Security::Insecure);
+        let both = [(1, "node-1:7001"), (2, "node-2:7001")];
+        peers.begin_round(0, both);
+        for (id, address) in both {
+            peers.channel(id, address).unwrap();
+        }
+        peers.begin_round(1, both);
+        assert_eq!(cached(&peers), [1, 2], "kept from round to round");
+        peers.begin_round(2, [(1, "node-1:7001")]);
+        assert_eq!(cached(&peers), [1], "node 2 gone: its connection dropped");
+        peers.begin_round(3, [(1, "node-1:7001"), (2, "node-2:7001")]);
+        assert_eq!(cached(&peers), [1], "node 2 back: connected anew when used");
+        peers.channel(2, "node-2:7001").unwrap();
+        peers.begin_round(7, both);
+        assert!(
+            cached(&peers).is_empty(),
+            "this node missed rounds: every connection anew"
+        );
+    }
 }
