@@ -81,6 +81,19 @@ impl<'a> Mat<'a> {
     }
 }
 
+#[cfg(test)]
+impl<'a> Mat<'a> {
+    /// A `rows × cols` matrix stored row-major, or (`transposed`) stored as its row-major
+    /// `cols × rows` transpose: the two layouts the layers hand to [`matmul`].
+    fn stored(data: &'a [f32], rows: usize, cols: usize, transposed: bool) -> Self {
+        if transposed {
+            Self::row_major(data, cols, rows).unwrap().t()
+        } else {
+            Self::row_major(data, rows, cols).unwrap()
+        }
+    }
+}
+
 /// `a · b`, row-major `[a.rows, b.cols]`.
 pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
     if a.cols != b.rows {
@@ -476,17 +489,7 @@ mod tests {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
             for a_t in [false, true] {
                 for b_t in [false, true] {
-                    let am = if a_t {
-                        Mat::row_major(&a, k, m).unwrap().t()
-                    } else {
-                        Mat::row_major(&a, m, k).unwrap()
-                    };
-                    let bm = if b_t {
-                        Mat::row_major(&b, n, k).unwrap().t()
-                    } else {
-                        Mat::row_major(&b, k, n).unwrap()
-                    };
-                    let ours = matmul(am, bm).unwrap();
+                    let ours = matmul(Mat::stored(&a, m, k, a_t), Mat::stored(&b, k, n, b_t)).unwrap();
                     let theirs = candle(&a, (m, k), a_t, &b, n, b_t);
                     let differ = bits(&ours).iter().zip(bits(&theirs)).filter(|(x, y)| *x != y).count();
                     assert_eq!(
@@ -547,16 +550,7 @@ mod timing {
         ];
         for (name, m, k, n, a_t, b_t) in shapes {
             let (a, b) = (vec![0.5f32; m * k], vec![0.25f32; k * n]);
-            let a = if a_t {
-                Mat::row_major(&a, k, m).unwrap().t()
-            } else {
-                Mat::row_major(&a, m, k).unwrap()
-            };
-            let b = if b_t {
-                Mat::row_major(&b, n, k).unwrap().t()
-            } else {
-                Mat::row_major(&b, k, n).unwrap()
-            };
+            let (a, b) = (Mat::stored(&a, m, k, a_t), Mat::stored(&b, k, n, b_t));
             let reps = (2e8 / (2 * m * k * n) as f64).clamp(3.0, 200.0) as usize;
             let (mut crate_ms, mut ours_ms) = (f64::INFINITY, f64::INFINITY);
             for _ in 0..7 {
