@@ -697,3 +697,13 @@ impl Session {
         }
     }
 }
+
+/// The node process's tokio runtime: two workers, because the round blocks one while
+/// it trains (`block_in_place`) and the other keeps serving the peers' streams and the
+/// coordinator's. `wdml bench --only tls` measures a message's CPU on two of these.
+pub fn tokio_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}

@@ -8,8 +8,9 @@
 //! - `shaper`: the shaper's own cost on a real loopback stream with no waiting
 //!   (`time_scale` 0): CPU time per MB shaped against the same bytes unshaped, and the
 //!   highest rate it sustains.
-//! - `tls`: what mutual TLS costs a quickstart-sized message (bytes on the TCP
-//!   connection, CPU) against plaintext, and what a handshake costs.
+//! - `tls`: what a quickstart-sized message costs over mutual TLS and in plaintext:
+//!   bytes on the TCP connection, and the CPU of sender and receiver, each on a
+//!   runtime built as a node's; and what a handshake costs.
 //! - `steps` (not by default): the default models' predictions and training steps on
 //!   one thread ([`steps`]).
 
@@ -252,18 +253,29 @@ impl Pair {
 /// What streaming cost.
 struct Streamed {
     payload_bytes: u64,
-    /// Bytes on the TCP connection, both directions (TLS records, HTTP/2, protobuf).
-    tcp_bytes: u64,
+    /// Bytes on the TCP connection, both directions (TLS records, HTTP/2, protobuf),
+    /// when counted.
+    tcp_bytes: Option<u64>,
     wall: Duration,
-    /// CPU of both ends (one process).
+    /// CPU of both ends (this process: the sender's runtime and the receiver's).
     cpu: Duration,
     messages: u32,
 }
 
 /// Streams `messages` messages of `rows` × 10 values (`encoding`) from node 0 to node 1
 /// on loopback, through the real transport (mutual TLS or not) and the `preset`
-/// radio with no waiting, via a proxy that counts the bytes on the connection.
-async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding, messages: u32) -> Result<Streamed> {
+/// radio with no waiting. The receiver's peer service runs on a runtime of its own,
+/// built as a node process builds it, as the sender's is (the caller's): the CPU is
+/// that of two nodes, not of one runtime passing work to itself. With `count_bytes`, a
+/// proxy in between counts the bytes on the connection (and adds its own CPU).
+async fn stream_through(
+    preset: Preset,
+    tls: bool,
+    rows: u32,
+    encoding: Encoding,
+    messages: u32,
+    count_bytes: bool,
+) -> Result<Streamed> {
     let resolved = ChannelConfig {
         preset,
         time_scale: 0.0,
@@ -282,23 +294,33 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         encoding,
         top_k: 0,
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let receiver = wdml_node::runtime::tokio_runtime()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
     let server_address = listener.local_addr()?;
     let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(transport::serve(
-        transport::server().add_service(service),
-        listener,
-        pair.receiver.clone(),
-        Limits::default(),
-        async {
-            stopped.await.ok();
-        },
-    ));
-    let (proxy_address, counted) = counting_proxy(server_address).await?;
+    let security = pair.receiver.clone();
+    let server = receiver.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        transport::serve(
+            transport::server().add_service(service),
+            listener,
+            security,
+            Limits::default(),
+            std::future::pending(),
+        )
+        .await?;
+        anyhow::Ok(())
+    });
+    let (address, counted) = if count_bytes {
+        let (address, counted) = counting_proxy(server_address).await?;
+        (address, Some(counted))
+    } else {
+        (server_address, None)
+    };
     let channel = pair
         .sender
-        .endpoint(&proxy_address.to_string(), Identity::Node(1))?
+        .endpoint(&address.to_string(), Identity::Node(1))?
         .connect()
         .await?;
     let sender = Shaper::new(resolved, 1, 2, 0)?;
@@ -309,7 +331,7 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
         encoding,
         top_k: 0,
     };
-    let before = counted.load(Ordering::Relaxed);
+    let before = counted.as_ref().map(|c| c.load(Ordering::Relaxed));
     let every_neighbour_in_time = BTreeMap::new();
     let (mut sent, cpu, wall) = (0, process_cpu_time(), Instant::now());
     for round in 0..messages {
@@ -345,13 +367,14 @@ async fn stream_through(preset: Preset, tls: bool, rows: u32, encoding: Encoding
     }
     let result = Streamed {
         payload_bytes: sent,
-        tcp_bytes: counted.load(Ordering::Relaxed) - before,
+        tcp_bytes: counted.zip(before).map(|(c, b)| c.load(Ordering::Relaxed) - b),
         wall: wall.elapsed(),
         cpu: process_cpu_time() - cpu,
         messages,
     };
-    let _ = stop.send(());
     server.abort();
+    // Dropping a runtime blocks, which an async context may not.
+    receiver.shutdown_background();
     Ok(result)
 }
 
@@ -402,10 +425,10 @@ async fn relay(
 async fn shaper() -> Result<()> {
     let messages = 64;
     let rows = 26_214; // × 10 columns × 4 bytes ≈ 1 MiB
-    let plain = stream_through(Preset::Ideal, true, rows, Encoding::F32, messages)
+    let plain = stream_through(Preset::Ideal, true, rows, Encoding::F32, messages, false)
         .await
         .context("unshaped stream")?;
-    let shaped = stream_through(Preset::D2dUrban, true, rows, Encoding::F32, messages)
+    let shaped = stream_through(Preset::D2dUrban, true, rows, Encoding::F32, messages, false)
         .await
         .context("shaped stream")?;
     let mb = |b: u64| b as f64 / 1e6;
@@ -444,22 +467,28 @@ async fn tls() -> Result<()> {
     let mut best: [Option<Streamed>; 2] = [None, None];
     for _ in 0..3 {
         for (i, tls) in [false, true].into_iter().enumerate() {
-            let run = stream_through(Preset::Ideal, tls, 128, Encoding::Q8, messages).await?;
+            let run = stream_through(Preset::Ideal, tls, 128, Encoding::Q8, messages, false).await?;
             if best[i].as_ref().is_none_or(|b| run.cpu < b.cpu) {
                 best[i] = Some(run);
             }
         }
     }
-    for (label, run) in ["plaintext (--insecure)", "mutual TLS (default)"].iter().zip(&best) {
+    for (label, run, tls) in [
+        ("plaintext (--insecure)", &best[0], false),
+        ("mutual TLS (default)", &best[1], true),
+    ] {
         let run = run.as_ref().expect("measured");
+        // The bytes on a separate pass: the proxy that counts them costs CPU of its own.
+        let counted = stream_through(Preset::Ideal, tls, 128, Encoding::Q8, 200, true).await?;
+        let tcp_bytes = counted.tcp_bytes.expect("counted") as f64 / f64::from(counted.messages);
         let per = |d: Duration| d.as_secs_f64() * 1e6 / f64::from(run.messages);
         println!(
-            "{label:<22} {:>16.0} {:>16.1} {:>14.1}",
-            run.tcp_bytes as f64 / f64::from(run.messages),
+            "{label:<22} {tcp_bytes:>16.0} {:>16.1} {:>14.1}",
             per(run.cpu),
             per(run.wall)
         );
     }
+    println!("(CPU: sender and receiver, each on a node's runtime, from this process's clock)");
     // Handshakes: a fresh connection per try, counted once it answers.
     let pair = Pair::new(true)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

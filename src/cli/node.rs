@@ -71,11 +71,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         panic_at_round: args.fault_panic_at_round,
         external: None,
     };
-    // Two workers: the round blocks one while training, the other serves peers.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = wdml_node::runtime::tokio_runtime()?;
     runtime.block_on(async {
         let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
