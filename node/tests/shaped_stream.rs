@@ -239,3 +239,50 @@ async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
     let collected = mailbox.collect(0, deadline, &BTreeMap::new(), None).await;
     assert_eq!(collected.messages.len(), 1, "the message arrived on the second try");
 }
+
+/// A neighbour has its message once its own frames are on the air, not when the radio
+/// has served every neighbour: a receiver completes a message at its stream's end, and
+/// a paced broadcast to many neighbours held the first ones' messages back until the
+/// last one's frames were out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_neighbour_has_its_message_once_its_own_frames_are_out() {
+    use wdml_node::exchange::shaper::{Delivery, Schedule};
+    let rows = 4;
+    let (mailbox, channel) = receiver(rows).await;
+    let (frames, _, _) = message(rows, radio(LossModel::None, 1.0));
+    assert_eq!(frames.len(), 1);
+    // Node 1's frame goes out at once, another neighbour's a minute later (a long
+    // turn on a shared band).
+    let schedule = Schedule {
+        deliveries: vec![
+            Delivery {
+                at_s: 0.0,
+                receiver: 0,
+                frame: 0,
+            },
+            Delivery {
+                at_s: 60.0,
+                receiver: 1,
+                frame: 0,
+            },
+        ],
+        ..Schedule::default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sending = tokio::spawn(client::transmit(
+        frames,
+        schedule,
+        vec![(1, Some(channel)), (2, None)],
+        1.0,
+        deadline,
+    ));
+    let collected = mailbox
+        .collect(0, Instant::now() + Duration::from_secs(30), &BTreeMap::new(), None)
+        .await;
+    sending.abort();
+    assert_eq!(
+        collected.messages.len(),
+        1,
+        "node 1 heard node 0 within 30 s, while the radio still owed the other neighbour its frame"
+    );
+}

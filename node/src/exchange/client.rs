@@ -133,20 +133,28 @@ pub async fn transmit(
     time_scale: f64,
     deadline: tokio::time::Instant,
 ) -> Vec<(SendOutcome, Result<(), Status>)> {
+    // Frames to deliver per receiver: its stream ends right after its last one, not
+    // when the radio has served every neighbour (a receiver completes a message only
+    // at its stream's end, so a paced broadcast to many neighbours held the first
+    // ones' messages back until the last one's frames were on the air).
+    let mut remaining = vec![0usize; destinations.len()];
+    for delivery in &schedule.deliveries {
+        remaining[delivery.receiver] += 1;
+    }
     // One stream per destination, fed by one pacing loop (one radio).
     let mut outlets = Vec::with_capacity(destinations.len());
     let mut sends = Vec::with_capacity(destinations.len());
+    let capacity = frames.len().max(1);
     for (receiver, (to, channel)) in destinations.into_iter().enumerate() {
         // A receiver the radio reaches with no frame at all (outage, or the first
         // frame given up) hears nothing: there is no stream to open.
-        let heard = schedule.deliveries.iter().any(|d| d.receiver == receiver);
-        let (outlet, inlet) = mpsc::channel::<Frame>(frames.len().max(1));
+        let heard = remaining[receiver] > 0;
+        let (outlet, inlet) = mpsc::channel::<Frame>(capacity);
         outlets.push((heard && channel.is_some()).then_some(outlet));
         let nothing = SendOutcome {
             to,
             ..SendOutcome::default()
         };
-        let capacity = frames.len().max(1);
         sends.push(tokio::spawn(async move {
             match channel {
                 _ if !heard => (nothing, Err(Status::data_loss("no frame got through"))),
@@ -163,10 +171,22 @@ pub async fn transmit(
             .and_then(|after| began.checked_add(after))
             .filter(|due| *due <= deadline);
         let Some(due) = due else { break };
-        tokio::time::sleep_until(due).await;
-        if let Some(Some(outlet)) = outlets.get(delivery.receiver) {
+        // Only a frame due later waits: tokio's timer rounds a deadline up to its next
+        // millisecond, so waiting for one already due cost every unpaced message 1 ms
+        // of wall time and the CPU of a park and a wake-up (`wdml bench --only tls`).
+        if due > tokio::time::Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        let Some(slot) = outlets.get_mut(delivery.receiver) else {
+            continue;
+        };
+        if let Some(outlet) = slot.as_ref() {
             // A send that already failed has dropped its inlet: nothing to pace.
             let _ = outlet.send(frames[delivery.frame].clone()).await;
+        }
+        remaining[delivery.receiver] -= 1;
+        if remaining[delivery.receiver] == 0 {
+            *slot = None;
         }
     }
     drop(outlets);
