@@ -11,14 +11,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Process, TempDir, dump_logs, metrics};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_rustls::rustls;
+use common::{Cluster, Process, TempDir, dump_logs, exchange, get, metrics};
+use tokio::io::AsyncReadExt;
 use wdml_coordinator::MetricsRow;
-use wdml_proto::transport::Identity;
 
 /// Three nodes in a full mesh on an emulated radio that loses nothing, with 150 ms of
 /// latency paced in wall time: a round takes about 0.2 s, and the run lasts long
@@ -104,53 +101,6 @@ fn attributes(dom: &str, marker: &str, attribute: &str) -> Vec<String> {
         .filter_map(|rest| rest.split('"').next())
         .map(str::to_string)
         .collect()
-}
-
-/// Sends `request` for `path` over HTTPS, trusting the run's CA (as a user of the JSON
-/// API would), and hands the response's bytes to `read` as they come.
-fn exchange<T>(
-    url: &str,
-    path: &str,
-    ca: &Path,
-    read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
-) -> T {
-    let address = url.trim_start_matches("https://").trim_end_matches('/').to_string();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
-            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
-            roots.add(cert).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from(Identity::Coordinator.dns_name()).unwrap();
-        let mut tls = connector.connect(name, tcp).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        tls.write_all(request.as_bytes()).await.unwrap();
-        read(&mut tls).await
-    })
-}
-
-/// The body of an HTTPS GET of `path` (status 200 asserted).
-fn get(url: &str, path: &str, ca: &Path) -> String {
-    let response = exchange(url, path, ca, async |io| {
-        let mut response = Vec::new();
-        let _ = io.read_to_end(&mut response).await;
-        response
-    });
-    let response = String::from_utf8(response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_string()
 }
 
 /// The rounds of the first `count` `round` events `/api/events` pushes (within 30 s).

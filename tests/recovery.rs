@@ -7,7 +7,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Process, metrics, small, summary};
+use common::{Cluster, Process, TempDir, get, metrics, small, summary};
+use wdml_coordinator::MetricsRow;
 use wdml_proto::JoinRequest;
 use wdml_proto::coordinator_client::CoordinatorClient;
 use wdml_proto::transport::{Identity, Security};
@@ -288,4 +289,93 @@ fn a_run_whose_nodes_all_died_is_not_finished_and_exits_non_zero() {
     assert!(s.rounds_closed < 500, "{}", s.rounds_closed);
     let statuses: Vec<&str> = s.nodes.iter().map(|n| n.status.as_str()).collect();
     assert_eq!(statuses, ["gone", "gone"], "{}", s.reason);
+}
+
+/// Kubernetes restarts whatever exits: with `--linger` the coordinator and the nodes
+/// stay up after the run until SIGTERM (then exit 0), the coordinator's dashboard
+/// still serves the run, and a coordinator restarted on the finished run serves it
+/// instead of being refused (or running it again).
+#[test]
+fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_run() {
+    let overrides = small(2, 2);
+    let dir = TempDir::new("linger");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    common::certs(dir.path(), 2);
+    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &overrides);
+    args.extend(["--linger".into(), "--http".into(), "127.0.0.1:0".into()]);
+    let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
+    let mut cluster = Cluster {
+        dir,
+        coordinator,
+        nodes: Vec::new(),
+    };
+    for id in 0..2 {
+        let mut args = cluster.node_args(id, "mlp:64", "127.0.0.1:0");
+        args.push("--linger".into());
+        cluster.start_node_with(id, &args);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cluster.out().join("summary.json").exists() {
+        assert!(Instant::now() < deadline, "the run did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(summary(cluster.out()).finished);
+    // The coordinator prints the table after summary.json; give everyone time to exit
+    // if they were going to.
+    std::thread::sleep(Duration::from_secs(2));
+    for process in std::iter::once(&mut cluster.coordinator).chain(cluster.nodes.iter_mut()) {
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "{} exited after the run",
+            process.name
+        );
+    }
+    let coordinator_log = || std::fs::read_to_string(cluster.out().join("logs/coordinator.log")).unwrap();
+    let url = coordinator_log()
+        .lines()
+        .find_map(|l| {
+            l.split("its dashboard stays on ")
+                .nth(1)
+                .map(|u| u.split_whitespace().next().unwrap().to_string())
+        })
+        .unwrap_or_else(|| panic!("no lingering dashboard: {}", coordinator_log()));
+    let ca = cluster.tls().join("ca.pem");
+    let rounds: Vec<MetricsRow> = serde_json::from_str(&get(&url, "/api/rounds", &ca)).unwrap();
+    assert_eq!(rounds.len(), metrics(cluster.out()).len());
+    for process in std::iter::once(&mut cluster.coordinator).chain(cluster.nodes.iter_mut()) {
+        // SAFETY: a plain signal to our own child.
+        unsafe { libc::kill(process.child.id() as i32, libc::SIGTERM) };
+        let status = process.wait_for(Duration::from_secs(30)).expect("stopped by SIGTERM");
+        assert!(status.success(), "{}: {status}", process.name);
+    }
+
+    // Restarted on the finished run: it serves it, and runs nothing. (Set as a
+    // manifest sets it: the environment, with 1 for yes.)
+    let journal = std::fs::read(cluster.out().join("journal.jsonl")).unwrap();
+    let mut again = std::process::Command::new(common::WDML)
+        .args(args.iter().filter(|a| *a != "--linger"))
+        .env("WDML_LINGER", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(cluster.out().join("logs/again.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(again.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let url = line
+        .strip_prefix("dashboard on ")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .trim()
+        .to_string();
+    let served: serde_json::Value = serde_json::from_str(&get(&url, "/api/run", &ca)).unwrap();
+    assert_eq!(served["finished"], true, "{served}");
+    assert_eq!(served["rounds_closed"], 2, "{served}");
+    assert_eq!(served["live"], false, "{served}");
+    // SAFETY: as above.
+    unsafe { libc::kill(again.id() as i32, libc::SIGTERM) };
+    assert!(again.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read(cluster.out().join("journal.jsonl")).unwrap(),
+        journal,
+        "the record is untouched"
+    );
 }

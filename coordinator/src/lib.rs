@@ -57,6 +57,19 @@ pub struct Run {
     recovered: Option<report::Recovered>,
 }
 
+/// Whether `run_dir`'s journal records a finished run (which [`open`] refuses unless
+/// told to overwrite it).
+pub fn holds_finished_run(run_dir: &std::path::Path) -> Result<bool> {
+    let path = run_dir.join(journal::FILE);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let (entries, _) = journal::read(&path)?;
+    Ok(entries
+        .iter()
+        .any(|e| matches!(e, journal::Entry::End { finished: true, .. })))
+}
+
 /// Checks `config` and opens its run directory.
 pub fn open(mut config: Config) -> Result<Run> {
     config.validate()?;

@@ -5,8 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
+use wdml_coordinator::dashboard::{Source, router};
+use wdml_proto::transport::{self, Limits, Security};
 
 use crate::scenario::Scenario;
 
@@ -27,7 +31,7 @@ pub struct Args {
     #[arg(long, env = "WDML_OUT", default_value = "runs/latest")]
     out: PathBuf,
     /// Replace a finished run in --out instead of refusing.
-    #[arg(long, env = "WDML_OVERWRITE")]
+    #[arg(long, env = "WDML_OVERWRITE", value_parser = clap::builder::BoolishValueParser::new())]
     overwrite: bool,
     /// Serve the run's read-only dashboard (its page, JSON API and Prometheus /metrics)
     /// on this address: HTTPS with the coordinator's certificate, or HTTP with
@@ -37,6 +41,11 @@ pub struct Args {
     /// Also append the log to this file (e.g. into the run directory from a container).
     #[arg(long, env = "WDML_LOG_FILE", value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Stay up when the run is over, serving its dashboard (--http) until SIGTERM or
+    /// ctrl-c; and, started on a finished run in --out, serve that run instead of
+    /// refusing it. For Kubernetes, which restarts a Deployment's pod that exits.
+    #[arg(long, env = "WDML_LINGER", value_parser = clap::builder::BoolishValueParser::new())]
+    linger: bool,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
 }
@@ -44,9 +53,18 @@ pub struct Args {
 pub fn main(args: Args) -> Result<ExitCode> {
     crate::cli::init_tracing(args.log_file.as_deref())?;
     let security = args.tls.security(wdml_proto::transport::Identity::Coordinator)?;
+    if args.linger && !args.overwrite && wdml_coordinator::holds_finished_run(&args.out)? {
+        tracing::info!(
+            "{} holds a finished run: serving it (--linger), not running it again",
+            args.out.display()
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(linger(&args, security))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
     scenario.preflight()?;
-    let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
+    let config = scenario.coordinator_config(args.out.clone(), security.clone(), args.overwrite)?;
     // The run directory is checked (and a journal replayed) before anything listens.
     let run = wdml_coordinator::open(config)?;
     if run.resumed() {
@@ -65,7 +83,16 @@ pub fn main(args: Args) -> Result<ExitCode> {
             }
             None => None,
         };
-        let summary = run.serve(listener, web, crate::cli::shutdown_signal()).await?;
+        let web_address = web.as_ref().map(|w| w.local_addr()).transpose()?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let signal = {
+            let stopped = stopped.clone();
+            async move {
+                crate::cli::shutdown_signal().await;
+                stopped.store(true, Ordering::Relaxed);
+            }
+        };
+        let summary = run.serve(listener, web, signal).await?;
         // The table goes to stdout only: in a container, stdout and the log share one
         // stream, and it is printed once. The launcher stops reading our stdout after
         // the first line, so a closed pipe is not an error here (report.md has it too).
@@ -89,10 +116,46 @@ pub fn main(args: Args) -> Result<ExitCode> {
             tracing::warn!("no split.svg: {e:#}");
         }
         let _ = writeln!(std::io::stdout(), "{}", summary.table());
+        // Stopped by a signal: stop, lingering or not. The dashboard serves on for as
+        // long as the process lives.
+        if args.linger && !stopped.load(Ordering::Relaxed) {
+            match web_address {
+                Some(address) => tracing::info!(
+                    "the run is over; its dashboard stays on {}://{address}/ until stopped (--linger)",
+                    if security.is_tls() { "https" } else { "http" }
+                ),
+                None => tracing::info!("the run is over; waiting to be stopped (--linger)"),
+            }
+            crate::cli::shutdown_signal().await;
+        }
         Ok(if summary.finished {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         })
     })
+}
+
+/// `--linger` on a finished run in `--out`: its dashboard served read-only on `--http`
+/// (as `wdml view` serves it), until SIGTERM or ctrl-c. Nothing listens for nodes: a
+/// node that asks to join is refused by its connection, and gives up after its
+/// `--coordinator-timeout-s`.
+async fn linger(args: &Args, security: Security) -> Result<()> {
+    match args.http {
+        Some(address) => {
+            let listener = crate::cli::bind(address, "--http").await?;
+            let url = crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls());
+            tracing::info!("its dashboard is on {url} until stopped (--linger)");
+            transport::serve_web(
+                router(Source::dir(&args.out)),
+                listener,
+                security,
+                Limits::default(),
+                crate::cli::shutdown_signal(),
+            )
+            .await?;
+        }
+        None => crate::cli::shutdown_signal().await,
+    }
+    Ok(())
 }

@@ -176,7 +176,7 @@ pub struct TlsArgs {
     pub tls_dir: Option<std::path::PathBuf>,
     /// No encryption and no authentication: anyone who reaches the ports can read and
     /// forge messages. For debugging only.
-    #[arg(long, env = "WDML_INSECURE")]
+    #[arg(long, env = "WDML_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure: bool,
 }
 

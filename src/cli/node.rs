@@ -42,6 +42,10 @@ pub struct Args {
     /// Also append the log to this file (e.g. into the run directory from a container).
     #[arg(long, env = "WDML_LOG_FILE", value_name = "FILE")]
     log_file: Option<PathBuf>,
+    /// Stay up when the run is over (finished or not) until SIGTERM or ctrl-c, instead of
+    /// exiting: for Kubernetes, which restarts a StatefulSet's pod that exits.
+    #[arg(long, env = "WDML_LINGER", value_parser = clap::builder::BoolishValueParser::new())]
+    linger: bool,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
     /// Fault injection, for tests: the round worker panics in round N.
@@ -75,12 +79,21 @@ pub fn main(args: Args) -> Result<ExitCode> {
     runtime.block_on(async {
         let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
-        match wdml_node::run(config, listener, crate::cli::shutdown_signal()).await? {
-            wdml_node::Outcome::Complete(c) if !c.finished => {
-                eprintln!("the run ended early: {}", c.reason);
-                Ok(ExitCode::FAILURE)
-            }
-            _ => Ok(ExitCode::SUCCESS),
+        let outcome = wdml_node::run(config, listener, crate::cli::shutdown_signal()).await?;
+        let wdml_node::Outcome::Complete(complete) = outcome else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        if !complete.finished {
+            eprintln!("the run ended early: {}", complete.reason);
         }
+        if args.linger {
+            tracing::info!("the run is over; waiting to be stopped (--linger)");
+            crate::cli::shutdown_signal().await;
+        }
+        Ok(if complete.finished {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        })
     })
 }

@@ -6,10 +6,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
 use wdml_coordinator::{MetricsRow, Summary};
+use wdml_proto::transport::Identity;
 
 pub const WDML: &str = env!("CARGO_BIN_EXE_wdml");
 
@@ -346,4 +350,51 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Sends `request` for `path` over HTTPS, trusting the run's CA (as a user of the JSON
+/// API would), and hands the response's bytes to `read` as they come.
+pub fn exchange<T>(
+    url: &str,
+    path: &str,
+    ca: &Path,
+    read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
+) -> T {
+    let address = url.trim_start_matches("https://").trim_end_matches('/').to_string();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::pem::PemObject::pem_file_iter(ca).unwrap() {
+            let cert: rustls_pki_types::CertificateDer = cert.unwrap();
+            roots.add(cert).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from(Identity::Coordinator.dns_name()).unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        read(&mut tls).await
+    })
+}
+
+/// The body of an HTTPS GET of `path` (status 200 asserted).
+pub fn get(url: &str, path: &str, ca: &Path) -> String {
+    let response = exchange(url, path, ca, async |io| {
+        let mut response = Vec::new();
+        let _ = io.read_to_end(&mut response).await;
+        response
+    });
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    body.to_string()
 }
