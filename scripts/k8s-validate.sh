@@ -8,7 +8,7 @@
 # selectors match their pod labels, Services select pods and name their ports, the
 # StatefulSet's headless Service exists, every referenced ConfigMap / Secret / PVC is
 # made here or by make-secrets.sh, every $(VAR) is defined before it is used, the
-# scenario's nodes.count equals the replicas and each node has its certificate folder.
+# scenario's nodes.count equals the replicas and each node mounts only its own key.
 #
 #   bash scripts/k8s-validate.sh [DIR]        # DIR: default deploy/kubernetes
 #
@@ -88,8 +88,8 @@ if [ -f "$DIR/make-secrets.sh" ]; then
         echo "PASS make-secrets.sh: neither ca.key nor observer.key in the Secrets"
         passed=$((passed + 1))
     fi
-    # The StatefulSet with the patch applied (a strategic merge: replicas, and the
-    # volume `tls` replaced by name), validated with the rest.
+    # The StatefulSet with the patch applied (a strategic merge of its replicas; the
+    # patch must hold nothing else), validated with the rest.
     if [ -s "$WORK/nodes-patch.yaml" ] && "$PY" - "$WORK/nodes-patch.yaml" "$WORK/patched.yaml" "${FILES[@]}" <<'EOF'
 import sys, yaml
 patch_file, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
@@ -97,10 +97,9 @@ patch = yaml.safe_load(open(patch_file))
 for f in files:
     for doc in yaml.safe_load_all(open(f)):
         if doc and doc.get("kind") == "StatefulSet":
+            if patch != {"spec": {"replicas": patch["spec"]["replicas"]}}:
+                sys.exit("the patch holds more than the replicas: %r" % patch)
             doc["spec"]["replicas"] = patch["spec"]["replicas"]
-            vols = doc["spec"]["template"]["spec"]["volumes"]
-            for new in patch["spec"]["template"]["spec"]["volumes"]:
-                vols[:] = [new if v["name"] == new["name"] else v for v in vols]
             # The scenario must say the same number of nodes: as the docs ask.
             yaml.safe_dump(doc, open(out, "w"), sort_keys=False)
             sys.exit(0)
@@ -235,11 +234,19 @@ if scenario and nodes:
     check(count == replicas, "scenario nodes.count (%s) = replicas of %s (%s)" % (count, name(nodes[0]), replicas))
     if not isinstance(replicas, int):
         replicas = 0
-    items = [i["path"] for v in nodes[0]["spec"]["template"]["spec"]["volumes"] if "secret" in v
-             for i in v["secret"].get("items", [])]
-    want = ["node-%d/%s" % (k, f) for k in range(replicas) for f in ("ca.pem", "node-%d.pem" % k, "node-%d.key" % k)]
-    check(sorted(items) == sorted(want),
-          "%s: its certificate volume has exactly one folder per node (ca.pem, node-k.pem, node-k.key)"
+    # Each node mounts ca.pem and its own two files of the nodes' Secret, by its id,
+    # and is told their paths; no list of nodes.
+    spec = nodes[0]["spec"]["template"]["spec"]
+    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v and not v["secret"].get("items")}
+    container = spec["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    mounts = {m["mountPath"]: m.get("subPathExpr", m.get("subPath")) for m in container.get("volumeMounts", [])
+              if m["name"] in secret_volumes}
+    want = {env.get("WDML_TLS_CA"): "ca.pem",
+            env.get("WDML_TLS_CERT"): "node-$(WDML_NODE_ID).pem",
+            env.get("WDML_TLS_KEY"): "node-$(WDML_NODE_ID).key"}
+    check(mounts == want and None not in want,
+          "%s: each node mounts only ca.pem and its own node-k.pem / node-k.key, at the paths WDML_TLS_CA/CERT/KEY give"
           % name(nodes[0]))
 
 print("checks: %d passed, %d failed" % (results.count(True), results.count(False)))

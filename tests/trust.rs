@@ -396,3 +396,54 @@ fn a_node_refuses_a_coordinator_that_another_ca_certified() {
     });
     assert!(watched.is_err(), "Watch without a certificate was served");
 }
+
+/// A node given its credentials as three files of any name (as a Kubernetes pod mounts
+/// them from one Secret shared by every node) takes part like any other; given another
+/// node's certificate, it is refused at start with the file and both names.
+#[test]
+fn a_node_with_its_credentials_as_three_named_files_takes_part() {
+    let mut cluster = Cluster::coordinator_on("tls-files", "127.0.0.1", &small(2, 2));
+    let mounted = cluster.out().join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    let tls = cluster.tls();
+    for (from, to) in [
+        ("ca.pem", "ca.crt"),
+        ("node-0.pem", "tls.crt"),
+        ("node-0.key", "tls.key"),
+    ] {
+        std::fs::copy(tls.join(from), mounted.join(to)).unwrap();
+    }
+    let files = |args: Vec<String>| -> Vec<String> {
+        let at = args.iter().position(|a| a == "--tls-dir").unwrap();
+        let mut args = args;
+        args.splice(
+            at..at + 2,
+            [
+                ("--tls-ca", "ca.crt"),
+                ("--tls-cert", "tls.crt"),
+                ("--tls-key", "tls.key"),
+            ]
+            .into_iter()
+            .flat_map(|(flag, name)| [flag.to_string(), mounted.join(name).display().to_string()]),
+        );
+        args
+    };
+    // Node 1 with node 0's files: refused before it listens, naming the certificate.
+    let wrong = std::process::Command::new(common::WDML)
+        .args(files(cluster.node_args(1, "mlp:64", "127.0.0.1:0")))
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(
+        said.contains("tls.crt") && said.contains("names node-0, not node-1"),
+        "{said}"
+    );
+    cluster.start_node_with(0, &files(cluster.node_args(0, "mlp:64", "127.0.0.1:0")));
+    cluster.start_node(1, "mlp:64", "127.0.0.1");
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert!(s.nodes.iter().all(|n| n.status == "finished"), "{:?}", s.nodes);
+    assert_eq!(metrics(cluster.out()).len(), 4);
+}

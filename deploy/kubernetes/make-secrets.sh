@@ -7,15 +7,15 @@
 # prints two Secrets (YAML) on stdout:
 #   wdml-tls-coordinator   ca.pem, coordinator.pem, coordinator.key
 #   wdml-tls-nodes         ca.pem, and node-k.pem / node-k.key for every node k
-# The StatefulSet `node` mounts into each pod only that node's folder of the second.
+# The StatefulSet `node` mounts into each pod only ca.pem and that node's two files.
 # ca.key (it issues certificates) and the observer's key never leave the directory.
 #
 #   deploy/kubernetes/make-secrets.sh --patch tls > nodes-patch.yaml
 #   kubectl -n wdml patch statefulset node --patch-file nodes-patch.yaml
 #
-# prints instead the patch that sets the StatefulSet's replicas and the Secret's
-# folders to the N node certificates found (needed for any N but 4); set nodes.count
-# = N in the scenario too.
+# prints instead the patch that sets the StatefulSet's replicas to the N node
+# certificates found (`kubectl scale` does the same); set nodes.count = N in the
+# scenario too.
 #
 # Options: --namespace NS (default wdml). Apply with --server-side (or kubectl
 # create): a client-side apply copies the whole Secret into an annotation, which may
@@ -68,20 +68,7 @@ if [ "$mode" = patch ]; then
 # Set nodes.count = $n in the scenario (ConfigMap wdml-scenario) too.
 spec:
   replicas: $n
-  template:
-    spec:
-      volumes:
-        - name: tls
-          secret:
-            secretName: wdml-tls-nodes
-            defaultMode: 288  # 0440
-            items:
 EOF
-    for ((k = 0; k < n; k++)); do
-        printf '              - {key: ca.pem, path: node-%d/ca.pem}\n' "$k"
-        printf '              - {key: node-%d.pem, path: node-%d/node-%d.pem}\n' "$k" "$k" "$k"
-        printf '              - {key: node-%d.key, path: node-%d/node-%d.key}\n' "$k" "$k" "$k"
-    done
     exit 0
 fi
 

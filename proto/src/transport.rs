@@ -153,8 +153,20 @@ pub enum Security {
 impl Security {
     /// Loads `identity`'s credentials from `dir` (`ca.pem`, `<stem>.pem`, `<stem>.key`).
     pub fn from_dir(dir: &Path, identity: Identity) -> Result<Self, Error> {
-        let read = |name: String| -> Result<(PathBuf, Vec<u8>), Error> {
-            let path = dir.join(name);
+        Self::from_files(
+            &dir.join("ca.pem"),
+            &dir.join(format!("{}.pem", identity.stem())),
+            &dir.join(format!("{}.key", identity.stem())),
+            identity,
+        )
+    }
+
+    /// Loads `identity`'s credentials from three files of any name: the run's CA
+    /// certificate, this process's certificate (which must name `identity`) and its key
+    /// (e.g. each mounted from one Secret shared by many pods).
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path, identity: Identity) -> Result<Self, Error> {
+        let read = |path: &Path| -> Result<(PathBuf, Vec<u8>), Error> {
+            let path = path.to_path_buf();
             let bytes =
                 crate::files::read_bounded(&path, crate::pki::MAX_PEM_BYTES).map_err(|e| Error::Credentials {
                     reason: match e.kind() {
@@ -165,9 +177,9 @@ impl Security {
                 })?;
             Ok((path, bytes))
         };
-        let (ca_path, ca_pem) = read("ca.pem".into())?;
-        let (cert_path, cert_pem) = read(format!("{}.pem", identity.stem()))?;
-        let (key_path, key_pem) = read(format!("{}.key", identity.stem()))?;
+        let (ca_path, ca_pem) = read(ca)?;
+        let (cert_path, cert_pem) = read(cert)?;
+        let (key_path, key_pem) = read(key)?;
         let bad = |path: &Path, reason: String| Error::Credentials {
             path: path.to_path_buf(),
             reason,

@@ -174,6 +174,15 @@ pub struct TlsArgs {
     /// process's own certificate and key (coordinator.pem, node-<id>.pem, …).
     #[arg(long, env = "WDML_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<std::path::PathBuf>,
+    /// Instead of --tls-dir, three files of any name: the run's CA certificate ...
+    #[arg(long, env = "WDML_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// ... this process's certificate ...
+    #[arg(long, env = "WDML_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// ... and its private key.
+    #[arg(long, env = "WDML_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// No encryption and no authentication: anyone who reaches the ports can read and
     /// forge messages. For debugging only.
     #[arg(long, env = "WDML_INSECURE", value_parser = clap::builder::BoolishValueParser::new())]
@@ -183,6 +192,27 @@ pub struct TlsArgs {
 impl TlsArgs {
     /// The security of a process that is `identity`; says loudly when it is none.
     pub fn security(&self, identity: wdml_proto::transport::Identity) -> anyhow::Result<Security> {
+        let files = [
+            ("--tls-ca", &self.tls_ca),
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+        ];
+        if files.iter().any(|(_, f)| f.is_some()) {
+            if self.tls_dir.is_some() || self.insecure {
+                anyhow::bail!(
+                    "--tls-ca/--tls-cert/--tls-key and {} contradict each other: give one",
+                    if self.insecure { "--insecure" } else { "--tls-dir" }
+                );
+            }
+            if let (Some(ca), Some(cert), Some(key)) = (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+                return Ok(Security::from_files(ca, cert, key, identity)?);
+            }
+            let missing: Vec<&str> = files.iter().filter(|(_, f)| f.is_none()).map(|(n, _)| *n).collect();
+            anyhow::bail!(
+                "--tls-ca, --tls-cert and --tls-key go together: {} missing",
+                missing.join(" and ")
+            );
+        }
         match (&self.tls_dir, self.insecure) {
             (Some(_), true) => anyhow::bail!("--tls-dir and --insecure contradict each other: give one"),
             (Some(dir), false) => Ok(Security::from_dir(dir, identity)?),
