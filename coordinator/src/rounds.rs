@@ -88,22 +88,27 @@ async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
     let deadline = tokio::time::Instant::now() + config.join_timeout;
     let mut said = None;
     loop {
-        let live = shared.state().members.live().count();
+        // Joined: accepted by Join; ready: its stream open too (what a round needs).
+        let (joined, live) = {
+            let state = shared.state();
+            (state.members.all().count(), state.members.live().count())
+        };
         if live >= start.expected {
             info!(live, "all nodes joined");
             return Ok(());
         }
-        if said != Some(live) {
+        if said != Some((joined, live)) {
             info!(
-                "waiting for nodes: {live} of {} joined; waiting up to {:.0} s more \
-                 (coordinator.join_timeout_ms), then starting with at least {} (coordinator.min_nodes)",
+                "waiting for nodes: {joined} of {} joined, {live} ready (stream open); waiting up to \
+                 {:.0} s more (coordinator.join_timeout_ms), then starting with at least {} ready \
+                 (coordinator.min_nodes)",
                 start.expected,
                 deadline
                     .saturating_duration_since(tokio::time::Instant::now())
                     .as_secs_f64(),
                 start.minimum
             );
-            said = Some(live);
+            said = Some((joined, live));
         }
         if tokio::time::Instant::now() >= deadline {
             if live >= start.minimum && live > 0 {
