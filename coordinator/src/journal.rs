@@ -136,6 +136,12 @@ impl Journal {
     }
 }
 
+/// Whether `entries` record a finished run (an `End` that says so); an interrupted run's
+/// journal does not.
+pub(crate) fn finished(entries: &[Entry]) -> bool {
+    entries.iter().any(|e| matches!(e, Entry::End { finished: true, .. }))
+}
+
 /// Every entry of the journal at `path`, and the length of its intact part (up to the
 /// end of the last complete, readable line).
 pub(crate) fn read(path: &Path) -> Result<(Vec<Entry>, u64)> {

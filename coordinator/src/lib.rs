@@ -65,9 +65,7 @@ pub fn holds_finished_run(run_dir: &std::path::Path) -> Result<bool> {
         return Ok(false);
     }
     let (entries, _) = journal::read(&path)?;
-    Ok(entries
-        .iter()
-        .any(|e| matches!(e, journal::Entry::End { finished: true, .. })))
+    Ok(journal::finished(&entries))
 }
 
 /// Checks `config` and opens its run directory.

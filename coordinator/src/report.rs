@@ -399,7 +399,7 @@ impl Report {
         if has(journal::FILE) {
             let (journal, entries) = Journal::open(&dir)?;
             // An interrupted run (stopped early) resumes; a finished one is done.
-            let finished = entries.iter().any(|e| matches!(e, Entry::End { finished: true, .. }));
+            let finished = journal::finished(&entries);
             if finished && !config.overwrite {
                 return Err(refuse(
                     "holds a finished run; give another --out, or --overwrite to replace it".into(),

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
-use wdml_coordinator::dashboard::{Source, router};
-use wdml_proto::transport::{self, Limits, Security};
+use wdml_coordinator::dashboard::Source;
+use wdml_proto::transport::Security;
 
 use crate::scenario::Scenario;
 
@@ -64,7 +64,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
     scenario.preflight()?;
-    let config = scenario.coordinator_config(args.out.clone(), security.clone(), args.overwrite)?;
+    let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
     // The run directory is checked (and a journal replayed) before anything listens.
     let run = wdml_coordinator::open(config)?;
     if run.resumed() {
@@ -79,11 +79,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 let web = crate::cli::bind(address, "--http").await?;
                 let url = crate::cli::announce_dashboard(web.local_addr()?, !args.tls.insecure);
                 tracing::info!("dashboard on {url}");
-                Some(web)
+                Some((web, url))
             }
             None => None,
         };
-        let web_address = web.as_ref().map(|w| w.local_addr()).transpose()?;
+        let (web, url) = web.unzip();
         let stopped = Arc::new(AtomicBool::new(false));
         let signal = {
             let stopped = stopped.clone();
@@ -119,11 +119,8 @@ pub fn main(args: Args) -> Result<ExitCode> {
         // Stopped by a signal: stop, lingering or not. The dashboard serves on for as
         // long as the process lives.
         if args.linger && !stopped.load(Ordering::Relaxed) {
-            match web_address {
-                Some(address) => tracing::info!(
-                    "the run is over; its dashboard stays on {}://{address}/ until stopped (--linger)",
-                    if security.is_tls() { "https" } else { "http" }
-                ),
+            match url {
+                Some(url) => tracing::info!("the run is over; its dashboard stays on {url} until stopped (--linger)"),
                 None => tracing::info!("the run is over; waiting to be stopped (--linger)"),
             }
             crate::cli::shutdown_signal().await;
@@ -142,20 +139,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
 /// `--coordinator-timeout-s`.
 async fn linger(args: &Args, security: Security) -> Result<()> {
     match args.http {
-        Some(address) => {
-            let listener = crate::cli::bind(address, "--http").await?;
-            let url = crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls());
-            tracing::info!("its dashboard is on {url} until stopped (--linger)");
-            transport::serve_web(
-                router(Source::dir(&args.out)),
-                listener,
-                security,
-                Limits::default(),
-                crate::cli::shutdown_signal(),
-            )
-            .await?;
+        Some(address) => crate::cli::view::serve(Source::dir(&args.out), address, security).await,
+        None => {
+            crate::cli::shutdown_signal().await;
+            Ok(())
         }
-        None => crate::cli::shutdown_signal().await,
     }
-    Ok(())
 }

@@ -55,17 +55,23 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(async {
-        let listener = crate::cli::bind(args.http, "--http").await?;
-        crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls());
-        transport::serve_web(
-            router(source),
-            listener,
-            security,
-            Limits::default(),
-            crate::cli::shutdown_signal(),
-        )
-        .await?;
-        Ok(ExitCode::SUCCESS)
-    })
+    runtime.block_on(serve(source, args.http, security))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `source`'s dashboard on `address` (announced on stdout) until SIGTERM or
+/// ctrl-c: `wdml view`, and a coordinator that lingers on a finished run.
+pub(crate) async fn serve(source: Source, address: SocketAddr, security: Security) -> Result<()> {
+    let listener = crate::cli::bind(address, "--http").await?;
+    let url = crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls());
+    tracing::info!("dashboard on {url} until stopped");
+    transport::serve_web(
+        router(source),
+        listener,
+        security,
+        Limits::default(),
+        crate::cli::shutdown_signal(),
+    )
+    .await?;
+    Ok(())
 }
