@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Process, TempDir, dump_logs, exchange, get, metrics};
+use common::{Cluster, TempDir, dump_logs, exchange, get, metrics};
 use tokio::io::AsyncReadExt;
 use wdml_coordinator::MetricsRow;
 
@@ -32,30 +32,11 @@ fn scenario() -> Vec<String> {
 
 /// A coordinator with its dashboard on a free port, and three nodes; the page's URL.
 fn start() -> (Cluster, String) {
-    let dir = TempDir::new("dashboard");
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    common::certs(dir.path(), 3);
-    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &scenario());
-    args.extend(["--http".into(), "127.0.0.1:0".into()]);
-    let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
-    let mut cluster = Cluster {
-        dir,
-        coordinator,
-        nodes: Vec::new(),
-    };
+    let mut cluster = Cluster::coordinator_with("dashboard", "127.0.0.1", &scenario(), &["--http", "127.0.0.1:0"]);
     for id in 0..3 {
         cluster.start_node(id, "mlp:64", "127.0.0.1");
     }
-    let log = cluster.out().join("logs/coordinator.log");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let url = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if let Some(url) = text.lines().rev().find_map(|l| l.split("dashboard on ").nth(1)) {
-            break url.trim().to_string();
-        }
-        assert!(Instant::now() < deadline, "no dashboard line in {}", log.display());
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let url = cluster.dashboard_url();
     assert!(url.starts_with("https://"), "{url}");
     (cluster, url)
 }

@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Process, TempDir, get, metrics, small, summary};
+use common::{Cluster, Process, get, metrics, small, summary};
 use wdml_coordinator::MetricsRow;
 use wdml_proto::JoinRequest;
 use wdml_proto::coordinator_client::CoordinatorClient;
@@ -298,17 +298,8 @@ fn a_run_whose_nodes_all_died_is_not_finished_and_exits_non_zero() {
 #[test]
 fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_run() {
     let overrides = small(2, 2);
-    let dir = TempDir::new("linger");
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    common::certs(dir.path(), 2);
-    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &overrides);
-    args.extend(["--linger".into(), "--http".into(), "127.0.0.1:0".into()]);
-    let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
-    let mut cluster = Cluster {
-        dir,
-        coordinator,
-        nodes: Vec::new(),
-    };
+    let extra = ["--linger", "--http", "127.0.0.1:0"];
+    let mut cluster = Cluster::coordinator_with("linger", "127.0.0.1", &overrides, &extra);
     for id in 0..2 {
         let mut args = cluster.node_args(id, "mlp:64", "127.0.0.1:0");
         args.push("--linger".into());
@@ -330,15 +321,12 @@ fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_ru
             process.name
         );
     }
-    let coordinator_log = || std::fs::read_to_string(cluster.out().join("logs/coordinator.log")).unwrap();
-    let url = coordinator_log()
-        .lines()
-        .find_map(|l| {
-            l.split("its dashboard stays on ")
-                .nth(1)
-                .map(|u| u.split_whitespace().next().unwrap().to_string())
-        })
-        .unwrap_or_else(|| panic!("no lingering dashboard: {}", coordinator_log()));
+    let url = cluster.dashboard_url();
+    let log = std::fs::read_to_string(cluster.out().join("logs/coordinator.log")).unwrap();
+    assert!(
+        log.contains(&format!("its dashboard stays on {url} until stopped (--linger)")),
+        "no lingering dashboard: {log}"
+    );
     let ca = cluster.tls().join("ca.pem");
     let rounds: Vec<MetricsRow> = serde_json::from_str(&get(&url, "/api/rounds", &ca)).unwrap();
     assert_eq!(rounds.len(), metrics(cluster.out()).len());
@@ -352,8 +340,10 @@ fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_ru
     // Restarted on the finished run: it serves it, and runs nothing. (Set as a
     // manifest sets it: the environment, with 1 for yes.)
     let journal = std::fs::read(cluster.out().join("journal.jsonl")).unwrap();
+    let mut args = Cluster::coordinator_args(cluster.out(), "127.0.0.1:0", &overrides);
+    args.extend(["--http".into(), "127.0.0.1:0".into()]);
     let mut again = std::process::Command::new(common::WDML)
-        .args(args.iter().filter(|a| *a != "--linger"))
+        .args(&args)
         .env("WDML_LINGER", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(cluster.out().join("logs/again.log")).unwrap())

@@ -261,14 +261,18 @@ impl Cluster {
 
     /// A coordinator listening on `host`, with no node yet.
     pub fn coordinator_on(label: &str, host: &str, overrides: &[String]) -> Cluster {
+        Cluster::coordinator_with(label, host, overrides, &[])
+    }
+
+    /// [`Cluster::coordinator_on`], the coordinator also given `extra` arguments (e.g.
+    /// `--http 127.0.0.1:0`).
+    pub fn coordinator_with(label: &str, host: &str, overrides: &[String], extra: &[&str]) -> Cluster {
         let dir = TempDir::new(label);
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
         certs(dir.path(), node_count(overrides));
-        let coordinator = Process::start(
-            "coordinator",
-            &Cluster::coordinator_args(dir.path(), &format!("{host}:0"), overrides),
-            &dir.path().join("logs/coordinator.log"),
-        );
+        let mut args = Cluster::coordinator_args(dir.path(), &format!("{host}:0"), overrides);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
         Cluster {
             dir,
             coordinator,
@@ -325,6 +329,20 @@ impl Cluster {
 
     pub fn tls(&self) -> PathBuf {
         self.out().join("tls")
+    }
+
+    /// The dashboard's URL, as the coordinator's log gives it (within 30 s).
+    pub fn dashboard_url(&self) -> String {
+        let log = self.out().join("logs/coordinator.log");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(url) = text.lines().find_map(|l| l.split("dashboard on ").nth(1)) {
+                return url.trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "no dashboard line in {}", log.display());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Waits until `metrics.jsonl` holds rows of round `round`.
