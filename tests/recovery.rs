@@ -28,6 +28,11 @@ fn a_node_killed_mid_run_resumes_from_its_checkpoint() {
     let mut cluster = Cluster::start("resume-node", 3, &small(3, rounds));
     cluster.wait_for_round(6, Duration::from_secs(120));
     cluster.nodes[2].kill(); // SIGKILL: no goodbye, no last write
+    // A round is filed when it closes, so node 2's report of the round open at the kill
+    // may not be in metrics.jsonl yet; once that round is filed, node 2's first life is
+    // on record in full.
+    let filed = metrics(cluster.out()).iter().map(|r| r.round).max().unwrap_or(0);
+    cluster.wait_for_round(filed + 1, Duration::from_secs(120));
     let before: Vec<_> = metrics(cluster.out()).into_iter().filter(|r| r.node == 2).collect();
     let last = before.last().expect("node 2 reported before the kill").clone();
 
