@@ -187,18 +187,39 @@ impl Mailbox {
                 }
             }
             Some((current, _)) if round == current + 1 => Ok(()),
-            // Semi-synchronous rounds: this node is behind (a straggler); the round
-            // it skips to may be this one, or this message may serve it as stale.
-            Some(_) if max_staleness > 0 && inner.inbox.len() < early_capacity => Ok(()),
-            Some((current, _)) => Err(Status::failed_precondition(format!(
-                "round {round} is too far ahead: this node is in round {current}"
-            ))),
+            // Further ahead: this node fell behind (a straggler, or back from a lost
+            // connection) and skips to the round the coordinator tells it next, which
+            // may be this one: the coordinator may tell its neighbours first. Held, at
+            // most one such message per sender (its newest: a node that catches up skips
+            // to the newest round, and a newer message serves as stale where an older
+            // one would) and a bounded number in all.
+            Some((current, _)) => match Self::held_ahead(inner, current, sender) {
+                Some(held) if held > round => Err(Status::failed_precondition(format!(
+                    "node {sender} already sent a message for round {held}, after round {round}"
+                ))),
+                _ if inner.inbox.len() < early_capacity => Ok(()),
+                _ => Err(Status::resource_exhausted(format!(
+                    "too many messages ahead of this node's round {current}"
+                ))),
+            },
             // Before our first StartRound we cannot judge the round; hold a bounded number.
             None if inner.inbox.len() < early_capacity => Ok(()),
             None => Err(Status::resource_exhausted(
                 "too many messages before this node's first round",
             )),
         }
+    }
+
+    /// The round of the message `sender` sent for a round after `current + 1`, if one
+    /// is held.
+    fn held_ahead(inner: &Inner, current: u32, sender: u32) -> Option<u32> {
+        let after_next = current.saturating_add(2);
+        inner
+            .inbox
+            .range((after_next, 0)..)
+            .map(|(&(round, from), _)| (round, from))
+            .find(|&(_, from)| from == sender)
+            .map(|(round, _)| round)
     }
 
     /// Files a complete message if its round, token and sender are right.
@@ -226,6 +247,13 @@ impl Mailbox {
         match inner.current {
             Some((current, _)) if message.round < current => {
                 Self::keep_stale(&mut inner, current, self.max_staleness, message);
+            }
+            Some((current, _)) if message.round > current.saturating_add(1) => {
+                // Replaces its sender's older message from beyond the next round.
+                if let Some(older) = Self::held_ahead(&inner, current, message.sender) {
+                    inner.inbox.remove(&(older, message.sender));
+                }
+                inner.inbox.insert((message.round, message.sender), message);
             }
             _ => {
                 inner.inbox.insert((message.round, message.sender), message);
@@ -377,7 +405,6 @@ mod tests {
         assert_eq!(code(1, 4, 77), Code::FailedPrecondition);
         assert_eq!(code(1, 5, 78), Code::FailedPrecondition);
         assert_eq!(code(3, 5, 77), Code::PermissionDenied);
-        assert_eq!(code(1, 7, 1), Code::FailedPrecondition);
         assert!(mailbox.deliver(message(3, 6, 1)).is_ok(), "the next round is held");
         mailbox.deliver(message(1, 5, 77)).unwrap();
         // The same message again (a retry whose receipt was lost) is taken again;
@@ -386,6 +413,39 @@ mod tests {
         let mut other = message(1, 5, 77);
         other.values = vec![1.0];
         assert_eq!(mailbox.deliver(other).unwrap_err().code(), Code::AlreadyExists);
+    }
+
+    /// A node back from a lost connection is still in the round it was cut off in when
+    /// its neighbours, told first, send it the round the coordinator is about to tell it.
+    #[test]
+    fn a_node_that_fell_behind_holds_its_neighbours_newest_message_for_a_later_round() {
+        let mailbox = Mailbox::new(4, 0);
+        mailbox.begin_round(5, 55, &[1, 2], &[1, 2]);
+        mailbox.deliver(message(1, 8, 88)).unwrap();
+        mailbox.deliver(message(2, 8, 88)).unwrap();
+        // Node 1 went on to round 9: its newest message replaces its round-8 one, and an
+        // older one than that is refused.
+        mailbox.deliver(message(1, 9, 99)).unwrap();
+        assert_eq!(
+            mailbox.deliver(message(1, 7, 77)).unwrap_err().code(),
+            Code::FailedPrecondition
+        );
+        mailbox.begin_round(8, 88, &[1, 2], &[1, 2]);
+        assert_eq!(mailbox.take_rejected(), 0, "both round-8 messages carry its token");
+        let inner = mailbox.inner();
+        let held: Vec<_> = inner.inbox.keys().copied().collect();
+        assert_eq!(held, [(8, 2), (9, 1)]);
+        drop(inner);
+        // At most a bounded number is held in all (2 per member).
+        let mailbox = Mailbox::new(2, 0);
+        mailbox.begin_round(0, 1, &[1], &[1]);
+        for round in 2..6 {
+            mailbox.deliver(message(round, round, 1)).unwrap();
+        }
+        assert_eq!(
+            mailbox.deliver(message(9, 7, 1)).unwrap_err().code(),
+            Code::ResourceExhausted
+        );
     }
 
     #[test]
