@@ -315,6 +315,47 @@ fn a_silent_member_does_not_stretch_the_rounds() {
     }
 }
 
+/// A node its neighbours cannot reach (here: it advertises an address nothing listens
+/// on) is told at once that their messages will not come, through the coordinator,
+/// instead of waiting for them until the exchange deadline; it is still heard itself.
+#[test]
+fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
+    let timeout_ms = 20_000;
+    let mut overrides = small(3, 3);
+    overrides.push(format!("exchange.timeout_ms={timeout_ms}"));
+    let mut cluster = Cluster::coordinator_on("unreachable", "127.0.0.1", &overrides);
+    for id in 0..2 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let nowhere = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut args = cluster.node_args(2, "mlp:64", "127.0.0.1:0");
+    args.extend(["--advertise".into(), nowhere.to_string()]);
+    cluster.start_node_with(2, &args);
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    let rows = metrics(cluster.out());
+    assert_eq!(rows.len(), 9, "every node reported every round: {rows:?}");
+    for row in &rows {
+        if row.node == 2 {
+            // Neither neighbour's message came, and it did not wait for them (before it
+            // could count them silent, from its third round on).
+            assert_eq!((row.messages_received, row.messages_lost), (0, 2), "{row:?}");
+            assert!(
+                row.exchange_ms < f64::from(timeout_ms) / 4.0,
+                "round {}: node 2 waited {} ms for messages that could not come",
+                row.round,
+                row.exchange_ms
+            );
+        } else {
+            assert_eq!(row.messages_received, 2, "node 2 is heard: {row:?}");
+        }
+    }
+}
+
 #[test]
 fn honest_nodes_keep_their_accuracy_under_median_while_an_adversary_lies() {
     // Seven devices with label-skewed data, node 0 lying confidently to its six

@@ -13,8 +13,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, error, info, warn};
 use wdml_proto::transport::{self, Identity};
 use wdml_proto::{
-    CoordinatorEvent, Done, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, RunEvent, WatchRequest,
-    coordinator_server::Coordinator, node_event::Event, run_event,
+    CoordinatorEvent, Done, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, NotComing, RunEvent,
+    Undelivered, WatchRequest, coordinator_event, coordinator_server::Coordinator, node_event::Event, run_event,
 };
 
 use crate::Config;
@@ -368,6 +368,32 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
             );
             state.members.record(silent.node_id, "silent", round, reason);
             shared.commit(&mut state);
+            Ok(Flow::Continue)
+        }
+        Some(Event::Undelivered(undelivered)) => {
+            let Undelivered { round, round_token, to } = undelivered;
+            if to >= state.members.nodes() || to == id {
+                return Err(Status::invalid_argument(format!("Undelivered names node {to}")));
+            }
+            // Only for the open round, to one of its participants: a report that comes
+            // after the round closed has nobody left waiting. It can only withdraw the
+            // sender's own message, which the sender could as well not have sent.
+            let open = state
+                .open
+                .as_ref()
+                .filter(|o| o.round == round && o.token == round_token);
+            if open.is_some_and(|o| o.participants.contains_key(&to) && o.participants.contains_key(&id)) {
+                info!(
+                    node = id,
+                    neighbour = to,
+                    round = round + 1,
+                    "could not deliver its message; telling the neighbour"
+                );
+                let event = CoordinatorEvent {
+                    event: Some(coordinator_event::Event::NotComing(NotComing { round, from: id })),
+                };
+                state.members.tell(to, event);
+            }
             Ok(Flow::Continue)
         }
         None => Err(Status::invalid_argument("empty NodeEvent")),

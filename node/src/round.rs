@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use candle_core::Tensor;
+use tokio::sync::mpsc;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use wdml_channel::Access;
 use wdml_proto::policy::Closing;
-use wdml_proto::{AdversaryKind, RoundMetrics, StartRound};
+use wdml_proto::{AdversaryKind, RoundMetrics, StartRound, Undelivered};
 
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
@@ -58,6 +59,9 @@ pub struct Node {
     pub owner: Owner,
     /// Neighbours that went silent in the round under way (for its outcome).
     pub newly_silent: Vec<(u32, u32)>,
+    /// Where a message that could not be delivered is said at once (the session tells
+    /// the coordinator, which tells its receiver not to wait for it).
+    pub undelivered: Option<mpsc::UnboundedSender<Undelivered>>,
 }
 
 /// What a round yields: its metrics, and the neighbours that just went silent (with
@@ -259,6 +263,7 @@ impl Round<'_> {
             withhold,
             wait_s: band_wait_s(&node.plan, phase_s, node.id, self.start.band_start_s),
             air,
+            undelivered: node.undelivered.clone(),
         };
         // Semi-synchronous rounds: the exchange waits by the round's own rule.
         let wall = |emulated_s: f64| node.shaper.wall(emulated_s).unwrap_or(Duration::MAX);

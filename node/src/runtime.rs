@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{
     CoordinatorEvent, Done, Encoding, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent,
-    RoundFailed, RunComplete, RunSettings, StartRound, coordinator_client::CoordinatorClient, coordinator_event,
-    node_event, peer_exchange_server::PeerExchangeServer,
+    RoundFailed, RunComplete, RunSettings, StartRound, Undelivered, coordinator_client::CoordinatorClient,
+    coordinator_event, node_event, peer_exchange_server::PeerExchangeServer,
 };
 
 use crate::checkpoint::{self, Owner};
@@ -160,7 +160,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     };
     info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, "joined");
 
-    let node = prepare(&config, plan, model).await?;
+    let mut node = prepare(&config, plan, model).await?;
     // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).
     let shape = message(&node);
     let (rows, cols, top_k) = shape.map_or((0, 0, 0), |m| (m.rows, m.cols, m.top_k));
@@ -189,6 +189,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
     let (rounds_tx, rounds_rx) = watch::channel::<Option<StartRound>>(None);
     let (report_tx, report_rx) = mpsc::channel::<Report>(16);
+    // At most one per neighbour and round, and the session forwards them at once.
+    let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
+    node.undelivered = Some(undelivered_tx);
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
     let histogram = node.shard.label_histogram()?;
@@ -203,7 +206,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         rounds: rounds_tx,
         heartbeat,
     };
-    let outcome = session.follow(report_rx, shutdown).await;
+    let outcome = session.follow(report_rx, undelivered_rx, shutdown).await;
 
     worker.abort();
     let _ = stop_serving.send(());
@@ -316,6 +319,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             peers: PeerClients::new(security),
             punctuality: Punctuality::default(),
             newly_silent: Vec::new(),
+            undelivered: None,
             state_dir,
             owner,
         })
@@ -595,6 +599,7 @@ impl Session {
     async fn follow(
         mut self,
         mut reports: mpsc::Receiver<Report>,
+        mut undelivered: mpsc::UnboundedReceiver<Undelivered>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Outcome> {
         tokio::pin!(shutdown);
@@ -640,6 +645,12 @@ impl Session {
                             return Err(Error::RoundFailed { round, reason: failed.reason });
                         }
                     }
+                    Some(message) = undelivered.recv() => {
+                        let event = NodeEvent { event: Some(node_event::Event::Undelivered(message)) };
+                        if outbound.send(event).await.is_err() {
+                            break "the stream closed".to_string();
+                        }
+                    }
                     _ = heartbeat.tick() => {
                         let event = NodeEvent { event: Some(node_event::Event::Heartbeat(Heartbeat {})) };
                         if outbound.send(event).await.is_err() {
@@ -675,6 +686,15 @@ impl Session {
             }
             Some(coordinator_event::Event::MemberGone(gone)) => {
                 self.mailbox.peer_gone(gone.node_id);
+                None
+            }
+            Some(coordinator_event::Event::NotComing(not_coming)) => {
+                debug!(
+                    from = not_coming.from,
+                    round = not_coming.round + 1,
+                    "a neighbour's message will not come: not waiting for it"
+                );
+                self.mailbox.not_coming(not_coming.round, not_coming.from);
                 None
             }
             Some(coordinator_event::Event::RunComplete(complete)) => Some(complete),

@@ -154,6 +154,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
         vec![(1, Some(channel))],
         resolved.time_scale,
         deadline,
+        None,
     );
     let ((collected, elapsed), sent) = tokio::join!(received, sending);
     Run {
@@ -226,7 +227,7 @@ async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
     let rows = 4;
     let (frames, schedule, _) = message(rows, radio(LossModel::None, 0.0));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let sending = client::transmit(frames, schedule, vec![(1, Some(channel))], 0.0, deadline);
+    let sending = client::transmit(frames, schedule, vec![(1, Some(channel))], 0.0, deadline, None);
     // The receiver comes up after the first try was refused, before the second.
     let serving = async {
         tokio::time::sleep(client::RETRY_AFTER / 2).await;
@@ -275,6 +276,7 @@ async fn a_neighbour_has_its_message_once_its_own_frames_are_out() {
         vec![(1, Some(channel)), (2, None)],
         1.0,
         deadline,
+        None,
     ));
     let collected = mailbox
         .collect(0, Instant::now() + Duration::from_secs(30), &BTreeMap::new(), None)

@@ -350,6 +350,7 @@ async fn stream_through(
             withhold: false,
             wait_s: 0.0,
             air: None,
+            undelivered: None,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let mut metrics = RoundMetrics::default();

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tracing::debug;
 use wdml_proto::transport::{Identity, Security};
-use wdml_proto::{Frame, peer_exchange_client::PeerExchangeClient};
+use wdml_proto::{Frame, Undelivered, peer_exchange_client::PeerExchangeClient};
 
 use super::shaper::Schedule;
 
@@ -125,13 +125,17 @@ pub async fn send(
 /// Streams `frames` to every destination at the pace `schedule` says: a frame is
 /// written to a receiver's stream when the emulated radio has finished transmitting
 /// it (schedule time × `time_scale` after the start); frames the radio lost are
-/// never written. Returns each destination's outcome, in order.
+/// never written. Returns each destination's outcome, in order; as soon as a
+/// destination the radio reaches cannot be given the message (its connection failed
+/// every try, or there is none), says so on `undelivered`, so that its node need not
+/// wait for it until the deadline.
 pub async fn transmit(
     frames: Vec<Frame>,
     schedule: Schedule,
     destinations: Vec<(u32, Option<Channel>)>,
     time_scale: f64,
     deadline: tokio::time::Instant,
+    undelivered: Option<mpsc::UnboundedSender<Undelivered>>,
 ) -> Vec<(SendOutcome, Result<(), Status>)> {
     // Frames to deliver per receiver: its stream ends right after its last one, not
     // when the radio has served every neighbour (a receiver completes a message only
@@ -155,12 +159,26 @@ pub async fn transmit(
             to,
             ..SendOutcome::default()
         };
+        let undelivered = undelivered.clone().zip(frames.first()).map(|(tx, frame)| {
+            let message = Undelivered {
+                round: frame.round,
+                round_token: frame.round_token,
+                to,
+            };
+            (tx, message)
+        });
         sends.push(tokio::spawn(async move {
-            match channel {
-                _ if !heard => (nothing, Err(Status::data_loss("no frame got through"))),
+            let (outcome, result) = match channel {
+                _ if !heard => return (nothing, Err(Status::data_loss("no frame got through"))),
                 Some(channel) => send_until(to, channel, inlet, capacity, deadline).await,
                 None => (nothing, Err(Status::unavailable("unreachable"))),
+            };
+            if result.is_err()
+                && let Some((tx, message)) = undelivered
+            {
+                let _ = tx.send(message);
             }
+            (outcome, result)
         }));
     }
     let began = tokio::time::Instant::now();

@@ -53,8 +53,12 @@ struct Inner {
     /// The neighbours whose message the radio delivers this round: the round waits
     /// for these only.
     expected: BTreeSet<u32>,
-    /// Neighbours the coordinator said are gone: do not wait for them.
+    /// Neighbours the coordinator said are gone, or whose message for this round will
+    /// not come: do not wait for them.
     gone: BTreeSet<u32>,
+    /// (round, sender) of messages for a round this node has not begun that the
+    /// coordinator said will not come.
+    not_coming: BTreeSet<(u32, u32)>,
     /// Messages by (round, sender): the current round's, and early ones for the next.
     inbox: BTreeMap<(u32, u32), Delivered>,
     /// The tokens of the rounds this node took part in lately, by round.
@@ -111,6 +115,13 @@ impl Mailbox {
         inner.neighbours = neighbours.iter().copied().collect();
         inner.expected = expected.iter().copied().collect();
         inner.gone.clear();
+        let given_up: Vec<u32> = inner
+            .not_coming
+            .range((round, 0)..=(round, u32::MAX))
+            .map(|&(_, from)| from)
+            .collect();
+        inner.gone.extend(given_up);
+        inner.not_coming.retain(|&(r, _)| r > round);
         let neighbours = inner.neighbours.clone();
         let mut dropped = 0;
         let mut older = Vec::new();
@@ -281,6 +292,25 @@ impl Mailbox {
             return;
         }
         inner.stale.insert(message.sender, message);
+    }
+
+    /// `from`'s message for `round` will not come (it could not reach this node): that
+    /// round does not wait for it. Said of a round this node has not begun yet, it is
+    /// kept for that round (a bounded number).
+    pub fn not_coming(&self, round: u32, from: u32) {
+        let mut inner = self.inner();
+        match inner.current {
+            Some((current, _)) if current == round => {
+                inner.gone.insert(from);
+            }
+            Some((current, _)) if current > round => return,
+            _ if inner.not_coming.len() < self.early_capacity => {
+                inner.not_coming.insert((round, from));
+            }
+            _ => return,
+        }
+        drop(inner);
+        self.changed();
     }
 
     /// A neighbour left: the round stops waiting for it.
@@ -493,6 +523,31 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(2));
         assert_eq!(collected.messages.iter().map(|m| m.sender).collect::<Vec<_>>(), [2]);
         assert_eq!(collected.lost, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn collect_does_not_wait_for_a_message_that_will_not_come() {
+        let mailbox = std::sync::Arc::new(Mailbox::new(4, 0));
+        // Said before the round began (this node is slower than the sender's tries).
+        mailbox.not_coming(3, 2);
+        mailbox.not_coming(4, 1);
+        mailbox.begin_round(3, 1, &[1, 2, 3], &[1, 2, 3]);
+        mailbox.deliver(message(1, 3, 1)).unwrap();
+        let started = Instant::now();
+        let m = mailbox.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            m.not_coming(3, 3);
+        });
+        let collected = mailbox
+            .collect(3, Instant::now() + Duration::from_secs(60), &BTreeMap::new(), None)
+            .await;
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert_eq!((collected.messages.len(), collected.lost), (1, 2));
+        // Only for that round: node 1's next-round message is still awaited, and node
+        // 2's is, again.
+        mailbox.begin_round(4, 2, &[1, 2], &[1, 2]);
+        assert_eq!(mailbox.inner().gone, BTreeSet::from([1]));
     }
 
     #[tokio::test(start_paused = true)]

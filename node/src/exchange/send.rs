@@ -5,11 +5,12 @@
 
 use std::collections::BTreeMap;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tracing::warn;
 use wdml_channel::Shaping;
-use wdml_proto::RoundMetrics;
+use wdml_proto::{RoundMetrics, Undelivered};
 
 use super::client;
 use super::codec::{self, Envelope, MessageShape};
@@ -33,6 +34,9 @@ pub struct Outgoing<'a> {
     /// Over the air: each destination's slot, in the order of `destinations` (`None`:
     /// digital).
     pub air: Option<Vec<AirReceiver>>,
+    /// Where to say at once that a neighbour could not be given the message (for the
+    /// coordinator to tell it), if anywhere.
+    pub undelivered: Option<mpsc::UnboundedSender<Undelivered>>,
 }
 
 /// Sends `outgoing` through `shaper`'s schedule while collecting the round's messages
@@ -56,6 +60,7 @@ pub async fn send_and_collect(
         withhold,
         wait_s,
         air,
+        undelivered,
     } = outgoing;
     let round = envelope.round;
     let encoded = codec::encode(values, shape);
@@ -78,7 +83,14 @@ pub async fn send_and_collect(
     metrics.frames_lost = cost.frames_lost;
     metrics.retransmissions = cost.retransmissions;
 
-    let sending = client::transmit(frames, schedule, destinations, shaper.time_scale(), deadline);
+    let sending = client::transmit(
+        frames,
+        schedule,
+        destinations,
+        shaper.time_scale(),
+        deadline,
+        undelivered,
+    );
     let (collected, sent) = tokio::join!(mailbox.collect(round, deadline, awaited, quorum), sending);
     for (outcome, result) in sent {
         metrics.frames_sent += outcome.frames;
