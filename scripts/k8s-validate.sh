@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Validates the Kubernetes manifests offline (no cluster): every object in
 # deploy/kubernetes/*.yaml, the Secrets that deploy/kubernetes/make-secrets.sh prints
-# (from a stand-in certificate directory) and the StatefulSet after its --patch for 6
-# nodes, against the OpenAPI schemas of the Kubernetes versions below with
+# (from stand-in certificate directories) and the StatefulSet after its --patch, for 6
+# nodes and for 1,100 (split over three Secrets), against the OpenAPI schemas of the Kubernetes versions below with
 # kubernetes-validate --strict (an unknown field, a wrong type, a missing required
 # field, an unknown kind or apiVersion fail); then checks what no schema can:
 # selectors match their pod labels, Services select pods and name their ports, the
@@ -58,59 +58,94 @@ trap 'rm -rf "$WORK"' EXIT
 passed=0
 failed=0
 
-# --- What make-secrets.sh prints, from a stand-in `wdml certs` directory (the
-# Secrets' shape is checked, not the certificates), and the StatefulSet patched for 6.
+# --- What make-secrets.sh prints, from stand-in `wdml certs` directories (the
+# Secrets' shape is checked, not the certificates), and the StatefulSet patched: for 6
+# nodes (one Secret) and for 1,100 (split over three, each file as large as a real one).
 GENERATED=()
-if [ -f "$DIR/make-secrets.sh" ]; then
-    mkdir -p "$WORK/certs"
+standin() { # N DIR [BYTES]: ca, coordinator, observer and N nodes' files
+    local n="$1" dir="$2" pad k ext f
+    pad="$(head -c "${3:-0}" /dev/zero | tr '\0' 'A')"
+    mkdir -p "$dir"
     for f in ca.pem ca.key coordinator.pem coordinator.key observer.pem observer.key; do
-        printf -- '-----BEGIN STAND-IN-----\n%s\n-----END STAND-IN-----\n' "$f" >"$WORK/certs/$f"
+        printf -- '-----BEGIN STAND-IN-----\n%s\n-----END STAND-IN-----\n' "$f" >"$dir/$f"
     done
-    for k in 0 1 2 3 4 5; do
+    for ((k = 0; k < n; k++)); do
         for ext in pem key; do
-            printf -- '-----BEGIN STAND-IN-----\nnode-%s.%s\n-----END STAND-IN-----\n' "$k" "$ext" \
-                >"$WORK/certs/node-$k.$ext"
+            printf -- '-----BEGIN STAND-IN-----\nnode-%s.%s%s\n-----END STAND-IN-----\n' "$k" "$ext" "$pad" \
+                >"$dir/node-$k.$ext"
         done
     done
-    if bash "$DIR/make-secrets.sh" "$WORK/certs" >"$WORK/secrets.yaml" 2>"$WORK/make-secrets.err" \
-        && bash "$DIR/make-secrets.sh" --patch "$WORK/certs" >"$WORK/nodes-patch.yaml" 2>>"$WORK/make-secrets.err"; then
-        echo "PASS make-secrets.sh: Secrets and StatefulSet patch for 6 stand-in nodes"
+}
+# NAME N BYTES: make-secrets.sh and its --patch on N stand-in nodes whose files are
+# about BYTES each; the patch applied to the StatefulSet as `kubectl patch` would (a
+# strategic merge: replicas, and volumes by name) and checked to hold nothing else,
+# every node's two files in exactly one Secret, ca.pem once, no Secret over 1 MiB, and
+# the patched volume projecting exactly the Secrets printed.
+secrets_case() {
+    local name="$1" n="$2" bytes="$3"
+    standin "$n" "$WORK/$name/certs" "$bytes"
+    if bash "$DIR/make-secrets.sh" "$WORK/$name/certs" >"$WORK/$name/secrets.yaml" 2>"$WORK/$name/err" \
+        && bash "$DIR/make-secrets.sh" --patch "$WORK/$name/certs" >"$WORK/$name/patch.yaml" 2>>"$WORK/$name/err"; then
+        echo "PASS make-secrets.sh: Secrets and StatefulSet patch for $n stand-in nodes"
         passed=$((passed + 1))
-        GENERATED+=("$WORK/secrets.yaml")
+        GENERATED+=("$WORK/$name/secrets.yaml")
     else
-        echo "FAIL make-secrets.sh: $(tr '\n' ' ' <"$WORK/make-secrets.err")"
+        echo "FAIL make-secrets.sh ($n nodes): $(tr '\n' ' ' <"$WORK/$name/err")"
         failed=$((failed + 1))
+        return
     fi
-    if grep -q -e 'ca\.key' -e 'observer\.key' "$WORK/secrets.yaml"; then
-        echo "FAIL make-secrets.sh: its Secrets carry ca.key or observer.key"
+    if grep -q -e 'ca\.key' -e 'observer\.key' "$WORK/$name/secrets.yaml"; then
+        echo "FAIL make-secrets.sh ($n nodes): its Secrets carry ca.key or observer.key"
         failed=$((failed + 1))
     else
-        echo "PASS make-secrets.sh: neither ca.key nor observer.key in the Secrets"
+        echo "PASS make-secrets.sh ($n nodes): neither ca.key nor observer.key in the Secrets"
         passed=$((passed + 1))
     fi
-    # The StatefulSet with the patch applied (a strategic merge of its replicas; the
-    # patch must hold nothing else), validated with the rest.
-    if [ -s "$WORK/nodes-patch.yaml" ] && "$PY" - "$WORK/nodes-patch.yaml" "$WORK/patched.yaml" "${FILES[@]}" <<'EOF'
-import sys, yaml
-patch_file, out, files = sys.argv[1], sys.argv[2], sys.argv[3:]
+    if "$PY" - "$n" "$WORK/$name/secrets.yaml" "$WORK/$name/patch.yaml" "$WORK/$name/patched.yaml" \
+        "${FILES[@]}" <<'EOF'
+import base64, sys, yaml
+n, secrets_file, patch_file, out, files = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+secrets = [d for d in yaml.safe_load_all(open(secrets_file)) if d]
+nodes = [d for d in secrets if d["metadata"]["name"].startswith("wdml-tls-nodes")]
+keys = [k for d in nodes for k in d["data"]]
+want = ["ca.pem"] + ["node-%d.%s" % (k, e) for k in range(n) for e in ("pem", "key")]
+if sorted(keys) != sorted(want):
+    sys.exit("the nodes' Secrets do not hold ca.pem once and every node's two files once")
+for d in nodes:
+    size = sum(len(base64.b64decode(v)) for v in d["data"].values())
+    if size > 1 << 20:
+        sys.exit("%s holds %d bytes, more than a Secret may" % (d["metadata"]["name"], size))
 patch = yaml.safe_load(open(patch_file))
+volumes = patch["spec"]["template"]["spec"]["volumes"]
+if set(patch["spec"]) != {"replicas", "template"} or patch["spec"]["template"] != {"spec": {"volumes": volumes}} \
+        or [v["name"] for v in volumes] != ["tls"] or patch["spec"]["replicas"] != n:
+    sys.exit("the patch holds more than the replicas (%d) and the tls volume: %r" % (n, patch))
+projected = [s["secret"]["name"] for s in volumes[0]["projected"]["sources"]]
+if projected != [d["metadata"]["name"] for d in nodes]:
+    sys.exit("the patch projects %s, the Secrets printed are %s" % (projected, [d["metadata"]["name"] for d in nodes]))
 for f in files:
     for doc in yaml.safe_load_all(open(f)):
         if doc and doc.get("kind") == "StatefulSet":
-            if patch != {"spec": {"replicas": patch["spec"]["replicas"]}}:
-                sys.exit("the patch holds more than the replicas: %r" % patch)
-            doc["spec"]["replicas"] = patch["spec"]["replicas"]
-            # The scenario must say the same number of nodes: as the docs ask.
+            doc["spec"]["replicas"] = n
+            pod = doc["spec"]["template"]["spec"]
+            pod["volumes"] = [next((p for p in volumes if p["name"] == v["name"]), v) for v in pod["volumes"]]
             yaml.safe_dump(doc, open(out, "w"), sort_keys=False)
             sys.exit(0)
 sys.exit("no StatefulSet to patch")
 EOF
     then
-        GENERATED+=("$WORK/patched.yaml")
+        echo "PASS make-secrets.sh ($n nodes): each node's files in one Secret of at most 1 MiB, all projected by the patch"
+        passed=$((passed + 1))
+        GENERATED+=("$WORK/$name/patched.yaml")
     else
-        echo "FAIL make-secrets.sh --patch: its patch does not apply to the StatefulSet"
+        echo "FAIL make-secrets.sh --patch ($n nodes): the Secrets or the patch are not what the StatefulSet needs"
         failed=$((failed + 1))
     fi
+}
+if [ -f "$DIR/make-secrets.sh" ]; then
+    secrets_case six 6 0
+    # About 480 bytes a file: a wdml certs node's certificate and key are 960 together.
+    secrets_case many 1100 420
 fi
 
 # --- The schemas: each object against each version. kubernetes-validate only warns
@@ -121,8 +156,8 @@ for version in $VERSIONS; do
         "${FILES[@]}" "${GENERATED[@]}" >"$WORK/out" 2>&1
     rc=$?
     set -e
-    sed -e "s#$WORK/secrets.yaml#(make-secrets.sh output)#" \
-        -e "s#$WORK/patched.yaml#(node StatefulSet after make-secrets.sh --patch)#" "$WORK/out"
+    sed -e "s#$WORK/\([a-z]*\)/secrets.yaml#(make-secrets.sh output, \1 nodes)#" \
+        -e "s#$WORK/\([a-z]*\)/patched.yaml#(node StatefulSet after make-secrets.sh --patch, \1 nodes)#" "$WORK/out"
     ok=$(grep -c '^INFO .* passed for resource' "$WORK/out" || true)
     bad=$(grep -c -e '^ERROR' -e '^WARN' -e '^FATAL' "$WORK/out" || true)
     if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then
@@ -178,10 +213,12 @@ for w in workloads:
     for v in pod.get("volumes", []):
         for kind, key, field in (("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName"),
                                  ("PersistentVolumeClaim", "persistentVolumeClaim", "claimName")):
-            if key in v:
-                ref = v[key][field]
-                check((kind, ns, ref) in defined,
-                      "%s: volume %s's %s %s is made here or by make-secrets.sh" % (name(w), v["name"], kind, ref))
+            # A volume of its own, or a projected volume's sources.
+            for source in [v] + v.get("projected", {}).get("sources", []):
+                if key in source:
+                    ref = source[key].get(field, source[key].get("name"))
+                    check((kind, ns, ref) in defined,
+                          "%s: volume %s's %s %s is made here or by make-secrets.sh" % (name(w), v["name"], kind, ref))
     volume_names = {v["name"] for v in pod.get("volumes", [])}
     for c in pod["containers"]:
         seen = set()
@@ -237,7 +274,10 @@ if scenario and nodes:
     # Each node mounts ca.pem and its own two files of the nodes' Secret, by its id,
     # and is told their paths; no list of nodes.
     spec = nodes[0]["spec"]["template"]["spec"]
-    secret_volumes = {v["name"] for v in spec["volumes"] if "secret" in v and not v["secret"].get("items")}
+    # Volumes of whole Secrets: a secret volume, or a projection of Secrets only, with
+    # no list of items (which would name nodes).
+    secrets = lambda v: [v["secret"]] if "secret" in v else [s.get("secret") for s in v.get("projected", {}).get("sources") or [{}]]
+    secret_volumes = {v["name"] for v in spec["volumes"] if all(x is not None and not x.get("items") for x in secrets(v))}
     container = spec["containers"][0]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     mounts = {m["mountPath"]: m.get("subPathExpr", m.get("subPath")) for m in container.get("volumeMounts", [])
