@@ -178,15 +178,25 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         emulated_start_s,
         ..StartRound::default()
     };
-    let mut participants = Vec::new();
-    for (&id, (_, connection)) in &live {
-        let start = start_for(id, &common, radio_neighbours, &live, &absent, &band_start);
-        let event = CoordinatorEvent {
-            event: Some(coordinator_event::Event::StartRound(start)),
-        };
+    // Every StartRound built first, then all handed over at once: a node starts its
+    // round (and takes a core on a shared machine) as soon as its own arrives, and
+    // building the rest meanwhile stretched the gap between rounds (256 full-mesh nodes
+    // on 2 cores: median gap 16 / 29 ms when built and sent one by one, 9 / 7.5 ms so).
+    let starts: Vec<(u32, u64, CoordinatorEvent)> = live
+        .iter()
+        .map(|(&id, (_, connection))| {
+            let start = start_for(id, &common, radio_neighbours, &live, &absent, &band_start);
+            let event = CoordinatorEvent {
+                event: Some(coordinator_event::Event::StartRound(start)),
+            };
+            (id, *connection, event)
+        })
+        .collect();
+    let mut participants = Vec::with_capacity(starts.len());
+    for (id, connection, event) in starts {
         let member = state.members.get(id).expect("listed as live");
         if send_to(member, event) {
-            participants.push((id, *connection));
+            participants.push((id, connection));
         }
     }
     // From the previous round's close to this one's last StartRound handed to its
