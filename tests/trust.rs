@@ -337,6 +337,14 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
     assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
     let s = summary(cluster.out());
     assert!(s.finished, "{}", s.reason);
+    // Each round, each of node 2's neighbours said it could not deliver, and the
+    // coordinator told node 2.
+    let log = std::fs::read_to_string(cluster.out().join("logs/coordinator.log")).unwrap();
+    let told = log
+        .lines()
+        .filter(|l| l.contains("could not deliver its message") && l.contains("neighbour=2"))
+        .count();
+    assert_eq!(told, 6, "two neighbours, three rounds:\n{log}");
     let rows = metrics(cluster.out());
     assert_eq!(rows.len(), 9, "every node reported every round: {rows:?}");
     for row in &rows {

@@ -299,16 +299,6 @@ impl Members {
         true
     }
 
-    /// Sends `event` to node `id` if it is live; whether it was queued. A full outbox
-    /// means that node is not reading; it will be reaped itself.
-    pub fn tell(&self, id: u32, event: CoordinatorEvent) -> bool {
-        self.by_id
-            .get(&id)
-            .filter(|m| m.presence == Presence::Live)
-            .and_then(|m| m.outbox.as_ref())
-            .is_some_and(|(_, tx)| tx.try_send(Ok(event)).is_ok())
-    }
-
     fn tell_gone(&self, id: u32) {
         let gone = CoordinatorEvent {
             event: Some(Event::MemberGone(MemberGone { node_id: id })),

@@ -392,7 +392,10 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
                 let event = CoordinatorEvent {
                     event: Some(coordinator_event::Event::NotComing(NotComing { round, from: id })),
                 };
-                state.members.tell(to, event);
+                // A node with no stream (gone, or not back yet) has nothing to stop.
+                if let Some(member) = state.members.get(to) {
+                    send_to(member, event);
+                }
             }
             Ok(Flow::Continue)
         }
