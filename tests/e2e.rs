@@ -158,8 +158,8 @@ mod bad_messages {
     use super::*;
     use std::path::Path;
     use tonic::Code;
+    use wdml_proto::Frame;
     use wdml_proto::transport::{Identity, Security};
-    use wdml_proto::{Frame, peer_exchange_client::PeerExchangeClient};
 
     /// A well-formed single-frame message for the `small` scenario, as node 1.
     fn frame(run_id: &str) -> Frame {
@@ -175,8 +175,7 @@ mod bad_messages {
             .connect()
             .await
             .unwrap();
-        let mut client = PeerExchangeClient::new(channel);
-        match client.send(tokio_stream::iter(vec![frame])).await {
+        match common::send_message(channel, vec![frame]).await {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
         }

@@ -13,9 +13,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use wdml_proto::pki::{self, Authority};
 use wdml_proto::transport::{Identity, Security};
-use wdml_proto::{
-    Frame, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient, peer_exchange_client::PeerExchangeClient,
-};
+use wdml_proto::{Frame, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()
@@ -76,10 +74,7 @@ async fn send(security: &Security, address: &str, to: u32, frame: Frame) -> Resu
         .connect()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    PeerExchangeClient::new(channel)
-        .send(tokio_stream::iter(vec![frame]))
-        .await
-        .map(drop)
+    common::send_message(channel, vec![frame]).await.map(drop)
 }
 
 #[test]
@@ -99,8 +94,7 @@ fn strangers_and_impostors_are_refused_and_the_run_finishes_unharmed() {
     let anonymous = rt.block_on(async {
         match without_certificate(&tls, Identity::Node(0), &node0).await {
             Err(_) => Err(Code::Unavailable),
-            Ok(channel) => PeerExchangeClient::new(channel)
-                .send(tokio_stream::iter(vec![frame("trust-42", 1)]))
+            Ok(channel) => common::send_message(channel, vec![frame("trust-42", 1)])
                 .await
                 .map(drop)
                 .map_err(|s| s.code()),

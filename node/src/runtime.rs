@@ -174,8 +174,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         encoding: shape.map_or(Encoding::Unspecified, |m| m.encoding),
         top_k,
     };
-    let service = PeerExchangeServer::new(PeerService::new(expect, node.mailbox.clone()))
-        .max_decoding_message_size(MAX_FRAME_BYTES);
+    let (service, closer) = PeerService::new(expect, node.mailbox.clone());
+    let service = PeerExchangeServer::new(service).max_decoding_message_size(MAX_FRAME_BYTES);
     let (stop_serving, serving_stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(transport::serve(
         transport::server().add_service(service),
@@ -209,6 +209,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     let outcome = session.follow(report_rx, undelivered_rx, shutdown).await;
 
     worker.abort();
+    closer.close();
     let _ = stop_serving.send(());
     // Graceful shutdown waits for the peers' connections to close; a peer that keeps
     // one open (or is cut off and never answers) must not keep this node alive.

@@ -86,7 +86,8 @@ fn serve_node1(listener: TcpListener, node1: Security, rows: u32) -> Arc<Mailbox
         encoding: Encoding::F32,
         top_k: 0,
     };
-    let service = PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
+    let (service, _closer) = PeerService::new(expect, mailbox.clone());
+    let service = PeerExchangeServer::new(service);
     tokio::spawn(transport::serve(
         transport::server().add_service(service),
         listener,
@@ -114,6 +115,16 @@ fn message(
     rows: u32,
     resolved: ResolvedChannel,
 ) -> (Vec<wdml_proto::Frame>, wdml_node::exchange::shaper::Schedule, u64) {
+    message_in(0, 9, rows, resolved)
+}
+
+/// Node 0's message for `round` (with `token`), as [`message`].
+fn message_in(
+    round: u32,
+    token: u64,
+    rows: u32,
+    resolved: ResolvedChannel,
+) -> (Vec<wdml_proto::Frame>, wdml_node::exchange::shaper::Schedule, u64) {
     let sender = Shaper::new(resolved, 1, 2, 0).unwrap();
     let values = vec![0.5f32; (rows * COLS) as usize];
     let encoded = codec::encode(
@@ -127,13 +138,13 @@ fn message(
     );
     let envelope = Envelope {
         run_id: "t".into(),
-        round: 0,
-        round_token: 9,
+        round,
+        round_token: token,
         sender: 0,
     };
     let frames = codec::frames(&envelope, &encoded, sender.frame_bytes());
     let bytes = encoded.bytes.len() as u64;
-    let schedule = sender.schedule(0, &[1], bytes, frames.len(), 0.0).unwrap();
+    let schedule = sender.schedule(round, &[1], bytes, frames.len(), 0.0).unwrap();
     (frames, schedule, bytes)
 }
 
@@ -151,7 +162,7 @@ async fn send_one(rows: u32, resolved: ResolvedChannel) -> Run {
     let sending = client::transmit(
         frames,
         schedule,
-        vec![(1, Some(channel))],
+        vec![(1, Some(client::Link::new(channel)))],
         resolved.time_scale,
         deadline,
         None,
@@ -227,7 +238,14 @@ async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
     let rows = 4;
     let (frames, schedule, _) = message(rows, radio(LossModel::None, 0.0));
     let deadline = Instant::now() + Duration::from_secs(30);
-    let sending = client::transmit(frames, schedule, vec![(1, Some(channel))], 0.0, deadline, None);
+    let sending = client::transmit(
+        frames,
+        schedule,
+        vec![(1, Some(client::Link::new(channel)))],
+        0.0,
+        deadline,
+        None,
+    );
     // The receiver comes up after the first try was refused, before the second.
     let serving = async {
         tokio::time::sleep(client::RETRY_AFTER / 2).await;
@@ -242,9 +260,8 @@ async fn a_send_whose_connection_failed_is_tried_again_before_the_deadline() {
 }
 
 /// A neighbour has its message once its own frames are on the air, not when the radio
-/// has served every neighbour: a receiver completes a message at its stream's end, and
-/// a paced broadcast to many neighbours held the first ones' messages back until the
-/// last one's frames were out.
+/// has served every neighbour: a paced broadcast to many neighbours held the first
+/// ones' messages back until the last one's frames were out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_neighbour_has_its_message_once_its_own_frames_are_out() {
     use wdml_node::exchange::shaper::{Delivery, Schedule};
@@ -273,7 +290,7 @@ async fn a_neighbour_has_its_message_once_its_own_frames_are_out() {
     let sending = tokio::spawn(client::transmit(
         frames,
         schedule,
-        vec![(1, Some(channel)), (2, None)],
+        vec![(1, Some(client::Link::new(channel))), (2, None)],
         1.0,
         deadline,
         None,
@@ -287,4 +304,191 @@ async fn a_neighbour_has_its_message_once_its_own_frames_are_out() {
         1,
         "node 1 heard node 0 within 30 s, while the radio still owed the other neighbour its frame"
     );
+}
+
+/// A node's messages to a neighbour travel round after round on one stream, so that a
+/// message costs its frames and a receipt rather than a new HTTP/2 stream
+/// (`wdml bench --only tls`). A message the receiver refuses, or one the radio cut
+/// short, closes that stream; the next round's message still arrives, on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_carries_round_after_round_on_one_stream_and_recovers_from_a_refusal_or_a_cut() {
+    let rows = 100; // 4,000 bytes: 3 frames
+    let (mailbox, channel) = receiver(rows).await;
+    let link = client::Link::new(channel);
+    let unshaped = radio(LossModel::None, 0.0);
+    // Sends node 0's message for `round` with `token`; `first_frame_only`: the radio
+    // gives up after the first frame.
+    let send = |round: u32, token: u64, first_frame_only: bool| {
+        let (frames, mut schedule, _) = message_in(round, token, rows, unshaped.clone());
+        assert_eq!(frames.len(), 3);
+        if first_frame_only {
+            schedule.deliveries.truncate(1);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let destinations = vec![(1, Some(link.clone()))];
+        async move {
+            client::transmit(frames, schedule, destinations, 0.0, deadline, None)
+                .await
+                .remove(0)
+        }
+    };
+    let heard = |round: u32, within: Duration| {
+        let mailbox = mailbox.clone();
+        async move {
+            let deadline = Instant::now() + within;
+            mailbox
+                .collect(round, deadline, &BTreeMap::new(), None)
+                .await
+                .messages
+                .len()
+        }
+    };
+    for round in 0..3 {
+        if round > 0 {
+            mailbox.begin_round(round, 9, &[0], &[0]);
+        }
+        let (outcome, result) = send(round, 9, false).await;
+        assert!(result.is_ok() && outcome.accepted, "round {round}: {result:?}");
+        assert_eq!(outcome.frames, 3, "round {round}: each frame once");
+        assert_eq!(heard(round, Duration::from_secs(30)).await, 1, "round {round}");
+    }
+    assert_eq!(link.streams_opened().await, 1, "three rounds, one stream");
+
+    // Round 3: a message with another round's token is refused (and not tried again).
+    mailbox.begin_round(3, 9, &[0], &[0]);
+    let (outcome, result) = send(3, 8, false).await;
+    assert_eq!(result.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    assert!(!outcome.accepted);
+    // Round 4: the radio gave up after the first frame; the receiver hears nothing.
+    mailbox.begin_round(4, 9, &[0], &[0]);
+    let (outcome, result) = send(4, 9, true).await;
+    assert_eq!(result.unwrap_err().code(), tonic::Code::DataLoss);
+    assert_eq!(outcome.frames, 1);
+    assert_eq!(heard(4, Duration::from_secs(1)).await, 0);
+    // Round 5: whole again, on a new stream.
+    mailbox.begin_round(5, 9, &[0], &[0]);
+    let (outcome, result) = send(5, 9, false).await;
+    assert!(result.is_ok() && outcome.accepted, "{result:?}");
+    assert_eq!(heard(5, Duration::from_secs(30)).await, 1);
+    assert_eq!(
+        link.streams_opened().await,
+        3,
+        "a new stream after the refusal and after the cut, and only then"
+    );
+}
+
+/// A neighbour's stream, open between messages, does not hold up the receiver's
+/// shutdown: graceful shutdown waits for open streams, and a neighbour still running
+/// keeps its stream; the node ends them when it stops serving instead of after their
+/// 60 s idle limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_open_between_messages_does_not_hold_up_the_receivers_shutdown() {
+    let rows = 4;
+    let (node0, node1) = credentials();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mailbox = Arc::new(Mailbox::new(2, 0));
+    mailbox.begin_round(0, 9, &[0], &[0]);
+    let expect = Expectation {
+        run_id: "t".into(),
+        me: 1,
+        nodes: 2,
+        rows,
+        cols: COLS,
+        max_message_bytes: 1 << 24,
+        encoding: Encoding::F32,
+        top_k: 0,
+    };
+    let (service, closer) = PeerService::new(expect, mailbox.clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(transport::serve(
+        transport::server().add_service(PeerExchangeServer::new(service)),
+        listener,
+        node1,
+        Limits::default(),
+        async {
+            stopped.await.ok();
+        },
+    ));
+    let channel = node0.connect_lazy(&address.to_string(), Identity::Node(1)).unwrap();
+    let link = client::Link::new(channel);
+    let (frames, schedule, _) = message(rows, radio(LossModel::None, 0.0));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent = client::transmit(frames, schedule, vec![(1, Some(link.clone()))], 0.0, deadline, None).await;
+    assert!(sent[0].1.is_ok(), "{:?}", sent[0].1);
+    // The link stays open (and referenced) while the receiver shuts down.
+    closer.close();
+    stop.send(()).unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(30), server).await;
+    assert!(
+        matches!(ended, Ok(Ok(Ok(())))),
+        "the server did not shut down while a neighbour's stream was open: {ended:?}"
+    );
+    drop(link);
+}
+
+/// A TCP relay to `target` whose connections can all be cut at once: a link that
+/// breaks between two rounds.
+struct Relay {
+    address: SocketAddr,
+    connections: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(target: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connections = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(relay);
+            }
+        });
+        Relay { address, connections }
+    }
+
+    /// Drops every connection relayed so far, both ends.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+/// A link whose stream died while quiet between rounds (the connection broke, or the
+/// neighbour restarted) still delivers the next round's message, on a new stream over
+/// a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_after_the_link_broke_between_rounds_arrives_on_a_new_stream() {
+    let rows = 4;
+    let (node0, node1) = credentials();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay = Relay::start(listener.local_addr().unwrap()).await;
+    let mailbox = serve_node1(listener, node1, rows);
+    let channel = node0
+        .connect_lazy(&relay.address.to_string(), Identity::Node(1))
+        .unwrap();
+    let link = client::Link::new(channel);
+    for round in 0..2 {
+        if round == 1 {
+            relay.cut();
+            mailbox.begin_round(1, 9, &[0], &[0]);
+        }
+        let (frames, schedule, _) = message_in(round, 9, rows, radio(LossModel::None, 0.0));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let sent = client::transmit(frames, schedule, vec![(1, Some(link.clone()))], 0.0, deadline, None).await;
+        let (outcome, result) = &sent[0];
+        assert!(result.is_ok() && outcome.accepted, "round {round}: {result:?}");
+        let collected = mailbox.collect(round, deadline, &BTreeMap::new(), None).await;
+        assert_eq!(collected.messages.len(), 1, "round {round}");
+    }
+    // The dead stream was not used again: a new one (or, while the connection's loss
+    // was not yet noticed, two: the regular retry then reconnects).
+    assert!(link.streams_opened().await >= 2);
 }

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, Result};
 use wdml_channel::{ChannelConfig, Preset};
 use wdml_coordinator::{MetricsRow, Summary, bytes};
+use wdml_node::exchange::client::Link;
 use wdml_node::exchange::codec::Envelope;
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, MessageShape, Outgoing, PeerService, send_and_collect};
@@ -298,7 +299,8 @@ async fn stream_through(
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     listener.set_nonblocking(true)?;
     let server_address = listener.local_addr()?;
-    let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(PeerService::new(expect, mailbox.clone()));
+    let (service, _closer) = PeerService::new(expect, mailbox.clone());
+    let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(service);
     let security = pair.receiver.clone();
     let server = receiver.spawn(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -323,6 +325,8 @@ async fn stream_through(
         .endpoint(&address.to_string(), Identity::Node(1))?
         .connect()
         .await?;
+    // One link for every message, as a node keeps one per neighbour.
+    let link = Link::new(channel);
     let sender = Shaper::new(resolved, 1, 2, 0)?;
     let values: Vec<f32> = (0..rows * 10).map(|i| (i % 97) as f32 * 0.01).collect();
     let shape = MessageShape {
@@ -346,7 +350,7 @@ async fn stream_through(
             },
             values: &values,
             shape,
-            destinations: vec![(1, Some(channel.clone()))],
+            destinations: vec![(1, Some(link.clone()))],
             withhold: false,
             wait_s: 0.0,
             air: None,
@@ -494,7 +498,7 @@ async fn tls() -> Result<()> {
     let pair = Pair::new(true)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let address = listener.local_addr()?.to_string();
-    let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(PeerService::new(
+    let (service, _closer) = PeerService::new(
         Expectation {
             run_id: "bench".into(),
             me: 1,
@@ -506,7 +510,8 @@ async fn tls() -> Result<()> {
             top_k: 0,
         },
         Arc::new(Mailbox::new(2, 0)),
-    ));
+    );
+    let service = wdml_proto::peer_exchange_server::PeerExchangeServer::new(service);
     let server = tokio::spawn(transport::serve(
         transport::server().add_service(service),
         listener,

@@ -67,6 +67,21 @@ pub fn frame(run_id: &str, sender: u32) -> wdml_proto::Frame {
     }
 }
 
+/// Sends one message (`frames`) on a new `PeerExchange.Stream` and ends it: the
+/// receiver's receipt, or the status it ended the stream with.
+#[allow(dead_code)]
+pub async fn send_message(
+    channel: tonic::transport::Channel,
+    frames: Vec<wdml_proto::Frame>,
+) -> Result<wdml_proto::Receipt, tonic::Status> {
+    let mut client = wdml_proto::peer_exchange_client::PeerExchangeClient::new(channel);
+    let mut receipts = client.stream(tokio_stream::iter(frames)).await?.into_inner();
+    receipts
+        .message()
+        .await?
+        .ok_or_else(|| tonic::Status::unknown("the stream ended without a receipt"))
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
 

@@ -1,5 +1,6 @@
-//! Sending a message to a neighbour: one client stream of frames per message (fed at
-//! the pace the shaper says), over a connection kept per neighbour address.
+//! Sending a message to a neighbour: one long-lived stream per neighbour, on a
+//! connection kept per neighbour address, carrying one message after another (each fed
+//! at the pace the shaper says) and bringing back a receipt for each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,14 +9,16 @@ use std::time::Duration;
 
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+use tonic::{Code, Status, Streaming};
 use tracing::debug;
 use wdml_proto::transport::{Identity, Security};
-use wdml_proto::{Frame, Undelivered, peer_exchange_client::PeerExchangeClient};
+use wdml_proto::{Frame, Receipt, Undelivered, peer_exchange_client::PeerExchangeClient};
 
+use super::service::IDLE_TIMEOUT;
 use super::shaper::Schedule;
 
 /// What one send put on the wire and how it ended.
@@ -30,12 +33,12 @@ pub struct SendOutcome {
     pub accepted: bool,
 }
 
-/// Connections to the neighbours, reused across rounds.
+/// Links to the neighbours, reused across rounds.
 pub struct PeerClients {
     security: Security,
-    /// By neighbour and address: a neighbour back at a new address gets a new channel.
-    channels: HashMap<(u32, String), Channel>,
-    /// The round the connections were last used in.
+    /// By neighbour and address: a neighbour back at a new address gets a new link.
+    links: HashMap<(u32, String), Link>,
+    /// The round the links were last used in.
     round: Option<u32>,
 }
 
@@ -46,13 +49,13 @@ impl PeerClients {
     pub fn new(security: Security) -> Self {
         PeerClients {
             security,
-            channels: HashMap::new(),
+            links: HashMap::new(),
             round: None,
         }
     }
 
-    /// Starts `round` with these neighbours (id, address): keeps only their connections,
-    /// and none if the node missed rounds.
+    /// Starts `round` with these neighbours (id, address): keeps only their links, and
+    /// none if the node missed rounds.
     ///
     /// A neighbour that dropped out of the list (gone, left) may come back at a new IP
     /// behind the same name, and a node that missed rounds (cut off, its own address
@@ -62,64 +65,76 @@ impl PeerClients {
     /// handshake.
     pub fn begin_round<'a>(&mut self, round: u32, neighbours: impl IntoIterator<Item = (u32, &'a str)>) {
         if self.round.is_some_and(|last| last + 1 != round) {
-            self.channels.clear();
+            self.links.clear();
         }
         self.round = Some(round);
         let live: std::collections::HashSet<(u32, &str)> = neighbours.into_iter().collect();
-        self.channels
+        self.links
             .retain(|(id, address), _| live.contains(&(*id, address.as_str())));
     }
 
-    /// A (lazily connected) channel to node `id` at `address`; over TLS the server
-    /// must prove it is node `id`. A peer that vanished without closing (cut off, or
-    /// back at a new address) is noticed within seconds by the keepalives.
-    pub fn channel(&mut self, id: u32, address: &str) -> Result<Channel, Status> {
+    /// The link to node `id` at `address`, connected lazily; over TLS the server must
+    /// prove it is node `id`. A peer that vanished without closing (cut off, or back at
+    /// a new address) is noticed within seconds by the keepalives.
+    pub fn link(&mut self, id: u32, address: &str) -> Result<Link, Status> {
         let key = (id, address.to_string());
-        if let Some(channel) = self.channels.get(&key) {
-            return Ok(channel.clone());
+        if let Some(link) = self.links.get(&key) {
+            return Ok(link.clone());
         }
         let endpoint = self
             .security
             .endpoint(address, Identity::Node(id))
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let channel = endpoint.connect_lazy();
-        self.channels.insert(key, channel.clone());
-        Ok(channel)
+        let link = Link::new(endpoint.connect_lazy());
+        self.links.insert(key, link.clone());
+        Ok(link)
     }
 }
 
-/// Streams `frames` to one neighbour and waits for its receipt, until `deadline`.
-/// Counts what was actually handed to the transport, so a send cut short is
-/// accounted honestly.
-pub async fn send(
-    to: u32,
+/// A connection to one neighbour and the message stream open on it, if any. Clones
+/// share both; one message at a time goes through it.
+#[derive(Clone)]
+pub struct Link(Arc<tokio::sync::Mutex<LinkState>>);
+
+struct LinkState {
     channel: Channel,
-    frames: impl tokio_stream::Stream<Item = Frame> + Send + 'static,
-    deadline: tokio::time::Instant,
-) -> (SendOutcome, Result<(), Status>) {
-    let counted = Arc::new(Counters::default());
-    let counter = counted.clone();
-    let stream = frames.map(move |frame| {
-        counter.frames.fetch_add(1, Ordering::Relaxed);
-        counter.payload.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
-        counter.wire.fetch_add(frame.encoded_len() as u64, Ordering::Relaxed);
-        frame
-    });
-    let mut client = PeerExchangeClient::new(channel).max_decoding_message_size(MAX_FRAME_BYTES);
-    let result = match tokio::time::timeout_at(deadline, client.send(stream)).await {
-        Ok(result) => result.map(|receipt| receipt.into_inner().accepted),
-        Err(_) => Err(Status::deadline_exceeded(
-            "the exchange deadline passed before the receipt",
-        )),
-    };
-    let outcome = SendOutcome {
-        to,
-        frames: counted.frames.load(Ordering::Relaxed) as u32,
-        payload_bytes: counted.payload.load(Ordering::Relaxed),
-        wire_bytes: counted.wire.load(Ordering::Relaxed),
-        accepted: matches!(result, Ok(true)),
-    };
-    (outcome, result.map(|_| ()))
+    open: Option<OpenStream>,
+    /// Streams opened so far.
+    opened: u32,
+}
+
+/// A `Stream` call in progress: where its frames go, where its receipts come from.
+///
+/// Reused only while idle, every message sent on it answered: a message cut short (by
+/// the radio, the deadline or an error) closes it, so that no frame of an old message
+/// ever goes out ahead of a new one.
+struct OpenStream {
+    frames: mpsc::UnboundedSender<Frame>,
+    receipts: Streaming<Receipt>,
+    /// What the transport has taken from `frames` so far.
+    counted: Arc<Counters>,
+    /// When the last receipt came.
+    idle_since: Instant,
+}
+
+/// A stream quiet for longer than this is not reused: its receiver may be closing it
+/// (after [`IDLE_TIMEOUT`]) just as the next message goes out.
+const REUSE_WITHIN: Duration = Duration::from_secs(IDLE_TIMEOUT.as_secs() / 2);
+
+impl Link {
+    pub fn new(channel: Channel) -> Self {
+        Link(Arc::new(tokio::sync::Mutex::new(LinkState {
+            channel,
+            open: None,
+            opened: 0,
+        })))
+    }
+
+    /// How many streams this link has opened: one for all its messages, plus one after
+    /// each message that was cut short, refused or not answered, or a long quiet.
+    pub async fn streams_opened(&self) -> u32 {
+        self.0.lock().await.opened
+    }
 }
 
 /// Streams `frames` to every destination at the pace `schedule` says: a frame is
@@ -132,29 +147,28 @@ pub async fn send(
 pub async fn transmit(
     frames: Vec<Frame>,
     schedule: Schedule,
-    destinations: Vec<(u32, Option<Channel>)>,
+    destinations: Vec<(u32, Option<Link>)>,
     time_scale: f64,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
     undelivered: Option<mpsc::UnboundedSender<Undelivered>>,
 ) -> Vec<(SendOutcome, Result<(), Status>)> {
-    // Frames to deliver per receiver: its stream ends right after its last one, not
-    // when the radio has served every neighbour (a receiver completes a message only
-    // at its stream's end, so a paced broadcast to many neighbours held the first
-    // ones' messages back until the last one's frames were on the air).
+    // Frames to deliver per receiver: its send ends right after its last one, not
+    // when the radio has served every neighbour (a paced broadcast to many neighbours
+    // held the first ones' messages back until the last one's frames were on the air).
     let mut remaining = vec![0usize; destinations.len()];
     for delivery in &schedule.deliveries {
         remaining[delivery.receiver] += 1;
     }
-    // One stream per destination, fed by one pacing loop (one radio).
+    // One send per destination, fed by one pacing loop (one radio).
     let mut outlets = Vec::with_capacity(destinations.len());
     let mut sends = Vec::with_capacity(destinations.len());
     let capacity = frames.len().max(1);
-    for (receiver, (to, channel)) in destinations.into_iter().enumerate() {
+    for (receiver, (to, link)) in destinations.into_iter().enumerate() {
         // A receiver the radio reaches with no frame at all (outage, or the first
-        // frame given up) hears nothing: there is no stream to open.
+        // frame given up) hears nothing: there is nothing to send.
         let heard = remaining[receiver] > 0;
         let (outlet, inlet) = mpsc::channel::<Frame>(capacity);
-        outlets.push((heard && channel.is_some()).then_some(outlet));
+        outlets.push((heard && link.is_some()).then_some(outlet));
         let nothing = SendOutcome {
             to,
             ..SendOutcome::default()
@@ -168,9 +182,9 @@ pub async fn transmit(
             (tx, message)
         });
         sends.push(tokio::spawn(async move {
-            let (outcome, result) = match channel {
+            let (outcome, result) = match link {
                 _ if !heard => return (nothing, Err(Status::data_loss("no frame got through"))),
-                Some(channel) => send_until(to, channel, inlet, capacity, deadline).await,
+                Some(link) => send_until(to, link, inlet, deadline).await,
                 None => (nothing, Err(Status::unavailable("unreachable"))),
             };
             if result.is_err()
@@ -181,7 +195,7 @@ pub async fn transmit(
             (outcome, result)
         }));
     }
-    let began = tokio::time::Instant::now();
+    let began = Instant::now();
     for delivery in schedule.deliveries {
         // A frame due after the deadline (or at an instant no clock can hold) would
         // arrive too late for the round: the radio has nothing more to deliver in time.
@@ -192,7 +206,7 @@ pub async fn transmit(
         // Only a frame due later waits: tokio's timer rounds a deadline up to its next
         // millisecond, so waiting for one already due cost every unpaced message 1 ms
         // of wall time and the CPU of a park and a wake-up (`wdml bench --only tls`).
-        if due > tokio::time::Instant::now() {
+        if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
         let Some(slot) = outlets.get_mut(delivery.receiver) else {
@@ -240,73 +254,198 @@ fn worth_another_try(status: &Status) -> bool {
     }
 }
 
-/// [`send`] of the frames `inlet` gives as the radio releases them, tried again
-/// ([`worth_another_try`], [`RETRY_AFTER`], [`MAX_TRIES`]) until `deadline`: a new try
-/// first replays every frame already released, then goes on with the inlet. The
-/// outcome counts every try's frames (what went on the wire); a message an earlier
-/// try delivered although its receipt was lost counts as accepted when the receiver
-/// says it already has it.
+/// Sends the frames `inlet` gives as the radio releases them on `link`, tried again
+/// ([`worth_another_try`], [`RETRY_AFTER`], [`MAX_TRIES`] tries on a new stream) until
+/// `deadline`: a new try opens a new stream and first replays every frame already
+/// released, then goes on with the inlet. The outcome counts every try's frames (what went on the wire); a
+/// message an earlier try delivered although its receipt was lost counts as accepted
+/// when the receiver says it already has it.
 async fn send_until(
     to: u32,
-    channel: Channel,
+    link: Link,
     mut inlet: mpsc::Receiver<Frame>,
-    capacity: usize,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) -> (SendOutcome, Result<(), Status>) {
-    let mut released: Vec<Frame> = Vec::new();
-    let mut inlet_open = true;
     let mut total = SendOutcome {
         to,
         ..SendOutcome::default()
     };
-    let mut tries = 0;
+    // The previous round's send on this link has ended by its deadline; a lock held
+    // longer is a bug, which the deadline still bounds.
+    let Ok(mut link) = tokio::time::timeout_at(deadline, link.0.lock()).await else {
+        return (
+            total,
+            Err(Status::deadline_exceeded("the link stayed busy until the deadline")),
+        );
+    };
+    let mut message = Released {
+        frames: Vec::new(),
+        inlet_open: true,
+    };
+    // Tries on a new stream, and all tries.
+    let (mut tries, mut attempts) = (0, 0);
     loop {
-        tries += 1;
-        let (outlet, stream) = mpsc::channel::<Frame>(capacity);
-        for frame in &released {
-            // Room for every frame of the message: never full.
-            let _ = outlet.try_send(frame.clone());
+        let reused = link.reusable();
+        attempts += 1;
+        if !reused {
+            tries += 1;
         }
-        let mut outlet = inlet_open.then_some(outlet);
-        let sending = send(to, channel.clone(), ReceiverStream::new(stream), deadline);
-        tokio::pin!(sending);
-        let (outcome, result) = loop {
-            tokio::select! {
-                done = &mut sending => break done,
-                frame = inlet.recv(), if outlet.is_some() => match frame {
-                    Some(frame) => {
-                        released.push(frame.clone());
-                        if let Some(outlet) = &outlet {
-                            // A try that already failed dropped its stream; the frame
-                            // is kept for the next.
-                            let _ = outlet.send(frame).await;
-                        }
-                    }
-                    None => {
-                        inlet_open = false;
-                        outlet = None;
-                    }
-                },
-            }
-        };
-        total.frames += outcome.frames;
-        total.payload_bytes += outcome.payload_bytes;
-        total.wire_bytes += outcome.wire_bytes;
-        total.accepted = outcome.accepted;
+        let result = link.attempt(&mut message, &mut inlet, &mut total, deadline).await;
         match result {
+            Ok(receipt) => {
+                total.accepted = receipt.accepted;
+                return (total, Ok(()));
+            }
+            // A stream quiet since the last message may have died meanwhile (its
+            // receiver restarted, the connection broke): the message goes again at
+            // once, on a new stream. A failed stream is never reused, so this happens
+            // at most once per message.
+            Err(status) if reused && worth_another_try(&status) => {
+                debug!(
+                    peer = to,
+                    "the open stream failed ({}); opening another",
+                    status.message()
+                );
+            }
             Err(status)
-                if tries < MAX_TRIES
-                    && worth_another_try(&status)
-                    && tokio::time::Instant::now() + RETRY_AFTER < deadline =>
+                if tries < MAX_TRIES && worth_another_try(&status) && Instant::now() + RETRY_AFTER < deadline =>
             {
                 debug!(peer = to, tries, "send failed ({}); trying again", status.message());
                 tokio::time::sleep(RETRY_AFTER).await;
             }
-            Err(status) if tries > 1 && status.code() == Code::AlreadyExists => {
+            Err(status) if attempts > 1 && status.code() == Code::AlreadyExists => {
                 total.accepted = true;
                 return (total, Ok(()));
             }
-            result => return (total, result),
+            Err(status) => return (total, Err(status)),
+        }
+    }
+}
+
+/// The frames of one message the radio has released so far, and whether it may
+/// release more.
+struct Released {
+    frames: Vec<Frame>,
+    inlet_open: bool,
+}
+
+impl Released {
+    /// All of the message's frames are out (the first says how many it has).
+    fn complete(&self) -> bool {
+        self.frames
+            .first()
+            .is_some_and(|f| f.count as usize == self.frames.len())
+    }
+}
+
+impl LinkState {
+    /// Whether the next try goes on the open stream; one quiet for longer than
+    /// [`REUSE_WITHIN`] is closed instead.
+    fn reusable(&mut self) -> bool {
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|open| open.idle_since.elapsed() >= REUSE_WITHIN)
+        {
+            self.open = None;
+        }
+        self.open.is_some()
+    }
+
+    /// One try: the message on this link's open stream (or a new one, if there is none),
+    /// replaying what was released and forwarding the rest, until its receipt, a refusal or `deadline`.
+    /// Adds what the transport took to `total`. Keeps the stream open only after a
+    /// receipt.
+    async fn attempt(
+        &mut self,
+        message: &mut Released,
+        inlet: &mut mpsc::Receiver<Frame>,
+        total: &mut SendOutcome,
+        deadline: Instant,
+    ) -> Result<Receipt, Status> {
+        let (outlet, counted, mut receipts, mut opening) = match self.open.take() {
+            Some(open) => (open.frames, open.counted, Some(open.receipts), None),
+            None => {
+                let (outlet, stream) = mpsc::unbounded_channel::<Frame>();
+                let counted = Arc::new(Counters::default());
+                let counter = counted.clone();
+                let stream = UnboundedReceiverStream::new(stream).map(move |frame| {
+                    counter.frames.fetch_add(1, Ordering::Relaxed);
+                    counter.payload.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                    counter.wire.fetch_add(frame.encoded_len() as u64, Ordering::Relaxed);
+                    frame
+                });
+                let mut client =
+                    PeerExchangeClient::new(self.channel.clone()).max_decoding_message_size(MAX_FRAME_BYTES);
+                let call = async move { client.stream(stream).await.map(tonic::Response::into_inner) };
+                self.opened += 1;
+                (outlet, counted, None, Some(Box::pin(call)))
+            }
+        };
+        let before = counted.snapshot();
+        let mut outlet = Some(outlet);
+        let result = async {
+            for frame in &message.frames {
+                // Unbounded: never full. Closed only when the call is over, which
+                // `receipts` or `opening` then says.
+                let _ = outlet.as_ref().map(|o| o.send(frame.clone()));
+            }
+            loop {
+                // A message cut short (the radio gave up on a frame, or the deadline came
+                // before it was out): ending the stream tells the receiver it is lost.
+                if !message.inlet_open && !message.complete() {
+                    if message.frames.is_empty() {
+                        return Err(Status::data_loss("no frame got through"));
+                    }
+                    outlet = None;
+                }
+                tokio::select! {
+                    frame = inlet.recv(), if message.inlet_open => match frame {
+                        Some(frame) => {
+                            if let Some(outlet) = &outlet {
+                                let _ = outlet.send(frame.clone());
+                            }
+                            message.frames.push(frame);
+                        }
+                        None => message.inlet_open = false,
+                    },
+                    opened = async { opening.as_mut().expect("polled only while opening").await }, if opening.is_some() => {
+                        opening = None;
+                        receipts = Some(opened?);
+                    }
+                    receipt = async { receipts.as_mut().expect("polled only once open").message().await }, if receipts.is_some() => {
+                        return match receipt? {
+                            Some(receipt) if message.complete() && Some(receipt.round) == message.frames.first().map(|f| f.round) => Ok(receipt),
+                            Some(receipt) => Err(Status::internal(format!(
+                                "a receipt for round {} before this message was out", receipt.round
+                            ))),
+                            None if outlet.is_none() => Err(Status::data_loss("the message was cut short")),
+                            None => Err(Status::unavailable("the neighbour closed the stream before its receipt")),
+                        };
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err(Status::deadline_exceeded("the exchange deadline passed before the receipt"));
+                    }
+                }
+            }
+        }
+        .await;
+        let sent = counted.snapshot();
+        total.frames += (sent.0 - before.0) as u32;
+        total.payload_bytes += sent.1 - before.1;
+        total.wire_bytes += sent.2 - before.2;
+        match (result, outlet, receipts) {
+            (Ok(receipt), Some(frames), Some(receipts)) => {
+                self.open = Some(OpenStream {
+                    frames,
+                    receipts,
+                    counted,
+                    idle_since: Instant::now(),
+                });
+                Ok(receipt)
+            }
+            (Ok(_), ..) => Err(Status::internal("a receipt for a message that was cut short")),
+            (Err(status), ..) => Err(status),
         }
     }
 }
@@ -318,12 +457,22 @@ struct Counters {
     wire: AtomicU64,
 }
 
+impl Counters {
+    fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.frames.load(Ordering::Relaxed),
+            self.payload.load(Ordering::Relaxed),
+            self.wire.load(Ordering::Relaxed),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cached(peers: &PeerClients) -> Vec<u32> {
-        let mut ids: Vec<u32> = peers.channels.keys().map(|(id, _)| *id).collect();
+        let mut ids: Vec<u32> = peers.links.keys().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids
     }
@@ -334,7 +483,7 @@ mod tests {
         let both = [(1, "node-1:7001"), (2, "node-2:7001")];
         peers.begin_round(0, both);
         for (id, address) in both {
-            peers.channel(id, address).unwrap();
+            peers.link(id, address).unwrap();
         }
         peers.begin_round(1, both);
         assert_eq!(cached(&peers), [1, 2], "kept from round to round");
@@ -342,7 +491,7 @@ mod tests {
         assert_eq!(cached(&peers), [1], "node 2 gone: its connection dropped");
         peers.begin_round(3, [(1, "node-1:7001"), (2, "node-2:7001")]);
         assert_eq!(cached(&peers), [1], "node 2 back: connected anew when used");
-        peers.channel(2, "node-2:7001").unwrap();
+        peers.link(2, "node-2:7001").unwrap();
         peers.begin_round(7, both);
         assert!(
             cached(&peers).is_empty(),

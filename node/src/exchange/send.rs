@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tracing::warn;
 use wdml_channel::Shaping;
 use wdml_proto::{RoundMetrics, Undelivered};
@@ -23,9 +22,9 @@ pub struct Outgoing<'a> {
     pub envelope: Envelope,
     pub values: &'a [f32],
     pub shape: MessageShape,
-    /// Every neighbour, with its connection (`None`: unreachable, its frames are
-    /// counted as sent by the radio but reach no stream).
-    pub destinations: Vec<(u32, Option<Channel>)>,
+    /// Every neighbour, with its link (`None`: unreachable, its frames are counted as
+    /// sent by the radio but reach no stream).
+    pub destinations: Vec<(u32, Option<client::Link>)>,
     /// Send nothing at all (a silent adversary): no frames, no radio cost.
     pub withhold: bool,
     /// Emulated seconds from now until the first transmission may start (the node's

@@ -1,17 +1,21 @@
-//! The peer service: receives a neighbour's message as a stream of frames,
-//! validates every frame and the reassembled payload, and files it in the mailbox
-//! (which judges the round and the token).
-//! The first bad frame ends the stream with a status naming the cause; the round
-//! carries on with the messages that were good.
+//! The peer service: receives a neighbour's messages, one after another on one
+//! stream, each as frames; validates every frame and the reassembled payload, files
+//! the message in the mailbox (which judges the round and the token) and answers it
+//! with a receipt. The first bad frame or refused message ends the stream with a
+//! status naming the cause; the round carries on with the messages that were good,
+//! and the sender opens a new stream for its next message.
 //!
 //! Over mutual TLS a frame is accepted only if its `sender` is the node the
 //! connection's certificate names: nobody speaks for another node. A stream that goes
-//! quiet is dropped after [`IDLE_TIMEOUT`].
+//! quiet is dropped after [`IDLE_TIMEOUT`]: in the middle of a message with
+//! `DEADLINE_EXCEEDED`, between messages without error.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use prost::Message as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
 use wdml_proto::transport::{self, Caller, Identity};
@@ -37,23 +41,56 @@ pub struct Expectation {
 }
 
 /// The tonic service.
+#[derive(Clone)]
 pub struct PeerService {
     expect: Arc<Expectation>,
     mailbox: Arc<Mailbox>,
+    /// Becomes true when the node stops serving: streams waiting for a next message
+    /// end then, so that the server's graceful shutdown need not wait out their idle
+    /// limit (a neighbour still running keeps its stream open).
+    closing: watch::Receiver<bool>,
+}
+
+/// Ends every stream of a [`PeerService`] that waits between messages.
+pub struct Closer(watch::Sender<bool>);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl PeerService {
-    pub fn new(expect: Expectation, mailbox: Arc<Mailbox>) -> Self {
-        PeerService {
+    pub fn new(expect: Expectation, mailbox: Arc<Mailbox>) -> (Self, Closer) {
+        let (closer, closing) = watch::channel(false);
+        let service = PeerService {
             expect: Arc::new(expect),
             mailbox,
-        }
+            closing,
+        };
+        (service, Closer(closer))
     }
 
-    async fn receive(&self, frames: &mut Streaming<Frame>, caller: &Caller) -> Result<Receipt, Status> {
-        let first = next_frame(frames)
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty stream: no frame"))?;
+    /// The stream's next message, delivered to the mailbox: its receipt, or `None` when
+    /// the stream ended (or stayed quiet for [`IDLE_TIMEOUT`], or the node is closing)
+    /// before another message began.
+    async fn receive(&self, frames: &mut Streaming<Frame>, caller: &Caller) -> Result<Option<Receipt>, Status> {
+        let mut closing = self.closing.clone();
+        let first = tokio::select! {
+            first = tokio::time::timeout(IDLE_TIMEOUT, frames.message()) => match first {
+                Ok(Ok(first)) => first,
+                // Between messages, a stream the sender reset (it gave up on its link,
+                // or exited) or the idle limit ends the stream, not a message.
+                Ok(Err(status)) => {
+                    tracing::debug!(peer = ?caller.remote, "stream ended between messages: {}", status.message());
+                    None
+                }
+                Err(_) => None,
+            },
+            // A dropped Closer never closes (an error here, which disables the branch).
+            Ok(_) = closing.wait_for(|closing| *closing) => None,
+        };
+        let Some(first) = first else { return Ok(None) };
         check_sender(&first, caller)?;
         // Stateless checks first (header, frames, values), then the stateful one
         // (does this round still take messages?) on delivery.
@@ -70,18 +107,54 @@ impl PeerService {
             })?;
             complete = message.push(frame)?;
         }
-        if next_frame(frames).await?.is_some() {
-            return Err(Status::invalid_argument(format!(
-                "more frames than the announced count {}",
-                message.count
-            )));
-        }
         let count = message.count;
-        self.mailbox.deliver(message.finish()?)?;
-        Ok(Receipt {
+        let delivered = message.finish()?;
+        let round = delivered.round;
+        self.mailbox.deliver(delivered)?;
+        Ok(Some(Receipt {
             frames: count,
             accepted: true,
-        })
+            round,
+        }))
+    }
+
+    /// Answers the messages of one stream until it ends; a refusal ends it with its
+    /// status (the cause kept from a caller without a certificate).
+    async fn serve(
+        self,
+        mut frames: Streaming<Frame>,
+        caller: Caller,
+        receipts: mpsc::Sender<Result<Receipt, Status>>,
+    ) {
+        let peer = caller.remote;
+        // A sender that reads no receipts (its flow-control window full) gets its
+        // stream ended rather than holding this task.
+        let answer = |answer| tokio::time::timeout(IDLE_TIMEOUT, receipts.send(answer));
+        loop {
+            let refusal = match self.receive(&mut frames, &caller).await {
+                Ok(Some(receipt)) => {
+                    if !matches!(answer(Ok(receipt)).await, Ok(Ok(()))) {
+                        return;
+                    }
+                    continue;
+                }
+                Ok(None) => return,
+                Err(status) if status.code() == Code::DataLoss => {
+                    tracing::debug!(?peer, "a message lost on the radio: {}", status.message());
+                    status
+                }
+                Err(status) => {
+                    let from = caller
+                        .identity
+                        .map_or("an unauthenticated peer".to_string(), |i| i.to_string());
+                    warn!(?peer, code = ?status.code(), "rejected a message from {from}: {}", status.message());
+                    self.mailbox.count_rejected();
+                    caller.refuse(status.code(), status.message())
+                }
+            };
+            let _ = answer(Err(refusal)).await;
+            return;
+        }
     }
 }
 
@@ -188,30 +261,20 @@ impl<'a> Assembler<'a> {
 
 #[tonic::async_trait]
 impl PeerExchange for PeerService {
-    async fn send(&self, request: Request<Streaming<Frame>>) -> Result<Response<Receipt>, Status> {
+    type StreamStream = ReceiverStream<Result<Receipt, Status>>;
+
+    async fn stream(&self, request: Request<Streaming<Frame>>) -> Result<Response<Self::StreamStream>, Status> {
         let caller = transport::caller(&request);
-        let peer = caller.remote;
-        let mut frames = request.into_inner();
-        match self.receive(&mut frames, &caller).await {
-            Ok(receipt) => Ok(Response::new(receipt)),
-            Err(status) if status.code() == Code::DataLoss => {
-                tracing::debug!(?peer, "a message lost on the radio: {}", status.message());
-                Err(status)
-            }
-            Err(status) => {
-                let from = caller
-                    .identity
-                    .map_or("an unauthenticated peer".to_string(), |i| i.to_string());
-                warn!(?peer, code = ?status.code(), "rejected a message from {from}: {}", status.message());
-                self.mailbox.count_rejected();
-                Err(caller.refuse(status.code(), status.message()))
-            }
-        }
+        // One receipt ahead: a sender waits for each before its next message anyway.
+        let (receipts, answers) = mpsc::channel(1);
+        tokio::spawn(self.clone().serve(request.into_inner(), caller, receipts));
+        Ok(Response::new(ReceiverStream::new(answers)))
     }
 }
 
-/// How long a Send stream may wait for its next frame before it is dropped. Frames are
-/// paced by the emulated radio, so this is far longer than any frame's air time.
+/// How long a stream may wait for its next frame before it is dropped. Frames are
+/// paced by the emulated radio, so this is far longer than any frame's air time; a
+/// sender does not reuse a stream quiet for half of it ([`super::client`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The next frame of a stream, within [`IDLE_TIMEOUT`].
