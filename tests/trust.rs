@@ -339,12 +339,19 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
         .filter(|l| l.contains("could not deliver its message") && l.contains("neighbour=2"))
         .count();
     assert_eq!(told, 6, "two neighbours, three rounds:\n{log}");
+    // Node 0 and node 1 sent every round, over a link that could not reach node 2: a
+    // broken link, which must not get them reported silent (exchange.silent_after is 2
+    // misses in a row, so rounds 0 and 1 would have).
+    let silent: Vec<_> = s.events.iter().filter(|e| e.event == "silent").collect();
+    assert!(
+        silent.is_empty(),
+        "senders reported silent for a broken link: {silent:?}"
+    );
     let rows = metrics(cluster.out());
     assert_eq!(rows.len(), 9, "every node reported every round: {rows:?}");
     for row in &rows {
         if row.node == 2 {
-            // Neither neighbour's message came, and it did not wait for them (before it
-            // could count them silent, from its third round on).
+            // Neither neighbour's message came, and it did not wait for them.
             assert_eq!((row.messages_received, row.messages_lost), (0, 2), "{row:?}");
             assert!(
                 row.exchange_ms < f64::from(timeout_ms) / 4.0,

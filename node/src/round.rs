@@ -209,8 +209,8 @@ impl Round<'_> {
             self.start
                 .neighbours
                 .iter()
-                .map(|peer| match node.peers.channel(peer.node_id, &peer.address) {
-                    Ok(channel) => (peer.node_id, Some(channel)),
+                .map(|peer| match node.peers.link(peer.node_id, &peer.address) {
+                    Ok(link) => (peer.node_id, Some(link)),
                     Err(status) => {
                         warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
                         (peer.node_id, None)
@@ -304,8 +304,13 @@ impl Round<'_> {
             self.metrics.stale_age = f64::from(ages) / collected.stale.len() as f64;
         }
         // Punctuality: how late each expected message came beyond its air time, or that
-        // it did not come (the radio's losses are no neighbour's fault: not counted).
+        // it did not come (the radio's losses are no neighbour's fault: not counted; nor
+        // is a message its sender said could not reach this node: that neighbour is
+        // sending, over a broken link, and must not be reported silent for it).
         for (&neighbour, &air) in &self.expected.delivered {
+            if collected.unreachable.contains(&neighbour) {
+                continue;
+            }
             match collected.messages.iter().find(|m| m.sender == neighbour) {
                 Some(message) => {
                     let arrived = message.arrived.unwrap_or(self.expected.began);

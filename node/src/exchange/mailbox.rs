@@ -35,6 +35,9 @@ pub struct Collected {
     /// For neighbours not heard this round, their newest message from an earlier round
     /// within `exchange.max_staleness` (by sender id).
     pub stale: Vec<Delivered>,
+    /// Neighbours not heard whose message the coordinator said could not reach this
+    /// node (their sends failed): a broken link, not a silent neighbour.
+    pub unreachable: Vec<u32>,
 }
 
 /// Stop waiting once `needed` of the awaited neighbours were heard, `grace` later (the
@@ -56,6 +59,9 @@ struct Inner {
     /// Neighbours the coordinator said are gone, or whose message for this round will
     /// not come: do not wait for them.
     gone: BTreeSet<u32>,
+    /// Of those, the ones whose message for this round will not come: their link to
+    /// this node is broken, which says nothing of whether they are silent.
+    unreachable: BTreeSet<u32>,
     /// (round, sender) of messages for a round this node has not begun that the
     /// coordinator said will not come.
     not_coming: BTreeSet<(u32, u32)>,
@@ -114,13 +120,13 @@ impl Mailbox {
         inner.tokens.retain(|&r, _| r >= oldest);
         inner.neighbours = neighbours.iter().copied().collect();
         inner.expected = expected.iter().copied().collect();
-        inner.gone.clear();
-        let given_up: Vec<u32> = inner
+        let given_up: BTreeSet<u32> = inner
             .not_coming
             .range((round, 0)..=(round, u32::MAX))
             .map(|&(_, from)| from)
             .collect();
-        inner.gone.extend(given_up);
+        inner.gone = given_up.clone();
+        inner.unreachable = given_up;
         inner.not_coming.retain(|&(r, _)| r > round);
         let neighbours = inner.neighbours.clone();
         let mut dropped = 0;
@@ -302,6 +308,7 @@ impl Mailbox {
         match inner.current {
             Some((current, _)) if current == round => {
                 inner.gone.insert(from);
+                inner.unreachable.insert(from);
             }
             Some((current, _)) if current > round => return,
             _ if inner.not_coming.len() < self.early_capacity => {
@@ -397,10 +404,16 @@ impl Mailbox {
             .filter(|m| m.round < round && round - m.round <= self.max_staleness)
             .cloned()
             .collect();
+        let unreachable = neighbours
+            .iter()
+            .filter(|n| inner.unreachable.contains(n) && !messages.iter().any(|m| m.sender == **n))
+            .copied()
+            .collect();
         Collected {
             lost: (neighbours.len() - messages.len()) as u32,
             messages,
             stale,
+            unreachable,
         }
     }
 }
@@ -544,6 +557,7 @@ mod tests {
             .await;
         assert_eq!(started.elapsed(), Duration::from_millis(100));
         assert_eq!((collected.messages.len(), collected.lost), (1, 2));
+        assert_eq!(collected.unreachable, [2, 3], "lost to a broken link, not silent");
         // Only for that round: node 1's next-round message is still awaited, and node
         // 2's is, again.
         mailbox.begin_round(4, 2, &[1, 2], &[1, 2]);
@@ -566,6 +580,7 @@ mod tests {
             .await;
         assert!(started.elapsed() < Duration::from_secs(1));
         assert_eq!((collected.messages.len(), collected.lost), (1, 1));
+        assert!(collected.unreachable.is_empty(), "gone is not a broken link");
     }
     #[tokio::test(start_paused = true)]
     async fn late_messages_are_used_as_stale_within_the_bound_and_refused_beyond() {

@@ -157,6 +157,7 @@ mod tests {
             messages: vec![from(1, vec![3.0])],
             lost: 1,
             stale: vec![old],
+            ..Collected::default()
         };
         let averaged = gossip_average(&[0.0], &start, &theirs, &collected, |age| (age <= 2).then_some(0.5));
         assert!((averaged[0] - (3.0 / 3.0 + 8.0 / 8.0)).abs() < 1e-6, "{averaged:?}");
