@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 use wdml_channel::{ChannelConfig, Fading, LossModel, Position, Preset, ResolvedChannel};
 use wdml_node::exchange::codec::{self, Envelope, MessageShape};
+use wdml_node::exchange::service::Closer;
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
 use wdml_proto::Encoding;
@@ -72,8 +73,8 @@ async fn receiver(rows: u32) -> (Arc<Mailbox>, Channel) {
     (mailbox, channel)
 }
 
-/// Serves node 1's peer service on `listener` (round 0, token 9, expecting node 0).
-fn serve_node1(listener: TcpListener, node1: Security, rows: u32) -> Arc<Mailbox> {
+/// Node 1's peer service and its mailbox (round 0, token 9, expecting node 0).
+fn node1_service(rows: u32) -> (Arc<Mailbox>, PeerService, Closer) {
     let mailbox = Arc::new(Mailbox::new(2, 0));
     mailbox.begin_round(0, 9, &[0], &[0]);
     let expect = Expectation {
@@ -86,15 +87,24 @@ fn serve_node1(listener: TcpListener, node1: Security, rows: u32) -> Arc<Mailbox
         encoding: Encoding::F32,
         top_k: 0,
     };
-    let (service, _closer) = PeerService::new(expect, mailbox.clone());
-    let service = PeerExchangeServer::new(service);
-    tokio::spawn(transport::serve(
-        transport::server().add_service(service),
-        listener,
-        node1,
-        Limits::default(),
-        std::future::pending(),
-    ));
+    let (service, closer) = PeerService::new(expect, mailbox.clone());
+    (mailbox, service, closer)
+}
+
+/// Serves node 1's peer service on `listener` ([`node1_service`]).
+fn serve_node1(listener: TcpListener, node1: Security, rows: u32) -> Arc<Mailbox> {
+    let (mailbox, service, closer) = node1_service(rows);
+    tokio::spawn(async move {
+        let _open_until_served = closer;
+        transport::serve(
+            transport::server().add_service(PeerExchangeServer::new(service)),
+            listener,
+            node1,
+            Limits::default(),
+            std::future::pending(),
+        )
+        .await
+    });
     mailbox
 }
 
@@ -387,19 +397,7 @@ async fn a_stream_open_between_messages_does_not_hold_up_the_receivers_shutdown(
     let (node0, node1) = credentials();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let mailbox = Arc::new(Mailbox::new(2, 0));
-    mailbox.begin_round(0, 9, &[0], &[0]);
-    let expect = Expectation {
-        run_id: "t".into(),
-        me: 1,
-        nodes: 2,
-        rows,
-        cols: COLS,
-        max_message_bytes: 1 << 24,
-        encoding: Encoding::F32,
-        top_k: 0,
-    };
-    let (service, closer) = PeerService::new(expect, mailbox.clone());
+    let (_mailbox, service, closer) = node1_service(rows);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(transport::serve(
         transport::server().add_service(PeerExchangeServer::new(service)),
