@@ -257,9 +257,9 @@ fn worth_another_try(status: &Status) -> bool {
 /// Sends the frames `inlet` gives as the radio releases them on `link`, tried again
 /// ([`worth_another_try`], [`RETRY_AFTER`], [`MAX_TRIES`] tries on a new stream) until
 /// `deadline`: a new try opens a new stream and first replays every frame already
-/// released, then goes on with the inlet. The outcome counts every try's frames (what went on the wire); a
-/// message an earlier try delivered although its receipt was lost counts as accepted
-/// when the receiver says it already has it.
+/// released, then goes on with the inlet. The outcome counts every try's frames (what
+/// went on the wire); a message an earlier try delivered although its receipt was lost
+/// counts as accepted when the receiver says it already has it.
 async fn send_until(
     to: u32,
     link: Link,
@@ -352,10 +352,10 @@ impl LinkState {
         self.open.is_some()
     }
 
-    /// One try: the message on this link's open stream (or a new one, if there is none),
-    /// replaying what was released and forwarding the rest, until its receipt, a refusal or `deadline`.
-    /// Adds what the transport took to `total`. Keeps the stream open only after a
-    /// receipt.
+    /// One try: the message on this link's open stream (or a new one, if there is
+    /// none), replaying what was released and forwarding the rest, until its receipt, a
+    /// refusal or `deadline`. Adds what the transport took to `total`. Keeps the stream
+    /// open only after a receipt.
     async fn attempt(
         &mut self,
         message: &mut Released,
