@@ -26,6 +26,10 @@ pub(crate) enum Presence {
     Left,
 }
 
+/// Neighbours whose address a stream was given, each with its connection number then,
+/// ascending by id.
+pub(crate) type Told = Vec<(u32, u64)>;
+
 /// One node as the coordinator knows it.
 #[derive(Debug)]
 pub(crate) struct Member {
@@ -38,6 +42,11 @@ pub(crate) struct Member {
     /// The open stream, and a number that tells this connection from earlier ones,
     /// so a stale stream closing never marks a reconnected node gone.
     pub outbox: Option<(u64, Outbox)>,
+    /// The neighbours whose address its open stream has been given, each with that
+    /// neighbour's connection number then (an address is a connection's: a node that
+    /// joins again may come back elsewhere), ascending by id. A round start repeats
+    /// only the addresses not here; a new stream starts with none.
+    pub told: Told,
     /// When it joined (a join whose stream never opens is released).
     pub joined_at: Instant,
     pub last_seen: Instant,
@@ -177,6 +186,7 @@ impl Members {
             session,
             presence: Presence::Joined,
             outbox: None,
+            told: Vec::new(),
             joined_at: now,
             last_seen: now,
             rounds_reported: previous.map_or(0, |m| m.rounds_reported),
@@ -203,6 +213,7 @@ impl Members {
                 session: 0,
                 presence: present,
                 outbox: None,
+                told: Vec::new(),
                 joined_at: now,
                 last_seen: now,
                 rounds_reported,
@@ -247,6 +258,7 @@ impl Members {
         }
         member.presence = Presence::Live;
         member.outbox = Some((connection, outbox));
+        member.told.clear();
         member.last_seen = Instant::now();
         Ok(connection)
     }
@@ -479,9 +491,10 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(
             status.message().contains("protocol version 0 with data contract 1")
-                && status
-                    .message()
-                    .contains("this coordinator speaks protocol version 2 with data contract 1"),
+                && status.message().contains(&format!(
+                    "this coordinator speaks protocol version {} with data contract 1",
+                    wdml_proto::PROTOCOL_VERSION
+                )),
             "{}",
             status.message()
         );

@@ -19,6 +19,7 @@ use wdml_proto::message;
 
 use wdml_proto::policy::Closing;
 
+use crate::members::Told;
 use crate::report::Summary;
 use crate::service::{Moved, OpenRound, POLL, Shared, send_to};
 use crate::{Error, Result};
@@ -182,21 +183,27 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // round (and takes a core on a shared machine) as soon as its own arrives, and
     // building the rest meanwhile stretched the gap between rounds (256 full-mesh nodes
     // on 2 cores: median gap 16 / 29 ms when built and sent one by one, 9 / 7.5 ms so).
-    let starts: Vec<(u32, u64, CoordinatorEvent)> = live
+    let starts: Vec<(u32, CoordinatorEvent, Option<Told>)> = live
         .iter()
-        .map(|(&id, (_, connection))| {
-            let start = start_for(id, &common, radio_neighbours, &live, &absent, &band_start);
+        .map(|(&id, _)| {
+            let told = state.members.get(id).map_or(&[][..], |m| m.told.as_slice());
+            let (start, told) = start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start);
             let event = CoordinatorEvent {
                 event: Some(coordinator_event::Event::StartRound(start)),
             };
-            (id, *connection, event)
+            (id, event, told)
         })
         .collect();
     let mut participants = Vec::with_capacity(starts.len());
-    for (id, connection, event) in starts {
-        let member = state.members.get(id).expect("listed as live");
+    for (id, event, told) in starts {
+        let member = state.members.get_mut(id).expect("listed as live");
         if send_to(member, event) {
-            participants.push((id, connection));
+            // Given to its stream, which delivers in order or breaks (and a new stream
+            // starts with nothing told).
+            if let Some(told) = told {
+                member.told = told;
+            }
+            participants.push((id, live[&id].1));
         }
     }
     // From the previous round's close to this one's last StartRound handed to its
@@ -220,39 +227,67 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     Ok(())
 }
 
-/// Member `id`'s StartRound: the round's `common` fields, its live radio neighbours
-/// (each with its address and band turn), and the absences among its radio neighbours
-/// and theirs. Its size follows its own neighbours only: their neighbourhoods the node
-/// derives from the channel and the absences.
+/// Member `id`'s StartRound: the round's `common` fields, its band turn, the absences
+/// among its radio neighbours and theirs, and an entry for each live radio neighbour
+/// with something to tell: an address its stream was not `told` (the node keeps those
+/// it was), or a band turn other than 0. The node derives the neighbours themselves
+/// (radio neighbours minus the absent), so in a steady round the message carries no
+/// list at all; its size follows its own neighbours only, never the run. Also returns
+/// what its stream will have been told once this is sent, if that changed.
 fn start_for(
     id: u32,
     common: &StartRound,
     radio_neighbours: &[Vec<u32>],
     live: &BTreeMap<u32, (String, u64)>,
+    told: &[(u32, u64)],
     absent: &[u32],
     band_start: &dyn Fn(u32) -> f64,
-) -> StartRound {
+) -> (StartRound, Option<Told>) {
     let mine = &radio_neighbours[id as usize];
-    let neighbours: Vec<Peer> = mine
-        .iter()
-        .filter_map(|j| live.get_key_value(j))
-        .map(|(&j, (address, _))| Peer {
-            node_id: j,
-            address: address.clone(),
-            band_start_s: band_start(j),
-        })
-        .collect();
+    let current = || {
+        mine.iter()
+            .filter_map(|j| live.get_key_value(j))
+            .map(|(&j, (address, connection))| (j, address, *connection))
+    };
+    // Both ascending by id: one walk through `told` finds what it already has.
+    let mut earlier = told.iter().peekable();
+    let mut changed = false;
+    let (mut neighbours, mut count) = (Vec::new(), 0);
+    for (j, address, connection) in current() {
+        count += 1;
+        while earlier.next_if(|(t, _)| *t < j).is_some() {
+            changed = true;
+        }
+        let known = earlier.next_if(|&&told| told == (j, connection)).is_some();
+        if !known {
+            changed = true;
+            // An address from an earlier connection of `j`: superseded.
+            earlier.next_if(|(t, _)| *t == j);
+        }
+        let band_start_s = band_start(j);
+        if !known || band_start_s != 0.0 {
+            neighbours.push(Peer {
+                node_id: j,
+                address: if known { String::new() } else { address.clone() },
+                band_start_s,
+            });
+        }
+    }
+    changed |= earlier.next().is_some();
     let near = |a: &&u32| {
         let hears = |list: &Vec<u32>| list.binary_search(a).is_ok();
-        hears(mine) || neighbours.iter().any(|p| hears(&radio_neighbours[p.node_id as usize]))
+        hears(mine) || current().any(|(j, ..)| hears(&radio_neighbours[j as usize]))
     };
     let absent = absent.iter().filter(near).copied().collect();
-    StartRound {
+    let start = StartRound {
         neighbours,
+        neighbour_count: count,
         band_start_s: band_start(id),
         absent,
         ..common.clone()
-    }
+    };
+    let told = changed.then(|| current().map(|(j, _, connection)| (j, connection)).collect());
+    (start, told)
 }
 
 /// A channel model error here is a setting the start-up checks let through.
@@ -607,8 +642,9 @@ mod tests {
     }
 
     /// A round's start carries its receiver's neighbours and nothing that grows with
-    /// the run: at most a fixed part and one bounded entry per neighbour, from 8 to
-    /// 1,024 nodes, full mesh included (each neighbour's own list made it N² before).
+    /// the run: the first one at most a fixed part and one bounded entry per neighbour
+    /// (its address), from 8 to 1,024 nodes, full mesh included (each neighbour's own
+    /// list made it N² before); a later one on the same stream only the fixed part.
     #[test]
     fn a_round_start_grows_with_the_receivers_neighbours_only() {
         // Fields of `common` and framing, and per neighbour: its entry's framing, id,
@@ -627,29 +663,74 @@ mod tests {
             let radio = adjacency(topology, nodes);
             let live = all_live(nodes);
             for id in 0..nodes as u32 {
-                let start = start_for(id, &common(), &radio, &live, &[], &|_| 1.5);
+                let (first, told) = start_for(id, &common(), &radio, &live, &[], &[], &|_| 1.5);
                 let degree = radio[id as usize].len();
-                assert_eq!(start.neighbours.len(), degree);
+                assert_eq!(first.neighbours.len(), degree);
                 assert!(
-                    start.encoded_len() <= fixed + degree * per_neighbour,
+                    first.encoded_len() <= fixed + degree * per_neighbour,
                     "{topology:?} of {nodes}: node {id} with {degree} neighbours gets {} bytes",
-                    start.encoded_len()
+                    first.encoded_len()
                 );
+                let told = told.expect("a new stream is told every address");
+                assert_eq!(told.len(), degree);
+                let (next, again) = start_for(id, &common(), &radio, &live, &told, &[], &|_| 0.0);
+                assert!(next.neighbours.is_empty() && again.is_none());
+                assert!(next.encoded_len() <= fixed, "{topology:?} of {nodes}: node {id}");
             }
         }
         // The same neighbourhood, the same bytes, however many nodes the run has.
         let ring = |nodes: usize| {
-            start_for(
+            let (start, _) = start_for(
                 5,
                 &common(),
                 &adjacency(Topology::Ring, nodes),
                 &all_live(nodes),
                 &[],
+                &[],
                 &|_| 0.0,
-            )
-            .encoded_len()
+            );
+            start.encoded_len()
         };
         assert_eq!(ring(8), ring(1_024));
+    }
+
+    /// An address goes again only where the stream was not given it: a neighbour that
+    /// came back on a new connection (it may be elsewhere) or a new neighbour; a band
+    /// turn other than 0 goes every round, without the address.
+    #[test]
+    fn a_round_start_repeats_only_what_its_stream_was_not_told() {
+        let radio = adjacency(Topology::FullMesh, 6);
+        let mut live = all_live(6);
+        // Node 0 was told 2 and 4 (4 on an earlier connection), and of a node that is
+        // no longer its neighbour; 1, 3 and 5 are new to it.
+        live.insert(4, ("node-0004.elsewhere:7001".into(), 7));
+        let told = [(2, 1), (4, 1), (9, 1)];
+        let turn = |j: u32| if j == 3 { 0.25 } else { 0.0 };
+        let (start, now) = start_for(0, &common(), &radio, &live, &told, &[], &turn);
+        let entries: Vec<(u32, &str, f64)> = start
+            .neighbours
+            .iter()
+            .map(|p| (p.node_id, p.address.as_str(), p.band_start_s))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (1, "node-0001.wdml:7001", 0.0),
+                (3, "node-0003.wdml:7001", 0.25),
+                (4, "node-0004.elsewhere:7001", 0.0),
+                (5, "node-0005.wdml:7001", 0.0)
+            ]
+        );
+        let now = now.expect("changed");
+        assert_eq!(now, [(1, 1), (2, 1), (3, 1), (4, 7), (5, 1)]);
+        // Told everything: only the band turn goes, without its address.
+        let (start, again) = start_for(0, &common(), &radio, &live, &now, &[], &turn);
+        assert_eq!(again, None);
+        assert_eq!(start.neighbours.len(), 1);
+        assert_eq!(
+            (start.neighbours[0].node_id, start.neighbours[0].address.as_str()),
+            (3, "")
+        );
     }
 
     /// Only absences a node needs are listed: its radio neighbours' and theirs. On a
@@ -661,7 +742,7 @@ mod tests {
         let radio = adjacency(Topology::Ring, 8);
         let mut live = all_live(8);
         live.remove(&3);
-        let start = |id| start_for(id, &common(), &radio, &live, &[3], &|_| 0.0);
+        let start = |id| start_for(id, &common(), &radio, &live, &[], &[3], &|_| 0.0).0;
         assert_eq!(start(5).absent, [3]);
         assert!(start(0).absent.is_empty());
         let four = start(4);

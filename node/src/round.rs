@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 use wdml_channel::Access;
 use wdml_proto::policy::Closing;
-use wdml_proto::{AdversaryKind, RoundMetrics, StartRound, Undelivered};
+use wdml_proto::{AdversaryKind, Peer, RoundMetrics, StartRound, Undelivered};
 
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
@@ -400,9 +400,9 @@ fn band_wait_s(plan: &RunPlan, phase_s: f64, id: u32, band_start_s: f64) -> f64 
 pub(crate) struct Neighbourhood(pub(crate) BTreeMap<u32, Vec<u32>>);
 
 impl Neighbourhood {
-    /// From the round's start; refuses an absence list that is not one, and a list of
-    /// neighbours that the same rule does not give for this node (the coordinator and
-    /// this node would account the radio differently).
+    /// From the round's start; refuses an absence list that is not one, and a
+    /// neighbour count or entries that the same rule does not give for this node (the
+    /// coordinator and this node would account the radio differently).
     fn derive(shaper: &Shaper, me: u32, nodes: u32, start: &StartRound) -> Result<Self> {
         let absent = &start.absent;
         let ascending = absent.windows(2).all(|w| w[0] < w[1]);
@@ -415,28 +415,87 @@ impl Neighbourhood {
         let live = |j: &u32| absent.binary_search(j).is_err();
         let live_neighbours =
             |j: u32| -> Vec<u32> { shaper.radio_neighbours(j).iter().copied().filter(live).collect() };
-        let listed: Vec<u32> = start.neighbours.iter().map(|p| p.node_id).collect();
         let mine = live_neighbours(me);
-        if listed != mine {
+        if start.neighbour_count as usize != mine.len() {
+            return Err(Error::config(
+                "StartRound.neighbour_count",
+                format!(
+                    "{} neighbours, where this node's channel and the absences give {}: the \
+                     coordinator runs another channel",
+                    start.neighbour_count,
+                    mine.len()
+                ),
+            ));
+        }
+        // Entries ascending, each a neighbour's: one walk through both.
+        let mut entries = start.neighbours.iter().map(|p| p.node_id).peekable();
+        for &j in &mine {
+            entries.next_if_eq(&j);
+        }
+        if let Some(stray) = entries.next() {
             return Err(Error::config(
                 "StartRound.neighbours",
                 format!(
-                    "{} neighbours listed, where this node's channel and the absences give {} \
-                     (first difference at position {}): the coordinator runs another channel",
-                    listed.len(),
-                    mine.len(),
-                    listed.iter().zip(&mine).take_while(|(a, b)| a == b).count()
+                    "an entry for node {stray}, which is not a neighbour this round by this \
+                     node's channel and the absences, or not in ascending order: the \
+                     coordinator runs another channel"
                 ),
             ));
         }
         Ok(Neighbourhood(
-            listed.into_iter().map(|j| (j, live_neighbours(j))).collect(),
+            mine.into_iter().map(|j| (j, live_neighbours(j))).collect(),
         ))
     }
 
     /// `peer`'s live neighbours this round (empty for a node that is not ours).
     pub(crate) fn of(&self, peer: u32) -> &[u32] {
         self.0.get(&peer).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every neighbour this round, ascending, with its address (its entry's in `start`,
+    /// else the one the coordinator's stream gave before, in `book`) and band turn (0
+    /// without an entry).
+    fn peers(&self, start: &StartRound, book: &AddressBook) -> Result<Vec<Peer>> {
+        let mut entries = start.neighbours.iter().peekable();
+        self.0
+            .keys()
+            .map(|&j| {
+                let entry = entries.next_if(|p| p.node_id == j);
+                let given = entry.map(|p| p.address.as_str()).filter(|a| !a.is_empty());
+                let Some(address) = given.or_else(|| book.get(j)) else {
+                    return Err(Error::config(
+                        "StartRound.neighbours",
+                        format!("no address for neighbour {j}: the coordinator's stream never gave one"),
+                    ));
+                };
+                Ok(Peer {
+                    node_id: j,
+                    address: address.to_string(),
+                    band_start_s: entry.map_or(0.0, |p| p.band_start_s),
+                })
+            })
+            .collect()
+    }
+}
+
+/// The neighbours' addresses as one stream from the coordinator gave them: a round's
+/// start carries only those it had not given before (docs/protocol.md §4). Cheap to
+/// clone: the round worker holds the book of its round while the stream goes on.
+#[derive(Clone, Debug, Default)]
+pub struct AddressBook(Arc<BTreeMap<u32, String>>);
+
+impl AddressBook {
+    /// Takes in the addresses `start` gives.
+    pub fn learn(&mut self, start: &StartRound) {
+        for peer in start.neighbours.iter().filter(|p| !p.address.is_empty()) {
+            if self.get(peer.node_id) != Some(peer.address.as_str()) {
+                Arc::make_mut(&mut self.0).insert(peer.node_id, peer.address.clone());
+            }
+        }
+    }
+
+    fn get(&self, id: u32) -> Option<&str> {
+        self.0.get(&id).map(String::as_str)
     }
 }
 
@@ -448,17 +507,23 @@ fn check_band_start(field: &str, band_start_s: f64) -> Result<()> {
     Err(Error::config(field, format!("{band_start_s} is not an emulated time")))
 }
 
-/// Runs one round and returns its metrics.
-pub async fn run_round(node: &mut Node, start: &StartRound) -> Result<RoundOutcome> {
+/// Runs one round, whose start came with the addresses its stream had given (`book`),
+/// and returns its metrics.
+pub async fn run_round(node: &mut Node, start: &StartRound, book: &AddressBook) -> Result<RoundOutcome> {
     let began = Instant::now();
     check_band_start("StartRound.band_start_s", start.band_start_s)?;
     for peer in &start.neighbours {
         check_band_start("StartRound.neighbours.band_start_s", peer.band_start_s)?;
     }
-    let neighbours = start.neighbours.iter().map(|p| (p.node_id, p.address.as_str()));
-    node.peers.begin_round(start.round, neighbours);
     node.shaper.move_to(start.emulated_start_s)?;
     let neighbourhood = Neighbourhood::derive(&node.shaper, node.id, node.plan.nodes, start)?;
+    // From here on the start lists every neighbour, with its address and band turn.
+    let start = &StartRound {
+        neighbours: neighbourhood.peers(start, book)?,
+        ..start.clone()
+    };
+    let neighbours = start.neighbours.iter().map(|p| (p.node_id, p.address.as_str()));
+    node.peers.begin_round(start.round, neighbours);
     let timeout = Duration::from_millis(u64::from(start.exchange_timeout_ms));
     let mut round = Round {
         start,
@@ -693,37 +758,66 @@ mod tests {
         Shaper::new(config.resolve().unwrap(), 7, 6, me).unwrap()
     }
 
-    fn start(neighbours: &[u32], absent: &[u32]) -> StartRound {
+    /// A start with `count` neighbours, entries (id, address, band turn) and absences.
+    fn start(count: u32, entries: &[(u32, &str, f64)], absent: &[u32]) -> StartRound {
         StartRound {
-            neighbours: neighbours
+            neighbours: entries
                 .iter()
-                .map(|&node_id| wdml_proto::Peer {
+                .map(|&(node_id, address, band_start_s)| Peer {
                     node_id,
-                    ..Default::default()
+                    address: address.into(),
+                    band_start_s,
                 })
                 .collect(),
+            neighbour_count: count,
             absent: absent.to_vec(),
             ..StartRound::default()
         }
     }
 
     /// On a ring of 6 without node 3, node 1 derives its neighbours' neighbourhoods:
-    /// 0 hears 5 and 1; 2 hears only 1. Lists the ring does not give are refused.
+    /// 0 hears 5 and 1; 2 hears only 1. A count or entries the ring does not give are
+    /// refused.
     #[test]
     fn a_node_derives_its_neighbours_neighbourhoods_and_checks_its_own() {
         let shaper = ring_shaper(1);
-        let around = Neighbourhood::derive(&shaper, 1, 6, &start(&[0, 2], &[3])).unwrap();
+        let around = Neighbourhood::derive(&shaper, 1, 6, &start(2, &[], &[3])).unwrap();
         assert_eq!(
             (around.of(0), around.of(2), around.of(4)),
             (&[1, 5][..], &[1][..], &[][..])
         );
-        let refused = |neighbours: &[u32], absent: &[u32]| {
-            let e = Neighbourhood::derive(&shaper, 1, 6, &start(neighbours, absent)).unwrap_err();
-            e.to_string()
+        let refused = |start: StartRound| Neighbourhood::derive(&shaper, 1, 6, &start).unwrap_err().to_string();
+        assert!(refused(start(3, &[], &[3])).contains("StartRound.neighbour_count"));
+        assert!(refused(start(2, &[(3, "c:3", 0.0)], &[3])).contains("an entry for node 3"));
+        assert!(refused(start(2, &[(2, "", 0.0), (0, "", 0.0)], &[3])).contains("StartRound.neighbours"));
+        assert!(refused(start(2, &[], &[3, 3])).contains("StartRound.absent"));
+        assert!(refused(start(2, &[], &[6])).contains("StartRound.absent"));
+    }
+
+    /// A neighbour's address comes from its entry, else from what the stream gave
+    /// before; one given nowhere refuses the round. The book keeps every address a
+    /// stream gave, a newer one replacing the older.
+    #[test]
+    fn a_node_finds_each_neighbours_address_in_its_entry_or_its_stream() {
+        let shaper = ring_shaper(1);
+        let mut book = AddressBook::default();
+        book.learn(&start(2, &[(0, "a:1", 0.0), (2, "b:1", 0.0)], &[]));
+        book.learn(&start(2, &[(2, "b:2", 0.0)], &[]));
+        let peers = |start: StartRound, book: &AddressBook| {
+            let around = Neighbourhood::derive(&shaper, 1, 6, &start)?;
+            let peers = around.peers(&start, book)?;
+            Ok::<_, Error>(
+                peers
+                    .into_iter()
+                    .map(|p| (p.node_id, p.address, p.band_start_s))
+                    .collect::<Vec<_>>(),
+            )
         };
-        assert!(refused(&[0, 2, 3], &[]).contains("StartRound.neighbours"));
-        assert!(refused(&[0], &[3]).contains("StartRound.neighbours"));
-        assert!(refused(&[0, 2], &[3, 3]).contains("StartRound.absent"));
-        assert!(refused(&[0, 2], &[6]).contains("StartRound.absent"));
+        assert_eq!(
+            peers(start(2, &[(2, "", 0.5)], &[]), &book).unwrap(),
+            [(0, "a:1".to_string(), 0.0), (2, "b:2".to_string(), 0.5)]
+        );
+        let e = peers(start(2, &[(0, "a:1", 0.0)], &[]), &AddressBook::default()).unwrap_err();
+        assert!(e.to_string().contains("no address for neighbour 2"), "{e}");
     }
 }

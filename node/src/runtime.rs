@@ -37,7 +37,7 @@ use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
 use crate::learn::{Learn, Learner};
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
-use crate::round::{EVAL_BATCH, Node, message, run_round};
+use crate::round::{AddressBook, EVAL_BATCH, Node, message, run_round};
 use crate::shard::{BatchSampler, Shard};
 use crate::{Error, Result, seed, strategy};
 
@@ -187,7 +187,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         },
     ));
 
-    let (rounds_tx, rounds_rx) = watch::channel::<Option<StartRound>>(None);
+    let (rounds_tx, rounds_rx) = watch::channel::<Option<(StartRound, AddressBook)>>(None);
     let (report_tx, report_rx) = mpsc::channel::<Report>(16);
     // At most one per neighbour and round, and the session forwards them at once.
     let (undelivered_tx, undelivered_rx) = mpsc::unbounded_channel();
@@ -340,12 +340,12 @@ enum Report {
 /// fails (a panic included) is reported and ends the worker: the node leaves the run.
 async fn round_worker(
     mut node: Node,
-    mut rounds: watch::Receiver<Option<StartRound>>,
+    mut rounds: watch::Receiver<Option<(StartRound, AddressBook)>>,
     reports: mpsc::Sender<Report>,
     panic_at_round: Option<u32>,
 ) {
     while rounds.changed().await.is_ok() {
-        let Some(start) = rounds.borrow_and_update().clone() else {
+        let Some((start, book)) = rounds.borrow_and_update().clone() else {
             continue;
         };
         let token = start.round_token;
@@ -356,7 +356,7 @@ async fn round_worker(
             if panic_at_round == Some(start.round + 1) {
                 panic!("fault injected in round {} (--fault-panic-at-round)", start.round + 1);
             }
-            let result = run_round(&mut node, &start).await;
+            let result = run_round(&mut node, &start, &book).await;
             (node, result)
         });
         let reason = match task.await {
@@ -590,7 +590,7 @@ struct Session {
     histogram: Vec<u32>,
     session: u64,
     mailbox: Arc<Mailbox>,
-    rounds: watch::Sender<Option<StartRound>>,
+    rounds: watch::Sender<Option<(StartRound, AddressBook)>>,
     heartbeat: Duration,
 }
 
@@ -613,12 +613,14 @@ impl Session {
                 label_histogram: self.histogram.clone(),
             };
             let (outbound, mut inbound) = self.coordinator.open(hello).await?;
+            // The neighbours' addresses this stream gives: a new stream gives them anew.
+            let mut book = AddressBook::default();
             let mut heartbeat = tokio::time::interval(self.heartbeat);
             let broke = loop {
                 tokio::select! {
                     event = inbound.message() => match event {
                         Ok(Some(event)) => {
-                            if let Some(complete) = self.apply(event) {
+                            if let Some(complete) = self.apply(event, &mut book) {
                                 info!(node = id, rounds = complete.rounds_closed, finished = complete.finished, "run complete: {}", complete.reason);
                                 return Ok(Outcome::Complete(complete));
                             }
@@ -678,11 +680,14 @@ impl Session {
         }
     }
 
-    /// Applies one coordinator event; returns the end of the run if it is one.
-    fn apply(&self, event: CoordinatorEvent) -> Option<RunComplete> {
+    /// Applies one coordinator event (a round's start with the addresses `book` has
+    /// from this stream); returns the end of the run if it is one.
+    fn apply(&self, event: CoordinatorEvent, book: &mut AddressBook) -> Option<RunComplete> {
         match event.event {
             Some(coordinator_event::Event::StartRound(start)) => {
-                self.rounds.send_replace(Some(start));
+                // Every start's addresses, also those of one the worker skips.
+                book.learn(&start);
+                self.rounds.send_replace(Some((start, book.clone())));
                 None
             }
             Some(coordinator_event::Event::MemberGone(gone)) => {

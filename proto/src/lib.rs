@@ -15,8 +15,9 @@ pub mod transport;
 
 /// The protocol version this build speaks (docs/protocol.md): any change to a message's
 /// meaning, a validation rule or the radio settings' JSON schema bumps it. 2: a round's
-/// start lists absences instead of each neighbour's own neighbours.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// start lists absences instead of each neighbour's own neighbours. 3: it gives a
+/// neighbour's address only where its stream has not given it already.
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
