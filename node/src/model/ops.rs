@@ -119,6 +119,130 @@ fn im2col(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>) -> Vec<f32> {
     out
 }
 
+/// The convolution `im2col(x) · Wᵀ` of pixels `rows` of a one-channel NHWC tensor,
+/// `[rows.len(), out]`, computed directly: bit for bit the product `gemm` computes
+/// (each output one chain of fused multiply-adds from zero over the 9 taps in column
+/// order, zeros outside the image included, then the bias), without the 10-wide column
+/// matrix. For the CNN's first layer the gather and that thin product were most of the
+/// stage's time. `None` (take the product) for more channels, where `gemm` does not
+/// fuse its multiply-adds (a CPU without FMA), and for a single row or output channel,
+/// which `gemm` computes as a matrix-vector product in another order.
+fn conv_one_channel(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, w_full: &[f32], out: usize) -> Option<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if c == 1 && out >= 2 && rows.len() >= 2 && w_full.len() == out * row_len(1) && fma() {
+        // By tap and in lanes of 16 channels: `by_tap[(g·10 + t)·16 + i]` is channel
+        // `16·g + i`'s weight for column `t` (0 past the last channel).
+        let groups = out.div_ceil(LANES);
+        let by_tap: Vec<f32> = (0..groups * row_len(1) * LANES)
+            .map(|at| {
+                let (g, t, i) = (at / (row_len(1) * LANES), at / LANES % row_len(1), at % LANES);
+                let o = g * LANES + i;
+                if o < out { w_full[o * row_len(1) + t] } else { 0.0 }
+            })
+            .collect();
+        let mut y = vec![0f32; rows.len() * out];
+        // SAFETY: the CPU has the features each function enables (checked here and
+        // above); the body indexes its slices.
+        unsafe {
+            if std::is_x86_feature_detected!("avx512f") {
+                one_channel_avx512(x, (h, w), rows, &by_tap, out, &mut y);
+            } else {
+                one_channel_fma(x, (h, w), rows, &by_tap, out, &mut y);
+            }
+        }
+        return Some(y);
+    }
+    let _ = (x, h, w, c, rows, w_full, out);
+    None
+}
+
+/// Whether the CPU fuses multiply-adds (and `gemm`'s kernels with it).
+fn fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// [`one_channel`] compiled for AVX-512 (a group's ten weight vectors and its sums
+/// stay in registers).
+///
+/// # Safety
+/// The CPU supports AVX-512F and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn one_channel_avx512(
+    x: &[f32],
+    hw: (usize, usize),
+    rows: Range<usize>,
+    by_tap: &[f32],
+    out: usize,
+    y: &mut [f32],
+) {
+    one_channel(x, hw, rows, by_tap, out, y);
+}
+
+/// [`one_channel`] compiled with FMA, so that `mul_add` is one instruction.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn one_channel_fma(
+    x: &[f32],
+    hw: (usize, usize),
+    rows: Range<usize>,
+    by_tap: &[f32],
+    out: usize,
+    y: &mut [f32],
+) {
+    one_channel(x, hw, rows, by_tap, out, y);
+}
+
+/// [`conv_one_channel`]'s loop, for 16 output channels at a time: per pixel, its
+/// im2col row (3×3 neighbourhood, 0 outside the image, then 1), and each channel's
+/// chain of multiply-adds over it. Inlined into a function with FMA enabled.
+#[inline(always)]
+fn one_channel(x: &[f32], (h, w): (usize, usize), rows: Range<usize>, by_tap: &[f32], out: usize, y: &mut [f32]) {
+    for (g, group) in by_tap.chunks_exact(row_len(1) * LANES).enumerate() {
+        let mut weights = [[0f32; LANES]; 10];
+        for (t, column) in weights.iter_mut().enumerate() {
+            column.copy_from_slice(&group[t * LANES..(t + 1) * LANES]);
+        }
+        let (first, width) = (g * LANES, (out - g * LANES).min(LANES));
+        let mut pixel = Pixel::at(rows.start, h, w);
+        for outputs in y.chunks_exact_mut(out) {
+            let mut row = [0f32; 10];
+            row[9] = 1.0;
+            let (lo, hi) = taps(pixel.x, w);
+            for ky in 0..3 {
+                let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                    continue;
+                };
+                let src = (pixel.n * h + sy) * w + pixel.x - 1;
+                for kx in lo..hi {
+                    row[ky * 3 + kx] = x[src + kx];
+                }
+            }
+            let mut acc = [0f32; LANES];
+            for (&value, column) in row.iter().zip(&weights) {
+                for (a, &weight) in acc.iter_mut().zip(column) {
+                    *a = value.mul_add(weight, *a);
+                }
+            }
+            if width == LANES {
+                outputs[first..first + LANES].copy_from_slice(&acc);
+            } else {
+                outputs[first..first + width].copy_from_slice(&acc[..width]);
+            }
+            pixel.advance(h, w);
+        }
+    }
+}
+
+/// Output channels [`one_channel`] computes at once.
+const LANES: usize = 16;
+
 /// The adjoint of [`im2col`]: scatter-adds the columns of pixels `rows` onto the
 /// `[b, h, w, c]` gradient `grad` (the bias column has no pixel and is skipped).
 fn col2im(cols: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, grad: &mut [f32]) {
@@ -248,15 +372,20 @@ impl CustomOp2 for ConvPoolRelu {
         let (dims, out, per_block) = self.dims(x_layout.shape(), w_layout.shape())?;
         let (b, h, w, c) = dims;
         let x = contiguous_f32(x_storage, x_layout, self.name())?;
-        let w_full = contiguous_f32(w_storage, w_layout, self.name())?;
-        let w_full = Mat::row_major(w_full, out, row_len(c))?;
+        let w_values = contiguous_f32(w_storage, w_layout, self.name())?;
+        let w_full = Mat::row_major(w_values, out, row_len(c))?;
         let pooled = b * (h / 2) * (w / 2) * out;
         let (mut y, mut winners) = (Vec::with_capacity(pooled), Vec::with_capacity(pooled));
         for first in (0..b).step_by(per_block) {
             let imgs = per_block.min(b - first);
             let rows = first * h * w..(first + imgs) * h * w;
-            let cols = im2col(x, dims, rows.clone());
-            let conv = gemm::matmul(Mat::row_major(&cols, rows.len(), row_len(c))?, w_full.t())?;
+            let conv = match conv_one_channel(x, dims, rows.clone(), w_values, out) {
+                Some(conv) => conv,
+                None => {
+                    let cols = im2col(x, dims, rows.clone());
+                    gemm::matmul(Mat::row_major(&cols, rows.len(), row_len(c))?, w_full.t())?
+                }
+            };
             pool_relu(&conv, (imgs, h, w, out), &mut y, &mut winners);
         }
         // One record per op value; Candle never runs a forward twice, and a second record
@@ -503,6 +632,50 @@ mod tests {
         let (out, c) = (w.dim(0).unwrap(), w.dim(1).unwrap());
         let rows = w.permute((0, 2, 3, 1)).unwrap().reshape((out, 9 * c)).unwrap();
         Tensor::cat(&[&rows, &bias.unsqueeze(1).unwrap()], 1).unwrap()
+    }
+
+    /// The first layer's direct convolution gives the product's bits: values of both
+    /// signs, exact zeros and a zero bias, blocks starting mid-image, 2 to 33 channels
+    /// (with one, or one row, the product runs: `gemm` takes another order there).
+    #[test]
+    fn a_one_channel_convolution_is_the_products_bit_for_bit() {
+        let (b, h, w) = (3, 6, 8);
+        let x: Vec<f32> = (0..b * h * w)
+            .map(|i| {
+                if i % 7 == 3 {
+                    0.0
+                } else {
+                    ((i * 37 % 101) as f32 - 50.0) / 13.0
+                }
+            })
+            .collect();
+        for out in [1, 5, 16, 33] {
+            let w_full: Vec<f32> = (0..out * 10)
+                .map(|i| {
+                    if i % 10 == 9 && i % 20 == 9 {
+                        0.0
+                    } else {
+                        ((i * 53 % 89) as f32 - 44.0) / 17.0
+                    }
+                })
+                .collect();
+            for rows in [0..b * h * w, 5..b * h * w - 9, 13..15, 13..14] {
+                let dims = (b, h, w, 1);
+                let Some(direct) = conv_one_channel(&x, dims, rows.clone(), &w_full, out) else {
+                    // The product runs: without FMA, or as a matrix-vector product.
+                    assert!(!fma() || out == 1 || rows.len() == 1, "{out} channels, rows {rows:?}");
+                    continue;
+                };
+                let cols = im2col(&x, dims, rows.clone());
+                let product = gemm::matmul(
+                    Mat::row_major(&cols, rows.len(), 10).unwrap(),
+                    Mat::row_major(&w_full, out, 10).unwrap().t(),
+                )
+                .unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&direct), bits(&product), "{out} channels, rows {rows:?}");
+            }
+        }
     }
 
     #[test]
