@@ -97,23 +97,25 @@ impl Pixel {
 /// image), then a 1 that multiplies the bias.
 fn im2col(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>) -> Vec<f32> {
     let k = row_len(c);
-    // Zero-filled, so out-of-image taps need no write.
-    let mut out = vec![0f32; rows.len() * k];
+    // Appended in order, zeros only where a tap is outside the image: zero-filling the
+    // whole matrix first was a pass over megabytes that the copies then overwrote.
+    let mut out = Vec::with_capacity(rows.len() * k);
     let mut pixel = Pixel::at(rows.start, h, w);
-    for row in out.chunks_exact_mut(k) {
+    for _ in rows {
         let (lo, hi) = taps(pixel.x, w);
         // With columns in (ky, kx, channel) order, the in-image taps of one kernel row
         // are one contiguous run in both source and destination.
         for ky in 0..3 {
             let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+                out.resize(out.len() + 3 * c, 0.0);
                 continue;
             };
             let src = ((pixel.n * h + sy) * w + pixel.x + lo - 1) * c;
-            let dst = (ky * 3 + lo) * c;
-            let len = (hi - lo) * c;
-            row[dst..dst + len].copy_from_slice(&x[src..src + len]);
+            out.resize(out.len() + lo * c, 0.0);
+            out.extend_from_slice(&x[src..src + (hi - lo) * c]);
+            out.resize(out.len() + (3 - hi) * c, 0.0);
         }
-        row[k - 1] = 1.0;
+        out.push(1.0);
         pixel.advance(h, w);
     }
     out
