@@ -13,7 +13,8 @@
 //!   in NHWC layout, the convolution as `im2col(x) · Wᵀ` with the bias as an extra
 //!   weight column meeting a column of ones, run a few images at a time (see
 //!   `ConvPoolRelu` for the gradient). ReLU after pooling is the same function as
-//!   before it (ReLU is monotone), on a quarter of the values.
+//!   before it (ReLU is monotone), on a quarter of the values. A first layer (one input
+//!   channel) skips im2col: [`conv_one_channel`] computes the same bits directly.
 //! - [`linear`] is a dense layer, `x · wᵀ + b` and its ReLU, in one op whose products
 //!   run on [`super::gemm`] and which skips the input gradient when the input is data.
 //!
