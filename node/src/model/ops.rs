@@ -127,12 +127,12 @@ fn im2col(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>) -> Vec<f32> {
 /// (each output one chain of fused multiply-adds from zero over the 9 taps in column
 /// order, zeros outside the image included, then the bias), without the 10-wide column
 /// matrix. For the CNN's first layer the gather and that thin product were most of the
-/// stage's time. `None` (take the product) for more channels, where `gemm` does not
-/// fuse its multiply-adds (a CPU without FMA), and for a single row or output channel,
-/// which `gemm` computes as a matrix-vector product in another order.
+/// stage's time. `None` (take the product) for more channels; for a single row or
+/// output channel, which `gemm` computes as a matrix-vector product in another order;
+/// and on a CPU without AVX-512, where it was not measured.
 fn conv_one_channel(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, w_full: &[f32], out: usize) -> Option<Vec<f32>> {
     #[cfg(target_arch = "x86_64")]
-    if c == 1 && out >= 2 && rows.len() >= 2 && w_full.len() == out * row_len(1) && fma() {
+    if c == 1 && out >= 2 && rows.len() >= 2 && w_full.len() == out * row_len(1) && direct_conv() {
         // By tap and in lanes of 16 channels: `by_tap[(g·10 + t)·16 + i]` is channel
         // `16·g + i`'s weight for column `t` (0 past the last channel).
         let groups = out.div_ceil(LANES);
@@ -144,69 +144,41 @@ fn conv_one_channel(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, w_full: &
             })
             .collect();
         let mut y = vec![0f32; rows.len() * out];
-        // SAFETY: the CPU has the features each function enables (checked here and
-        // above); the body indexes its slices.
-        unsafe {
-            if std::is_x86_feature_detected!("avx512f") {
-                one_channel_avx512(x, (h, w), rows, &by_tap, out, &mut y);
-            } else {
-                one_channel_fma(x, (h, w), rows, &by_tap, out, &mut y);
-            }
-        }
+        // SAFETY: the CPU has AVX-512F and FMA (checked above); the function indexes
+        // its slices.
+        unsafe { one_channel(x, (h, w), rows, &by_tap, out, &mut y) };
         return Some(y);
     }
     let _ = (x, h, w, c, rows, w_full, out);
     None
 }
 
-/// Whether the CPU fuses multiply-adds (and `gemm`'s kernels with it).
-fn fma() -> bool {
+/// Whether this CPU runs [`conv_one_channel`]'s kernel: AVX-512F and FMA (FMA also
+/// makes `gemm` fuse its multiply-adds, the order the kernel follows).
+fn direct_conv() -> bool {
     #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("fma");
+    return std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-/// [`one_channel`] compiled for AVX-512 (a group's ten weight vectors and its sums
-/// stay in registers).
+/// [`conv_one_channel`]'s loop, for 16 output channels at a time: per pixel, its
+/// im2col row (3×3 neighbourhood, 0 outside the image, then 1), and each channel's
+/// chain of multiply-adds over it. Compiled for AVX-512, a group's ten weight vectors
+/// and its sums stay in registers, and `mul_add` is one instruction.
 ///
 /// # Safety
 /// The CPU supports AVX-512F and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn one_channel_avx512(
+unsafe fn one_channel(
     x: &[f32],
-    hw: (usize, usize),
+    (h, w): (usize, usize),
     rows: Range<usize>,
     by_tap: &[f32],
     out: usize,
     y: &mut [f32],
 ) {
-    one_channel(x, hw, rows, by_tap, out, y);
-}
-
-/// [`one_channel`] compiled with FMA, so that `mul_add` is one instruction.
-///
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn one_channel_fma(
-    x: &[f32],
-    hw: (usize, usize),
-    rows: Range<usize>,
-    by_tap: &[f32],
-    out: usize,
-    y: &mut [f32],
-) {
-    one_channel(x, hw, rows, by_tap, out, y);
-}
-
-/// [`conv_one_channel`]'s loop, for 16 output channels at a time: per pixel, its
-/// im2col row (3×3 neighbourhood, 0 outside the image, then 1), and each channel's
-/// chain of multiply-adds over it. Inlined into a function with FMA enabled.
-#[inline(always)]
-fn one_channel(x: &[f32], (h, w): (usize, usize), rows: Range<usize>, by_tap: &[f32], out: usize, y: &mut [f32]) {
     for (g, group) in by_tap.chunks_exact(row_len(1) * LANES).enumerate() {
         let mut weights = [[0f32; LANES]; 10];
         for (t, column) in weights.iter_mut().enumerate() {
@@ -674,8 +646,11 @@ mod tests {
             for rows in [0..b * h * w, 5..b * h * w - 9, 13..15, 13..14] {
                 let dims = (b, h, w, 1);
                 let Some(direct) = conv_one_channel(&x, dims, rows.clone(), &w_full, out) else {
-                    // The product runs: without FMA, or as a matrix-vector product.
-                    assert!(!fma() || out == 1 || rows.len() == 1, "{out} channels, rows {rows:?}");
+                    // The product runs: without AVX-512, or as a matrix-vector product.
+                    assert!(
+                        !direct_conv() || out == 1 || rows.len() == 1,
+                        "{out} channels, rows {rows:?}"
+                    );
                     continue;
                 };
                 let cols = im2col(&x, dims, rows.clone());
