@@ -195,46 +195,134 @@ mod avx512 {
     /// `c = a · b` (`c` row-major, initialised or not: every element is written before it
     /// is read), the contraction in blocks of `kc`.
     ///
+    /// The kernel reads each operand in place where its layout allows, and packs only
+    /// what it must: B's block when its columns are not contiguous (a layer's `wᵀ`), A's
+    /// rows when they are neither contiguous nor contiguous across rows, and A's last
+    /// panel of rows when it would read past the matrix. Packing everything took 12 % of
+    /// a node's model work (`perf`, `wdml bench --only steps`, 2-core Zen 4): with the
+    /// CNN's products of 32 columns each packed value served only 32 multiply-adds.
+    ///
     /// # Safety
     /// The CPU supports AVX-512F; `c` points to room for `a.rows · b.cols` values.
     #[target_feature(enable = "avx512f")]
     pub unsafe fn gemm(a: &Mat, b: &Mat, c: *mut f32, kc: usize) {
         let (m, n, k) = (a.rows, b.cols, a.cols);
+        if m == 0 || n == 0 {
+            return;
+        }
         let kc = kc.clamp(1, k);
         let panels = n.div_ceil(NR);
+        let direct_b = b.cs == 1;
         // B's block as panels of NR columns, k-major within a panel (zeros beyond n);
-        // A's rows in panels of MR, k-major (zeros beyond m).
-        let mut packed_b = vec![0f32; panels * NR * kc];
-        let mut packed_a = vec![0f32; MR * kc];
+        // A's rows, when packed, as one panel of MR, k-major (zeros beyond m).
+        let mut packed_b = if direct_b {
+            Vec::new()
+        } else {
+            vec![0f32; panels * NR * kc]
+        };
+        let mut packed_a = Vec::new();
         let mut k0 = 0;
         while k0 < k {
             let depth = kc.min(k - k0);
-            for (p, panel) in packed_b.chunks_exact_mut(NR * depth).take(panels).enumerate() {
-                pack(b, k0, depth, p * NR, NR.min(n - p * NR), NR, panel);
+            if !direct_b {
+                for (p, panel) in packed_b.chunks_exact_mut(NR * depth).take(panels).enumerate() {
+                    pack(b, k0, depth, p * NR, NR.min(n - p * NR), NR, panel);
+                }
             }
             for i0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - i0);
-                pack(&a.t(), k0, depth, i0, rows, MR, &mut packed_a);
+                // SAFETY (the offsets): row i0 + ii < m and step k0 < k lie in `a`.
+                let at = |ii: usize| unsafe { a.data.as_ptr().add((i0 + ii) * a.rs + k0 * a.cs) };
+                let rows_of_a = if a.cs == 1 {
+                    // Each row contiguous (a batch): one pointer per row, the missing rows
+                    // of a last panel repeating the last row (computed, never stored).
+                    RowsOfA::Rows(std::array::from_fn(|ii| at(ii.min(rows - 1))))
+                } else if a.rs == 1 && rows == MR {
+                    // A step's rows contiguous (a gradient's `gᵀ`): the packed layout,
+                    // with the step's stride.
+                    RowsOfA::Steps(at(0), a.cs)
+                } else {
+                    packed_a.resize(MR * kc, 0.0);
+                    pack(&a.t(), k0, depth, i0, rows, MR, &mut packed_a);
+                    RowsOfA::Steps(packed_a.as_ptr(), MR)
+                };
                 for p in 0..panels {
                     let j0 = p * NR;
-                    // SAFETY: the packed panels hold `depth` steps each; rows i0..i0+rows
-                    // and columns j0..j0+cols of `c` exist.
+                    let (panel, ldb) = if direct_b {
+                        // SAFETY: row k0, column j0 < n of `b`.
+                        (unsafe { b.data.as_ptr().add(k0 * b.rs + j0) }, b.rs)
+                    } else {
+                        // SAFETY: panel p of the packed block exists.
+                        (unsafe { packed_b.as_ptr().add(p * NR * depth) }, NR)
+                    };
+                    let tile = Tile {
+                        c: unsafe { c.add(i0 * n + j0) },
+                        ldc: n,
+                        rows,
+                        cols: NR.min(n - j0),
+                        first: k0 == 0,
+                    };
+                    // SAFETY: A's rows and B's panel hold `depth` steps from these
+                    // pointers (rows i0.., columns j0..j0 + cols, or the packed copies);
+                    // the tile's rows and columns of `c` exist.
                     unsafe {
-                        kernel(
-                            packed_a.as_ptr(),
-                            packed_b.as_ptr().add(p * NR * depth),
-                            depth,
-                            c.add(i0 * n + j0),
-                            n,
-                            rows,
-                            NR.min(n - j0),
-                            k0 == 0,
-                        )
+                        match rows_of_a {
+                            RowsOfA::Rows(ref rows) => kernel(Rows(rows), panel, ldb, depth, tile),
+                            RowsOfA::Steps(first, step) => kernel(Steps(first, step), panel, ldb, depth, tile),
+                        }
                     }
                 }
             }
             k0 += depth;
         }
+    }
+
+    /// Where a panel's MR rows of A are: one pointer per row (each row contiguous), or
+    /// the first row's pointer and the stride between steps (each step's rows
+    /// contiguous).
+    enum RowsOfA {
+        Rows([*const f32; MR]),
+        Steps(*const f32, usize),
+    }
+
+    /// How the kernel finds row `ii`'s value at step `kk`; a type per layout, so that
+    /// each compiles to its own addressing.
+    trait ReadA: Copy {
+        /// # Safety
+        /// `ii < MR` and `kk` a step of the panel.
+        unsafe fn at(self, ii: usize, kk: usize) -> f32;
+    }
+
+    #[derive(Clone, Copy)]
+    struct Rows<'a>(&'a [*const f32; MR]);
+
+    impl ReadA for Rows<'_> {
+        #[inline(always)]
+        unsafe fn at(self, ii: usize, kk: usize) -> f32 {
+            // SAFETY: the caller's contract; each row holds the panel's steps.
+            unsafe { *self.0[ii].add(kk) }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Steps(*const f32, usize);
+
+    impl ReadA for Steps {
+        #[inline(always)]
+        unsafe fn at(self, ii: usize, kk: usize) -> f32 {
+            // SAFETY: the caller's contract; each step holds MR rows.
+            unsafe { *self.0.add(kk * self.1 + ii) }
+        }
+    }
+
+    /// Where the kernel leaves its MR × NR tile: `rows` × `cols` of it at `c` (row
+    /// stride `ldc`), written (`first` block) or added to what the earlier blocks left.
+    struct Tile {
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        first: bool,
     }
 
     /// Packs columns `j0..j0+cols` of rows `k0..k0+depth` of `m` into a panel `width`
@@ -367,39 +455,34 @@ mod avx512 {
 
     /// An MR × NR tile of `c`: each element's dot product over the block as one chain of
     /// fused multiply-adds from zero (as `gemm`'s kernel), then written (`first` block)
-    /// or added to what the earlier blocks left. Only `rows` × `cols` of it are stored.
-    #[allow(clippy::too_many_arguments)]
+    /// or added to what the earlier blocks left. B's step `kk` is at `b + kk·ldb`, its
+    /// lanes past the tile's columns neither read nor stored.
+    ///
+    /// # Safety
+    /// A's MR rows and B's `cols` columns hold `depth` steps; the tile lies in `c`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn kernel(
-        a: *const f32,
-        b: *const f32,
-        depth: usize,
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        first: bool,
-    ) {
+    unsafe fn kernel(a: impl ReadA, b: *const f32, ldb: usize, depth: usize, tile: Tile) {
+        let masks = [lanes(tile.cols), lanes(tile.cols.saturating_sub(16))];
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         for kk in 0..depth {
-            // SAFETY: step kk of each packed panel exists (the caller's contract).
-            let (b0, b1, a) = unsafe {
+            // SAFETY: step kk of B's columns exists (masked-off lanes are not read), and
+            // of A's rows (the caller's contract).
+            let (b0, b1) = unsafe {
+                let step = b.add(kk * ldb);
                 (
-                    _mm512_loadu_ps(b.add(kk * NR)),
-                    _mm512_loadu_ps(b.add(kk * NR + 16)),
-                    a.add(kk * MR),
+                    _mm512_maskz_loadu_ps(masks[0], step),
+                    _mm512_maskz_loadu_ps(masks[1], step.add(16)),
                 )
             };
             for (ii, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: ii < MR values of step kk.
-                let x = _mm512_set1_ps(unsafe { *a.add(ii) });
+                // SAFETY: ii < MR, kk < depth.
+                let x = _mm512_set1_ps(unsafe { a.at(ii, kk) });
                 acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
                 acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
             }
         }
-        let masks = [lanes(cols), lanes(cols.saturating_sub(16))];
-        for (ii, acc) in acc.iter().enumerate().take(rows) {
+        for (ii, acc) in acc.iter().enumerate().take(tile.rows) {
             for (half, (&mask, &sum)) in masks.iter().zip(acc).enumerate() {
                 if mask == 0 {
                     continue;
@@ -407,8 +490,8 @@ mod avx512 {
                 // SAFETY: the masked lanes are columns < cols of row ii < rows; masked-off
                 // lanes are neither read nor written.
                 unsafe {
-                    let dst = c.add(ii * ldc + 16 * half);
-                    let value = if first {
+                    let dst = tile.c.add(ii * tile.ldc + 16 * half);
+                    let value = if tile.first {
                         sum
                     } else {
                         _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dst), sum)
