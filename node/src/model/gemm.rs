@@ -128,7 +128,7 @@ pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
 /// `gemm_basic_generic`, for its f32 FMA kernel of 24 × 4): small products take blocks
 /// of 512, others those of its cache model. It depends on neither `m` nor `n` beyond
 /// that test, so it does not matter that `gemm` may swap them.
-fn block(m: usize, n: usize, k: usize) -> usize {
+pub(crate) fn block(m: usize, n: usize, k: usize) -> usize {
     const FMA_MR: usize = 24;
     const FMA_NR: usize = 4;
     if m <= 64 && n <= 64 {
