@@ -100,12 +100,14 @@ pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
         bail!("matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols)
     }
     let (m, n, k) = (a.rows, b.cols, a.cols);
-    // The kernel's tile is 12 × 32: for a product narrower than 32 either way, its
-    // padding costs more than the wider vectors save (on one Zen 4 core, the CNN's
-    // `[25872, 10]` by `[10, 16]` convolution took 2.2× `gemm`'s time, its `[320, 128]`
-    // by `[128, 10]` output layer 2.6×), and `gemm` has paths of its own for k ≤ 2.
+    // The kernel's tile is 12 × 32: for fewer than 32 columns its padded lanes cost
+    // more than the wider vectors save (one Zen 4 core, one thread: the `[320, 128]` by
+    // `[128, 10]` output layer took 1.7× `gemm`'s time, the CNN's `[25872, 10]` by
+    // `[10, 16]` convolution 1.4×), while few rows cost little (the output layer's
+    // weight gradient, 10 × 320 by 320 × 128, ran 1.2× faster than `gemm`). `gemm` has
+    // paths of its own, in another order, for one row and for k ≤ 2.
     #[cfg(target_arch = "x86_64")]
-    if m >= 32 && n >= 32 && k > 2 && avx512::available() {
+    if m >= 2 && n >= 32 && k > 2 && avx512::available() {
         let mut c = Vec::with_capacity(m * n);
         // SAFETY: the CPU has AVX-512F (checked above); `a`, `b` are in bounds (checked
         // when built); the kernel writes each of the m·n values of `c` (its first block
@@ -567,6 +569,11 @@ mod tests {
             (1, 50, 7),
             (7, 50, 1),
             (5, 2, 9),
+            (10, 320, 128),
+            (2, 100, 64),
+            (3, 700, 33),
+            (13, 1100, 40),
+            (1, 300, 64),
         ];
         for (m, k, n) in shapes {
             let (a, b) = (values(m * k, 1), values(k * n, 2));
