@@ -187,18 +187,7 @@ unsafe fn one_channel(
         let (first, width) = (g * LANES, (out - g * LANES).min(LANES));
         let mut pixel = Pixel::at(rows.start, h, w);
         for outputs in y.chunks_exact_mut(out) {
-            let mut row = [0f32; 10];
-            row[9] = 1.0;
-            let (lo, hi) = taps(pixel.x, w);
-            for ky in 0..3 {
-                let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
-                    continue;
-                };
-                let src = (pixel.n * h + sy) * w + pixel.x - 1;
-                for kx in lo..hi {
-                    row[ky * 3 + kx] = x[src + kx];
-                }
-            }
+            let row = one_channel_row(x, &pixel, (h, w));
             let mut acc = [0f32; LANES];
             for (&value, column) in row.iter().zip(&weights) {
                 for (a, &weight) in acc.iter_mut().zip(column) {
@@ -217,6 +206,26 @@ unsafe fn one_channel(
 
 /// Output channels [`one_channel`] computes at once.
 const LANES: usize = 16;
+
+/// [`im2col`]'s row of `pixel` in a one-channel image: its 3×3 neighbourhood (0 outside
+/// the image), then the bias's 1. Inlined into the direct kernels, which build it in
+/// registers instead of a column matrix.
+#[inline(always)]
+fn one_channel_row(x: &[f32], pixel: &Pixel, (h, w): (usize, usize)) -> [f32; 10] {
+    let mut row = [0f32; 10];
+    row[9] = 1.0;
+    let (lo, hi) = taps(pixel.x, w);
+    for ky in 0..3 {
+        let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+            continue;
+        };
+        let src = (pixel.n * h + sy) * w + pixel.x - 1;
+        for kx in lo..hi {
+            row[ky * 3 + kx] = x[src + kx];
+        }
+    }
+    row
+}
 
 /// The weight gradient `gᵀ · im2col(x)` of pixels `rows` of a one-channel NHWC tensor,
 /// `[out, 10]`, from their output gradient `g` `[rows.len(), out]`, computed directly:
@@ -272,18 +281,7 @@ unsafe fn one_channel_weight_grad(
             for grads in block.chunks_exact(out) {
                 let mut lanes = [0f32; LANES];
                 lanes[..width].copy_from_slice(&grads[first..first + width]);
-                let mut row = [0f32; 10];
-                row[9] = 1.0;
-                let (lo, hi) = taps(pixel.x, w);
-                for ky in 0..3 {
-                    let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
-                        continue;
-                    };
-                    let src = (pixel.n * h + sy) * w + pixel.x - 1;
-                    for kx in lo..hi {
-                        row[ky * 3 + kx] = x[src + kx];
-                    }
-                }
+                let row = one_channel_row(x, &pixel, (h, w));
                 for (&value, column) in row.iter().zip(acc.iter_mut()) {
                     for (a, &gi) in column.iter_mut().zip(&lanes) {
                         *a = gi.mul_add(value, *a);
