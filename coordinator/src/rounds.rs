@@ -183,19 +183,19 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // round (and takes a core on a shared machine) as soon as its own arrives, and
     // building the rest meanwhile stretched the gap between rounds (256 full-mesh nodes
     // on 2 cores: median gap 16 / 29 ms when built and sent one by one, 9 / 7.5 ms so).
-    let starts: Vec<(u32, CoordinatorEvent, Option<Told>)> = live
+    let starts: Vec<(u32, u64, CoordinatorEvent, Option<Told>)> = live
         .iter()
-        .map(|(&id, _)| {
+        .map(|(&id, &(_, connection))| {
             let told = state.members.get(id).map_or(&[][..], |m| m.told.as_slice());
             let (start, told) = start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start);
             let event = CoordinatorEvent {
                 event: Some(coordinator_event::Event::StartRound(start)),
             };
-            (id, event, told)
+            (id, connection, event, told)
         })
         .collect();
     let mut participants = Vec::with_capacity(starts.len());
-    for (id, event, told) in starts {
+    for (id, connection, event, told) in starts {
         let member = state.members.get_mut(id).expect("listed as live");
         if send_to(member, event) {
             // Given to its stream, which delivers in order or breaks (and a new stream
@@ -203,7 +203,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
             if let Some(told) = told {
                 member.told = told;
             }
-            participants.push((id, live[&id].1));
+            participants.push((id, connection));
         }
     }
     // From the previous round's close to this one's last StartRound handed to its
