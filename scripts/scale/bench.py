@@ -4,7 +4,7 @@ counts and topologies, and measures what the README's performance section report
 
     scripts/scale/bench.py --out /tmp/scale full_mesh:4,16,64,128,256 k_nearest=3:64,256,1024
 
-Per run, from the run directory and from /proc while it runs (sampled every 0.5 s):
+Per run, from the run directory and from /proc while it runs (sampled every 0.1 to 0.5 s):
 - whether it finished, rounds closed, nodes not "finished";
 - round time: the coordinator's log, from "round started" to "round closed", median;
 - the coordinator's gap between rounds, as its log gives it (`gap_ms`: from the
@@ -88,6 +88,7 @@ class Sampler(threading.Thread):
 
     def run(self):
         while not self.stop.is_set():
+            swept = time.monotonic()
             total = 0
             for pid in descendants(self.root):
                 if pid == self.root:
@@ -101,7 +102,10 @@ class Sampler(threading.Thread):
                 entry[2] = max(entry[2], hwm)
                 total += pss
             self.peak_pss_kib = max(self.peak_pss_kib, total)
-            self.stop.wait(0.5)
+            # Every 0.1 s while a sweep is quick (a run of a few nodes may last about a
+            # second, and its nodes would be missed), up to every 0.5 s when a sweep of
+            # many processes is itself work for the machine.
+            self.stop.wait(min(0.5, max(0.1, 4 * (time.monotonic() - swept))))
 
 
 STAMP = re.compile(r"^(\S+Z)\s+\S+\s+round (started|closed) round=(\d+)")
