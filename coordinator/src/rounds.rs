@@ -485,6 +485,8 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
         reported = event.reported,
         missing = event.missing,
         mean_accuracy = format!("{:.4}", event.mean_accuracy),
+        // The first part of the next gap: filing the round (the journal's fsync).
+        filed_ms = closed.elapsed().as_secs_f64() * 1e3,
         "round closed"
     );
     let _ = shared.watchers.send(RunEvent {

@@ -9,7 +9,8 @@ Per run, from the run directory and from /proc while it runs (sampled every 0.1 
 - round time: the coordinator's log, from "round started" to "round closed", median;
 - the coordinator's gap between rounds, as its log gives it (`gap_ms`: from the
   barrier's decision, through filing the round into the record, fsync included, to the
-  next round's last StartRound handed to its stream), median and largest;
+  next round's last StartRound handed to its stream), median and largest, and each
+  gap's filing (`filed_ms` on "round closed");
 - the coordinator's CPU seconds and peak RSS; the nodes' largest peak RSS (VmHWM), and
   the peak of all processes' summed PSS (shared pages counted once);
 - the nodes' CPU seconds in all, and per message sent (process CPU clocks, every
@@ -121,9 +122,10 @@ def log_times(log):
         t = datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp()
         entry = rounds.setdefault(int(m.group(3)), {})
         entry[m.group(2)] = t
-        gap = re.search(r"gap_ms=([0-9.e+-]+)", line)
-        if gap:
-            entry["gap_ms"] = float(gap.group(1))
+        for field in ("gap_ms", "filed_ms"):
+            value = re.search(field + r"=([0-9.e+-]+)", line)
+            if value:
+                entry[field] = float(value.group(1))
     return rounds
 
 
@@ -173,6 +175,12 @@ def one_run(args, topology, nodes):
         if gaps:
             result["gap_ms_median"] = round(statistics.median(gaps), 2)
             result["gap_ms_max"] = round(max(gaps), 2)
+            result["gaps_ms"] = [round(g, 2) for g in gaps]
+        # Filing each round (its journal entry and fsync), the gap's first part; the
+        # last round's is not followed by a gap.
+        filed = [r["filed_ms"] for n, r in sorted(rounds.items()) if "filed_ms" in r and "gap_ms" in rounds.get(n + 1, {})]
+        if filed:
+            result["filed_ms"] = [round(f, 2) for f in filed]
     roles = {}
     for role, cpu, hwm in sampler.seen.values():
         r = roles.setdefault(role, {"count": 0, "cpu_s": 0.0, "hwm_kib": []})
