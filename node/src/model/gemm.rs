@@ -198,9 +198,9 @@ mod avx512 {
     /// is read), the contraction in blocks of `kc`.
     ///
     /// The kernel reads each operand in place where its layout allows, and packs only
-    /// what it must: B's block when its columns are not contiguous (a layer's `wᵀ`), A's
-    /// rows when they are neither contiguous nor contiguous across rows, and A's last
-    /// panel of rows when it would read past the matrix. Packing everything took 12 % of
+    /// what it must: B's block when its rows are not contiguous (a layer's `wᵀ`), A's
+    /// panel when neither its rows nor its steps are contiguous, and A's last panel of
+    /// rows when reading its steps in place would run past the matrix. Packing everything took 12 % of
     /// a node's model work (`perf`, `wdml bench --only steps`, 2-core Zen 4): with the
     /// CNN's products of 32 columns each packed value served only 32 multiply-adds.
     ///
@@ -258,6 +258,7 @@ mod avx512 {
                         (unsafe { packed_b.as_ptr().add(p * NR * depth) }, NR)
                     };
                     let tile = Tile {
+                        // SAFETY: row i0 < m, column j0 < n of `c`.
                         c: unsafe { c.add(i0 * n + j0) },
                         ldc: n,
                         rows,
