@@ -57,7 +57,7 @@ def main():
         runs.setdefault(r["topology"], {})[r["nodes"]] = r
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H + 24}" font-family="DejaVu Sans, sans-serif">',
            '<rect width="100%" height="100%" fill="white"/>']
-    svg += panel(0, "round time (median)", "round_ms_median", "ms", runs, (10, 100000))
+    svg += panel(0, "round time (median)", "round_ms_median", "ms", runs, (1, 100000))
     svg += panel(W, "coordinator gap between rounds (median)", "gap_ms_median", "ms", runs, (0.1, 1000))
     x = PAD_L
     for topology in runs:
