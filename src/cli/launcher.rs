@@ -321,7 +321,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         .env_remove("WDML_TLS_DIR")
         .stdout(Stdio::piped())
         .stderr(log_file(out, "coordinator")?);
-    let child = children.spawn("coordinator", coordinator)?;
+    let child = children.spawn("coordinator", coordinator, Group::Session)?;
     let address = match listening_address(child).await {
         Ok((address, dashboard)) => {
             let trust = match options.insecure {
@@ -511,6 +511,22 @@ fn device_niceness(devices: u32) -> libc::c_int {
     if devices <= 64 { 10 } else { 19 }
 }
 
+/// Where a child process starts: in a process group of its own, or (the coordinator)
+/// in a session of its own.
+///
+/// Linux's scheduler shares the CPU fairly between sessions first where autogroup is on
+/// (`kernel.sched_autogroup_enabled`, the default of most distributions), then between
+/// the threads of each. In the launcher's session the coordinator was one thread among
+/// hundreds of niced devices, and after its burst of work on a round's reports the
+/// scheduler held it back until they had caught up: `perf sched` over a 24.5 ms gap of
+/// 256 full-mesh nodes on 2 cores showed its thread runnable for 21 ms while niceness-19
+/// devices ran. In a session of its own it is one of two equal shares on each core.
+#[derive(Clone, Copy)]
+enum Group {
+    Process,
+    Session,
+}
+
 /// The launcher's child processes; all killed if the launcher drops them.
 #[derive(Default)]
 struct Children {
@@ -547,16 +563,29 @@ impl Children {
                 Ok(())
             });
         }
-        self.spawn(name, command)
+        self.spawn(name, command, Group::Process)
     }
 
-    fn spawn(&mut self, name: &str, mut command: Command) -> Result<&mut Child> {
+    fn spawn(&mut self, name: &str, mut command: Command, group: Group) -> Result<&mut Child> {
         command.kill_on_drop(true);
         #[cfg(unix)]
         {
-            // Its own process group: a ctrl-c at the terminal reaches the launcher
-            // alone, which stops the children in order (nodes, then the coordinator).
-            command.process_group(0);
+            // Its own process group (a new session makes one too): a ctrl-c at the
+            // terminal reaches the launcher alone, which stops the children in order
+            // (nodes, then the coordinator).
+            match group {
+                Group::Process => {
+                    command.process_group(0);
+                }
+                // SAFETY: setsid is async-signal-safe; the child is not a process
+                // group leader yet, so it succeeds.
+                Group::Session => unsafe {
+                    command.pre_exec(|| {
+                        libc::setsid();
+                        Ok(())
+                    });
+                },
+            }
             // SAFETY: prctl is async-signal-safe; it only asks the kernel to send the
             // child SIGTERM should the launcher die without stopping it (kill -9).
             #[cfg(target_os = "linux")]
@@ -623,6 +652,28 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    /// The coordinator starts in a session of its own (its own share of the CPU where
+    /// the kernel groups by session), a device in the launcher's: read back from
+    /// `/proc/self/stat` by a probe started each way.
+    #[tokio::test]
+    async fn the_coordinator_has_a_session_of_its_own() {
+        for (group, own_session) in [(Group::Session, true), (Group::Process, false)] {
+            let mut children = Children::default();
+            let mut probe = Command::new("cat");
+            probe.arg("/proc/self/stat").stdout(Stdio::piped());
+            let child = children.spawn("probe", probe, group).expect("cat starts");
+            let mut out = String::new();
+            let mut stdout = child.stdout.take().expect("piped");
+            stdout.read_to_string(&mut out).await.expect("reads");
+            // proc(5): after the command's ")", field 3 (state) on; 5 is the process
+            // group, 6 the session; the pid comes first.
+            let pid = out.split_whitespace().next().expect("pid").to_string();
+            let fields: Vec<&str> = out.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+            assert_eq!(fields[5 - 3], pid, "a process group of its own in {out}");
+            assert_eq!(fields[6 - 3] == pid, own_session, "session in {out}");
+        }
+    }
 
     /// What the machine's devices share it by: each runs as niced batch work without
     /// transparent huge pages, read back from the kernel by a device of its own.
