@@ -577,12 +577,13 @@ impl Children {
                 Group::Process => {
                     command.process_group(0);
                 }
-                // SAFETY: setsid is async-signal-safe; the child is not a process
-                // group leader yet, so it succeeds.
+                // SAFETY: setsid is async-signal-safe. Should it fail, the child would
+                // stay in the launcher's process group (and get its ctrl-c): it does
+                // not start.
                 Group::Session => unsafe {
-                    command.pre_exec(|| {
-                        libc::setsid();
-                        Ok(())
+                    command.pre_exec(|| match libc::setsid() {
+                        -1 => Err(std::io::Error::last_os_error()),
+                        _ => Ok(()),
                     });
                 },
             }
@@ -660,19 +661,36 @@ mod tests {
     async fn the_coordinator_has_a_session_of_its_own() {
         for (group, own_session) in [(Group::Session, true), (Group::Process, false)] {
             let mut children = Children::default();
-            let mut probe = Command::new("cat");
-            probe.arg("/proc/self/stat").stdout(Stdio::piped());
-            let child = children.spawn("probe", probe, group).expect("cat starts");
-            let mut out = String::new();
-            let mut stdout = child.stdout.take().expect("piped");
-            stdout.read_to_string(&mut out).await.expect("reads");
-            // proc(5): after the command's ")", field 3 (state) on; 5 is the process
-            // group, 6 the session; the pid comes first.
-            let pid = out.split_whitespace().next().expect("pid").to_string();
-            let fields: Vec<&str> = out.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+            let child = children
+                .spawn("probe", probe(&["/proc/self/stat"]), group)
+                .expect("cat starts");
+            let out = output(child).await;
+            let pid = out.split_whitespace().next().expect("pid");
+            let fields = stat_fields(&out);
             assert_eq!(fields[5 - 3], pid, "a process group of its own in {out}");
             assert_eq!(fields[6 - 3] == pid, own_session, "session in {out}");
         }
+    }
+
+    /// `cat` of `files`, its output piped.
+    fn probe(files: &[&str]) -> Command {
+        let mut probe = Command::new("cat");
+        probe.args(files).stdout(Stdio::piped());
+        probe
+    }
+
+    async fn output(child: &mut Child) -> String {
+        let mut out = String::new();
+        let mut stdout = child.stdout.take().expect("piped");
+        stdout.read_to_string(&mut out).await.expect("reads");
+        out
+    }
+
+    /// The fields of a `/proc/<pid>/stat` line after the command's ")": field 3
+    /// (state) at index 0 (proc(5): 5 the process group, 6 the session, 19 the
+    /// niceness, 41 the scheduling policy).
+    fn stat_fields(stat: &str) -> Vec<&str> {
+        stat.rsplit_once(')').expect("comm").1.split_whitespace().collect()
     }
 
     /// What the machine's devices share it by: each runs as niced batch work without
@@ -681,19 +699,12 @@ mod tests {
     async fn a_device_runs_as_niced_batch_work_without_huge_pages() {
         for (devices, niceness) in [(4, "10"), (64, "10"), (65, "19"), (1024, "19")] {
             let mut children = Children::default();
-            let mut probe = Command::new("cat");
-            probe
-                .args(["/proc/self/status", "/proc/self/stat"])
-                .stdout(Stdio::piped());
-            let child = children.spawn_device("probe", probe, devices).expect("cat starts");
-            let mut out = String::new();
-            let mut stdout = child.stdout.take().expect("piped");
-            stdout.read_to_string(&mut out).await.expect("reads");
+            let files = probe(&["/proc/self/status", "/proc/self/stat"]);
+            let child = children.spawn_device("probe", files, devices).expect("cat starts");
+            let out = output(child).await;
             assert!(out.contains("THP_enabled:\t0"), "huge pages still on:\n{out}");
-            // proc(5): after the command's ")", the fields from 3 (state) on; 19 is the
-            // niceness, 41 the scheduling policy.
             let stat = out.lines().last().expect("stat line");
-            let fields: Vec<&str> = stat.rsplit_once(')').expect("comm").1.split_whitespace().collect();
+            let fields = stat_fields(stat);
             assert_eq!(fields[19 - 3], niceness, "{devices} devices: niceness in {stat}");
             assert_eq!(fields[41 - 3], libc::SCHED_BATCH.to_string(), "policy in {stat}");
         }

@@ -200,9 +200,10 @@ mod avx512 {
     /// The kernel reads each operand in place where its layout allows, and packs only
     /// what it must: B's block when its rows are not contiguous (a layer's `wᵀ`), A's
     /// panel when neither its rows nor its steps are contiguous, and A's last panel of
-    /// rows when reading its steps in place would run past the matrix. Packing everything took 12 % of
-    /// a node's model work (`perf`, `wdml bench --only steps`, 2-core Zen 4): with the
-    /// CNN's products of 32 columns each packed value served only 32 multiply-adds.
+    /// rows when reading its steps in place would run past the matrix. Packing
+    /// everything took 12 % of a node's model work (`perf`, `wdml bench --only steps`,
+    /// 2-core Zen 4): with the CNN's products of 32 columns each packed value served
+    /// only 32 multiply-adds.
     ///
     /// # Safety
     /// The CPU supports AVX-512F; `c` points to room for `a.rows · b.cols` values.
