@@ -13,7 +13,8 @@
 #      accuracy well above chance, and the membership events.
 # `compose down -v` always runs at the end. Exits non-zero, with the reason, on failure.
 #
-# Without a Docker engine it prints "SKIPPED: no Docker engine" and exits 0.
+# Without a Docker engine it prints "SKIPPED: no Docker engine" and exits 0 (1 with
+# WDML_REQUIRE_ALL=1, as CI sets it).
 # Knobs: WDML_E2E_ROUNDS (default 40), WDML_E2E_KEEP=1 keeps the run directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,8 @@ if ! timeout 30 docker info >/dev/null 2>&1; then
     echo "SKIPPED: no Docker engine (docker info does not answer):"
     echo "         the docker compose end-to-end test did NOT run"
     echo "=================================================================="
+    # CI sets WDML_REQUIRE_ALL=1: there every test must run.
+    [ "${WDML_REQUIRE_ALL:-}" = 1 ] && { echo "docker-e2e: WDML_REQUIRE_ALL=1 and no Docker engine"; exit 1; }
     exit 0
 fi
 

@@ -111,6 +111,9 @@ fn pushed_rounds(url: &str, ca: &Path, count: usize) -> Vec<u32> {
 
 #[test]
 fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
+    if !common::have_chromium("a_browser_shows_the_live_run") {
+        return;
+    }
     let (mut cluster, url) = start();
     cluster.wait_for_round(3, Duration::from_secs(120));
 
@@ -284,6 +287,9 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
 
 #[test]
 fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison_json() {
+    if !common::have_chromium("a_comparison_shows_its_algorithms_side_by_side") {
+        return;
+    }
     let dir = TempDir::new("dashboard-compare");
     // `wdml compare` serves the comparison's own page while it runs.
     let output = Command::new(common::WDML)
@@ -301,15 +307,20 @@ fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison
 
     // Afterwards, `wdml view` serves it from the directory, with the comparison's
     // certificate.
-    let mut view = Command::new(common::WDML)
+    let child = Command::new(common::WDML)
         .args(["view", "--http", "127.0.0.1:0"])
         .arg(dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let mut view = common::Process::adopt("view", child);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(view.stdout.take().unwrap()), &mut line).unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(view.child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
     let url = line
         .trim()
         .strip_prefix("dashboard on ")
@@ -343,8 +354,7 @@ fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison
     let (dom, console) = chromium(&url, 500, None);
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard-compare.png");
     chromium(&url, 500, Some(&screenshot));
-    let _ = view.kill();
-    let _ = view.wait();
+    view.kill();
     assert!(console.is_empty(), "console: {console:#?}");
     let lines = attributes(&dom, "polyline ", "data-node");
     assert_eq!(lines, ["local", "dml", "local", "dml", "local", "dml"], "{dom}");

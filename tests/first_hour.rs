@@ -11,7 +11,7 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, TempDir, WDML, launch, metrics, run_command, small, summary};
+use common::{Cluster, Process, TempDir, WDML, launch, metrics, run_command, small, summary};
 
 #[test]
 fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
@@ -93,7 +93,10 @@ fn a_run_directory_is_never_replaced_by_accident() {
 fn ctrl_c_stops_the_run_with_the_conventional_status_and_the_nodes_left() {
     let dir = TempDir::new("ctrl-c");
     let mut command = run_command(&dir.path().join("run"), &small(3, 100_000));
-    let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Process::adopt(
+        "run",
+        command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
     // Wait for rounds to close, then ctrl-c (SIGINT) as a terminal sends it.
     let out = dir.path().join("run");
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -129,7 +132,10 @@ fn a_stopped_run_resumes_with_every_round_once_and_a_finished_one_is_not_resumed
         command.args(extra);
         command
     };
-    let mut child = run(&[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Process::adopt(
+        "run",
+        run(&[]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while metrics(&out).iter().all(|r| r.round < 2) {
         assert!(std::time::Instant::now() < deadline, "no round closed");
@@ -172,7 +178,10 @@ fn a_closed_pipe_ends_the_launcher_quietly() {
     let dir = TempDir::new("pipe");
     let mut command = run_command(&dir.path().join("run"), &small(2, 1));
     // `wdml run | head -0`: the reader is gone before the table is printed.
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = Process::adopt(
+        "run",
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap(),
+    );
     drop(child.stdout.take());
     let status = child.wait().unwrap();
     let mut stderr = String::new();

@@ -347,13 +347,14 @@ fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_ru
     let journal = std::fs::read(cluster.out().join("journal.jsonl")).unwrap();
     let mut args = Cluster::coordinator_args(cluster.out(), "127.0.0.1:0", &overrides);
     args.extend(["--http".into(), "127.0.0.1:0".into()]);
-    let mut again = std::process::Command::new(common::WDML)
+    let child = std::process::Command::new(common::WDML)
         .args(&args)
         .env("WDML_LINGER", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(cluster.out().join("logs/again.log")).unwrap())
         .spawn()
         .unwrap();
+    let mut again = common::Process::adopt("coordinator again", child);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(again.stdout.as_mut().unwrap()), &mut line).unwrap();
     let url = line

@@ -17,6 +17,51 @@ use wdml_proto::transport::Identity;
 
 pub const WDML: &str = env!("CARGO_BIN_EXE_wdml");
 
+/// Whether `tool`, which `test` needs, is on this machine (`probe` succeeds). Without it
+/// the test prints one loud `SKIPPED:` line — past the harness's capture, so that it
+/// shows in a passing run — and passes: a newcomer's suite runs to its end. With
+/// `WDML_REQUIRE_ALL=1` (CI sets it) a missing tool fails the test instead.
+pub fn have(test: &str, tool: &str, probe: &mut Command, install: &str) -> bool {
+    let found = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var_os("WDML_REQUIRE_ALL").is_none_or(|v| v != "1"),
+        "{test} needs {tool}, and WDML_REQUIRE_ALL=1 requires every test to run: {install}"
+    );
+    // `eprintln!` is captured by the test harness; a write to the handle is not.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\nSKIPPED: {test}: needs {tool} ({install})\n").as_bytes(),
+    );
+    false
+}
+
+/// `have` for Chromium, which the dashboard tests drive.
+pub fn have_chromium(test: &str) -> bool {
+    have(
+        test,
+        "chromium",
+        Command::new("chromium").arg("--version"),
+        "apt-get install chromium",
+    )
+}
+
+/// `have` for Python 3 with numpy, which the Python device tests run.
+pub fn have_numpy(test: &str) -> bool {
+    have(
+        test,
+        "python3 with numpy",
+        Command::new("python3").args(["-c", "import numpy"]),
+        "pip install numpy",
+    )
+}
+
 /// A small, fast scenario: tiny MLPs so a round takes a fraction of a second.
 pub fn small(nodes: u32, rounds: u32) -> Vec<String> {
     vec![
@@ -170,6 +215,16 @@ pub struct Process {
 }
 
 impl Process {
+    /// Takes a child started elsewhere into a guard that kills it when the test ends,
+    /// however it ends (a panic included): no test leaves a process behind.
+    pub fn adopt(name: &str, child: Child) -> Process {
+        Process {
+            name: name.to_string(),
+            child,
+            address: String::new(),
+        }
+    }
+
     /// Starts `wdml ARGS…`, appending stderr to `log`, and reads its listening address.
     pub fn start(name: &str, args: &[String], log: &Path) -> Process {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
@@ -227,6 +282,20 @@ impl Process {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+}
+
+// The guard reads as the child it holds: `id()`, `wait()`, `stderr.take()`.
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 }
 
