@@ -454,7 +454,9 @@ impl Scenario {
     /// Takes two training steps (CE and distillation) of every model in the scenario on a
     /// small fixed batch, and refuses settings under which the losses or the parameters
     /// stop being finite, naming the field: a temperature so small that the softened
-    /// logits overflow, a learning rate so large that the first update blows up.
+    /// logits overflow, a temperature or distillation weight so large that the
+    /// distillation term's weight `λ·T²` does, a learning rate so large that the first
+    /// update blows up.
     pub fn preflight(&self) -> Result<()> {
         use candle_core::{Device, Tensor};
         use wdml_node::learn::Learner;
@@ -487,18 +489,55 @@ impl Scenario {
                     .train_step(&images, &labels, Some((&images, &target)))
                     .is_ok_and(|losses| losses.total.is_finite());
                 let parameters_finite = learner.parameters_flat()?.iter().all(|p| p.is_finite());
-                let (field, value, advice) = match (loss_finite, parameters_finite) {
+                let (field, value, advice, cause) = match (loss_finite, parameters_finite) {
                     (true, true) => continue,
-                    (false, _) if step == 1 => ("train.temperature", self.train.temperature, "larger"),
-                    _ => ("train.learning_rate", self.train.learning_rate, "smaller"),
+                    (false, _) if step == 1 => self.distillation_at_fault(&learner, &images, &target)?,
+                    _ => (
+                        "train.learning_rate",
+                        self.train.learning_rate,
+                        "smaller",
+                        "the parameters overflow",
+                    ),
                 };
+                // Debug: 1e300 as 1e300, not as its 301 digits.
                 bail!(
-                    "{field} = {value} makes the training of {model} non-finite within its first \
-                     steps (the losses or the parameters overflow); choose a {advice} value"
+                    "{field} = {value:?} makes the training of {model} non-finite within its first \
+                     steps ({cause}); choose a {advice} value"
                 );
             }
         }
         Ok(())
+    }
+
+    /// The setting to blame for a first step whose loss is not finite, the way to move
+    /// it, and why. The step adds `λ·T²·KL(target ‖ softmax(logits/T))` to a finite
+    /// cross-entropy: either the KL itself overflows (the logits divided by a tiny T),
+    /// or its weight `λ·T²` does, and then the larger of λ and T² is at fault. (Blaming
+    /// the temperature for every first step, a huge λ was refused as a temperature, and
+    /// a huge T told to grow.)
+    fn distillation_at_fault(
+        &self,
+        learner: &wdml_node::learn::Learner,
+        images: &candle_core::Tensor,
+        target: &candle_core::Tensor,
+    ) -> Result<(&'static str, f64, &'static str, &'static str)> {
+        let (temperature, kl_weight) = (self.train.temperature, self.train.kl_weight);
+        // A step whose loss is not finite leaves the parameters as they were, and the
+        // public batch is `images`: these are the logits of that step's KL.
+        let kl = wdml_node::learn::kl_to_target(&learner.logits(images)?, target, temperature)?.to_scalar::<f32>()?;
+        let weight_overflows = "the distillation term's weight train.kl_weight × train.temperature² overflows";
+        Ok(if !kl.is_finite() {
+            (
+                "train.temperature",
+                temperature,
+                "larger",
+                "the softened logits overflow",
+            )
+        } else if temperature * temperature >= kl_weight {
+            ("train.temperature", temperature, "smaller", weight_overflows)
+        } else {
+            ("train.kl_weight", kl_weight, "smaller", weight_overflows)
+        })
     }
 
     pub fn learner(&self) -> LearnerConfig {
@@ -838,13 +877,20 @@ mod tests {
     #[test]
     fn settings_that_make_training_non_finite_are_refused_at_the_start() {
         assert!(Scenario::load(None, &[]).unwrap().preflight().is_ok());
-        for (assignment, field) in [
-            ("train.temperature=1e-40", "train.temperature"),
-            ("train.learning_rate=1e39", "train.learning_rate"),
+        // The field at fault, named first, and the way to move it.
+        for (assignment, field, direction) in [
+            ("train.temperature=1e-40", "train.temperature", "larger"),
+            ("train.temperature=1e300", "train.temperature", "smaller"),
+            ("train.kl_weight=1e308", "train.kl_weight", "smaller"),
+            ("train.learning_rate=1e39", "train.learning_rate", "smaller"),
         ] {
             let scenario = Scenario::load(None, &[assignment.to_string()]).unwrap();
             let error = scenario.preflight().unwrap_err().to_string();
-            assert!(error.contains(field), "{assignment}: {error}");
+            assert!(error.starts_with(&format!("{field} = ")), "{assignment}: {error}");
+            assert!(
+                error.contains(&format!("choose a {direction} value")),
+                "{assignment}: {error}"
+            );
         }
     }
 

@@ -490,3 +490,79 @@ async fn a_message_after_the_link_broke_between_rounds_arrives_on_a_new_stream()
     // was not yet noticed, two: the regular retry then reconnects).
     assert!(link.streams_opened().await >= 2);
 }
+
+/// A frame larger than a receiver decodes ([`client::MAX_FRAME_BYTES`], 4 MiB), first
+/// or later in its message, is refused as every oversized payload is,
+/// `RESOURCE_EXHAUSTED`, and counted as a rejection; the sender does not try it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_size_limit_is_refused_and_counted() {
+    use wdml_node::exchange::shaper::{Delivery, Schedule};
+    // 5 MiB of f32 predictions: within the run's 16 MiB a message may have, over the
+    // 4 MiB a frame may have.
+    let rows = (client::MAX_FRAME_BYTES as u32 + (1 << 20)) / (4 * COLS);
+    let (mailbox, channel) = receiver(rows).await;
+    let encoded = codec::encode(
+        &vec![0.5f32; (rows * COLS) as usize],
+        MessageShape {
+            rows,
+            cols: COLS,
+            encoding: Encoding::F32,
+            top_k: 0,
+        },
+    );
+    let envelope = Envelope {
+        run_id: "t".into(),
+        round: 0,
+        round_token: 9,
+        sender: 0,
+    };
+    let whole = codec::frames(&envelope, &encoded, usize::MAX);
+    assert_eq!(whole.len(), 1);
+    // The same message as a small first frame and a 5 MiB second one.
+    let (head, tail) = whole[0].data.split_at(16);
+    let split = vec![
+        wdml_proto::Frame {
+            count: 2,
+            data: head.to_vec(),
+            ..whole[0].clone()
+        },
+        wdml_proto::Frame {
+            index: 1,
+            count: 2,
+            data: tail.to_vec(),
+            ..whole[0].clone()
+        },
+    ];
+    let link = client::Link::new(channel);
+    for (case, frames) in [("one frame", whole), ("the second frame", split)] {
+        let deliveries = (0..frames.len())
+            .map(|frame| Delivery {
+                at_s: 0.0,
+                receiver: 0,
+                frame,
+            })
+            .collect();
+        let schedule = Schedule {
+            deliveries,
+            ..Schedule::default()
+        };
+        let opened = link.streams_opened().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (outcome, result) = client::transmit(frames, schedule, vec![(1, Some(link.clone()))], 0.0, deadline, None)
+            .await
+            .remove(0);
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{case}: {status:?}");
+        assert!(!outcome.accepted, "{case}");
+        assert_eq!(
+            link.streams_opened().await,
+            opened + 1,
+            "{case}: a refusal is not tried again"
+        );
+        assert_eq!(
+            mailbox.take_rejected(),
+            1,
+            "{case}: the receiver counts the frame it refused"
+        );
+    }
+}

@@ -100,11 +100,15 @@ pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
 
 /// Parses an IDX images file held in memory (gzipped or not); `source` names it in errors.
 pub fn parse_images(bytes: &[u8], source: &Path) -> Result<Images> {
-    let mut reader = decoder(bytes);
-    let (count, height, width) = read_images_header(&mut reader, source)?;
+    images_from(&mut *decoder(bytes), source)
+}
+
+/// Reads a whole IDX images stream.
+fn images_from(reader: &mut dyn Read, source: &Path) -> Result<Images> {
+    let (count, height, width) = read_images_header(reader, source)?;
     let what = format!("{count} images of {height}×{width}");
     // Checked not to overflow with the header.
-    let pixels = read_body(&mut reader, source, count * height * width, &what)?;
+    let pixels = read_body(reader, source, count * height * width, &what)?;
     Ok(Images {
         pixels,
         count,
@@ -192,14 +196,7 @@ pub fn read_image_rows(reader: &mut dyn Read, source: &Path, expected: usize, ro
             _ => stream_error(source, &e),
         })?;
     }
-    // Reading to the end also makes the gzip decoder check the stream's CRC and length.
-    let rest = io::copy(reader, &mut io::sink()).map_err(|e| stream_error(source, &e))?;
-    if rest > 0 {
-        return Err(data_error(
-            source,
-            format!("{rest} unexpected bytes after the {count} images of {height}×{width}"),
-        ));
-    }
+    check_end(reader, source, &format!("{count} images of {height}×{width}"))?;
     Ok(Images {
         pixels,
         count: rows.len(),
@@ -333,16 +330,31 @@ fn read_body(reader: &mut dyn Read, source: &Path, len: usize, what: &str) -> Re
             ),
         ));
     }
-    // Reading to the end also makes the gzip decoder check the stream's CRC and length.
-    let mut rest = Vec::new();
-    reader.read_to_end(&mut rest).map_err(|e| stream_error(source, &e))?;
-    if !rest.is_empty() {
+    check_end(reader, source, &format!("{len} bytes of {what}"))?;
+    Ok(body)
+}
+
+/// Checks that the stream ends right after the `what` its header declares, taking at
+/// most one more byte from it: a small gzip file can inflate to gigabytes after a valid
+/// body (a 7.3 MB one to 4 GiB of zeros), and reading that rest to its end only to
+/// refuse it cost 8.4 GB of memory and 32 s. A stream that does end has been read to
+/// its end, which makes the gzip decoder check the stream's CRC and length.
+fn check_end(reader: &mut dyn Read, source: &Path, what: &str) -> Result<()> {
+    let mut more = Vec::with_capacity(1);
+    reader
+        .take(1)
+        .read_to_end(&mut more)
+        .map_err(|e| stream_error(source, &e))?;
+    if !more.is_empty() {
         return Err(data_error(
             source,
-            format!("{} unexpected bytes after the {len} bytes of {what}", rest.len()),
+            format!(
+                "holds more data than its header declares: bytes follow the {what} (not read further: the \
+                 file is damaged, or its header counts too few)"
+            ),
         ));
     }
-    Ok(body)
+    Ok(())
 }
 
 /// An I/O error while decoding: for in-memory bytes this can only be a bad gzip stream.
@@ -457,9 +469,76 @@ mod tests {
         bytes.push(3);
         let (_, why) = reason(parse_labels(&bytes, Path::new("l"), 10).unwrap_err());
         assert!(
-            why.contains("1 unexpected bytes after the 2 bytes of 2 labels"),
+            why.contains("holds more data than its header declares: bytes follow the 2 bytes of 2 labels"),
             "{why}"
         );
+    }
+
+    /// Counts the bytes a reader hands out: how much of a gzip stream was inflated.
+    struct Counted<'a> {
+        inner: &'a mut dyn Read,
+        bytes: u64,
+    }
+
+    impl Read for Counted<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.bytes += n as u64;
+            Ok(n)
+        }
+    }
+
+    /// A gzipped images file whose header truly declares `count` images of 28×28, their
+    /// pixels, then `trailing` zero bytes: zeros deflate about 1000:1, so the file stays
+    /// small however much it inflates to.
+    fn bomb(count: u32, trailing: usize) -> Vec<u8> {
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&IMAGES_MAGIC.to_be_bytes()).unwrap();
+        for dim in [count, 28, 28] {
+            gz.write_all(&dim.to_be_bytes()).unwrap();
+        }
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = count as usize * 28 * 28 + trailing;
+        while left > 0 {
+            let n = left.min(zeros.len());
+            gz.write_all(&zeros[..n]).unwrap();
+            left -= n;
+        }
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_refused_after_inflating_one_byte_more_than_its_header_declares() {
+        // 10 images of 28×28 declared, 200 MB of zeros after them.
+        let gz = bomb(10, 200 << 20);
+        assert!(gz.len() < 1 << 20, "the test's bomb is {} bytes", gz.len());
+        let declared = 16 + 10 * 28 * 28;
+        let source = Path::new("bomb.gz");
+
+        let (path, why) = reason(parse_images(&gz, source).unwrap_err());
+        assert_eq!(path, source);
+        assert!(why.contains("more data than its header declares"), "{why}");
+
+        // Whole, and streamed row by row (what a node reads for its shard): neither
+        // takes from the decoder more than the declared bytes and the one that tells
+        // there is more, so neither inflates (nor holds) the rest.
+        let mut inflating = decoder(&gz);
+        let mut counted = Counted {
+            inner: &mut *inflating,
+            bytes: 0,
+        };
+        let (_, why) = reason(images_from(&mut counted, source).unwrap_err());
+        assert!(why.contains("more data than its header declares"), "{why}");
+        assert!(counted.bytes <= declared + 1, "{} bytes inflated", counted.bytes);
+
+        let mut inflating = decoder(&gz);
+        let mut counted = Counted {
+            inner: &mut *inflating,
+            bytes: 0,
+        };
+        let (_, why) = reason(read_image_rows(&mut counted, source, 10, &[0, 9]).unwrap_err());
+        assert!(why.contains("more data than its header declares"), "{why}");
+        assert!(counted.bytes <= declared + 1, "{} bytes inflated", counted.bytes);
     }
 
     #[test]

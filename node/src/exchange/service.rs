@@ -79,6 +79,10 @@ impl PeerService {
         let first = tokio::select! {
             first = tokio::time::timeout(IDLE_TIMEOUT, frames.message()) => match first {
                 Ok(Ok(first)) => first,
+                // A frame too large to decode is a message refused, not the end of the
+                // stream: taken for one, it went unanswered, unlogged and uncounted,
+                // and its sender's stream ended with status OK.
+                Ok(Err(status)) if oversized(&status) => return Err(frame_too_large(&status)),
                 // Between messages, a stream the sender reset (it gave up on its link,
                 // or exited) or the idle limit ends the stream, not a message.
                 Ok(Err(status)) => {
@@ -280,12 +284,29 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The next frame of a stream, within [`IDLE_TIMEOUT`].
 async fn next_frame(frames: &mut Streaming<Frame>) -> Result<Option<Frame>, Status> {
     match tokio::time::timeout(IDLE_TIMEOUT, frames.message()).await {
+        Ok(Err(status)) if oversized(&status) => Err(frame_too_large(&status)),
         Ok(frame) => frame,
         Err(_) => Err(Status::deadline_exceeded(format!(
             "no frame for {} s: the stream is dropped",
             IDLE_TIMEOUT.as_secs()
         ))),
     }
+}
+
+/// Whether an error of the inbound stream is tonic's decoder refusing a frame over the
+/// server's `max_decoding_message_size` (`OUT_OF_RANGE` for its length prefix,
+/// `RESOURCE_EXHAUSTED` for what it inflates to): it reads no further than the prefix.
+fn oversized(status: &Status) -> bool {
+    matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted)
+}
+
+/// The refusal of a frame over the size limit: `RESOURCE_EXHAUSTED`, as for every
+/// other oversized payload (a message over `max_message_bytes`).
+fn frame_too_large(status: &Status) -> Status {
+    Status::resource_exhausted(format!(
+        "frame too large: {}; a message must come in smaller frames",
+        status.message()
+    ))
 }
 
 /// Over mutual TLS, only node k speaks for node k.
