@@ -132,7 +132,13 @@ say "rounds are closing: $(last_round) closed"
 DASHBOARD="$(compose port coordinator 8443)"
 docker cp "$(container coordinator)":/tls/ca.pem "$WDML_RUNS/ca.pem"
 PORT="${DASHBOARD##*:}"
+# Without the run's dashboard token: 401 and nothing else.
+STATUS="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$WDML_RUNS/ca.pem" \
+    --resolve "coordinator.wdml:$PORT:127.0.0.1" "https://coordinator.wdml:$PORT/api/run" || true)"
+[ "$STATUS" = 401 ] || fail "the dashboard answered $STATUS to a request without its token"
+TOKEN="$(cat "$RUN_DIR/dashboard.token")"
 curl -sS --max-time 10 --cacert "$WDML_RUNS/ca.pem" --resolve "coordinator.wdml:$PORT:127.0.0.1" \
+    -H "Authorization: Bearer $TOKEN" \
     "https://coordinator.wdml:$PORT/api/run" >"$WDML_RUNS/dashboard.json" 2>&1 ||
     { cat "$WDML_RUNS/dashboard.json" >&2; fail "the dashboard on $DASHBOARD did not answer over HTTPS"; }
 grep -c '"live":true' "$WDML_RUNS/dashboard.json" >/dev/null ||

@@ -105,6 +105,11 @@ pub struct ExchangeSection {
     pub max_message_bytes: u64,
     /// The longest a node waits for its neighbours' predictions in a round.
     pub timeout_ms: u64,
+    /// The longest a node waits for a connection to a neighbour (TCP and TLS): a
+    /// neighbour nobody can reach (a firewalled port, a wrong `--advertise`) costs this
+    /// per round, not `timeout_ms`, until the coordinator takes it out of the exchange.
+    /// Raise it when hundreds of nodes share a few cores (their handshakes queue).
+    pub connect_timeout_ms: u64,
     /// Wait for each neighbour only as long as the radio and its recent punctuality
     /// justify (at most `timeout_ms`); false: always all of `timeout_ms`.
     pub adaptive_deadline: bool,
@@ -128,6 +133,7 @@ impl Default for ExchangeSection {
             top_k: 2,
             max_message_bytes: 16 << 20,
             timeout_ms: 10_000,
+            connect_timeout_ms: 2_000,
             adaptive_deadline: true,
             silent_after: 2,
             max_staleness: 0,
@@ -342,6 +348,14 @@ impl Scenario {
         self.learner().validate()?;
         positive("exchange.public_batch", u64::from(self.exchange.public_batch))?;
         positive("exchange.timeout_ms", self.exchange.timeout_ms)?;
+        positive("exchange.connect_timeout_ms", self.exchange.connect_timeout_ms)?;
+        if self.exchange.connect_timeout_ms > self.exchange.timeout_ms {
+            bail!(
+                "exchange.connect_timeout_ms ({}) must not exceed exchange.timeout_ms ({}): lower it, or raise the exchange timeout",
+                self.exchange.connect_timeout_ms,
+                self.exchange.timeout_ms
+            );
+        }
         if self.exchange.max_message_bytes == 0 || self.exchange.max_message_bytes > wdml_node::plan::MAX_MESSAGE_BYTES
         {
             bail!(
@@ -700,6 +714,8 @@ impl Scenario {
                 } as i32,
             }),
             silent_after: self.exchange.silent_after,
+            // Checked ≤ timeout_ms, which is checked to fit a u32.
+            connect_timeout_ms: u32::try_from(self.exchange.connect_timeout_ms).unwrap_or(u32::MAX),
             adaptive_deadline: self.exchange.adaptive_deadline,
             quorum: self.coordinator.quorum,
             grace_s: self.coordinator.grace_s,

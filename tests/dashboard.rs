@@ -226,6 +226,34 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
         !since.is_empty() && since.iter().all(|r| r.round >= newest),
         "?since= gives the newer rounds only"
     );
+    // Without the run's token (none, or a wrong one), nothing of the run: 401.
+    let base = url.split_once("?token=").expect("the printed URL carries the token").0;
+    for bad in [base.to_string(), format!("{base}?token={}", "0".repeat(64))] {
+        for path in [
+            "/",
+            "/app.js",
+            "/api/run",
+            "/api/nodes",
+            "/api/rounds",
+            "/metrics",
+            "/api/events",
+        ] {
+            let (head, body) = common::response(&bad, path, &ca);
+            assert!(head.starts_with("HTTP/1.1 401"), "{path} without the token: {head}");
+            assert!(!body.contains("127.0.0.1") && !body.contains("seed"), "{path}: {body}");
+        }
+    }
+    let token = std::fs::read_to_string(cluster.out().join("dashboard.token")).unwrap();
+    assert!(
+        url.ends_with(&format!("?token={token}")),
+        "the URL carries the file's token"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(cluster.out().join("dashboard.token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads the token");
     let prometheus = get(&url, "/metrics", &ca);
     let closed: u32 = prometheus
         .lines()

@@ -311,7 +311,8 @@ fn a_silent_member_does_not_stretch_the_rounds() {
 
 /// A node its neighbours cannot reach (here: it advertises an address nothing listens
 /// on) is told at once that their messages will not come, through the coordinator,
-/// instead of waiting for them until the exchange deadline; it is still heard itself.
+/// instead of waiting for them until the exchange deadline; it is still heard itself
+/// until, after two such rounds, it is out of the exchange and trains alone.
 #[test]
 fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
     let timeout_ms = 20_000;
@@ -331,14 +332,16 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
     assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
     let s = summary(cluster.out());
     assert!(s.finished, "{}", s.reason);
-    // Each round, each of node 2's neighbours said it could not deliver, and the
-    // coordinator told node 2.
+    // In rounds 1 and 2, each of node 2's neighbours said it could not deliver, and the
+    // coordinator told node 2; then it took node 2 out of the exchange.
     let log = std::fs::read_to_string(cluster.out().join("logs/coordinator.log")).unwrap();
     let told = log
         .lines()
         .filter(|l| l.contains("could not deliver its message") && l.contains("neighbour=2"))
         .count();
-    assert_eq!(told, 6, "two neighbours, three rounds:\n{log}");
+    assert_eq!(told, 4, "two neighbours, two rounds:\n{log}");
+    let out: Vec<_> = s.events.iter().filter(|e| e.event == "unreachable").collect();
+    assert!(out.len() == 1 && out[0].node == 2, "{:?}", s.events);
     // Node 0 and node 1 sent every round, over a link that could not reach node 2: a
     // broken link, which must not get them reported silent (exchange.silent_after is 2
     // misses in a row, so rounds 0 and 1 would have).
@@ -350,7 +353,14 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
     let rows = metrics(cluster.out());
     assert_eq!(rows.len(), 9, "every node reported every round: {rows:?}");
     for row in &rows {
-        if row.node == 2 {
+        if row.node == 2 && row.round == 3 {
+            // Out of the exchange: it expects nothing and sends nothing.
+            assert_eq!(
+                (row.messages_received, row.messages_lost, row.messages_sent),
+                (0, 0, 0),
+                "{row:?}"
+            );
+        } else if row.node == 2 {
             // Neither neighbour's message came, and it did not wait for them.
             assert_eq!((row.messages_received, row.messages_lost), (0, 2), "{row:?}");
             assert!(
@@ -359,8 +369,10 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
                 row.round,
                 row.exchange_ms
             );
-        } else {
+        } else if row.round < 3 {
             assert_eq!(row.messages_received, 2, "node 2 is heard: {row:?}");
+        } else {
+            assert_eq!((row.messages_received, row.messages_lost), (1, 0), "{row:?}");
         }
     }
 }

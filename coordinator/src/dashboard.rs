@@ -21,6 +21,10 @@
 //! | `/api/compare` | a comparison's algorithms side by side: each one's curve (`wdml compare`'s) |
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
 //! | `/metrics` | Prometheus text: the run's counters and gauges |
+//!
+//! Every route asks for the run's dashboard token ([`Access`]): `Authorization: Bearer`,
+//! the cookie the page's own URL sets (`?token=`, as printed), or that query parameter;
+//! anything else gets 401 and nothing of the run. `--dashboard-public` opts out, loudly.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -95,7 +99,7 @@ impl Source {
             Origin::Live(shared) => {
                 let mut version = {
                     let state = shared.state();
-                    let mut v = vec![u64::from(state.finished), state.members.events.len() as u64];
+                    let mut v = vec![u64::from(state.finished), state.members.recorded];
                     v.extend(state.members.all().map(|m| m.id as u64 * 8 + m.presence as u64));
                     v
                 };
@@ -617,8 +621,127 @@ impl Radio {
     }
 }
 
-/// The dashboard's routes over `source`.
-pub fn router(source: Source) -> Router {
+/// The file in a run directory that holds its dashboard token (0600).
+pub const TOKEN_FILE: &str = "dashboard.token";
+
+/// Who may read a dashboard.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Whoever shows this token: a random secret of the run.
+    Token(Arc<str>),
+    /// Anyone who reaches the port (`--dashboard-public`: a demo).
+    Public,
+}
+
+impl Access {
+    /// The token of the run directory `dir`: the one in [`TOKEN_FILE`] (a restarted
+    /// coordinator, or `wdml view`, keeps the URL its users have), or a new one of 32
+    /// bytes from the operating system's random source, written there 0600.
+    pub fn token_in(dir: &Path) -> std::io::Result<Access> {
+        let path = dir.join(TOKEN_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(token) if token.trim().len() >= 32 && token.trim().bytes().all(|b| b.is_ascii_hexdigit()) => {
+                return Ok(Access::Token(token.trim().into()));
+            }
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{}: not a dashboard token (64 hex digits); delete it to get a new one",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+        let mut token = String::with_capacity(64);
+        for _ in 0..4 {
+            write!(token, "{:016x}", wdml_proto::transport::random_secret()?).expect("a String");
+        }
+        std::fs::create_dir_all(dir)?;
+        wdml_proto::files::write_atomic(&path, token.as_bytes(), wdml_proto::files::Mode::Secret)?;
+        Ok(Access::Token(token.into()))
+    }
+
+    /// The URL a person opens: `base` (`https://host:port/`) with the token, if any.
+    pub fn url(&self, base: &str) -> String {
+        match self {
+            Access::Token(token) => format!("{base}?token={token}"),
+            Access::Public => base.to_string(),
+        }
+    }
+
+    /// Whether `request` shows the token; a token it brought in the query is also
+    /// returned, for the response to set as a cookie.
+    fn admits(&self, request: &axum::extract::Request) -> (bool, bool) {
+        let Access::Token(token) = self else {
+            return (true, false);
+        };
+        let same = |shown: &str| constant_time_eq(shown.as_bytes(), token.as_bytes());
+        let headers = request.headers();
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(same);
+        let cookie = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|c| c.trim().strip_prefix("wdml_token="))
+            .any(same);
+        let query = request
+            .uri()
+            .query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|p| p.strip_prefix("token="))
+            .any(same);
+        (bearer || cookie || query, query && !cookie)
+    }
+}
+
+/// Compares two secrets in a time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Lets through only requests that show the dashboard token ([`Access`]); the rest get
+/// 401, and their connection is closed (an idle unauthenticated connection would hold
+/// one of the listener's slots).
+async fn authenticate(
+    State(access): State<Access>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (admitted, set_cookie) = access.admits(&request);
+    if !admitted {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (header::CONNECTION, "close"),
+                (header::WWW_AUTHENTICATE, "Bearer realm=\"wdml\""),
+            ],
+            "authentication required: open the dashboard URL the coordinator printed, or send \
+             Authorization: Bearer <the run directory's dashboard.token>\n",
+        )
+            .into_response();
+    }
+    let mut response = next.run(request).await;
+    if let (true, Access::Token(token)) = (set_cookie, &access)
+        && let Ok(cookie) = header::HeaderValue::from_str(&format!(
+            "wdml_token={token}; Path=/; Secure; HttpOnly; SameSite=Strict"
+        ))
+    {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The dashboard's routes over `source`, for whoever `access` admits.
+pub fn router(source: Source, access: Access) -> Router {
     Router::new()
         .route("/", get(|| async { page(INDEX, "text/html; charset=utf-8") }))
         .route("/app.js", get(|| async { page(APP, "text/javascript; charset=utf-8") }))
@@ -652,6 +775,7 @@ pub fn router(source: Source) -> Router {
         .route("/metrics", get(|s: State<Source>| async move { api(&s, metrics) }))
         .route("/api/events", get(events))
         .with_state(source)
+        .layer(axum::middleware::from_fn_with_state(access, authenticate))
 }
 
 /// A static asset. The page's own code only: no other origin, no inline script.

@@ -92,7 +92,7 @@ impl Run {
     pub async fn serve(
         self,
         listener: TcpListener,
-        web: Option<TcpListener>,
+        web: Option<(TcpListener, dashboard::Access)>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<Summary> {
         let Run {
@@ -120,22 +120,22 @@ impl Run {
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let router =
             transport::server().add_service(CoordinatorServer::new(service::CoordinatorService::new(shared.clone())));
-        let server = tokio::spawn(transport::serve(router, listener, security, Limits::default(), async {
+        let server = tokio::spawn(transport::serve(router, listener, security, Limits::members(), async {
             server_stopped.await.ok();
         }));
         info!(%addr, "coordinator serving");
-        if let Some(web) = web {
-            let router = dashboard::router(dashboard::Source::live(shared.clone()));
+        if let Some((web, access)) = web {
+            let router = dashboard::router(dashboard::Source::live(shared.clone()), access);
             let security = shared.config.security.clone();
             tokio::spawn(async move {
-                if let Err(e) =
-                    transport::serve_web(router, web, security, Limits::default(), std::future::pending()).await
+                if let Err(e) = transport::serve_web(router, web, security, Limits::web(), std::future::pending()).await
                 {
                     tracing::warn!("the dashboard stopped: {e}");
                 }
             });
         }
         let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
+        let prober = tokio::spawn(service::probe_unreachable(shared.clone()));
 
         let outcome = tokio::select! {
             outcome = rounds::drive(shared.clone(), start) => outcome,
@@ -146,6 +146,7 @@ impl Run {
         };
         let summary = rounds::finish(&shared, outcome).await;
         reaper.abort();
+        prober.abort();
         let _ = stop_server.send(());
         // Every stream ends with the run (watchers right after RunFinished, nodes' Sync
         // streams when they are closed); a client that never hangs up must not keep us here.

@@ -56,6 +56,12 @@ pub(crate) struct Member {
     /// Rounds in a row it was sent and did not report: past [`SILENT_AFTER`] the
     /// barrier stops waiting for it, until it reports again.
     pub missed_reports: u32,
+    /// Out of the exchange: neighbours could not connect to its address in
+    /// [`UNREACHABLE_AFTER`] rounds in a row. No node sends to it or waits for it, and
+    /// it trains alone, until a probe reaches it or it joins again (maybe elsewhere).
+    pub unreachable: bool,
+    /// The last round a neighbour reported it unreachable, and how many rounds in a row.
+    unreachable_streak: (u32, u32),
 }
 
 /// The most classes a node's label histogram may list.
@@ -63,6 +69,11 @@ const MAX_CLASSES: usize = 1000;
 
 /// After this many rounds in a row without a report, a member is not waited for.
 pub(crate) const SILENT_AFTER: u32 = 2;
+
+/// After this many rounds in a row in which a neighbour could not connect to it, a
+/// member is taken out of the exchange (one failed round may be a neighbour's own
+/// trouble, or a restart).
+pub(crate) const UNREACHABLE_AFTER: u32 = 2;
 
 impl Member {
     /// Whether the barrier waits for this member's report.
@@ -75,7 +86,8 @@ impl Member {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MembershipEvent {
     pub node: u32,
-    /// `joined`, `rejoined`, `gone`, `left`, `released`, `silent`, `failed`.
+    /// `joined`, `rejoined`, `gone`, `left`, `released`, `silent`, `failed`,
+    /// `unreachable` (out of the exchange), `reachable` (back in it).
     pub event: String,
     /// The round that was open (or about to open) when it happened.
     pub round: u32,
@@ -92,6 +104,39 @@ pub(crate) enum Proof {
     None,
 }
 
+/// The most membership events kept (journaled, summarised, served); beyond it they are
+/// only counted ([`Members::recorded`]): no member can grow the record without bound.
+pub(crate) const MAX_EVENTS: usize = 10_000;
+
+/// What a member may ask of the coordinator at what pace, per identity: a token
+/// bucket of `burst` requests refilled at `per_s` a second. Honest nodes stay far
+/// below (a Join per restart, an event per neighbour and round); a flood is cut to the
+/// refill rate, counted, and logged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Paced {
+    /// Join: a restart, a reconnection.
+    Join,
+    /// NeighbourSilent and Undelivered: at most one per neighbour and round (a full mesh
+    /// of 256 has 255 neighbours; the burst covers a round of them all, and more).
+    Report,
+}
+
+impl Paced {
+    fn rate(self) -> (f64, f64) {
+        match self {
+            Paced::Join => (1.0, 5.0),
+            Paced::Report => (200.0, 1000.0),
+        }
+    }
+}
+
+/// One identity's allowance for one kind of request.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
 /// All members, by id.
 pub(crate) struct Members {
     /// Each node's model, as the scenario gives it (canonical form).
@@ -99,6 +144,11 @@ pub(crate) struct Members {
     by_id: BTreeMap<u32, Member>,
     next_connection: u64,
     pub events: Vec<MembershipEvent>,
+    /// Events recorded in all, kept or not (changes whenever one is recorded).
+    pub recorded: u64,
+    buckets: std::collections::HashMap<(u32, Paced), Bucket>,
+    /// Requests refused for their pace, in all.
+    pub throttled: u64,
 }
 
 impl Members {
@@ -108,7 +158,37 @@ impl Members {
             by_id: BTreeMap::new(),
             next_connection: 0,
             events: Vec::new(),
+            recorded: 0,
+            buckets: std::collections::HashMap::new(),
+            throttled: 0,
         }
+    }
+
+    /// Whether node `id` may make a `kind` request now ([`Paced`]); one that may not is
+    /// counted, and logged at the first and every 1,000th.
+    pub fn allow(&mut self, id: u32, kind: Paced) -> bool {
+        let (per_s, burst) = kind.rate();
+        let now = Instant::now();
+        let bucket = self
+            .buckets
+            .entry((id, kind))
+            .or_insert(Bucket { tokens: burst, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * per_s).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return true;
+        }
+        self.throttled += 1;
+        if self.throttled % 1000 == 1 {
+            tracing::warn!(
+                node = id,
+                ?kind,
+                throttled = self.throttled,
+                "a member asks faster than {per_s}/s (burst {burst}); refusing the excess"
+            );
+        }
+        false
     }
 
     /// Nodes in the run.
@@ -191,7 +271,11 @@ impl Members {
             last_seen: now,
             rounds_reported: previous.map_or(0, |m| m.rounds_reported),
             histogram: previous.map_or_else(Vec::new, |m| m.histogram.clone()),
-            missed_reports: 0,
+            // Counted per identity: a member that withholds its reports and joins again
+            // is not awaited anew each time.
+            missed_reports: previous.map_or(0, |m| m.missed_reports),
+            unreachable: false,
+            unreachable_streak: (0, 0),
         };
         self.by_id.insert(id, member);
         let event = if rejoin { "rejoined" } else { "joined" };
@@ -219,6 +303,8 @@ impl Members {
                 rounds_reported,
                 histogram: Vec::new(),
                 missed_reports: 0,
+                unreachable: false,
+                unreachable_streak: (0, 0),
             },
         );
     }
@@ -404,8 +490,60 @@ impl Members {
         self.by_id.values()
     }
 
+    /// A neighbour could not connect to member `id` in round `round`. Returns true when
+    /// that makes it unreachable ([`UNREACHABLE_AFTER`] rounds in a row).
+    pub fn report_unreachable(&mut self, id: u32, round: u32) -> bool {
+        let Some(member) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        let (last, streak) = member.unreachable_streak;
+        member.unreachable_streak = match round {
+            _ if streak == 0 => (round, 1),
+            r if r == last => (last, streak),
+            r if r == last + 1 => (r, streak + 1),
+            r => (r, 1),
+        };
+        let newly = !member.unreachable && member.unreachable_streak.1 >= UNREACHABLE_AFTER;
+        member.unreachable |= newly;
+        newly
+    }
+
+    /// A probe reached member `id` (on connection `connection`): back in the exchange.
+    /// Returns whether it was out.
+    pub fn reachable(&mut self, id: u32, connection: u64) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(m) if m.unreachable && m.outbox.as_ref().is_some_and(|(c, _)| *c == connection) => {
+                m.unreachable = false;
+                m.unreachable_streak = (0, 0);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records a membership event (also what nodes report about their neighbours).
     pub fn record(&mut self, node: u32, event: &str, round: u32, reason: String) {
+        self.recorded += 1;
+        // The same event, for the same node, round and reason, says nothing new (a
+        // flood of NeighbourSilent repeats one): kept once.
+        let repeat = self
+            .events
+            .iter()
+            .rev()
+            .take(64)
+            .any(|e| e.node == node && e.round == round && e.event == event && e.reason == reason);
+        if repeat {
+            return;
+        }
+        if self.events.len() >= MAX_EVENTS {
+            if self.recorded % 1000 == 1 {
+                tracing::warn!(
+                    recorded = self.recorded,
+                    "{MAX_EVENTS} membership events kept: later ones are counted, not kept"
+                );
+            }
+            return;
+        }
         tracing::info!(node, event, round, %reason, "membership");
         self.events.push(MembershipEvent {
             node,
@@ -480,6 +618,39 @@ mod tests {
 
     fn members(nodes: usize) -> Members {
         Members::new(vec!["mlp:8".into(); nodes])
+    }
+
+    #[test]
+    fn a_member_is_unreachable_after_rounds_in_a_row_and_a_rejoin_clears_it_but_not_its_misses() {
+        let mut members = members(2);
+        members.join(&request(1, "127.0.0.1:9"), 7, Proof::None, 0).unwrap();
+        let (tx, _rx) = mpsc::channel(4);
+        let connection = members.attach(1, 7, &Hello::default(), tx).unwrap();
+        // Reports from several neighbours in one round count once; a gap restarts.
+        assert!(!members.report_unreachable(1, 3));
+        assert!(!members.report_unreachable(1, 3));
+        assert!(!members.report_unreachable(1, 5), "round 4 had no report");
+        assert!(members.report_unreachable(1, 6), "rounds 5 and 6 in a row");
+        assert!(members.get(1).unwrap().unreachable);
+        assert!(!members.report_unreachable(1, 7), "already out: said once");
+        // A probe on a connection that is not its current one changes nothing.
+        assert!(!members.reachable(1, connection + 1));
+        assert!(members.get(1).unwrap().unreachable);
+        // Joining again (maybe at a new address) brings it back; its missed reports
+        // stay counted, so a withholding member is not awaited anew after each rejoin.
+        members.get_mut(1).unwrap().missed_reports = SILENT_AFTER;
+        assert!(members.remove(1, Some(connection), Presence::Gone, 7, "stream closed"));
+        members.join(&request(1, "127.0.0.1:10"), 8, Proof::None, 7).unwrap();
+        let member = members.get(1).unwrap();
+        assert!(!member.unreachable);
+        assert!(!member.awaited(), "its misses are the identity's, not the connection's");
+        // And a probe that reaches it on its current connection brings it back.
+        let (tx, _rx) = mpsc::channel(4);
+        let connection = members.attach(1, 8, &Hello::default(), tx).unwrap();
+        assert!(!members.report_unreachable(1, 8));
+        assert!(members.report_unreachable(1, 9));
+        assert!(members.reachable(1, connection));
+        assert!(!members.get(1).unwrap().unreachable);
     }
 
     #[test]

@@ -232,8 +232,12 @@ pub struct Summary {
     pub failed_rounds: u32,
     /// From the start of the run to its end, across coordinator restarts.
     pub wall_s: f64,
-    /// Mean over the honest nodes that reported the last closed round.
+    /// Mean over the honest nodes that reported the last closed round. Accuracy is as
+    /// each node reported it (in range, but not checkable by the coordinator): the
+    /// median says how much one node's claim moves it.
     pub mean_final_accuracy: Option<f64>,
+    #[serde(default)]
+    pub median_final_accuracy: Option<f64>,
     pub min_final_accuracy: Option<f64>,
     pub mean_round_ms: f64,
     pub nodes: Vec<NodeSummary>,
@@ -679,13 +683,20 @@ impl Report {
     }
 
     /// Records a membership event in the journal.
-    pub fn record_member(&mut self, event: &MembershipEvent, model: &str, parameters: u64) -> Result<()> {
-        self.journal.append(&Entry::Member {
-            event: event.clone(),
-            model: model.to_string(),
-            parameters,
-            at_ms: now_ms(),
-        })
+    /// Journals membership events, each with its member's model and parameters, in one
+    /// group commit.
+    pub fn record_members(&mut self, events: impl IntoIterator<Item = (MembershipEvent, String, u64)>) -> Result<()> {
+        let at_ms = now_ms();
+        let entries: Vec<Entry> = events
+            .into_iter()
+            .map(|(event, model, parameters)| Entry::Member {
+                event,
+                model,
+                parameters,
+                at_ms,
+            })
+            .collect();
+        self.journal.append_all(&entries)
     }
 
     /// Files the round: into the journal (durable), then `metrics.jsonl`; returns the
@@ -744,7 +755,7 @@ impl Report {
             missing: (participants.len() - rows.len()) as u32,
             mean_accuracy: mean(&honest).unwrap_or(0.0),
             min_accuracy: honest.iter().copied().reduce(f64::min).unwrap_or(0.0),
-            wire_bytes: rows.iter().map(|r| r.wire_bytes_sent).sum(),
+            wire_bytes: total(rows.iter().map(|r| r.wire_bytes_sent)),
             wall_ms: round_ms,
             airtime_s: rows.iter().map(|r| r.airtime_s).sum(),
             energy_j: rows.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum(),
@@ -904,11 +915,11 @@ impl Report {
                         .count() as u32,
                     final_accuracy: self.newest_accuracy(m.id).map(|(_, a)| a),
                     best_accuracy: rows.iter().map(|r| r.test_accuracy).reduce(f64::max),
-                    payload_bytes_sent: rows.iter().map(|r| r.payload_bytes_sent).sum(),
-                    wire_bytes_sent: rows.iter().map(|r| r.wire_bytes_sent).sum(),
-                    wire_bytes_received: rows.iter().map(|r| r.wire_bytes_received).sum(),
-                    messages_lost: rows.iter().map(|r| r.messages_lost).sum(),
-                    messages_rejected: rows.iter().map(|r| r.messages_rejected).sum(),
+                    payload_bytes_sent: total(rows.iter().map(|r| r.payload_bytes_sent)),
+                    wire_bytes_sent: total(rows.iter().map(|r| r.wire_bytes_sent)),
+                    wire_bytes_received: total(rows.iter().map(|r| r.wire_bytes_received)),
+                    messages_lost: total(rows.iter().map(|r| r.messages_lost)),
+                    messages_rejected: total(rows.iter().map(|r| r.messages_rejected)),
                     airtime_s: sum(|r| r.airtime_s),
                     tx_energy_j: sum(|r| r.tx_energy_j),
                     rx_energy_j: sum(|r| r.rx_energy_j),
@@ -928,6 +939,7 @@ impl Report {
             failed_rounds: self.failed_rounds,
             wall_s: now_ms().saturating_sub(self.started_ms) as f64 / 1e3,
             mean_final_accuracy: mean(&final_accuracies),
+            median_final_accuracy: median(&final_accuracies),
             min_final_accuracy: final_accuracies.iter().copied().reduce(f64::min),
             mean_round_ms: mean(&self.round_ms).unwrap_or(0.0),
             nodes,
@@ -990,9 +1002,40 @@ fn mean(values: &[f64]) -> Option<f64> {
     (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[n / 2]),
+        n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+/// A counter's total over rows, saturating at `R`'s largest value instead of wrapping
+/// (a u64 sum never fails to fit a u64; a u32 total that would not fit is u32::MAX):
+/// the reports were checked against what they can be, this is the last defence.
+fn total<T: Into<u64>, R: From<u32> + TryFrom<u64>>(values: impl Iterator<Item = T>) -> R {
+    let sum = values.fold(0u64, |acc, v| acc.saturating_add(v.into()));
+    R::try_from(sum).unwrap_or_else(|_| R::from(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn totals_saturate_and_the_median_is_the_middle() {
+        let bytes: u64 = total([u64::MAX, 5].into_iter());
+        assert_eq!(bytes, u64::MAX);
+        let lost: u32 = total([u32::MAX, 5].into_iter());
+        assert_eq!(lost, u32::MAX);
+        assert_eq!(median(&[0.7, 1.0, 0.6]), Some(0.7));
+        assert_eq!(median(&[0.6, 0.8, 0.7, 1.0]), Some(0.75));
+        assert_eq!(median(&[]), None);
+    }
 
     #[test]
     fn a_row_being_appended_is_not_read_and_a_malformed_one_is_an_error() {

@@ -146,6 +146,12 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     if live.is_empty() {
         return Err(Error::NoLiveNodes { round });
     }
+    // Members nobody could connect to take part alone: absent for everyone else, and
+    // every one of their neighbours absent for them.
+    let unreachable: Vec<u32> = state.members.live().filter(|m| m.unreachable).map(|m| m.id).collect();
+    let all_live = live;
+    let mut live = all_live.clone();
+    live.retain(|id, _| !unreachable.contains(id));
     let is_live = |j: &u32| live.contains_key(j);
     let emulated_start_s = state.emulated_s;
     // The channel of this moment, once, for whoever needs it: moving devices' topology
@@ -170,6 +176,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     };
     let band_start = |id: u32| band.turn(id as usize).map_or(0.0, |t| t.start_s);
     let absent: Vec<u32> = (0..settings.nodes).filter(|j| !is_live(j)).collect();
+    let nobody = BTreeMap::new();
     let common = StartRound {
         round,
         round_token: token,
@@ -183,11 +190,25 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // round (and takes a core on a shared machine) as soon as its own arrives, and
     // building the rest meanwhile stretched the gap between rounds (256 full-mesh nodes
     // on 2 cores: median gap 16 / 29 ms when built and sent one by one, 9 / 7.5 ms so).
-    let starts: Vec<(u32, u64, CoordinatorEvent, Option<Told>)> = live
+    let starts: Vec<(u32, u64, CoordinatorEvent, Option<Told>)> = all_live
         .iter()
         .map(|(&id, &(_, connection))| {
             let told = state.members.get(id).map_or(&[][..], |m| m.told.as_slice());
-            let (start, told) = start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start);
+            let (start, told) = match unreachable.contains(&id) {
+                false => start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start),
+                true => {
+                    let everyone_else: Vec<u32> = (0..settings.nodes).filter(|&j| j != id).collect();
+                    start_for(
+                        id,
+                        &common,
+                        radio_neighbours,
+                        &nobody,
+                        told,
+                        &everyone_else,
+                        &band_start,
+                    )
+                }
+            };
             let event = CoordinatorEvent {
                 event: Some(coordinator_event::Event::StartRound(start)),
             };
@@ -195,7 +216,11 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         })
         .collect();
     let mut participants = Vec::with_capacity(starts.len());
+    let mut neighbours = BTreeMap::new();
     for (id, connection, event, told) in starts {
+        if let Some(coordinator_event::Event::StartRound(start)) = &event.event {
+            neighbours.insert(id, start.neighbour_count);
+        }
         let member = state.members.get_mut(id).expect("listed as live");
         if send_to(member, event) {
             // Given to its stream, which delivers in order or breaks (and a new stream
@@ -220,6 +245,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         token,
         started: Instant::now(),
         participants: participants.into_iter().collect(),
+        neighbours,
         reported: BTreeMap::new(),
         failed: Default::default(),
         moved,

@@ -18,7 +18,7 @@ use wdml_proto::{
 };
 
 use crate::Config;
-use crate::members::{Members, Presence, Proof};
+use crate::members::{Members, Paced, Presence, Proof};
 use crate::report::{Recovered, Report};
 
 /// The round the barrier is waiting on.
@@ -29,6 +29,8 @@ pub(crate) struct OpenRound {
     pub started: Instant,
     /// Who was sent StartRound, with the connection it was sent on.
     pub participants: std::collections::BTreeMap<u32, u64>,
+    /// How many neighbours each participant was given: what its counters can be.
+    pub neighbours: std::collections::BTreeMap<u32, u32>,
     /// Done reports received in time, with when they arrived.
     pub reported: std::collections::BTreeMap<u32, (wdml_proto::RoundMetrics, Instant)>,
     /// Participants whose round failed (they said so).
@@ -119,15 +121,15 @@ impl Shared {
     /// Writes the membership events not yet in the journal (under the state lock, so
     /// the journal keeps their order).
     pub fn commit(&self, state: &mut State) {
-        let mut report = self.report();
-        for event in &state.members.events[state.journaled..] {
+        let events = state.members.events[state.journaled..].iter().map(|event| {
             let (model, parameters) = state
                 .members
                 .get(event.node)
                 .map_or((String::new(), 0), |m| (m.model.clone(), m.parameters));
-            if let Err(e) = report.record_member(event, &model, parameters) {
-                error!("cannot journal a membership event: {e}");
-            }
+            (event.clone(), model, parameters)
+        });
+        if let Err(e) = self.report().record_members(events) {
+            error!("cannot journal membership events: {e}");
         }
         state.journaled = state.members.events.len();
     }
@@ -182,6 +184,12 @@ impl Coordinator for CoordinatorService {
         let mut state = self.shared.state();
         if state.finished {
             return Err(caller.refuse(Code::FailedPrecondition, "the run is over"));
+        }
+        if !state.members.allow(request.node_id, Paced::Join) {
+            return Err(caller.refuse(
+                Code::ResourceExhausted,
+                "too many joins for this node id: at most 1 a second (5 at once); wait and join again",
+            ));
         }
         let round = state.round;
         let model = state
@@ -244,6 +252,13 @@ impl Coordinator for CoordinatorService {
                         }
                         Err(status) => {
                             warn!(node = id, "closing sync stream: {}", status.message());
+                            // The member is told why: the stream ends with this status.
+                            if let Some((current, outbox)) =
+                                shared.state().members.get(id).and_then(|m| m.outbox.as_ref())
+                                && *current == connection
+                            {
+                                let _ = outbox.try_send(Err(status.clone()));
+                            }
                             break format!("sent an invalid event: {}", status.message());
                         }
                     },
@@ -314,7 +329,8 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
         Some(Event::Heartbeat(_)) => Ok(Flow::Continue),
         Some(Event::Hello(_)) => Err(Status::invalid_argument("Hello may only be the first message")),
         Some(Event::Done(done)) => {
-            match record_done(&mut state, id, done)? {
+            let max_message_bytes = shared.config.settings.max_message_bytes;
+            match record_done(&mut state, id, done, max_message_bytes)? {
                 Filed::InTime => {
                     drop(state);
                     shared.changed.notify_one();
@@ -354,6 +370,11 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
             shared.commit(&mut state);
             Ok(Flow::Leave(format!("left after its round {number} failed")))
         }
+        Some(Event::Silent(_) | Event::Undelivered(_)) if !state.members.allow(id, Paced::Report) => {
+            // Past its pace: dropped (counted, logged), the stream kept; nobody is
+            // harmed by a report not acted on but the sender's own neighbours.
+            Ok(Flow::Continue)
+        }
         Some(Event::Silent(silent)) => {
             if silent.node_id >= state.members.nodes() || silent.node_id == id || silent.missed == 0 {
                 return Err(Status::invalid_argument(format!(
@@ -371,7 +392,12 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
             Ok(Flow::Continue)
         }
         Some(Event::Undelivered(undelivered)) => {
-            let Undelivered { round, round_token, to } = undelivered;
+            let Undelivered {
+                round,
+                round_token,
+                to,
+                unreachable,
+            } = undelivered;
             if to >= state.members.nodes() || to == id {
                 return Err(Status::invalid_argument(format!("Undelivered names node {to}")));
             }
@@ -395,6 +421,16 @@ fn handle_event(shared: &Shared, id: u32, connection: u64, event: NodeEvent) -> 
                 // A node with no stream (gone, or not back yet) has nothing to stop.
                 if let Some(member) = state.members.get(to) {
                     send_to(member, event);
+                }
+                if unreachable && state.members.report_unreachable(to, round) {
+                    let reason = format!(
+                        "neighbours could not connect to its address {} in {} rounds in a row; out of the exchange until a probe reaches it",
+                        state.members.get(to).map_or("", |m| m.advertise.as_str()),
+                        crate::members::UNREACHABLE_AFTER
+                    );
+                    let number = state.round;
+                    state.members.record(to, "unreachable", number, reason);
+                    shared.commit(&mut state);
                 }
             }
             Ok(Flow::Continue)
@@ -425,13 +461,25 @@ enum Filed {
 /// Validates a Done report and files it in the open round, or as late if it carries
 /// a recently closed round's token. A report for another round is not an error: a
 /// straggler's report arrives after its round closed.
-fn record_done(state: &mut State, id: u32, done: Done) -> Result<Filed, Status> {
+fn record_done(state: &mut State, id: u32, done: Done, max_message_bytes: u64) -> Result<Filed, Status> {
     let metrics = done
         .metrics
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
     validate_metrics(metrics)?;
     let open_round = state.open.as_ref().map(|o| (o.round, o.token));
+    if let Some(open) = state
+        .open
+        .as_ref()
+        .filter(|o| (o.round, o.token) == (done.round, done.round_token))
+    {
+        let bounds = Bounds {
+            neighbours: open.neighbours.get(&id).copied().unwrap_or(0),
+            max_message_bytes,
+            elapsed_ms: open.started.elapsed().as_secs_f64() * 1e3,
+        };
+        bounds.check(metrics)?;
+    }
     if open_round != Some((done.round, done.round_token)) {
         if state.recent_tokens.get(&done.round) == Some(&done.round_token) {
             // Late, but alive: it is awaited again in the next rounds.
@@ -469,6 +517,70 @@ fn record_done(state: &mut State, id: u32, done: Done) -> Result<Filed, Status> 
     Ok(Filed::InTime)
 }
 
+/// The largest value any real-valued metric may take: far beyond what a device does in
+/// a round (a loss, seconds, joules), small enough that no sum over a run overflows to
+/// infinity (one member's 1.7e308 made every total `inf` and summary.json unreadable).
+const MAX_METRIC: f64 = 1e12;
+
+/// What a participant's counters can be in the round it reports: it has `neighbours`
+/// neighbours, a message is at most `max_message_bytes`, and the round has lasted
+/// `elapsed_ms` so far.
+struct Bounds {
+    neighbours: u32,
+    max_message_bytes: u64,
+    elapsed_ms: f64,
+}
+
+impl Bounds {
+    /// A send tries at most three streams, each replaying what was released, and
+    /// frames carry headers: four messages' worth per neighbour, plus 1 MiB, is more
+    /// than any honest report; wire bytes (the same with framing) twice that.
+    fn check(&self, m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
+        let refuse = |what: String| Err(Status::invalid_argument(format!("report refused: {what}")));
+        let n = self.neighbours;
+        let counts = [
+            ("messages_sent", m.messages_sent),
+            ("messages_received", m.messages_received),
+            ("messages_lost", m.messages_lost),
+            ("peers_heard", m.peers_heard),
+        ];
+        for (name, value) in counts {
+            if value > n {
+                return refuse(format!("{name} = {value}, but this node has {n} neighbours this round"));
+            }
+        }
+        let payload = u64::from(n)
+            .saturating_mul(self.max_message_bytes.saturating_mul(4))
+            .saturating_add(1 << 20);
+        let bytes = [
+            ("payload_bytes_sent", m.payload_bytes_sent, payload),
+            ("payload_bytes_received", m.payload_bytes_received, payload),
+            ("wire_bytes_sent", m.wire_bytes_sent, payload.saturating_mul(2)),
+            ("wire_bytes_received", m.wire_bytes_received, payload.saturating_mul(2)),
+        ];
+        for (name, value, most) in bytes {
+            if value > most {
+                return refuse(format!(
+                    "{name} = {value}, more than {most} ({n} neighbours, messages of at most {} bytes)",
+                    self.max_message_bytes
+                ));
+            }
+        }
+        // Wall times measured by the node inside the round cannot exceed the round
+        // so far (the slack covers a clock read on either side of the message).
+        let most = self.elapsed_ms * 1.1 + 1_000.0;
+        for (name, value) in [("compute_ms", m.compute_ms), ("exchange_ms", m.exchange_ms)] {
+            if value > most {
+                return refuse(format!(
+                    "{name} = {value}, but the round began {:.0} ms ago",
+                    self.elapsed_ms
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Metrics go straight into the report: they must be finite and in range.
 fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
     let values = [
@@ -488,9 +600,9 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
         ("rx_energy_j", m.rx_energy_j),
     ];
     for (name, value) in values {
-        if !value.is_finite() || value < 0.0 {
+        if !value.is_finite() || !(0.0..=MAX_METRIC).contains(&value) {
             return Err(Status::invalid_argument(format!(
-                "metric {name} = {value} must be finite and ≥ 0"
+                "report refused: metric {name} = {value} must be finite, ≥ 0 and ≤ {MAX_METRIC:e}"
             )));
         }
     }
@@ -532,6 +644,57 @@ pub(crate) async fn reap_silent_members(shared: Arc<Shared>) {
     }
 }
 
+/// How often the members out of the exchange are probed, and how long one probe may
+/// take (a TCP connection and a TLS handshake, as a neighbour would make them).
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// Probes every member taken out of the exchange as unreachable: a connection to its
+/// address as its neighbours make one, within the run's connect timeout. One that comes
+/// up puts it back (membership event `reachable`) from the next round on.
+pub(crate) async fn probe_unreachable(shared: Arc<Shared>) {
+    let connect = match shared.config.settings.connect_timeout_ms {
+        0 => wdml_proto::transport::CONNECT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    };
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let out: Vec<(u32, u64, String)> = shared
+            .state()
+            .members
+            .live()
+            .filter(|m| m.unreachable)
+            .filter_map(|m| m.outbox.as_ref().map(|(c, _)| (m.id, *c, m.advertise.clone())))
+            .collect();
+        for (id, connection, address) in out {
+            let Ok(endpoint) =
+                shared
+                    .config
+                    .security
+                    .endpoint_within(&address, wdml_proto::transport::Identity::Node(id), connect)
+            else {
+                continue;
+            };
+            let reached = tokio::time::timeout(connect, endpoint.connect()).await;
+            if !matches!(reached, Ok(Ok(_))) {
+                continue;
+            }
+            let mut state = shared.state();
+            if state.members.reachable(id, connection) {
+                let round = state.round;
+                state.members.record(
+                    id,
+                    "reachable",
+                    round,
+                    format!("a probe reached {address}; back in the exchange"),
+                );
+                shared.commit(&mut state);
+            }
+        }
+    }
+}
+
 /// Sends an event to a member's stream without waiting: a member whose outbox is
 /// full is not reading and will be reaped by its heartbeat timeout.
 pub(crate) fn send_to(member: &crate::members::Member, event: CoordinatorEvent) -> bool {
@@ -543,3 +706,60 @@ pub(crate) fn send_to(member: &crate::members::Member, event: CoordinatorEvent) 
 
 /// How long the driver waits between re-checks when nothing wakes it.
 pub(crate) const POLL: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wdml_proto::RoundMetrics;
+
+    /// An honest report of a node with 3 neighbours, 100 ms into its round.
+    fn honest() -> RoundMetrics {
+        RoundMetrics {
+            train_loss: 0.4,
+            test_accuracy: 0.7,
+            test_loss: 0.9,
+            payload_bytes_sent: 3 * 1_300,
+            wire_bytes_sent: 3 * 1_400,
+            payload_bytes_received: 3 * 1_300,
+            wire_bytes_received: 3 * 1_400,
+            messages_sent: 3,
+            messages_received: 3,
+            peers_heard: 3,
+            compute_ms: 60.0,
+            exchange_ms: 30.0,
+            ..RoundMetrics::default()
+        }
+    }
+
+    fn bounds() -> Bounds {
+        Bounds {
+            neighbours: 3,
+            max_message_bytes: 16 << 20,
+            elapsed_ms: 100.0,
+        }
+    }
+
+    #[test]
+    fn a_report_is_refused_when_it_claims_what_its_round_cannot_hold() {
+        assert!(validate_metrics(&honest()).is_ok() && bounds().check(&honest()).is_ok());
+        // Each lie a member told for real, and what it is refused as.
+        type Lie = fn(&mut RoundMetrics);
+        let lies: [(&str, Lie); 8] = [
+            ("test_accuracy", |m| m.test_accuracy = 1.5),
+            ("train_loss", |m| m.train_loss = 1.7e308),
+            ("airtime_s", |m| m.airtime_s = 1.7e308),
+            ("tx_energy_j", |m| m.tx_energy_j = f64::INFINITY),
+            ("wire_bytes_sent", |m| m.wire_bytes_sent = u64::MAX),
+            ("payload_bytes_received", |m| m.payload_bytes_received = u64::MAX / 2),
+            ("messages_received", |m| m.messages_received = 4),
+            ("compute_ms", |m| m.compute_ms = 60_000.0),
+        ];
+        for (field, lie) in lies {
+            let mut m = honest();
+            lie(&mut m);
+            let status = validate_metrics(&m).and_then(|()| bounds().check(&m)).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{field}");
+            assert!(status.message().contains(field), "{field}: {}", status.message());
+        }
+    }
+}

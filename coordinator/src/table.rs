@@ -92,10 +92,14 @@ fn render(summary: &Summary) -> String {
         let _ = writeln!(out, "(! an adversary, left out of the means)");
     }
     if let (Some(mean), Some(min)) = (summary.mean_final_accuracy, summary.min_final_accuracy) {
+        // Accuracy is each node's own claim (in range, not checkable here): the median
+        // shows how far one node's claim moves the mean.
+        let median = summary.median_final_accuracy.unwrap_or(mean);
         let _ = writeln!(
             out,
-            "mean final accuracy {:.2}%, worst node {:.2}%",
+            "mean final accuracy {:.2}%, median {:.2}%, worst node {:.2}% (self-reported)",
             100.0 * mean,
+            100.0 * median,
             100.0 * min
         );
     }
@@ -163,6 +167,7 @@ mod tests {
             rounds_closed: 999,
             nodes: vec![node(4095, false), node(1, true)],
             mean_final_accuracy: Some(0.5),
+            median_final_accuracy: Some(0.5),
             min_final_accuracy: Some(0.25),
             ..Summary::default()
         };

@@ -56,6 +56,8 @@ pub struct RunPlan {
     pub silent_after: u32,
     /// Per-neighbour exchange deadlines from the radio and their punctuality.
     pub adaptive_deadline: bool,
+    /// How long a connection to a neighbour may take to come up (TCP and TLS).
+    pub connect_timeout: Duration,
     /// When rounds close: the exchange waits by the same rule.
     pub closing: Closing,
     /// How old a neighbour's message may be, and its weight.
@@ -235,6 +237,10 @@ impl RunPlan {
             adversary_kind,
             silent_after: s.silent_after,
             adaptive_deadline: s.adaptive_deadline,
+            connect_timeout: match s.connect_timeout_ms {
+                0 => wdml_proto::transport::CONNECT_TIMEOUT,
+                ms => Duration::from_millis(u64::from(ms)),
+            },
         })
     }
 

@@ -181,7 +181,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         transport::server().add_service(service),
         listener,
         config.security.clone(),
-        Limits::default(),
+        Limits::members(),
         async {
             serving_stopped.await.ok();
         },
@@ -308,6 +308,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         };
         let mailbox = Arc::new(Mailbox::new(plan.nodes, plan.staleness.max));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
+        let peers = PeerClients::new(security, plan.connect_timeout);
         Ok(Node {
             shaper,
             id,
@@ -317,7 +318,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             shard,
             batches,
             mailbox,
-            peers: PeerClients::new(security),
+            peers,
             punctuality: Punctuality::default(),
             newly_silent: Vec::new(),
             undelivered: None,

@@ -233,6 +233,12 @@ impl Security {
     /// carries the node's Sync stream); a peer's is idle between exchanges, and with a
     /// full mesh those idle pings were N² wake-ups a second.
     pub fn endpoint(&self, address: &str, server: Identity) -> Result<Endpoint, Error> {
+        self.endpoint_within(address, server, CONNECT_TIMEOUT)
+    }
+
+    /// [`Security::endpoint`] whose connection (TCP, then the TLS handshake) must come up
+    /// within `connect`: a neighbour's link, whose every wait counts against a round.
+    pub fn endpoint_within(&self, address: &str, server: Identity, connect: Duration) -> Result<Endpoint, Error> {
         let scheme = if self.is_tls() { "https" } else { "http" };
         let bad = |reason: String| Error::Address {
             address: address.to_string(),
@@ -243,7 +249,7 @@ impl Security {
         }
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
             .map_err(|e| bad(e.to_string()))?
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(connect)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT)
             .keep_alive_while_idle(server == Identity::Coordinator)
@@ -253,7 +259,7 @@ impl Security {
                 .ca_certificate(Certificate::from_pem(&c.ca_pem))
                 .identity(tonic::transport::Identity::from_pem(&c.cert_pem, &c.key_pem))
                 .domain_name(server.dns_name())
-                .timeout(HANDSHAKE_TIMEOUT);
+                .timeout(connect.min(HANDSHAKE_TIMEOUT));
             endpoint = endpoint.tls_config(tls).map_err(|e| bad(e.to_string()))?;
         }
         Ok(endpoint)
@@ -412,6 +418,68 @@ pub struct Limits {
     pub per_identity: usize,
     /// Open connections in all.
     pub connections: usize,
+}
+
+/// The open-file limit every cap here is sized from ([`raise_open_files`]); Linux's
+/// usual soft limit until then.
+static OPEN_FILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1024);
+
+/// Raises this process's open-file soft limit to its hard limit (Linux starts
+/// processes at 1,024 while allowing far more) and returns it; every listener's caps
+/// ([`Limits::members`], [`Limits::web`]) are then sized from it. Measured before: at
+/// 1,024, 1,006 dashboard connections took every descriptor of a coordinator, and
+/// nodes could no longer rejoin nor the summary be written.
+pub fn raise_open_files() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        let wanted = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        match libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) {
+            0 => limit.rlim_max,
+            _ => limit.rlim_cur,
+        }
+    };
+    // rlim_t is u64 on Linux.
+    #[allow(clippy::useless_conversion)]
+    let raised = u64::try_from(raised).unwrap_or(u64::MAX);
+    OPEN_FILES.store(raised, std::sync::atomic::Ordering::Relaxed);
+    raised
+}
+
+impl Limits {
+    /// For a members' listener (the coordinator's, a node's peer server): half the
+    /// open files, the rest kept for the web listener, outgoing connections, the run
+    /// directory and the data.
+    pub fn members() -> Limits {
+        let open = OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed);
+        let connections = usize::try_from((open / 2).clamp(64, 65_536)).unwrap_or(65_536);
+        Limits {
+            handshakes: (connections / 4).clamp(16, 256),
+            per_identity: 16,
+            connections,
+        }
+    }
+
+    /// For a dashboard: a sixteenth of the open files, at most 256 connections, so
+    /// that web clients can never take what the members and the run directory need.
+    pub fn web() -> Limits {
+        let open = OPEN_FILES.load(std::sync::atomic::Ordering::Relaxed);
+        let connections = usize::try_from((open / 16).clamp(8, 256)).unwrap_or(256);
+        Limits {
+            handshakes: connections / 2,
+            per_identity: connections,
+            connections,
+        }
+    }
 }
 
 impl Default for Limits {

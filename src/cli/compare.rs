@@ -248,17 +248,21 @@ fn serve_comparison(
     };
     let listener = runtime.block_on(super::bind(([127, 0, 0, 1], 0).into(), "--http"))?;
     let scheme = if security.is_tls() { "https" } else { "http" };
+    let access = anyhow::Context::context(
+        wdml_coordinator::dashboard::Access::token_in(out),
+        "the dashboard's token",
+    )?;
     eprintln!(
-        "comparison dashboard (the algorithms side by side): {scheme}://{}/",
-        listener.local_addr()?
+        "comparison dashboard (the algorithms side by side): {}",
+        access.url(&format!("{scheme}://{}/", listener.local_addr()?))
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let router = wdml_coordinator::dashboard::router(wdml_coordinator::dashboard::Source::compare(out));
+    let router = wdml_coordinator::dashboard::router(wdml_coordinator::dashboard::Source::compare(out), access);
     runtime.spawn(async move {
         let until = async {
             let _ = stopped.await;
         };
-        if let Err(e) = transport::serve_web(router, listener, security, Limits::default(), until).await {
+        if let Err(e) = transport::serve_web(router, listener, security, Limits::web(), until).await {
             tracing::warn!("the comparison's dashboard stopped: {e}");
         }
     });

@@ -46,6 +46,10 @@ pub struct Args {
     /// refusing it. For Kubernetes, which restarts a Deployment's pod that exits.
     #[arg(long, env = "WDML_LINGER", value_parser = clap::builder::BoolishValueParser::new())]
     linger: bool,
+    /// Serve the dashboard to anyone who reaches its port, without its token (a demo;
+    /// said loudly). By default it asks for the token in `OUT/dashboard.token`.
+    #[arg(long, env = "WDML_DASHBOARD_PUBLIC", value_parser = clap::builder::BoolishValueParser::new())]
+    dashboard_public: bool,
     #[command(flatten)]
     tls: crate::cli::TlsArgs,
 }
@@ -77,9 +81,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let web = match args.http {
             Some(address) => {
                 let web = crate::cli::bind(address, "--http").await?;
-                let url = crate::cli::announce_dashboard(web.local_addr()?, !args.tls.insecure);
+                let access = crate::cli::dashboard_access(&args.out, args.dashboard_public)?;
+                let url = crate::cli::announce_dashboard(web.local_addr()?, !args.tls.insecure, &access);
                 tracing::info!("dashboard on {url}");
-                Some((web, url))
+                Some(((web, access), url))
             }
             None => None,
         };
@@ -139,7 +144,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
 /// `--coordinator-timeout-s`.
 async fn linger(args: &Args, security: Security) -> Result<()> {
     match args.http {
-        Some(address) => crate::cli::view::serve(Source::dir(&args.out), address, security).await,
+        Some(address) => {
+            let access = crate::cli::dashboard_access(&args.out, args.dashboard_public)?;
+            crate::cli::view::serve(Source::dir(&args.out), address, security, access).await
+        }
         None => {
             crate::cli::shutdown_signal().await;
             Ok(())

@@ -254,10 +254,32 @@ pub(crate) fn announce_listening(addr: std::net::SocketAddr) {
     let _ = out.flush();
 }
 
-/// Prints `dashboard on URL` (the line after `listening on`, for the launcher).
-pub(crate) fn announce_dashboard(addr: std::net::SocketAddr, tls: bool) -> String {
+/// Who may read the dashboard of the run in `dir`: whoever has its token (made there
+/// on first use), or, with `public` (`--dashboard-public`), anyone, said loudly.
+pub(crate) fn dashboard_access(
+    dir: &std::path::Path,
+    public: bool,
+) -> anyhow::Result<wdml_coordinator::dashboard::Access> {
+    use wdml_coordinator::dashboard::Access;
+    if public {
+        let warning = "the dashboard is PUBLIC (--dashboard-public): anyone who reaches its port \
+                       reads every node's address, the seed and every metric";
+        eprintln!("WARNING: {warning}");
+        tracing::warn!("{warning}");
+        return Ok(Access::Public);
+    }
+    anyhow::Context::context(Access::token_in(dir), "the dashboard's token")
+}
+
+/// Prints `dashboard on URL` (the line after `listening on`, for the launcher): the URL
+/// a person opens, with the token `access` asks for.
+pub(crate) fn announce_dashboard(
+    addr: std::net::SocketAddr,
+    tls: bool,
+    access: &wdml_coordinator::dashboard::Access,
+) -> String {
     use std::io::Write;
-    let url = format!("{}://{addr}/", if tls { "https" } else { "http" });
+    let url = access.url(&format!("{}://{addr}/", if tls { "https" } else { "http" }));
     let mut out = std::io::stdout();
     let _ = writeln!(out, "dashboard on {url}");
     let _ = out.flush();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use wdml_coordinator::dashboard::{Source, router};
+use wdml_coordinator::dashboard::{Access, Source, router};
 use wdml_proto::transport::{self, Identity, Limits, Security};
 
 #[derive(Debug, clap::Args)]
@@ -25,6 +25,10 @@ pub struct Args {
     /// Serve plain HTTP (the pages are read-only; use it on loopback only).
     #[arg(long)]
     insecure: bool,
+    /// Serve it to anyone who reaches the port, without the run's dashboard token (a
+    /// demo; said loudly). By default it asks for RUN_DIR/dashboard.token.
+    #[arg(long, env = "WDML_DASHBOARD_PUBLIC", value_parser = clap::builder::BoolishValueParser::new())]
+    dashboard_public: bool,
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -55,21 +59,22 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .worker_threads(1)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(source, args.http, security))?;
+    let access = crate::cli::dashboard_access(&args.run_dir, args.dashboard_public)?;
+    runtime.block_on(serve(source, args.http, security, access))?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Serves `source`'s dashboard on `address` (announced on stdout) until SIGTERM or
 /// ctrl-c: `wdml view`, and a coordinator that lingers on a finished run.
-pub(crate) async fn serve(source: Source, address: SocketAddr, security: Security) -> Result<()> {
+pub(crate) async fn serve(source: Source, address: SocketAddr, security: Security, access: Access) -> Result<()> {
     let listener = crate::cli::bind(address, "--http").await?;
-    let url = crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls());
+    let url = crate::cli::announce_dashboard(listener.local_addr()?, security.is_tls(), &access);
     tracing::info!("dashboard on {url} until stopped");
     transport::serve_web(
-        router(source),
+        router(source, access),
         listener,
         security,
-        Limits::default(),
+        Limits::web(),
         crate::cli::shutdown_signal(),
     )
     .await?;

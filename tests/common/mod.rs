@@ -462,7 +462,14 @@ pub fn exchange<T>(
     ca: &Path,
     read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
 ) -> T {
-    let address = url.trim_start_matches("https://").trim_end_matches('/').to_string();
+    // `https://host:port/?token=T`, as the coordinator prints it: the token goes in the
+    // Authorization header, as an API client would send it.
+    let (base, token) = url.split_once("?token=").unwrap_or((url, ""));
+    let address = base.trim_start_matches("https://").trim_end_matches('/').to_string();
+    let authorization = match token {
+        "" => String::new(),
+        token => format!("Authorization: Bearer {token}\r\n"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -482,7 +489,7 @@ pub fn exchange<T>(
         let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from(Identity::Coordinator.dns_name()).unwrap();
         let mut tls = connector.connect(name, tcp).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Connection: close\r\n\r\n");
         tls.write_all(request.as_bytes()).await.unwrap();
         read(&mut tls).await
     })
@@ -490,6 +497,13 @@ pub fn exchange<T>(
 
 /// The body of an HTTPS GET of `path` (status 200 asserted).
 pub fn get(url: &str, path: &str, ca: &Path) -> String {
+    let (head, body) = response(url, path, ca);
+    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    body
+}
+
+/// The head and body of an HTTPS GET of `path`, whatever its status.
+pub fn response(url: &str, path: &str, ca: &Path) -> (String, String) {
     let response = exchange(url, path, ca, async |io| {
         let mut response = Vec::new();
         let _ = io.read_to_end(&mut response).await;
@@ -497,6 +511,5 @@ pub fn get(url: &str, path: &str, ca: &Path) -> String {
     });
     let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
-    body.to_string()
+    (head.to_string(), body.to_string())
 }

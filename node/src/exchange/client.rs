@@ -31,11 +31,17 @@ pub struct SendOutcome {
     pub wire_bytes: u64,
     /// The receiver accepted the whole message.
     pub accepted: bool,
+    /// No connection to the receiver came up (refused, or not done within the connect
+    /// timeout): the coordinator hears of it, and takes a receiver nobody reaches out of
+    /// the exchange.
+    pub unreachable: bool,
 }
 
 /// Links to the neighbours, reused across rounds.
 pub struct PeerClients {
     security: Security,
+    /// How long a link may take to come up (`RunSettings.connect_timeout_ms`).
+    connect_timeout: Duration,
     /// By neighbour and address: a neighbour back at a new address gets a new link.
     links: HashMap<(u32, String), Link>,
     /// The round the links were last used in.
@@ -46,9 +52,10 @@ pub struct PeerClients {
 pub const MAX_FRAME_BYTES: usize = 4 << 20;
 
 impl PeerClients {
-    pub fn new(security: Security) -> Self {
+    pub fn new(security: Security, connect_timeout: Duration) -> Self {
         PeerClients {
             security,
+            connect_timeout,
             links: HashMap::new(),
             round: None,
         }
@@ -83,9 +90,9 @@ impl PeerClients {
         }
         let endpoint = self
             .security
-            .endpoint(address, Identity::Node(id))
+            .endpoint_within(address, Identity::Node(id), self.connect_timeout)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let link = Link::new(endpoint.connect_lazy());
+        let link = Link::within(endpoint.connect_lazy(), self.connect_timeout);
         self.links.insert(key, link.clone());
         Ok(link)
     }
@@ -98,6 +105,9 @@ pub struct Link(Arc<tokio::sync::Mutex<LinkState>>);
 
 struct LinkState {
     channel: Channel,
+    /// The channel's connect timeout: a try that waited this long for a connection
+    /// would wait as long again, so it is not repeated.
+    connect_timeout: Duration,
     open: Option<OpenStream>,
     /// Streams opened so far.
     opened: u32,
@@ -122,9 +132,16 @@ struct OpenStream {
 const REUSE_WITHIN: Duration = Duration::from_secs(IDLE_TIMEOUT.as_secs() / 2);
 
 impl Link {
+    /// A link on `channel`, made with the transport's own connect timeout.
     pub fn new(channel: Channel) -> Self {
+        Link::within(channel, wdml_proto::transport::CONNECT_TIMEOUT)
+    }
+
+    /// A link on `channel`, whose endpoint was given `connect_timeout`.
+    pub fn within(channel: Channel, connect_timeout: Duration) -> Self {
         Link(Arc::new(tokio::sync::Mutex::new(LinkState {
             channel,
+            connect_timeout,
             open: None,
             opened: 0,
         })))
@@ -178,6 +195,7 @@ pub async fn transmit(
                 round: frame.round,
                 round_token: frame.round_token,
                 to,
+                unreachable: false,
             };
             (tx, message)
         });
@@ -190,7 +208,10 @@ pub async fn transmit(
             if result.is_err()
                 && let Some((tx, message)) = undelivered
             {
-                let _ = tx.send(message);
+                let _ = tx.send(Undelivered {
+                    unreachable: outcome.unreachable,
+                    ..message
+                });
             }
             (outcome, result)
         }));
@@ -284,16 +305,33 @@ async fn send_until(
     };
     // Tries on a new stream, and all tries.
     let (mut tries, mut attempts) = (0, 0);
+    // Whether any try got a stream open (the connection came up).
+    let mut connected = false;
     loop {
         let reused = link.reusable();
         attempts += 1;
         if !reused {
             tries += 1;
         }
-        let result = link.attempt(&mut message, &mut inlet, &mut total, deadline).await;
+        let began = Instant::now();
+        let mut opened = reused;
+        let result = link
+            .attempt(&mut message, &mut inlet, &mut total, deadline, &mut opened)
+            .await;
+        connected |= opened;
+        // A try that never got a stream and waited out the connect timeout (a tarpit:
+        // TCP accepted, TLS never done; a black hole) would wait as long again: the
+        // receiver is unreachable this round. One refused at once is tried again
+        // below (a restarting neighbour), and is unreachable if no try connects.
+        if result.is_err() && !opened && began.elapsed() >= link.connect_timeout {
+            total.unreachable = true;
+            return (total, result.map(|_| ()));
+        }
+        let result = result.inspect_err(|_| total.unreachable = !connected);
         match result {
             Ok(receipt) => {
                 total.accepted = receipt.accepted;
+                total.unreachable = false;
                 return (total, Ok(()));
             }
             // A stream quiet since the last message may have died meanwhile (its
@@ -315,6 +353,7 @@ async fn send_until(
             }
             Err(status) if attempts > 1 && status.code() == Code::AlreadyExists => {
                 total.accepted = true;
+                total.unreachable = false;
                 return (total, Ok(()));
             }
             Err(status) => return (total, Err(status)),
@@ -354,14 +393,15 @@ impl LinkState {
 
     /// One try: the message on this link's open stream (or a new one, if there is
     /// none), replaying what was released and forwarding the rest, until its receipt, a
-    /// refusal or `deadline`. Adds what the transport took to `total`. Keeps the stream
-    /// open only after a receipt.
+    /// refusal or `deadline`. Adds what the transport took to `total`; sets `opened` once
+    /// a stream is open. Keeps the stream open only after a receipt.
     async fn attempt(
         &mut self,
         message: &mut Released,
         inlet: &mut mpsc::Receiver<Frame>,
         total: &mut SendOutcome,
         deadline: Instant,
+        opened: &mut bool,
     ) -> Result<Receipt, Status> {
         let (outlet, counted, mut receipts, mut opening) = match self.open.take() {
             Some(open) => (open.frames, open.counted, Some(open.receipts), None),
@@ -409,9 +449,10 @@ impl LinkState {
                         }
                         None => message.inlet_open = false,
                     },
-                    opened = async { opening.as_mut().expect("polled only while opening").await }, if opening.is_some() => {
+                    call = async { opening.as_mut().expect("polled only while opening").await }, if opening.is_some() => {
                         opening = None;
-                        receipts = Some(opened?);
+                        receipts = Some(call?);
+                        *opened = true;
                     }
                     receipt = async { receipts.as_mut().expect("polled only once open").message().await }, if receipts.is_some() => {
                         return match receipt? {
@@ -479,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_neighbour_that_drops_out_or_a_node_that_missed_rounds_connects_anew() {
-        let mut peers = PeerClients::new(Security::Insecure);
+        let mut peers = PeerClients::new(Security::Insecure, Duration::from_secs(2));
         let both = [(1, "node-1:7001"), (2, "node-2:7001")];
         peers.begin_round(0, both);
         for (id, address) in both {

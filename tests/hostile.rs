@@ -1,0 +1,394 @@
+//! Members that are admitted but hurt a run, done for real: a member whose advertised
+//! address is a tarpit (TCP accepted, TLS never answered) and one whose port is closed.
+//! They cost their neighbours a connect deadline for a round or two, never the exchange
+//! timeout, and are then taken out of the exchange (membership event `unreachable`)
+//! while the run goes on.
+
+mod common;
+
+use std::net::TcpListener;
+
+use common::{Cluster, metrics, summary};
+
+#[test]
+fn members_nobody_can_reach_cost_a_connect_deadline_then_leave_the_exchange() {
+    // A tarpit: the kernel completes TCP handshakes into the backlog and a thread
+    // accepts them and holds them open, never saying a byte.
+    let tarpit = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tarpit_address = tarpit.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in tarpit.incoming().take(10_000) {
+            match stream {
+                Ok(stream) => held.push(stream),
+                Err(_) => break,
+            }
+        }
+    });
+    // A closed port: bound, then released.
+    let closed_address = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+
+    let rounds = 6;
+    let exchange_timeout_ms = 10_000.0;
+    let mut overrides = common::small(6, rounds);
+    overrides.push("exchange.connect_timeout_ms=1500".into());
+    let mut cluster = Cluster::coordinator_on("unreachable", "127.0.0.1", &overrides);
+    for id in 0..4 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    for (id, address) in [(4, &tarpit_address), (5, &closed_address)] {
+        let mut args = cluster.node_args(id, "mlp:64", "127.0.0.1:0");
+        args.extend(["--advertise".into(), address.clone()]);
+        cluster.start_node_with(id, &args);
+    }
+    let status = cluster.wait_for_end(std::time::Duration::from_secs(300));
+    assert!(status.success(), "the coordinator: {status}");
+
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    for id in [4, 5] {
+        assert!(
+            s.events.iter().any(|e| e.node == id && e.event == "unreachable"),
+            "node {id} is recorded as unreachable: {:?}",
+            s.events
+        );
+    }
+    assert!(
+        !s.events.iter().any(|e| e.event == "unreachable" && e.node < 4),
+        "no honest node is: {:?}",
+        s.events
+    );
+    let rows = metrics(cluster.out());
+    let mut by_round = std::collections::BTreeMap::new();
+    for row in &rows {
+        by_round.insert(row.round, row.round_ms);
+    }
+    eprintln!("round times (ms): {by_round:?}");
+    for (round, ms) in &by_round {
+        assert!(
+            *ms < exchange_timeout_ms,
+            "round {round} took {ms} ms: it reached the exchange timeout"
+        );
+    }
+    assert_eq!(by_round.len(), rounds as usize);
+    // Once they are out, the honest nodes neither send to them nor wait for them, and
+    // lose nothing; they themselves train alone.
+    for row in rows.iter().filter(|r| r.round == rounds) {
+        match row.node {
+            0..4 => assert_eq!(
+                (row.messages_sent, row.messages_received, row.messages_lost),
+                (3, 3, 0),
+                "node {} in the last round",
+                row.node
+            ),
+            _ => assert_eq!((row.messages_sent, row.messages_lost), (0, 0), "node {}", row.node),
+        }
+    }
+}
+
+/// Node 2 of a run is this test, a member with its own certificate that misbehaves:
+/// it floods Joins, then NeighbourSilent and Undelivered events by the thousand, then
+/// reports a round whose loss is 1.7e308. The floods are cut to their pace (the
+/// journal stays small, the rounds keep closing), the lie is refused naming the field,
+/// and the run's record stays readable: summary.json holds finite totals.
+#[test]
+fn a_member_that_floods_and_lies_is_cut_to_its_pace_and_its_report_refused() {
+    use tokio_stream::StreamExt as _;
+    use wdml_proto::transport::{Identity, Security};
+    use wdml_proto::{
+        Done, Hello, JoinRequest, NeighbourSilent, NodeEvent, RoundMetrics, Undelivered,
+        coordinator_client::CoordinatorClient, coordinator_event, node_event,
+    };
+
+    let rounds = 6;
+    let mut overrides = common::small(3, rounds);
+    overrides.push("exchange.timeout_ms=3000".into());
+    overrides.push("exchange.connect_timeout_ms=500".into());
+    let mut cluster = Cluster::coordinator_on("flood", "127.0.0.1", &overrides);
+    for id in 0..2 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let tls = cluster.tls();
+    let address = cluster.coordinator.address.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (joins_refused, refusal) = runtime.block_on(async move {
+        let security = Security::from_dir(&tls, Identity::Node(2)).unwrap();
+        let channel = security
+            .endpoint(&address, Identity::Coordinator)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client = CoordinatorClient::new(channel);
+        let request = JoinRequest {
+            node_id: 2,
+            advertise: "127.0.0.1:9".into(),
+            model: "mlp:64".into(),
+            parameters: 0,
+            protocol_version: wdml_proto::PROTOCOL_VERSION,
+            data_contract: wdml_proto::DATA_CONTRACT,
+        };
+        // 200 Joins at once: a few pass (each replaces the last), the rest are refused.
+        let (mut session, mut refused) = (0, 0);
+        for _ in 0..200 {
+            match client.join(request.clone()).await {
+                Ok(response) => session = response.into_inner().session,
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                    refused += 1;
+                }
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<NodeEvent>(16);
+        let event = |e: node_event::Event| NodeEvent { event: Some(e) };
+        tx.send(event(node_event::Event::Hello(Hello {
+            node_id: 2,
+            session,
+            ..Hello::default()
+        })))
+        .await
+        .unwrap();
+        let mut inbound = client
+            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut reported = 0;
+        while let Some(message) = inbound.next().await {
+            let start = match message {
+                Ok(message) => match message.event {
+                    Some(coordinator_event::Event::StartRound(start)) => start,
+                    _ => continue,
+                },
+                Err(status) => return (refused, status),
+            };
+            // Thousands of events about its neighbours, far past any honest pace.
+            for i in 0..5_000u32 {
+                let e = match i % 2 {
+                    0 => node_event::Event::Silent(NeighbourSilent {
+                        node_id: i % 2,
+                        missed: 2 + i,
+                    }),
+                    _ => node_event::Event::Undelivered(Undelivered {
+                        round: start.round,
+                        round_token: start.round_token,
+                        to: (i / 2) % 2,
+                        unreachable: false,
+                    }),
+                };
+                if tx.send(event(e)).await.is_err() {
+                    break;
+                }
+            }
+            // An honest-looking report for the first round, then the lie.
+            let mut metrics = RoundMetrics {
+                train_loss: 0.5,
+                test_accuracy: 0.5,
+                ..RoundMetrics::default()
+            };
+            if reported == 1 {
+                metrics.train_loss = 1.7e308;
+            }
+            reported += 1;
+            let done = Done {
+                round: start.round,
+                round_token: start.round_token,
+                metrics: Some(metrics),
+            };
+            let _ = tx.send(event(node_event::Event::Done(done))).await;
+        }
+        panic!("the stream ended without refusing the lie");
+    });
+    assert!(joins_refused >= 150, "only {joins_refused} of 200 Joins refused");
+    assert_eq!(refusal.code(), tonic::Code::InvalidArgument, "{refusal:?}");
+    assert!(refusal.message().contains("train_loss"), "{refusal:?}");
+
+    let status = cluster.wait_for_end(std::time::Duration::from_secs(300));
+    assert!(status.success(), "the coordinator: {status}");
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert_eq!(s.rounds_closed, rounds);
+    // Every number in the summary is finite (serde_json wrote `null` for inf before,
+    // and `wdml view` refused the run).
+    let text = std::fs::read_to_string(cluster.out().join("summary.json")).unwrap();
+    assert!(!text.contains("e308"), "the lie reached the record");
+    // The floods left a bounded trace: repeats coalesced, the rest paced.
+    let journal = std::fs::metadata(cluster.out().join("journal.jsonl")).unwrap().len();
+    eprintln!("journal: {journal} bytes; events kept: {}", s.events.len());
+    assert!(journal < 2 << 20, "the journal grew to {journal} bytes");
+    // The honest nodes reported every round.
+    let rows = metrics(cluster.out());
+    for round in 1..=rounds {
+        assert_eq!(
+            rows.iter().filter(|r| r.round == round && r.node < 2).count(),
+            2,
+            "round {round}"
+        );
+    }
+}
+
+/// Opens a TLS connection to the dashboard at `address` (trusting `ca`), asks for
+/// `/api/events` with `token` (if any), and returns the status line it got and the
+/// connection, held open; `None` if the server closed or refused it first.
+async fn dashboard_client(
+    address: String,
+    ca: std::sync::Arc<tokio_rustls::rustls::ClientConfig>,
+    token: Option<String>,
+) -> Option<(String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(&address).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from(wdml_proto::transport::Identity::Coordinator.dns_name()).ok()?;
+    let connect = tokio_rustls::TlsConnector::from(ca).connect(name, tcp);
+    let mut tls = tokio::time::timeout(std::time::Duration::from_secs(20), connect)
+        .await
+        .ok()?
+        .ok()?;
+    let authorization = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: {address}\r\n{authorization}\r\n");
+    tls.write_all(request.as_bytes()).await.ok()?;
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(std::time::Duration::from_secs(20), tls.read_exact(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    Some((String::from_utf8_lossy(&head).into_owned(), tls))
+}
+
+/// 1,100 connections without the dashboard's token and 1,100 with it, held open against
+/// a coordinator limited to 1,024 open files: the dashboard takes no more than its
+/// share, so the run goes on, a node killed meanwhile rejoins, and summary.json is
+/// written; nothing without the token gets anything but 401.
+#[test]
+fn thousands_of_dashboard_connections_do_not_starve_the_run_nor_read_it_without_the_token() {
+    // This process holds 2,200 connections: its own soft limit up to the hard one.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the struct passed.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    if limit.rlim_max < 4096 {
+        eprintln!(
+            "this machine allows {} open files: the test needs 4,096",
+            limit.rlim_max
+        );
+    }
+
+    let dir = common::TempDir::new("dashboard-flood");
+    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+    let mut overrides = common::small(3, 40);
+    overrides.push("train.local_steps=150".into());
+    common::certs(dir.path(), 3);
+    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &overrides);
+    args.extend(["--http".into(), "127.0.0.1:0".into()]);
+    // The coordinator under the usual 1,024 open files, soft and hard: it cannot raise it.
+    let log = std::fs::File::create(dir.path().join("logs/coordinator.log")).unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1024 && exec \"$0\" \"$@\"")
+        .arg(common::WDML)
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let address = line.strip_prefix("listening on ").unwrap().trim().to_string();
+    let pid = child.id();
+    let coordinator = common::Process {
+        name: "coordinator".into(),
+        child,
+        address,
+    };
+    let mut cluster = Cluster {
+        dir,
+        coordinator,
+        nodes: Vec::new(),
+    };
+    for id in 0..3 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let url = cluster.dashboard_url();
+    let (base, token) = url.split_once("/?token=").unwrap();
+    let web = base.trim_start_matches("https://").to_string();
+    cluster.wait_for_round(1, std::time::Duration::from_secs(120));
+
+    let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::pem::PemObject::pem_file_iter(cluster.tls().join("ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = std::sync::Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (unauthenticated, authenticated, held) = runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..2_200 {
+            let token = (i % 2 == 1).then(|| token.to_string());
+            tasks.push(tokio::spawn(dashboard_client(web.clone(), config.clone(), token)));
+        }
+        let (mut unauthenticated, mut authenticated, mut held) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, task) in tasks.into_iter().enumerate() {
+            if let Some((status, stream)) = task.await.unwrap() {
+                match i % 2 {
+                    0 => unauthenticated.push(status),
+                    _ => authenticated.push(status),
+                }
+                held.push(stream);
+            }
+        }
+        (unauthenticated, authenticated, held)
+    });
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    eprintln!(
+        "answered: {} without the token, {} with it; coordinator open files: {fds}",
+        unauthenticated.len(),
+        authenticated.len()
+    );
+    assert!(
+        unauthenticated.iter().all(|s| s.starts_with("HTTP/1.1 401")),
+        "{unauthenticated:?}"
+    );
+    assert!(
+        authenticated.iter().all(|s| s.starts_with("HTTP/1.1 200")),
+        "{authenticated:?}"
+    );
+    assert!(!authenticated.is_empty(), "no reader with the token got in");
+    assert!(fds < 1024, "the coordinator holds {fds} files");
+
+    // Meanwhile a node killed and started again rejoins and reports again.
+    cluster.nodes[1].kill();
+    let filed = metrics(cluster.out()).iter().map(|r| r.round).max().unwrap_or(0);
+    cluster.start_node(1, "mlp:64", "127.0.0.1");
+    let status = cluster.wait_for_end(std::time::Duration::from_secs(600));
+    drop(held);
+    assert!(status.success(), "the coordinator: {status}");
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert!(
+        s.events.iter().any(|e| e.node == 1 && e.event == "rejoined"),
+        "{:?}",
+        s.events
+    );
+    assert!(
+        metrics(cluster.out())
+            .iter()
+            .any(|r| r.node == 1 && r.round > filed + 1),
+        "node 1 reported again after it rejoined"
+    );
+}
