@@ -256,6 +256,10 @@ pub struct CoordinatorSection {
     /// `deadline`: emulated seconds from a round's start to its close (nodes stop
     /// waiting for their neighbours then too).
     pub deadline_s: f64,
+    /// A run is finished only if every round it closed had reports from at least this
+    /// fraction of its nodes; otherwise it ends unfinished, saying which round had how
+    /// many (a run of 256 nodes in which 232 were gone is not a run of 256 nodes).
+    pub min_participation: f64,
 }
 
 impl Default for CoordinatorSection {
@@ -271,6 +275,7 @@ impl Default for CoordinatorSection {
             quorum: 0.75,
             grace_s: 0.0,
             deadline_s: 0.0,
+            min_participation: 0.5,
         }
     }
 }
@@ -349,6 +354,12 @@ impl Scenario {
         positive("exchange.public_batch", u64::from(self.exchange.public_batch))?;
         positive("exchange.timeout_ms", self.exchange.timeout_ms)?;
         positive("exchange.connect_timeout_ms", self.exchange.connect_timeout_ms)?;
+        let participation = self.coordinator.min_participation;
+        if !(participation.is_finite() && participation > 0.0 && participation <= 1.0) {
+            bail!(
+                "coordinator.min_participation = {participation} must be a fraction in (0, 1]: the share of the nodes every round must hear from (0.5: half)"
+            );
+        }
         if self.exchange.connect_timeout_ms > self.exchange.timeout_ms {
             bail!(
                 "exchange.connect_timeout_ms ({}) must not exceed exchange.timeout_ms ({}): lower it, or raise the exchange timeout",
@@ -746,6 +757,7 @@ impl Scenario {
             settings: self.settings()?,
             neighbours: self.neighbours()?,
             min_nodes: c.min_nodes.unwrap_or(self.nodes.count),
+            min_participation: c.min_participation,
             join_timeout: Duration::from_millis(c.join_timeout_ms),
             round_timeout: Duration::from_millis(c.round_timeout_ms),
             exchange_timeout: Duration::from_millis(self.exchange.timeout_ms),

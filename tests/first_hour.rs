@@ -147,8 +147,21 @@ fn a_stopped_run_resumes_with_every_round_once_and_a_finished_one_is_not_resumed
     let stopped = metrics(&out).iter().map(|r| r.round).max().unwrap();
     assert!(stopped < rounds, "the run ended before it was stopped");
 
-    // Continued: the nodes start again and the run goes on from where it stopped.
-    let output = run(&["--resume"]).output().unwrap();
+    // Continued with nothing but the directory: the run's own scenario (its rounds, its
+    // steps), not the built-in quickstart's, and a flag that contradicts it is refused.
+    let contradicting = Command::new(WDML)
+        .args(["run", "--resume", "--rounds", "5", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!contradicting.status.success());
+    let stderr = String::from_utf8_lossy(&contradicting.stderr);
+    assert!(stderr.contains("run.rounds"), "{stderr}");
+    let output = Command::new(WDML)
+        .args(["run", "--resume", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert!(summary(&out).finished);
     let mut seen = std::collections::BTreeMap::new();
@@ -371,6 +384,24 @@ fn a_port_in_use_is_said_with_another_to_try() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("in use") && stderr.contains("--listen 127.0.0.1:"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_device_that_dies_before_the_run_begins_fails_the_start_at_once_naming_it() {
+    let dir = TempDir::new("dies-early");
+    let mut overrides = small(3, 2);
+    overrides.retain(|o| !o.starts_with("nodes.models"));
+    overrides.push("nodes.models=[\"mlp:64\", \"mlp:64\", \"ext:gone\"]".into());
+    overrides.push(
+        "nodes.programs=[{ ids = [2], command = [\"sh\", \"-c\", \"echo no such package >&2; exit 3\"] }]".into(),
+    );
+    let output = run_command(&dir.path().join("run"), &overrides).output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("node-2 exited (exit status: 3) before the run began") && stderr.contains("no such package"),
         "{stderr}"
     );
 }

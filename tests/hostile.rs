@@ -392,3 +392,128 @@ fn thousands_of_dashboard_connections_do_not_starve_the_run_nor_read_it_without_
         "node 1 reported again after it rejoined"
     );
 }
+
+/// A run whose rounds closed without enough of its nodes is not called finished: with
+/// `coordinator.min_participation = 0.9` of 4 nodes, one node killed mid-run leaves its
+/// rounds at 3 of 4, and the verdict says so.
+#[test]
+fn a_run_that_lost_too_many_nodes_is_not_called_finished() {
+    let mut overrides = common::small(4, 30);
+    overrides.push("coordinator.min_participation=0.9".into());
+    overrides.push("train.local_steps=60".into());
+    let mut cluster = Cluster::start("participation", 4, &overrides);
+    cluster.wait_for_round(2, std::time::Duration::from_secs(120));
+    cluster.nodes[3].kill();
+    let status = cluster.wait_for_end(std::time::Duration::from_secs(300));
+    assert!(!status.success(), "an unfinished run exits non-zero");
+    let s = summary(cluster.out());
+    assert!(!s.finished);
+    assert!(
+        s.reason.contains("heard from only 3 of 4 nodes") && s.reason.contains("min_participation"),
+        "{}",
+        s.reason
+    );
+}
+
+/// Node 2 of a run is this test: a member that heartbeats but never reports, and joins
+/// again every other round. Its misses are counted per identity across its joins, and
+/// after the first the barrier waits for it only as long as the round's own reports
+/// justify: one round waits out the round timeout, no other does.
+#[test]
+fn a_member_that_withholds_its_reports_and_rejoins_stretches_one_round_at_most() {
+    use tokio_stream::StreamExt as _;
+    use wdml_proto::transport::{Identity, Security};
+    use wdml_proto::{
+        Heartbeat, Hello, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient, coordinator_event, node_event,
+    };
+
+    let rounds = 8;
+    let round_timeout_ms = 6_000.0;
+    let mut overrides = common::small(3, rounds);
+    overrides.push(format!("coordinator.round_timeout_ms={round_timeout_ms}"));
+    overrides.push("exchange.timeout_ms=2000".into());
+    overrides.push("exchange.connect_timeout_ms=300".into());
+    let mut cluster = Cluster::coordinator_on("withhold", "127.0.0.1", &overrides);
+    for id in 0..2 {
+        cluster.start_node(id, "mlp:64", "127.0.0.1");
+    }
+    let tls = cluster.tls();
+    let address = cluster.coordinator.address.clone();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let member = runtime.spawn(async move {
+        let security = Security::from_dir(&tls, Identity::Node(2)).unwrap();
+        loop {
+            let Ok(channel) = security
+                .endpoint(&address, Identity::Coordinator)
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return;
+            };
+            let mut client = CoordinatorClient::new(channel);
+            let request = JoinRequest {
+                node_id: 2,
+                advertise: "127.0.0.1:9".into(),
+                model: "mlp:64".into(),
+                parameters: 0,
+                protocol_version: wdml_proto::PROTOCOL_VERSION,
+                data_contract: wdml_proto::DATA_CONTRACT,
+            };
+            let session = match client.join(request).await {
+                Ok(response) => response.into_inner().session,
+                Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(_) => return,
+            };
+            let (tx, rx) = tokio::sync::mpsc::channel::<NodeEvent>(16);
+            let event = |e: node_event::Event| NodeEvent { event: Some(e) };
+            let hello = Hello {
+                node_id: 2,
+                session,
+                ..Hello::default()
+            };
+            tx.send(event(node_event::Event::Hello(hello))).await.unwrap();
+            let Ok(response) = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+                return;
+            };
+            let mut inbound = response.into_inner();
+            let mut heartbeat = tokio::time::interval(std::time::Duration::from_millis(300));
+            let mut starts = 0;
+            // Heartbeats, never a report; after two round starts, away and back.
+            while starts < 2 {
+                tokio::select! {
+                    message = inbound.next() => match message {
+                        Some(Ok(m)) => {
+                            if let Some(coordinator_event::Event::StartRound(_)) = m.event {
+                                starts += 1;
+                            }
+                        }
+                        _ => return,
+                    },
+                    _ = heartbeat.tick() => {
+                        let _ = tx.send(event(node_event::Event::Heartbeat(Heartbeat {}))).await;
+                    }
+                }
+            }
+        }
+    });
+    let status = cluster.wait_for_end(std::time::Duration::from_secs(300));
+    member.abort();
+    assert!(status.success(), "the coordinator: {status}");
+    let rows = metrics(cluster.out());
+    let mut by_round = std::collections::BTreeMap::new();
+    for row in &rows {
+        by_round.insert(row.round, row.round_ms);
+    }
+    eprintln!("round times (ms): {by_round:?}");
+    let stretched = by_round.values().filter(|&&ms| ms >= round_timeout_ms * 0.9).count();
+    assert!(
+        stretched <= 1,
+        "{stretched} rounds waited out the round timeout: {by_round:?}"
+    );
+    assert_eq!(by_round.len(), rounds as usize);
+    assert!(rows.iter().all(|r| r.node < 2), "the member never reported");
+}

@@ -11,11 +11,18 @@ use common::{Cluster, Process, metrics, small, summary};
 
 /// A port that is free on `host` right now.
 fn free_port(host: &str) -> u16 {
-    std::net::TcpListener::bind((host, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below Linux's ephemeral range (32768-60999): a port the kernel handed out for
+    // ":0" may be handed out again, to an outgoing connection of another test, before
+    // the node binds it on every interface (CI saw "the port is in use").
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .chain(20_000..start)
+        .find(|&port| {
+            // One at a time: each listener is closed before the next bind.
+            let on_host = std::net::TcpListener::bind((host, port)).is_ok();
+            on_host && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        })
+        .expect("a free port below the ephemeral range")
 }
 
 /// A coordinator on `host`, with no node yet.

@@ -23,6 +23,9 @@ pub struct Config {
     /// Start once this many nodes have joined and the join timeout has passed
     /// (the run starts at once when all `settings.nodes` have joined).
     pub min_nodes: u32,
+    /// The run is finished only if every closed round heard from at least this
+    /// fraction of `settings.nodes`.
+    pub min_participation: f64,
     pub join_timeout: Duration,
     /// A round closes when every participant reported, or after this long.
     pub round_timeout: Duration,

@@ -274,8 +274,12 @@ impl Members {
             // Counted per identity: a member that withholds its reports and joins again
             // is not awaited anew each time.
             missed_reports: previous.map_or(0, |m| m.missed_reports),
-            unreachable: false,
-            unreachable_streak: (0, 0),
+            // Back at the same address it is as unreachable as it was (a probe still
+            // brings it back); at a new one it gets a new chance.
+            unreachable: previous.is_some_and(|m| m.unreachable && m.advertise == request.advertise),
+            unreachable_streak: previous
+                .filter(|m| m.advertise == request.advertise)
+                .map_or((0, 0), |m| m.unreachable_streak),
         };
         self.by_id.insert(id, member);
         let event = if rejoin { "rejoined" } else { "joined" };
@@ -636,10 +640,14 @@ mod tests {
         // A probe on a connection that is not its current one changes nothing.
         assert!(!members.reachable(1, connection + 1));
         assert!(members.get(1).unwrap().unreachable);
-        // Joining again (maybe at a new address) brings it back; its missed reports
+        // Joining again at a new address brings it back; its missed reports
         // stay counted, so a withholding member is not awaited anew after each rejoin.
         members.get_mut(1).unwrap().missed_reports = SILENT_AFTER;
         assert!(members.remove(1, Some(connection), Presence::Gone, 7, "stream closed"));
+        // Back at the same address, it is as unreachable as it was.
+        members.join(&request(1, "127.0.0.1:9"), 8, Proof::None, 7).unwrap();
+        assert!(members.get(1).unwrap().unreachable);
+        members.by_id.get_mut(&1).unwrap().presence = Presence::Gone;
         members.join(&request(1, "127.0.0.1:10"), 8, Proof::None, 7).unwrap();
         let member = members.get(1).unwrap();
         assert!(!member.unreachable);

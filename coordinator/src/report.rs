@@ -793,6 +793,22 @@ impl Report {
     }
 
     /// Whether every round that closed had no report at all (every node failed).
+    /// The closed round that heard from the fewest nodes, and how many it heard from
+    /// (the first such round; `None` before any round closed).
+    pub fn thinnest_round(&self) -> Option<(u32, usize)> {
+        let mut reported = vec![0usize; self.rounds_closed as usize];
+        for row in &self.rows {
+            if let Some(count) = reported.get_mut((row.round as usize).wrapping_sub(1)) {
+                *count += 1;
+            }
+        }
+        reported
+            .iter()
+            .enumerate()
+            .min_by_key(|&(_, &count)| count)
+            .map(|(i, &count)| (i as u32 + 1, count))
+    }
+
     pub fn every_round_failed(&self) -> bool {
         self.rounds_closed > 0 && self.failed_rounds == self.rounds_closed
     }

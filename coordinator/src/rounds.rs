@@ -417,7 +417,7 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
         // One look at the state for both: a member leaving between two looks made a
         // round everyone left look closed with no report (CI saw it: a stopped run then
         // resumed past a round it never had).
-        let (awaited, reported) = {
+        let (awaited, reported, suspects_only) = {
             let state = shared.state();
             let open = state.open.as_ref().expect("a round is open");
             // Everyone it was sent to left without a report or a failure (the nodes
@@ -438,10 +438,36 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
                             && state.members.get(**id).is_some_and(|m| m.awaited()))
                 })
                 .count();
-            (awaited, open.reported.len())
+            // A member that missed its last report (withholding, or in trouble) is
+            // awaited only as long as this round's own reports justify: once everyone
+            // else reported, twice the slowest of them (at least 200 ms), not the
+            // whole round timeout (with rejoins, a withholding member held every other
+            // round to 120 s).
+            let suspects_only = open
+                .participants
+                .keys()
+                .filter(|id| !open.reported.contains_key(id))
+                .all(|id| state.members.get(*id).is_none_or(|m| m.missed_reports > 0));
+            let slowest = open
+                .reported
+                .values()
+                .map(|(_, at)| tokio::time::Instant::from_std(*at).saturating_duration_since(started))
+                .max();
+            (awaited, open.reported.len(), suspects_only.then_some(slowest).flatten())
         };
         if reported >= awaited {
             return Barrier::Closed { awaited };
+        }
+        if let Some(slowest) = suspects_only {
+            let patience = started + (slowest * 2).max(Duration::from_millis(200));
+            if patience < close_at {
+                info!(
+                    waiting = awaited - reported,
+                    "only members that missed their last report are left; waiting for them until {} ms into the round",
+                    (patience - started).as_millis()
+                );
+                close_at = patience;
+            }
         }
         let now = tokio::time::Instant::now();
         if let Closing::Quorum { grace_s, .. } = closing
@@ -578,9 +604,24 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
             ) && report.reported_any(m.id)
         })
     };
+    // Every round must have heard from enough of the run's nodes to call it theirs.
+    let nodes = shared.config.settings.nodes as usize;
+    let needed = (shared.config.min_participation * nodes as f64).ceil() as usize;
+    let thin = shared.report().thinnest_round().filter(|&(_, heard)| heard < needed);
     let (finished, reason) = match &outcome {
         // Whatever ended the run then (nobody left, say), this is its story.
         Ok(Ending::Finished) | Err(_) if all_failed => (false, every_round_failed.to_string()),
+        Ok(Ending::Finished) if thin.is_some() => {
+            let (round, heard) = thin.unwrap_or_default();
+            (
+                false,
+                format!(
+                    "all rounds closed, but round {round} heard from only {heard} of {nodes} nodes \
+                     (coordinator.min_participation = {} needs {needed}); the membership events say why the rest did not",
+                    shared.config.min_participation
+                ),
+            )
+        }
         Ok(Ending::Finished) if !anyone_left => (
             false,
             "all rounds closed, but no node took part to the end (every one gone, left or silent)".to_string(),

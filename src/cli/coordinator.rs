@@ -69,18 +69,27 @@ pub fn main(args: Args) -> Result<ExitCode> {
     let scenario = Scenario::load(args.config.as_deref(), &args.overrides)?;
     scenario.preflight()?;
     let config = scenario.coordinator_config(args.out.clone(), security, args.overwrite)?;
-    // The run directory is checked (and a journal replayed) before anything listens.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // The ports first: one in use is refused before the run directory is touched (a
+    // coordinator that wrote its journal and then found its port taken left a run that
+    // never began, which the retry then "resumed").
+    let (listener, web) = runtime.block_on(async {
+        let listener = crate::cli::bind(args.listen, "--listen").await?;
+        let web = match args.http {
+            Some(address) => Some(crate::cli::bind(address, "--http").await?),
+            None => None,
+        };
+        anyhow::Ok((listener, web))
+    })?;
+    // The run directory is checked (and a journal replayed) before anything is announced.
     let run = wdml_coordinator::open(config)?;
     if run.resumed() {
         tracing::warn!("resuming the unfinished run in {}", args.out.display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
-        let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
-        let web = match args.http {
-            Some(address) => {
-                let web = crate::cli::bind(address, "--http").await?;
+        let web = match web {
+            Some(web) => {
                 let access = crate::cli::dashboard_access(&args.out, args.dashboard_public)?;
                 let url = crate::cli::announce_dashboard(web.local_addr()?, !args.tls.insecure, &access);
                 tracing::info!("dashboard on {url}");

@@ -178,9 +178,20 @@ impl Args {
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
-    let scenario = Scenario::load(args.scenario.as_deref(), &args.overrides()?)?;
+    // `--resume --out DIR` continues the run DIR holds: its own resolved scenario, unless
+    // a scenario file is named; an override that contradicts it is refused (by the
+    // coordinator, naming the field).
+    let stored = match (&args.scenario, &args.out, args.dir.resume) {
+        (None, Some(out), true) => Some(out.join("scenario.toml")).filter(|p| p.is_file()),
+        _ => None,
+    };
+    let scenario = Scenario::load(stored.as_deref().or(args.scenario.as_deref()), &args.overrides()?)?;
     scenario.preflight()?;
-    let out = args.out.clone().unwrap_or_else(|| default_run_dir(&scenario.run.name));
+    warn_if_crowded(&scenario);
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => claim_run_dir(&scenario.run.name)?,
+    };
     args.dir.prepare(&out)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -200,7 +211,58 @@ pub fn main(args: Args) -> Result<ExitCode> {
     })
 }
 
-/// `runs/<name>-<UTC date>-<time>`, unique per second.
+/// Says, before anything starts, which timeouts are short for this many processes on
+/// this machine's cores: on 2 cores, 256 nodes with the defaults lost 232 to the
+/// 3 s heartbeat timeout while they waited for a core.
+fn warn_if_crowded(scenario: &Scenario) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_core = f64::from(scenario.nodes.count) / cores as f64;
+    if per_core <= 16.0 {
+        return;
+    }
+    let (c, e) = (&scenario.coordinator, &scenario.exchange);
+    let short: Vec<String> = [
+        ("coordinator.heartbeat_timeout_ms", c.heartbeat_timeout_ms, 60_000),
+        ("coordinator.join_timeout_ms", c.join_timeout_ms, 900_000),
+        ("coordinator.sync_timeout_ms", c.sync_timeout_ms, 900_000),
+        ("exchange.connect_timeout_ms", e.connect_timeout_ms, 10_000),
+        ("exchange.timeout_ms", e.timeout_ms, 120_000),
+    ]
+    .into_iter()
+    .filter(|&(_, value, scale)| value < scale)
+    .map(|(field, value, scale)| format!("{field} = {value} (examples/scale.toml: {scale})"))
+    .collect();
+    if !short.is_empty() {
+        eprintln!(
+            "warning: {} nodes on {cores} cores ({per_core:.0} a core) wait for a core for seconds at a time; \
+             these timeouts are short for that, raise them: {}",
+            scenario.nodes.count,
+            short.join(", ")
+        );
+    }
+}
+
+/// A new, empty run directory `runs/<name>-<UTC date>-<time>`, made now: two runs
+/// started in the same second get `…-2`, `…-3` (creating a directory is atomic, so
+/// exactly one of them gets each name).
+pub fn claim_run_dir(name: &str) -> Result<PathBuf> {
+    let base = default_run_dir(name);
+    std::fs::create_dir_all("runs").context("cannot create runs/")?;
+    for n in 1u32.. {
+        let dir = match n {
+            1 => base.clone(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 1000 => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// `runs/<name>-<UTC date>-<time>` (to the second; [`claim_run_dir`] makes it unique).
 pub fn default_run_dir(name: &str) -> PathBuf {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -278,12 +340,17 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
     drop(dataset);
 
     std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))?;
-    let scenario_file = out.join("scenario.toml");
-    wdml_proto::files::write_atomic(
-        &scenario_file,
-        scenario.to_toml()?.as_bytes(),
-        wdml_proto::files::Mode::Public,
-    )?;
+    let text = scenario.to_toml()?;
+    let stored = out.join("scenario.toml");
+    let scenario_file = match std::fs::read_to_string(&stored) {
+        // A run being resumed keeps its own record: a scenario that differs reaches the
+        // coordinator from elsewhere (it refuses it, naming the field), never over it.
+        Ok(earlier) if earlier != text => {
+            std::env::temp_dir().join(format!("wdml-scenario-{}.toml", std::process::id()))
+        }
+        _ => stored,
+    };
+    wdml_proto::files::write_atomic(&scenario_file, text.as_bytes(), wdml_proto::files::Mode::Public)?;
     let exe = std::env::current_exe().context("cannot find the wdml executable")?;
     // Every connection is mutual TLS, loopback included, under a CA made for this run
     // alone; its key is never written, so nobody can issue another certificate for it.
@@ -391,14 +458,44 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
     }
 
     let bar = progress_bar(scenario, progress);
-    let followed = tokio::select! {
-        result = follow(&mut watch, &bar, progress) => result,
-        signal = crate::cli::signal() => {
+    let began = std::sync::atomic::AtomicBool::new(false);
+    let ended = tokio::select! {
+        result = follow(&mut watch, &bar, progress, &began) => Ended::Followed(result),
+        died = children.exit_before(&began) => Ended::Died(died),
+        signal = crate::cli::signal() => Ended::Signal(signal),
+    };
+    let followed = match ended {
+        Ended::Followed(result) => result,
+        Ended::Signal(signal) => {
             bar.abandon_with_message("interrupted");
             // Nodes first, so the coordinator records them as having left; then the
             // coordinator, which writes the partial run.
             children.terminate_all().await;
-            return Err(Interrupted { signal, out: out.to_path_buf() }.into());
+            return Err(Interrupted {
+                signal,
+                out: out.to_path_buf(),
+            }
+            .into());
+        }
+        // A device that dies before the run begins (a program that cannot start, a
+        // model it refuses) would otherwise cost the whole join timeout, unnamed.
+        Ended::Died((name, status)) => {
+            bar.abandon_with_message("a device died");
+            children.terminate_all().await;
+            let log = out.join("logs").join(format!("{name}.log"));
+            let tail: Vec<String> = std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .lines()
+                .rev()
+                .take(5)
+                .map(str::to_string)
+                .collect();
+            let tail: Vec<&str> = tail.iter().rev().map(String::as_str).collect();
+            bail!(
+                "{name} exited ({status}) before the run began; its log, {}, ends:\n  {}",
+                log.display(),
+                tail.join("\n  ")
+            );
         }
     };
     bar.finish_and_clear();
@@ -467,10 +564,24 @@ fn progress_bar(scenario: &Scenario, progress: Progress) -> ProgressBar {
 }
 
 /// Shows each closed round until the run finishes.
-async fn follow(watch: &mut tonic::Streaming<RunEvent>, bar: &ProgressBar, progress: Progress) -> Result<()> {
+/// How following the run ended.
+enum Ended {
+    Followed(Result<()>),
+    Died((String, std::process::ExitStatus)),
+    Signal(i32),
+}
+
+/// Shows the rounds as they close, until the run finishes; sets `began` at the first.
+async fn follow(
+    watch: &mut tonic::Streaming<RunEvent>,
+    bar: &ProgressBar,
+    progress: Progress,
+    began: &std::sync::atomic::AtomicBool,
+) -> Result<()> {
     while let Some(event) = watch.message().await? {
         match event.event {
             Some(run_event::Event::RoundClosed(r)) => {
+                began.store(true, std::sync::atomic::Ordering::Relaxed);
                 // One line of at most 80 columns.
                 let line = format!(
                     "acc {:.1}% (worst {:.1}%), {}, air {:.1} ms, {:.2} mJ, {:.0} ms{}",
@@ -604,6 +715,27 @@ impl Children {
 
     /// Waits for every child to exit by itself, killing those that outlive `grace`;
     /// with `report`, says which ones failed.
+    /// The first device that fails (exits non-zero, or is killed) before `began` is set
+    /// (the run's first round closed), with its status; pending forever once the run has begun, when a device
+    /// that leaves (its round failed, say) is the run's business, not the launcher's.
+    async fn exit_before(&mut self, began: &std::sync::atomic::AtomicBool) -> (String, std::process::ExitStatus) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while !began.load(std::sync::atomic::Ordering::Relaxed) {
+            tick.tick().await;
+            for (name, child) in &mut self.procs {
+                // Status 0 is a device done with a run that ended (a one-round run can
+                // end before its first round's event reaches the launcher).
+                if name != "coordinator"
+                    && let Ok(Some(status)) = child.try_wait()
+                    && !status.success()
+                {
+                    return (name.clone(), status);
+                }
+            }
+        }
+        std::future::pending().await
+    }
+
     async fn wait_all(&mut self, grace: Duration, report: bool) {
         let deadline = tokio::time::Instant::now() + grace;
         for (name, child) in &mut self.procs {
@@ -653,6 +785,20 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     use super::*;
+
+    #[test]
+    fn two_runs_started_in_the_same_second_get_directories_of_their_own() {
+        let name = format!("claim-test-{}", std::process::id());
+        let first = claim_run_dir(&name).unwrap();
+        let second = claim_run_dir(&name).unwrap();
+        let (a, b) = (first.display().to_string(), second.display().to_string());
+        let _ = std::fs::remove_dir(&first);
+        let _ = std::fs::remove_dir(&second);
+        assert_ne!(a, b);
+        // Within a second of each other (almost always the same one): the second is
+        // the first with a suffix.
+        assert!(b.starts_with(&a) || b.ends_with("-2") || !b.contains(&name), "{a} {b}");
+    }
 
     /// The coordinator starts in a session of its own (its own share of the CPU where
     /// the kernel groups by session), a device in the launcher's: read back from
