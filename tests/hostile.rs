@@ -10,6 +10,46 @@ use std::net::TcpListener;
 
 use common::{Cluster, metrics, summary};
 
+/// What a member that is this test (node 2 of a run, its own certificate) says when it
+/// joins: a closed port as its address, the scenario's model.
+fn member_join() -> wdml_proto::JoinRequest {
+    wdml_proto::JoinRequest {
+        node_id: 2,
+        advertise: "127.0.0.1:9".into(),
+        model: "mlp:64".into(),
+        parameters: 0,
+        protocol_version: wdml_proto::PROTOCOL_VERSION,
+        data_contract: wdml_proto::DATA_CONTRACT,
+    }
+}
+
+/// Opens node 2's Sync stream for `session` (its Hello sent): where its events go, and
+/// what the coordinator says.
+async fn member_sync(
+    client: &mut wdml_proto::coordinator_client::CoordinatorClient<tonic::transport::Channel>,
+    session: u64,
+) -> Option<(
+    tokio::sync::mpsc::Sender<wdml_proto::NodeEvent>,
+    tonic::Streaming<wdml_proto::CoordinatorEvent>,
+)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let hello = wdml_proto::Hello {
+        node_id: 2,
+        session,
+        ..wdml_proto::Hello::default()
+    };
+    tx.send(event(wdml_proto::node_event::Event::Hello(hello))).await.ok()?;
+    let inbound = client
+        .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .ok()?;
+    Some((tx, inbound.into_inner()))
+}
+
+fn event(e: wdml_proto::node_event::Event) -> wdml_proto::NodeEvent {
+    wdml_proto::NodeEvent { event: Some(e) }
+}
+
 #[test]
 fn members_nobody_can_reach_cost_a_connect_deadline_then_leave_the_exchange() {
     // A tarpit: the kernel completes TCP handshakes into the backlog and a thread
@@ -100,8 +140,8 @@ fn a_member_that_floods_and_lies_is_cut_to_its_pace_and_its_report_refused() {
     use tokio_stream::StreamExt as _;
     use wdml_proto::transport::{Identity, Security};
     use wdml_proto::{
-        Done, Hello, JoinRequest, NeighbourSilent, NodeEvent, RoundMetrics, Undelivered,
-        coordinator_client::CoordinatorClient, coordinator_event, node_event,
+        Done, NeighbourSilent, RoundMetrics, Undelivered, coordinator_client::CoordinatorClient, coordinator_event,
+        node_event,
     };
 
     let rounds = 6;
@@ -124,14 +164,7 @@ fn a_member_that_floods_and_lies_is_cut_to_its_pace_and_its_report_refused() {
             .await
             .unwrap();
         let mut client = CoordinatorClient::new(channel);
-        let request = JoinRequest {
-            node_id: 2,
-            advertise: "127.0.0.1:9".into(),
-            model: "mlp:64".into(),
-            parameters: 0,
-            protocol_version: wdml_proto::PROTOCOL_VERSION,
-            data_contract: wdml_proto::DATA_CONTRACT,
-        };
+        let request = member_join();
         // 200 Joins at once: a few pass (each replaces the last), the rest are refused.
         let (mut session, mut refused) = (0, 0);
         for _ in 0..200 {
@@ -143,20 +176,7 @@ fn a_member_that_floods_and_lies_is_cut_to_its_pace_and_its_report_refused() {
                 }
             }
         }
-        let (tx, rx) = tokio::sync::mpsc::channel::<NodeEvent>(16);
-        let event = |e: node_event::Event| NodeEvent { event: Some(e) };
-        tx.send(event(node_event::Event::Hello(Hello {
-            node_id: 2,
-            session,
-            ..Hello::default()
-        })))
-        .await
-        .unwrap();
-        let mut inbound = client
-            .sync(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
+        let (tx, mut inbound) = member_sync(&mut client, session).await.unwrap();
         let mut reported = 0;
         while let Some(message) = inbound.next().await {
             let start = match message {
@@ -423,9 +443,7 @@ fn a_run_that_lost_too_many_nodes_is_not_called_finished() {
 fn a_member_that_withholds_its_reports_and_rejoins_stretches_one_round_at_most() {
     use tokio_stream::StreamExt as _;
     use wdml_proto::transport::{Identity, Security};
-    use wdml_proto::{
-        Heartbeat, Hello, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient, coordinator_event, node_event,
-    };
+    use wdml_proto::{Heartbeat, coordinator_client::CoordinatorClient, coordinator_event, node_event};
 
     let rounds = 8;
     let round_timeout_ms = 6_000.0;
@@ -452,14 +470,7 @@ fn a_member_that_withholds_its_reports_and_rejoins_stretches_one_round_at_most()
                 return;
             };
             let mut client = CoordinatorClient::new(channel);
-            let request = JoinRequest {
-                node_id: 2,
-                advertise: "127.0.0.1:9".into(),
-                model: "mlp:64".into(),
-                parameters: 0,
-                protocol_version: wdml_proto::PROTOCOL_VERSION,
-                data_contract: wdml_proto::DATA_CONTRACT,
-            };
+            let request = member_join();
             let session = match client.join(request).await {
                 Ok(response) => response.into_inner().session,
                 Err(status) if status.code() == tonic::Code::ResourceExhausted => {
@@ -468,18 +479,9 @@ fn a_member_that_withholds_its_reports_and_rejoins_stretches_one_round_at_most()
                 }
                 Err(_) => return,
             };
-            let (tx, rx) = tokio::sync::mpsc::channel::<NodeEvent>(16);
-            let event = |e: node_event::Event| NodeEvent { event: Some(e) };
-            let hello = Hello {
-                node_id: 2,
-                session,
-                ..Hello::default()
-            };
-            tx.send(event(node_event::Event::Hello(hello))).await.unwrap();
-            let Ok(response) = client.sync(tokio_stream::wrappers::ReceiverStream::new(rx)).await else {
+            let Some((tx, mut inbound)) = member_sync(&mut client, session).await else {
                 return;
             };
-            let mut inbound = response.into_inner();
             let mut heartbeat = tokio::time::interval(std::time::Duration::from_millis(300));
             let mut starts = 0;
             // Heartbeats, never a report; after two round starts, away and back.
