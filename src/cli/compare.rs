@@ -39,7 +39,8 @@ pub struct Args {
     /// mean accuracy that every exchanging algorithm reached.
     #[arg(long)]
     target: Option<f64>,
-    /// Output directory (default: runs/compare-<name>).
+    /// Output directory (default: runs/compare-<name>; with --sweep runs/sweep-<name>,
+    /// with --seeds runs/seeds-<name>).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Repeat the comparison for each of these seeds (overriding `run.seed`) and
@@ -131,15 +132,26 @@ pub fn main(args: Args) -> Result<ExitCode> {
         }
     }
     let algorithms = runnable;
+    // A sweep and a seed series each have a directory of their own by default: the
+    // README's bare `wdml compare` and its `--sweep` line must not collide.
+    let kind = match (args.sweep.is_empty(), args.seeds.is_empty()) {
+        (false, _) => "sweep",
+        (true, false) => "seeds",
+        (true, true) => "compare",
+    };
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", base.run.name)));
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("{kind}-{}", base.run.name)));
     RunDirArgs {
         overwrite: args.overwrite,
         resume: false,
     }
-    .prepare_with(&out, &["comparison.json", "seeds.json", "comparison.md"])?;
+    .prepare_with(
+        &out,
+        &["comparison.json", "seeds.json", "comparison.md", "sweep.json"],
+        false,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -67,12 +67,17 @@ impl RunDirArgs {
     /// Makes `out` ready for a run: new, replaced (`--overwrite`), or kept to continue
     /// (`--resume`). An earlier run is never replaced silently.
     pub fn prepare(&self, out: &Path) -> Result<()> {
-        self.prepare_with(out, &["journal.jsonl", "config.json", "scenario.toml", "metrics.jsonl"])
+        self.prepare_with(
+            out,
+            &["journal.jsonl", "config.json", "scenario.toml", "metrics.jsonl"],
+            true,
+        )
     }
 
     /// [`Self::prepare`] for a directory recognised by any of `markers` (files a
-    /// WDML command writes there).
-    pub fn prepare_with(&self, out: &Path, markers: &[&str]) -> Result<()> {
+    /// WDML command writes there), by a command that can (`resumable`) or cannot
+    /// continue a run: its refusals suggest only the flags it has.
+    pub fn prepare_with(&self, out: &Path, markers: &[&str], resumable: bool) -> Result<()> {
         let occupied = std::fs::read_dir(out).map(|mut d| d.next().is_some()).unwrap_or(false);
         let looks_like_a_run = markers.iter().any(|f| out.join(f).exists());
         match (occupied, self.overwrite, self.resume) {
@@ -91,8 +96,12 @@ impl RunDirArgs {
             }
             (true, false, true) => {}
             (true, false, false) => bail!(
-                "{} holds an earlier run; give another --out, --overwrite to replace it, or --resume to continue it",
-                out.display()
+                "{} holds an earlier run; give another --out{}",
+                out.display(),
+                match resumable {
+                    true => ", --overwrite to replace it, or --resume to continue it",
+                    false => " or --overwrite to replace it",
+                }
             ),
         }
         std::fs::create_dir_all(out.join("logs")).with_context(|| format!("cannot create {}", out.display()))
