@@ -375,3 +375,31 @@ fn with_linger_a_run_stays_up_until_sigterm_and_a_restart_serves_the_finished_ru
         "the record is untouched"
     );
 }
+
+/// A run whose every round closed but whose summary was never written (the disk was
+/// full, the coordinator was killed right then): its coordinator, started again alone
+/// on the run directory, writes the summary and exits 0 without waiting for any node.
+#[test]
+fn a_coordinator_restarted_after_every_round_closed_writes_the_summary_alone() {
+    let rounds = 3;
+    let overrides = small(2, rounds);
+    let mut cluster = Cluster::start("summary-after", 2, &overrides);
+    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
+    // As if the coordinator had died between the last round and the summary.
+    let journal = cluster.out().join("journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("\"kind\":\"end\"")).collect();
+    assert_eq!(kept.len() + 1, text.lines().count(), "one end entry");
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    std::fs::remove_file(cluster.out().join("summary.json")).unwrap();
+
+    let args = Cluster::coordinator_args(cluster.out(), "127.0.0.1:0", &overrides);
+    let mut again = Process::start("coordinator again", &args, &cluster.out().join("logs/again.log"));
+    let status = again
+        .wait_for(Duration::from_secs(30))
+        .expect("it writes the run up at once");
+    assert!(status.success(), "{status}");
+    let s = summary(cluster.out());
+    assert!(s.finished, "{}", s.reason);
+    assert_eq!(s.rounds_closed, rounds);
+}

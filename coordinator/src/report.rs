@@ -809,6 +809,11 @@ impl Report {
             .map(|(i, &count)| (i as u32 + 1, count))
     }
 
+    /// Whether the last closed round has a report.
+    pub fn last_round_heard_from_anyone(&self) -> bool {
+        self.rounds_closed > 0 && self.rows.iter().any(|r| r.round == self.rounds_closed)
+    }
+
     pub fn every_round_failed(&self) -> bool {
         self.rounds_closed > 0 && self.failed_rounds == self.rounds_closed
     }

@@ -50,6 +50,12 @@ pub(crate) struct Start {
 /// Runs every round. Errors end the run early (too few nodes, nobody left, a journal
 /// that cannot be written).
 pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
+    // A run whose every round closed before a restart (its summary write failed, say)
+    // has nothing left to run: it is written up now, with no node to wait for.
+    if start.first_round >= shared.config.settings.rounds {
+        info!("every round closed before this restart; writing the run up");
+        return Ok(Ending::Finished);
+    }
     wait_for_members(&shared, &start).await?;
     write_split(&shared);
     write_links(&shared);
@@ -597,12 +603,15 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
     let anyone_left = {
         let state = shared.state();
         let report = shared.report();
-        state.members.all().any(|m| {
-            matches!(
-                m.presence,
-                crate::members::Presence::Live | crate::members::Presence::Joined
-            ) && report.reported_any(m.id)
-        })
+        // Someone still in it, or (a coordinator restarted after the last round, which
+        // no node is connected to) someone who reported that last round.
+        report.last_round_heard_from_anyone()
+            || state.members.all().any(|m| {
+                matches!(
+                    m.presence,
+                    crate::members::Presence::Live | crate::members::Presence::Joined
+                ) && report.reported_any(m.id)
+            })
     };
     // Every round must have heard from enough of the run's nodes to call it theirs.
     let nodes = shared.config.settings.nodes as usize;
