@@ -782,6 +782,24 @@ impl Children {
 /// alone, unless the directory has them already; the CA's key is never written, so
 /// nobody can issue another certificate under it.
 pub(crate) fn ensure_certs(dir: &Path, identities: &[Identity]) -> Result<()> {
+    // Certificates made for an earlier stretch of this run that are about to expire (a
+    // run resumed weeks later) are made anew, under a new CA: `wdml run` starts every
+    // process, so all of them get the new ones (the old CA's key was never written).
+    let age = std::fs::metadata(dir.join("ca.pem"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    if let Some(age) = age
+        && age + Duration::from_secs(86_400) > pki::DEFAULT_VALIDITY
+    {
+        eprintln!(
+            "the run's certificates in {} are {} days old and last {}: making them anew under a new CA",
+            dir.display(),
+            age.as_secs() / 86_400,
+            pki::DEFAULT_VALIDITY.as_secs() / 86_400
+        );
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
     if !dir.join("ca.pem").exists() {
         let authority = Authority::generate(pki::DEFAULT_VALIDITY)?;
         pki::write_dir(dir, &authority, identities, pki::DEFAULT_VALIDITY, false)?;
@@ -807,6 +825,29 @@ mod tests {
         // Within a second of each other (almost always the same one): the second is
         // the first with a suffix.
         assert!(b.starts_with(&a) || b.ends_with("-2") || !b.contains(&name), "{a} {b}");
+    }
+
+    #[test]
+    fn certificates_about_to_expire_are_made_anew_for_a_resumed_run() {
+        let dir = std::env::temp_dir().join(format!("wdml-certs-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let identities = [Identity::Coordinator, Identity::Node(0)];
+        ensure_certs(&dir, &identities).unwrap();
+        let first = std::fs::read(dir.join("ca.pem")).unwrap();
+        ensure_certs(&dir, &identities).unwrap();
+        assert_eq!(std::fs::read(dir.join("ca.pem")).unwrap(), first, "fresh ones are kept");
+        // Written 29.5 days ago: within a day of their 30.
+        let then = std::time::SystemTime::now() - Duration::from_secs(29 * 86_400 + 43_200);
+        std::fs::File::options()
+            .write(true)
+            .open(dir.join("ca.pem"))
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        ensure_certs(&dir, &identities).unwrap();
+        let renewed = std::fs::read(dir.join("ca.pem")).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(renewed, first, "a new CA");
     }
 
     /// The coordinator starts in a session of its own (its own share of the CPU where
