@@ -60,9 +60,39 @@ impl Error {
 
     /// An I/O error on `path`.
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        // An error from `wdml_proto::files` names the path already: said once ("disk
+        // full" printed the path twice).
+        let prefix = format!("{}: ", path.display());
+        let source = match source.to_string().strip_prefix(&prefix) {
+            Some(rest) => std::io::Error::new(source.kind(), rest.to_string()),
+            None => source,
+        };
         Error::Io {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_names_its_path_once() {
+        let path = Path::new("/runs/x/summary.json");
+        let named = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "/runs/x/summary.json: No space left on device (os error 28)",
+        );
+        assert_eq!(
+            Error::io(path, named).to_string(),
+            "/runs/x/summary.json: No space left on device (os error 28)"
+        );
+        let bare = std::io::Error::new(std::io::ErrorKind::StorageFull, "No space left on device (os error 28)");
+        assert_eq!(
+            Error::io(path, bare).to_string(),
+            "/runs/x/summary.json: No space left on device (os error 28)"
+        );
     }
 }
