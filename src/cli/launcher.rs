@@ -194,9 +194,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
         (None, Some(out), true) => Some(out.join("scenario.toml")).filter(|p| p.is_file()),
         _ => None,
     };
-    let scenario = Scenario::load(stored.as_deref().or(args.scenario.as_deref()), &args.overrides()?)?;
+    let mut scenario = Scenario::load(stored.as_deref().or(args.scenario.as_deref()), &args.overrides()?)?;
+    // Before the checks: they see the timeouts the run will have.
+    if stored.is_none() {
+        scale_timeouts(&mut scenario);
+    }
+    scenario.validate()?;
     scenario.preflight()?;
-    warn_if_crowded(&scenario);
     let out = match &args.out {
         Some(out) => out.clone(),
         None => claim_run_dir(&scenario.run.name)?,
@@ -220,32 +224,75 @@ pub fn main(args: Args) -> Result<ExitCode> {
     })
 }
 
-/// Says, before anything starts, which timeouts are short for this many processes on
-/// this machine's cores: on 2 cores, 256 nodes with the defaults lost 232 to the
-/// 3 s heartbeat timeout while they waited for a core.
-fn warn_if_crowded(scenario: &Scenario) {
+/// Many processes on few cores wait for a core for seconds at a time: on 2 cores, 256
+/// nodes with the default timeouts lost 232 to the 3 s heartbeat timeout while the run
+/// was called finished. Past 16 nodes a core, every timeout still at its default is
+/// raised to what worked for 256 and 1,024 nodes on 2 cores (`examples/scale.toml`),
+/// said on stderr and recorded in the run's scenario; one the user set is kept, and
+/// named if it is shorter.
+fn scale_timeouts(scenario: &mut Scenario) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_core = f64::from(scenario.nodes.count) / cores as f64;
     if per_core <= 16.0 {
         return;
     }
-    let (c, e) = (&scenario.coordinator, &scenario.exchange);
-    let short: Vec<String> = [
-        ("coordinator.heartbeat_timeout_ms", c.heartbeat_timeout_ms, 60_000),
-        ("coordinator.join_timeout_ms", c.join_timeout_ms, 900_000),
-        ("coordinator.sync_timeout_ms", c.sync_timeout_ms, 900_000),
-        ("exchange.connect_timeout_ms", e.connect_timeout_ms, 10_000),
-        ("exchange.timeout_ms", e.timeout_ms, 120_000),
-    ]
-    .into_iter()
-    .filter(|&(_, value, scale)| value < scale)
-    .map(|(field, value, scale)| format!("{field} = {value} (examples/scale.toml: {scale})"))
-    .collect();
+    let (defaults, exchange) = (
+        crate::scenario::CoordinatorSection::default(),
+        crate::scenario::ExchangeSection::default(),
+    );
+    let (c, e) = (&mut scenario.coordinator, &mut scenario.exchange);
+    let fields: [(&str, &mut u64, u64, u64); 6] = [
+        (
+            "coordinator.round_timeout_ms",
+            &mut c.round_timeout_ms,
+            defaults.round_timeout_ms,
+            600_000,
+        ),
+        (
+            "coordinator.heartbeat_timeout_ms",
+            &mut c.heartbeat_timeout_ms,
+            defaults.heartbeat_timeout_ms,
+            60_000,
+        ),
+        (
+            "coordinator.join_timeout_ms",
+            &mut c.join_timeout_ms,
+            defaults.join_timeout_ms,
+            900_000,
+        ),
+        (
+            "coordinator.sync_timeout_ms",
+            &mut c.sync_timeout_ms,
+            defaults.sync_timeout_ms,
+            900_000,
+        ),
+        (
+            "exchange.connect_timeout_ms",
+            &mut e.connect_timeout_ms,
+            exchange.connect_timeout_ms,
+            10_000,
+        ),
+        ("exchange.timeout_ms", &mut e.timeout_ms, exchange.timeout_ms, 120_000),
+    ];
+    let (mut raised, mut short) = (Vec::new(), Vec::new());
+    for (field, value, default, scale) in fields {
+        if *value == default && default < scale {
+            *value = scale;
+            raised.push(format!("{field} = {scale}"));
+        } else if *value < scale {
+            short.push(format!("{field} = {value} (examples/scale.toml: {scale})"));
+        }
+    }
+    let nodes = scenario.nodes.count;
+    if !raised.is_empty() {
+        eprintln!(
+            "{nodes} nodes on {cores} cores ({per_core:.0} a core): raised the default timeouts: {}",
+            raised.join(", ")
+        );
+    }
     if !short.is_empty() {
         eprintln!(
-            "warning: {} nodes on {cores} cores ({per_core:.0} a core) wait for a core for seconds at a time; \
-             these timeouts are short for that, raise them: {}",
-            scenario.nodes.count,
+            "warning: {nodes} nodes on {cores} cores wait for a core for seconds at a time; these timeouts are short for that: {}",
             short.join(", ")
         );
     }
@@ -825,6 +872,25 @@ mod tests {
         // Within a second of each other (almost always the same one): the second is
         // the first with a suffix.
         assert!(b.starts_with(&a) || b.ends_with("-2") || !b.contains(&name), "{a} {b}");
+    }
+
+    #[test]
+    fn crowded_runs_get_the_timeouts_that_worked_at_scale_unless_the_user_set_them() {
+        let mut scenario = Scenario::load(None, &["nodes.count=4096".into()]).unwrap();
+        scenario.coordinator.heartbeat_timeout_ms = 5_000;
+        scale_timeouts(&mut scenario);
+        assert_eq!(
+            scenario.coordinator.heartbeat_timeout_ms, 5_000,
+            "the user's own is kept"
+        );
+        assert_eq!(scenario.coordinator.join_timeout_ms, 900_000);
+        assert_eq!(scenario.exchange.connect_timeout_ms, 10_000);
+        assert_eq!(scenario.exchange.timeout_ms, 120_000);
+        scenario.validate().unwrap();
+        // The quickstart's four nodes keep every default.
+        let mut small = Scenario::load(None, &[]).unwrap();
+        scale_timeouts(&mut small);
+        assert_eq!(small, Scenario::load(None, &[]).unwrap());
     }
 
     #[test]
