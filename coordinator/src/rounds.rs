@@ -464,7 +464,16 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
         if reported >= awaited {
             return Barrier::Closed { awaited };
         }
-        if let Some(slowest) = suspects_only {
+        let now = tokio::time::Instant::now();
+        if let Closing::Quorum { grace_s, .. } = closing
+            && reported >= closing.needed(awaited)
+            && close_at == timeout
+        {
+            close_at = now + config.wall(grace_s);
+            info!(reported, awaited, "quorum reached; closing after the grace period");
+        }
+        // Under `sync` only: `quorum` and `deadline` bound the wait by their own rule.
+        if let (Closing::Sync, Some(slowest)) = (closing, suspects_only) {
             let patience = started + (slowest * 2).max(Duration::from_millis(200));
             if patience < close_at {
                 info!(
@@ -474,14 +483,6 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
                 );
                 close_at = patience;
             }
-        }
-        let now = tokio::time::Instant::now();
-        if let Closing::Quorum { grace_s, .. } = closing
-            && reported >= closing.needed(awaited)
-            && close_at == timeout
-        {
-            close_at = now + config.wall(grace_s);
-            info!(reported, awaited, "quorum reached; closing after the grace period");
         }
         let close_at = close_at.min(timeout);
         if now >= close_at {

@@ -467,6 +467,11 @@ fn record_done(state: &mut State, id: u32, done: Done, max_message_bytes: u64) -
         .as_ref()
         .ok_or_else(|| Status::invalid_argument("Done without metrics"))?;
     validate_metrics(metrics)?;
+    // The run is written up: nothing more goes into its record (a late report filed
+    // after the summary made late.jsonl disagree with it).
+    if state.finished {
+        return Ok(Filed::Ignored);
+    }
     let open_round = state.open.as_ref().map(|o| (o.round, o.token));
     if let Some(open) = state
         .open
