@@ -237,10 +237,7 @@ impl RunPlan {
             adversary_kind,
             silent_after: s.silent_after,
             adaptive_deadline: s.adaptive_deadline,
-            connect_timeout: match s.connect_timeout_ms {
-                0 => wdml_proto::transport::CONNECT_TIMEOUT,
-                ms => Duration::from_millis(u64::from(ms)),
-            },
+            connect_timeout: wdml_proto::transport::peer_connect_timeout(s.connect_timeout_ms),
         })
     }
 

@@ -310,6 +310,16 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// two cores. A stalled handshake still holds one of a bounded set of slots, and the
 /// oldest is evicted when they run out ([`Limits`]).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A neighbour's connect deadline as `RunSettings.connect_timeout_ms` gives it: 0 is
+/// the transport's own [`CONNECT_TIMEOUT`]. The nodes and the coordinator's probe
+/// read it alike.
+pub fn peer_connect_timeout(ms: u32) -> Duration {
+    match ms {
+        0 => CONNECT_TIMEOUT,
+        ms => Duration::from_millis(u64::from(ms)),
+    }
+}
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The identity a certificate names, if it names exactly one of ours.
