@@ -36,6 +36,7 @@ use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
 use crate::learn::{Learn, Learner};
 use crate::model::ModelSpec;
+use crate::model::kernels::{self, Kernels};
 use crate::plan::RunPlan;
 use crate::round::{AddressBook, EVAL_BATCH, Node, message, run_round};
 use crate::shard::{BatchSampler, Shard};
@@ -101,6 +102,7 @@ pub enum Outcome {
 /// Runs the node with its peer service on `listener` until the run ends or
 /// `shutdown` completes.
 pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<Outcome> {
+    let kernels = Kernels::from_env().map_err(|e| Error::config(kernels::VAR, e))?;
     let advertise = advertised_address(&config, &listener)?;
     if let Some(identity) = config.security.identity()
         && identity != Identity::Node(config.id)
@@ -158,7 +160,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         ModelSpec::External { .. } => declared,
         _ => model.parameter_count() as u64,
     };
-    info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, "joined");
+    info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, kernels = kernels.describe(), "joined");
 
     let mut node = prepare(&config, plan, model).await?;
     // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).

@@ -52,6 +52,12 @@ enum Command {
 pub fn main(cli: Cli) -> ExitCode {
     let command = cli.command.unwrap_or_else(|| Command::Run(launcher::Args::default()));
     quiet_on_broken_pipe();
+    // Read once for the whole process (and inherited by the nodes it starts): a bad
+    // value is refused before any work, not met mid-run.
+    if let Err(e) = wdml_node::model::kernels::Kernels::from_env() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let result = match command {
         Command::Run(args) => launcher::main(args),
         Command::Coordinator(args) => coordinator::main(args),

@@ -14,9 +14,13 @@
 //! the blocks before it. The kernel here does exactly that, with `kc` from the same
 //! function of the same crate. The order of the multiply-adds, not the vector width,
 //! decides the rounding, so a node's results (and every seeded figure) are those of
-//! Candle's matmul on every machine; the tests compare the bits.
+//! Candle's matmul on every x86-64 CPU with FMA, with or without AVX-512 (other CPU
+//! families: docs/determinism.md); the tests compare the bits of both paths, and
+//! `WDML_KERNELS=portable` ([`super::kernels`]) forces Candle's path for a whole run.
 
 use candle_core::{Result, bail};
+
+use super::kernels::Kernels;
 
 /// A matrix over a slice: element `(i, j)` is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -94,8 +98,13 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `a · b`, row-major `[a.rows, b.cols]`.
+/// `a · b`, row-major `[a.rows, b.cols]`, on the process's kernels.
 pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
+    matmul_on(Kernels::active(), a, b)
+}
+
+/// `a · b` on the given kernels (the tests run both).
+fn matmul_on(kernels: Kernels, a: Mat, b: Mat) -> Result<Vec<f32>> {
     if a.cols != b.rows {
         bail!("matmul: {}×{} by {}×{}", a.rows, a.cols, b.rows, b.cols)
     }
@@ -107,7 +116,7 @@ pub fn matmul(a: Mat, b: Mat) -> Result<Vec<f32>> {
     // weight gradient, 10 × 320 by 320 × 128, ran 1.2× faster than `gemm`). `gemm` has
     // paths of its own, in another order, for one row and for k ≤ 2.
     #[cfg(target_arch = "x86_64")]
-    if m >= 2 && n >= 32 && k > 2 && avx512::available() {
+    if m >= 2 && n >= 32 && k > 2 && kernels.avx512() {
         let mut c = Vec::with_capacity(m * n);
         // SAFETY: the CPU has AVX-512F (checked above); `a`, `b` are in bounds (checked
         // when built); the kernel writes each of the m·n values of `c` (its first block
@@ -179,7 +188,6 @@ fn with_gemm_crate(a: &Mat, b: &Mat, c: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
-    use std::sync::OnceLock;
 
     use super::Mat;
 
@@ -188,11 +196,6 @@ mod avx512 {
     const MR: usize = 12;
     /// Columns per kernel call: two vectors of 16.
     const NR: usize = 32;
-
-    pub fn available() -> bool {
-        static AVX512: OnceLock<bool> = OnceLock::new();
-        *AVX512.get_or_init(|| is_x86_feature_detected!("avx512f"))
-    }
 
     /// `c = a · b` (`c` row-major, initialised or not: every element is written before it
     /// is read), the contraction in blocks of `kc`.
@@ -577,18 +580,27 @@ mod tests {
             (13, 1100, 40),
             (1, 300, 64),
         ];
-        for (m, k, n) in shapes {
-            let (a, b) = (values(m * k, 1), values(k * n, 2));
-            for a_t in [false, true] {
-                for b_t in [false, true] {
-                    let ours = matmul(Mat::stored(&a, m, k, a_t), Mat::stored(&b, k, n, b_t)).unwrap();
-                    let theirs = candle(&a, (m, k), a_t, &b, n, b_t);
-                    let differ = bits(&ours).iter().zip(bits(&theirs)).filter(|(x, y)| *x != y).count();
-                    assert_eq!(
-                        (ours.len(), differ),
-                        (m * n, 0),
-                        "{m}×{k} by {k}×{n}, a transposed {a_t}, b transposed {b_t}: values that differ"
-                    );
+        // Both paths, whatever WDML_KERNELS says: on a CPU without AVX-512 the native
+        // one is the portable one, and that is said rather than passed in silence.
+        if !Kernels::Native.avx512() {
+            eprintln!(
+                "SKIPPED: gemm AVX-512 kernel bits: this CPU has no AVX-512F (the portable path is still checked)"
+            );
+        }
+        for kernels in [Kernels::Native, Kernels::Portable] {
+            for (m, k, n) in shapes {
+                let (a, b) = (values(m * k, 1), values(k * n, 2));
+                for a_t in [false, true] {
+                    for b_t in [false, true] {
+                        let ours = matmul_on(kernels, Mat::stored(&a, m, k, a_t), Mat::stored(&b, k, n, b_t)).unwrap();
+                        let theirs = candle(&a, (m, k), a_t, &b, n, b_t);
+                        let differ = bits(&ours).iter().zip(bits(&theirs)).filter(|(x, y)| *x != y).count();
+                        assert_eq!(
+                            (ours.len(), differ),
+                            (m * n, 0),
+                            "{kernels:?}: {m}×{k} by {k}×{n}, a transposed {a_t}, b transposed {b_t}: values that differ"
+                        );
+                    }
                 }
             }
         }
@@ -616,7 +628,7 @@ mod timing {
     #[test]
     #[ignore = "timing; run on an idle machine"]
     fn gemm_timing() {
-        if !avx512::available() {
+        if !Kernels::Native.avx512() {
             println!("no AVX-512 on this CPU: every product takes the gemm crate");
             return;
         }

@@ -12,6 +12,7 @@ mod cnn;
 mod flops;
 pub(crate) mod gemm;
 pub mod init;
+pub mod kernels;
 mod layers;
 mod mlp;
 pub(crate) mod ops;

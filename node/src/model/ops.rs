@@ -25,6 +25,7 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use super::gemm::{self, Mat};
+use super::kernels::Kernels;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Storage, Tensor, bail};
@@ -153,13 +154,11 @@ fn conv_one_channel(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, w_full: &
     None
 }
 
-/// Whether this CPU runs [`conv_one_channel`]'s kernel: AVX-512F and FMA (FMA also
-/// makes `gemm` fuse its multiply-adds, the order the kernel follows).
+/// Whether this process runs [`conv_one_channel`]'s kernel: AVX-512F and FMA (FMA also
+/// makes `gemm` fuse its multiply-adds, the order the kernel follows), unless
+/// `WDML_KERNELS=portable`.
 fn direct_conv() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    Kernels::active().avx512_fma()
 }
 
 /// [`conv_one_channel`]'s loop, for 16 output channels at a time: per pixel, its
@@ -713,6 +712,14 @@ mod tests {
     /// (with one, or one row, the product runs: `gemm` takes another order there).
     #[test]
     fn a_one_channel_convolution_is_the_products_bit_for_bit() {
+        if !direct_conv() {
+            eprintln!(
+                "SKIPPED: {}: the direct kernel needs AVX-512F and FMA ({})",
+                stringify!(a_one_channel_convolution_is_the_products_bit_for_bit),
+                Kernels::active().describe()
+            );
+            return;
+        }
         let (b, h, w) = (3, 6, 8);
         let x: Vec<f32> = (0..b * h * w)
             .map(|i| {
@@ -760,6 +767,14 @@ mod tests {
     /// channels (a tail of lanes past 16 and 32).
     #[test]
     fn a_one_channel_weight_gradient_is_the_products_bit_for_bit() {
+        if !direct_conv() {
+            eprintln!(
+                "SKIPPED: {}: the direct kernel needs AVX-512F and FMA ({})",
+                stringify!(a_one_channel_weight_gradient_is_the_products_bit_for_bit),
+                Kernels::active().describe()
+            );
+            return;
+        }
         let (b, h, w) = (14, 8, 6);
         let x: Vec<f32> = (0..b * h * w)
             .map(|i| {
