@@ -7,6 +7,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        // The metrics a node reports are written to metrics.jsonl as they are, under
+        // their proto names: one schema from the wire to the run directory. Fields a
+        // later version adds read as 0 from older run directories.
+        .type_attribute(
+            "wdml.v1.RoundMetrics",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .compile_fds(descriptors)?;
     Ok(())
 }

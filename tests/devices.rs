@@ -51,26 +51,26 @@ fn device_time_and_energy_follow_the_flops_whatever_the_load() {
     assert_eq!(a.len(), 9);
     for (x, y) in a.iter().zip(&b) {
         assert_eq!((x.round, x.node), (y.round, y.node));
-        assert_eq!(x.flops, FLOPS_PER_ROUND, "{x:?}");
+        assert_eq!(x.metrics.flops, FLOPS_PER_ROUND, "{x:?}");
         assert_eq!(
-            (x.flops, x.device_compute_s, x.compute_energy_j),
-            (y.flops, y.device_compute_s, y.compute_energy_j),
+            (x.metrics.flops, x.metrics.device_compute_s, x.metrics.compute_energy_j),
+            (y.metrics.flops, y.metrics.device_compute_s, y.metrics.compute_energy_j),
             "node {} round {}",
             x.node,
             x.round
         );
         // Node k emulates devices[k % 2]: a phone (10.4 GFLOP/s, 2 W) or 2 GFLOP/s at 0.5 W.
         let (rate, watts) = if x.node % 2 == 0 { (10.4e9, 2.0) } else { (2e9, 0.5) };
-        assert_eq!(x.device_compute_s, FLOPS_PER_ROUND as f64 / rate);
-        assert_eq!(x.compute_energy_j, x.device_compute_s * watts);
-        assert_eq!(x.emulated_round_s, y.emulated_round_s);
+        assert_eq!(x.metrics.device_compute_s, FLOPS_PER_ROUND as f64 / rate);
+        assert_eq!(x.metrics.compute_energy_j, x.metrics.device_compute_s * watts);
+        assert_eq!(x.metrics.emulated_round_s, y.metrics.emulated_round_s);
         // The emulated clock (an ideal radio carries messages in no time): a node sends
         // once its predictions are computed and trains once the slowest neighbour's
         // have arrived — the 2 GFLOP/s node 1 is everyone's neighbour and slowest.
         let before = PREDICTIONS;
         let ready = before as f64 / 2e9;
         assert_eq!(
-            x.emulated_round_s,
+            x.metrics.emulated_round_s,
             ready + (FLOPS_PER_ROUND - before) as f64 / rate,
             "{x:?}"
         );
@@ -85,8 +85,8 @@ fn without_devices_the_work_is_counted_and_no_device_time_is_made_up() {
     assert!(launch(dir.path(), &overrides).status.success());
     for row in metrics(dir.path()) {
         // local: 15 steps of 32 private images, no public batch.
-        assert_eq!(row.flops, 15 * 32 * 204_544);
-        assert_eq!((row.device_compute_s, row.compute_energy_j), (0.0, 0.0));
-        assert_eq!(row.emulated_round_s, 0.0);
+        assert_eq!(row.metrics.flops, 15 * 32 * 204_544);
+        assert_eq!((row.metrics.device_compute_s, row.metrics.compute_energy_j), (0.0, 0.0));
+        assert_eq!(row.metrics.emulated_round_s, 0.0);
     }
 }

@@ -21,22 +21,29 @@ fn dml_nodes_learn_and_send_exactly_batch_times_classes_per_neighbour() {
     let (public_batch, classes, f16_bytes, neighbours) = (64, 10, 2, 2);
     for row in &rows {
         assert_eq!(
-            row.payload_bytes_sent,
+            row.metrics.payload_bytes_sent,
             neighbours * public_batch * classes * f16_bytes,
             "{row:?}"
         );
         assert_eq!(
-            row.payload_bytes_received,
+            row.metrics.payload_bytes_received,
             neighbours * public_batch * classes * f16_bytes
         );
-        assert_eq!((row.messages_sent, row.messages_received, row.messages_lost), (2, 2, 0));
+        assert_eq!(
+            (
+                row.metrics.messages_sent,
+                row.metrics.messages_received,
+                row.metrics.messages_lost
+            ),
+            (2, 2, 0)
+        );
         assert!(
-            row.wire_bytes_sent > row.payload_bytes_sent,
+            row.metrics.wire_bytes_sent > row.metrics.payload_bytes_sent,
             "frame headers cost bytes too"
         );
-        assert!(row.kl_loss > 0.0, "the distillation term is active");
+        assert!(row.metrics.kl_loss > 0.0, "the distillation term is active");
         // 15 training steps and an evaluation are measured as CPU time, not only wall.
-        assert!(row.compute_cpu_ms > 0.0, "{row:?}");
+        assert!(row.metrics.compute_cpu_ms > 0.0, "{row:?}");
     }
     let s = summary(dir.path());
     assert!(s.finished);
@@ -72,14 +79,18 @@ fn local_exchanges_nothing_and_keeps_the_same_partition() {
     assert_eq!(rows.len(), 6);
     for row in &rows {
         assert_eq!(
-            (row.payload_bytes_sent, row.wire_bytes_sent, row.wire_bytes_received),
+            (
+                row.metrics.payload_bytes_sent,
+                row.metrics.wire_bytes_sent,
+                row.metrics.wire_bytes_received
+            ),
             (0, 0, 0)
         );
-        assert_eq!((row.messages_sent, row.messages_received), (0, 0));
-        assert_eq!(row.kl_loss, 0.0);
-        assert!(row.test_accuracy > 0.3);
+        assert_eq!((row.metrics.messages_sent, row.metrics.messages_received), (0, 0));
+        assert_eq!(row.metrics.kl_loss, 0.0);
+        assert!(row.metrics.test_accuracy > 0.3);
     }
-    let shard = |rows: &[MetricsRow], node| rows.iter().find(|r| r.node == node).unwrap().private_samples;
+    let shard = |rows: &[MetricsRow], node| rows.iter().find(|r| r.node == node).unwrap().metrics.private_samples;
     let dml_rows = metrics(dml.path());
     for node in 0..3 {
         assert!(shard(&rows, node) > 0);
@@ -104,13 +115,10 @@ fn the_same_seed_gives_the_same_metrics_and_radio_accounting() {
     // Everything but the measured timings.
     let learned = |rows: Vec<MetricsRow>| -> Vec<MetricsRow> {
         rows.into_iter()
-            .map(|r| MetricsRow {
-                compute_ms: 0.0,
-                compute_cpu_ms: 0.0,
-                exchange_ms: 0.0,
-                wait_ms: 0.0,
-                round_ms: 0.0,
-                ..r
+            .map(|mut r| {
+                (r.metrics.compute_ms, r.metrics.compute_cpu_ms, r.metrics.exchange_ms) = (0.0, 0.0, 0.0);
+                (r.wait_ms, r.round_ms) = (0.0, 0.0);
+                r
             })
             .collect()
     };
@@ -149,7 +157,8 @@ fn a_killed_node_is_marked_gone_and_the_others_finish_every_round() {
         .filter(|r| r.round == rounds)
         .collect::<Vec<_>>();
     assert!(
-        last.iter().all(|r| r.messages_lost == 0 && r.messages_received == 1),
+        last.iter()
+            .all(|r| r.metrics.messages_lost == 0 && r.metrics.messages_received == 1),
         "{last:?}"
     );
 }
@@ -238,7 +247,7 @@ mod bad_messages {
         );
         assert!(node0.final_accuracy.unwrap() > 0.6);
         // The good messages kept flowing.
-        assert!(metrics(cluster.out()).iter().all(|r| r.messages_lost == 0));
+        assert!(metrics(cluster.out()).iter().all(|r| r.metrics.messages_lost == 0));
     }
 }
 
@@ -256,30 +265,33 @@ fn a_d2d_edge_run_loses_messages_and_still_completes_every_round() {
     assert!(s.finished);
     assert!(s.nodes.iter().all(|n| n.rounds_reported == rounds), "{:?}", s.nodes);
     let rows = metrics(dir.path());
-    assert!(rows.iter().any(|r| r.messages_lost > 0), "d2d-edge lost nothing");
+    assert!(
+        rows.iter().any(|r| r.metrics.messages_lost > 0),
+        "d2d-edge lost nothing"
+    );
     for row in &rows {
         // Air time and energy exactly when frames went on the air (an outage sends nothing).
-        assert_eq!(row.airtime_s > 0.0, row.frames_sent > 0, "{row:?}");
-        assert_eq!(row.tx_energy_j > 0.0, row.frames_sent > 0, "{row:?}");
-        assert!(row.rx_energy_j > 0.0 || row.peers_heard == 0, "{row:?}");
+        assert_eq!(row.metrics.airtime_s > 0.0, row.metrics.frames_sent > 0, "{row:?}");
+        assert_eq!(row.metrics.tx_energy_j > 0.0, row.metrics.frames_sent > 0, "{row:?}");
+        assert!(row.metrics.rx_energy_j > 0.0 || row.metrics.peers_heard == 0, "{row:?}");
         assert_eq!(
-            row.messages_received + row.messages_lost,
+            row.metrics.messages_received + row.metrics.messages_lost,
             3,
             "every neighbour is heard or lost"
         );
         assert_eq!(
-            row.messages_rejected, 0,
+            row.metrics.messages_rejected, 0,
             "a message lost on the air is no bad message: {row:?}"
         );
         // Heard nobody: trained on its own data alone (no distillation term).
-        if row.peers_heard == 0 {
-            assert_eq!(row.kl_loss, 0.0, "{row:?}");
+        if row.metrics.peers_heard == 0 {
+            assert_eq!(row.metrics.kl_loss, 0.0, "{row:?}");
         } else {
-            assert!(row.kl_loss > 0.0, "{row:?}");
+            assert!(row.metrics.kl_loss > 0.0, "{row:?}");
         }
     }
     assert!(
-        rows.iter().any(|r| r.peers_heard == 0),
+        rows.iter().any(|r| r.metrics.peers_heard == 0),
         "no node was cut off in any round: the case is untested"
     );
 }
@@ -317,7 +329,7 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     assert!(dir.path().join("comparison.png").exists());
 
     // Parameters (50,890 of mlp:64, f32) against predictions (64 × 10, q8), per neighbour.
-    let payload = |algorithm: &str| metrics(&dir.path().join(algorithm))[0].payload_bytes_sent;
+    let payload = |algorithm: &str| metrics(&dir.path().join(algorithm))[0].metrics.payload_bytes_sent;
     assert_eq!(payload("fedavg"), 2 * 50_890 * 4);
     assert_eq!(payload("dml"), 2 * 64 * 10);
     assert_eq!(payload("local"), 0);
@@ -330,7 +342,7 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
         let accuracies: Vec<f64> = fedavg
             .iter()
             .filter(|r| r.round == round)
-            .map(|r| r.test_accuracy)
+            .map(|r| r.metrics.test_accuracy)
             .collect();
         assert_eq!(accuracies.len(), 3);
         assert!(
@@ -370,7 +382,11 @@ fn compare_across_seeds_runs_each_seed_and_reports_their_spread() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     // Each seed is its own run: its own initialisation and batches, so its own losses.
-    let first_loss = |seed: u64| metrics(&dir.path().join(format!("seed-{seed}/local")))[0].train_loss;
+    let first_loss = |seed: u64| {
+        metrics(&dir.path().join(format!("seed-{seed}/local")))[0]
+            .metrics
+            .train_loss
+    };
     assert_ne!(first_loss(4), first_loss(5));
     let final_mean = |seed: u64| -> f64 {
         let json = std::fs::read_to_string(dir.path().join(format!("seed-{seed}/comparison.json"))).unwrap();
@@ -438,7 +454,7 @@ fn a_node_that_comes_back_rejoins_and_trains_again() {
     let rejoined_at = s.events[back].round;
     assert!(
         rows.iter()
-            .any(|r| r.node == 2 && r.round >= rejoined_at && r.messages_received > 0),
+            .any(|r| r.node == 2 && r.round >= rejoined_at && r.metrics.messages_received > 0),
         "node 2 exchanged again after rejoining"
     );
     assert!(

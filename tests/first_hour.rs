@@ -53,7 +53,12 @@ fn a_run_counts_rounds_from_one_ends_at_once_and_logs_without_colour() {
     for node in &split.nodes {
         let row = metrics(dir.path()).into_iter().find(|r| r.node == node.node).unwrap();
         assert_eq!(node.histogram.len(), 10);
-        assert_eq!(node.samples, u64::from(row.private_samples), "node {}", node.node);
+        assert_eq!(
+            node.samples,
+            u64::from(row.metrics.private_samples),
+            "node {}",
+            node.node
+        );
         assert_eq!(node.histogram.iter().map(|&c| u64::from(c)).sum::<u64>(), node.samples);
     }
     let figure = std::fs::read_to_string(dir.path().join("split.svg")).unwrap();

@@ -120,12 +120,21 @@ fn members_nobody_can_reach_cost_a_connect_deadline_then_leave_the_exchange() {
     for row in rows.iter().filter(|r| r.round == rounds) {
         match row.node {
             0..4 => assert_eq!(
-                (row.messages_sent, row.messages_received, row.messages_lost),
+                (
+                    row.metrics.messages_sent,
+                    row.metrics.messages_received,
+                    row.metrics.messages_lost
+                ),
                 (3, 3, 0),
                 "node {} in the last round",
                 row.node
             ),
-            _ => assert_eq!((row.messages_sent, row.messages_lost), (0, 0), "node {}", row.node),
+            _ => assert_eq!(
+                (row.metrics.messages_sent, row.metrics.messages_lost),
+                (0, 0),
+                "node {}",
+                row.node
+            ),
         }
     }
 }

@@ -89,7 +89,7 @@ fn nodes_on_distinct_addresses_exchange_through_the_addresses_they_advertise() {
     assert_eq!(rows.len(), 4 * rounds as usize, "4 nodes × {rounds} rounds");
     for row in &rows {
         assert!(
-            row.messages_received > 0 && row.peers_heard > 0,
+            row.metrics.messages_received > 0 && row.metrics.peers_heard > 0,
             "node {} heard nobody in round {}: {row:?}",
             row.node,
             row.round

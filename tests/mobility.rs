@@ -78,6 +78,11 @@ fn a_node_that_walks_out_of_range_stops_being_a_neighbour_and_comes_back() {
     for r in &rounds {
         let row = rows.iter().find(|m| m.round == r.round && m.node == 0).unwrap();
         let expected = r.neighbours[0].len() as u32;
-        assert_eq!(row.peers_heard + row.messages_lost, expected, "round {}", r.round);
+        assert_eq!(
+            row.metrics.peers_heard + row.metrics.messages_lost,
+            expected,
+            "round {}",
+            r.round
+        );
     }
 }

@@ -82,10 +82,13 @@ fn a_quorum_round_closes_without_the_straggler_which_reports_late_and_skips_ahea
     // round's emulated span is the quorum's (0.15 s of compute) plus the grace, not the
     // straggler's 0.75 s.
     let fast: Vec<&MetricsRow> = rows.iter().filter(|r| r.node != STRAGGLER).collect();
-    assert!(fast.iter().any(|r| r.stale_used > 0), "no stale predictions used");
-    assert!(fast.iter().all(|r| r.stale_age <= 8.0), "too old");
+    assert!(
+        fast.iter().any(|r| r.metrics.stale_used > 0),
+        "no stale predictions used"
+    );
+    assert!(fast.iter().all(|r| r.metrics.stale_age <= 8.0), "too old");
     // Within the bound, its neighbours refused none of its messages.
-    assert!(fast.iter().all(|r| r.messages_rejected == 0), "{fast:?}");
+    assert!(fast.iter().all(|r| r.metrics.messages_rejected == 0), "{fast:?}");
     let without: Vec<&MetricsRow> = fast
         .iter()
         .copied()
@@ -107,7 +110,7 @@ fn without_staleness_a_straggler_s_predictions_are_never_used() {
     let out = TempDir::new("quorum-fresh-only");
     assert!(launch(out.path(), &semi_synchronous("quorum", 0)).status.success());
     let rows = metrics(out.path());
-    assert!(rows.iter().all(|r| r.stale_used == 0));
+    assert!(rows.iter().all(|r| r.metrics.stale_used == 0));
     // Late still, and recorded so; whether one of its messages is refused as too old
     // depends on when it lands (the mailbox's unit tests pin that down exactly).
     assert!(!MetricsRow::read_late(out.path()).unwrap().is_empty());

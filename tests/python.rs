@@ -97,29 +97,42 @@ fn a_numpy_device_learns_beside_candle_nodes_and_its_radio_is_a_rust_nodes() {
 
     // All three learn well above chance (10 %).
     for row in python.iter().filter(|r| r.round == rounds) {
-        assert!(row.test_accuracy > 0.6, "node {} at {:.3}", row.node, row.test_accuracy);
+        assert!(
+            row.metrics.test_accuracy > 0.6,
+            "node {} at {:.3}",
+            row.node,
+            row.metrics.test_accuracy
+        );
     }
     // Predictions cross both ways, every round, and each message is the public batch ×
     // the classes × 1 byte (q8) plus its scale and offset.
     let message = wdml_proto::message::payload_bytes(Encoding::Q8, 128, 10, 0).unwrap();
     for row in &python {
         assert_eq!(
-            (row.peers_heard, row.messages_sent, row.messages_received),
+            (
+                row.metrics.peers_heard,
+                row.metrics.messages_sent,
+                row.metrics.messages_received
+            ),
             (2, 2, 2),
             "node {} round {}",
             row.node,
             row.round
         );
-        assert_eq!(row.payload_bytes_sent, 2 * message, "node {}", row.node);
-        assert_eq!(row.payload_bytes_received, 2 * message, "node {}", row.node);
-        assert!(row.kl_loss > 0.0, "node {} distils from its neighbours", row.node);
+        assert_eq!(row.metrics.payload_bytes_sent, 2 * message, "node {}", row.node);
+        assert_eq!(row.metrics.payload_bytes_received, 2 * message, "node {}", row.node);
+        assert!(
+            row.metrics.kl_loss > 0.0,
+            "node {} distils from its neighbours",
+            row.node
+        );
     }
     // Its training is timed like a Rust node's; its FLOPs are unknown (0).
     assert!(
         python
             .iter()
             .filter(|r| r.node == 2)
-            .all(|r| r.compute_ms > 0.0 && r.flops == 0)
+            .all(|r| r.metrics.compute_ms > 0.0 && r.metrics.flops == 0)
     );
 
     // The same run with a Candle MLP as node 2: the radio (every draw is the seed's and
@@ -135,13 +148,13 @@ fn a_numpy_device_learns_beside_candle_nodes_and_its_radio_is_a_rust_nodes() {
         (
             r.round,
             r.node,
-            r.frames_sent,
-            r.retransmissions,
-            r.payload_bytes_sent,
-            r.payload_bytes_received,
-            r.airtime_s.to_bits(),
-            r.tx_energy_j.to_bits(),
-            r.rx_energy_j.to_bits(),
+            r.metrics.frames_sent,
+            r.metrics.retransmissions,
+            r.metrics.payload_bytes_sent,
+            r.metrics.payload_bytes_received,
+            r.metrics.airtime_s.to_bits(),
+            r.metrics.tx_energy_j.to_bits(),
+            r.metrics.rx_energy_j.to_bits(),
         )
     };
     let key = |r: &&MetricsRow| (r.round, r.node);

@@ -63,7 +63,7 @@ fn a_node_killed_mid_run_resumes_from_its_checkpoint() {
     // as filed, or as the node logged it when its report was cut.
     let rows = metrics(cluster.out());
     let reported = match rows.iter().find(|r| r.node == 2 && r.round == resumed) {
-        Some(row) => row.test_accuracy,
+        Some(row) => row.metrics.test_accuracy,
         None => log
             .split(&format!("round done node=2 round={resumed} accuracy=\""))
             .nth(1)

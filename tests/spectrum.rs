@@ -49,9 +49,9 @@ fn per_round(rows: &[MetricsRow]) -> Vec<(f64, f64, f64)> {
         .map(|round| {
             let these: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
             assert_eq!(these.len(), 4, "round {round}");
-            let airtime: f64 = these.iter().map(|r| r.airtime_s).sum();
-            let last = these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max);
-            let longest = these.iter().map(|r| r.airtime_s).fold(0.0, f64::max);
+            let airtime: f64 = these.iter().map(|r| r.metrics.airtime_s).sum();
+            let last = these.iter().map(|r| r.metrics.emulated_round_s).fold(0.0, f64::max);
+            let longest = these.iter().map(|r| r.metrics.airtime_s).fold(0.0, f64::max);
             (airtime, last, longest)
         })
         .collect()
@@ -64,8 +64,14 @@ fn a_shared_band_takes_turns_and_broadcast_takes_fewer() {
     let broadcast = run("shared", "broadcast");
     // The same transmissions (same seed, same channel draws), only scheduled apart.
     for (d, s) in dedicated.iter().zip(&shared) {
-        assert_eq!((d.node, d.round, d.airtime_s), (s.node, s.round, s.airtime_s));
-        assert_eq!(d.test_accuracy, s.test_accuracy, "timing never shapes learning");
+        assert_eq!(
+            (d.node, d.round, d.metrics.airtime_s),
+            (s.node, s.round, s.metrics.airtime_s)
+        );
+        assert_eq!(
+            d.metrics.test_accuracy, s.metrics.test_accuracy,
+            "timing never shapes learning"
+        );
     }
     for ((airtime, dedicated_last, longest), (_, shared_last, _)) in
         per_round(&dedicated).into_iter().zip(per_round(&shared))
@@ -84,7 +90,7 @@ fn a_shared_band_takes_turns_and_broadcast_takes_fewer() {
         assert!(dedicated_last < shared_last);
     }
     // Broadcast: one transmission per frame to the three neighbours at once.
-    let frames = |rows: &[MetricsRow]| rows.iter().map(|r| u64::from(r.frames_sent)).sum::<u64>();
+    let frames = |rows: &[MetricsRow]| rows.iter().map(|r| u64::from(r.metrics.frames_sent)).sum::<u64>();
     assert_eq!(frames(&shared), 3 * frames(&broadcast));
     for ((unicast_air, unicast_last, _), (broadcast_air, broadcast_last, _)) in
         per_round(&shared).into_iter().zip(per_round(&broadcast))
@@ -110,18 +116,29 @@ fn over_the_air_without_noise_learns_exactly_as_digital_exchange_and_with_noise_
     for ((d, i), n) in digital.iter().zip(&ideal).zip(&noisy) {
         assert_eq!((d.node, d.round), (i.node, i.round));
         assert_eq!(
-            i.peers_heard, 3,
+            i.metrics.peers_heard, 3,
             "node {} round {}: every neighbour aligned",
             i.node, i.round
         );
-        assert_eq!(d.test_accuracy, i.test_accuracy, "node {} round {}", i.node, i.round);
-        assert_eq!(d.kl_loss, i.kl_loss, "node {} round {}", i.node, i.round);
+        assert_eq!(
+            d.metrics.test_accuracy, i.metrics.test_accuracy,
+            "node {} round {}",
+            i.node, i.round
+        );
+        assert_eq!(
+            d.metrics.kl_loss, i.metrics.kl_loss,
+            "node {} round {}",
+            i.node, i.round
+        );
         // The noise moves the target, but the run still learns.
-        assert_eq!(n.peers_heard, 3);
-        assert!(n.kl_loss.is_finite() && n.test_accuracy > 0.3, "{n:?}");
+        assert_eq!(n.metrics.peers_heard, 3);
+        assert!(n.metrics.kl_loss.is_finite() && n.metrics.test_accuracy > 0.3, "{n:?}");
     }
     assert!(
-        noisy.iter().zip(&ideal).any(|(n, i)| n.kl_loss != i.kl_loss),
+        noisy
+            .iter()
+            .zip(&ideal)
+            .any(|(n, i)| n.metrics.kl_loss != i.metrics.kl_loss),
         "the noise did nothing"
     );
     // The analog slots are far shorter than one digital message per link, and each
@@ -129,14 +146,18 @@ fn over_the_air_without_noise_learns_exactly_as_digital_exchange_and_with_noise_
     // follow each other, so the last node's round ends after all of them.
     for round in 1..=3 {
         let these: Vec<&MetricsRow> = noisy.iter().filter(|r| r.round == round).collect();
-        let slots: f64 = these.iter().map(|r| r.rx_energy_j / 0.1).sum();
-        let last = these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max);
+        let slots: f64 = these.iter().map(|r| r.metrics.rx_energy_j / 0.1).sum();
+        let last = these.iter().map(|r| r.metrics.emulated_round_s).fold(0.0, f64::max);
         assert!(
             (last - (slots + 1e-3)).abs() < 1e-9,
             "round {round}: {last} s against {slots} s of slots"
         );
-        let digital_air: f64 = digital.iter().filter(|r| r.round == round).map(|r| r.airtime_s).sum();
-        let analog_air: f64 = these.iter().map(|r| r.airtime_s).sum();
+        let digital_air: f64 = digital
+            .iter()
+            .filter(|r| r.round == round)
+            .map(|r| r.metrics.airtime_s)
+            .sum();
+        let analog_air: f64 = these.iter().map(|r| r.metrics.airtime_s).sum();
         assert!(analog_air < digital_air, "{analog_air} vs {digital_air}");
     }
 }
@@ -153,15 +174,15 @@ fn over_the_air_leaves_a_sender_below_the_threshold_out_at_both_ends() {
             "channel.air_min_snr_db=25",
         ],
     );
-    let heard: u32 = rows.iter().map(|r| r.peers_heard).sum();
+    let heard: u32 = rows.iter().map(|r| r.metrics.peers_heard).sum();
     let possible = 3 * rows.len() as u32;
     assert!(heard > 0 && heard < possible, "{heard} of {possible} messages heard");
     // What was not heard was not sent either: a silent sender spends no air time in
     // that slot, so the air times add up to one burst per message heard.
     for round in 1..=3 {
         let these: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
-        let sent: u32 = these.iter().map(|r| r.frames_sent).sum();
-        let heard: u32 = these.iter().map(|r| r.peers_heard).sum();
+        let sent: u32 = these.iter().map(|r| r.metrics.frames_sent).sum();
+        let heard: u32 = these.iter().map(|r| r.metrics.peers_heard).sum();
         assert_eq!(
             sent,
             2 * heard,
@@ -169,7 +190,7 @@ fn over_the_air_leaves_a_sender_below_the_threshold_out_at_both_ends() {
         );
         // A neighbour left out counts as a message the radio did not deliver.
         for r in &these {
-            assert_eq!(r.peers_heard + r.messages_lost, 3, "{r:?}");
+            assert_eq!(r.metrics.peers_heard + r.metrics.messages_lost, 3, "{r:?}");
         }
     }
 }

@@ -296,14 +296,14 @@ fn a_silent_member_does_not_stretch_the_rounds() {
     // takes a small part of the timeout it used to take every round.
     for row in metrics(dir.path()).iter().filter(|r| r.node != 3 && r.round >= 3) {
         assert!(
-            row.exchange_ms < f64::from(timeout_ms) / 5.0,
+            row.metrics.exchange_ms < f64::from(timeout_ms) / 5.0,
             "round {} node {} waited {} ms",
             row.round,
             row.node,
-            row.exchange_ms
+            row.metrics.exchange_ms
         );
         assert_eq!(
-            row.messages_received, 2,
+            row.metrics.messages_received, 2,
             "the honest neighbours are still heard: {row:?}"
         );
     }
@@ -356,23 +356,35 @@ fn a_node_its_neighbours_cannot_reach_does_not_wait_out_the_deadline() {
         if row.node == 2 && row.round == 3 {
             // Out of the exchange: it expects nothing and sends nothing.
             assert_eq!(
-                (row.messages_received, row.messages_lost, row.messages_sent),
+                (
+                    row.metrics.messages_received,
+                    row.metrics.messages_lost,
+                    row.metrics.messages_sent
+                ),
                 (0, 0, 0),
                 "{row:?}"
             );
         } else if row.node == 2 {
             // Neither neighbour's message came, and it did not wait for them.
-            assert_eq!((row.messages_received, row.messages_lost), (0, 2), "{row:?}");
+            assert_eq!(
+                (row.metrics.messages_received, row.metrics.messages_lost),
+                (0, 2),
+                "{row:?}"
+            );
             assert!(
-                row.exchange_ms < f64::from(timeout_ms) / 4.0,
+                row.metrics.exchange_ms < f64::from(timeout_ms) / 4.0,
                 "round {}: node 2 waited {} ms for messages that could not come",
                 row.round,
-                row.exchange_ms
+                row.metrics.exchange_ms
             );
         } else if row.round < 3 {
-            assert_eq!(row.messages_received, 2, "node 2 is heard: {row:?}");
+            assert_eq!(row.metrics.messages_received, 2, "node 2 is heard: {row:?}");
         } else {
-            assert_eq!((row.messages_received, row.messages_lost), (1, 0), "{row:?}");
+            assert_eq!(
+                (row.metrics.messages_received, row.metrics.messages_lost),
+                (1, 0),
+                "{row:?}"
+            );
         }
     }
 }

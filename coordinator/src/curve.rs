@@ -33,10 +33,13 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
     let mut points = Vec::new();
     for round in 0..=last {
         let all: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
-        energy += all.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum::<f64>();
-        airtime += all.iter().map(|r| r.airtime_s).sum::<f64>();
+        energy += all
+            .iter()
+            .map(|r| r.metrics.tx_energy_j + r.metrics.rx_energy_j)
+            .sum::<f64>();
+        airtime += all.iter().map(|r| r.metrics.airtime_s).sum::<f64>();
         for r in &all {
-            newest.insert(r.node, r.test_accuracy);
+            newest.insert(r.node, r.metrics.test_accuracy);
         }
         let these: Vec<&&MetricsRow> = all.iter().filter(|r| !r.late).collect();
         if these.is_empty() {
@@ -45,7 +48,7 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
         let n = these.len() as f64;
         emulated += match these.iter().map(|r| r.round_emulated_s).fold(0.0, f64::max) {
             // Directories written before rounds recorded their span: the last node's.
-            0.0 => these.iter().map(|r| r.emulated_round_s).fold(0.0, f64::max),
+            0.0 => these.iter().map(|r| r.metrics.emulated_round_s).fold(0.0, f64::max),
             span => span,
         };
         points.push(CurvePoint {
@@ -54,7 +57,7 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
             cumulative_energy_j: energy,
             cumulative_airtime_s: airtime,
             cumulative_emulated_s: emulated,
-            wire_bytes_per_node: these.iter().map(|r| r.wire_bytes_sent as f64).sum::<f64>() / n,
+            wire_bytes_per_node: these.iter().map(|r| r.metrics.wire_bytes_sent as f64).sum::<f64>() / n,
         });
     }
     points

@@ -477,12 +477,12 @@ impl RunView {
             let t = totals.entry(r.node).or_default();
             t.reported += 1.0;
             if t.newest.is_none_or(|(round, _)| r.round >= round) {
-                t.newest = Some((r.round, r.test_accuracy));
+                t.newest = Some((r.round, r.metrics.test_accuracy));
             }
-            t.airtime_s += r.airtime_s;
-            t.energy_j += r.tx_energy_j + r.rx_energy_j;
-            t.wire_bytes += r.wire_bytes_sent as f64;
-            t.lost += f64::from(r.messages_lost);
+            t.airtime_s += r.metrics.airtime_s;
+            t.energy_j += r.metrics.tx_energy_j + r.metrics.rx_energy_j;
+            t.wire_bytes += r.metrics.wire_bytes_sent as f64;
+            t.lost += f64::from(r.metrics.messages_lost);
         }
         let of = |f: fn(&Totals) -> f64| per_node(&|n| totals.get(&n.id).map_or(0.0, f));
         metric(

@@ -18,68 +18,25 @@ use crate::members::{Members, MembershipEvent, Presence};
 use crate::service::OpenRound;
 use crate::{Config, Error, Result};
 
-/// One node's report for one round, as written to `metrics.jsonl`.
+/// One node's report for one round, as written to `metrics.jsonl`: what the node
+/// reported (the wire's [`RoundMetrics`], flattened under its field names) beside what
+/// the coordinator knows of the round.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MetricsRow {
     pub round: u32,
     pub node: u32,
     pub model: String,
-    pub private_samples: u32,
-    pub train_loss: f64,
-    pub ce_loss: f64,
-    pub kl_loss: f64,
-    pub test_accuracy: f64,
-    pub test_loss: f64,
-    pub payload_bytes_sent: u64,
-    pub payload_bytes_received: u64,
-    pub wire_bytes_sent: u64,
-    pub wire_bytes_received: u64,
-    pub messages_sent: u32,
-    pub messages_received: u32,
-    pub messages_lost: u32,
-    pub messages_rejected: u32,
-    pub peers_heard: u32,
-    pub frames_sent: u32,
-    pub frames_lost: u32,
-    pub retransmissions: u32,
-    pub airtime_s: f64,
-    pub tx_energy_j: f64,
-    pub rx_energy_j: f64,
-    /// Model work: inference on the public batch, local steps, evaluation.
-    pub compute_ms: f64,
-    /// CPU time of that work (the node's process): its cost, whatever shares the cores.
-    /// (Absent from run directories written before it was measured.)
-    #[serde(default)]
-    pub compute_cpu_ms: f64,
-    /// Floating-point work of the round's training and inference (not evaluation),
-    /// from the model's shapes; with a device profile, its emulated time and energy.
-    /// (Absent from run directories written before they were counted.)
-    #[serde(default)]
-    pub flops: u64,
-    #[serde(default)]
-    pub device_compute_s: f64,
-    #[serde(default)]
-    pub compute_energy_j: f64,
-    /// Emulated seconds until this node finished the round (device compute, air time,
-    /// waiting for its neighbours).
-    #[serde(default)]
-    pub emulated_round_s: f64,
+    #[serde(flatten)]
+    pub metrics: RoundMetrics,
     /// Emulated seconds the round lasted, as its policy closed it (the same in every
     /// row of a round): the last report's under `sync`, the quorum's plus the grace, or
-    /// the deadline.
+    /// the deadline. (Absent from run directories written before it was recorded.)
     #[serde(default)]
     pub round_emulated_s: f64,
     /// A report that came after its round closed (in `late.jsonl` only): its work
     /// counted in no round, its costs are real.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
-    /// Neighbours' messages from earlier rounds used this round, and their mean age.
-    #[serde(default)]
-    pub stale_used: u32,
-    #[serde(default)]
-    pub stale_age: f64,
-    /// Sending predictions and waiting for the neighbours'.
-    pub exchange_ms: f64,
     /// Idle at the barrier: from this node's report until the round closed.
     pub wait_ms: f64,
     /// The whole round, from StartRound until it closed.
@@ -147,38 +104,9 @@ impl MetricsRow {
             round,
             node,
             model,
-            private_samples: m.private_samples,
-            train_loss: m.train_loss,
-            ce_loss: m.ce_loss,
-            kl_loss: m.kl_loss,
-            test_accuracy: m.test_accuracy,
-            test_loss: m.test_loss,
-            payload_bytes_sent: m.payload_bytes_sent,
-            payload_bytes_received: m.payload_bytes_received,
-            wire_bytes_sent: m.wire_bytes_sent,
-            wire_bytes_received: m.wire_bytes_received,
-            messages_sent: m.messages_sent,
-            messages_received: m.messages_received,
-            messages_lost: m.messages_lost,
-            messages_rejected: m.messages_rejected,
-            peers_heard: m.peers_heard,
-            frames_sent: m.frames_sent,
-            frames_lost: m.frames_lost,
-            retransmissions: m.retransmissions,
-            airtime_s: m.airtime_s,
-            tx_energy_j: m.tx_energy_j,
-            rx_energy_j: m.rx_energy_j,
-            compute_ms: m.compute_ms,
-            compute_cpu_ms: m.compute_cpu_ms,
-            flops: m.flops,
-            device_compute_s: m.device_compute_s,
-            compute_energy_j: m.compute_energy_j,
-            emulated_round_s: m.emulated_round_s,
+            metrics: m.clone(),
             round_emulated_s,
             late: false,
-            stale_used: m.stale_used,
-            stale_age: m.stale_age,
-            exchange_ms: m.exchange_ms,
             wait_ms,
             round_ms,
         }
@@ -625,7 +553,7 @@ impl Report {
             let span = if r.round_emulated_s > 0.0 {
                 r.round_emulated_s
             } else {
-                r.emulated_round_s
+                r.metrics.emulated_round_s
             };
             let entry = spans.entry(r.round).or_default();
             *entry = entry.max(span);
@@ -746,7 +674,7 @@ impl Report {
         let honest: Vec<f64> = rows
             .iter()
             .filter(|r| !self.adversaries.contains(&r.node))
-            .map(|r| r.test_accuracy)
+            .map(|r| r.metrics.test_accuracy)
             .collect();
         let event = RoundClosed {
             round: open.round + 1,
@@ -755,10 +683,10 @@ impl Report {
             missing: (participants.len() - rows.len()) as u32,
             mean_accuracy: mean(&honest).unwrap_or(0.0),
             min_accuracy: honest.iter().copied().reduce(f64::min).unwrap_or(0.0),
-            wire_bytes: total(rows.iter().map(|r| r.wire_bytes_sent)),
+            wire_bytes: total(rows.iter().map(|r| r.metrics.wire_bytes_sent)),
             wall_ms: round_ms,
-            airtime_s: rows.iter().map(|r| r.airtime_s).sum(),
-            energy_j: rows.iter().map(|r| r.tx_energy_j + r.rx_energy_j).sum(),
+            airtime_s: rows.iter().map(|r| r.metrics.airtime_s).sum(),
+            energy_j: rows.iter().map(|r| r.metrics.tx_energy_j + r.metrics.rx_energy_j).sum(),
             emulated_s,
         };
         self.failed_rounds += u32::from(rows.is_empty());
@@ -789,7 +717,7 @@ impl Report {
             .chain(&self.late)
             .filter(|r| r.node == id)
             .max_by_key(|r| r.round)
-            .map(|r| (r.round, r.test_accuracy))
+            .map(|r| (r.round, r.metrics.test_accuracy))
     }
 
     /// Whether every round that closed had no report at all (every node failed).
@@ -886,7 +814,7 @@ impl Report {
             .rows
             .iter()
             .filter(|r| Some(r.round) == last_round && !self.adversaries.contains(&r.node))
-            .map(|r| r.test_accuracy)
+            .map(|r| r.metrics.test_accuracy)
             .collect();
         // A straggler not in the last round counts with its newest model if it
         // reported it late (semi-synchronous rounds).
@@ -925,7 +853,7 @@ impl Report {
                     id: m.id,
                     model: m.model.clone(),
                     parameters: m.parameters,
-                    private_samples: rows.first().map_or(0, |r| r.private_samples),
+                    private_samples: rows.first().map_or(0, |r| r.metrics.private_samples),
                     status: status.to_string(),
                     adversary: self.adversaries.contains(&m.id),
                     rounds_reported: rows.len() as u32,
@@ -935,17 +863,17 @@ impl Report {
                         .filter(|e| e.node == m.id && e.event == "late")
                         .count() as u32,
                     final_accuracy: self.newest_accuracy(m.id).map(|(_, a)| a),
-                    best_accuracy: rows.iter().map(|r| r.test_accuracy).reduce(f64::max),
-                    payload_bytes_sent: total(rows.iter().map(|r| r.payload_bytes_sent)),
-                    wire_bytes_sent: total(rows.iter().map(|r| r.wire_bytes_sent)),
-                    wire_bytes_received: total(rows.iter().map(|r| r.wire_bytes_received)),
-                    messages_lost: total(rows.iter().map(|r| r.messages_lost)),
-                    messages_rejected: total(rows.iter().map(|r| r.messages_rejected)),
-                    airtime_s: sum(|r| r.airtime_s),
-                    tx_energy_j: sum(|r| r.tx_energy_j),
-                    rx_energy_j: sum(|r| r.rx_energy_j),
-                    mean_compute_ms: mean_of(|r| r.compute_ms),
-                    mean_exchange_ms: mean_of(|r| r.exchange_ms),
+                    best_accuracy: rows.iter().map(|r| r.metrics.test_accuracy).reduce(f64::max),
+                    payload_bytes_sent: total(rows.iter().map(|r| r.metrics.payload_bytes_sent)),
+                    wire_bytes_sent: total(rows.iter().map(|r| r.metrics.wire_bytes_sent)),
+                    wire_bytes_received: total(rows.iter().map(|r| r.metrics.wire_bytes_received)),
+                    messages_lost: total(rows.iter().map(|r| r.metrics.messages_lost)),
+                    messages_rejected: total(rows.iter().map(|r| r.metrics.messages_rejected)),
+                    airtime_s: sum(|r| r.metrics.airtime_s),
+                    tx_energy_j: sum(|r| r.metrics.tx_energy_j),
+                    rx_energy_j: sum(|r| r.metrics.rx_energy_j),
+                    mean_compute_ms: mean_of(|r| r.metrics.compute_ms),
+                    mean_exchange_ms: mean_of(|r| r.metrics.exchange_ms),
                     mean_wait_ms: mean_of(|r| r.wait_ms),
                 }
             })

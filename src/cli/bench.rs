@@ -145,12 +145,12 @@ fn learning(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path:
             "{:<6} {:>9.0} {:>10.0} {:>8.0} {:>11.0} {:>9.0} {:>14} {:>14} {:>9.2}% {:>9.2}%",
             name,
             summary.mean_round_ms,
-            mean(rows, |r| r.compute_ms),
-            mean(rows, |r| r.compute_cpu_ms),
-            mean(rows, |r| r.exchange_ms),
+            mean(rows, |r| r.metrics.compute_ms),
+            mean(rows, |r| r.metrics.compute_cpu_ms),
+            mean(rows, |r| r.metrics.exchange_ms),
             mean(rows, |r| r.wait_ms),
-            bytes(mean(rows, |r| r.payload_bytes_sent as f64) as u64),
-            bytes(mean(rows, |r| r.wire_bytes_sent as f64) as u64),
+            bytes(mean(rows, |r| r.metrics.payload_bytes_sent as f64) as u64),
+            bytes(mean(rows, |r| r.metrics.wire_bytes_sent as f64) as u64),
             100.0 * summary.mean_final_accuracy.unwrap_or(0.0),
             100.0 * summary.min_final_accuracy.unwrap_or(0.0),
         );
@@ -191,17 +191,17 @@ fn radio(runtime: &tokio::runtime::Runtime, base: &Scenario, out: &std::path::Pa
         let (summary, rows) = run(runtime, &scenario, out.join(format!("radio-{preset}")))?;
         let expected: f64 = rows
             .iter()
-            .map(|r| f64::from(r.messages_received + r.messages_lost))
+            .map(|r| f64::from(r.metrics.messages_received + r.metrics.messages_lost))
             .sum();
-        let lost: f64 = rows.iter().map(|r| f64::from(r.messages_lost)).sum();
+        let lost: f64 = rows.iter().map(|r| f64::from(r.metrics.messages_lost)).sum();
         println!(
             "{:<10} {:>8.3} ms {:>9.3} mJ {:>9.3} mJ {:>13.1} {:>12.2} {:>12.1}% {:>9.2}%",
             preset.to_string(),
-            1e3 * mean(&rows, |r| r.airtime_s),
-            1e3 * mean(&rows, |r| r.tx_energy_j),
-            1e3 * mean(&rows, |r| r.rx_energy_j),
-            mean(&rows, |r| f64::from(r.frames_sent)),
-            mean(&rows, |r| f64::from(r.frames_lost)),
+            1e3 * mean(&rows, |r| r.metrics.airtime_s),
+            1e3 * mean(&rows, |r| r.metrics.tx_energy_j),
+            1e3 * mean(&rows, |r| r.metrics.rx_energy_j),
+            mean(&rows, |r| f64::from(r.metrics.frames_sent)),
+            mean(&rows, |r| f64::from(r.metrics.frames_lost)),
             100.0 * lost / expected.max(1.0),
             100.0 * summary.mean_final_accuracy.unwrap_or(0.0),
         );

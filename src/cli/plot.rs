@@ -501,9 +501,9 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> Figure {
             let mut curves = [Vec::new(), Vec::new(), Vec::new()];
             for r in mine {
                 let round = f64::from(r.round);
-                energy += r.tx_energy_j + r.rx_energy_j;
-                airtime += r.airtime_s;
-                curves[0].push((round, r.test_accuracy));
+                energy += r.metrics.tx_energy_j + r.metrics.rx_energy_j;
+                airtime += r.metrics.airtime_s;
+                curves[0].push((round, r.metrics.test_accuracy));
                 curves[1].push((round, energy));
                 curves[2].push((round, airtime));
             }
@@ -730,9 +730,12 @@ pub mod tests {
             node,
             round,
             model: model.into(),
-            test_accuracy: 0.5 + 0.013 * f64::from(round) + 0.01 * f64::from(node),
-            tx_energy_j: 0.043_626,
-            airtime_s: 0.001_37,
+            metrics: wdml_proto::RoundMetrics {
+                test_accuracy: 0.5 + 0.013 * f64::from(round) + 0.01 * f64::from(node),
+                tx_energy_j: 0.043_626,
+                airtime_s: 0.001_37,
+                ..Default::default()
+            },
             ..MetricsRow::default()
         }
     }
