@@ -52,7 +52,7 @@ pub use mobility::{DEFAULT_DECORRELATION_M, Mobility, RandomWaypoint, SHADOWING_
 pub use preset::{Preset, Shaping};
 pub use propagation::{Fading, PathLoss};
 pub use radio::{MAX_RETRANSMISSIONS_LIMIT, RadioParams, airtime_s};
-pub use rng::{derive_external_seed, purpose};
+pub use rng::{SplitMix64, Stream, derive_external_seed, derive_seed, purpose, splitmix64_mix};
 pub use topology::Topology;
 pub use transmission::{
     BroadcastAttempt, BroadcastOutcome, BroadcastTransmission, FrameAttempt, ReceiverOutcome, Reception,

@@ -19,7 +19,7 @@ use rand::RngCore;
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// SplitMix64's output mix (a bijective avalanche of 64 bits).
-pub(crate) fn splitmix64_mix(mut z: u64) -> u64 {
+pub fn splitmix64_mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -27,7 +27,7 @@ pub(crate) fn splitmix64_mix(mut z: u64) -> u64 {
 
 /// Which quantity a stream draws; the tag keeps the streams of one link independent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Stream {
+pub enum Stream {
     Placement = 1,
     Shadowing = 2,
     Fading = 3,
@@ -67,7 +67,7 @@ pub mod purpose {
 ///
 /// Every word goes through the full SplitMix64 mix, and the number of words is mixed in
 /// last, so tuples of different lengths or different orders give unrelated seeds.
-pub(crate) fn derive_seed(run_seed: u64, stream: Stream, words: &[u64]) -> u64 {
+pub fn derive_seed(run_seed: u64, stream: Stream, words: &[u64]) -> u64 {
     let mut hash = splitmix64_mix(run_seed ^ splitmix64_mix(stream as u64));
     for &word in words {
         hash = splitmix64_mix(hash.wrapping_add(GOLDEN_GAMMA) ^ splitmix64_mix(word));
@@ -77,18 +77,18 @@ pub(crate) fn derive_seed(run_seed: u64, stream: Stream, words: &[u64]) -> u64 {
 
 /// The SplitMix64 generator, usable with every `rand` / `rand_distr` distribution.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SplitMix64 {
+pub struct SplitMix64 {
     state: u64,
 }
 
 impl SplitMix64 {
     /// A generator whose state starts at `seed`.
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
 
     /// A generator for `stream` at `words` under `run_seed` (see [`derive_seed`]).
-    pub(crate) fn for_stream(run_seed: u64, stream: Stream, words: &[u64]) -> Self {
+    pub fn for_stream(run_seed: u64, stream: Stream, words: &[u64]) -> Self {
         Self {
             state: derive_seed(run_seed, stream, words),
         }
