@@ -6,7 +6,8 @@
 //! fails here, at the commit that made it.
 //!
 //! Compared: every field of every row of `metrics.jsonl` except those measured on the
-//! wall or CPU clock ([`CLOCK_FIELDS`]), which move with the machine's load. Floats are
+//! wall or CPU clock (declared `clock` in coordinator/src/metrics.rs), which move with the
+//! machine's load. Floats are
 //! compared as the JSON the coordinator wrote, which round-trips to the bit.
 //!
 //! The contract (docs/determinism.md): the same bits on every x86-64 CPU with FMA, with
@@ -22,9 +23,7 @@ use std::path::{Path, PathBuf};
 
 use common::{TempDir, WDML};
 use serde_json::{Map, Value};
-
-/// Measured on the wall or CPU clock: not reproducible, not compared.
-const CLOCK_FIELDS: [&str; 5] = ["compute_ms", "compute_cpu_ms", "exchange_ms", "wait_ms", "round_ms"];
+use wdml_coordinator::metrics;
 
 /// Rounds of the golden run: enough for a model to move and for every node to have heard
 /// its neighbours' predictions of an earlier round.
@@ -74,10 +73,11 @@ fn strip(row: Value) -> Map<String, Value> {
     let Value::Object(mut row) = row else {
         panic!("a metrics row is a JSON object: {row}")
     };
-    for field in CLOCK_FIELDS {
+    for metric in metrics::METRICS.iter().filter(|m| m.clock) {
         assert!(
-            row.remove(field).is_some(),
-            "metrics rows have no `{field}` any more: update CLOCK_FIELDS"
+            row.remove(metric.name).is_some(),
+            "metrics rows have no `{}`",
+            metric.name
         );
     }
     row

@@ -33,10 +33,7 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
     let mut points = Vec::new();
     for round in 0..=last {
         let all: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
-        energy += all
-            .iter()
-            .map(|r| r.metrics.tx_energy_j + r.metrics.rx_energy_j)
-            .sum::<f64>();
+        energy += all.iter().map(|r| r.radio_energy_j()).sum::<f64>();
         airtime += all.iter().map(|r| r.metrics.airtime_s).sum::<f64>();
         for r in &all {
             newest.insert(r.node, r.metrics.test_accuracy);

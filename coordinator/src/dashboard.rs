@@ -43,6 +43,7 @@ use tokio_stream::wrappers::BroadcastStream;
 use wdml_proto::run_event;
 
 use crate::members::Presence;
+use crate::metrics;
 use crate::report::{
     CHANNEL_FILE, ChannelRecord, LinksRecord, MembershipEventRecord, MetricsRow, POSITIONS_FILE, Summary,
 };
@@ -463,28 +464,7 @@ impl RunView {
         };
         // One pass over the rows, then a lookup per node: a scrape costs O(rows), not
         // O(nodes × rows) (a 1,024-node run of 100 rounds has 100k rows).
-        #[derive(Default)]
-        struct Totals {
-            reported: f64,
-            newest: Option<(u32, f64)>,
-            airtime_s: f64,
-            energy_j: f64,
-            wire_bytes: f64,
-            lost: f64,
-        }
-        let mut totals: std::collections::HashMap<u32, Totals> = std::collections::HashMap::new();
-        for r in self.rows.iter() {
-            let t = totals.entry(r.node).or_default();
-            t.reported += 1.0;
-            if t.newest.is_none_or(|(round, _)| r.round >= round) {
-                t.newest = Some((r.round, r.metrics.test_accuracy));
-            }
-            t.airtime_s += r.metrics.airtime_s;
-            t.energy_j += r.metrics.tx_energy_j + r.metrics.rx_energy_j;
-            t.wire_bytes += r.metrics.wire_bytes_sent as f64;
-            t.lost += f64::from(r.metrics.messages_lost);
-        }
-        let of = |f: fn(&Totals) -> f64| per_node(&|n| totals.get(&n.id).map_or(0.0, f));
+        let totals = metrics::totals(self.rows.iter());
         metric(
             "node_up",
             "gauge",
@@ -495,43 +475,19 @@ impl RunView {
             "node_rounds_reported_total",
             "counter",
             "Rounds the node reported.",
-            &of(|t| t.reported),
+            &per_node(&|n| totals.get(&n.id).map_or(0.0, |t| f64::from(t.rows))),
         );
-        metric(
-            "node_test_accuracy",
-            "gauge",
-            "Test accuracy after the node's newest reported round.",
-            &per_node(&|n| {
-                totals
-                    .get(&n.id)
-                    .and_then(|t| t.newest)
-                    .map_or(f64::NAN, |(_, accuracy)| accuracy)
-            }),
-        );
-        metric(
-            "node_airtime_seconds_total",
-            "counter",
-            "Emulated radio air time of the node's transmissions.",
-            &of(|t| t.airtime_s),
-        );
-        metric(
-            "node_radio_energy_joules_total",
-            "counter",
-            "Emulated radio energy, transmit and receive.",
-            &of(|t| t.energy_j),
-        );
-        metric(
-            "node_wire_sent_bytes_total",
-            "counter",
-            "Bytes the node sent on the wire (every frame as encoded).",
-            &of(|t| t.wire_bytes),
-        );
-        metric(
-            "node_messages_lost_total",
-            "counter",
-            "Neighbour messages the node expected and did not get in time.",
-            &of(|t| t.lost),
-        );
+        // Every metric of the table: an amount as the node's counter, a level as its
+        // newest round's gauge (NaN before its first report).
+        for (i, m) in metrics::METRICS.iter().enumerate() {
+            let (name, scale) = m.prometheus();
+            let (kind, help, empty) = match m.kind {
+                metrics::Kind::Amount => ("counter", format!("{} Summed over the node's rounds.", m.help), 0.0),
+                metrics::Kind::Level => ("gauge", format!("{} The node's newest round.", m.help), f64::NAN),
+            };
+            let samples = per_node(&|n| totals.get(&n.id).map_or(empty, |t| t.values[i] * scale));
+            metric(&name, kind, &help, &samples);
+        }
         out
     }
 }
@@ -840,8 +796,29 @@ async fn rounds(State(source): State<Source>, uri: axum::http::Uri) -> Response 
         Err(refusal) => return refusal,
     };
     api(&source, |view| {
-        // Rows are kept in the order rounds closed: the new ones are a tail.
-        let new: Vec<&MetricsRow> = view.rows.iter().filter(|r| r.round > since).collect();
+        /// A row as served: beside its own values, the node's amounts summed up to and
+        /// including it (`totals.radio_energy_j`, …), so that the page draws cumulative
+        /// series without deriving them again.
+        #[derive(Serialize)]
+        struct Served<'a> {
+            #[serde(flatten)]
+            row: &'a MetricsRow,
+            totals: std::collections::BTreeMap<&'static str, f64>,
+        }
+        // Rows are kept in the order rounds closed: the new ones are a tail, summed over
+        // every row before them.
+        let mut totals: std::collections::HashMap<u32, metrics::Totals> = Default::default();
+        let mut new = Vec::new();
+        for row in view.rows.iter() {
+            let node = totals.entry(row.node).or_default();
+            node.add(row);
+            if row.round > since {
+                new.push(Served {
+                    row,
+                    totals: node.amounts(),
+                });
+            }
+        }
         Json(new).into_response()
     })
 }

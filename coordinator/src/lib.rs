@@ -17,6 +17,7 @@ pub mod dashboard;
 mod error;
 mod journal;
 mod members;
+pub mod metrics;
 mod report;
 mod rounds;
 mod service;

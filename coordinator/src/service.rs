@@ -19,7 +19,7 @@ use wdml_proto::{
 
 use crate::Config;
 use crate::members::{Members, Paced, Presence, Proof};
-use crate::report::{Recovered, Report};
+use crate::report::{MetricsRow, Recovered, Report};
 
 /// The round the barrier is waiting on.
 #[derive(Debug)]
@@ -522,10 +522,11 @@ fn record_done(state: &mut State, id: u32, done: Done, max_message_bytes: u64) -
     Ok(Filed::InTime)
 }
 
-/// The largest value any real-valued metric may take: far beyond what a device does in
-/// a round (a loss, seconds, joules), small enough that no sum over a run overflows to
-/// infinity (one member's 1.7e308 made every total `inf` and summary.json unreadable).
-const MAX_METRIC: f64 = 1e12;
+/// The largest value any metric may take: far beyond what a device does in a round (a
+/// loss, seconds, joules; a PFLOP of work), small enough that no sum over a run
+/// overflows to infinity (one member's 1.7e308 made every total `inf` and summary.json
+/// unreadable). Counts and bytes have tighter bounds of their own ([`Bounds`]).
+const MAX_METRIC: f64 = 1e15;
 
 /// What a participant's counters can be in the round it reports: it has `neighbours`
 /// neighbours, a message is at most `max_message_bytes`, and the round has lasted
@@ -586,25 +587,15 @@ impl Bounds {
     }
 }
 
-/// Metrics go straight into the report: they must be finite and in range.
+/// Metrics go straight into the report: every one of the table must be finite and in
+/// range.
 fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
-    let values = [
-        ("train_loss", m.train_loss),
-        ("ce_loss", m.ce_loss),
-        ("kl_loss", m.kl_loss),
-        ("test_accuracy", m.test_accuracy),
-        ("test_loss", m.test_loss),
-        ("compute_ms", m.compute_ms),
-        ("compute_cpu_ms", m.compute_cpu_ms),
-        ("device_compute_s", m.device_compute_s),
-        ("compute_energy_j", m.compute_energy_j),
-        ("emulated_round_s", m.emulated_round_s),
-        ("exchange_ms", m.exchange_ms),
-        ("airtime_s", m.airtime_s),
-        ("tx_energy_j", m.tx_energy_j),
-        ("rx_energy_j", m.rx_energy_j),
-    ];
-    for (name, value) in values {
+    let row = MetricsRow {
+        metrics: m.clone(),
+        ..MetricsRow::default()
+    };
+    for metric in crate::metrics::METRICS {
+        let (name, value) = (metric.name, (metric.value)(&row));
         if !value.is_finite() || !(0.0..=MAX_METRIC).contains(&value) {
             return Err(Status::invalid_argument(format!(
                 "report refused: metric {name} = {value} must be finite, ≥ 0 and ≤ {MAX_METRIC:e}"

@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
-use wdml_coordinator::MetricsRow;
+use wdml_coordinator::{MetricsRow, metrics};
 
 /// What an x axis holds.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -497,15 +497,15 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> Figure {
         .map(|&(node, _)| {
             let mut mine: Vec<&MetricsRow> = rows.iter().filter(|r| r.node == node).collect();
             mine.sort_by_key(|r| r.round);
-            let (mut energy, mut airtime) = (0.0, 0.0);
+            // Summed as the dashboard and Prometheus sum them (wdml_coordinator::metrics).
+            let mut totals = metrics::Totals::default();
             let mut curves = [Vec::new(), Vec::new(), Vec::new()];
             for r in mine {
                 let round = f64::from(r.round);
-                energy += r.metrics.tx_energy_j + r.metrics.rx_energy_j;
-                airtime += r.metrics.airtime_s;
+                totals.add(r);
                 curves[0].push((round, r.metrics.test_accuracy));
-                curves[1].push((round, energy));
-                curves[2].push((round, airtime));
+                curves[1].push((round, totals.get("radio_energy_j")));
+                curves[2].push((round, totals.get("airtime_s")));
             }
             curves
         })

@@ -77,11 +77,6 @@ function byNode(nodes, rounds) {
   return nodes.map((n) => ({ id: n.id, rows: rounds.filter((r) => r.node === n.id).sort((a, b) => a.round - b.round) }));
 }
 
-function cumulative(rows, f) {
-  let sum = 0;
-  return rows.map((r) => { sum += f(r); return [r.round, sum]; });
-}
-
 // SNR to colour on one fixed scale (red at 0 dB and below, green from 30 dB), so a
 // colour means the same in every round and every run.
 const snrColour = (snr) => `hsl(${Math.round(120 * Math.min(1, Math.max(0, snr / 30)))}, 65%, 42%)`;
@@ -192,8 +187,9 @@ async function load() {
   const series = (f) => per.map((n) => ({ id: n.id, colour: colour(n.id), points: f(n.rows) }));
   lineChart(document.getElementById("accuracy"), series((rows) => rows.map((r) => [r.round, 100 * r.test_accuracy])));
   lineChart(document.getElementById("loss"), series((rows) => rows.map((r) => [r.round, r.train_loss])), 0);
-  lineChart(document.getElementById("energy"), series((rows) => cumulative(rows, (r) => r.tx_energy_j + r.rx_energy_j)), 0);
-  lineChart(document.getElementById("airtime"), series((rows) => cumulative(rows, (r) => r.airtime_s)), 0);
+  // Cumulative series as the server sums them (coordinator/src/metrics.rs).
+  lineChart(document.getElementById("energy"), series((rows) => rows.map((r) => [r.round, r.totals.radio_energy_j])), 0);
+  lineChart(document.getElementById("airtime"), series((rows) => rows.map((r) => [r.round, r.totals.airtime_s])), 0);
   split(document.getElementById("split"), rounds);
   const legend = document.getElementById("legend");
   legend.replaceChildren(...nodes.map((n) => {
