@@ -104,7 +104,7 @@ impl MetricsRow {
             round,
             node,
             model,
-            metrics: m.clone(),
+            metrics: *m,
             round_emulated_s,
             late: false,
             wait_ms,

@@ -591,7 +591,7 @@ impl Bounds {
 /// range.
 fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
     let row = MetricsRow {
-        metrics: m.clone(),
+        metrics: *m,
         ..MetricsRow::default()
     };
     for metric in crate::metrics::METRICS {

@@ -12,6 +12,7 @@ use crate::data::{Partition, SplitConfig};
 use crate::device::DeviceProfile;
 use crate::learn::{Aggregate, LearnerConfig};
 use crate::model::{CLASSES, ModelSpec};
+use crate::strategy;
 use crate::{Error, Result};
 
 /// Largest message a node agrees to receive, whatever the coordinator says.
@@ -75,11 +76,16 @@ impl RunPlan {
             }
         }
         let algorithm = match Algorithm::try_from(s.algorithm) {
-            Ok(a @ (Algorithm::Dml | Algorithm::Local | Algorithm::Fedavg)) => a,
+            Ok(a) if strategy::runs(a) => a,
             _ => {
+                let names: Vec<String> = Algorithm::ALL.iter().map(|a| format!("{a} ({})", *a as i32)).collect();
                 return Err(Error::config(
                     "run.algorithm",
-                    format!("unknown algorithm {}; expected dml, local or fedavg", s.algorithm),
+                    format!(
+                        "unknown algorithm {}; expected one of {}",
+                        s.algorithm,
+                        names.join(", ")
+                    ),
                 ));
             }
         };

@@ -96,14 +96,23 @@ struct SeedOutcome {
     outcomes: Vec<Outcome>,
 }
 
+/// The baselines first (no exchange, then parameter averaging), then mutual learning,
+/// then any other algorithm the wire names, in its order.
+fn default_algorithms() -> Vec<String> {
+    let mut names: Vec<String> = ["local", "fedavg", "dml"].map(String::from).to_vec();
+    for a in Algorithm::ALL {
+        if !names.iter().any(|n| n == a.name()) {
+            names.push(a.name().to_string());
+        }
+    }
+    names
+}
+
 pub fn main(args: Args) -> Result<ExitCode> {
     let base = Scenario::load(args.scenario.as_deref(), &args.overrides)?;
     base.preflight()?;
     let chosen = args.algorithms.is_some();
-    let names = args
-        .algorithms
-        .clone()
-        .unwrap_or_else(|| ["local", "fedavg", "dml"].map(String::from).to_vec());
+    let names = args.algorithms.clone().unwrap_or_else(default_algorithms);
     let algorithms = names
         .iter()
         .map(|a| a.parse::<Algorithm>().map_err(|e| anyhow::anyhow!("--algorithms: {e}")))

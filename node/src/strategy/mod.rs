@@ -3,9 +3,11 @@
 //! and the deadlines, the one send-and-collect path, evaluation and the report — is the
 //! same for every algorithm and lives in [`crate::round`].
 //!
-//! Adding an algorithm: its value in `proto/wdml.proto`, its name in `wdml_proto` and
-//! its message in `wdml_proto::message::shape` (the wire's), a module here, and its
-//! line in `with_strategy!`.
+//! Adding an algorithm (docs/architecture.md has the whole checklist): its value in
+//! `proto/wdml.proto`, its name in `wdml_proto` (`named!`) and its message in
+//! `wdml_proto::message::shape` (the wire's), a module here, and its arm in
+//! `with_strategy!`; the compiler finds each one missing, and the plan, the scenario's
+//! checks and `wdml compare`'s default list follow from them.
 
 mod dml;
 mod fedavg;
@@ -52,26 +54,34 @@ pub(crate) trait Strategy {
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses>;
 }
 
-/// Binds `$s` to the strategy of `$algorithm` and evaluates `$body`: the one place
-/// that knows which algorithms there are.
+/// Binds `$s` to the strategy of `$algorithm` and evaluates `$body` (`None`: no
+/// algorithm). The registration: the one place that knows which algorithms a node runs,
+/// a `match` without a catch-all, so a new value of the proto's `Algorithm` does not
+/// compile until it has its strategy here; the plan accepts exactly these ([`runs`]).
 macro_rules! with_strategy {
     ($algorithm:expr, $s:ident => $body:expr) => {
         match $algorithm {
             Algorithm::Dml => {
                 let $s = dml::Dml;
-                $body
+                Some($body)
             }
             Algorithm::Fedavg => {
                 let $s = fedavg::Fedavg;
-                $body
+                Some($body)
             }
-            // Unspecified never reaches a node (the plan refuses it).
-            Algorithm::Local | Algorithm::Unspecified => {
+            Algorithm::Local => {
                 let $s = local::Local;
-                $body
+                Some($body)
             }
+            // Protobuf's zero value, what a peer sends when it names no algorithm.
+            Algorithm::Unspecified => None,
         }
     };
+}
+
+/// Whether a node runs `algorithm` (the plan refuses any other).
+pub fn runs(algorithm: Algorithm) -> bool {
+    with_strategy!(algorithm, _s => ()).is_some()
 }
 
 /// The message `algorithm` sends each round (`None`: it exchanges nothing).
@@ -92,27 +102,35 @@ pub fn exchanges(algorithm: Algorithm) -> bool {
 
 /// Whether `algorithm` needs every node on one model from one initialisation.
 pub fn same_model(algorithm: Algorithm) -> bool {
-    with_strategy!(algorithm, s => s.same_model())
+    with_strategy!(algorithm, s => s.same_model()).unwrap_or(false)
 }
 
 /// The FLOPs a node running `model` computes before it sends under `algorithm`.
 pub fn flops_before_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
-    with_strategy!(algorithm, s => s.flops_before_exchange(plan, model))
+    with_strategy!(algorithm, s => s.flops_before_exchange(plan, model)).unwrap_or(0)
 }
 
 /// The FLOPs a node running `model` computes after its exchange under `algorithm`.
 pub fn flops_after_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
-    with_strategy!(algorithm, s => s.flops_after_exchange(plan, model))
+    with_strategy!(algorithm, s => s.flops_after_exchange(plan, model)).unwrap_or(0)
 }
 
 /// Runs `algorithm`'s learning for the round.
 pub(crate) async fn learn(algorithm: Algorithm, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
+    // The plan admitted only algorithms that run (`runs`).
     with_strategy!(algorithm, s => s.learn(node, round).await)
+        .unwrap_or_else(|| Err(crate::Error::config("run.algorithm", "no algorithm")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_named_algorithm_runs_and_no_algorithm_does_not() {
+        assert!(Algorithm::ALL.iter().all(|&a| runs(a)));
+        assert!(!runs(Algorithm::Unspecified));
+    }
 
     #[test]
     fn each_algorithm_says_whether_it_exchanges_and_needs_one_model() {
