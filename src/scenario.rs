@@ -882,6 +882,62 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// Every field a scenario file may set, as serde knows it: the names `deny_unknown_fields`
+    /// lists when a probe field is refused ("expected one of `a`, `b`, …"). Read from the
+    /// types themselves, so a new field is seen without anyone listing it.
+    fn fields(table: &str) -> Vec<String> {
+        let probe = format!("{table}\nzz_probe = 1\n");
+        let error = toml::from_str::<Scenario>(&probe).expect_err("a probe field is refused").to_string();
+        let listed = error
+            .split("expected one of ")
+            .nth(1)
+            .or_else(|| error.split("expected ").nth(1))
+            .unwrap_or_else(|| panic!("{table}: no field list in {error:?}"));
+        listed
+            .lines()
+            .next()
+            .unwrap()
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// docs/scenario.md is the scenario's reference: every field of every section has
+    /// its row there (radio parameters may instead have theirs in channel/README.md's
+    /// table). A field added without its row fails here, naming it.
+    #[test]
+    fn every_scenario_field_has_a_row_in_the_reference() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let reference = std::fs::read_to_string(root.join("docs/scenario.md")).unwrap();
+        let radio = std::fs::read_to_string(root.join("channel/README.md")).unwrap();
+        let sections = fields("");
+        assert!(sections.contains(&"channel".to_string()), "{sections:?}");
+        let mut missing = Vec::new();
+        for section in &sections {
+            for field in fields(&format!("[{section}]")) {
+                let key = format!("`{section}.{field}`");
+                let documented =
+                    reference.contains(&key) || (section == "channel" && radio.contains(&format!("| `{field}`")));
+                if !documented {
+                    missing.push(key);
+                }
+            }
+        }
+        for field in fields("[[nodes.programs]]") {
+            let key = format!("`nodes.programs.{field}`");
+            if !reference.contains(&key) {
+                missing.push(key);
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "scenario fields without a row in docs/scenario.md's reference: {}",
+            missing.join(", ")
+        );
+    }
+
     #[test]
     fn the_quickstart_is_valid() {
         let s = Scenario::load(None, &[]).unwrap();

@@ -25,7 +25,7 @@ use wdml_proto::{AdversaryKind, Peer, RoundMetrics, StartRound, Undelivered};
 
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
-use crate::exchange::client::PeerClients;
+use crate::exchange::client::{Link, PeerClients};
 use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::{AirReceiver, Listening, Shaper};
 use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Quorum, send_and_collect};
@@ -201,55 +201,15 @@ impl Round<'_> {
         };
         let began = Instant::now();
         let before = self.flops.0.load(Ordering::Relaxed) - self.flops.1;
-        // A silent adversary keeps its predictions to itself (and its radio idle).
+        // A silent adversary keeps its predictions to itself (and its radio idle):
+        // misbehaviour is applied here, at the exchange, whatever the algorithm.
         let withhold = node.adversary == Some(AdversaryKind::Silent);
-        let destinations = if withhold {
-            Vec::new()
-        } else {
-            self.start
-                .neighbours
-                .iter()
-                .map(|peer| match node.peers.link(peer.node_id, &peer.address) {
-                    Ok(link) => (peer.node_id, Some(link)),
-                    Err(status) => {
-                        warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
-                        (peer.node_id, None)
-                    }
-                })
-                .collect()
-        };
-        let phase_s = self.expected.band_phase_s;
-        // Over the air: each neighbour's slot, which its own neighbours share.
+        let destinations = if withhold { Vec::new() } else { self.destinations(node) };
         let air = match node.plan.over_the_air() {
-            true => Some(
-                self.start
-                    .neighbours
-                    .iter()
-                    .filter(|_| !withhold)
-                    .map(|peer| {
-                        Ok(AirReceiver {
-                            id: peer.node_id,
-                            wait_s: band_wait_s(&node.plan, phase_s, node.id, peer.band_start_s),
-                            slot: node.shaper.air_slot(
-                                self.start.round,
-                                peer.node_id,
-                                self.neighbourhood.of(peer.node_id),
-                                shape.values(),
-                            )?,
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?,
-            ),
+            true => Some(self.air_receivers(node, shape, withhold)?),
             false => None,
         };
-        // When this node's radio is done transmitting, over the air: its last slot.
-        let air_busy_s =
-            air.iter()
-                .flatten()
-                .fold(0.0f64, |busy, receiver| match receiver.slot.aligned(node.id as usize) {
-                    Some(_) => busy.max(receiver.wait_s + receiver.slot.span_s()),
-                    None => busy,
-                });
+        let phase_s = self.expected.band_phase_s;
         let outgoing = Outgoing {
             envelope: Envelope {
                 run_id: node.plan.run_id.clone(),
@@ -265,9 +225,80 @@ impl Round<'_> {
             air,
             undelivered: node.undelivered.clone(),
         };
-        // Semi-synchronous rounds: the exchange waits by the round's own rule.
+        // When this node's radio is done transmitting, over the air: its last slot.
+        let air_busy_s = outgoing.air.iter().flatten().fold(0.0f64, |busy, receiver| {
+            match receiver.slot.aligned(node.id as usize) {
+                Some(_) => busy.max(receiver.wait_s + receiver.slot.span_s()),
+                None => busy,
+            }
+        });
+        let (deadline, quorum) = self.closing(node);
+        let collected = send_and_collect(
+            &node.shaper,
+            &node.mailbox,
+            outgoing,
+            deadline,
+            &self.expected.deadlines,
+            quorum,
+            &mut self.metrics,
+        )
+        .await?;
+        if !collected.stale.is_empty() {
+            let ages: u32 = collected.stale.iter().map(|m| self.start.round - m.round).sum();
+            self.metrics.stale_used = collected.stale.len() as u32;
+            self.metrics.stale_age = f64::from(ages) / collected.stale.len() as f64;
+        }
+        self.note_punctuality(node, &collected);
+        self.metrics.exchange_ms = ms(began.elapsed());
+        let ready = self.emulated_ready(node, before, air_busy_s, &collected);
+        self.exchanged = Some((ready, before));
+        Ok(collected)
+    }
+
+    /// Where this round's message goes: each neighbour's link (`None`: it could not be
+    /// set up, and the send counts the neighbour unreachable).
+    fn destinations(&self, node: &mut Node) -> Vec<(u32, Option<Link>)> {
+        self.start
+            .neighbours
+            .iter()
+            .map(|peer| match node.peers.link(peer.node_id, &peer.address) {
+                Ok(link) => (peer.node_id, Some(link)),
+                Err(status) => {
+                    warn!(peer = peer.node_id, "cannot reach neighbour: {}", status.message());
+                    (peer.node_id, None)
+                }
+            })
+            .collect()
+    }
+
+    /// Over the air: each neighbour's slot, which its own neighbours share (none when
+    /// this node withholds).
+    fn air_receivers(&self, node: &Node, shape: MessageShape, withhold: bool) -> Result<Vec<AirReceiver>> {
+        let phase_s = self.expected.band_phase_s;
+        self.start
+            .neighbours
+            .iter()
+            .filter(|_| !withhold)
+            .map(|peer| {
+                Ok(AirReceiver {
+                    id: peer.node_id,
+                    wait_s: band_wait_s(&node.plan, phase_s, node.id, peer.band_start_s),
+                    slot: node.shaper.air_slot(
+                        self.start.round,
+                        peer.node_id,
+                        self.neighbourhood.of(peer.node_id),
+                        shape.values(),
+                    )?,
+                })
+            })
+            .collect()
+    }
+
+    /// How long the exchange may wait, and for how many: the round's deadline, and
+    /// under a semi-synchronous policy the round's own rule.
+    fn closing(&self, node: &Node) -> (Instant, Option<Quorum>) {
         let wall = |emulated_s: f64| node.shaper.wall(emulated_s).unwrap_or(Duration::MAX);
-        let (deadline, quorum) = match node.plan.closing {
+        match node.plan.closing {
             Closing::Sync => (self.deadline, None),
             Closing::Quorum { grace_s, .. } => (
                 self.deadline,
@@ -287,26 +318,14 @@ impl Round<'_> {
                 let cutoff = self.expected.began + wall((0.95 * deadline_s - after_s).max(0.0));
                 (self.deadline.min(cutoff), None)
             }
-        };
-        let collected = send_and_collect(
-            &node.shaper,
-            &node.mailbox,
-            outgoing,
-            deadline,
-            &self.expected.deadlines,
-            quorum,
-            &mut self.metrics,
-        )
-        .await?;
-        if !collected.stale.is_empty() {
-            let ages: u32 = collected.stale.iter().map(|m| self.start.round - m.round).sum();
-            self.metrics.stale_used = collected.stale.len() as u32;
-            self.metrics.stale_age = f64::from(ages) / collected.stale.len() as f64;
         }
-        // Punctuality: how late each expected message came beyond its air time, or that
-        // it did not come (the radio's losses are no neighbour's fault: not counted; nor
-        // is a message its sender said could not reach this node: that neighbour is
-        // sending, over a broken link, and must not be reported silent for it).
+    }
+
+    /// Punctuality: how late each expected message came beyond its air time, or that
+    /// it did not come (the radio's losses are no neighbour's fault: not counted; nor
+    /// is a message its sender said could not reach this node: that neighbour is
+    /// sending, over a broken link, and must not be reported silent for it).
+    fn note_punctuality(&self, node: &mut Node, collected: &Collected) {
         for (&neighbour, &air) in &self.expected.delivered {
             if collected.unreachable.contains(&neighbour) {
                 continue;
@@ -326,12 +345,16 @@ impl Round<'_> {
                 }
             }
         }
-        self.metrics.exchange_ms = ms(began.elapsed());
-        // The emulated clock: a neighbour's message is here once that neighbour has
-        // computed what comes before its exchange (on its own device, known from the
-        // plan) and the radio has carried it; ours is sent after our own air time. A
-        // message the radio lost is not waited for (nor is it by the adaptive deadline).
+    }
+
+    /// The emulated time at which this node has sent its message and heard its
+    /// neighbours': a neighbour's message is here once that neighbour has computed what
+    /// comes before its exchange (on its own device, known from the plan) and the radio
+    /// has carried it; ours is sent after our own air time. A message the radio lost is
+    /// not waited for (nor is it by the adaptive deadline).
+    fn emulated_ready(&self, node: &Node, before: u64, air_busy_s: f64, collected: &Collected) -> f64 {
         let plan = &node.plan;
+        let phase_s = self.expected.band_phase_s;
         let seconds = |id: u32, flops: u64| plan.device(id).map_or(0.0, |d| d.seconds(flops));
         let mine = seconds(node.id, before);
         let mut ready = if plan.over_the_air() {
@@ -348,8 +371,7 @@ impl Round<'_> {
                 ready = ready.max(seconds(message.sender, theirs) + arrival);
             }
         }
-        self.exchanged = Some((ready, before));
-        Ok(collected)
+        ready
     }
 }
 
