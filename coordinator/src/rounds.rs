@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::time::timeout_at;
+// tokio's clock throughout (the join wait, the barrier, the round's timings), so a
+// test under `tokio::time::pause()` drives every deadline of a round.
+use tokio::time::{Instant, timeout_at};
 use tracing::{error, info, warn};
 use wdml_proto::transport::random_secret;
 use wdml_proto::{
@@ -92,7 +94,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
 async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
     let config = &shared.config;
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + config.join_timeout;
+    let deadline = Instant::now() + config.join_timeout;
     let mut said = None;
     loop {
         // Joined: accepted by Join; ready: its stream open too (what a round needs).
@@ -110,14 +112,12 @@ async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
                  {:.0} s more (coordinator.join_timeout_ms), then starting with at least {} ready \
                  (coordinator.min_nodes)",
                 start.expected,
-                deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs_f64(),
+                deadline.saturating_duration_since(Instant::now()).as_secs_f64(),
                 start.minimum
             );
             said = Some((joined, live));
         }
-        if tokio::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             if live >= start.minimum && live > 0 {
                 warn!(
                     live,
@@ -413,7 +413,7 @@ fn neighbours_at(shared: &Shared, channel: Option<&Channel>, t: f64) -> Result<O
 async fn wait_at_barrier(shared: &Shared) -> Barrier {
     let config = &shared.config;
     let closing = config.closing().expect("validated at the start");
-    let started = tokio::time::Instant::now();
+    let started = Instant::now();
     let timeout = started + config.round_timeout;
     let mut close_at = match closing {
         Closing::Deadline { deadline_s } => started + config.wall(deadline_s),
@@ -457,14 +457,14 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
             let slowest = open
                 .reported
                 .values()
-                .map(|(_, at)| tokio::time::Instant::from_std(*at).saturating_duration_since(started))
+                .map(|(_, at)| at.saturating_duration_since(started))
                 .max();
             (awaited, open.reported.len(), suspects_only.then_some(slowest).flatten())
         };
         if reported >= awaited {
             return Barrier::Closed { awaited };
         }
-        let now = tokio::time::Instant::now();
+        let now = Instant::now();
         if let Closing::Quorum { grace_s, .. } = closing
             && reported >= closing.needed(awaited)
             && close_at == timeout
@@ -669,8 +669,8 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
         event: Some(run_event::Event::RunFinished(RunFinished { run_dir, finished })),
     });
     // Nodes leave as soon as they read RunComplete; don't cut their streams first.
-    let grace = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < grace && shared.state().members.live().next().is_some() {
+    let grace = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < grace && shared.state().members.live().next().is_some() {
         let _ = timeout_at(grace, shared.changed.notified()).await;
     }
     // Close what is still open, so the server's graceful shutdown has nothing to wait for.

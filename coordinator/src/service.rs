@@ -5,7 +5,11 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// One clock for the whole coordinator, tokio's: the heartbeat reaper, the probe
+// interval and the report bounds all follow `tokio::time::pause()` in tests.
+use tokio::time::Instant;
 
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
