@@ -11,6 +11,7 @@
 //!
 //! [`run`] is the whole process: serve, drive the rounds, write the report, stop.
 
+mod barrier;
 mod config;
 mod curve;
 pub mod dashboard;

@@ -19,11 +19,10 @@ use wdml_channel::spectrum::{self, BandPlan, Sender};
 use wdml_channel::{Access, Channel, Mode, derive_external_seed, purpose};
 use wdml_proto::message;
 
-use wdml_proto::policy::Closing;
-
+use crate::barrier::{self, Decision, Reason};
 use crate::members::Told;
 use crate::report::Summary;
-use crate::service::{Moved, OpenRound, POLL, Shared, send_to};
+use crate::service::{Moved, OpenRound, POLL, Shared, State, send_to};
 use crate::{Error, Result};
 
 /// Closed rounds whose late reports are still recognised.
@@ -407,95 +406,84 @@ fn neighbours_at(shared: &Shared, channel: Option<&Channel>, t: f64) -> Result<O
     }))
 }
 
-/// Waits until the round policy closes the round: every awaited participant reported
-/// or is gone (`sync`), enough of them plus the grace (`quorum`), or the deadline
-/// (`deadline`); never past the round timeout.
+/// Waits until the round policy closes the round ([`barrier::decide`]): every awaited
+/// participant reported or is gone (`sync`), enough of them plus the grace (`quorum`),
+/// or the deadline (`deadline`); never past the round timeout.
 async fn wait_at_barrier(shared: &Shared) -> Barrier {
-    let config = &shared.config;
-    let closing = config.closing().expect("validated at the start");
-    let started = Instant::now();
-    let timeout = started + config.round_timeout;
-    let mut close_at = match closing {
-        Closing::Deadline { deadline_s } => started + config.wall(deadline_s),
-        _ => timeout,
-    };
+    let rules = barrier::Rules::of(&shared.config).expect("validated at the start");
+    let mut said = None;
     loop {
-        // One look at the state for both: a member leaving between two looks made a
-        // round everyone left look closed with no report (CI saw it: a stopped run then
-        // resumed past a round it never had).
-        let (awaited, reported, suspects_only) = {
-            let state = shared.state();
-            let open = state.open.as_ref().expect("a round is open");
-            // Everyone it was sent to left without a report or a failure (the nodes
-            // were stopped): nothing happened in this round, so it is not closed; it
-            // starts again when members are back (or the run is stopped meanwhile).
-            if open.reported.is_empty() && open.failed.is_empty() && state.members.live().next().is_none() {
-                return Barrier::Abandoned;
-            }
-            let awaited = open
-                .participants
-                .iter()
-                .filter(|(id, connection)| {
-                    // A participant that reconnected since the round started got no
-                    // StartRound on its new stream: it will not report this round. One
-                    // that has not reported for rounds is not waited for either.
-                    open.reported.contains_key(id)
-                        || (state.members.is_current(**id, **connection)
-                            && state.members.get(**id).is_some_and(|m| m.awaited()))
-                })
-                .count();
-            // A member that missed its last report (withholding, or in trouble) is
-            // awaited only as long as this round's own reports justify: once everyone
-            // else reported, twice the slowest of them (at least 200 ms), not the
-            // whole round timeout (with rejoins, a withholding member held every other
-            // round to 120 s).
-            let suspects_only = open
-                .participants
-                .keys()
-                .filter(|id| !open.reported.contains_key(id))
-                .all(|id| state.members.get(*id).is_none_or(|m| m.missed_reports > 0));
-            let slowest = open
-                .reported
-                .values()
-                .map(|(_, at)| at.saturating_duration_since(started))
-                .max();
-            (awaited, open.reported.len(), suspects_only.then_some(slowest).flatten())
-        };
-        if reported >= awaited {
-            return Barrier::Closed { awaited };
-        }
         let now = Instant::now();
-        if let Closing::Quorum { grace_s, .. } = closing
-            && reported >= closing.needed(awaited)
-            && close_at == timeout
-        {
-            close_at = now + config.wall(grace_s);
-            info!(reported, awaited, "quorum reached; closing after the grace period");
-        }
-        // Under `sync` only: `quorum` and `deadline` bound the wait by their own rule.
-        if let (Closing::Sync, Some(slowest)) = (closing, suspects_only) {
-            let patience = started + (slowest * 2).max(Duration::from_millis(200));
-            if patience < close_at {
-                info!(
-                    waiting = awaited - reported,
-                    "only members that missed their last report are left; waiting for them until {} ms into the round",
-                    (patience - started).as_millis()
-                );
-                close_at = patience;
+        // One look at the state for the whole view: a member leaving between two looks
+        // made a round everyone left look closed with no report (CI saw it: a stopped
+        // run then resumed past a round it never had).
+        let (decision, reported) = {
+            let state = shared.state();
+            let view = barrier_view(&state);
+            let reported = view.seats.iter().filter(|s| s.reported_at.is_some()).count();
+            (barrier::decide(&rules, &view, now), reported)
+        };
+        match decision {
+            Decision::Abandoned => return Barrier::Abandoned,
+            Decision::Close { reason, awaited } => {
+                let waiting = awaited.saturating_sub(reported);
+                match reason {
+                    Reason::AllReported => {}
+                    Reason::Timeout => warn!(waiting, "round deadline passed; closing the round without them"),
+                    _ => {
+                        info!(waiting, policy = %shared.config.settings.round_policy(), "closing the round without them; they go on with the next")
+                    }
+                }
+                return Barrier::Closed { awaited };
+            }
+            Decision::Wait { until, reason } => {
+                if said != Some(until) {
+                    said = Some(until);
+                    let at_ms = until
+                        .saturating_duration_since(shared.state().open.as_ref().map_or(now, |o| o.started))
+                        .as_millis();
+                    match reason {
+                        Reason::Quorum => info!(
+                            reported,
+                            "quorum reached; closing {at_ms} ms into the round (the grace period)"
+                        ),
+                        Reason::Patience => info!(
+                            reported,
+                            "only members that missed their last report are left; waiting for them until {at_ms} ms into the round"
+                        ),
+                        _ => {}
+                    }
+                }
+                // Also re-check now and then: a connection replaced without a wake-up.
+                let _ = timeout_at(until.min(now + POLL), shared.changed.notified()).await;
             }
         }
-        let close_at = close_at.min(timeout);
-        if now >= close_at {
-            let waiting = awaited - reported;
-            if close_at == timeout {
-                warn!(waiting, "round deadline passed; closing the round without them");
-            } else {
-                info!(waiting, policy = %config.settings.round_policy(), "closing the round without them; they go on with the next");
+    }
+}
+
+/// The open round as the barrier sees it.
+fn barrier_view(state: &State) -> barrier::View {
+    let open = state.open.as_ref().expect("a round is open");
+    let seats = open
+        .participants
+        .iter()
+        .map(|(id, connection)| {
+            let member = state.members.get(*id);
+            barrier::Seat {
+                reported_at: open.reported.get(id).map(|(_, at)| *at),
+                // A participant that reconnected since the round started got no
+                // StartRound on its new stream: it will not report this round. One
+                // that has not reported for rounds is not waited for either.
+                awaited: state.members.is_current(*id, *connection) && member.is_some_and(|m| m.awaited()),
+                suspect: member.is_none_or(|m| m.missed_reports > 0),
             }
-            return Barrier::Closed { awaited };
-        }
-        // Also re-check now and then: a connection replaced without a wake-up.
-        let _ = timeout_at(close_at.min(now + POLL), shared.changed.notified()).await;
+        })
+        .collect();
+    barrier::View {
+        started: open.started,
+        seats,
+        failed: open.failed.len(),
+        anyone_live: state.members.live().next().is_some(),
     }
 }
 
