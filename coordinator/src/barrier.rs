@@ -1,4 +1,5 @@
-//! The round barrier's decision, without I/O: given what the open round holds (who was
+//! The open round and the barrier's decision over it, without I/O: given what the
+//! open round holds (who was
 //! sent StartRound, who reported and when, who is still awaited) and the time now, the
 //! round closes (and why), waits (until when), or is abandoned. The round driver
 //! ([`crate::rounds`]) only gathers the view under the state lock, applies the
@@ -10,9 +11,64 @@ use std::time::Duration;
 use tokio::time::Instant;
 use wdml_proto::policy::Closing;
 
+use crate::members::Members;
+
 /// The least a member that missed its last report is waited for once everyone else
 /// reported (see [`decide`]).
 pub(crate) const MIN_PATIENCE: Duration = Duration::from_millis(200);
+
+/// The round the barrier is waiting on.
+#[derive(Debug)]
+pub(crate) struct OpenRound {
+    pub round: u32,
+    pub token: u64,
+    pub started: Instant,
+    /// Who was sent StartRound, with the connection it was sent on.
+    pub participants: std::collections::BTreeMap<u32, u64>,
+    /// How many neighbours each participant was given: what its counters can be.
+    pub neighbours: std::collections::BTreeMap<u32, u32>,
+    /// Done reports received in time, with when they arrived.
+    pub reported: std::collections::BTreeMap<u32, (wdml_proto::RoundMetrics, Instant)>,
+    /// Participants whose round failed (they said so).
+    pub failed: std::collections::BTreeSet<u32>,
+    /// Where moving devices are this round, and who hears whom (`None`: static).
+    pub moved: Option<Moved>,
+}
+
+/// Where moving devices are in a round (`channel.mobility`).
+#[derive(Debug)]
+pub(crate) struct Moved {
+    pub emulated_s: f64,
+    pub positions: Vec<wdml_channel::Position>,
+    pub neighbours: Vec<Vec<u32>>,
+}
+
+impl OpenRound {
+    /// The round as the barrier sees it, with its participants' standing in `members`.
+    pub fn view(&self, members: &Members) -> View {
+        let seats = self
+            .participants
+            .iter()
+            .map(|(id, connection)| {
+                let member = members.get(*id);
+                Seat {
+                    reported_at: self.reported.get(id).map(|(_, at)| *at),
+                    // A participant that reconnected since the round started got no
+                    // StartRound on its new stream: it will not report this round. One
+                    // that has not reported for rounds is not waited for either.
+                    awaited: members.is_current(*id, *connection) && member.is_some_and(|m| m.awaited()),
+                    suspect: member.is_none_or(|m| m.missed_reports > 0),
+                }
+            })
+            .collect();
+        View {
+            started: self.started,
+            seats,
+            failed: self.failed.len(),
+            anyone_live: members.live().next().is_some(),
+        }
+    }
+}
 
 /// How rounds close, in wall time.
 #[derive(Clone, Copy, Debug)]

@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use wdml_proto::files::{Mode, append_durable, sync_dir, write_atomic};
 use wdml_proto::{RoundClosed, RoundMetrics};
 
+use crate::barrier::OpenRound;
 use crate::journal::{self, Entry, Journal, now_ms};
 use crate::members::{Members, MembershipEvent, Presence};
-use crate::service::OpenRound;
 use crate::{Config, Error, Result};
 
 /// One node's report for one round, as written to `metrics.jsonl`.

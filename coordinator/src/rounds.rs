@@ -20,9 +20,10 @@ use wdml_channel::{Access, Channel, Mode, derive_external_seed, purpose};
 use wdml_proto::message;
 
 use crate::barrier::{self, Decision, Reason};
+use crate::barrier::{Moved, OpenRound};
 use crate::members::Told;
 use crate::report::Summary;
-use crate::service::{Moved, OpenRound, POLL, Shared, State, send_to};
+use crate::state::{POLL, Shared, State, send_to};
 use crate::{Error, Result};
 
 /// Closed rounds whose late reports are still recognised.
@@ -419,7 +420,7 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
         // run then resumed past a round it never had).
         let (decision, reported) = {
             let state = shared.state();
-            let view = barrier_view(&state);
+            let view = state.open.as_ref().expect("a round is open").view(&state.members);
             let reported = view.seats.iter().filter(|s| s.reported_at.is_some()).count();
             (barrier::decide(&rules, &view, now), reported)
         };
@@ -458,32 +459,6 @@ async fn wait_at_barrier(shared: &Shared) -> Barrier {
                 let _ = timeout_at(until.min(now + POLL), shared.changed.notified()).await;
             }
         }
-    }
-}
-
-/// The open round as the barrier sees it.
-fn barrier_view(state: &State) -> barrier::View {
-    let open = state.open.as_ref().expect("a round is open");
-    let seats = open
-        .participants
-        .iter()
-        .map(|(id, connection)| {
-            let member = state.members.get(*id);
-            barrier::Seat {
-                reported_at: open.reported.get(id).map(|(_, at)| *at),
-                // A participant that reconnected since the round started got no
-                // StartRound on its new stream: it will not report this round. One
-                // that has not reported for rounds is not waited for either.
-                awaited: state.members.is_current(*id, *connection) && member.is_some_and(|m| m.awaited()),
-                suspect: member.is_none_or(|m| m.missed_reports > 0),
-            }
-        })
-        .collect();
-    barrier::View {
-        started: open.started,
-        seats,
-        failed: open.failed.len(),
-        anyone_live: state.members.live().next().is_some(),
     }
 }
 
@@ -573,7 +548,7 @@ fn write_split(shared: &Shared) {
     write_split_locked(shared, &state);
 }
 
-fn write_split_locked(shared: &Shared, state: &crate::service::State) {
+fn write_split_locked(shared: &Shared, state: &State) {
     if let Err(e) = shared
         .report()
         .write_split(&state.members, &shared.config.settings.partition)
