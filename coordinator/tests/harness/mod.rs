@@ -133,6 +133,8 @@ pub struct Coordinator {
     pub tls: PathBuf,
     pub run_dir: PathBuf,
     pub nodes: u32,
+    /// Plaintext (`--insecure`): members connect without certificates.
+    pub insecure: bool,
     stop: Option<oneshot::Sender<()>>,
     run: JoinHandle<wdml_coordinator::Result<Summary>>,
     _dir: TempDir,
@@ -148,6 +150,7 @@ impl Coordinator {
         std::fs::create_dir_all(&run_dir).unwrap();
         let mut config = config(&run_dir, security, nodes, rounds);
         tweak(&mut config);
+        let insecure = !config.security.is_tls();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -159,6 +162,7 @@ impl Coordinator {
             tls,
             run_dir,
             nodes,
+            insecure,
             stop: Some(stop),
             run,
             _dir: dir,
@@ -201,7 +205,10 @@ impl Coordinator {
 
     /// A connection as node `id`, with its own certificate.
     pub async fn connect(&self, id: u32) -> CoordinatorClient<Channel> {
-        let security = Security::from_dir(&self.tls, Identity::Node(id)).expect("the node's credentials");
+        let security = match self.insecure {
+            true => Security::Insecure,
+            false => Security::from_dir(&self.tls, Identity::Node(id)).expect("the node's credentials"),
+        };
         let endpoint = security.endpoint(&self.address, Identity::Coordinator).unwrap();
         match tokio::time::timeout(WAIT, endpoint.connect())
             .await
