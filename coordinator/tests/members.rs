@@ -159,6 +159,54 @@ async fn a_node_that_dies_between_join_and_its_stream_does_not_block_the_run() {
     );
 }
 
+/// A coordinator stopped in the middle of round 4 writes an unfinished summary; started
+/// again on the same run directory it resumes from its journal at round 4 (the round it
+/// did not close), waits for the run's members to join again, and finishes with each
+/// round filed once per node.
+#[tokio::test(start_paused = true)]
+async fn a_coordinator_stopped_mid_run_resumes_at_the_round_it_did_not_close() {
+    let rounds = 6;
+    let mut coordinator = Coordinator::start("resume", 3, rounds, |_| {}).await;
+    // A second a round: round 4 is open from 3 s to 4 s.
+    let plays: Vec<_> = coordinator
+        .members(3)
+        .await
+        .into_iter()
+        .map(|m| tokio::spawn(play_taking(m, ms(1_000))))
+        .collect();
+    tokio::time::sleep(ms(3_500)).await;
+    let stopped = coordinator.restart().await.expect("the stopped run is written up");
+    assert!(
+        !stopped.finished && stopped.reason.contains("stopped"),
+        "{}",
+        stopped.reason
+    );
+    assert_eq!(stopped.rounds_closed, 3);
+    for play in plays {
+        let (started, end) = play.await.unwrap();
+        assert_eq!(started, [1, 2, 3, 4]);
+        assert!(matches!(end, End::Complete(ref c) if !c.finished), "{end:?}");
+    }
+    let plays: Vec<_> = coordinator
+        .members(3)
+        .await
+        .into_iter()
+        .map(|m| tokio::spawn(play_taking(m, ms(1_000))))
+        .collect();
+    let summary = coordinator.end().await.expect("the resumed run ends well");
+    assert!(summary.finished, "{}", summary.reason);
+    assert_eq!(summary.rounds_closed, rounds);
+    for play in plays {
+        let (started, end) = play.await.unwrap();
+        assert_eq!(started, [4, 5, 6]);
+        assert!(matches!(end, End::Complete(ref c) if c.finished), "{end:?}");
+    }
+    let mut filed: Vec<(u32, u32)> = coordinator.metrics().iter().map(|r| (r.round, r.node)).collect();
+    filed.sort_unstable();
+    let every: Vec<(u32, u32)> = (1..=rounds).flat_map(|r| (0..3).map(move |n| (r, n))).collect();
+    assert_eq!(filed, every, "each round filed once per node");
+}
+
 /// Node 2 advertises an address nothing listens on. Its neighbours say, two rounds in a
 /// row, that they could not connect to it: each time node 2 is told their messages are
 /// not coming, and after the second it is out of the exchange (membership event

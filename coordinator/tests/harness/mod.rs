@@ -135,6 +135,8 @@ pub struct Coordinator {
     pub nodes: u32,
     /// Plaintext (`--insecure`): members connect without certificates.
     pub insecure: bool,
+    /// What it was started with (a restart starts again with it).
+    config: Config,
     stop: Option<oneshot::Sender<()>>,
     run: JoinHandle<wdml_coordinator::Result<Summary>>,
     _dir: TempDir,
@@ -154,7 +156,7 @@ impl Coordinator {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let (stop, stopped) = oneshot::channel::<()>();
-        let run = tokio::spawn(wdml_coordinator::run(config, listener, async {
+        let run = tokio::spawn(wdml_coordinator::run(config.clone(), listener, async {
             let _ = stopped.await;
         }));
         Coordinator {
@@ -163,6 +165,7 @@ impl Coordinator {
             run_dir,
             nodes,
             insecure,
+            config,
             stop: Some(stop),
             run,
             _dir: dir,
@@ -183,6 +186,22 @@ impl Coordinator {
             let _ = stop.send(());
         }
         self.end().await
+    }
+
+    /// Stops the run (as a shutdown signal would) and starts the coordinator again on
+    /// the same run directory and configuration, on a new port (members must join
+    /// again, as they do when their coordinator comes back). Returns how the first run
+    /// ended.
+    pub async fn restart(&mut self) -> wdml_coordinator::Result<Summary> {
+        let ended = self.stop().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.address = listener.local_addr().unwrap().to_string();
+        let (stop, stopped) = oneshot::channel::<()>();
+        self.stop = Some(stop);
+        self.run = tokio::spawn(wdml_coordinator::run(self.config.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        ended
     }
 
     /// The rows of `metrics.jsonl`.
