@@ -9,7 +9,7 @@ use std::time::Duration;
 use harness::{Coordinator, End, Member, honest_metrics, join_request, ms, play_honest, play_taking, within};
 use wdml_proto::node_event::Event;
 use wdml_proto::transport::{Identity, Security};
-use wdml_proto::{NeighbourSilent, Undelivered, coordinator_event};
+use wdml_proto::{NeighbourSilent, RoundFailed, Undelivered, coordinator_event};
 
 /// Node 2 misbehaves: it floods Joins, then NeighbourSilent and Undelivered events by the
 /// thousand each round, then reports a loss of 1.7e308. The floods are cut to their pace
@@ -313,4 +313,122 @@ async fn answer_as_node_2(coordinator: &Coordinator, address: std::net::SocketAd
         let limits = wdml_proto::transport::Limits::members();
         let _ = wdml_proto::transport::serve(router, listener, security, limits, std::future::pending()).await;
     })
+}
+
+/// A member whose round failed says so and leaves: the round it failed closes on the
+/// others' reports, not at the round timeout (60 s), and the run goes on without it.
+/// (The node's side, a panicking round reported and a non-zero exit, stays a process
+/// test: tests/recovery.rs.)
+#[tokio::test(start_paused = true)]
+async fn a_member_whose_round_failed_leaves_and_is_not_waited_for() {
+    let rounds = 5;
+    let mut coordinator = Coordinator::start("failed", 3, rounds, |c| {
+        c.round_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut plays = Vec::new();
+    for id in 0..2 {
+        plays.push(tokio::spawn(play_taking(coordinator.member(id).await, ms(1_000))));
+    }
+    let failing = coordinator.member(2).await;
+    let (started, end) = failing
+        .play(|m, start| match start.round + 1 {
+            3 => {
+                let failed = Event::Failed(RoundFailed {
+                    round: start.round,
+                    round_token: start.round_token,
+                    reason: "the round worker panicked".into(),
+                });
+                let m_tx = m.sender();
+                tokio::spawn(async move {
+                    let _ = m_tx.send(harness::event(failed)).await;
+                });
+            }
+            _ => m.report_after(ms(500), start, honest_metrics(0.5)),
+        })
+        .await;
+    // It is sent nothing after it failed; its stream ends (it left).
+    assert_eq!(started, [1, 2, 3]);
+    assert!(matches!(end, End::Closed | End::Refused(_)), "{end:?}");
+    let summary = coordinator.end().await.expect("the run ends well");
+    assert!(summary.finished, "{}", summary.reason);
+    let node2 = summary.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert_eq!((node2.status.as_str(), node2.rounds_reported), ("left", 2));
+    assert!(
+        summary
+            .events
+            .iter()
+            .any(|e| e.node == 2 && e.event == "failed" && e.reason.contains("panicked")),
+        "{:?}",
+        summary.events
+    );
+    let times = coordinator.round_ms();
+    assert!(times[&3] < 1_100.0, "round 3 waited for the failed member: {times:?}");
+    for node in &summary.nodes[..2] {
+        assert_eq!(node.rounds_reported, rounds, "{node:?}");
+    }
+}
+
+/// Every member's first round fails: no round heard anything, and the run is not
+/// called finished; the summary says why.
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_every_round_failed_is_not_finished_and_says_why() {
+    let mut coordinator = Coordinator::start("all-failed", 2, 3, |_| {}).await;
+    for mut member in coordinator.members(2).await {
+        let start = member.next_start().await.expect("round 1 starts");
+        member
+            .send(Event::Failed(RoundFailed {
+                round: start.round,
+                round_token: start.round_token,
+                reason: "the round worker panicked".into(),
+            }))
+            .await;
+        // It leaves after saying so: its stream is closed by the coordinator (after
+        // news of the other's departure, for the second).
+        let end = loop {
+            if let Err(end) = member.next().await {
+                break end;
+            }
+        };
+        assert!(matches!(end, End::Closed), "member {}: {end:?}", member.id);
+    }
+    let ended = coordinator.end().await;
+    assert!(ended.is_err(), "nobody is left to run round 2: {ended:?}");
+    let summary = coordinator.summary();
+    assert!(!summary.finished);
+    assert!(summary.reason.contains("every round failed"), "{}", summary.reason);
+    assert_eq!((summary.rounds_closed, summary.failed_rounds), (1, 1));
+}
+
+/// With `coordinator.min_participation = 0.9` of 4 nodes, a member gone after round 2
+/// leaves rounds 3 and 4 at 3 of 4: all rounds close, but the run is not called
+/// finished, and the verdict says why. (tests/hostile.rs has it with a node killed,
+/// and the coordinator's exit status.)
+#[tokio::test(start_paused = true)]
+async fn a_run_that_heard_from_too_few_nodes_is_not_called_finished() {
+    let mut coordinator = Coordinator::start("participation", 4, 4, |c| {
+        c.min_participation = 0.9;
+    })
+    .await;
+    let mut plays = Vec::new();
+    for id in 0..3 {
+        plays.push(tokio::spawn(play_taking(coordinator.member(id).await, ms(1_000))));
+    }
+    let mut leaving = coordinator.member(3).await;
+    for _ in 0..2 {
+        let start = leaving.next_start().await.expect("a round starts");
+        leaving.report_after(ms(500), &start, honest_metrics(0.5));
+    }
+    // It goes 2.7 s in, in round 3 (its round-2 report, 1.5 s in, filed): rounds 3
+    // and 4 hear from 3 of 4.
+    tokio::time::sleep(ms(1_700)).await;
+    drop(leaving);
+    let summary = coordinator.end().await.expect("the run is written up");
+    assert_eq!(summary.rounds_closed, 4);
+    assert!(!summary.finished);
+    assert!(
+        summary.reason.contains("heard from only 3 of 4 nodes") && summary.reason.contains("min_participation"),
+        "{}",
+        summary.reason
+    );
 }

@@ -204,6 +204,12 @@ impl Coordinator {
         ended
     }
 
+    /// `summary.json`, as the run wrote it (also when `run` returned an error).
+    pub fn summary(&self) -> Summary {
+        let text = std::fs::read_to_string(self.run_dir.join("summary.json")).expect("summary.json");
+        serde_json::from_str(&text).expect("summary.json reads")
+    }
+
     /// The rows of `metrics.jsonl`.
     pub fn metrics(&self) -> Vec<MetricsRow> {
         let text = std::fs::read_to_string(self.run_dir.join("metrics.jsonl")).unwrap_or_default();
@@ -386,6 +392,11 @@ impl Member {
     /// Sends an event on its stream.
     pub async fn send(&self, e: node_event::Event) {
         let _ = self.tx.send(event(e)).await;
+    }
+
+    /// Where its events go (for a task of its own).
+    pub fn sender(&self) -> mpsc::Sender<NodeEvent> {
+        self.tx.clone()
     }
 
     /// Reports `start`'s round with `metrics`.
