@@ -234,9 +234,9 @@ mod tests {
     };
     const DEADLINE: Closing = Closing::Deadline { deadline_s: 2.0 };
 
-    /// A participant, written as the table reads: `r(ms)` reported at ms into the
-    /// round; `w` awaited and not reported; `s` a suspect (missed its last report) still
-    /// awaited; `g` gone (reconnected or left: not awaited, not a suspect); `x` gone
+    /// A participant, written as the table reads: `R(ms)` reported at ms into the
+    /// round; `W` awaited and not reported; `S` a suspect (missed its last report) still
+    /// awaited; `G` gone (reconnected or left: not awaited, not a suspect); `X` gone
     /// and a suspect.
     #[derive(Clone, Copy)]
     enum P {
@@ -295,239 +295,49 @@ mod tests {
     #[test]
     fn the_barrier_closes_waits_or_abandons_as_each_policy_says() {
         use Reason::*;
+        #[rustfmt::skip]
         let cases: &[Case] = &[
             // name, policy, participants, failed, anyone live, now (ms), decision
-            (
-                "sync: everyone reported",
-                SYNC,
-                &[R(10), R(30), R(20)],
-                0,
-                true,
-                30,
-                Want::Close(AllReported, 3),
-            ),
-            (
-                "sync: one still working",
-                SYNC,
-                &[R(10), W, R(20)],
-                0,
-                true,
-                30,
-                Want::Wait(10_000, Timeout),
-            ),
-            (
-                "sync: round timeout passed",
-                SYNC,
-                &[R(10), W],
-                0,
-                true,
-                10_000,
-                Want::Close(Timeout, 2),
-            ),
+            ("sync: everyone reported", SYNC, &[R(10), R(30), R(20)], 0, true, 30, Want::Close(AllReported, 3)),
+            ("sync: one still working", SYNC, &[R(10), W, R(20)], 0, true, 30, Want::Wait(10_000, Timeout)),
+            ("sync: round timeout passed", SYNC, &[R(10), W], 0, true, 10_000, Want::Close(Timeout, 2)),
             // A member that reconnected (or left) is not awaited: the round closes
             // on the others' reports.
-            (
-                "sync: the missing one is gone",
-                SYNC,
-                &[R(10), G, R(40)],
-                0,
-                true,
-                40,
-                Want::Close(AllReported, 2),
-            ),
+            ("sync: the missing one is gone", SYNC, &[R(10), G, R(40)], 0, true, 40, Want::Close(AllReported, 2)),
             // Only suspects left: twice the slowest report (90 ms → 180), at least
             // 200 ms; then 2 × 400 ms.
-            (
-                "sync: only suspects, 200 ms floor",
-                SYNC,
-                &[R(50), R(90), S],
-                0,
-                true,
-                100,
-                Want::Wait(200, Patience),
-            ),
-            (
-                "sync: only suspects, patience over",
-                SYNC,
-                &[R(50), R(90), S],
-                0,
-                true,
-                200,
-                Want::Close(Patience, 3),
-            ),
-            (
-                "sync: slow reports, long patience",
-                SYNC,
-                &[R(400), S],
-                0,
-                true,
-                500,
-                Want::Wait(800, Patience),
-            ),
+            ("sync: only suspects, 200 ms floor", SYNC, &[R(50), R(90), S], 0, true, 100, Want::Wait(200, Patience)),
+            ("sync: only suspects, patience over", SYNC, &[R(50), R(90), S], 0, true, 200, Want::Close(Patience, 3)),
+            ("sync: slow reports, long patience", SYNC, &[R(400), S], 0, true, 500, Want::Wait(800, Patience)),
             // A suspect that is gone still counts as one (it is not awaited anyway).
-            (
-                "sync: a suspect and a gone suspect",
-                SYNC,
-                &[R(10), S, X],
-                0,
-                true,
-                300,
-                Want::Close(Patience, 2),
-            ),
+            ("sync: a suspect and a gone suspect", SYNC, &[R(10), S, X], 0, true, 300, Want::Close(Patience, 2)),
             // One honest member still working: nobody is cut short.
-            (
-                "sync: a suspect and an honest one",
-                SYNC,
-                &[R(50), S, W],
-                0,
-                true,
-                5_000,
-                Want::Wait(10_000, Timeout),
-            ),
+            ("sync: a suspect and an honest one", SYNC, &[R(50), S, W], 0, true, 5_000, Want::Wait(10_000, Timeout)),
             // Before anyone reported there is no measure of the round: no patience.
-            (
-                "sync: only suspects, no report yet",
-                SYNC,
-                &[S, S],
-                0,
-                true,
-                300,
-                Want::Wait(10_000, Timeout),
-            ),
+            ("sync: only suspects, no report yet", SYNC, &[S, S], 0, true, 300, Want::Wait(10_000, Timeout)),
             // Quorum of 4 at 0.5 is 2 reports: the second (at 300 ms) starts the grace.
-            (
-                "quorum: not yet",
-                QUORUM,
-                &[R(100), W, W, W],
-                0,
-                true,
-                200,
-                Want::Wait(10_000, Timeout),
-            ),
-            (
-                "quorum: reached, in grace",
-                QUORUM,
-                &[R(100), R(300), W, W],
-                0,
-                true,
-                400,
-                Want::Wait(800, Quorum),
-            ),
-            (
-                "quorum: grace over",
-                QUORUM,
-                &[R(100), R(300), W, W],
-                0,
-                true,
-                800,
-                Want::Close(Quorum, 4),
-            ),
+            ("quorum: not yet", QUORUM, &[R(100), W, W, W], 0, true, 200, Want::Wait(10_000, Timeout)),
+            ("quorum: reached, in grace", QUORUM, &[R(100), R(300), W, W], 0, true, 400, Want::Wait(800, Quorum)),
+            ("quorum: grace over", QUORUM, &[R(100), R(300), W, W], 0, true, 800, Want::Close(Quorum, 4)),
             // A report after the quorum does not move the grace.
-            (
-                "quorum: a later report",
-                QUORUM,
-                &[R(700), R(100), R(300), W],
-                0,
-                true,
-                750,
-                Want::Wait(800, Quorum),
-            ),
-            (
-                "quorum: all in before the grace",
-                QUORUM,
-                &[R(100), R(300)],
-                0,
-                true,
-                300,
-                Want::Close(AllReported, 2),
-            ),
+            ("quorum: a later report", QUORUM, &[R(700), R(100), R(300), W], 0, true, 750, Want::Wait(800, Quorum)),
+            ("quorum: all in before the grace", QUORUM, &[R(100), R(300)], 0, true, 300, Want::Close(AllReported, 2)),
             // Patience is for `sync` only: under quorum the grace rules.
-            (
-                "quorum: suspects do not shorten it",
-                QUORUM,
-                &[R(10), R(20), S, S],
-                0,
-                true,
-                300,
-                Want::Wait(520, Quorum),
-            ),
-            (
-                "deadline: before it",
-                DEADLINE,
-                &[R(10), W],
-                0,
-                true,
-                1_999,
-                Want::Wait(2_000, Deadline),
-            ),
-            (
-                "deadline: passed",
-                DEADLINE,
-                &[R(10), W, W],
-                0,
-                true,
-                2_000,
-                Want::Close(Deadline, 3),
-            ),
-            (
-                "deadline: all in early",
-                DEADLINE,
-                &[R(10), R(20)],
-                0,
-                true,
-                20,
-                Want::Close(AllReported, 2),
-            ),
-            (
-                "deadline: suspects do not shorten it",
-                DEADLINE,
-                &[R(10), S],
-                0,
-                true,
-                300,
-                Want::Wait(2_000, Deadline),
-            ),
+            ("quorum: suspects do not shorten it", QUORUM, &[R(10), R(20), S, S], 0, true, 300, Want::Wait(520, Quorum)),
+            ("deadline: before it", DEADLINE, &[R(10), W], 0, true, 1_999, Want::Wait(2_000, Deadline)),
+            ("deadline: passed", DEADLINE, &[R(10), W, W], 0, true, 2_000, Want::Close(Deadline, 3)),
+            ("deadline: all in early", DEADLINE, &[R(10), R(20)], 0, true, 20, Want::Close(AllReported, 2)),
+            ("deadline: suspects do not shorten it", DEADLINE, &[R(10), S], 0, true, 300, Want::Wait(2_000, Deadline)),
             // Everyone left without a word: nothing happened; not closed.
-            (
-                "everyone gone, nothing heard",
-                SYNC,
-                &[G, G],
-                0,
-                false,
-                50,
-                Want::Abandoned,
-            ),
+            ("everyone gone, nothing heard", SYNC, &[G, G], 0, false, 50, Want::Abandoned),
             // Everyone left, but a failure was said or a report came: the round
             // happened, and closes on what it got.
-            (
-                "everyone gone after one failed",
-                SYNC,
-                &[G, G],
-                1,
-                false,
-                50,
-                Want::Close(AllReported, 0),
-            ),
-            (
-                "everyone gone after one reported",
-                SYNC,
-                &[R(10), G],
-                0,
-                false,
-                50,
-                Want::Close(AllReported, 1),
-            ),
-            // Gone, but someone else is live (not a participant): wait for them to be
-            // written off, as before.
-            (
-                "participants gone, others live",
-                SYNC,
-                &[G, G],
-                0,
-                true,
-                50,
-                Want::Close(AllReported, 0),
-            ),
+            ("everyone gone after one failed", SYNC, &[G, G], 1, false, 50, Want::Close(AllReported, 0)),
+            ("everyone gone after one reported", SYNC, &[R(10), G], 0, false, 50, Want::Close(AllReported, 1)),
+            // Every participant gone without a word, but someone else is live (joined
+            // since): the round closes with nobody awaited; only a round nobody at all
+            // is left for is abandoned.
+            ("participants gone, others live", SYNC, &[G, G], 0, true, 50, Want::Close(AllReported, 0)),
         ];
         let start = Instant::now();
         for (name, closing, seats, failed, live, now, want) in cases {
