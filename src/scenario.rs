@@ -887,7 +887,9 @@ mod tests {
     /// types themselves, so a new field is seen without anyone listing it.
     fn fields(table: &str) -> Vec<String> {
         let probe = format!("{table}\nzz_probe = 1\n");
-        let error = toml::from_str::<Scenario>(&probe).expect_err("a probe field is refused").to_string();
+        let error = toml::from_str::<Scenario>(&probe)
+            .expect_err("a probe field is refused")
+            .to_string();
         let listed = error
             .split("expected one of ")
             .nth(1)

@@ -1,6 +1,8 @@
 //! Recovery, done for real: kill -9 a node mid-run and start it again from its state
 //! directory; kill -9 the coordinator mid-run and start it again on its run directory;
-//! a node that joins and dies before its stream opens; a round that fails on a node.
+//! a round that fails on a node. (A node that joins and dies before its stream opens,
+//! and a join released after the sync timeout, are tested in-process:
+//! coordinator/tests/members.rs.)
 
 mod common;
 
@@ -9,9 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, Process, get, metrics, small, summary};
 use wdml_coordinator::MetricsRow;
-use wdml_proto::JoinRequest;
-use wdml_proto::coordinator_client::CoordinatorClient;
-use wdml_proto::transport::{Identity, Security};
 
 /// Every (round, node) of `metrics.jsonl`, counted.
 fn rows_per_round_and_node(cluster: &Cluster) -> BTreeMap<(u32, u32), usize> {
@@ -138,95 +137,6 @@ fn a_coordinator_killed_mid_run_resumes_where_it_stopped() {
         log.contains("holds a finished run") && log.contains("--overwrite"),
         "{log}"
     );
-}
-
-#[test]
-fn a_node_that_dies_between_join_and_its_stream_does_not_block_the_run() {
-    let rounds = 5;
-    let overrides = small(3, rounds);
-    let mut cluster = Cluster::coordinator_on("join-no-sync", "127.0.0.1", &overrides);
-    // Node 2 joins and dies before it opens its Sync stream.
-    let node2 = Security::from_dir(&cluster.tls(), Identity::Node(2)).unwrap();
-    let address = cluster.coordinator.address.clone();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let channel = node2
-            .endpoint(&address, Identity::Coordinator)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let request = JoinRequest {
-            node_id: 2,
-            advertise: "127.0.0.1:9".into(),
-            model: String::new(),
-            parameters: 1,
-            protocol_version: wdml_proto::PROTOCOL_VERSION,
-            data_contract: wdml_proto::DATA_CONTRACT,
-        };
-        CoordinatorClient::new(channel).join(request).await.unwrap();
-    });
-    // The run starts and finishes with the device restarted.
-    for id in 0..3 {
-        cluster.start_node(id, "mlp:64", "127.0.0.1");
-    }
-    assert!(cluster.wait_for_end(Duration::from_secs(120)).success());
-    let s = summary(cluster.out());
-    assert!(s.finished, "{}", s.reason);
-    assert!(s.nodes.iter().all(|n| n.rounds_reported == rounds), "{:?}", s.nodes);
-}
-
-#[test]
-fn a_join_without_a_stream_is_released_after_its_deadline() {
-    // Plaintext, where nothing proves the second join is the same device: the stale
-    // join must be released before the same id gets in.
-    let mut overrides = small(2, 3);
-    overrides.push("coordinator.sync_timeout_ms=1000".into());
-    let dir = common::TempDir::new("release");
-    std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-    let mut args = Cluster::coordinator_args(dir.path(), "127.0.0.1:0", &overrides);
-    let at = args.iter().position(|a| a == "--tls-dir").unwrap();
-    args.splice(at..at + 2, ["--insecure".to_string()]);
-    let mut coordinator = Process::start("coordinator", &args, &dir.path().join("logs/coordinator.log"));
-    let address = coordinator.address.clone();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let mut client = CoordinatorClient::connect(format!("http://{address}")).await.unwrap();
-        let request = JoinRequest {
-            node_id: 1,
-            advertise: "127.0.0.1:9".into(),
-            model: String::new(),
-            parameters: 1,
-            protocol_version: wdml_proto::PROTOCOL_VERSION,
-            data_contract: wdml_proto::DATA_CONTRACT,
-        };
-        client.join(request).await.unwrap();
-    });
-    let mut nodes = Vec::new();
-    for id in 0..2 {
-        let args: Vec<String> = [
-            "node",
-            "--id",
-            &id.to_string(),
-            "--coordinator",
-            &address,
-            "--insecure",
-            "--coordinator-timeout-s",
-            "30",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        nodes.push(Process::start(
-            &format!("node-{id}"),
-            &args,
-            &dir.path().join(format!("logs/node-{id}.log")),
-        ));
-    }
-    let status = coordinator.wait_for(Duration::from_secs(120)).expect("the run ends");
-    assert!(status.success());
-    let s = summary(dir.path());
-    assert!(s.finished, "{}", s.reason);
-    let events: Vec<(u32, &str)> = s.events.iter().map(|e| (e.node, e.event.as_str())).collect();
-    assert!(events.contains(&(1, "released")), "{events:?}");
 }
 
 #[test]

@@ -47,7 +47,7 @@ use crate::metrics;
 use crate::report::{
     CHANNEL_FILE, ChannelRecord, LinksRecord, MembershipEventRecord, MetricsRow, POSITIONS_FILE, Summary,
 };
-use crate::service::Shared;
+use crate::state::Shared;
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const APP: &str = include_str!("dashboard/app.js");

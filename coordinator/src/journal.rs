@@ -79,7 +79,9 @@ impl Entry {
     }
 }
 
-/// Milliseconds since the Unix epoch, for the record.
+/// Milliseconds since the Unix epoch, for the record. The one wall clock the coordinator
+/// reads: a timestamp written to a file must be the calendar's; every deadline and
+/// duration is measured on tokio's clock instead (`tokio::time::Instant`).
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

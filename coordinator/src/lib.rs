@@ -11,6 +11,7 @@
 //!
 //! [`run`] is the whole process: serve, drive the rounds, write the report, stop.
 
+mod barrier;
 mod config;
 mod curve;
 pub mod dashboard;
@@ -21,6 +22,7 @@ pub mod metrics;
 mod report;
 mod rounds;
 mod service;
+mod state;
 mod table;
 
 pub use config::{Config, MAX_TIMEOUT};
@@ -117,7 +119,7 @@ impl Run {
             },
         };
         let security = config.security.clone();
-        let shared = Arc::new(service::Shared::new(config, report, recovered.as_ref()));
+        let shared = Arc::new(state::Shared::new(config, report, recovered.as_ref()));
         let (stop_server, server_stopped) = oneshot::channel::<()>();
         let router =
             transport::server().add_service(CoordinatorServer::new(service::CoordinatorService::new(shared.clone())));
@@ -135,8 +137,8 @@ impl Run {
                 }
             });
         }
-        let reaper = tokio::spawn(service::reap_silent_members(shared.clone()));
-        let prober = tokio::spawn(service::probe_unreachable(shared.clone()));
+        let reaper = tokio::spawn(state::reap_silent_members(shared.clone()));
+        let prober = tokio::spawn(state::probe_unreachable(shared.clone()));
 
         let outcome = tokio::select! {
             outcome = rounds::drive(shared.clone(), start) => outcome,

@@ -7,15 +7,15 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use wdml_proto::files::{Mode, append_durable, sync_dir, write_atomic};
 use wdml_proto::{RoundClosed, RoundMetrics};
 
+use crate::barrier::OpenRound;
 use crate::journal::{self, Entry, Journal, now_ms};
 use crate::members::{Members, MembershipEvent, Presence};
-use crate::service::OpenRound;
 use crate::{Config, Error, Result};
 
 /// One node's report for one round, as written to `metrics.jsonl`: what the node

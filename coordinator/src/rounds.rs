@@ -4,9 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::time::timeout_at;
+// tokio's clock throughout (the join wait, the barrier, the round's timings), so a
+// test under `tokio::time::pause()` drives every deadline of a round.
+use tokio::time::{Instant, timeout_at};
 use tracing::{error, info, warn};
 use wdml_proto::transport::random_secret;
 use wdml_proto::{
@@ -17,11 +19,11 @@ use wdml_channel::spectrum::{self, BandPlan, Sender};
 use wdml_channel::{Access, Channel, Mode, derive_external_seed, purpose};
 use wdml_proto::message;
 
-use wdml_proto::policy::Closing;
-
+use crate::barrier::{self, Decision, Reason};
+use crate::barrier::{Moved, OpenRound};
 use crate::members::Told;
 use crate::report::Summary;
-use crate::service::{Moved, OpenRound, POLL, Shared, send_to};
+use crate::state::{POLL, Shared, State, send_to};
 use crate::{Error, Result};
 
 /// Closed rounds whose late reports are still recognised.
@@ -92,7 +94,7 @@ pub(crate) async fn drive(shared: Arc<Shared>, start: Start) -> Result<Ending> {
 async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
     let config = &shared.config;
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + config.join_timeout;
+    let deadline = Instant::now() + config.join_timeout;
     let mut said = None;
     loop {
         // Joined: accepted by Join; ready: its stream open too (what a round needs).
@@ -110,14 +112,12 @@ async fn wait_for_members(shared: &Shared, start: &Start) -> Result<()> {
                  {:.0} s more (coordinator.join_timeout_ms), then starting with at least {} ready \
                  (coordinator.min_nodes)",
                 start.expected,
-                deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs_f64(),
+                deadline.saturating_duration_since(Instant::now()).as_secs_f64(),
                 start.minimum
             );
             said = Some((joined, live));
         }
-        if tokio::time::Instant::now() >= deadline {
+        if Instant::now() >= deadline {
             if live >= start.minimum && live > 0 {
                 warn!(
                     live,
@@ -407,95 +407,58 @@ fn neighbours_at(shared: &Shared, channel: Option<&Channel>, t: f64) -> Result<O
     }))
 }
 
-/// Waits until the round policy closes the round: every awaited participant reported
-/// or is gone (`sync`), enough of them plus the grace (`quorum`), or the deadline
-/// (`deadline`); never past the round timeout.
+/// Waits until the round policy closes the round ([`barrier::decide`]): every awaited
+/// participant reported or is gone (`sync`), enough of them plus the grace (`quorum`),
+/// or the deadline (`deadline`); never past the round timeout.
 async fn wait_at_barrier(shared: &Shared) -> Barrier {
-    let config = &shared.config;
-    let closing = config.closing().expect("validated at the start");
-    let started = tokio::time::Instant::now();
-    let timeout = started + config.round_timeout;
-    let mut close_at = match closing {
-        Closing::Deadline { deadline_s } => started + config.wall(deadline_s),
-        _ => timeout,
-    };
+    let rules = barrier::Rules::of(&shared.config).expect("validated at the start");
+    let mut said = None;
     loop {
-        // One look at the state for both: a member leaving between two looks made a
-        // round everyone left look closed with no report (CI saw it: a stopped run then
-        // resumed past a round it never had).
-        let (awaited, reported, suspects_only) = {
+        let now = Instant::now();
+        // One look at the state for the whole view: a member leaving between two looks
+        // made a round everyone left look closed with no report (CI saw it: a stopped
+        // run then resumed past a round it never had).
+        let (decision, reported) = {
             let state = shared.state();
-            let open = state.open.as_ref().expect("a round is open");
-            // Everyone it was sent to left without a report or a failure (the nodes
-            // were stopped): nothing happened in this round, so it is not closed; it
-            // starts again when members are back (or the run is stopped meanwhile).
-            if open.reported.is_empty() && open.failed.is_empty() && state.members.live().next().is_none() {
-                return Barrier::Abandoned;
-            }
-            let awaited = open
-                .participants
-                .iter()
-                .filter(|(id, connection)| {
-                    // A participant that reconnected since the round started got no
-                    // StartRound on its new stream: it will not report this round. One
-                    // that has not reported for rounds is not waited for either.
-                    open.reported.contains_key(id)
-                        || (state.members.is_current(**id, **connection)
-                            && state.members.get(**id).is_some_and(|m| m.awaited()))
-                })
-                .count();
-            // A member that missed its last report (withholding, or in trouble) is
-            // awaited only as long as this round's own reports justify: once everyone
-            // else reported, twice the slowest of them (at least 200 ms), not the
-            // whole round timeout (with rejoins, a withholding member held every other
-            // round to 120 s).
-            let suspects_only = open
-                .participants
-                .keys()
-                .filter(|id| !open.reported.contains_key(id))
-                .all(|id| state.members.get(*id).is_none_or(|m| m.missed_reports > 0));
-            let slowest = open
-                .reported
-                .values()
-                .map(|(_, at)| tokio::time::Instant::from_std(*at).saturating_duration_since(started))
-                .max();
-            (awaited, open.reported.len(), suspects_only.then_some(slowest).flatten())
+            let view = state.open.as_ref().expect("a round is open").view(&state.members);
+            let reported = view.seats.iter().filter(|s| s.reported_at.is_some()).count();
+            (barrier::decide(&rules, &view, now), reported)
         };
-        if reported >= awaited {
-            return Barrier::Closed { awaited };
-        }
-        let now = tokio::time::Instant::now();
-        if let Closing::Quorum { grace_s, .. } = closing
-            && reported >= closing.needed(awaited)
-            && close_at == timeout
-        {
-            close_at = now + config.wall(grace_s);
-            info!(reported, awaited, "quorum reached; closing after the grace period");
-        }
-        // Under `sync` only: `quorum` and `deadline` bound the wait by their own rule.
-        if let (Closing::Sync, Some(slowest)) = (closing, suspects_only) {
-            let patience = started + (slowest * 2).max(Duration::from_millis(200));
-            if patience < close_at {
-                info!(
-                    waiting = awaited - reported,
-                    "only members that missed their last report are left; waiting for them until {} ms into the round",
-                    (patience - started).as_millis()
-                );
-                close_at = patience;
+        match decision {
+            Decision::Abandoned => return Barrier::Abandoned,
+            Decision::Close { reason, awaited } => {
+                let waiting = awaited.saturating_sub(reported);
+                match reason {
+                    Reason::AllReported => {}
+                    Reason::Timeout => warn!(waiting, "round deadline passed; closing the round without them"),
+                    _ => {
+                        info!(waiting, policy = %shared.config.settings.round_policy(), "closing the round without them; they go on with the next")
+                    }
+                }
+                return Barrier::Closed { awaited };
+            }
+            Decision::Wait { until, reason } => {
+                if said != Some(until) {
+                    said = Some(until);
+                    let at_ms = until
+                        .saturating_duration_since(shared.state().open.as_ref().map_or(now, |o| o.started))
+                        .as_millis();
+                    match reason {
+                        Reason::Quorum => info!(
+                            reported,
+                            "quorum reached; closing {at_ms} ms into the round (the grace period)"
+                        ),
+                        Reason::Patience => info!(
+                            reported,
+                            "only members that missed their last report are left; waiting for them until {at_ms} ms into the round"
+                        ),
+                        _ => {}
+                    }
+                }
+                // Also re-check now and then: a connection replaced without a wake-up.
+                let _ = timeout_at(until.min(now + POLL), shared.changed.notified()).await;
             }
         }
-        let close_at = close_at.min(timeout);
-        if now >= close_at {
-            let waiting = awaited - reported;
-            if close_at == timeout {
-                warn!(waiting, "round deadline passed; closing the round without them");
-            } else {
-                info!(waiting, policy = %config.settings.round_policy(), "closing the round without them; they go on with the next");
-            }
-            return Barrier::Closed { awaited };
-        }
-        // Also re-check now and then: a connection replaced without a wake-up.
-        let _ = timeout_at(close_at.min(now + POLL), shared.changed.notified()).await;
     }
 }
 
@@ -585,7 +548,7 @@ fn write_split(shared: &Shared) {
     write_split_locked(shared, &state);
 }
 
-fn write_split_locked(shared: &Shared, state: &crate::service::State) {
+fn write_split_locked(shared: &Shared, state: &State) {
     if let Err(e) = shared
         .report()
         .write_split(&state.members, &shared.config.settings.partition)
@@ -669,8 +632,8 @@ pub(crate) async fn finish(shared: &Shared, outcome: Result<Ending>) -> Result<S
         event: Some(run_event::Event::RunFinished(RunFinished { run_dir, finished })),
     });
     // Nodes leave as soon as they read RunComplete; don't cut their streams first.
-    let grace = tokio::time::Instant::now() + Duration::from_secs(3);
-    while tokio::time::Instant::now() < grace && shared.state().members.live().next().is_some() {
+    let grace = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < grace && shared.state().members.live().next().is_some() {
         let _ = timeout_at(grace, shared.changed.notified()).await;
     }
     // Close what is still open, so the server's graceful shutdown has nothing to wait for.

@@ -237,8 +237,11 @@ mod avx512 {
             }
             for i0 in (0..m).step_by(MR) {
                 let rows = MR.min(m - i0);
-                // SAFETY (the offsets): row i0 + ii < m and step k0 < k lie in `a`.
-                let at = |ii: usize| unsafe { a.data.as_ptr().add((i0 + ii) * a.rs + k0 * a.cs) };
+                let at = |ii: usize| {
+                    // SAFETY: row i0 + ii < m and step k0 < k lie in `a` (its bounds were
+                    // checked when it was built), so the offset stays inside `a.data`.
+                    unsafe { a.data.as_ptr().add((i0 + ii) * a.rs + k0 * a.cs) }
+                };
                 let rows_of_a = if a.cs == 1 {
                     // Each row contiguous (a batch): one pointer per row, the missing rows
                     // of a last panel repeating the last row (computed, never stored).
