@@ -17,6 +17,24 @@ pub enum Kind {
     Amount,
 }
 
+/// What a reported value can be in its round, beyond finite, ≥ 0 and at most 10¹⁵: the
+/// coordinator refuses a report that breaks it (a member that lies is told which field).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    /// Nothing more the coordinator can check (a loss, joules, FLOPs).
+    None,
+    /// A fraction: at most 1.
+    Fraction,
+    /// A count of neighbours' messages: at most the node's neighbours this round.
+    Neighbours,
+    /// Payload bytes: at most neighbours × 4 × `max_message_bytes` + 1 MiB.
+    Payload,
+    /// Bytes on the wire: twice the payload's bound.
+    Wire,
+    /// Wall time inside the round: at most 1.1 × the round's age + 1 s.
+    Elapsed,
+}
+
 /// One metric of a [`MetricsRow`].
 #[derive(Clone, Copy, Debug)]
 pub struct Metric {
@@ -30,6 +48,8 @@ pub struct Metric {
     pub clock: bool,
     pub help: &'static str,
     pub value: fn(&MetricsRow) -> f64,
+    /// What the coordinator checks it against (reported metrics only).
+    pub bound: Bound,
 }
 
 use Kind::{Amount, Level};
@@ -48,6 +68,7 @@ const fn metric(
         clock: false,
         help,
         value,
+        bound: Bound::None,
     }
 }
 
@@ -58,24 +79,34 @@ const fn clock(name: &'static str, help: &'static str, value: fn(&MetricsRow) ->
     }
 }
 
+impl Metric {
+    /// The same metric, checked against `bound`.
+    const fn bounded(self, bound: Bound) -> Metric {
+        Metric { bound, ..self }
+    }
+}
+
+use Bound::{Elapsed, Fraction, Neighbours, Payload, Wire};
+
 /// The table. Reported by the node unless said otherwise.
 #[rustfmt::skip]
 pub static METRICS: &[Metric] = &[
-    metric("test_accuracy", Level, "", "Test accuracy after the round.", |r| r.metrics.test_accuracy),
+    metric("test_accuracy", Level, "", "Test accuracy after the round.", |r| r.metrics.test_accuracy).bounded(Fraction),
     metric("test_loss", Level, "", "Test cross-entropy after the round.", |r| r.metrics.test_loss),
     metric("train_loss", Level, "", "Mean training loss of the round's local steps.", |r| r.metrics.train_loss),
     metric("ce_loss", Level, "", "Its cross-entropy part.", |r| r.metrics.ce_loss),
     metric("kl_loss", Level, "", "Its KL part (toward the neighbours' predictions).", |r| r.metrics.kl_loss),
     metric("private_samples", Level, "samples", "Size of the node's private shard.", |r| f64::from(r.metrics.private_samples)),
-    metric("peers_heard", Level, "nodes", "Neighbours whose predictions the node used this round.", |r| f64::from(r.metrics.peers_heard)),
-    metric("payload_bytes_sent", Amount, "bytes", "Encoded predictions sent (payload only).", |r| r.metrics.payload_bytes_sent as f64),
-    metric("payload_bytes_received", Amount, "bytes", "Encoded predictions received.", |r| r.metrics.payload_bytes_received as f64),
-    metric("wire_bytes_sent", Amount, "bytes", "Bytes sent on the wire (every frame as encoded).", |r| r.metrics.wire_bytes_sent as f64),
-    metric("wire_bytes_received", Amount, "bytes", "Bytes received on the wire.", |r| r.metrics.wire_bytes_received as f64),
-    metric("messages_sent", Amount, "messages", "Prediction messages sent.", |r| f64::from(r.metrics.messages_sent)),
-    metric("messages_received", Amount, "messages", "Prediction messages received.", |r| f64::from(r.metrics.messages_received)),
-    metric("messages_lost", Amount, "messages", "Neighbour messages expected and not received in time.", |r| f64::from(r.metrics.messages_lost)),
+    metric("peers_heard", Level, "nodes", "Neighbours whose predictions the node used this round.", |r| f64::from(r.metrics.peers_heard)).bounded(Neighbours),
+    metric("payload_bytes_sent", Amount, "bytes", "Encoded predictions sent (payload only).", |r| r.metrics.payload_bytes_sent as f64).bounded(Payload),
+    metric("payload_bytes_received", Amount, "bytes", "Encoded predictions received.", |r| r.metrics.payload_bytes_received as f64).bounded(Payload),
+    metric("wire_bytes_sent", Amount, "bytes", "Bytes sent on the wire (every frame as encoded).", |r| r.metrics.wire_bytes_sent as f64).bounded(Wire),
+    metric("wire_bytes_received", Amount, "bytes", "Bytes received on the wire.", |r| r.metrics.wire_bytes_received as f64).bounded(Wire),
+    metric("messages_sent", Amount, "messages", "Prediction messages sent.", |r| f64::from(r.metrics.messages_sent)).bounded(Neighbours),
+    metric("messages_received", Amount, "messages", "Prediction messages received.", |r| f64::from(r.metrics.messages_received)).bounded(Neighbours),
+    metric("messages_lost", Amount, "messages", "Neighbour messages expected and not received in time.", |r| f64::from(r.metrics.messages_lost)).bounded(Neighbours),
     metric("messages_rejected", Amount, "messages", "Messages refused by the node's validation.", |r| f64::from(r.metrics.messages_rejected)),
+    metric("messages_radio_lost", Amount, "messages", "Neighbour messages the emulated radio lost (outage, frames lost past their retransmissions; over the air, senders below the slot's SNR floor): the part of messages_lost no neighbour caused.", |r| f64::from(r.metrics.messages_radio_lost)).bounded(Neighbours),
     metric("frames_sent", Amount, "frames", "Radio frames sent (emulated channel).", |r| f64::from(r.metrics.frames_sent)),
     metric("frames_lost", Amount, "frames", "Radio frames lost.", |r| f64::from(r.metrics.frames_lost)),
     metric("retransmissions", Amount, "frames", "Radio frames sent again.", |r| f64::from(r.metrics.retransmissions)),
@@ -90,9 +121,9 @@ pub static METRICS: &[Metric] = &[
     metric("round_emulated_s", Amount, "s", "Emulated seconds the round lasted as its policy closed it (coordinator).", |r| r.round_emulated_s),
     metric("stale_used", Amount, "messages", "Neighbours' messages from earlier rounds used.", |r| f64::from(r.metrics.stale_used)),
     metric("stale_age", Level, "rounds", "Their mean age.", |r| r.metrics.stale_age),
-    clock("compute_ms", "Wall time of the model work (inference, training, evaluation).", |r| r.metrics.compute_ms),
+    clock("compute_ms", "Wall time of the model work (inference, training, evaluation).", |r| r.metrics.compute_ms).bounded(Elapsed),
     clock("compute_cpu_ms", "CPU time of the model work.", |r| r.metrics.compute_cpu_ms),
-    clock("exchange_ms", "Wall time sending predictions and waiting for the neighbours'.", |r| r.metrics.exchange_ms),
+    clock("exchange_ms", "Wall time sending predictions and waiting for the neighbours'.", |r| r.metrics.exchange_ms).bounded(Elapsed),
     clock("wait_ms", "Wall time idle at the barrier after the node's report (coordinator).", |r| r.wait_ms),
     clock("round_ms", "Wall time of the whole round, StartRound to close (coordinator).", |r| r.round_ms),
 ];

@@ -24,6 +24,7 @@ use wdml_proto::{
 use crate::Config;
 use crate::barrier::OpenRound;
 use crate::members::{Members, Outbox, Paced, Presence, Proof};
+use crate::metrics::{Bound, METRICS};
 use crate::report::{MetricsRow, Recovered, Report};
 
 /// Everything the handlers and the round driver share.
@@ -411,45 +412,43 @@ impl Bounds {
     /// frames carry headers: four messages' worth per neighbour, plus 1 MiB, is more
     /// than any honest report; wire bytes (the same with framing) twice that.
     fn check(&self, m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
-        let refuse = |what: String| Err(Status::invalid_argument(format!("report refused: {what}")));
+        let row = MetricsRow {
+            metrics: *m,
+            ..MetricsRow::default()
+        };
         let n = self.neighbours;
-        let counts = [
-            ("messages_sent", m.messages_sent),
-            ("messages_received", m.messages_received),
-            ("messages_lost", m.messages_lost),
-            ("peers_heard", m.peers_heard),
-        ];
-        for (name, value) in counts {
-            if value > n {
-                return refuse(format!("{name} = {value}, but this node has {n} neighbours this round"));
-            }
-        }
         let payload = u64::from(n)
             .saturating_mul(self.max_message_bytes.saturating_mul(4))
             .saturating_add(1 << 20);
-        let bytes = [
-            ("payload_bytes_sent", m.payload_bytes_sent, payload),
-            ("payload_bytes_received", m.payload_bytes_received, payload),
-            ("wire_bytes_sent", m.wire_bytes_sent, payload.saturating_mul(2)),
-            ("wire_bytes_received", m.wire_bytes_received, payload.saturating_mul(2)),
-        ];
-        for (name, value, most) in bytes {
+        // The slack covers a clock read on either side of the message.
+        let elapsed = self.elapsed_ms * 1.1 + 1_000.0;
+        for metric in METRICS {
+            let value = (metric.value)(&row);
+            let (most, why) = match metric.bound {
+                Bound::None | Bound::Fraction => continue,
+                Bound::Neighbours => (f64::from(n), format!("this node has {n} neighbours this round")),
+                Bound::Payload => (
+                    payload as f64,
+                    format!(
+                        "{n} neighbours at {} bytes a message allow {payload}",
+                        self.max_message_bytes
+                    ),
+                ),
+                Bound::Wire => (
+                    2.0 * payload as f64,
+                    format!(
+                        "{n} neighbours at {} bytes a message allow {}",
+                        self.max_message_bytes,
+                        2 * payload
+                    ),
+                ),
+                Bound::Elapsed => (elapsed, format!("the round began {:.0} ms ago", self.elapsed_ms)),
+            };
             if value > most {
-                return refuse(format!(
-                    "{name} = {value}, more than {most} ({n} neighbours, messages of at most {} bytes)",
-                    self.max_message_bytes
-                ));
-            }
-        }
-        // Wall times measured by the node inside the round cannot exceed the round
-        // so far (the slack covers a clock read on either side of the message).
-        let most = self.elapsed_ms * 1.1 + 1_000.0;
-        for (name, value) in [("compute_ms", m.compute_ms), ("exchange_ms", m.exchange_ms)] {
-            if value > most {
-                return refuse(format!(
-                    "{name} = {value}, but the round began {:.0} ms ago",
-                    self.elapsed_ms
-                ));
+                return Err(Status::invalid_argument(format!(
+                    "report refused: {} = {value}, but {why}",
+                    metric.name
+                )));
             }
         }
         Ok(())
@@ -463,7 +462,7 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
         metrics: *m,
         ..MetricsRow::default()
     };
-    for metric in crate::metrics::METRICS {
+    for metric in METRICS {
         let (name, value) = (metric.name, (metric.value)(&row));
         if !value.is_finite() || !(0.0..=MAX_METRIC).contains(&value) {
             return Err(Status::invalid_argument(format!(
@@ -471,11 +470,14 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
             )));
         }
     }
-    if m.test_accuracy > 1.0 {
-        return Err(Status::invalid_argument(format!(
-            "test_accuracy {} is above 1",
-            m.test_accuracy
-        )));
+    for metric in METRICS.iter().filter(|m| m.bound == Bound::Fraction) {
+        let value = (metric.value)(&row);
+        if value > 1.0 {
+            return Err(Status::invalid_argument(format!(
+                "report refused: metric {} = {value} is a fraction, above 1",
+                metric.name
+            )));
+        }
     }
     Ok(())
 }

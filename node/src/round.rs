@@ -665,6 +665,7 @@ fn listen(
         };
         metrics.rx_energy_j += listening.rx_energy_j;
         if !listening.delivered {
+            metrics.messages_radio_lost += 1;
             continue;
         }
         // Pacing that no clock can represent was refused at the start (time_scale).
