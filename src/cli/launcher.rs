@@ -548,7 +548,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
                 .collect();
             let tail: Vec<&str> = tail.iter().rev().map(String::as_str).collect();
             bail!(
-                "{name} exited ({status}) before the run began; its log, {}, ends:\n  {}",
+                "{name} exited ({status}) before the first round closed; its log, {}, ends:\n  {}",
                 log.display(),
                 tail.join("\n  ")
             );
