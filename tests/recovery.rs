@@ -194,8 +194,12 @@ fn a_run_whose_every_round_failed_is_not_finished_and_says_why() {
 
 #[test]
 fn a_run_whose_nodes_all_died_is_not_finished_and_exits_non_zero() {
-    // Many rounds, so the run cannot end by itself while the nodes are being killed.
-    let mut cluster = Cluster::coordinator_on("all-died", "127.0.0.1", &small(2, 500));
+    // Many rounds, so the run cannot end by itself while the nodes are being killed;
+    // after they are gone the coordinator waits the join timeout for them to come back
+    // (60 s by default), so a short one.
+    let mut overrides = small(2, 500);
+    overrides.push("coordinator.join_timeout_ms=3000".into());
+    let mut cluster = Cluster::coordinator_on("all-died", "127.0.0.1", &overrides);
     for id in 0..2 {
         cluster.start_node(id, "mlp:64", "127.0.0.1");
     }
