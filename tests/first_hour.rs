@@ -406,7 +406,8 @@ fn a_device_that_dies_before_the_run_begins_fails_the_start_at_once_naming_it() 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("node-2 exited (exit status: 3) before the first round closed") && stderr.contains("no such package"),
+        stderr.contains("node-2 exited (exit status: 3) before the first round closed")
+            && stderr.contains("no such package"),
         "{stderr}"
     );
 }

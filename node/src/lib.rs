@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+mod emulated;
 pub mod error;
 pub mod exchange;
 pub mod learn;

@@ -19,12 +19,12 @@ use tokio::sync::mpsc;
 use tokio::task::block_in_place;
 use tokio::time::Instant;
 use tracing::{debug, warn};
-use wdml_channel::Access;
 use wdml_proto::policy::Closing;
 use wdml_proto::{AdversaryKind, Peer, RoundMetrics, StartRound, Undelivered};
 
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
+use crate::emulated::{self, Sent, band_phase_s, band_wait_s};
 use crate::exchange::client::{Link, PeerClients};
 use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::{AirReceiver, Listening, Shaper};
@@ -348,30 +348,23 @@ impl Round<'_> {
     }
 
     /// The emulated time at which this node has sent its message and heard its
-    /// neighbours': a neighbour's message is here once that neighbour has computed what
-    /// comes before its exchange (on its own device, known from the plan) and the radio
-    /// has carried it; ours is sent after our own air time. A message the radio lost is
-    /// not waited for (nor is it by the adaptive deadline).
+    /// neighbours' ([`emulated::exchange_done`]).
     fn emulated_ready(&self, node: &Node, before: u64, air_busy_s: f64, collected: &Collected) -> f64 {
-        let plan = &node.plan;
-        let phase_s = self.expected.band_phase_s;
-        let seconds = |id: u32, flops: u64| plan.device(id).map_or(0.0, |d| d.seconds(flops));
-        let mine = seconds(node.id, before);
-        let mut ready = if plan.over_the_air() {
-            mine + air_busy_s
+        let sent = if node.plan.over_the_air() {
+            Sent::OverTheAir { busy_s: air_busy_s }
         } else {
-            mine + band_wait_s(plan, phase_s, node.id, self.start.band_start_s) + self.metrics.airtime_s
-        };
-        for message in &collected.messages {
-            if let (Some(&arrival), Some(model)) = (
-                self.expected.arrival_s.get(&message.sender),
-                plan.models.get(message.sender as usize),
-            ) {
-                let theirs = strategy::flops_before_exchange(plan.algorithm, plan, model);
-                ready = ready.max(seconds(message.sender, theirs) + arrival);
+            Sent::Transmitted {
+                wait_s: band_wait_s(&node.plan, self.expected.band_phase_s, node.id, self.start.band_start_s),
+                airtime_s: self.metrics.airtime_s,
             }
-        }
-        ready
+        };
+        let heard = collected.messages.iter().filter_map(|m| {
+            self.expected
+                .arrival_s
+                .get(&m.sender)
+                .map(|&arrival| (m.sender, arrival))
+        });
+        emulated::exchange_done(&node.plan, node.id, before, sent, heard)
     }
 }
 
@@ -384,34 +377,6 @@ pub fn message(node: &Node) -> Option<MessageShape> {
         node.plan.top_k,
         node.learner.parameter_count(),
     )
-}
-
-/// Emulated seconds from the round's start until node `id` has its message ready (its
-/// compute before the exchange, on its device; 0 without one).
-fn ready_s(plan: &RunPlan, id: u32) -> f64 {
-    let flops = strategy::flops_before_exchange(plan.algorithm, plan, &plan.models[id as usize]);
-    plan.device(id).map_or(0.0, |d| d.seconds(flops))
-}
-
-/// On a shared band (`channel.access = "shared"`), when the exchange phase begins: once
-/// the slowest device of the scenario has its message ready (known from the plan). 0 on
-/// dedicated bands.
-fn band_phase_s(plan: &RunPlan) -> f64 {
-    if plan.channel.access != Access::Shared {
-        return 0.0;
-    }
-    (0..plan.nodes).map(|k| ready_s(plan, k)).fold(0.0, f64::max)
-}
-
-/// On a shared band, how long node `id` waits between having its message ready and the
-/// start of its turn (or slot): the phase `phase_s` ([`band_phase_s`]), then
-/// `band_start_s` (the coordinator's plan). 0 on dedicated bands, where every node
-/// transmits as soon as it is ready.
-fn band_wait_s(plan: &RunPlan, phase_s: f64, id: u32, band_start_s: f64) -> f64 {
-    if plan.channel.access != Access::Shared {
-        return 0.0;
-    }
-    (phase_s + band_start_s - ready_s(plan, id)).max(0.0)
 }
 
 /// A round's neighbourhood as this node derives it: each live neighbour's own live
@@ -601,12 +566,9 @@ pub async fn run_round(node: &mut Node, start: &StartRound, book: &AddressBook) 
     // Without a device, compute takes no emulated time and no energy.
     let device = round.device.as_ref().map(|(d, _)| d);
     let seconds = |flops: u64| device.map_or(0.0, |d| d.seconds(flops));
-    metrics.device_compute_s = seconds(flops);
+    metrics.device_compute_s = device.map_or(0.0, |d| d.seconds(flops));
     metrics.compute_energy_j = device.map_or(0.0, |d| d.joules(flops));
-    metrics.emulated_round_s = match round.exchanged {
-        Some((ready, before)) => ready + seconds(flops - before),
-        None => seconds(flops),
-    };
+    metrics.emulated_round_s = emulated::round_done(round.exchanged, flops, seconds);
     metrics.private_samples = node.shard.private_len() as u32;
     metrics.messages_rejected = node.mailbox.take_rejected();
     let silent = node.take_silent();
