@@ -21,6 +21,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     // Before any socket or file: every listener's caps are sized from the result.
-    wdml_proto::transport::raise_open_files();
+    wdml_transport::raise_open_files();
     cli::main(cli)
 }

@@ -14,8 +14,8 @@ use wdml_node::device::DeviceProfile;
 use wdml_node::learn::LearnerConfig;
 use wdml_node::model::ModelSpec;
 use wdml_node::strategy;
-use wdml_proto::transport::Security;
 use wdml_proto::{AdversaryKind, Aggregate, Algorithm, Encoding, RoundPolicy, RunSettings};
+use wdml_transport::Security;
 
 /// The quickstart scenario, built in so `wdml run` works with no file at all.
 pub const QUICKSTART: &str = include_str!("../examples/quickstart.toml");

@@ -168,7 +168,7 @@ mod bad_messages {
     use std::path::Path;
     use tonic::Code;
     use wdml_proto::Frame;
-    use wdml_proto::transport::{Identity, Security};
+    use wdml_transport::{Identity, Security};
 
     /// A well-formed single-frame message for the `small` scenario, as node 1.
     fn frame(run_id: &str) -> Frame {

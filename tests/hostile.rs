@@ -111,7 +111,7 @@ async fn dashboard_client(
 ) -> Option<(String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let tcp = tokio::net::TcpStream::connect(&address).await.ok()?;
-    let name = rustls_pki_types::ServerName::try_from(wdml_proto::transport::Identity::Coordinator.dns_name()).ok()?;
+    let name = rustls_pki_types::ServerName::try_from(wdml_transport::Identity::Coordinator.dns_name()).ok()?;
     let connect = tokio_rustls::TlsConnector::from(ca).connect(name, tcp);
     let mut tls = tokio::time::timeout(std::time::Duration::from_secs(20), connect)
         .await

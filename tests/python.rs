@@ -16,8 +16,8 @@ use std::sync::OnceLock;
 
 use common::{Cluster, TempDir, dump_logs, metrics, run_command, summary};
 use wdml_coordinator::MetricsRow;
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{Encoding, JoinRequest, coordinator_client::CoordinatorClient};
+use wdml_transport::{Identity, Security};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 

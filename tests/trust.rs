@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 use common::{Cluster, TempDir, frame, metrics, small, summary};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-use wdml_proto::pki::{self, Authority};
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{Frame, JoinRequest, NodeEvent, coordinator_client::CoordinatorClient};
+use wdml_transport::pki::{self, Authority};
+use wdml_transport::{Identity, Security};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().unwrap()

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use wdml_proto::RunSettings;
 use wdml_proto::policy::{Closing, Staleness};
-use wdml_proto::transport::Security;
+use wdml_transport::Security;
 
 use crate::{Error, Result};
 

@@ -317,7 +317,7 @@ impl RunView {
     }
 
     fn from_dir(dir: &std::path::Path) -> crate::Result<RunView> {
-        let text = wdml_proto::files::read_bounded_text(&dir.join("summary.json"), 64 << 20)
+        let text = wdml_files::read_bounded_text(&dir.join("summary.json"), 64 << 20)
             .map_err(|e| crate::Error::io(&dir.join("summary.json"), e))?;
         let summary: Summary = serde_json::from_str(&text).map_err(|e| crate::Error::Config {
             field: "summary.json".into(),
@@ -498,13 +498,13 @@ fn read_links(dir: &Path) -> LinksRecord {
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
-    let text = wdml_proto::files::read_bounded_text(path, 64 << 20).ok()?;
+    let text = wdml_files::read_bounded_text(path, 64 << 20).ok()?;
     serde_json::from_str(&text).ok()
 }
 
 /// Where moving devices were each round, from `positions.jsonl` (none when they stay).
 fn read_moves(dir: &Path) -> Vec<Moved> {
-    let Ok(text) = wdml_proto::files::read_bounded_text(&dir.join(POSITIONS_FILE), 1 << 30) else {
+    let Ok(text) = wdml_files::read_bounded_text(&dir.join(POSITIONS_FILE), 1 << 30) else {
         return Vec::new();
     };
     // A line being written (or torn by a crash) is not a round yet.
@@ -636,10 +636,10 @@ impl Access {
         }
         let mut token = String::with_capacity(64);
         for _ in 0..4 {
-            write!(token, "{:016x}", wdml_proto::transport::random_secret()?).expect("a String");
+            write!(token, "{:016x}", wdml_transport::random_secret()?).expect("a String");
         }
         std::fs::create_dir_all(dir)?;
-        wdml_proto::files::write_atomic(&path, token.as_bytes(), wdml_proto::files::Mode::Secret)?;
+        wdml_files::write_atomic(&path, token.as_bytes(), wdml_files::Mode::Secret)?;
         Ok(Access::Token(token.into()))
     }
 

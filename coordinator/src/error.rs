@@ -60,7 +60,7 @@ impl Error {
 
     /// An I/O error on `path`.
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        // An error from `wdml_proto::files` names the path already: said once ("disk
+        // An error from `wdml_files` names the path already: said once ("disk
         // full" printed the path twice).
         let prefix = format!("{}: ", path.display());
         let source = match source.to_string().strip_prefix(&prefix) {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use wdml_proto::files::{append_durable, sync_dir};
+use wdml_files::{append_durable, sync_dir};
 
 use crate::members::MembershipEvent;
 use crate::report::MetricsRow;

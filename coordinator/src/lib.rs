@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::info;
 use wdml_proto::coordinator_server::CoordinatorServer;
-use wdml_proto::transport::{self, Limits};
+use wdml_transport::{self as transport, Limits};
 
 /// Runs the coordinator on an already bound listener until the run is over or
 /// `shutdown` completes; returns the run's summary (also written to the run directory).

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use tokio::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use wdml_proto::files::{Mode, append_durable, sync_dir, write_atomic};
+use wdml_files::{Mode, append_durable, sync_dir, write_atomic};
 use wdml_proto::{RoundClosed, RoundMetrics};
 
 use crate::barrier::OpenRound;
@@ -373,7 +373,7 @@ impl Report {
         }
         let mut journal = Journal::create(&dir)?;
         let started_ms = now_ms();
-        let instance = format!("{:016x}", wdml_proto::transport::random_secret().map_err(Error::Net)?);
+        let instance = format!("{:016x}", wdml_transport::random_secret().map_err(Error::Net)?);
         journal.append(&Entry::Start {
             run_id: config.settings.run_id.clone(),
             instance: instance.clone(),

@@ -10,10 +10,10 @@ use std::time::Duration;
 // test under `tokio::time::pause()` drives every deadline of a round.
 use tokio::time::{Instant, timeout_at};
 use tracing::{error, info, warn};
-use wdml_proto::transport::random_secret;
 use wdml_proto::{
     CoordinatorEvent, Peer, RunComplete, RunEvent, RunFinished, StartRound, coordinator_event, run_event,
 };
+use wdml_transport::random_secret;
 
 use wdml_channel::spectrum::{self, BandPlan, Sender};
 use wdml_channel::{Access, Channel, Mode, derive_external_seed, purpose};

@@ -11,11 +11,11 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{error, warn};
-use wdml_proto::transport::{self, Identity};
 use wdml_proto::{
     CoordinatorEvent, JoinRequest, JoinResponse, LeaveRequest, LeaveResponse, NodeEvent, RunEvent, WatchRequest,
     coordinator_server::Coordinator, node_event::Event, run_event,
 };
+use wdml_transport::{self as transport, Identity};
 
 use crate::members::{Presence, Proof};
 use crate::state::{Flow, Shared};

@@ -519,7 +519,7 @@ const PROBE_EVERY: Duration = Duration::from_secs(2);
 /// address as its neighbours make one, within the run's connect timeout. One that comes
 /// up puts it back (membership event `reachable`) from the next round on.
 pub(crate) async fn probe_unreachable(shared: Arc<Shared>) {
-    let connect = wdml_proto::transport::peer_connect_timeout(shared.config.settings.connect_timeout_ms);
+    let connect = wdml_transport::peer_connect_timeout(shared.config.settings.connect_timeout_ms);
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -536,7 +536,7 @@ pub(crate) async fn probe_unreachable(shared: Arc<Shared>) {
                 shared
                     .config
                     .security
-                    .endpoint_within(&address, wdml_proto::transport::Identity::Node(id), connect)
+                    .endpoint_within(&address, wdml_transport::Identity::Node(id), connect)
             else {
                 continue;
             };

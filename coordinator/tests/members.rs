@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use harness::{Coordinator, End, Member, honest_metrics, join_request, ms, play_honest, play_taking, within};
 use wdml_proto::node_event::Event;
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{NeighbourSilent, RoundFailed, Undelivered, coordinator_event};
+use wdml_transport::{Identity, Security};
 
 /// Node 2 misbehaves: it floods Joins, then NeighbourSilent and Undelivered events by the
 /// thousand each round, then reports a loss of 1.7e308. The floods are cut to their pace
@@ -307,11 +307,11 @@ async fn answer_as_node_2(coordinator: &Coordinator, address: std::net::SocketAd
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .expect("its address is free again");
-    let mut server = wdml_proto::transport::server();
+    let mut server = wdml_transport::server();
     let router = server.add_routes(tonic::service::Routes::default());
     tokio::spawn(async move {
-        let limits = wdml_proto::transport::Limits::members();
-        let _ = wdml_proto::transport::serve(router, listener, security, limits, std::future::pending()).await;
+        let limits = wdml_transport::Limits::members();
+        let _ = wdml_transport::serve(router, listener, security, limits, std::future::pending()).await;
     })
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use wdml_proto::files::{Mode, write_atomic};
+use wdml_files::{Mode, write_atomic};
 
 use crate::learn::Learner;
 use crate::shard::SamplerPosition;
@@ -84,7 +84,7 @@ pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: S
 /// the node stood.
 pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<Restored>> {
     let path = dir.join(FILE);
-    let bytes = match wdml_proto::files::read_bounded(&path, MAX_BYTES) {
+    let bytes = match wdml_files::read_bounded(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(&path, e)),

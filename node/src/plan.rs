@@ -243,7 +243,7 @@ impl RunPlan {
             adversary_kind,
             silent_after: s.silent_after,
             adaptive_deadline: s.adaptive_deadline,
-            connect_timeout: wdml_proto::transport::peer_connect_timeout(s.connect_timeout_ms),
+            connect_timeout: wdml_transport::peer_connect_timeout(s.connect_timeout_ms),
         })
     }
 

@@ -22,12 +22,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::{debug, error, info, warn};
-use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{
     CoordinatorEvent, Done, Encoding, Heartbeat, Hello, JoinRequest, LeaveRequest, NeighbourSilent, NodeEvent,
     RoundFailed, RunComplete, RunSettings, StartRound, Undelivered, coordinator_client::CoordinatorClient,
     coordinator_event, node_event, peer_exchange_server::PeerExchangeServer,
 };
+use wdml_transport::{self as transport, Identity, Limits, Security};
 
 use crate::checkpoint::{self, Owner};
 use crate::data::{Dataset, split};

@@ -17,8 +17,8 @@ use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, PeerService, client};
 use wdml_proto::Encoding;
 use wdml_proto::peer_exchange_server::PeerExchangeServer;
-use wdml_proto::pki::{self, Authority};
-use wdml_proto::transport::{self, Identity, Limits, Security};
+use wdml_transport::pki::{self, Authority};
+use wdml_transport::{self as transport, Identity, Limits, Security};
 
 const COLS: u32 = 10;
 

@@ -1,17 +1,16 @@
-//! The WDML wire: the coordinator and peer gRPC services, generated from
-//! `proto/wdml.proto` at build time; the [`transport`] every connection is built
-//! with (mutual TLS by default); the run's certificates ([`pki`]); and the crash-safe
-//! file writes every process shares ([`files`]).
+//! The WDML wire: the coordinator and peer gRPC services and their messages, generated
+//! from `proto/wdml.proto` at build time; the names of its enums; the protocol version
+//! and data contract ([`PROTOCOL_VERSION`], [`DATA_CONTRACT`]); the message a node
+//! sends each round ([`message`]); and the round policy both sides read ([`policy`]).
 //!
-//! Validation of what arrives belongs to the service that receives it.
+//! What carries it (TLS, the accept loop, certificates) is `wdml-transport`'s; the files
+//! a run writes are `wdml-files`'. Validation of what arrives belongs to the service
+//! that receives it.
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
-pub mod files;
 pub mod message;
-pub mod pki;
 pub mod policy;
-pub mod transport;
 
 /// The protocol version this build speaks (docs/protocol.md): any change to a message's
 /// meaning, a validation rule or the radio settings' JSON schema bumps it. 2: a round's

@@ -25,7 +25,7 @@ use wdml_node::learn::{Evaluation, Learn, StepLosses, evaluation_of};
 use wdml_node::model::{CLASSES, IMAGE_SIDE, INPUT_DIM, ModelSpec};
 use wdml_node::plan::RunPlan;
 use wdml_node::{Error, ExternalModel, Outcome, seed};
-use wdml_proto::transport::{Identity, Security};
+use wdml_transport::{Identity, Security};
 
 /// A model that is a Python object, as the node runtime sees it.
 struct PyLearner {
@@ -256,7 +256,7 @@ fn run_device(
         (Some(dir), false) => Security::from_dir(&dir, Identity::Node(node_id))
             .map_err(|e| PyValueError::new_err(format!("tls_dir: {e}")))?,
         (None, true) => {
-            wdml_proto::transport::warn_insecure(&format!("this device (node {node_id})"));
+            wdml_transport::warn_insecure(&format!("this device (node {node_id})"));
             Security::Insecure
         }
         (None, false) => {

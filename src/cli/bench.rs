@@ -32,9 +32,9 @@ use wdml_node::exchange::codec::Envelope;
 use wdml_node::exchange::shaper::Shaper;
 use wdml_node::exchange::{Expectation, Mailbox, MessageShape, Outgoing, PeerService, send_and_collect};
 use wdml_node::round::process_cpu_time;
-use wdml_proto::pki::{self, Authority};
-use wdml_proto::transport::{self, Identity, Limits, Security};
 use wdml_proto::{Algorithm, Encoding, RoundMetrics};
+use wdml_transport::pki::{self, Authority};
+use wdml_transport::{self as transport, Identity, Limits, Security};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
 use crate::scenario::Scenario;

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use wdml_proto::pki::{self, Authority};
-use wdml_proto::transport::Identity;
+use wdml_transport::Identity;
+use wdml_transport::pki::{self, Authority};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -259,7 +259,7 @@ fn serve_comparison(
     out: &Path,
     insecure: bool,
 ) -> Result<tokio::sync::oneshot::Sender<()>> {
-    use wdml_proto::transport::{self, Identity, Limits, Security};
+    use wdml_transport::{self as transport, Identity, Limits, Security};
     let security = if insecure {
         Security::Insecure
     } else {
@@ -395,7 +395,7 @@ fn validate_under(scenario: &Scenario, algorithm: Algorithm) -> Result<()> {
 
 /// Writes `text` into `dir/name`, atomically: the comparison's own files.
 fn write(dir: &Path, name: &str, text: String) -> Result<()> {
-    wdml_proto::files::write_atomic(&dir.join(name), text.as_bytes(), wdml_proto::files::Mode::Public)?;
+    wdml_files::write_atomic(&dir.join(name), text.as_bytes(), wdml_files::Mode::Public)?;
     Ok(())
 }
 

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Result;
 use wdml_coordinator::dashboard::Source;
-use wdml_proto::transport::Security;
+use wdml_transport::Security;
 
 use crate::scenario::Scenario;
 
@@ -56,7 +56,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<ExitCode> {
     crate::cli::init_tracing(args.log_file.as_deref())?;
-    let security = args.tls.security(wdml_proto::transport::Identity::Coordinator)?;
+    let security = args.tls.security(wdml_transport::Identity::Coordinator)?;
     if args.linger && !args.overwrite && wdml_coordinator::holds_finished_run(&args.out)? {
         tracing::info!(
             "{} holds a finished run: serving it (--linger), not running it again",

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tonic::Code;
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{WatchRequest, coordinator_client::CoordinatorClient};
+use wdml_transport::{Identity, Security};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

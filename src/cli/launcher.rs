@@ -13,9 +13,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wdml_coordinator::{Summary, bytes};
-use wdml_proto::pki::{self, Authority};
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{RunEvent, WatchRequest, coordinator_client::CoordinatorClient, run_event};
+use wdml_transport::pki::{self, Authority};
+use wdml_transport::{Identity, Security};
 
 use crate::scenario::Scenario;
 
@@ -116,7 +116,7 @@ fn finished(out: &Path) -> bool {
 /// The summary the coordinator wrote into `out`.
 fn read_summary(out: &Path) -> Result<Summary> {
     // A summary is a few kilobytes (one entry per node).
-    let text = wdml_proto::files::read_bounded_text(&out.join("summary.json"), 64 << 20)
+    let text = wdml_files::read_bounded_text(&out.join("summary.json"), 64 << 20)
         .with_context(|| format!("the coordinator wrote no summary; see {}", out.join("logs").display()))?;
     Ok(serde_json::from_str(&text)?)
 }
@@ -406,13 +406,13 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         }
         _ => stored,
     };
-    wdml_proto::files::write_atomic(&scenario_file, text.as_bytes(), wdml_proto::files::Mode::Public)?;
+    wdml_files::write_atomic(&scenario_file, text.as_bytes(), wdml_files::Mode::Public)?;
     let exe = std::env::current_exe().context("cannot find the wdml executable")?;
     // Every connection is mutual TLS, loopback included, under a CA made for this run
     // alone; its key is never written, so nobody can issue another certificate for it.
     let tls_dir = out.join("tls");
     let tls_args: Vec<String> = if options.insecure {
-        wdml_proto::transport::warn_insecure("this run");
+        wdml_transport::warn_insecure("this run");
         vec!["--insecure".into()]
     } else {
         let mut identities = vec![Identity::Coordinator, Identity::Observer];

@@ -197,7 +197,7 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// The security of a process that is `identity`; says loudly when it is none.
-    pub fn security(&self, identity: wdml_proto::transport::Identity) -> anyhow::Result<Security> {
+    pub fn security(&self, identity: wdml_transport::Identity) -> anyhow::Result<Security> {
         let files = [
             ("--tls-ca", &self.tls_ca),
             ("--tls-cert", &self.tls_cert),
@@ -223,7 +223,7 @@ impl TlsArgs {
             (Some(_), true) => anyhow::bail!("--tls-dir and --insecure contradict each other: give one"),
             (Some(dir), false) => Ok(Security::from_dir(dir, identity)?),
             (None, true) => {
-                wdml_proto::transport::warn_insecure(&format!("this {}", identity.stem()));
+                wdml_transport::warn_insecure(&format!("this {}", identity.stem()));
                 Ok(Security::Insecure)
             }
             (None, false) => anyhow::bail!(
@@ -236,7 +236,7 @@ impl TlsArgs {
     }
 }
 
-use wdml_proto::transport::Security;
+use wdml_transport::Security;
 
 /// Binds `address`; a port in use says so and suggests another.
 pub(crate) async fn bind(address: std::net::SocketAddr, flag: &str) -> anyhow::Result<tokio::net::TcpListener> {

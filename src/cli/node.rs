@@ -62,7 +62,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     // SAFETY: no other thread is running yet.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string()) };
     crate::cli::init_tracing(args.log_file.as_deref())?;
-    let security = args.tls.security(wdml_proto::transport::Identity::Node(args.id))?;
+    let security = args.tls.security(wdml_transport::Identity::Node(args.id))?;
     let config = wdml_node::Config {
         id: args.id,
         model: args.model,

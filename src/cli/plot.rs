@@ -154,7 +154,7 @@ fn png_of(drawing: &impl Drawing) -> anyhow::Result<Vec<u8>> {
 fn write(drawing: &impl Drawing, dir: &Path, stem: &str) -> anyhow::Result<()> {
     for (extension, bytes) in [("svg", svg_of(drawing)?.into_bytes()), ("png", png_of(drawing)?)] {
         let path = dir.join(format!("{stem}.{extension}"));
-        wdml_proto::files::write_atomic(&path, &bytes, wdml_proto::files::Mode::Public)
+        wdml_files::write_atomic(&path, &bytes, wdml_files::Mode::Public)
             .map_err(|e| anyhow::anyhow!("cannot write {e}"))?;
     }
     Ok(())
@@ -567,7 +567,7 @@ fn read_paths(path: &Path) -> anyhow::Result<Vec<Vec<(f64, f64)>>> {
         positions: Vec<[f64; 2]>,
     }
     // One line per closed round, one position per node.
-    let text = wdml_proto::files::read_bounded_text(path, 1 << 30)?;
+    let text = wdml_files::read_bounded_text(path, 1 << 30)?;
     let mut paths: Vec<Vec<(f64, f64)>> = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line: Line =
@@ -587,7 +587,7 @@ pub fn write_split_figure(run_dir: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     // Per node: a sample count and a histogram.
-    let text = wdml_proto::files::read_bounded_text(&path, 64 << 20)?;
+    let text = wdml_files::read_bounded_text(&path, 64 << 20)?;
     let split: wdml_coordinator::SplitRecord =
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     write(&SplitFigure(&split), run_dir, "split")

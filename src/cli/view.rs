@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use wdml_coordinator::dashboard::{Access, Source, router};
-use wdml_proto::transport::{self, Identity, Limits, Security};
+use wdml_transport::{self as transport, Identity, Limits, Security};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 use wdml_coordinator::{MetricsRow, Summary};
-use wdml_proto::transport::Identity;
+use wdml_transport::Identity;
 
 pub const WDML: &str = env!("CARGO_BIN_EXE_wdml");
 

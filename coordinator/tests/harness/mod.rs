@@ -28,11 +28,11 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 use wdml_coordinator::{Config, MetricsRow, Summary};
 use wdml_proto::coordinator_client::CoordinatorClient;
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{
     CoordinatorEvent, Done, Heartbeat, Hello, JoinRequest, NodeEvent, RoundMetrics, RunComplete, RunSettings,
     StartRound, coordinator_event, node_event,
 };
+use wdml_transport::{Identity, Security};
 
 /// The longest any one wait of the harness lasts, in (virtual) time: far beyond every
 /// deadline a test sets, so only a coordinator that never answers reaches it.
@@ -117,7 +117,7 @@ pub fn config(run_dir: &Path, security: Security, nodes: u32, rounds: u32) -> Co
 
 /// The run's certificates: a fresh authority, the coordinator's and every node's.
 pub fn certificates(dir: &Path, nodes: u32) -> PathBuf {
-    use wdml_proto::pki;
+    use wdml_transport::pki;
     let tls = dir.join("tls");
     let authority = pki::Authority::generate(pki::DEFAULT_VALIDITY).expect("a CA");
     let identities: Vec<Identity> = std::iter::once(Identity::Coordinator)

@@ -15,8 +15,8 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 use tracing::debug;
-use wdml_proto::transport::{Identity, Security};
 use wdml_proto::{Frame, Receipt, Undelivered, peer_exchange_client::PeerExchangeClient};
+use wdml_transport::{Identity, Security};
 
 use super::service::IDLE_TIMEOUT;
 use super::shaper::Schedule;
@@ -134,7 +134,7 @@ const REUSE_WITHIN: Duration = Duration::from_secs(IDLE_TIMEOUT.as_secs() / 2);
 impl Link {
     /// A link on `channel`, made with the transport's own connect timeout.
     pub fn new(channel: Channel) -> Self {
-        Link::within(channel, wdml_proto::transport::CONNECT_TIMEOUT)
+        Link::within(channel, wdml_transport::CONNECT_TIMEOUT)
     }
 
     /// A link on `channel`, whose endpoint was given `connect_timeout`.

@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::warn;
-use wdml_proto::transport::{self, Caller, Identity};
 use wdml_proto::{Encoding, Frame, Receipt, peer_exchange_server::PeerExchange};
+use wdml_transport::{self as transport, Caller, Identity};
 
 use super::codec::{self, Encoded};
 use super::mailbox::{Delivered, Mailbox};

@@ -137,12 +137,8 @@ pub fn steps(trials: usize, out: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let path = out.join("steps.json");
-    wdml_proto::files::write_atomic(
-        &path,
-        &serde_json::to_vec_pretty(&timings)?,
-        wdml_proto::files::Mode::Public,
-    )
-    .with_context(|| format!("writing {}", path.display()))?;
+    wdml_files::write_atomic(&path, &serde_json::to_vec_pretty(&timings)?, wdml_files::Mode::Public)
+        .with_context(|| format!("writing {}", path.display()))?;
     println!("(written to {})", path.display());
     Ok(())
 }

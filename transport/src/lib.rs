@@ -1,11 +1,12 @@
-//! Every connection WDML makes or accepts is built here: mutual TLS by default (tonic
-//! and rustls, with the run CA's certificates naming each process), plaintext only when
-//! the operator asks for it explicitly (`--insecure`).
+//! The WDML transport: every connection WDML makes or accepts is built here, mutual TLS
+//! by default (tonic and rustls, with the run CA's certificates naming each process),
+//! plaintext only when the operator asks for it explicitly (`--insecure`). What travels
+//! over it is `wdml-proto`'s business; this crate knows nothing of the messages.
 //!
-//! - Servers accept through [`serve`]: this module's own accept loop, so that every TLS
+//! - Servers accept through [`serve`]: this crate's own accept loop, so that every TLS
 //!   handshake has a deadline, the handshakes in flight and the connections held open
-//!   are bounded, and each connection carries the identity its certificate proves into
-//!   the handlers ([`caller`]).
+//!   are bounded ([`Limits`], sized from [`raise_open_files`]), and each connection
+//!   carries the identity its certificate proves into the handlers ([`caller`]).
 //! - Clients dial through [`Security::endpoint`], naming *who* they expect at the
 //!   address (node 3, the coordinator): the server must present that identity's
 //!   certificate, not merely any certificate of the run.
@@ -13,7 +14,9 @@
 //! Identities are DNS names in the certificate's subject alternative name:
 //! `node-<id>.wdml`, `coordinator.wdml`, `observer.wdml` ([`Identity`]). The files of
 //! a credentials directory are `ca.pem` and `<stem>.pem` / `<stem>.key` per identity,
-//! as written by [`crate::pki`] (`wdml certs`).
+//! as written by [`pki`] (`wdml certs`).
+
+pub mod pki;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -167,14 +170,13 @@ impl Security {
     pub fn from_files(ca: &Path, cert: &Path, key: &Path, identity: Identity) -> Result<Self, Error> {
         let read = |path: &Path| -> Result<(PathBuf, Vec<u8>), Error> {
             let path = path.to_path_buf();
-            let bytes =
-                crate::files::read_bounded(&path, crate::pki::MAX_PEM_BYTES).map_err(|e| Error::Credentials {
-                    reason: match e.kind() {
-                        io::ErrorKind::NotFound => "not found (make the run's certificates with `wdml certs`)".into(),
-                        _ => e.to_string(),
-                    },
-                    path: path.clone(),
-                })?;
+            let bytes = wdml_files::read_bounded(&path, crate::pki::MAX_PEM_BYTES).map_err(|e| Error::Credentials {
+                reason: match e.kind() {
+                    io::ErrorKind::NotFound => "not found (make the run's certificates with `wdml certs`)".into(),
+                    _ => e.to_string(),
+                },
+                path: path.clone(),
+            })?;
             Ok((path, bytes))
         };
         let (ca_path, ca_pem) = read(ca)?;

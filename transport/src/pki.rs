@@ -16,8 +16,8 @@ use rcgen::{
     KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::files::{Mode, write_atomic};
-use crate::transport::Identity;
+use crate::Identity;
+use wdml_files::{Mode, write_atomic};
 
 /// What can go wrong issuing certificates.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +95,7 @@ impl Authority {
     pub fn load(dir: &Path) -> Result<Self, Error> {
         let read = |name: &str| {
             let path = dir.join(name);
-            crate::files::read_bounded_text(&path, MAX_PEM_BYTES).map_err(|e| Error::File {
+            wdml_files::read_bounded_text(&path, MAX_PEM_BYTES).map_err(|e| Error::File {
                 path,
                 reason: e.to_string(),
             })
@@ -227,7 +227,7 @@ pub fn deploy(dir: &Path, into: &Path, identities: &[Identity]) -> Result<Vec<Pa
         ];
         for (name, mode) in files {
             let from = dir.join(&name);
-            let bytes = crate::files::read_bounded(&from, MAX_PEM_BYTES).map_err(|e| file_error(&from, e))?;
+            let bytes = wdml_files::read_bounded(&from, MAX_PEM_BYTES).map_err(|e| file_error(&from, e))?;
             let to = folder.join(&name);
             write_atomic(&to, &bytes, mode).map_err(|e| file_error(&to, e))?;
         }

@@ -1,5 +1,12 @@
 //! Files that must survive a crash: written whole or not at all.
 //!
+//! A crate of its own, with no dependency but the standard library, because its users
+//! share nothing else: the coordinator's run directory (journal, `metrics.jsonl`,
+//! `summary.json`, the dashboard's token), a node's checkpoints, the transport's
+//! certificates and keys (`wdml certs`), and the binary's figures and compare tables.
+//! In the wire crate it made every reader of a message depend on file writing; in the
+//! transport it would make the coordinator's journal depend on TLS.
+//!
 //! [`write_atomic`] writes a temporary file beside the target, flushes it to disk,
 //! renames it over the target and flushes the directory, so a reader (or a process
 //! restarted after a crash) sees either the old file or the new one, never a torn one.
