@@ -241,6 +241,16 @@ fn thousands_of_dashboard_connections_do_not_starve_the_run_nor_read_it_without_
     assert!(!authenticated.is_empty(), "no reader with the token got in");
     assert!(fds < 1024, "the coordinator holds {fds} files");
 
+    // The run's observer certificate (mutual TLS) reads without a token; a member's
+    // certificate does not make its holder a reader.
+    let (tls, ca) = (cluster.tls(), cluster.tls().join("ca.pem"));
+    let (observer, observer_key) = (tls.join("observer.pem"), tls.join("observer.key"));
+    let head = common::head_as(&url, "/api/run", &ca, (&observer, &observer_key));
+    assert!(head.starts_with("HTTP/1.1 200"), "the observer's certificate: {head}");
+    let (node, node_key) = (tls.join("node-0.pem"), tls.join("node-0.key"));
+    let head = common::head_as(&url, "/api/run", &ca, (&node, &node_key));
+    assert!(head.starts_with("HTTP/1.1 401"), "a node's certificate: {head}");
+
     // Meanwhile a node killed and started again rejoins and reports again.
     cluster.nodes[1].kill();
     let filed = metrics(cluster.out()).iter().map(|r| r.round).max().unwrap_or(0);

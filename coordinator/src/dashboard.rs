@@ -22,7 +22,8 @@
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
 //! | `/metrics` | Prometheus text: the run's counters and gauges |
 //!
-//! Every route asks for the run's dashboard token ([`Access`]): `Authorization: Bearer`,
+//! Every route asks for the run's observer certificate (mutual TLS) or its dashboard
+//! token ([`Access`]): `Authorization: Bearer`,
 //! the cookie the page's own URL sets (`?token=`, as printed), or that query parameter;
 //! anything else gets 401 and nothing of the run. `--dashboard-public` opts out, loudly.
 
@@ -41,6 +42,7 @@ use serde::Serialize;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::BroadcastStream;
 use wdml_proto::run_event;
+use wdml_transport::Identity;
 
 use crate::members::Presence;
 use crate::metrics;
@@ -651,12 +653,21 @@ impl Access {
         }
     }
 
-    /// Whether `request` shows the token; a token it brought in the query is also
-    /// returned, for the response to set as a cookie.
+    /// Whether `request` may read: it came over a connection whose certificate proves
+    /// the run's observer (or coordinator), or it shows the token; a token it brought in
+    /// the query is also returned, for the response to set as a cookie.
     fn admits(&self, request: &axum::extract::Request) -> (bool, bool) {
         let Access::Token(token) = self else {
             return (true, false);
         };
+        let certified = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<wdml_transport::Caller>>()
+            .and_then(|info| info.0.identity)
+            .is_some_and(|identity| matches!(identity, Identity::Observer | Identity::Coordinator));
+        if certified {
+            return (true, false);
+        }
         let same = |shown: &str| constant_time_eq(shown.as_bytes(), token.as_bytes());
         let headers = request.headers();
         let bearer = headers

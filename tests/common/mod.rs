@@ -462,6 +462,18 @@ pub fn exchange<T>(
     ca: &Path,
     read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
 ) -> T {
+    exchange_as(url, path, ca, None, read)
+}
+
+/// [`exchange`], presenting the client certificate `certificate` (its `.pem` and
+/// `.key` files) in the handshake when given.
+pub fn exchange_as<T>(
+    url: &str,
+    path: &str,
+    ca: &Path,
+    certificate: Option<(&Path, &Path)>,
+    read: impl AsyncFnOnce(&mut (dyn tokio::io::AsyncRead + Unpin)) -> T,
+) -> T {
     // `https://host:port/?token=T`, as the coordinator prints it: the token goes in the
     // Authorization header, as an API client would send it.
     let (base, token) = url.split_once("?token=").unwrap_or((url, ""));
@@ -483,8 +495,18 @@ pub fn exchange<T>(
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match certificate {
+            None => config.with_no_client_auth(),
+            Some((pem, key)) => {
+                let chain = rustls_pki_types::pem::PemObject::pem_file_iter(pem)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .collect();
+                let key = rustls_pki_types::pem::PemObject::from_pem_file(key).unwrap();
+                config.with_client_auth_cert(chain, key).unwrap()
+            }
+        };
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
         let name = rustls_pki_types::ServerName::try_from(Identity::Coordinator.dns_name()).unwrap();
@@ -493,6 +515,21 @@ pub fn exchange<T>(
         tls.write_all(request.as_bytes()).await.unwrap();
         read(&mut tls).await
     })
+}
+
+/// The head of an HTTPS GET of `path` by whoever holds the certificate `certificate`
+/// (`.pem`, `.key`), without a token.
+pub fn head_as(url: &str, path: &str, ca: &Path, certificate: (&Path, &Path)) -> String {
+    let base = url.split_once("?token=").map_or(url, |(base, _)| base);
+    let response = exchange_as(base, path, ca, Some(certificate), async |io| {
+        let mut response = Vec::new();
+        let _ = io.read_to_end(&mut response).await;
+        response
+    });
+    let response = String::from_utf8(response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response.clone(), |(head, _)| head.to_string())
 }
 
 /// The body of an HTTPS GET of `path` (status 200 asserted).

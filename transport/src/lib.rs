@@ -134,8 +134,10 @@ pub struct Credentials {
     cert_pem: Vec<u8>,
     key_pem: Vec<u8>,
     acceptor: TlsAcceptor,
-    /// For the read-only web pages (the dashboard): the same certificate, no client
-    /// certificate asked (a browser has none), HTTP/1.1 or HTTP/2.
+    /// For the read-only web pages (the dashboard): the same certificate, a client
+    /// certificate of the run CA taken if one is offered (an observer's proves who reads)
+    /// but not required (a browser has none and shows the dashboard token instead),
+    /// HTTP/1.1 or HTTP/2.
     web_acceptor: TlsAcceptor,
 }
 
@@ -204,7 +206,8 @@ impl Security {
         if ca.is_empty() {
             return Err(bad(&ca_path, "holds no certificate".into()));
         }
-        let web_acceptor = web_acceptor(chain.clone(), key.clone_key()).map_err(|e| bad(&cert_path, e.to_string()))?;
+        let web_acceptor =
+            web_acceptor(ca.clone(), chain.clone(), key.clone_key()).map_err(|e| bad(&cert_path, e.to_string()))?;
         let acceptor = acceptor(ca, chain, key).map_err(|e| bad(&cert_path, e.to_string()))?;
         Ok(Security::Tls(Arc::new(Credentials {
             identity,
@@ -363,13 +366,28 @@ fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The server side of the web pages' TLS: the server proves who it is; the pages are
-/// read-only and public to whoever reaches the port, so no client certificate is asked.
-fn web_acceptor(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Result<TlsAcceptor, Error> {
+/// The server side of the web pages' TLS: the server proves who it is; a client may
+/// prove who it is with a certificate of the run CA (checked as the members' are), or
+/// offer none and show the dashboard's token in the request instead.
+fn web_acceptor(
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<TlsAcceptor, Error> {
+    let mut roots = RootCertStore::empty();
+    for cert in ca {
+        roots
+            .add(cert)
+            .map_err(|e| Error::Tls(format!("the CA certificate: {e}")))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Tls(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("the certificate and key do not go together: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -543,7 +561,11 @@ pub async fn serve_web(
         connections: accept(listener, security, limits, Side::Web),
         local,
     };
-    axum::serve(incoming, router).with_graceful_shutdown(shutdown).await
+    // Each request carries its connection's [`Caller`] (`ConnectInfo`): the dashboard
+    // admits an observer by its certificate.
+    axum::serve(incoming, router.into_make_service_with_connect_info::<Caller>())
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Who a listener serves: the run's members (mutual TLS, every caller named by its
@@ -562,15 +584,16 @@ struct WebIncoming {
 
 impl axum::serve::Listener for WebIncoming {
     type Io = Conn;
-    type Addr = Option<SocketAddr>;
+    /// Who is at the other end (its address, and the identity its certificate proves).
+    type Addr = Caller;
 
-    async fn accept(&mut self) -> (Conn, Option<SocketAddr>) {
+    async fn accept(&mut self) -> (Conn, Caller) {
         use tokio_stream::StreamExt as _;
         loop {
             match self.connections.next().await {
                 Some(Ok(conn)) => {
-                    let remote = conn.caller.remote;
-                    return (conn, remote);
+                    let caller = conn.caller.clone();
+                    return (conn, caller);
                 }
                 Some(Err(_)) => continue,
                 // The accept loop ended: nothing will come again.
@@ -579,8 +602,19 @@ impl axum::serve::Listener for WebIncoming {
         }
     }
 
-    fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
-        Ok(Some(self.local))
+    /// This listener's own address (axum asks for it in the listener's `Addr` type).
+    fn local_addr(&self) -> io::Result<Caller> {
+        Ok(Caller {
+            remote: Some(self.local),
+            identity: None,
+        })
+    }
+}
+
+/// A web request's [`Caller`], as axum hands it to the handlers (`ConnectInfo`).
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, WebIncoming>> for Caller {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, WebIncoming>) -> Self {
+        stream.remote_addr().clone()
     }
 }
 
@@ -662,24 +696,25 @@ async fn establish(
                     return None;
                 }
             };
-            if side == Side::Web {
-                // Nobody is told apart on the read-only pages.
-                let slot = open.take(None)?;
-                return Some(Conn {
-                    io: Io::Tls(Box::new(tls)),
-                    caller: Caller {
-                        remote: Some(remote),
-                        identity: None,
-                    },
-                    _slot: slot,
-                });
-            }
             let identity = tls
                 .get_ref()
                 .1
                 .peer_certificates()
                 .and_then(|chain| chain.first())
                 .and_then(identity_of);
+            if side == Side::Web {
+                // The pages' connections share one pool (no identity is a member's
+                // slot); whoever the certificate names, if any, the handler is told.
+                let slot = open.take(None)?;
+                return Some(Conn {
+                    io: Io::Tls(Box::new(tls)),
+                    caller: Caller {
+                        remote: Some(remote),
+                        identity,
+                    },
+                    _slot: slot,
+                });
+            }
             let Some(identity) = identity else {
                 warn!(%remote, "a certificate of the run CA that names no WDML identity; dropped");
                 return None;
