@@ -552,7 +552,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, font(13.0, s))
         .margin_left(px(8.0))
-        .margin_right(px(18.0))
+        .margin_right(px(26.0))
         .margin_top(px(4.0))
         .x_label_area_size(px(36.0))
         .y_label_area_size(px(56.0))
