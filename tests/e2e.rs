@@ -395,6 +395,13 @@ fn compare_across_seeds_runs_each_seed_and_reports_their_spread() {
     };
     let table = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();
     assert!(table.contains("\n| 4 |") && table.contains("\n| 5 |"), "{table}");
+    // Its figure: per algorithm a line (the mean over the seeds) in a band (lowest to
+    // highest seed), accuracy in percent.
+    let svg = std::fs::read_to_string(dir.path().join("seeds.svg")).expect("seeds.svg");
+    assert_eq!(svg.matches("<polygon").count(), 2, "{svg}");
+    assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 2, "{svg}");
+    assert!(svg.contains("mean test accuracy, %"), "{svg}");
+    assert!(dir.path().join("seeds.png").exists());
     // The summary row: dml's mean over both seeds, as the per-seed files give them.
     let mean = 100.0 * (final_mean(4) + final_mean(5)) / 2.0;
     let summary_row = table.lines().find(|l| l.starts_with("| mean ± sd |")).expect(&table);

@@ -16,6 +16,10 @@
 //! A change that *should* move the figures (a new default, a fixed bug) rewrites the
 //! file on purpose: `WDML_BLESS=1 cargo test --release --test golden`, and the diff of
 //! `tests/golden/quickstart.jsonl` goes into the commit, explained.
+//!
+//! Below them, the README's figures: the quickstart's final tables and the accuracies
+//! the README quotes (local, the capped split), against fresh runs of the whole
+//! quickstart; a number edited in the README, or moved by a change, fails there.
 
 mod common;
 
@@ -144,4 +148,155 @@ fn the_quickstart_reproduces_its_golden_rows_bit_for_bit() {
 #[test]
 fn the_portable_kernels_give_the_same_bits() {
     check("portable");
+}
+
+// The README's figures: the quickstart's seeded numbers, as printed there, against a
+// fresh run of the whole quickstart. Its accuracies, byte counts, losses, air time and
+// energy follow from the seed (the rows above, bit for bit); its wall and CPU times do
+// not, and are not compared. A number edited in the README, or a change that moves
+// one, fails here: rerun the command the README names and paste what it prints.
+
+fn readme() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md");
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The whole quickstart (`wdml run`, with `extra`), without the emulated waits: what it
+/// prints on stdout.
+fn quickstart(label: &str, extra: &[&str]) -> String {
+    let dir = TempDir::new(&format!("readme-{label}"));
+    let out = dir.path().join("run");
+    let output = std::process::Command::new(WDML)
+        .args(["run", "--set", "channel.time_scale=0"])
+        .args(extra)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("wdml runs");
+    if !output.status.success() {
+        common::dump_logs(&out);
+        panic!(
+            "the quickstart ({label}) failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The final tables: from the line `run quickstart-…` to the line `mean final accuracy …`.
+fn final_tables(text: &str) -> Vec<&str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("run quickstart-"))
+        .unwrap_or_else(|| panic!("no `run quickstart-…` line in\n{text}"));
+    let end = start
+        + lines[start..]
+            .iter()
+            .position(|l| l.starts_with("mean final accuracy"))
+            .unwrap_or_else(|| panic!("no `mean final accuracy` line in\n{text}"));
+    lines[start..=end].to_vec()
+}
+
+/// A line of the final tables without what the clock measured: the first line up to its
+/// duration; a row of the costs table up to its energy (compute, exchange and wait are
+/// wall and CPU times); every other line whole.
+fn seeded(line: &str, in_costs: bool) -> String {
+    if line.starts_with("run ") {
+        return line.split(" in ").next().unwrap_or(line).to_string();
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let is_row = words.first().is_some_and(|w| w.parse::<u32>().is_ok());
+    if in_costs && is_row {
+        // node, wire sent (number, unit), lost, air time (number, unit), energy (number, unit)
+        return words[..8.min(words.len())].join(" ");
+    }
+    words.join(" ")
+}
+
+/// `mean final accuracy 76.17%, median 75.70%, worst node 72.60%`: mean and worst.
+fn mean_and_worst(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("mean final accuracy"))
+        .unwrap_or_else(|| panic!("no summary line in\n{stdout}"));
+    let percent = |after: &str| -> f64 {
+        let rest = &line[line.find(after).unwrap_or_else(|| panic!("{after:?} in {line}")) + after.len()..];
+        rest.trim_start().split('%').next().unwrap().parse().unwrap()
+    };
+    (percent("mean final accuracy"), percent("worst node"))
+}
+
+/// `text` with every run of whitespace (line breaks included) one space.
+fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn the_readmes_quickstart_tables_are_what_a_fresh_run_prints() {
+    if !covered() {
+        eprintln!("SKIPPED: README figures: the seeded figures are promised on x86-64 CPUs with FMA only");
+        return;
+    }
+    let readme = readme();
+    let printed = readme
+        .split("```text\n")
+        .find(|block| block.starts_with("run quickstart-"))
+        .expect("README.md shows the quickstart's final tables in a ```text block");
+    let printed = &printed[..printed.find("```").expect("the block ends")];
+    let stdout = quickstart("dml", &[]);
+    let (want, got) = (final_tables(printed), final_tables(&stdout));
+    let mut in_costs = false;
+    let mut differences = Vec::new();
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        in_costs |= w.contains("wire sent");
+        let (w, g) = (seeded(w, in_costs), seeded(g, in_costs));
+        if w != g {
+            differences.push(format!("line {}:\n  README: {w}\n  run:    {g}", i + 1));
+        }
+    }
+    assert!(
+        want.len() == got.len() && differences.is_empty(),
+        "README.md's quickstart tables are not what `wdml run` prints now ({} lines, the run {}):\n{}\n\
+         the run printed:\n{}",
+        want.len(),
+        got.len(),
+        differences.join("\n"),
+        got.join("\n")
+    );
+
+    // The same devices learning alone, and the difference the README draws from it.
+    let (dml_mean, dml_worst) = mean_and_worst(&stdout);
+    let (local_mean, local_worst) = mean_and_worst(&quickstart("local", &["--algorithm", "local"]));
+    let readme = flat(&readme);
+    for claim in [
+        format!(
+            "reach {local_mean:.2} % mean and {local_worst:.2} % for the worst node (`wdml run --algorithm local`)"
+        ),
+        format!(
+            "is worth about {:.0} points of mean and {:.0} of worst-node accuracy",
+            dml_mean - local_mean,
+            dml_worst - local_worst
+        ),
+    ] {
+        assert!(readme.contains(&claim), "README.md does not say: {claim}");
+    }
+}
+
+#[test]
+fn the_readmes_capped_split_figures_are_what_a_fresh_run_prints() {
+    if !covered() {
+        eprintln!("SKIPPED: README figures: the seeded figures are promised on x86-64 CPUs with FMA only");
+        return;
+    }
+    let capped = ["--set", "data.partition=\"dirichlet-balanced:0.5\""];
+    let (dml_mean, dml_worst) = mean_and_worst(&quickstart("capped-dml", &capped));
+    let local = [&capped[..], &["--algorithm", "local"]].concat();
+    let (local_mean, local_worst) = mean_and_worst(&quickstart("capped-local", &local));
+    let claim = format!(
+        "the gap is about {:.0} points (dml {dml_mean:.2} % / {dml_worst:.2} %, local {local_mean:.2} % / {local_worst:.2} %)",
+        dml_mean - local_mean
+    );
+    assert!(flat(&readme()).contains(&claim), "README.md does not say: {claim}");
 }

@@ -7,7 +7,9 @@
 //! directory per algorithm. With `--seeds`, does that once per seed (each seed draws
 //! its own split, initialisation, placement and fading) under `seed-<s>/`, and adds
 //! `seeds.md` / `seeds.json`: every seed's final accuracies and their mean and
-//! standard deviation, since one partition can flatter or sink an algorithm.
+//! standard deviation, since one partition can flatter or sink an algorithm; and
+//! `seeds.svg` / `.png`: each algorithm's mean accuracy over the seeds per round, in a
+//! band from the lowest seed's to the highest's.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -19,7 +21,7 @@ use serde::Serialize;
 use wdml_coordinator::{CurvePoint, MetricsRow, Summary, bytes, curve, joules, seconds};
 
 use super::launcher::{Launch, Progress, RunDirArgs, launch};
-use super::plot::{Figure, Panel, Scale, Series, algorithm_color};
+use super::plot::{Figure, Panel, Scale, Series, Unit, algorithm_color};
 use crate::scenario::Scenario;
 use wdml_node::strategy;
 use wdml_proto::Algorithm;
@@ -195,7 +197,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let mut results = Vec::new();
         for (setting, scenario) in points {
             eprintln!("==== {}", label(&setting));
-            let dir = out.join(dir_name(&setting));
+            let dir = out.join(label(&setting));
             let (outcomes, _) = compare(&runtime, &scenario, &algorithms, &skipped, args.target, &dir, options)?;
             results.extend(outcomes.into_iter().map(|o| SweepPoint {
                 setting: setting.iter().cloned().collect(),
@@ -210,7 +212,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
         write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
         sweep_plot(&base, &sweeps, &results).write(&out, "sweep")?;
-        print!("{}", sweep_terminal(&results));
+        print!("{}", sweep_terminal(&sweeps, &results));
         println!(
             "every column: {}/sweep.{{md,json,svg,png}} and <setting>/comparison.{{md,svg,png,json}}",
             out.display()
@@ -242,9 +244,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     write(&out, "seeds.md", seeds_report(&base, &per_seed))?;
     write(&out, "seeds.json", serde_json::to_string_pretty(&per_seed)? + "\n")?;
+    seeds_plot(&base, &per_seed).write(&out, "seeds")?;
     print!("{}", seeds_terminal(&per_seed));
     println!(
-        "every column: {}/seeds.{{md,json}} and seed-<s>/comparison.{{md,svg,json}}",
+        "every column: {}/seeds.{{md,json,svg,png}} and seed-<s>/comparison.{{md,svg,json}}",
         out.display()
     );
     Ok(ExitCode::SUCCESS)
@@ -354,17 +357,11 @@ fn grid(sweeps: &[Sweep]) -> Vec<Vec<(String, String)>> {
     grid
 }
 
-/// `exchange.public_batch=64, exchange.encoding=q4`.
+/// A setting's one name, wherever a sweep names it — the progress line, an error, its
+/// directory, the terminal's table and the figure's labels: `public_batch=64,encoding=q4`
+/// (each field by its last part, in the order of the `--sweep`s; a character a
+/// directory name cannot hold as `_`).
 fn label(setting: &[(String, String)]) -> String {
-    setting
-        .iter()
-        .map(|(f, v)| format!("{f}={}", v.trim_matches('"')))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// A directory name for a setting: `public_batch=64,encoding=q4`.
-fn dir_name(setting: &[(String, String)]) -> String {
     setting
         .iter()
         .map(|(f, v)| {
@@ -412,13 +409,22 @@ struct SweepPoint {
 }
 
 impl SweepPoint {
-    /// The setting's values in the order of the sweeps, e.g. `64, q4`.
-    fn values(&self, sweeps: &[Sweep]) -> String {
+    /// The setting's values in the order of the sweeps, e.g. `64 | q4` (a table's cells).
+    fn cells(&self, sweeps: &[Sweep]) -> String {
         sweeps
             .iter()
             .map(|(f, _)| self.setting[f].trim_matches('"').to_string())
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(" | ")
+    }
+
+    /// The setting's name, as [`label`] gives it: `public_batch=64,encoding=q4`.
+    fn label(&self, sweeps: &[Sweep]) -> String {
+        let setting: Vec<(String, String)> = sweeps
+            .iter()
+            .map(|(f, _)| (f.clone(), self.setting[f].clone()))
+            .collect();
+        label(&setting)
     }
 }
 
@@ -470,7 +476,7 @@ fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {} |",
-                p.values(sweeps).replace(", ", " | "),
+                p.cells(sweeps),
                 p.algorithm,
                 100.0 * p.final_mean_accuracy,
                 100.0 * p.worst_node_final_accuracy,
@@ -513,69 +519,73 @@ fn algorithms_of(results: &[SweepPoint]) -> Vec<String> {
 /// values), a colour per algorithm, and each algorithm's Pareto front as a line.
 fn sweep_plot(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -> Figure {
     let algorithms = algorithms_of(results);
-    let panel = |title: &'static str, x_label: &'static str, cost: fn(&SweepPoint) -> f64| Panel {
+    let panel = |title: &'static str, x_label: &'static str, x_unit, cost: fn(&SweepPoint) -> f64| Panel {
         title,
         x_label,
-        y_label: "final mean test accuracy",
+        y_label: "final mean test accuracy, %",
         x: Scale::Log,
+        x_unit,
+        y_unit: Unit::None,
         series: algorithms
             .iter()
             .flat_map(|a| {
                 let these: Vec<&SweepPoint> = results.iter().filter(|p| &p.algorithm == a).collect();
-                let points: Vec<(f64, f64)> = these.iter().map(|p| (cost(p), p.final_mean_accuracy)).collect();
+                let points: Vec<(f64, f64)> = these.iter().map(|p| (cost(p), 100.0 * p.final_mean_accuracy)).collect();
                 let color = algorithm_color(a);
-                // Zero cost (local training) has no place on a log axis: say so.
-                let free = points.iter().all(|&(cost, _)| cost <= 0.0);
-                [
-                    Series {
-                        name: if free {
-                            format!("{a} (no radio cost: not drawn)")
-                        } else {
-                            a.clone()
-                        },
-                        color,
-                        marks: true,
-                        labels: these.iter().map(|p| p.values(sweeps)).collect(),
-                        points: points.clone(),
-                    },
-                    Series::line(format!("{a} (front)"), color, pareto(&points)),
-                ]
+                let mut series = vec![Series {
+                    marks: true,
+                    labels: these.iter().map(|p| p.label(sweeps)).collect(),
+                    ..Series::line(a.clone(), color, points.clone())
+                }];
+                // Zero cost (local training) has no place on a log axis, nor a front:
+                // the figure's note names it.
+                if points.iter().any(|&(cost, _)| cost > 0.0) {
+                    series.push(Series::line(format!("{a} (front)"), color, pareto(&points)));
+                }
+                series
             })
             .collect(),
     };
     let fields: Vec<&str> = sweeps.iter().map(|(f, _)| f.as_str()).collect();
     Figure {
-        title: format!("{}: {} (labels: {})", scenario.run.name, "sweep", fields.join(", ")),
+        title: format!("{}: sweep of {}", scenario.run.name, fields.join(" × ")),
         panels: vec![
-            panel("against energy (log)", "radio energy, J (all nodes, whole run)", |p| {
-                p.energy_j
-            }),
-            panel("against air time (log)", "air time, s (all nodes, whole run)", |p| {
-                p.airtime_s
-            }),
+            panel(
+                "against energy (log)",
+                "radio energy (all nodes, whole run)",
+                Unit::Joule,
+                |p| p.energy_j,
+            ),
+            panel(
+                "against air time (log)",
+                "air time (all nodes, whole run)",
+                Unit::Second,
+                |p| p.airtime_s,
+            ),
         ],
     }
 }
 
-/// The sweep for a terminal, within 80 columns.
-fn sweep_terminal(results: &[SweepPoint]) -> String {
+/// The sweep for a terminal, within 80 columns: each setting by its name on a line of
+/// its own (a name as long as a grid's does not fit a column), its algorithms under it.
+fn sweep_terminal(sweeps: &[Sweep], results: &[SweepPoint]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<24} {:<9} {:>7} {:>7} {:>9} {:>9} {:>9}",
+        "{:<11} {:<9} {:>7} {:>7} {:>9} {:>9} {:>9}",
         "setting", "algorithm", "final", "worst", "bytes/rd", "air time", "energy"
     );
+    let mut last = None;
     for p in results {
-        let setting: String = p
-            .setting
-            .values()
-            .map(|v| v.trim_matches('"'))
-            .collect::<Vec<_>>()
-            .join(",");
+        let name = p.label(sweeps);
+        if last.as_ref() != Some(&name) {
+            let _ = writeln!(out, "{name}");
+            last = Some(name);
+        }
         let _ = writeln!(
             out,
-            "{:<24} {:<9} {:>6.2}% {:>6.2}% {:>9} {:>9} {:>9}",
-            setting.chars().take(24).collect::<String>(),
+            "{:<11} {:<9} {:>6.2}% {:>6.2}% {:>9} {:>9} {:>9}",
+            "",
             p.algorithm,
             100.0 * p.final_mean_accuracy,
             100.0 * p.worst_node_final_accuracy,
@@ -938,7 +948,71 @@ fn seeds_report(scenario: &Scenario, per_seed: &[SeedOutcome]) -> String {
         }
     }
     let _ = writeln!(md);
+    let _ = writeln!(
+        md,
+        "\n![mean accuracy per round over the seeds, in a min–max band](seeds.svg)"
+    );
     md
+}
+
+/// An algorithm's accuracy over seeds: per round, `(round, mean, lowest, highest)`.
+type SeedsCurve = (String, Vec<(f64, f64, f64, f64)>);
+
+/// Per algorithm (in the order they ran), per round that every seed closed: the mean
+/// accuracy over the seeds, and the lowest and highest seed's, in percent.
+fn seeds_curves(per_seed: &[SeedOutcome]) -> Vec<SeedsCurve> {
+    let algorithms = per_seed.first().map_or(0, |s| s.outcomes.len());
+    (0..algorithms)
+        .map(|i| {
+            let mut rounds: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+            for s in per_seed {
+                for p in &s.outcomes[i].curve {
+                    rounds.entry(p.round).or_default().push(100.0 * p.mean_accuracy);
+                }
+            }
+            let points = rounds
+                .into_iter()
+                .filter(|(_, values)| values.len() == per_seed.len())
+                .map(|(round, values)| {
+                    let (mean, _) = mean_sd(&values);
+                    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    (f64::from(round), mean, lo, hi)
+                })
+                .collect();
+            (per_seed[0].outcomes[i].algorithm.clone(), points)
+        })
+        .collect()
+}
+
+/// `seeds.svg`: per algorithm, the mean accuracy over the seeds against rounds (the
+/// line) and the range the seeds span (the band, from the lowest seed's to the
+/// highest's: with a handful of seeds a range hides nothing an interval would smooth).
+fn seeds_plot(scenario: &Scenario, per_seed: &[SeedOutcome]) -> Figure {
+    let seeds: Vec<String> = per_seed.iter().map(|s| s.seed.to_string()).collect();
+    let series = seeds_curves(per_seed)
+        .into_iter()
+        .map(|(algorithm, points)| Series {
+            band: points.iter().map(|&(r, _, lo, hi)| (r, lo, hi)).collect(),
+            ..Series::line(
+                algorithm.clone(),
+                algorithm_color(&algorithm),
+                points.iter().map(|&(r, mean, _, _)| (r, mean)).collect(),
+            )
+        })
+        .collect();
+    Figure {
+        title: format!("{}: {} seeds ({})", scenario.run.name, seeds.len(), seeds.join(", ")),
+        panels: vec![Panel {
+            title: "mean over the seeds; band: lowest to highest seed",
+            x_label: "round",
+            y_label: "mean test accuracy, %",
+            x: Scale::Rounds,
+            x_unit: Unit::None,
+            y_unit: Unit::None,
+            series,
+        }],
+    }
 }
 
 /// Mean and sample standard deviation (0 for a single value).
@@ -957,16 +1031,18 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
         outcomes
             .iter()
             .map(|o| {
-                let points = o.curve.iter().map(|p| (x(p), p.mean_accuracy)).collect();
+                let points = o.curve.iter().map(|p| (x(p), 100.0 * p.mean_accuracy)).collect();
                 Series::line(o.algorithm.clone(), algorithm_color(&o.algorithm), points)
             })
             .collect()
     };
-    let panel = |title, x_label, x, cost| Panel {
+    let panel = |title, x_label, x, x_unit, cost| Panel {
         title,
         x_label,
-        y_label: "mean test accuracy",
+        y_label: "mean test accuracy, %",
         x,
+        x_unit,
+        y_unit: Unit::None,
         series: series(cost),
     };
     Figure {
@@ -975,17 +1051,21 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
             scenario.run.name, scenario.nodes.count, scenario.channel.preset
         ),
         panels: vec![
-            panel("accuracy per round", "round", Scale::Rounds, |p| f64::from(p.round)),
+            panel("accuracy per round", "round", Scale::Rounds, Unit::None, |p| {
+                f64::from(p.round)
+            }),
             panel(
                 "against energy (log)",
-                "cumulative energy, J (all nodes)",
+                "cumulative radio energy (all nodes)",
                 Scale::Log,
+                Unit::Joule,
                 |p| p.cumulative_energy_j,
             ),
             panel(
                 "against air time (log)",
-                "cumulative air time, s (all nodes)",
+                "cumulative air time (all nodes)",
                 Scale::Log,
+                Unit::Second,
                 |p| p.cumulative_airtime_s,
             ),
         ],
@@ -994,7 +1074,7 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
 
 #[cfg(test)]
 mod tests {
-    use super::{grid, mean_sd, pareto, parse_sweeps};
+    use super::*;
 
     #[test]
     fn a_sweep_is_the_grid_of_its_fields_and_bare_words_are_strings() {
@@ -1020,6 +1100,100 @@ mod tests {
     fn the_pareto_front_keeps_what_nothing_cheaper_beats() {
         let front = pareto(&[(4.0, 0.80), (1.0, 0.70), (2.0, 0.69), (3.0, 0.82), (3.0, 0.75)]);
         assert_eq!(front, [(1.0, 0.70), (3.0, 0.82)]);
+    }
+
+    fn outcome_with(algorithm: &str, accuracies: &[f64]) -> Outcome {
+        Outcome {
+            algorithm: algorithm.into(),
+            final_mean_accuracy: *accuracies.last().unwrap(),
+            best_mean_accuracy: 0.0,
+            worst_node_final_accuracy: 0.0,
+            wire_bytes_per_round_per_node: 0.0,
+            energy_j: 0.0,
+            airtime_s: 0.0,
+            compute_cpu_s: 0.0,
+            flops: 0,
+            device_compute_s: 0.0,
+            compute_energy_j: 0.0,
+            to_target: None,
+            emulated_s: 0.0,
+            emulated_to_target_s: None,
+            curve: accuracies
+                .iter()
+                .enumerate()
+                .map(|(round, &mean_accuracy)| CurvePoint {
+                    round: round as u32,
+                    mean_accuracy,
+                    cumulative_energy_j: 0.0,
+                    cumulative_airtime_s: 0.0,
+                    cumulative_emulated_s: 0.0,
+                    wire_bytes_per_node: 0.0,
+                })
+                .collect(),
+            final_accuracy_per_node: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_seeds_figure_draws_each_algorithms_mean_in_its_min_max_band() {
+        let per_seed: Vec<SeedOutcome> = [(4, [0.5, 0.7, 0.8]), (5, [0.6, 0.7, 0.9]), (6, [0.4, 0.7, 0.7])]
+            .into_iter()
+            .map(|(seed, dml)| SeedOutcome {
+                seed,
+                outcomes: vec![outcome_with("local", &[0.5, 0.6, 0.6]), outcome_with("dml", &dml)],
+            })
+            .collect();
+        let curves = seeds_curves(&per_seed);
+        assert_eq!(curves[1].0, "dml");
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let (round, mean, lo, hi) = curves[1].1[2];
+        assert!(round == 2.0 && close(mean, 80.0) && close(lo, 70.0) && close(hi, 90.0));
+        let dir = std::env::temp_dir().join(format!("wdml-seeds-figure-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let scenario = Scenario::load(None, &[] as &[String]).unwrap();
+        seeds_plot(&scenario, &per_seed).write(&dir, "seeds").unwrap();
+        let svg = std::fs::read_to_string(dir.join("seeds.svg")).unwrap();
+        assert!(dir.join("seeds.png").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A band and a line per algorithm; the legend says what the band is.
+        assert_eq!(svg.matches("<polygon").count(), 2, "{svg}");
+        assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 2, "{svg}");
+        let texts = crate::cli::plot::tests::texts(&svg);
+        assert!(texts.iter().any(|t| t == "dml"), "{texts:?}");
+        assert!(
+            texts.iter().any(|t| t.contains("band: lowest to highest seed")),
+            "{texts:?}"
+        );
+        assert!(texts.iter().any(|t| t.contains("3 seeds (4, 5, 6)")), "{texts:?}");
+        assert!(texts.iter().any(|t| t == "90"), "percent, the band's top: {texts:?}");
+    }
+
+    #[test]
+    fn a_setting_has_one_name_everywhere() {
+        let sweeps = parse_sweeps(&["exchange.public_batch=64".into(), "exchange.encoding=q4".into()]).unwrap();
+        let setting = &grid(&sweeps)[0];
+        assert_eq!(label(setting), "public_batch=64,encoding=q4");
+        let point = SweepPoint {
+            setting: setting.iter().cloned().collect(),
+            algorithm: "dml".into(),
+            final_mean_accuracy: 0.8,
+            worst_node_final_accuracy: 0.7,
+            wire_bytes_per_round_per_node: 1000.0,
+            energy_j: 0.2,
+            airtime_s: 0.5,
+        };
+        // The point's label, its terminal line and its figure label: the same name
+        // (the setting map is sorted by field; the name keeps the sweeps' order).
+        assert_eq!(point.label(&sweeps), "public_batch=64,encoding=q4");
+        let scenario = Scenario::load(None, &[] as &[String]).unwrap();
+        let points = [point];
+        assert!(sweep_terminal(&sweeps, &points).contains("\npublic_batch=64,encoding=q4\n"));
+        let svg = sweep_plot(&scenario, &sweeps, &points);
+        assert!(
+            svg.panels
+                .iter()
+                .all(|p| p.series[0].labels == ["public_batch=64,encoding=q4"])
+        );
     }
 
     #[test]

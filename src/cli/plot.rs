@@ -1,7 +1,10 @@
 //! Figures for papers, drawn by plotters as SVG and PNG from one description: panels
-//! side by side above a shared legend (below the axes, so it never covers data),
-//! round-number ticks (whole rounds on round axes, decades on log axes), and one colour
-//! per node or per algorithm wherever it appears.
+//! side by side above a shared legend (just below the axes, so it never covers data),
+//! round-number ticks (whole rounds on round axes, decades on log axes) that carry their
+//! unit (`10 mJ`, `100 ms`: never a bare `10m`), and one colour per node or per
+//! algorithm wherever it appears. Accuracies are drawn in percent, as every table prints
+//! them. A series a log axis cannot place (zero cost) is named in a note under the
+//! legend, not dropped silently.
 
 use std::path::Path;
 
@@ -21,6 +24,38 @@ pub enum Scale {
     Log,
 }
 
+/// What a tick of an axis counts: its labels carry the unit with an SI prefix
+/// (`250 mJ`, `1 ms`, `10 s`), so the axis title need not (and a prefix never reads
+/// as metres or minutes).
+#[derive(Clone, Copy, PartialEq, Debug)]
+pub enum Unit {
+    /// A plain number (rounds, percent, metres named in the axis title).
+    None,
+    Joule,
+    Second,
+}
+
+impl Unit {
+    fn symbol(self) -> &'static str {
+        match self {
+            Unit::None => "",
+            Unit::Joule => "J",
+            Unit::Second => "s",
+        }
+    }
+
+    /// The prefix (and its factor) for numbers as large as `v`: seconds never grow
+    /// past `s` (1000 s, not 1 ks); a plain number on a linear axis keeps no prefix
+    /// from 0.01 to 10,000.
+    fn prefix(self, v: f64, linear: bool) -> (f64, &'static str) {
+        match self {
+            Unit::None if linear && (0.01..1e4).contains(&v) => (1.0, ""),
+            Unit::Second if v >= 1.0 => (1.0, ""),
+            _ => si_prefix(v),
+        }
+    }
+}
+
 /// One line of a chart (or, with `marks`, one set of points).
 pub struct Series {
     pub name: String,
@@ -30,6 +65,8 @@ pub struct Series {
     /// A short label beside each point (none: no labels).
     pub labels: Vec<String>,
     pub points: Vec<(f64, f64)>,
+    /// A shaded band around the line, `(x, low, high)` (none: no band): a spread.
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 impl Series {
@@ -40,6 +77,7 @@ impl Series {
             marks: false,
             labels: Vec::new(),
             points,
+            band: Vec::new(),
         }
     }
 }
@@ -50,6 +88,9 @@ pub struct Panel {
     pub x_label: &'static str,
     pub y_label: &'static str,
     pub x: Scale,
+    /// What the x and y ticks count.
+    pub x_unit: Unit,
+    pub y_unit: Unit,
     pub series: Vec<Series>,
 }
 
@@ -90,6 +131,8 @@ const PANEL: (u32, u32) = (440, 330);
 const TITLE_HEIGHT: u32 = 30;
 const LEGEND_ENTRY: u32 = 140;
 const LEGEND_ROW: u32 = 20;
+/// The legend's first row, this far below the panels (their x-axis titles end there).
+const LEGEND_TOP: u32 = 0;
 /// PNGs are drawn at twice the SVG's size: sharp in print.
 const PNG_SCALE: f64 = 2.0;
 const FONT: &str = "sans-serif";
@@ -171,11 +214,43 @@ impl Figure {
     }
 
     fn legend_per_row(&self) -> u32 {
-        ((PANEL.0 * self.panels.len() as u32).saturating_sub(20) / LEGEND_ENTRY).max(1)
+        ((PANEL.0 * self.panels.len() as u32).saturating_sub(20) / self.legend_entry()).max(1)
+    }
+
+    /// The width of a legend entry: room for the longest name (about 7 pixels a
+    /// character at 12 px), at least `LEGEND_ENTRY`.
+    fn legend_entry(&self) -> u32 {
+        let longest = self.legend().iter().map(|s| s.name.chars().count()).max().unwrap_or(0);
+        (40 + 7 * longest as u32).max(LEGEND_ENTRY)
+    }
+
+    fn legend_rows(&self) -> u32 {
+        (self.legend().len() as u32).div_ceil(self.legend_per_row()).max(1)
     }
 
     fn legend_height(&self) -> u32 {
-        LEGEND_ROW * (self.legend().len() as u32).div_ceil(self.legend_per_row()).max(1) + 10
+        LEGEND_TOP + LEGEND_ROW * (self.legend_rows() + self.notes().len() as u32) + 10
+    }
+
+    /// Lines under the legend: the series a log axis leaves out because they cost
+    /// nothing (local training spends no radio energy or air time), by name.
+    pub fn notes(&self) -> Vec<String> {
+        let mut hidden: Vec<&str> = Vec::new();
+        for panel in self.panels.iter().filter(|p| p.x == Scale::Log) {
+            for series in &panel.series {
+                let nothing_drawn = series.points.iter().all(|&(x, _)| x.is_nan() || x <= 0.0);
+                if !series.points.is_empty() && nothing_drawn && !hidden.contains(&series.name.as_str()) {
+                    hidden.push(&series.name);
+                }
+            }
+        }
+        if hidden.is_empty() {
+            return Vec::new();
+        }
+        vec![format!(
+            "{}: no radio cost (0 J, 0 s), so not drawn on the log axes",
+            hidden.join(", ")
+        )]
     }
 }
 
@@ -206,10 +281,17 @@ impl Drawing for Figure {
             draw_panel(area, panel, s)?;
         }
         let per_row = self.legend_per_row();
+        let entry = self.legend_entry();
         for (i, series) in self.legend().iter().enumerate() {
             let i = i as u32;
-            let x = px(20 + LEGEND_ENTRY * (i % per_row)) as i32;
-            let y = px(4 + LEGEND_ROW * (i / per_row) + LEGEND_ROW / 2) as i32;
+            let x = px(20 + entry * (i % per_row)) as i32;
+            let y = px(LEGEND_TOP + LEGEND_ROW * (i / per_row) + LEGEND_ROW / 2) as i32;
+            if !series.band.is_empty() {
+                legend.draw(&Rectangle::new(
+                    [(x, y - px(6) as i32), (x + px(24) as i32, y + px(6) as i32)],
+                    series.color.mix(BAND_ALPHA).filled(),
+                ))?;
+            }
             if series.marks {
                 legend.draw(&Circle::new((x + px(12) as i32, y), px(4), series.color.filled()))?;
             } else {
@@ -224,9 +306,22 @@ impl Drawing for Figure {
                 font(12.0, s).pos(Pos::new(HPos::Left, VPos::Center)),
             ))?;
         }
+        for (k, note) in self.notes().into_iter().enumerate() {
+            let row = self.legend_rows() + k as u32;
+            legend.draw(&Text::new(
+                note,
+                (px(20) as i32, px(LEGEND_TOP + LEGEND_ROW * row + LEGEND_ROW / 2) as i32),
+                font(11.0, s)
+                    .color(&RGBColor(0x55, 0x55, 0x55))
+                    .pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+        }
         Ok(())
     }
 }
+
+/// How opaque a spread's band is over white.
+const BAND_ALPHA: f64 = 0.2;
 
 fn font(size: f64, s: f64) -> TextStyle<'static> {
     TextStyle::from((FONT, size * s).into_font()).color(&BLACK)
@@ -312,23 +407,25 @@ impl Ticks {
         }
     }
 
-    /// A tick's label, to the step's precision: plain from 0.01 to 10,000 (0.25,
-    /// 1200), SI-prefixed beyond (2m, 15k); on a log axis every tick with its own prefix
-    /// (1m, 10m, 100m, 1, 10).
-    fn label(&self, v: f64) -> String {
+    /// A tick's label, to the step's precision, in `unit`: on a linear axis every tick
+    /// with the largest tick's prefix (`0`, `50 mJ`, …, `250 mJ`; a plain number plain
+    /// from 0.01 to 10,000, SI-prefixed beyond: `2m`, `15k`); on a log axis every tick
+    /// with its own (`100 µJ`, `1 mJ`, `10 mJ`, `100 mJ`, `1 J`).
+    fn label(&self, v: f64, unit: Unit) -> String {
         if v == 0.0 {
             return "0".into();
         }
-        if self.step > 0.0 {
+        let (number, prefix) = if self.step > 0.0 {
             let largest = self.values.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let prefix = if (0.01..1e4).contains(&largest) {
-                (1.0, "")
-            } else {
-                si_prefix(largest)
-            };
-            fixed(v, self.step, prefix)
+            let prefix = unit.prefix(largest, true);
+            (fixed(v, self.step, prefix.0), prefix.1)
         } else {
-            fixed(v, v.abs(), si_prefix(v.abs()))
+            let prefix = unit.prefix(v.abs(), false);
+            (fixed(v, v.abs(), prefix.0), prefix.1)
+        };
+        match unit {
+            Unit::None => format!("{number}{prefix}"),
+            _ => format!("{number} {prefix}{}", unit.symbol()),
         }
     }
 }
@@ -354,10 +451,10 @@ fn si_prefix(v: f64) -> (f64, &'static str) {
     PREFIXES.iter().copied().find(|&(f, _)| v >= f).unwrap_or(PREFIXES[7])
 }
 
-/// `v` in units of the prefix, with the decimals `step` needs.
-fn fixed(v: f64, step: f64, (factor, prefix): (f64, &str)) -> String {
+/// `v` in units of a prefix's `factor`, with the decimals `step` needs.
+fn fixed(v: f64, step: f64, factor: f64) -> String {
     let decimals = (-(step / factor).log10().floor()).max(0.0) as usize;
-    format!("{:.*}{prefix}", decimals, v / factor)
+    format!("{:.*}", decimals, v / factor)
 }
 
 fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
@@ -371,6 +468,7 @@ fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
 struct Axis {
     ticks: Ticks,
     log: bool,
+    unit: Unit,
 }
 
 impl Axis {
@@ -405,7 +503,7 @@ impl Ranged for Axis {
 
 impl ValueFormatter<f64> for Axis {
     fn format_ext(&self, value: &f64) -> String {
-        self.ticks.label(*value)
+        self.ticks.label(*value, self.unit)
     }
 }
 
@@ -421,9 +519,18 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
             .flat_map(|series| series.points.iter().copied())
             .filter(drawable)
     };
+    let bands = || {
+        panel
+            .series
+            .iter()
+            .flat_map(|series| series.band.iter().copied())
+            .filter(|&(x, lo, hi)| drawable(&(x, lo)) && drawable(&(x, hi)))
+            .flat_map(|(_, lo, hi)| [lo, hi])
+    };
     let y = Axis {
-        ticks: Ticks::linear(bounds(points().map(|p| p.1)), false),
+        ticks: Ticks::linear(bounds(points().map(|p| p.1).chain(bands())), false),
         log: false,
+        unit: panel.y_unit,
     };
     let xs = bounds(points().map(|p| p.0));
     let x = Axis {
@@ -433,13 +540,21 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
             Ticks::linear(xs, panel.x == Scale::Rounds)
         },
         log,
+        unit: panel.x_unit,
+    };
+    // Where a point sits across the axis, 0 to 1: a point's label goes to its right,
+    // or to its left in the right third, so that it stays inside the panel.
+    let across = {
+        let (lo, hi) = (x.position(x.ticks.lo), x.position(x.ticks.hi));
+        let position = |v: f64| if log { v.max(f64::MIN_POSITIVE).log10() } else { v };
+        move |v: f64| (position(v) - lo) / (hi - lo)
     };
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, font(13.0, s))
         .margin_left(px(8.0))
-        .margin_right(px(18.0))
+        .margin_right(px(26.0))
         .margin_top(px(4.0))
-        .x_label_area_size(px(42.0))
+        .x_label_area_size(px(36.0))
         .y_label_area_size(px(56.0))
         .build_cartesian_2d(x, y)?;
     chart
@@ -451,17 +566,37 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel, 
         .bold_line_style(RGBColor(0xe4, 0xe4, 0xe4).stroke_width(px(1.0).max(1)))
         .axis_style(BLACK.stroke_width(px(1.0).max(1)))
         .draw()?;
+    // Bands first: every line stays on top of every band.
+    for series in panel.series.iter().filter(|s| !s.band.is_empty()) {
+        let band: Vec<(f64, f64, f64)> = series
+            .band
+            .iter()
+            .copied()
+            .filter(|&(x, lo, hi)| drawable(&(x, lo)) && drawable(&(x, hi)))
+            .collect();
+        let outline: Vec<(f64, f64)> = band
+            .iter()
+            .map(|&(x, _, hi)| (x, hi))
+            .chain(band.iter().rev().map(|&(x, lo, _)| (x, lo)))
+            .collect();
+        chart.draw_series([Polygon::new(outline, series.color.mix(BAND_ALPHA).filled())])?;
+    }
     for series in &panel.series {
         let points: Vec<(f64, f64)> = series.points.iter().copied().filter(drawable).collect();
         if series.marks {
             chart.draw_series(points.iter().map(|&p| Circle::new(p, px(3.5), series.color.filled())))?;
             let labelled = series.points.iter().zip(&series.labels).filter(|(p, _)| drawable(p));
             chart.draw_series(labelled.map(|(&p, label)| {
+                let (dx, anchor) = if across(p.0) > 2.0 / 3.0 {
+                    (-(px(5.0) as i32), HPos::Right)
+                } else {
+                    (px(5.0) as i32, HPos::Left)
+                };
                 EmptyElement::at(p)
                     + Text::new(
                         label.clone(),
-                        (px(5.0) as i32, -(px(4.0) as i32)),
-                        font(9.0, s).color(&series.color),
+                        (dx, 0),
+                        font(9.0, s).color(&series.color).pos(Pos::new(anchor, VPos::Center)),
                     )
             }))?;
         } else {
@@ -503,7 +638,7 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> Figure {
             for r in mine {
                 let round = f64::from(r.round);
                 totals.add(r);
-                curves[0].push((round, r.metrics.test_accuracy));
+                curves[0].push((round, 100.0 * r.metrics.test_accuracy));
                 curves[1].push((round, totals.get("radio_energy_j")));
                 curves[2].push((round, totals.get("airtime_s")));
             }
@@ -517,19 +652,21 @@ fn run_figure(title: &str, rows: &[MetricsRow]) -> Figure {
             .map(|((node, name), c)| Series::line(name, PALETTE[*node as usize % PALETTE.len()], c[k].clone()))
             .collect()
     };
-    let panel = |title, y_label, k| Panel {
+    let panel = |title, y_label, y_unit, k| Panel {
         title,
         x_label: "round",
         y_label,
         x: Scale::Rounds,
+        x_unit: Unit::None,
+        y_unit,
         series: series(k),
     };
     Figure {
         title: title.to_string(),
         panels: vec![
-            panel("test accuracy", "test accuracy", 0),
-            panel("radio energy (transmit + receive)", "cumulative energy, J", 1),
-            panel("air time", "cumulative air time, s", 2),
+            panel("test accuracy", "test accuracy, %", Unit::None, 0),
+            panel("radio energy (transmit + receive)", "cumulative energy", Unit::Joule, 1),
+            panel("air time", "cumulative air time", Unit::Second, 2),
         ],
     }
 }
@@ -547,6 +684,8 @@ pub fn write_positions_figure(run_dir: &Path, title: &str) -> anyhow::Result<()>
         x_label: "x, m",
         y_label: "y, m",
         x: Scale::Linear,
+        x_unit: Unit::None,
+        y_unit: Unit::None,
         series: paths
             .into_iter()
             .enumerate()
@@ -619,6 +758,7 @@ impl Drawing for SplitFigure<'_> {
         let x = Axis {
             ticks: Ticks::linear((0.0, most as f64), true),
             log: false,
+            unit: Unit::None,
         };
         let rows = split.nodes.len().max(1) as f64;
         let y = Axis {
@@ -629,6 +769,7 @@ impl Drawing for SplitFigure<'_> {
                 step: 1.0,
             },
             log: false,
+            unit: Unit::None,
         };
         let mut chart = ChartBuilder::on(&chart_area)
             .caption(
@@ -698,11 +839,22 @@ pub mod tests {
             .collect()
     }
 
-    /// The texts that are tick labels: numbers, with an SI prefix or none.
+    /// The texts that are tick labels: numbers, with an SI prefix or none, and a unit
+    /// (`250 mJ`, `1 s`) or none.
     pub fn tick_labels(svg: &str) -> Vec<f64> {
         texts(svg)
             .iter()
             .filter_map(|t| {
+                let t = match t.split_once(' ') {
+                    Some((number, unit)) => {
+                        let prefix = unit.strip_suffix('J').or_else(|| unit.strip_suffix('s'))?;
+                        if prefix.chars().count() > 1 {
+                            return None;
+                        }
+                        format!("{number}{prefix}")
+                    }
+                    None => t.clone(),
+                };
                 let (number, factor) = match t.char_indices().last()? {
                     (i, 'k') => (&t[..i], 1e3),
                     (i, 'M') => (&t[..i], 1e6),
@@ -755,24 +907,59 @@ pub mod tests {
         // Linear: multiples of 1, 2 or 5 × 10^k, labelled to the step's precision.
         let t = Ticks::linear((0.0436, 1.3), false);
         assert_eq!(t.values, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4]);
-        assert_eq!(t.label(0.2), "0.2");
+        assert_eq!(t.label(0.2, Unit::None), "0.2");
         let t = Ticks::linear((0.0, 0.043626), false);
         assert_eq!(t.values, [0.0, 0.01, 0.02, 0.03, 0.04, 0.05]);
-        assert_eq!(t.label(0.03), "0.03");
-        assert_eq!(Ticks::linear((0.0, 0.0043), false).label(0.004), "4m");
-        assert_eq!(Ticks::linear((1000.0, 26000.0), false).label(15000.0), "15k");
+        assert_eq!(t.label(0.03, Unit::None), "0.03");
+        assert_eq!(Ticks::linear((0.0, 0.0043), false).label(0.004, Unit::None), "4m");
+        assert_eq!(
+            Ticks::linear((1000.0, 26000.0), false).label(15000.0, Unit::None),
+            "15k"
+        );
         // Log: decades, and 1-2-5 within a span of less than two.
         assert_eq!(Ticks::log((0.003, 47.0)).values, [0.001, 0.01, 0.1, 1.0, 10.0, 100.0]);
         let t = Ticks::log((2.3, 7.8));
         assert_eq!(t.values, [1.0, 2.0, 5.0, 10.0]);
-        assert_eq!(t.label(2.0), "2");
+        assert_eq!(t.label(2.0, Unit::None), "2");
         let t = Ticks::log((0.0003, 2.0));
-        let labels: Vec<String> = t.values.iter().map(|&v| t.label(v)).collect();
-        assert_eq!(labels, ["100µ", "1m", "10m", "100m", "1", "10"]);
+        let labels = |unit| -> Vec<String> { t.values.iter().map(|&v| t.label(v, unit)).collect() };
+        assert_eq!(labels(Unit::None), ["100µ", "1m", "10m", "100m", "1", "10"]);
         for t in [Ticks::log((0.003, 47.0)), Ticks::linear((0.0436, 1.3), false)] {
             assert!(t.values.iter().all(|&v| is_round(v)), "{t:?}");
         }
         assert!(!is_round(8.125) && !is_round(0.043626) && is_round(0.25) && is_round(1500.0));
+    }
+
+    #[test]
+    fn joules_and_seconds_ticks_carry_their_unit_never_a_bare_prefix() {
+        // Log axes: each decade with its own prefix and the unit (before: 100µ 1m 10m
+        // 100m 1 10, read as metres).
+        let t = Ticks::log((0.0003, 2.0));
+        let labels = |unit| -> Vec<String> { t.values.iter().map(|&v| t.label(v, unit)).collect() };
+        assert_eq!(
+            labels(Unit::Joule),
+            ["100 µJ", "1 mJ", "10 mJ", "100 mJ", "1 J", "10 J"]
+        );
+        assert_eq!(
+            labels(Unit::Second),
+            ["100 µs", "1 ms", "10 ms", "100 ms", "1 s", "10 s"]
+        );
+        // Seconds stay seconds (1000 s, not 1 ks, never minutes); joules go on to kJ.
+        let t = Ticks::log((2.0, 3000.0));
+        assert_eq!(t.label(1000.0, Unit::Second), "1000 s");
+        assert_eq!(t.label(1000.0, Unit::Joule), "1 kJ");
+        // Linear: the largest tick's prefix on every tick.
+        let t = Ticks::linear((0.0, 0.218), false);
+        let labels: Vec<String> = t.values.iter().map(|&v| t.label(v, Unit::Joule)).collect();
+        assert_eq!(labels, ["0", "50 mJ", "100 mJ", "150 mJ", "200 mJ", "250 mJ"]);
+        let t = Ticks::linear((0.0, 2.6), false);
+        assert_eq!(t.label(2.5, Unit::Second), "2.5 s");
+        // The test's own reader reads them back.
+        let read = tick_labels("<text>250 mJ</text><text>1 s</text><text>100 µs</text><text>0 mlp</text>");
+        assert_eq!(read.len(), 3, "{read:?}");
+        for (got, want) in read.iter().zip([0.25, 1.0, 1e-4]) {
+            assert!((got / want - 1.0).abs() < 1e-9, "{read:?}");
+        }
     }
 
     #[test]
@@ -810,12 +997,18 @@ pub mod tests {
             "{texts:?}"
         );
         // Round numbers only: 43.626 mJ per round accumulate to 218 mJ, drawn on
-        // ticks 0, 0.05, …, 0.25; rounds 0–4 on whole ticks.
+        // ticks 0, 50 mJ, …, 250 mJ; rounds 0–4 on whole ticks; accuracy in percent
+        // (50 % to 57 %: ticks 50 … 58, not 0.5 … 0.58).
         let ticks = tick_labels(&svg);
         assert!(ticks.len() > 15, "{texts:?}");
         assert!(ticks.iter().all(|&v| is_round(v)), "{texts:?}");
         assert!(
-            texts.iter().any(|t| t == "0.25") && texts.iter().any(|t| t == "4"),
+            texts.iter().any(|t| t == "250 mJ") && texts.iter().any(|t| t == "4"),
+            "{texts:?}"
+        );
+        assert!(texts.iter().any(|t| t == "test accuracy, %"), "{texts:?}");
+        assert!(
+            texts.iter().any(|t| t == "56") && !texts.iter().any(|t| t == "0.56"),
             "{texts:?}"
         );
         assert!(
@@ -839,13 +1032,18 @@ pub mod tests {
                 x_label: "x",
                 y_label: "y",
                 x: Scale::Log,
+                x_unit: Unit::Joule,
+                y_unit: Unit::None,
                 series: (0..12)
                     .map(|i| Series::line(format!("series {i}"), PALETTE[0], vec![(0.5, 1.0), (40.0, 2.0)]))
                     .collect(),
             }],
         };
         // One panel holds three entries a row: four rows.
-        assert_eq!(figure.size().1, TITLE_HEIGHT + PANEL.1 + 4 * LEGEND_ROW + 10);
+        assert_eq!(
+            figure.size().1,
+            TITLE_HEIGHT + PANEL.1 + LEGEND_TOP + 4 * LEGEND_ROW + 10
+        );
         let svg = svg_of(&figure).unwrap();
         // Every legend entry's text is below the panel.
         let below = svg
@@ -864,5 +1062,77 @@ pub mod tests {
             .all(|y| y > f64::from(TITLE_HEIGHT + PANEL.1));
         assert!(below, "{svg}");
         assert!(tick_labels(&svg).iter().all(|&v| is_round(v)));
+        // …and close under it: the first row within a row's height of the panel's
+        // bottom edge (the x-axis title).
+        let first = text_ys(&svg, |t| t == "series 0")[0];
+        assert!(first < f64::from(TITLE_HEIGHT + PANEL.1 + LEGEND_ROW), "{first}");
+    }
+
+    /// The y of each text whose content passes `wanted`, in document order.
+    fn text_ys(svg: &str, wanted: impl Fn(&str) -> bool) -> Vec<f64> {
+        svg.split("<text")
+            .skip(1)
+            .filter(|t| {
+                let content = t.find('>').zip(t.find("</text>")).map(|(a, b)| t[a + 1..b].trim());
+                content.is_some_and(&wanted)
+            })
+            .map(|t| {
+                t.split("y=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_series_a_log_axis_cannot_place_is_named_in_a_note_and_a_band_is_drawn() {
+        let panel = |x, series| Panel {
+            title: "p",
+            x_label: "x",
+            y_label: "y",
+            x,
+            x_unit: Unit::Joule,
+            y_unit: Unit::None,
+            series,
+        };
+        let curves = || {
+            vec![
+                Series::line("local", PALETTE[7], vec![(0.0, 50.0), (0.0, 60.0)]),
+                Series {
+                    band: vec![(0.01, 55.0, 65.0), (0.1, 62.0, 70.0)],
+                    ..Series::line("dml", PALETTE[3], vec![(0.01, 60.0), (0.1, 66.0)])
+                },
+            ]
+        };
+        let figure = Figure {
+            title: "t".into(),
+            panels: vec![panel(Scale::Linear, curves()), panel(Scale::Log, curves())],
+        };
+        assert_eq!(
+            figure.notes(),
+            ["local: no radio cost (0 J, 0 s), so not drawn on the log axes"]
+        );
+        let svg = svg_of(&figure).unwrap();
+        let note = text_ys(&svg, |t| t.ends_with("so not drawn on the log axes"));
+        assert_eq!(note.len(), 1, "{svg}");
+        assert!(
+            note[0] > text_ys(&svg, |t| t == "local")[0],
+            "the note is under the legend"
+        );
+        assert!(note[0] < f64::from(figure.size().1), "and inside the figure");
+        // The band: a filled polygon per panel, its y axis widened to hold it (70).
+        assert_eq!(svg.matches("<polygon").count(), 2, "{svg}");
+        assert!(texts(&svg).iter().any(|t| t == "70"), "{svg}");
+        // Nothing to hide: no note.
+        let figure = Figure {
+            title: "t".into(),
+            panels: vec![panel(Scale::Linear, curves())],
+        };
+        assert!(figure.notes().is_empty());
     }
 }
