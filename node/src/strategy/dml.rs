@@ -143,7 +143,8 @@ fn targets(node: &mut Node, round: u32, public: Tensor, own: &[f32], collected: 
     let (id, plan, shard, trust) = (node.id, &node.plan, &node.shard, &mut node.trust);
     let mut aggregate = |own: Option<&[f32]>, messages: &[&Delivered]| -> Result<Tensor> {
         let target = aggregate(plan, Some((&mut *trust, own)), messages)?;
-        if own.is_some() && plan.aggregate == Aggregate::TrustWeighted {
+        // The round's scores and weights, for whoever reads the node's log at debug.
+        if own.is_some() && plan.aggregate == Aggregate::TrustWeighted && tracing::enabled!(tracing::Level::DEBUG) {
             let senders: Vec<u32> = messages.iter().map(|m| m.sender).collect();
             let weights = trust.weights(&senders);
             let scores: Vec<String> = senders
