@@ -424,6 +424,42 @@ fn honest_nodes_keep_their_accuracy_under_median_while_an_adversary_lies() {
 }
 
 #[test]
+fn honest_nodes_keep_their_accuracy_under_trust_weighted_while_two_adversaries_lie() {
+    // The setting above with two liars among seven (nodes 0 and 3): `trust-weighted`
+    // finds them from how far their predictions sit from the median, with no label.
+    // Seeded (measured: clean 71.6 % over all seven, the liars under mean 49.0 %, under
+    // trust-weighted 68.7 % over the five honest). The bound is issue 28's goal for two
+    // liars: within 5 points of the clean run.
+    let base = |extra: &[&str]| -> Vec<String> {
+        let mut o = small(7, 8);
+        o.push("data.partition=\"dirichlet:0.5\"".to_string());
+        o.extend(extra.iter().map(|s| s.to_string()));
+        o
+    };
+    let honest_final = |overrides: Vec<String>| -> f64 {
+        let dir = TempDir::new("adversaries");
+        assert!(common::launch(dir.path(), &overrides).status.success());
+        summary(dir.path()).mean_final_accuracy.unwrap()
+    };
+    let clean = honest_final(base(&["train.aggregate=\"mean\""]));
+    let liars = ["adversary.nodes=[0, 3]", "adversary.kind=\"confident-wrong\""];
+    let under_mean = honest_final(base(&[&liars[..], &["train.aggregate=\"mean\""]].concat()));
+    let under_trust = honest_final(base(&[&liars[..], &["train.aggregate=\"trust-weighted\""]].concat()));
+    eprintln!(
+        "honest nodes' mean final accuracy: clean {clean:.4}, two liars under mean {under_mean:.4}, under \
+         trust-weighted {under_trust:.4}"
+    );
+    assert!(
+        under_trust > clean - 0.05,
+        "trust-weighted let the liars in: {under_trust} against {clean}"
+    );
+    assert!(
+        under_mean < under_trust - 0.10,
+        "the liars cost little under mean: {under_mean} against {under_trust}"
+    );
+}
+
+#[test]
 fn a_node_refuses_a_coordinator_that_another_ca_certified() {
     // An impostor coordinator, certified as "coordinator" by a CA of its own, where the
     // node expects the run's: the node must not join it (nor tell it anything).

@@ -4,8 +4,11 @@
 //! One file, `checkpoint.safetensors` in the node's state directory, replaced
 //! atomically (temporary file, fsync, rename): the parameters (through the model's
 //! variable map, by name), Adam's moments and step count as tensors, and in the
-//! header's metadata the run, the node, its model, the last round and where its batch
-//! sampler stands. A checkpoint of another run, node or model is refused, naming it.
+//! header's metadata the run, the node, its model, the last round, where its batch
+//! sampler stands and its trust in its neighbours (`train.aggregate =
+//! "trust-weighted"`: each score's exact bits; a checkpoint without them, from an
+//! earlier build, resumes with no scores, which the first round back rebuilds). A
+//! checkpoint of another run, node or model is refused, naming it.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,6 +18,7 @@ use candle_core::Device;
 use wdml_files::{Mode, write_atomic};
 
 use crate::learn::Learner;
+use crate::learn::trust::Trust;
 use crate::shard::SamplerPosition;
 use crate::{Error, Result};
 
@@ -37,11 +41,13 @@ pub struct Owner {
 }
 
 /// What a checkpoint restores besides the learner.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Restored {
     /// The last round the node reported before it stopped.
     pub round: u32,
     pub sampler: SamplerPosition,
+    /// Its trust scores as they stood after that round (empty when it kept none).
+    pub trust: Trust,
 }
 
 /// What writing one cost.
@@ -51,8 +57,15 @@ pub struct Written {
     pub took: Duration,
 }
 
-/// Writes `learner`'s state after `round` into `dir` (created if need be).
-pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: SamplerPosition) -> Result<Written> {
+/// Writes `learner`'s state and `trust` after `round` into `dir` (created if need be).
+pub fn save(
+    dir: &Path,
+    owner: &Owner,
+    learner: &Learner,
+    round: u32,
+    sampler: SamplerPosition,
+    trust: &Trust,
+) -> Result<Written> {
     let began = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let (tensors, step) = learner.state()?;
@@ -66,6 +79,7 @@ pub fn save(dir: &Path, owner: &Owner, learner: &Learner, round: u32, sampler: S
         ("adam_step", step.to_string()),
         ("sampler_epoch", sampler.epoch.to_string()),
         ("sampler_next", sampler.next.to_string()),
+        ("trust", encode_trust(trust)),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -131,13 +145,45 @@ pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<R
     learner
         .restore(&tensors, number("adam_step")?)
         .map_err(|e| bad(e.to_string()))?;
+    let trust = match meta.get("trust") {
+        Some(text) => decode_trust(text).ok_or_else(|| bad(format!("`trust` is not a list of scores: {text:?}")))?,
+        None => Trust::default(),
+    };
     Ok(Some(Restored {
         round: number("round")? as u32,
         sampler: SamplerPosition {
             epoch: number("sampler_epoch")?,
             next: number("sampler_next")? as usize,
         },
+        trust,
     }))
+}
+
+/// `own=<bits>,<id>=<bits>,…`: each score as the hex of its `f64` bits, so that a
+/// resumed node weighs its neighbours exactly as it would have.
+fn encode_trust(trust: &Trust) -> String {
+    trust
+        .entries()
+        .map(|(id, score)| match id {
+            None => format!("own={:x}", score.to_bits()),
+            Some(id) => format!("{id}={:x}", score.to_bits()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_trust(text: &str) -> Option<Trust> {
+    let mut entries = Vec::new();
+    for entry in text.split(',').filter(|e| !e.is_empty()) {
+        let (id, bits) = entry.split_once('=')?;
+        let score = f64::from_bits(u64::from_str_radix(bits, 16).ok()?);
+        let id = match id {
+            "own" => None,
+            id => Some(id.parse().ok()?),
+        };
+        entries.push((id, score));
+    }
+    Some(Trust::from_entries(entries))
 }
 
 fn io(path: &Path, e: std::io::Error) -> Error {
@@ -153,6 +199,18 @@ mod tests {
     use crate::learn::LearnerConfig;
     use crate::model::ModelSpec;
     use candle_core::Tensor;
+
+    #[test]
+    fn trust_scores_survive_their_encoding_and_garbage_is_refused() {
+        let empty = Trust::default();
+        assert_eq!(encode_trust(&empty), "");
+        assert_eq!(decode_trust(""), Some(empty));
+        let trust = Trust::from_entries([(None, 1e-300), (Some(0), 0.3), (Some(4_000_000_000), 1.0)]);
+        assert_eq!(decode_trust(&encode_trust(&trust)), Some(trust));
+        assert_eq!(decode_trust("own=zz"), None);
+        assert_eq!(decode_trust("x=3ff0000000000000"), None);
+        assert_eq!(decode_trust("3"), None);
+    }
 
     #[test]
     fn a_restored_learner_continues_exactly_as_the_original() {
@@ -177,7 +235,8 @@ mod tests {
             model: spec.to_string(),
         };
         let position = SamplerPosition { epoch: 4, next: 32 };
-        let written = save(&dir, &owner, &original, 7, position).unwrap();
+        let trust = Trust::from_entries([(None, 0.125), (Some(3), 0.1 + 0.2), (Some(11), 0.875)]);
+        let written = save(&dir, &owner, &original, 7, position, &trust).unwrap();
         assert!(
             written.bytes > 3 * 4 * spec.parameter_count() as u64,
             "parameters and two moments"
@@ -188,8 +247,10 @@ mod tests {
             load(&dir, &owner, &mut restored).unwrap(),
             Some(Restored {
                 round: 7,
-                sampler: position
-            })
+                sampler: position,
+                trust: trust.clone(),
+            }),
+            "the trust scores to the bit"
         );
         let a = original.train_step(&xs, &ys, None).unwrap();
         let b = restored.train_step(&xs, &ys, None).unwrap();

@@ -30,6 +30,7 @@ use crate::exchange::codec::Envelope;
 use crate::exchange::shaper::{AirReceiver, Listening, Shaper};
 use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Quorum, send_and_collect};
 use crate::learn::Learn;
+use crate::learn::trust::Trust;
 use crate::plan::RunPlan;
 use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
@@ -52,6 +53,9 @@ pub struct Node {
     pub shaper: Shaper,
     /// How this node misbehaves, if the scenario makes it an adversary.
     pub adversary: Option<AdversaryKind>,
+    /// How far each neighbour's predictions sat from the consensus over recent rounds
+    /// (`train.aggregate = "trust-weighted"`; empty otherwise).
+    pub trust: Trust,
     /// How long to wait for each neighbour; who is silent.
     pub punctuality: Punctuality,
     /// Where its checkpoint goes, and whose it is.

@@ -34,6 +34,7 @@ use crate::data::{Dataset, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
 use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
+use crate::learn::trust::Trust;
 use crate::learn::{Learn, Learner};
 use crate::model::ModelSpec;
 use crate::model::kernels::{self, Kernels};
@@ -292,7 +293,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             (Some(dir), Some(candle)) => checkpoint::load(dir, &owner, candle)?,
             _ => None,
         };
-        let batches = match restored {
+        let (batches, trust) = match restored {
             Some(restored) => {
                 // Evaluated as the round reported it, so that the log shows the model
                 // is the one the node had (the same accuracy, to the digit).
@@ -304,9 +305,15 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
                     restored.round,
                     evaluation.accuracy
                 );
-                BatchSampler::resume(shard.private_len(), plan.batch_size, batch_seed, restored.sampler)?
+                (
+                    BatchSampler::resume(shard.private_len(), plan.batch_size, batch_seed, restored.sampler)?,
+                    restored.trust,
+                )
             }
-            None => BatchSampler::new(shard.private_len(), plan.batch_size, batch_seed),
+            None => (
+                BatchSampler::new(shard.private_len(), plan.batch_size, batch_seed),
+                Trust::default(),
+            ),
         };
         let mailbox = Arc::new(Mailbox::new(plan.nodes, plan.staleness.max));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
@@ -315,6 +322,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
             shaper,
             id,
             adversary: plan.adversary(id),
+            trust,
             plan,
             learner,
             shard,
@@ -387,7 +395,8 @@ async fn round_worker(
                 // between rounds at 256 nodes on one disk.)
                 let saved = match (&node.state_dir, node.learner.candle()) {
                     (Some(dir), Some(learner)) => {
-                        checkpoint::save(dir, &node.owner, learner, round, node.batches.position()).map(Some)
+                        checkpoint::save(dir, &node.owner, learner, round, node.batches.position(), &node.trust)
+                            .map(Some)
                     }
                     _ => Ok(None),
                 };

@@ -15,8 +15,9 @@ pub mod policy;
 /// The protocol version this build speaks (docs/protocol.md): any change to a message's
 /// meaning, a validation rule or the radio settings' JSON schema bumps it. 2: a round's
 /// start lists absences instead of each neighbour's own neighbours. 3: it gives a
-/// neighbour's address only where its stream has not given it already.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// neighbour's address only where its stream has not given it already. 4: the
+/// aggregate `TRUST_WEIGHTED` is accepted.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
@@ -104,8 +105,8 @@ mod names {
     named!(Algorithm, "algorithm", "`dml`, `local` or `fedavg`", [Dml => "dml", Local => "local", Fedavg => "fedavg"]);
     named!(Encoding, "encoding", "`f32`, `f16`, `q8`, `q4` or `topk`",
         [F32 => "f32", F16 => "f16", Q8 => "q8", Q4 => "q4", Topk => "topk"]);
-    named!(Aggregate, "aggregate", "`mean`, `median` or `trimmed-mean`",
-        [Mean => "mean", Median => "median", TrimmedMean => "trimmed-mean"]);
+    named!(Aggregate, "aggregate", "`mean`, `median`, `trimmed-mean` or `trust-weighted`",
+        [Mean => "mean", Median => "median", TrimmedMean => "trimmed-mean", TrustWeighted => "trust-weighted"]);
     named!(AdversaryKind, "adversary kind", "`confident-wrong` or `silent`",
         [ConfidentWrong => "confident-wrong", Silent => "silent"]);
     named!(RoundPolicy, "round policy", "`sync`, `quorum` or `deadline`",

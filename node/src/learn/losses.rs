@@ -7,6 +7,7 @@
 
 use candle_core::{D, Tensor};
 
+use super::trust::{self, Trust};
 use super::{Aggregate, invalid};
 use crate::Result;
 
@@ -26,29 +27,9 @@ fn softmax_row(z: &[f32], temperature: f64, out: &mut [f64]) {
     }
 }
 
-/// Combines peers' logits into one target distribution per row.
-///
-/// `peers`: each `rows × classes` logits, row-major. Returns `rows × classes` target
-/// probabilities, row-major, every row summing to 1.
-///
-/// - [`Aggregate::Mean`]: `mean_j softmax(z_j/T)`. Because `KL(p̄‖q) = Σ p̄·log p̄ −
-///   Σ p̄·log q` and the first term does not depend on the model, its gradient is
-///   `1/n · ∇ Σ_j KL(p_j‖q)`: exactly DML's sum of per-peer KL terms (Zhang et al.,
-///   2018) up to the constant factor `1/n`, which the KL weight absorbs.
-/// - [`Aggregate::Median`]: the per-entry median over peers (mean of the two middle
-///   values for an even count), then each row renormalised.
-/// - [`Aggregate::TrimmedMean`]: per entry, drop the highest and the lowest peer when
-///   there are at least 3 peers, average the rest, then renormalise each row.
-///
-/// Errors on no peers, a peer of the wrong length, a non-finite logit, or a
-/// temperature that is not positive and finite.
-pub fn soft_targets(
-    peers: &[&[f32]],
-    rows: usize,
-    classes: usize,
-    temperature: f64,
-    aggregate: Aggregate,
-) -> Result<Vec<f32>> {
+/// Validates peers' logits and softens them: `probs[j * len + i]` is peer `j`'s
+/// `softmax(z/T)` for entry `i`, with `len = rows × classes`.
+fn softened(peers: &[&[f32]], rows: usize, classes: usize, temperature: f64) -> Result<(Vec<f64>, usize)> {
     if peers.is_empty() {
         return Err(invalid(
             "soft_targets needs at least one peer (train on CE alone instead)",
@@ -77,11 +58,6 @@ pub fn soft_targets(
         }
     }
 
-    if aggregate == Aggregate::Unspecified {
-        return Err(invalid(
-            "soft_targets needs an aggregate (mean, median or trimmed-mean)",
-        ));
-    }
     let n = peers.len();
     // probs[j * len + i]: peer j's softened probability for entry i.
     let mut probs = vec![0.0f64; n * len];
@@ -90,7 +66,49 @@ pub fn soft_targets(
             softmax_row(z, temperature, out);
         }
     }
+    Ok((probs, len))
+}
 
+/// Combines peers' logits into one target distribution per row.
+///
+/// `peers`: each `rows × classes` logits, row-major. Returns `rows × classes` target
+/// probabilities, row-major, every row summing to 1.
+///
+/// - [`Aggregate::Mean`]: `mean_j softmax(z_j/T)`. Because `KL(p̄‖q) = Σ p̄·log p̄ −
+///   Σ p̄·log q` and the first term does not depend on the model, its gradient is
+///   `1/n · ∇ Σ_j KL(p_j‖q)`: exactly DML's sum of per-peer KL terms (Zhang et al.,
+///   2018) up to the constant factor `1/n`, which the KL weight absorbs.
+/// - [`Aggregate::Median`]: the per-entry median over peers (mean of the two middle
+///   values for an even count), then each row renormalised.
+/// - [`Aggregate::TrimmedMean`]: per entry, drop the highest and the lowest peer when
+///   there are at least 3 peers, average the rest, then renormalise each row.
+/// - [`Aggregate::TrustWeighted`]: the peers' mean weighted by their agreement with the
+///   per-entry median ([`super::trust`]), here from this one call alone; a node keeps
+///   the scores across rounds and calls [`trust_weighted_targets`] instead.
+///
+/// Errors on no peers, a peer of the wrong length, a non-finite logit, or a
+/// temperature that is not positive and finite.
+pub fn soft_targets(
+    peers: &[&[f32]],
+    rows: usize,
+    classes: usize,
+    temperature: f64,
+    aggregate: Aggregate,
+) -> Result<Vec<f32>> {
+    let (probs, len) = softened(peers, rows, classes, temperature)?;
+    if aggregate == Aggregate::Unspecified {
+        return Err(invalid(
+            "soft_targets needs an aggregate (mean, median, trimmed-mean or trust-weighted)",
+        ));
+    }
+    let n = peers.len();
+    // One call, no history: the scores are this round's distances, and no own view.
+    let trust_weights = if aggregate == Aggregate::TrustWeighted {
+        let reference = trust::median_reference(&probs, n, len, classes);
+        trust::weights(&trust::distances(&probs, n, len, classes, &reference), None)
+    } else {
+        Vec::new()
+    };
     let mut target = vec![0.0f64; len];
     let mut column = Vec::with_capacity(n);
     for (i, t) in target.iter_mut().enumerate() {
@@ -112,10 +130,46 @@ pub fn soft_targets(
             }
             // Refused above; the mean is the trimmed mean of fewer than three.
             Aggregate::TrimmedMean | Aggregate::Unspecified => column.iter().sum::<f64>() / n as f64,
+            Aggregate::TrustWeighted => column.iter().zip(&trust_weights).map(|(p, w)| p * w).sum::<f64>(),
         };
     }
+    Ok(normalised(target, classes))
+}
 
-    // The mean of distributions is already one; median and trimmed mean are not.
+/// The trust-weighted target of a node that remembers its neighbours: folds this
+/// round into `trust` when `own` (the node's own logits on the same rows) is given —
+/// once a round, for its fresh messages — then weighs each of `peers` (`(id, logits)`,
+/// by id) by its score. Stale messages of earlier rounds are weighed without `own`,
+/// by the scores as they stand. Errors as [`soft_targets`] does, `own` included.
+pub fn trust_weighted_targets(
+    trust: &mut Trust,
+    own: Option<&[f32]>,
+    peers: &[(u32, &[f32])],
+    rows: usize,
+    classes: usize,
+    temperature: f64,
+) -> Result<Vec<f32>> {
+    let logits: Vec<&[f32]> = peers.iter().map(|p| p.1).collect();
+    let ids: Vec<u32> = peers.iter().map(|p| p.0).collect();
+    let (probs, len) = softened(&logits, rows, classes, temperature)?;
+    if let Some(own) = own {
+        let (mut all, _) = softened(&[own], rows, classes, temperature)?;
+        all.extend_from_slice(&probs);
+        trust.observe(&all, &ids, len, classes);
+    }
+    let weights = trust.weights(&ids);
+    let mut target = vec![0.0f64; len];
+    for (peer, w) in probs.chunks_exact(len.max(1)).zip(&weights) {
+        for (t, p) in target.iter_mut().zip(peer) {
+            *t += w * p;
+        }
+    }
+    Ok(normalised(target, classes))
+}
+
+/// Each row of `target` renormalised and made `f32`.
+fn normalised(mut target: Vec<f64>, classes: usize) -> Vec<f32> {
+    // The (weighted) mean of distributions is already one; median and trimmed mean are not.
     // Renormalise every row regardless, which also absorbs rounding.
     for row in target.chunks_exact_mut(classes) {
         let sum: f64 = row.iter().sum();
@@ -127,7 +181,7 @@ pub fn soft_targets(
             row.iter_mut().for_each(|p| *p = 1.0 / classes as f64);
         }
     }
-    Ok(target.into_iter().map(|p| p as f32).collect())
+    target.into_iter().map(|p| p as f32).collect()
 }
 
 /// `KL(p ‖ softmax(logits/T))`, summed over classes and averaged over rows

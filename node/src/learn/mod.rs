@@ -10,20 +10,22 @@
 pub mod adam;
 pub mod losses;
 pub mod trainer;
+pub mod trust;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use candle_core::{Device, Tensor};
 
-pub use losses::{kl_to_target, soft_targets, weighted_kl_to_target};
+pub use losses::{kl_to_target, soft_targets, trust_weighted_targets, weighted_kl_to_target};
 pub use trainer::{Evaluation, Learner, LearnerConfig, StepLosses};
 
 use crate::model::{CLASSES, INPUT_DIM};
 use crate::{Error, Result};
 
 /// How peers' predictions are combined into one target distribution per row (the
-/// proto's enum, which carries the names `mean`, `median`, `trimmed-mean`).
+/// proto's enum, which carries the names `mean`, `median`, `trimmed-mean`,
+/// `trust-weighted`).
 pub use wdml_proto::Aggregate;
 
 /// What a node needs of its model, whatever computes it. Images are `[rows, 784]` f32

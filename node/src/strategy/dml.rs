@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use wdml_channel::{derive_external_seed, purpose};
 
 use crate::exchange::{Collected, Delivered};
-use crate::learn::soft_targets;
+use crate::learn::trust::Trust;
+use crate::learn::{Aggregate, soft_targets, trust_weighted_targets};
 use crate::model::{CLASSES, ModelSpec};
 use crate::plan::RunPlan;
 use crate::round::{Distill, Node, Round, train};
@@ -50,7 +51,7 @@ impl Strategy for Dml {
         let slot = round.air_slot().cloned();
         let distill = round.compute(|| match &slot {
             Some(slot) => over_the_air_targets(node, start, slot, public, &collected),
-            None => targets(&node.plan, node, start.round, public, &collected),
+            None => targets(node, start.round, public, &logits, &collected),
         })?;
         round.compute(|| train(node, distill.as_ref()))
     }
@@ -86,7 +87,7 @@ fn over_the_air_targets(
         return Ok(None);
     }
     let fresh: Vec<&Delivered> = collected.messages.iter().collect();
-    let mut mean = aggregate(plan, &fresh)?;
+    let mut mean = aggregate(plan, None, &fresh)?;
     if plan.channel.air_noise {
         spectrum::add_air_noise(&mut mean, slot, fresh.len(), plan.seed, u64::from(start.round));
     }
@@ -98,8 +99,15 @@ fn over_the_air_targets(
     }))
 }
 
-/// The run's aggregate of `messages`' softened predictions, row-major.
-fn aggregate(plan: &RunPlan, messages: &[&Delivered]) -> Result<Vec<f32>> {
+/// The run's aggregate of `messages`' softened predictions, row-major. Under
+/// `trust-weighted`, `trust` holds the node's scores, and `own` (its own predictions on
+/// the same public batch, given for the round's fresh messages only) folds this round
+/// into them first.
+fn aggregate(plan: &RunPlan, trust: Option<(&mut Trust, Option<&[f32]>)>, messages: &[&Delivered]) -> Result<Vec<f32>> {
+    if let (Aggregate::TrustWeighted, Some((trust, own))) = (plan.aggregate, trust) {
+        let peers: Vec<(u32, &[f32])> = messages.iter().map(|m| (m.sender, m.values.as_slice())).collect();
+        return trust_weighted_targets(trust, own, &peers, plan.public_batch, CLASSES, plan.learner.temperature);
+    }
     let peers: Vec<&[f32]> = messages.iter().map(|m| m.values.as_slice()).collect();
     soft_targets(
         &peers,
@@ -129,9 +137,29 @@ fn onto_simplex(values: &mut [f32], classes: usize) {
 /// softened predictions; then, for each earlier round whose predictions stand in for
 /// a neighbour not heard this round, that round's public batch (drawn again from its
 /// seed) and their aggregate, weighted down with age. `None` when nothing was heard.
-fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &Collected) -> Result<Option<Distill>> {
-    let aggregate = |messages: &[&Delivered]| -> Result<Tensor> {
-        let target = aggregate(plan, messages)?;
+/// `own`: the node's predictions on this round's public batch (the trust scores'
+/// reference includes them).
+fn targets(node: &mut Node, round: u32, public: Tensor, own: &[f32], collected: &Collected) -> Result<Option<Distill>> {
+    let (id, plan, shard, trust) = (node.id, &node.plan, &node.shard, &mut node.trust);
+    let mut aggregate = |own: Option<&[f32]>, messages: &[&Delivered]| -> Result<Tensor> {
+        let target = aggregate(plan, Some((&mut *trust, own)), messages)?;
+        // The round's scores and weights, for whoever reads the node's log at debug.
+        if own.is_some() && plan.aggregate == Aggregate::TrustWeighted && tracing::enabled!(tracing::Level::DEBUG) {
+            let senders: Vec<u32> = messages.iter().map(|m| m.sender).collect();
+            let weights = trust.weights(&senders);
+            let scores: Vec<String> = senders
+                .iter()
+                .zip(&weights)
+                .map(|(s, w)| format!("{s}:{:.4}/{w:.4}", trust.score(*s).unwrap_or(f64::NAN)))
+                .collect();
+            tracing::debug!(
+                node = id,
+                round,
+                own = trust.own().unwrap_or(f64::NAN),
+                "trust (neighbour:score/weight): {}",
+                scores.join(" ")
+            );
+        }
         Tensor::from_vec(target, (plan.public_batch, CLASSES), &Device::Cpu).map_err(Error::from)
     };
     let fresh: Vec<&Delivered> = collected.messages.iter().collect();
@@ -141,7 +169,7 @@ fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &
             Ok(None)
         } else {
             Ok(Some(Distill {
-                targets: aggregate(&fresh)?,
+                targets: aggregate(Some(own), &fresh)?,
                 public,
                 weights: None,
             }))
@@ -154,7 +182,7 @@ fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &
     let (mut images, mut targets, mut weights) = (Vec::new(), Vec::new(), Vec::new());
     if !fresh.is_empty() {
         images.push(public);
-        targets.push(aggregate(&fresh)?);
+        targets.push(aggregate(Some(own), &fresh)?);
         weights.push(1.0f32);
     }
     // Newest first, so the cycle of local steps reaches the freshest rows first.
@@ -164,8 +192,8 @@ fn targets(plan: &RunPlan, node: &Node, round: u32, public: Tensor, collected: &
             .weight(round - old)
             .expect("the mailbox keeps only usable ages");
         let seed = derive_external_seed(plan.seed, &[purpose::PUBLIC_BATCH, u64::from(old)]);
-        images.push(node.shard.public_batch(seed, plan.public_batch)?);
-        targets.push(aggregate(messages)?);
+        images.push(shard.public_batch(seed, plan.public_batch)?);
+        targets.push(aggregate(None, messages)?);
         weights.push(weight as f32);
     }
     let rows = plan.public_batch;
