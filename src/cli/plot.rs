@@ -1046,19 +1046,8 @@ pub mod tests {
         );
         let svg = svg_of(&figure).unwrap();
         // Every legend entry's text is below the panel.
-        let below = svg
-            .split("<text")
-            .filter(|t| t.contains(">series "))
-            .map(|t| {
-                t.split("y=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
-                    .unwrap()
-                    .parse::<f64>()
-                    .unwrap()
-            })
+        let below = text_ys(&svg, |t| t.starts_with("series "))
+            .into_iter()
             .all(|y| y > f64::from(TITLE_HEIGHT + PANEL.1));
         assert!(below, "{svg}");
         assert!(tick_labels(&svg).iter().all(|&v| is_round(v)));

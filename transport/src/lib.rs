@@ -347,23 +347,7 @@ fn acceptor(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<TlsAcceptor, Error> {
-    let mut roots = RootCertStore::empty();
-    for cert in ca {
-        roots
-            .add(cert)
-            .map_err(|e| Error::Tls(format!("the CA certificate: {e}")))?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .map_err(|e| Error::Tls(e.to_string()))?;
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| Error::Tls(format!("the certificate and key do not go together: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    server_config(ca, chain, key, false, &[b"h2"])
 }
 
 /// The server side of the web pages' TLS: the server proves who it is; a client may
@@ -374,23 +358,36 @@ fn web_acceptor(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<TlsAcceptor, Error> {
+    server_config(ca, chain, key, true, &[b"h2", b"http/1.1"])
+}
+
+/// TLS 1.3 with this process's `chain` and `key`, client certificates checked against
+/// `ca` (required, or `optional`), speaking `alpn`.
+fn server_config(
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    optional: bool,
+    alpn: &[&[u8]],
+) -> Result<TlsAcceptor, Error> {
     let mut roots = RootCertStore::empty();
     for cert in ca {
         roots
             .add(cert)
             .map_err(|e| Error::Tls(format!("the CA certificate: {e}")))?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| Error::Tls(e.to_string()))?;
+    let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
+    if optional {
+        verifier = verifier.allow_unauthenticated();
+    }
+    let verifier = verifier.build().map_err(|e| Error::Tls(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)
         .map_err(|e| Error::Tls(format!("the certificate and key do not go together: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
