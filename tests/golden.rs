@@ -48,29 +48,42 @@ fn covered() -> bool {
 /// The quickstart's first rounds on the given kernels, each row without its clock
 /// fields, in (round, node) order.
 fn run(kernels: &str) -> Vec<Map<String, Value>> {
-    let dir = TempDir::new(&format!("golden-{kernels}"));
-    let out = dir.path().join("run");
-    let output = std::process::Command::new(WDML)
-        .args(["run", "--rounds", ROUNDS, "--set", "channel.time_scale=0", "--out"])
-        .arg(&out)
-        .env("WDML_KERNELS", kernels)
-        .output()
-        .expect("wdml runs");
-    if !output.status.success() {
-        common::dump_logs(&out);
-        panic!(
-            "the quickstart failed on the {kernels} kernels: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics.jsonl");
+    let (dir, _) = launch(&format!("golden-{kernels}"), &["--rounds", ROUNDS], Some(kernels));
+    let path = dir.path().join("run/metrics.jsonl");
+    let text = std::fs::read_to_string(path).expect("metrics.jsonl");
     let mut rows: Vec<Map<String, Value>> = text
         .lines()
         .map(|line| strip(serde_json::from_str(line).unwrap()))
         .collect();
     rows.sort_by_key(|row| (row["round"].as_u64(), row["node"].as_u64()));
     rows
+}
+
+/// `wdml run` of the quickstart without the emulated waits, with `extra` arguments and,
+/// if given, `WDML_KERNELS=kernels`, into `run/` of the directory it returns (with
+/// what the run printed on stdout); a failed run panics with its logs.
+fn launch(label: &str, extra: &[&str], kernels: Option<&str>) -> (TempDir, String) {
+    let dir = TempDir::new(label);
+    let out = dir.path().join("run");
+    let mut command = std::process::Command::new(WDML);
+    command
+        .args(["run", "--set", "channel.time_scale=0"])
+        .args(extra)
+        .arg("--out")
+        .arg(&out);
+    if let Some(kernels) = kernels {
+        command.env("WDML_KERNELS", kernels);
+    }
+    let output = command.output().expect("wdml runs");
+    if !output.status.success() {
+        common::dump_logs(&out);
+        panic!(
+            "the quickstart ({label}) failed: {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    (dir, String::from_utf8(output.stdout).expect("UTF-8"))
 }
 
 fn strip(row: Value) -> Map<String, Value> {
@@ -164,24 +177,7 @@ fn readme() -> String {
 /// The whole quickstart (`wdml run`, with `extra`), without the emulated waits: what it
 /// prints on stdout.
 fn quickstart(label: &str, extra: &[&str]) -> String {
-    let dir = TempDir::new(&format!("readme-{label}"));
-    let out = dir.path().join("run");
-    let output = std::process::Command::new(WDML)
-        .args(["run", "--set", "channel.time_scale=0"])
-        .args(extra)
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("wdml runs");
-    if !output.status.success() {
-        common::dump_logs(&out);
-        panic!(
-            "the quickstart ({label}) failed: {}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    String::from_utf8(output.stdout).expect("UTF-8")
+    launch(&format!("readme-{label}"), extra, None).1
 }
 
 /// The final tables: from the line `run quickstart-…` to the line `mean final accuracy …`.

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -480,9 +479,4 @@ pub async fn play_taking(member: Member, after: Duration) -> (Vec<u32>, End) {
     member
         .play(move |m, start| m.report_after(after, start, honest_metrics(0.5)))
         .await
-}
-
-/// How long since `t`, in ms.
-pub fn since_ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1e3
 }
