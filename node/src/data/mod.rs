@@ -11,6 +11,7 @@
 pub mod embedded;
 pub mod idx;
 pub mod partition;
+pub mod raw;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
