@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use wdml_channel::{ChannelConfig, Mobility, ResolvedChannel, purpose};
-use wdml_node::data::Partition;
+use wdml_node::data::{Description, Location, Normalisation, Partition};
 use wdml_node::device::DeviceProfile;
 use wdml_node::learn::LearnerConfig;
 use wdml_node::model::ModelSpec;
@@ -165,9 +165,17 @@ impl Default for AdversarySection {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataSection {
-    /// A directory of IDX files (e.g. /usr/share/datasets/fashion-mnist); absent:
-    /// the embedded Fashion-MNIST subset.
+    /// The dataset: a directory of IDX files (e.g. /usr/share/datasets/fashion-mnist)
+    /// or another format `wdml_node::data` reads; absent: the embedded Fashion-MNIST
+    /// subset.
     pub dir: Option<PathBuf>,
+    /// Which labels, where the format has a choice (a CSV file's label column).
+    pub labels: Option<String>,
+    /// Per-channel means and standard deviations to normalise with; absent: the
+    /// dataset's own (Fashion-MNIST's for IDX 28×28 images, else computed from the
+    /// training set).
+    pub mean: Option<Vec<f32>>,
+    pub std: Option<Vec<f32>>,
     /// `iid`, `dirichlet:<α>` (plain per-class Dirichlet, Flower Datasets' default),
     /// `dirichlet-balanced:<α>` (FedLab's / NIID-Bench's capped variant),
     /// `dirichlet-per-node:<α>` (Hsu et al. 2019) or `shards:<per node>`.
@@ -182,6 +190,9 @@ impl Default for DataSection {
     fn default() -> Self {
         DataSection {
             dir: None,
+            labels: None,
+            mean: None,
+            std: None,
             partition: "dirichlet:0.5".into(),
             public_pool: 1000,
             test_size: 0,
@@ -386,15 +397,21 @@ impl Scenario {
                 );
             }
         }
-        // Every model's message must fit (a parameter message grows with the model).
+        // Every model must take the data, and its message fit (a parameter message
+        // grows with the model).
+        let data = self.data()?.spec;
         for node in 0..self.nodes.count.min(self.nodes.models.len() as u32) {
             let model = self.model_of(node);
+            if let Err(e) = model.fits(&data) {
+                bail!("nodes.models: {e} (the data is {data})");
+            }
             let Some(shape) = strategy::message(
                 self.run.algorithm,
                 self.exchange.public_batch,
                 self.exchange.encoding,
                 self.exchange.top_k,
-                model.parameter_count(),
+                data.classes,
+                model.parameter_count(&data),
             ) else {
                 break;
             };
@@ -405,6 +422,7 @@ impl Scenario {
                     self.exchange.public_batch,
                     self.exchange.encoding,
                     self.exchange.top_k,
+                    data.classes,
                     0,
                 );
                 let field = if model_free == Some(shape) {
@@ -486,18 +504,22 @@ impl Scenario {
         use candle_core::{Device, Tensor};
         use wdml_node::learn::Learner;
         const ROWS: usize = 8;
-        // Fixed pseudo-random pixels in [0, 1): a batch like any other.
+        // The run's shapes, with fixed pseudo-random values in [0, 1): a batch like any
+        // other.
+        let data = self.data()?.spec;
+        let (values, classes) = (data.sample_len(), data.classes as usize);
         let mut state: u32 = 0x2545_f491;
-        let pixels: Vec<f32> = (0..ROWS * 784)
+        let pixels: Vec<f32> = (0..ROWS * values)
             .map(|_| {
                 state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
                 (state >> 8) as f32 / (1u32 << 24) as f32
             })
             .collect();
         let device = Device::Cpu;
-        let images = Tensor::from_vec(pixels, (ROWS, 784), &device)?;
-        let labels = Tensor::from_vec((0..ROWS as u32).map(|i| i % 10).collect(), ROWS, &device)?;
-        let target = Tensor::from_vec(vec![0.1f32; ROWS * 10], (ROWS, 10), &device)?;
+        let images = Tensor::from_vec(pixels, (ROWS, values), &device)?;
+        let labels = Tensor::from_vec((0..ROWS as u32).map(|i| i % classes as u32).collect(), ROWS, &device)?;
+        let uniform = 1.0 / classes as f32;
+        let target = Tensor::from_vec(vec![uniform; ROWS * classes], (ROWS, classes), &device)?;
         let models: std::collections::BTreeSet<String> =
             (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect();
         for model in models {
@@ -506,7 +528,7 @@ impl Scenario {
             if spec.is_external() {
                 continue;
             }
-            let mut learner = Learner::new(&spec, self.learner(), 1)?;
+            let mut learner = Learner::new(&spec, &data, self.learner(), 1)?;
             for step in 1..=2 {
                 // A loss measured before any update can only overflow in the softened
                 // logits; parameters (or a later loss) overflow through the update.
@@ -684,8 +706,40 @@ impl Scenario {
         names
     }
 
+    /// Where the data is.
+    pub fn location(&self) -> Location {
+        Location {
+            path: self.data.dir.clone(),
+            labels: self.data.labels.clone(),
+        }
+    }
+
+    /// The run's data: its shape, classes and normalisation, read from the data
+    /// (`data.mean` and `data.std` replace its own normalisation).
+    pub fn data(&self) -> Result<Description> {
+        let mut description =
+            wdml_node::data::describe(&self.location()).map_err(|e| anyhow::anyhow!("data.dir: {e}"))?;
+        match (&self.data.mean, &self.data.std) {
+            (None, None) => {}
+            (Some(mean), Some(std)) => {
+                let given = Normalisation {
+                    mean: mean.clone(),
+                    std: std.clone(),
+                };
+                let shape: Vec<usize> = description.spec.shape.iter().map(|&d| d as usize).collect();
+                given
+                    .check(&shape)
+                    .map_err(|e| anyhow::anyhow!("data.mean / data.std: {e}"))?;
+                description.normalisation = given;
+            }
+            _ => bail!("data.mean and data.std: give both (one value per channel) or neither"),
+        }
+        Ok(description)
+    }
+
     /// What every node receives when it joins.
     pub fn settings(&self) -> Result<RunSettings> {
+        let data = self.data()?;
         let channel = self.resolved_channel()?;
         let mut settings = RunSettings {
             run_id: format!("{}-{}", self.run.name, self.run.seed),
@@ -710,6 +764,12 @@ impl Scenario {
             partition: self.data.partition.clone(),
             public_pool: self.data.public_pool,
             test_size: self.data.test_size,
+            data: Some(data.spec),
+            normalisation: Some(wdml_proto::Normalisation {
+                mean: data.normalisation.mean,
+                std: data.normalisation.std,
+            }),
+            data_labels: self.data.labels.clone().unwrap_or_default(),
             heartbeat_interval_ms: self.coordinator.heartbeat_interval_ms,
             models: (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect(),
             devices: (0..self.nodes.count)
@@ -1031,6 +1091,34 @@ mod tests {
                     ..good.clone()
                 },
                 "exchange.max_staleness",
+            ),
+            (
+                RunSettings {
+                    data: Some(wdml_proto::DataSpec {
+                        shape: vec![28, 28],
+                        classes: 10,
+                    }),
+                    ..good.clone()
+                },
+                "data",
+            ),
+            (
+                RunSettings {
+                    normalisation: Some(wdml_proto::Normalisation {
+                        mean: vec![0.5, 0.5],
+                        std: vec![1.0, 1.0],
+                    }),
+                    ..good.clone()
+                },
+                "data.normalisation",
+            ),
+            (
+                RunSettings {
+                    encoding: wdml_proto::Encoding::Topk as i32,
+                    top_k: 10,
+                    ..good.clone()
+                },
+                "exchange.top_k",
             ),
         ];
         for (settings, field) in cases {

@@ -268,6 +268,7 @@ fn a_join_in_another_protocol_version_is_refused_naming_both() {
                     parameters: 1,
                     protocol_version,
                     data_contract,
+                    data: Some(wdml_proto::data::fashion_mnist()),
                 })
                 .await
         })

@@ -62,6 +62,7 @@ async fn join(security: &Security, address: &str, node_id: u32) -> Result<(), to
         parameters: 1,
         protocol_version: wdml_proto::PROTOCOL_VERSION,
         data_contract: wdml_proto::DATA_CONTRACT,
+        data: Some(wdml_proto::data::fashion_mnist()),
     };
     CoordinatorClient::new(channel).join(request).await.map(drop)
 }
@@ -184,6 +185,7 @@ fn an_unauthenticated_caller_learns_nothing_about_the_run() {
                     parameters: 1,
                     protocol_version: wdml_proto::PROTOCOL_VERSION,
                     data_contract: wdml_proto::DATA_CONTRACT,
+                    data: Some(wdml_proto::data::fashion_mnist()),
                 };
                 let first = client.join(request.clone()).await;
                 if node_id == 0 {

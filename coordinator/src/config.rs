@@ -81,6 +81,10 @@ impl Config {
         if s.rounds == 0 {
             return Err(Error::config("run.rounds", "must be at least 1"));
         }
+        match &s.data {
+            None => return Err(Error::config("data", "the run's data shape and classes are needed")),
+            Some(data) => data.validate().map_err(|e| Error::config("data", e))?,
+        }
         if self.neighbours.len() != s.nodes as usize
             || self
                 .neighbours

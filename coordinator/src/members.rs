@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tonic::Status;
-use wdml_proto::{CoordinatorEvent, Hello, JoinRequest, MemberGone, coordinator_event::Event};
+use wdml_proto::{CoordinatorEvent, DataSpec, Hello, JoinRequest, MemberGone, coordinator_event::Event};
 
 /// The sending half of a node's `Sync` stream.
 pub(crate) type Outbox = mpsc::Sender<Result<CoordinatorEvent, Status>>;
@@ -67,9 +67,6 @@ pub(crate) struct Member {
     /// The last round a neighbour reported it unreachable, and how many rounds in a row.
     unreachable_streak: (u32, u32),
 }
-
-/// The most classes a node's label histogram may list.
-const MAX_CLASSES: usize = 1000;
 
 /// After this many rounds in a row without a report, a member is not waited for.
 pub(crate) const SILENT_AFTER: u32 = 2;
@@ -145,6 +142,8 @@ struct Bucket {
 pub(crate) struct Members {
     /// Each node's model, as the scenario gives it (canonical form).
     models: Vec<String>,
+    /// The run's data: every member's must be this.
+    data: DataSpec,
     by_id: BTreeMap<u32, Member>,
     next_connection: u64,
     pub events: Vec<MembershipEvent>,
@@ -156,9 +155,10 @@ pub(crate) struct Members {
 }
 
 impl Members {
-    pub fn new(models: Vec<String>) -> Self {
+    pub fn new(models: Vec<String>, data: DataSpec) -> Self {
         Members {
             models,
+            data,
             by_id: BTreeMap::new(),
             next_connection: 0,
             events: Vec::new(),
@@ -211,6 +211,9 @@ impl Members {
             )));
         };
         check_versions(request)?;
+        if let Some(theirs) = &request.data {
+            self.admit_data(id, theirs)?;
+        }
         validate_address(&request.advertise)?;
         if request.parameters > MAX_PARAMETERS {
             return Err(Status::invalid_argument(format!(
@@ -327,14 +330,21 @@ impl Members {
                 member.presence
             )));
         }
-        self.next_connection += 1;
-        let connection = self.next_connection;
-        if hello.label_histogram.len() > MAX_CLASSES {
+        let Some(theirs) = &hello.data else {
             return Err(Status::invalid_argument(format!(
-                "a label histogram of {} classes (at most {MAX_CLASSES})",
-                hello.label_histogram.len()
+                "data: node {id}'s Hello must say the shape and classes of the data it loaded"
+            )));
+        };
+        self.admit_data(id, theirs)?;
+        if !hello.label_histogram.is_empty() && hello.label_histogram.len() != self.data.classes as usize {
+            return Err(Status::invalid_argument(format!(
+                "label_histogram: {} classes, but the run's data has {}",
+                hello.label_histogram.len(),
+                self.data.classes
             )));
         }
+        self.next_connection += 1;
+        let connection = self.next_connection;
         let member = self.by_id.get_mut(&id).expect("authenticated above");
         // What the Join declared stands (an external model's count was checked there);
         // a node that joined without naming its model tells it here.
@@ -355,6 +365,13 @@ impl Members {
         member.told.clear();
         member.last_seen = Instant::now();
         Ok(connection)
+    }
+
+    /// `Ok` if node `id`'s data is the run's; else FAILED_PRECONDITION naming both.
+    fn admit_data(&self, id: u32, theirs: &DataSpec) -> Result<(), Status> {
+        self.data
+            .admits(theirs)
+            .map_err(|e| Status::failed_precondition(format!("node {id} brings other data: {e}")))
     }
 
     /// The member with this id if `session` is its current one.
@@ -621,11 +638,19 @@ mod tests {
             parameters: 10,
             protocol_version: wdml_proto::PROTOCOL_VERSION,
             data_contract: wdml_proto::DATA_CONTRACT,
+            data: Some(wdml_proto::data::fashion_mnist()),
+        }
+    }
+
+    fn hello() -> Hello {
+        Hello {
+            data: Some(wdml_proto::data::fashion_mnist()),
+            ..Hello::default()
         }
     }
 
     fn members(nodes: usize) -> Members {
-        Members::new(vec!["mlp:8".into(); nodes])
+        Members::new(vec!["mlp:8".into(); nodes], wdml_proto::data::fashion_mnist())
     }
 
     #[test]
@@ -633,7 +658,7 @@ mod tests {
         let mut members = members(2);
         members.join(&request(1, "127.0.0.1:9"), 7, Proof::None, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let connection = members.attach(1, 7, &Hello::default(), tx).unwrap();
+        let connection = members.attach(1, 7, &hello(), tx).unwrap();
         // Reports from several neighbours in one round count once; a gap restarts.
         assert!(!members.report_unreachable(1, 3));
         assert!(!members.report_unreachable(1, 3));
@@ -658,7 +683,7 @@ mod tests {
         assert!(!member.awaited(), "its misses are the identity's, not the connection's");
         // And a probe that reaches it on its current connection brings it back.
         let (tx, _rx) = mpsc::channel(4);
-        let connection = members.attach(1, 8, &Hello::default(), tx).unwrap();
+        let connection = members.attach(1, 8, &hello(), tx).unwrap();
         assert!(!members.report_unreachable(1, 8));
         assert!(members.report_unreachable(1, 9));
         assert!(members.reachable(1, connection));
@@ -673,18 +698,22 @@ mod tests {
         let status = members.join(&old, 7, Proof::None, 0).unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(
-            status.message().contains("protocol version 0 with data contract 1")
-                && status.message().contains(&format!(
-                    "this coordinator speaks protocol version {} with data contract 1",
-                    wdml_proto::PROTOCOL_VERSION
-                )),
+            status.message().contains(&format!(
+                "protocol version 0 with data contract {}",
+                wdml_proto::DATA_CONTRACT
+            )) && status.message().contains(&format!(
+                "this coordinator speaks protocol version {} with data contract {}",
+                wdml_proto::PROTOCOL_VERSION,
+                wdml_proto::DATA_CONTRACT
+            )),
             "{}",
             status.message()
         );
         let mut other = request(1, "127.0.0.1:2");
-        other.data_contract = 2;
+        other.data_contract = wdml_proto::DATA_CONTRACT + 1;
         let status = members.join(&other, 7, Proof::None, 0).unwrap_err();
-        assert!(status.message().contains("data contract 2"), "{}", status.message());
+        let says = format!("data contract {}", wdml_proto::DATA_CONTRACT + 1);
+        assert!(status.message().contains(&says), "{}", status.message());
         assert!(
             members.get(0).is_none() && members.get(1).is_none(),
             "neither was admitted"
@@ -693,7 +722,10 @@ mod tests {
 
     #[test]
     fn an_external_model_joins_naming_itself_and_its_parameters() {
-        let mut members = Members::new(vec!["mlp:8".into(), "ext:numpy-mlp".into()]);
+        let mut members = Members::new(
+            vec!["mlp:8".into(), "ext:numpy-mlp".into()],
+            wdml_proto::data::fashion_mnist(),
+        );
         let mut join = request(1, "127.0.0.1:1");
         join.model = String::new();
         let status = members.join(&join, 7, Proof::None, 0).unwrap_err();
@@ -730,7 +762,10 @@ mod tests {
 
     #[test]
     fn a_model_other_than_the_scenarios_is_refused_naming_both() {
-        let mut members = Members::new(vec!["mlp:8".into(), "cnn:16,32,128".into()]);
+        let mut members = Members::new(
+            vec!["mlp:8".into(), "cnn:16,32,128".into()],
+            wdml_proto::data::fashion_mnist(),
+        );
         let status = members.join(&request(1, "h:2"), 7, Proof::None, 0).unwrap_err();
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
         assert!(
@@ -745,11 +780,55 @@ mod tests {
     }
 
     #[test]
+    fn other_data_is_refused_at_join_and_at_hello_naming_both_shapes() {
+        let cifar = DataSpec {
+            shape: vec![3, 32, 32],
+            classes: 10,
+        };
+        let mut members = members(2);
+        let mut join = request(0, "h:1");
+        join.data = Some(cifar.clone());
+        let status = members.join(&join, 7, Proof::None, 0).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            status.message(),
+            "node 0 brings other data: the run's data is [1, 28, 28] × 10 classes; \
+             this node's is [3, 32, 32] × 10 classes"
+        );
+        // A node that did not know its data when it joined says it in its Hello.
+        join.data = None;
+        members.join(&join, 7, Proof::None, 0).unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let wrong = Hello {
+            data: Some(cifar),
+            ..Hello::default()
+        };
+        let status = members.attach(0, 7, &wrong, tx.clone()).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("[3, 32, 32]"), "{}", status.message());
+        let status = members.attach(0, 7, &Hello::default(), tx.clone()).unwrap_err();
+        assert!(
+            status.message().contains("data: node 0's Hello"),
+            "{}",
+            status.message()
+        );
+        let mut three = hello();
+        three.label_histogram = vec![1, 2, 3];
+        let status = members.attach(0, 7, &three, tx.clone()).unwrap_err();
+        assert!(
+            status.message().contains("3 classes, but the run's data has 10"),
+            "{}",
+            status.message()
+        );
+        members.attach(0, 7, &hello(), tx).unwrap();
+    }
+
+    #[test]
     fn a_live_id_cannot_join_twice_but_a_gone_one_can_rejoin() {
         let mut members = members(2);
         members.join(&request(1, "h:1"), 11, Proof::None, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        let connection = members.attach(1, 11, &Hello::default(), tx).unwrap();
+        let connection = members.attach(1, 11, &hello(), tx).unwrap();
         assert_eq!(
             members.join(&request(1, "h:1"), 12, Proof::None, 0).unwrap_err().code(),
             tonic::Code::AlreadyExists
@@ -771,7 +850,7 @@ mod tests {
         let mut members = members(2);
         members.join(&request(1, "h:1"), 11, Proof::Certificate, 0).unwrap();
         let (tx, _rx) = mpsc::channel(4);
-        members.attach(1, 11, &Hello::default(), tx).unwrap();
+        members.attach(1, 11, &hello(), tx).unwrap();
         members.join(&request(1, "h:9"), 12, Proof::Certificate, 0).unwrap();
         let member = members.get(1).unwrap();
         assert_eq!((member.presence, member.outbox.is_none()), (Presence::Joined, true));
@@ -815,8 +894,8 @@ mod tests {
         let (tx1, _rx1) = mpsc::channel(4);
         members.join(&request(0, "h:1"), 11, Proof::None, 0).unwrap();
         members.join(&request(1, "h:2"), 13, Proof::None, 0).unwrap();
-        members.attach(0, 11, &Hello::default(), tx0).unwrap();
-        let connection = members.attach(1, 13, &Hello::default(), tx1).unwrap();
+        members.attach(0, 11, &hello(), tx0).unwrap();
+        let connection = members.attach(1, 13, &hello(), tx1).unwrap();
         (members, rx0, connection)
     }
 

@@ -349,7 +349,7 @@ fn band_plan(
     if resolved.mode == Mode::OverTheAir {
         // One slot per receiver, in which its neighbours transmit their soft predictions
         // at once: one analog value per public image and class.
-        let values = u64::from(settings.public_batch) * message::CLASSES as u64;
+        let values = u64::from(settings.public_batch) * u64::from(settings.classes());
         let receivers: Vec<(usize, Vec<usize>)> = parameters
             .keys()
             .map(|&id| (id as usize, neighbours_of(id).into_iter().map(|j| j as usize).collect()))
@@ -365,6 +365,7 @@ fn band_plan(
                 settings.public_batch,
                 settings.encoding(),
                 settings.top_k,
+                settings.classes(),
                 parameters,
             )?;
             Some(Sender {

@@ -58,7 +58,10 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub fn new(config: Config, report: Report, recovered: Option<&Recovered>) -> Self {
-        let mut members = Members::new(config.settings.models.clone());
+        let mut members = Members::new(
+            config.settings.models.clone(),
+            config.settings.data.clone().unwrap_or_default(),
+        );
         let mut journaled = 0;
         if let Some(recovered) = recovered {
             for (id, model, parameters) in &recovered.members {

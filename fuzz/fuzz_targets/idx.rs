@@ -11,9 +11,8 @@ use wdml_node::data::idx;
 fuzz_target!(|data: &[u8]| {
     let source = Path::new("fuzz");
     if let Ok(images) = idx::parse_images(data, source) {
-        assert_eq!(images.pixels.len(), images.count * images.height * images.width);
+        assert_eq!(images.pixels.len(), images.count * images.shape.iter().product::<usize>());
+        assert!(matches!(images.shape.len(), 1 | 3));
     }
-    if let Ok(labels) = idx::parse_labels(data, source, 10) {
-        assert!(labels.iter().all(|&l| l < 10));
-    }
+    let _ = idx::parse_labels(data, source);
 });

@@ -13,7 +13,8 @@
 
 use std::path::PathBuf;
 
-use wdml_node::data::{CLASSES, Dataset, embedded, idx};
+use wdml_node::data::embedded::CLASSES;
+use wdml_node::data::{Dataset, Location, embedded, idx};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args_os().skip(1);
@@ -25,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         PathBuf::from,
     );
 
-    let full = Dataset::load_dir(&full_dir)?;
+    let full = Dataset::load(&Location::at(Some(&full_dir)))?;
     println!(
         "read {}: {} train, {} test images",
         full_dir.display(),

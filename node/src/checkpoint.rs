@@ -224,7 +224,7 @@ mod tests {
         };
         let xs = Tensor::rand(0f32, 1f32, (8, 784), &Device::Cpu).unwrap();
         let ys = Tensor::from_vec((0..8u32).map(|i| i % 10).collect(), 8, &Device::Cpu).unwrap();
-        let mut original = Learner::new(&spec, cfg, 1).unwrap();
+        let mut original = Learner::new(&spec, &wdml_proto::data::fashion_mnist(), cfg, 1).unwrap();
         for _ in 0..3 {
             original.train_step(&xs, &ys, None).unwrap();
         }
@@ -238,11 +238,11 @@ mod tests {
         let trust = Trust::from_entries([(None, 0.125), (Some(3), 0.1 + 0.2), (Some(11), 0.875)]);
         let written = save(&dir, &owner, &original, 7, position, &trust).unwrap();
         assert!(
-            written.bytes > 3 * 4 * spec.parameter_count() as u64,
+            written.bytes > 3 * 4 * spec.parameter_count(&wdml_proto::data::fashion_mnist()) as u64,
             "parameters and two moments"
         );
 
-        let mut restored = Learner::new(&spec, cfg, 99).unwrap();
+        let mut restored = Learner::new(&spec, &wdml_proto::data::fashion_mnist(), cfg, 99).unwrap();
         assert_eq!(
             load(&dir, &owner, &mut restored).unwrap(),
             Some(Restored {

@@ -8,10 +8,10 @@ use wdml_channel::ResolvedChannel;
 use wdml_proto::policy::{Closing, Staleness};
 use wdml_proto::{AdversaryKind, Algorithm, Encoding, RunSettings};
 
-use crate::data::{Partition, SplitConfig};
+use crate::data::{DataSpec, Location, Normalisation, Partition, SplitConfig};
 use crate::device::DeviceProfile;
 use crate::learn::{Aggregate, LearnerConfig};
-use crate::model::{CLASSES, ModelSpec};
+use crate::model::ModelSpec;
 use crate::strategy;
 use crate::{Error, Result};
 
@@ -41,7 +41,11 @@ pub struct RunPlan {
     /// The radio between the nodes (every node builds the same seeded channel).
     pub channel: ResolvedChannel,
     pub max_message_bytes: u64,
-    pub data_dir: Option<PathBuf>,
+    /// Where the data is, unless the node was given its own.
+    pub data: Location,
+    /// The run's data: the shape and classes every member's must have.
+    pub spec: DataSpec,
+    pub normalisation: Normalisation,
     pub partition: Partition,
     pub public_pool: usize,
     pub test_size: usize,
@@ -123,6 +127,24 @@ impl RunPlan {
         };
         learner.validate()?;
         let partition: Partition = s.partition.parse()?;
+        let spec = s
+            .data
+            .clone()
+            .ok_or_else(|| Error::config("data", "the run's data shape and classes are missing"))?;
+        spec.validate().map_err(|e| Error::config("data", e))?;
+        let normalisation = s
+            .normalisation
+            .clone()
+            .map(|n| Normalisation {
+                mean: n.mean,
+                std: n.std,
+            })
+            .ok_or_else(|| Error::config("data.normalisation", "missing"))?;
+        let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
+        normalisation
+            .check(&shape)
+            .map_err(|e| Error::config("data.normalisation", e))?;
+        let classes = spec.classes;
         let models = s
             .models
             .iter()
@@ -214,14 +236,14 @@ impl RunPlan {
             },
             encoding,
             top_k: match encoding {
-                Encoding::Topk if (1..CLASSES as u32).contains(&s.top_k) => s.top_k,
+                Encoding::Topk if (1..classes).contains(&s.top_k) => s.top_k,
                 Encoding::Topk => {
                     return Err(Error::config(
                         "exchange.top_k",
                         format!(
-                            "{} logits kept per row: between 1 and {} (of {CLASSES} classes)",
+                            "{} logits kept per row: between 1 and {} (of {classes} classes)",
                             s.top_k,
-                            CLASSES - 1
+                            classes - 1
                         ),
                     ));
                 }
@@ -229,7 +251,12 @@ impl RunPlan {
             },
             channel,
             max_message_bytes: s.max_message_bytes,
-            data_dir: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),
+            data: Location {
+                path: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),
+                labels: (!s.data_labels.is_empty()).then_some(s.data_labels),
+            },
+            spec,
+            normalisation,
             partition,
             public_pool: positive("data.public_pool", s.public_pool)? as usize,
             test_size: s.test_size as usize,
@@ -245,6 +272,11 @@ impl RunPlan {
             adaptive_deadline: s.adaptive_deadline,
             connect_timeout: wdml_transport::peer_connect_timeout(s.connect_timeout_ms),
         })
+    }
+
+    /// The run's classes: the columns of every prediction message.
+    pub fn classes(&self) -> usize {
+        self.spec.classes as usize
     }
 
     /// Whether the run aggregates over the air (`channel.mode = "over_the_air"`).

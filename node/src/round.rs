@@ -379,6 +379,7 @@ pub fn message(node: &Node) -> Option<MessageShape> {
         node.plan.public_batch as u32,
         node.plan.encoding,
         node.plan.top_k,
+        node.plan.spec.classes,
         node.learner.parameter_count(),
     )
 }

@@ -30,7 +30,7 @@ use wdml_proto::{
 use wdml_transport::{self as transport, Identity, Limits, Security};
 
 use crate::checkpoint::{self, Owner};
-use crate::data::{Dataset, split};
+use crate::data::{DataSpec, Dataset, Location, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
 use crate::exchange::shaper::Shaper;
 use crate::exchange::{Expectation, Mailbox, PeerService, Punctuality};
@@ -116,6 +116,19 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
             ),
         ));
     }
+    // A node given its own data reads it before joining, so that the coordinator can
+    // refuse it at once if it is not the run's (else its Hello is checked).
+    let own_data = match &config.data_dir {
+        Some(dir) => {
+            let location = Location::at(Some(dir));
+            Some(
+                tokio::task::spawn_blocking(move || Dataset::load_labels(&location))
+                    .await
+                    .map_err(|e| Error::Io(std::io::Error::other(e)))??,
+            )
+        }
+        None => None,
+    };
     let declared = match (&config.model, &config.external) {
         (Some(ModelSpec::External { .. }), Some(external)) => external.parameters,
         (Some(model @ ModelSpec::External { .. }), None) => {
@@ -130,7 +143,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 "a device that brings its own model joins as `ext:NAME`",
             ));
         }
-        (model, None) => model.as_ref().map_or(0, |m| m.parameter_count() as u64),
+        // Counted on the node's own data when it has some; else its Hello says it.
+        (model, None) => match (model, &own_data) {
+            (Some(m), Some(data)) => m.parameter_count(&data.spec()) as u64,
+            _ => 0,
+        },
     };
     let coordinator = Coordinator::new(&config)?;
     let join = JoinRequest {
@@ -140,6 +157,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         parameters: declared,
         protocol_version: wdml_proto::PROTOCOL_VERSION,
         data_contract: wdml_proto::DATA_CONTRACT,
+        data: own_data.as_ref().map(Dataset::spec),
     };
     let joined = coordinator.join(&join).await?;
     let model: ModelSpec = joined
@@ -159,11 +177,11 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     }
     let parameters = match model {
         ModelSpec::External { .. } => declared,
-        _ => model.parameter_count() as u64,
+        _ => model.parameter_count(&plan.spec) as u64,
     };
     info!(node = config.id, run = %plan.run_id, %advertise, %model, parameters, kernels = kernels.describe(), "joined");
 
-    let mut node = prepare(&config, plan, model).await?;
+    let mut node = prepare(&config, plan, model, own_data).await?;
     // A node whose algorithm sends nothing accepts no message (no 0 × 0 one arrives).
     let shape = message(&node);
     let (rows, cols, top_k) = shape.map_or((0, 0, 0), |m| (m.rows, m.cols, m.top_k));
@@ -197,13 +215,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
     node.undelivered = Some(undelivered_tx);
     let mailbox = node.mailbox.clone();
     let heartbeat = node.plan.heartbeat_interval;
-    let histogram = node.shard.label_histogram()?;
+    let histogram = node.shard.label_histogram(node.plan.classes())?;
+    let data = node.plan.spec.clone();
     let worker = tokio::spawn(round_worker(node, rounds_rx, report_tx, config.panic_at_round));
     let session = Session {
         coordinator,
         join,
         parameters,
         histogram,
+        data,
         session: joined.session,
         mailbox,
         rounds: rounds_tx,
@@ -243,20 +263,36 @@ fn advertised_address(config: &Config, listener: &TcpListener) -> Result<String>
     Ok(bound.to_string())
 }
 
-/// Loads the data, computes this node's shard of the split, builds the model, and
+/// Loads the data (unless the node read its own before joining: `own_data`), checks it
+/// is the run's, computes this node's shard of the split, builds the model, and
 /// restores it from the node's checkpoint if there is one.
-async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Node> {
-    let data_dir = config.data_dir.clone().or_else(|| plan.data_dir.clone());
+async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Option<Dataset>) -> Result<Node> {
+    let location = match &config.data_dir {
+        Some(dir) => Location {
+            path: Some(dir.clone()),
+            labels: plan.data.labels.clone(),
+        },
+        None => plan.data.clone(),
+    };
     let id = config.id;
     let state_dir = config.state_dir.clone();
     let security = config.security.clone();
     let external = config.external.clone();
     // Loading and splitting is seconds of CPU work on the full dataset.
     tokio::task::spawn_blocking(move || {
-        // The labels to split by, then only the images this node keeps.
-        let dataset = Dataset::load_labels(data_dir.as_deref())?;
+        // The labels to split by, then only the samples this node keeps.
+        let dataset = match own_data {
+            Some(dataset) => dataset,
+            None => Dataset::load_labels(&location)?,
+        };
+        if let Err(e) = plan.spec.admits(&dataset.spec()) {
+            return Err(Error::Data {
+                path: location.path.clone().unwrap_or_else(|| "embedded".into()),
+                reason: format!("not this run's data: {e}"),
+            });
+        }
         let split = split(&dataset, &plan.split_config())?;
-        let shard = Shard::load(data_dir.as_deref(), &split, id as usize)?;
+        let shard = Shard::load(&location, &split, id as usize, &plan.normalisation)?;
         info!(
             node = id,
             dataset = %dataset.name,
@@ -278,7 +314,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec) -> Result<Nod
         // refuses to build an external model, should one ever get this far.)
         let mut learner: Box<dyn Learn> = match external {
             Some(external) => (external.build)(&plan, id)?,
-            None => Box::new(Learner::new(&model, plan.learner, model_seed)?),
+            None => Box::new(Learner::new(&model, &plan.spec, plan.learner, model_seed)?),
         };
         let batch_seed = seed::derive(plan.seed, &[seed::BATCHES, u64::from(id)]);
         let owner = Owner {
@@ -600,6 +636,8 @@ struct Session {
     parameters: u64,
     /// The private shard's samples per class, for the run's split.json.
     histogram: Vec<u32>,
+    /// The data it loaded (the run's: [`prepare`] checked it).
+    data: DataSpec,
     session: u64,
     mailbox: Arc<Mailbox>,
     rounds: watch::Sender<Option<(StartRound, AddressBook)>>,
@@ -623,6 +661,7 @@ impl Session {
                 session: self.session,
                 parameters: self.parameters,
                 label_histogram: self.histogram.clone(),
+                data: Some(self.data.clone()),
             };
             let (outbound, mut inbound) = self.coordinator.open(hello).await?;
             // The neighbours' addresses this stream gives: a new stream gives them anew.

@@ -5,7 +5,7 @@ use crate::seed::{Rng as SeedRng, rng};
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 
-use crate::data::{Dataset, ImageSet, Split};
+use crate::data::{Dataset, Location, Normalisation, Samples, Split};
 use crate::{Error, Result};
 
 /// Node `node`'s private shard of `split`.
@@ -29,16 +29,17 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Gathers node `node`'s part of `split` of the loaded `dataset` into tensors.
-    pub fn new(dataset: &Dataset, split: &Split, node: usize) -> Result<Self> {
+    /// Gathers node `node`'s part of `split` of the loaded `dataset` into tensors,
+    /// normalised by `norm`.
+    pub fn new(dataset: &Dataset, split: &Split, node: usize, norm: &Normalisation) -> Result<Self> {
         let private = shard_of(split, node)?;
-        Self::gather(&dataset.train, private, &split.public, &dataset.test, &split.test)
+        Self::gather(&dataset.train, private, &split.public, &dataset.test, &split.test, norm)
     }
 
     /// The same tensors as [`Shard::new`] on the dataset [`Dataset::load`] would load from
-    /// `dir`, reading only the images they hold ([`Dataset::load_rows`]): a node's memory
-    /// holds its shard, the public pool and the test set, not the dataset.
-    pub fn load(dir: Option<&std::path::Path>, split: &Split, node: usize) -> Result<Self> {
+    /// `location`, reading only the samples they hold ([`Dataset::load_rows`]): a node's
+    /// memory holds its shard, the public pool and the test set, not the dataset.
+    pub fn load(location: &Location, split: &Split, node: usize, norm: &Normalisation) -> Result<Self> {
         let private = shard_of(split, node)?;
         let ascending = |rows: &mut Vec<usize>| {
             rows.sort_unstable();
@@ -48,7 +49,7 @@ impl Shard {
         ascending(&mut train_rows);
         let mut test_rows = split.test.clone();
         ascending(&mut test_rows);
-        let (train, test) = Dataset::load_rows(dir, &train_rows, &test_rows)?;
+        let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
         // Indices of the dataset, to positions among the rows held.
         let at = |rows: &[usize], indices: &[usize]| -> Vec<usize> {
             indices
@@ -62,16 +63,26 @@ impl Shard {
             &at(&train_rows, &split.public),
             &test,
             &at(&test_rows, &split.test),
+            norm,
         )
     }
 
-    fn gather(train: &ImageSet, private: &[usize], public: &[usize], test: &ImageSet, tests: &[usize]) -> Result<Self> {
-        let pixels = train.pixels();
+    fn gather(
+        train: &Samples,
+        private: &[usize],
+        public: &[usize],
+        test: &Samples,
+        tests: &[usize],
+        norm: &Normalisation,
+    ) -> Result<Self> {
+        norm.check(&train.shape)
+            .map_err(|e| Error::config("data.normalise", e))?;
+        let values = train.sample_len();
         let device = Device::Cpu;
-        let images = |values: Vec<f32>, rows: usize| Tensor::from_vec(values, (rows, pixels), &device);
-        let (private_x, private_y) = train.gather(private);
-        let (public_x, _) = train.gather(public);
-        let (test_x, test_y) = test.gather(tests);
+        let images = |values_of: Vec<f32>, rows: usize| Tensor::from_vec(values_of, (rows, values), &device);
+        let (private_x, private_y) = train.gather(private, norm);
+        let (public_x, _) = train.gather(public, norm);
+        let (test_x, test_y) = test.gather(tests, norm);
         Ok(Shard {
             private_images: images(private_x, private.len())?,
             private_labels: Tensor::from_vec(private_y, private.len(), &device)?,
@@ -81,9 +92,9 @@ impl Shard {
         })
     }
 
-    /// How many private samples of each class this shard holds.
-    pub fn label_histogram(&self) -> Result<Vec<u32>> {
-        let mut histogram = vec![0u32; crate::model::CLASSES];
+    /// How many private samples of each of `classes` this shard holds.
+    pub fn label_histogram(&self, classes: usize) -> Result<Vec<u32>> {
+        let mut histogram = vec![0u32; classes];
         for label in self.private_labels.to_vec1::<u32>()? {
             if let Some(count) = histogram.get_mut(label as usize) {
                 *count += 1;
@@ -209,12 +220,12 @@ mod tests {
                 public_pool: 300,
                 test_size: 250,
             };
-            let split = split(&Dataset::load_labels(None).unwrap(), &cfg).unwrap();
+            let split = split(&Dataset::load_labels(&Location::default()).unwrap(), &cfg).unwrap();
             assert_eq!(split, crate::data::split(&whole, &cfg).unwrap());
             for node in [0, 5] {
                 let (a, b) = (
-                    Shard::new(&whole, &split, node).unwrap(),
-                    Shard::load(None, &split, node).unwrap(),
+                    Shard::new(&whole, &split, node, &Normalisation::fashion_mnist()).unwrap(),
+                    Shard::load(&Location::default(), &split, node, &Normalisation::fashion_mnist()).unwrap(),
                 );
                 let flat = |t: &Tensor| {
                     t.flatten_all()
@@ -238,7 +249,7 @@ mod tests {
         }
         assert!(
             Shard::load(
-                None,
+                &Location::default(),
                 &crate::data::split(
                     &whole,
                     &SplitConfig {
@@ -250,7 +261,8 @@ mod tests {
                     }
                 )
                 .unwrap(),
-                2
+                2,
+                &Normalisation::fashion_mnist()
             )
             .is_err()
         );

@@ -21,7 +21,7 @@ use rand::{Rng as _, RngCore};
 use rand_distr::{Distribution, Gamma, Open01, StandardNormal};
 use wdml_channel::{ResolvedChannel, SplitMix64, Stream, derive_seed};
 use wdml_node::data::partition::class_order;
-use wdml_node::data::{Dataset, ImageSet, Partition, SplitConfig, split};
+use wdml_node::data::{Dataset, Format, Partition, Samples, SplitConfig, Values, split};
 use wdml_node::exchange::codec::{MessageShape, decode, encode};
 use wdml_node::seed;
 use wdml_node::shard::{BatchSampler, Shard};
@@ -326,16 +326,19 @@ fn compute(block: &Block) -> String {
         }
         "split" => {
             let labels: Vec<u8> = block.list("labels");
-            let set = ImageSet {
-                images: vec![0; labels.len()],
+            // The classes are the labels' (one more than the highest), as for a file.
+            let classes = usize::from(labels.iter().copied().max().unwrap_or(0)) + 1;
+            let set = Samples {
+                shape: vec![1],
+                values: Values::U8(vec![0; labels.len()]),
                 labels,
-                height: 1,
-                width: 1,
             };
             let dataset = Dataset {
                 name: "vector".into(),
+                format: Format::Idx,
                 train: set.clone(),
                 test: set,
+                classes,
             };
             let cfg = split_config(block);
             let split = split(&dataset, &cfg).unwrap();
@@ -361,10 +364,15 @@ fn compute(block: &Block) -> String {
             if let Some(order) = class_order(&dataset, &cfg).unwrap() {
                 lines.push(out("class order", join(order, |v| v.to_string())));
             }
-            for (stats, shard) in split.stats(&dataset.train.labels).nodes.iter().zip(&split.private) {
+            for (stats, shard) in split
+                .stats(&dataset.train.labels, dataset.classes)
+                .nodes
+                .iter()
+                .zip(&split.private)
+            {
                 lines.push(out(
                     format!("node {} histogram", stats.node),
-                    join(stats.histogram, |v| v.to_string()),
+                    join(&stats.histogram, |v| v.to_string()),
                 ));
                 lines.push(out(format!("node {} (first 10)", stats.node), first(shard)));
             }

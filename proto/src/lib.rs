@@ -9,6 +9,7 @@
 
 #![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
 
+pub mod data;
 pub mod message;
 pub mod policy;
 
@@ -16,12 +17,16 @@ pub mod policy;
 /// meaning, a validation rule or the radio settings' JSON schema bumps it. 2: a round's
 /// start lists absences instead of each neighbour's own neighbours. 3: it gives a
 /// neighbour's address only where its stream has not given it already. 4: the
-/// aggregate `TRUST_WEIGHTED` is accepted.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// aggregate `TRUST_WEIGHTED` is accepted. 5: a run's data has any shape and number of
+/// classes (`DataSpec`, in RunSettings, Join and Hello), and messages have that many
+/// columns.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
-pub const DATA_CONTRACT: u32 = 1;
+/// 2: any dataset: the classes follow from the labels, a dataset without a test set
+/// holds one out, and the public pool may come from another dataset.
+pub const DATA_CONTRACT: u32 = 2;
 
 /// Version 1 of the protocol.
 pub mod v1 {

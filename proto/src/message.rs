@@ -8,10 +8,6 @@
 
 use crate::{Algorithm, Encoding};
 
-/// Classes of the datasets WDML learns (Fashion-MNIST, MNIST, KMNIST): the columns of a
-/// prediction message.
-pub const CLASSES: usize = 10;
-
 /// Bytes of one kept entry of a top-k row: a u8 class and an f16 logit.
 pub const TOP_K_ENTRY_BYTES: u64 = 3;
 /// Bytes of a top-k row's shared logit for the other classes (f16).
@@ -56,20 +52,22 @@ impl MessageShape {
     }
 }
 
-/// The message `algorithm` sends each round, given the run's public batch, encoding
-/// and top-k, and the sender's parameter count; `None`: it exchanges nothing.
+/// The message `algorithm` sends each round, given the run's public batch, encoding,
+/// top-k and classes (its data's), and the sender's parameter count; `None`: it
+/// exchanges nothing.
 pub fn shape(
     algorithm: Algorithm,
     public_batch: u32,
     encoding: Encoding,
     top_k: u32,
+    classes: u32,
     parameters: u64,
 ) -> Option<MessageShape> {
     match algorithm {
         // Predictions on the public batch, in the run's encoding.
         Algorithm::Dml => Some(MessageShape {
             rows: public_batch,
-            cols: CLASSES as u32,
+            cols: classes,
             encoding,
             top_k: if encoding == Encoding::Topk { top_k } else { 0 },
         }),
@@ -90,20 +88,28 @@ mod tests {
 
     #[test]
     fn each_algorithm_sends_its_shape() {
-        let dml = shape(Algorithm::Dml, 128, Encoding::Q8, 0, 50_890).unwrap();
+        let dml = shape(Algorithm::Dml, 128, Encoding::Q8, 0, 10, 50_890).unwrap();
         assert_eq!((dml.rows, dml.cols, dml.encoding), (128, 10, Encoding::Q8));
         assert_eq!(dml.bytes(), 1_280);
-        let fedavg = shape(Algorithm::Fedavg, 128, Encoding::Q8, 0, 50_890).unwrap();
+        let fedavg = shape(Algorithm::Fedavg, 128, Encoding::Q8, 0, 10, 50_890).unwrap();
         assert_eq!((fedavg.rows, fedavg.cols, fedavg.encoding), (1, 50_890, Encoding::F32));
         assert_eq!(fedavg.bytes(), 203_560);
-        assert_eq!(shape(Algorithm::Local, 128, Encoding::Q8, 0, 50_890), None);
+        assert_eq!(shape(Algorithm::Local, 128, Encoding::Q8, 0, 10, 50_890), None);
         // Half a byte a value, the last byte half used when the count is odd.
-        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q4, 0, 1).unwrap().bytes(), 640);
+        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q4, 0, 10, 1).unwrap().bytes(), 640);
         assert_eq!(payload_bytes(Encoding::Q4, 1, 7, 0), Some(4));
         assert_eq!(payload_bytes(Encoding::Unspecified, 1, 7, 0), None);
         // Top-2: two (class, f16) pairs and one f16 per row, 8 bytes instead of 10 (q8).
-        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Topk, 2, 1).unwrap().bytes(), 1_024);
+        assert_eq!(
+            shape(Algorithm::Dml, 128, Encoding::Topk, 2, 10, 1).unwrap().bytes(),
+            1_024
+        );
+        // K = 2 and K = 100 (CIFAR-100): the columns are the classes.
+        let two = shape(Algorithm::Dml, 64, Encoding::F32, 0, 2, 1).unwrap();
+        assert_eq!((two.cols, two.bytes()), (2, 512));
+        let hundred = shape(Algorithm::Dml, 64, Encoding::Topk, 5, 100, 1).unwrap();
+        assert_eq!((hundred.cols, hundred.bytes()), (100, 64 * (5 * 3 + 2)));
         // The run's top-k means nothing to another encoding.
-        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q8, 2, 1).unwrap().top_k, 0);
+        assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q8, 2, 10, 1).unwrap().top_k, 0);
     }
 }

@@ -22,7 +22,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use wdml_node::learn::{Evaluation, Learn, StepLosses, evaluation_of};
-use wdml_node::model::{CLASSES, IMAGE_SIDE, INPUT_DIM, ModelSpec};
+use wdml_node::model::ModelSpec;
 use wdml_node::plan::RunPlan;
 use wdml_node::{Error, ExternalModel, Outcome, seed};
 use wdml_transport::{Identity, Security};
@@ -31,6 +31,9 @@ use wdml_transport::{Identity, Security};
 struct PyLearner {
     model: Arc<Py<PyAny>>,
     parameters: usize,
+    /// Values per sample and classes of the run's data.
+    values: usize,
+    classes: usize,
     /// Skipped, as Candle's learner skips it, when the run's λ is 0.
     distill: bool,
     /// Stays 0: a Python model's FLOPs are not known from its shapes.
@@ -79,25 +82,25 @@ impl PyLearner {
             .map_err(|e| model_error(py, method, e))
     }
 
-    /// The logits of `images`, checked: float32 `[rows, 10]`, every value finite.
+    /// The logits of `images`, checked: float32 `[rows, classes]`, every value finite.
     fn predict(&self, py: Python<'_>, images: &Tensor) -> wdml_node::Result<Vec<f32>> {
-        let rows = images.dim(0)?;
-        let array = array_f32(py, images, &[rows, INPUT_DIM])?;
+        let (rows, classes) = (images.dim(0)?, self.classes);
+        let array = array_f32(py, images, &[rows, self.values])?;
         let out = self.call(py, "predict", (array,))?;
         let logits: PyReadonlyArray2<f32> = out.extract().map_err(|_| {
             unusable(
                 "predict",
                 format!(
-                    "returned {}, not a float32 array of shape ({rows}, {CLASSES})",
+                    "returned {}, not a float32 array of shape ({rows}, {classes})",
                     out.get_type().name().map_or_else(|_| "?".into(), |n| n.to_string())
                 ),
             )
         })?;
-        if logits.shape() != [rows, CLASSES] {
+        if logits.shape() != [rows, classes] {
             return Err(unusable(
                 "predict",
                 format!(
-                    "returned shape {:?} for {rows} images; expected ({rows}, {CLASSES})",
+                    "returned shape {:?} for {rows} images; expected ({rows}, {classes})",
                     logits.shape()
                 ),
             ));
@@ -137,7 +140,7 @@ impl Learn for PyLearner {
         let distill = distill.filter(|_| self.distill);
         Python::with_gil(|py| {
             let rows = images.dim(0)?;
-            let x = array_f32(py, images, &[rows, INPUT_DIM])?;
+            let x = array_f32(py, images, &[rows, self.values])?;
             // int64: what torch's cross-entropy indexes with.
             let y: Vec<i64> = labels
                 .to_dtype(DType::U32)?
@@ -155,8 +158,8 @@ impl Learn for PyLearner {
                         None => none(),
                     };
                     (
-                        array_f32(py, public, &[p, INPUT_DIM])?,
-                        array_f32(py, targets, &[p, CLASSES])?,
+                        array_f32(py, public, &[p, self.values])?,
+                        array_f32(py, targets, &[p, self.classes])?,
                         w,
                     )
                 }
@@ -186,7 +189,7 @@ impl Learn for PyLearner {
     fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> wdml_node::Result<Evaluation> {
         let rows = images.dim(0)?;
         let labels = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let mut logits = Vec::with_capacity(rows * CLASSES);
+        let mut logits = Vec::with_capacity(rows * self.classes);
         Python::with_gil(|py| -> wdml_node::Result<()> {
             for start in (0..rows).step_by(batch.max(1)) {
                 let len = batch.max(1).min(rows - start);
@@ -194,7 +197,7 @@ impl Learn for PyLearner {
             }
             Ok(())
         })?;
-        evaluation_of(&logits, &labels)
+        evaluation_of(&logits, &labels, self.classes)
     }
 }
 
@@ -216,8 +219,15 @@ fn settings<'py>(py: Python<'py>, plan: &RunPlan, id: u32) -> PyResult<Bound<'py
     d.set_item("batch_size", plan.batch_size)?;
     d.set_item("public_batch", plan.public_batch)?;
     d.set_item("distill_batch", plan.distill_batch)?;
-    d.set_item("classes", CLASSES)?;
-    d.set_item("image_shape", (IMAGE_SIDE, IMAGE_SIDE))?;
+    // The run's data: every array a method receives is (rows, values), each row a
+    // sample of `sample_shape` ([C, H, W] or [D]) row-major (reshape it: a view).
+    let shape: Vec<usize> = plan.spec.shape.iter().map(|&d| d as usize).collect();
+    d.set_item("classes", plan.spec.classes)?;
+    d.set_item("sample_shape", shape.clone())?;
+    match plan.spec.image() {
+        Some([_, h, w]) => d.set_item("image_shape", (h, w))?,
+        None => d.set_item("image_shape", py.None())?,
+    }
     Ok(d)
 }
 
@@ -283,6 +293,8 @@ fn run_device(
             Ok(Box::new(PyLearner {
                 model: model.clone(),
                 parameters: parameters as usize,
+                values: plan.spec.sample_len(),
+                classes: plan.spec.classes as usize,
                 distill: plan.learner.kl_weight > 0.0,
                 flops: Arc::default(),
             }))
@@ -365,7 +377,8 @@ fn _wdml(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_device, m)?)?;
     m.add("PROTOCOL_VERSION", wdml_proto::PROTOCOL_VERSION)?;
     m.add("DATA_CONTRACT", wdml_proto::DATA_CONTRACT)?;
-    m.add("CLASSES", CLASSES)?;
-    m.add("IMAGE_SIDE", IMAGE_SIDE)?;
+    // Fashion-MNIST's, the embedded dataset's (a run's own are in `setup`'s settings).
+    m.add("CLASSES", 10)?;
+    m.add("IMAGE_SIDE", 28)?;
     Ok(())
 }

@@ -14,15 +14,17 @@ The model is any object with these methods (``wdml.torch.TorchModel`` makes one 
     setup(settings: dict) -> None                                   (optional)
         Called once the run's settings are known: node_id, seed, model_seed (the seed a
         Rust node of this id would initialise from), learning_rate, temperature,
-        kl_weight, local_steps, batch_size, public_batch, distill_batch, classes,
-        image_shape, rounds, nodes, algorithm, run_id.
+        kl_weight, local_steps, batch_size, public_batch, distill_batch, rounds, nodes,
+        algorithm, run_id; and the run's data: classes (K), sample_shape ([C, H, W] for
+        images, [D] for feature vectors) and image_shape ((H, W), or None).
     predict(images) -> logits
-        images: float32 array (n, 784) of normalised pixels (reshape it to
-        (n, 1, 28, 28) for a CNN: a view, no copy). Returns (n, 10) logits.
+        images: float32 array (n, values) of normalised samples, each row a sample of
+        sample_shape row-major: (n, 784) on Fashion-MNIST (reshape it to
+        (n, *sample_shape) for a CNN: a view, no copy). Returns (n, K) logits.
     train_step(images, labels, public, targets, weights) -> (ce, kl, total)
-        One optimiser step on a private batch: images (b, 784) float32, labels (b,)
-        int64; when the neighbours were heard, public (p, 784) float32 images and
-        targets (p, 10) float32, the aggregate of the neighbours' softened predictions
+        One optimiser step on a private batch: images (b, values) float32, labels (b,)
+        int64; when the neighbours were heard, public (p, values) float32 samples and
+        targets (p, K) float32, the aggregate of the neighbours' softened predictions
         (each row a distribution), and weights (p,) float32 or None (all 1). The
         loss of deep mutual learning is ``CE + kl_weight * T^2 * KL(targets ||
         softmax(f(public) / T))`` (``wdml.torch.dml_loss``); public, targets and weights

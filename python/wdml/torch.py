@@ -55,8 +55,10 @@ class TorchModel:
     ``build`` makes the module; it is called once to count the parameters and again in
     ``setup``, under ``torch.manual_seed(model_seed)``, so the device's initialisation
     follows from the run seed. ``optimizer`` makes the optimiser from the parameters
-    and the run's learning rate (default: Adam, as the Candle nodes use). ``channels``
-    reshapes the (n, 784) images to (n, 1, 28, 28) for convolutional modules.
+    and the run's learning rate (default: Adam, as the Candle nodes use).
+    ``image_shape`` reshapes the (n, values) samples to the run's sample shape, (n, C, H, W)
+    for images (``setup``'s ``sample_shape``; (n, 1, 28, 28) on Fashion-MNIST), for
+    convolutional modules.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class TorchModel:
         self.make_optimizer = optimizer or (lambda params, lr: torch.optim.Adam(params, lr=lr))
         self.image_shape = image_shape
         self.module = build()
+        self.sample_shape = (1, 28, 28)
         self.optimizer = None
         self.temperature = 1.0
         self.kl_weight = 1.0
@@ -82,11 +85,12 @@ class TorchModel:
         self.optimizer = self.make_optimizer(self.module.parameters(), settings["learning_rate"])
         self.temperature = settings["temperature"]
         self.kl_weight = settings["kl_weight"]
+        self.sample_shape = tuple(settings["sample_shape"])
 
     def _input(self, images: np.ndarray) -> torch.Tensor:
         # from_numpy shares the runtime's buffer: no copy.
         x = torch.from_numpy(images)
-        return x.view(-1, 1, 28, 28) if self.image_shape else x
+        return x.view(-1, *self.sample_shape) if self.image_shape else x
 
     def predict(self, images: np.ndarray) -> np.ndarray:
         self.module.eval()

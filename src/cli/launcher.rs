@@ -376,7 +376,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         );
     }
     // The split needs the dataset: check it now rather than in every node.
-    let dataset = wdml_node::data::Dataset::load(scenario.data.dir.as_deref())?;
+    let dataset = wdml_node::data::Dataset::load_labels(&scenario.location())?;
     let split = wdml_node::data::SplitConfig {
         seed: scenario.run.seed,
         nodes: scenario.nodes.count as usize,

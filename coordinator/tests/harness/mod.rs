@@ -90,6 +90,7 @@ pub fn config(run_dir: &Path, security: Security, nodes: u32, rounds: u32) -> Co
         models: vec!["mlp:64".into(); nodes as usize],
         channel: serde_json::to_string(&channel).expect("a channel serialises"),
         quorum: 1.0,
+        data: Some(wdml_proto::data::fashion_mnist()),
         ..RunSettings::default()
     };
     let mut config = Config {
@@ -305,6 +306,7 @@ pub fn join_request(id: u32, advertise: &str) -> JoinRequest {
         parameters: 1_000,
         protocol_version: wdml_proto::PROTOCOL_VERSION,
         data_contract: wdml_proto::DATA_CONTRACT,
+        data: Some(wdml_proto::data::fashion_mnist()),
     }
 }
 
@@ -355,6 +357,7 @@ impl Member {
             node_id: id,
             session,
             parameters: 1_000,
+            data: Some(wdml_proto::data::fashion_mnist()),
             ..Hello::default()
         };
         tx.send(event(node_event::Event::Hello(hello))).await.unwrap();

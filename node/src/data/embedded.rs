@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 
-use super::{CLASSES, Dataset, ImageSet, idx};
+use super::{Dataset, Format, Samples, idx};
 use crate::{Error, Result};
 
 /// The embedded dataset's name.
@@ -19,6 +19,8 @@ pub const NAME: &str = "fashion-mnist-subset";
 pub const TRAIN_PER_CLASS: usize = 600;
 /// Test images per class in the embedded subset.
 pub const TEST_PER_CLASS: usize = 100;
+/// Fashion-MNIST's classes.
+pub const CLASSES: usize = 10;
 /// The seed the embedded subset was drawn with.
 pub const SUBSET_SEED: u64 = 20_240_601;
 
@@ -65,19 +67,19 @@ pub fn load() -> Result<Dataset> {
         &source("train-images-idx3-ubyte.gz"),
         TRAIN_LABELS,
         &source("train-labels-idx1-ubyte.gz"),
-        CLASSES,
     )?;
     let test = idx::parse_set(
         TEST_IMAGES,
         &source("t10k-images-idx3-ubyte.gz"),
         TEST_LABELS,
         &source("t10k-labels-idx1-ubyte.gz"),
-        CLASSES,
     )?;
     Ok(Dataset {
         name: NAME.to_string(),
+        format: Format::Idx,
         train,
         test,
+        classes: CLASSES,
     })
 }
 
@@ -86,7 +88,7 @@ pub fn load() -> Result<Dataset> {
 /// For each class, in order, its indices are shuffled and the first `per_class` taken;
 /// the union is shuffled again so classes are interleaved. Reproducible for a given
 /// `seed` and a given build (the `rand` version pinned in `Cargo.lock`).
-pub fn balanced_subset(set: &ImageSet, classes: usize, per_class: usize, seed: u64) -> Result<ImageSet> {
+pub fn balanced_subset(set: &Samples, classes: usize, per_class: usize, seed: u64) -> Result<Samples> {
     let mut rng = crate::seed::rng(seed);
     let mut by_class = vec![Vec::new(); classes];
     for (index, &label) in set.labels.iter().enumerate() {
@@ -116,7 +118,7 @@ pub fn balanced_subset(set: &ImageSet, classes: usize, per_class: usize, seed: u
 mod tests {
     use super::*;
 
-    fn class_counts(set: &ImageSet) -> Vec<usize> {
+    fn class_counts(set: &Samples) -> Vec<usize> {
         let mut counts = vec![0; CLASSES];
         for &label in &set.labels {
             counts[usize::from(label)] += 1;
@@ -131,8 +133,8 @@ mod tests {
         assert_eq!(dataset.train.len(), CLASSES * TRAIN_PER_CLASS);
         assert_eq!(dataset.test.len(), CLASSES * TEST_PER_CLASS);
         for set in [&dataset.train, &dataset.test] {
-            assert_eq!((set.height, set.width), (28, 28));
-            assert_eq!(set.images.len(), set.len() * 784);
+            assert_eq!(set.shape, [1, 28, 28]);
+            assert_eq!(set.values.len(), set.len() * 784);
         }
         assert_eq!(class_counts(&dataset.train), vec![TRAIN_PER_CLASS; CLASSES]);
         assert_eq!(class_counts(&dataset.test), vec![TEST_PER_CLASS; CLASSES]);
@@ -163,7 +165,7 @@ mod tests {
             eprintln!("skipped: {} not installed", full_dir.display());
             return;
         }
-        let full = Dataset::load_dir(full_dir).unwrap();
+        let full = Dataset::load(&crate::data::Location::at(Some(full_dir))).unwrap();
         assert_eq!((full.train.len(), full.test.len()), (60_000, 10_000));
         let embedded = Dataset::embedded().unwrap();
         assert_eq!(

@@ -2,8 +2,10 @@
 //!
 //! An IDX file is a big-endian header — a magic number `0x0000TTDD` (`TT` the element
 //! type, `08` for u8; `DD` the number of dimensions), then one u32 per dimension — followed
-//! by the elements in row-major order. Only the two u8 layouts these datasets use are
-//! accepted: images `[n, h, w]` (magic `0x00000803`) and labels `[n]` (magic `0x00000801`).
+//! by the elements in row-major order. u8 files are accepted: labels `[n]` (magic
+//! `0x00000801`) and samples of any rank WDML learns: `[n, d]` feature vectors (`0x0802`),
+//! `[n, h, w]` grey images (`0x0803`, read as `[1, h, w]`) and `[n, c, h, w]` images
+//! (`0x0804`).
 //!
 //! Files may be gzipped or not; gzip is detected from its magic bytes `1f 8b`, never from
 //! the file name. Every error names the file it came from.
@@ -16,28 +18,28 @@ use flate2::Compression;
 use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
-use super::ImageSet;
+use super::raw::{Samples, Values};
 use crate::{Error, Result};
 
-/// Magic number of a u8 IDX file with 3 dimensions: images `[n, h, w]`.
+/// Magic number of a u8 IDX file with 3 dimensions: grey images `[n, h, w]`.
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 /// Magic number of a u8 IDX file with 1 dimension: labels `[n]`.
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
+/// u8 with any dimensions: `0x0000_08DD`.
+const U8_TYPE: u32 = 0x0000_0800;
 
 /// The first two bytes of every gzip stream (RFC 1952).
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
-/// Images as parsed from an IDX images file: `count` rows of `height * width` u8 pixels.
+/// Samples as parsed from an IDX file: `count` rows of `shape` u8 values.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Images {
-    /// Row-major pixels, `count * height * width` of them.
+    /// Row-major values, `count * shape.iter().product()` of them.
     pub pixels: Vec<u8>,
-    /// Number of images.
+    /// Number of samples.
     pub count: usize,
-    /// Rows per image.
-    pub height: usize,
-    /// Columns per image.
-    pub width: usize,
+    /// One sample's shape: `[d]` or `[c, h, w]`.
+    pub shape: Vec<usize>,
 }
 
 // Summarised: the derived form would print every pixel.
@@ -45,30 +47,23 @@ impl std::fmt::Debug for Images {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Images")
             .field("count", &self.count)
-            .field("height", &self.height)
-            .field("width", &self.width)
+            .field("shape", &self.shape)
             .finish_non_exhaustive()
     }
 }
 
-/// Reads an images file and a labels file and checks that they describe the same images.
-pub fn read_set(images: &Path, labels: &Path, classes: usize) -> Result<ImageSet> {
+/// Reads an images file and a labels file and checks that they describe the same samples.
+pub fn read_set(images: &Path, labels: &Path) -> Result<Samples> {
     let images_bytes = read_bytes(images)?;
     let labels_bytes = read_bytes(labels)?;
-    parse_set(&images_bytes, images, &labels_bytes, labels, classes)
+    parse_set(&images_bytes, images, &labels_bytes, labels)
 }
 
 /// Parses an images file and a labels file already in memory (gzipped or not); `*_source`
 /// only names them in errors.
-pub fn parse_set(
-    images: &[u8],
-    images_source: &Path,
-    labels: &[u8],
-    labels_source: &Path,
-    classes: usize,
-) -> Result<ImageSet> {
+pub fn parse_set(images: &[u8], images_source: &Path, labels: &[u8], labels_source: &Path) -> Result<Samples> {
     let images = parse_images(images, images_source)?;
-    let labels = parse_labels(labels, labels_source, classes)?;
+    let labels = parse_labels(labels, labels_source)?;
     if labels.len() != images.count {
         return Err(data_error(
             labels_source,
@@ -80,11 +75,10 @@ pub fn parse_set(
             ),
         ));
     }
-    Ok(ImageSet {
-        images: images.pixels,
+    Ok(Samples {
+        shape: images.shape,
+        values: Values::U8(images.pixels),
         labels,
-        height: images.height,
-        width: images.width,
     })
 }
 
@@ -93,9 +87,9 @@ pub fn read_images(path: &Path) -> Result<Images> {
     parse_images(&read_bytes(path)?, path)
 }
 
-/// Reads an IDX labels file (gzipped or not), rejecting any label `>= classes`.
-pub fn read_labels(path: &Path, classes: usize) -> Result<Vec<u8>> {
-    parse_labels(&read_bytes(path)?, path, classes)
+/// Reads an IDX labels file (gzipped or not).
+pub fn read_labels(path: &Path) -> Result<Vec<u8>> {
+    parse_labels(&read_bytes(path)?, path)
 }
 
 /// Parses an IDX images file held in memory (gzipped or not); `source` names it in errors.
@@ -105,56 +99,47 @@ pub fn parse_images(bytes: &[u8], source: &Path) -> Result<Images> {
 
 /// Reads a whole IDX images stream.
 fn images_from(reader: &mut dyn Read, source: &Path) -> Result<Images> {
-    let (count, height, width) = read_images_header(reader, source)?;
-    let what = format!("{count} images of {height}×{width}");
+    let (count, shape) = read_images_header(reader, source)?;
+    let what = format!("{count} samples of {shape:?}");
     // Checked not to overflow with the header.
-    let pixels = read_body(reader, source, count * height * width, &what)?;
-    Ok(Images {
-        pixels,
-        count,
-        height,
-        width,
-    })
+    let pixels = read_body(reader, source, count * shape.iter().product::<usize>(), &what)?;
+    Ok(Images { pixels, count, shape })
 }
 
-/// Parses an IDX labels file held in memory (gzipped or not), rejecting any label
-/// `>= classes`; `source` names it in errors.
-pub fn parse_labels(bytes: &[u8], source: &Path, classes: usize) -> Result<Vec<u8>> {
+/// Parses an IDX labels file held in memory (gzipped or not); `source` names it in
+/// errors. (Every byte is a label: the classes follow from them, see
+/// [`super::Dataset::classes`].)
+pub fn parse_labels(bytes: &[u8], source: &Path) -> Result<Vec<u8>> {
     let mut reader = decoder(bytes);
-    let dims = read_header(&mut reader, source, LABELS_MAGIC, "labels [n]")?;
+    let dims = read_header(&mut reader, source, &[LABELS_MAGIC], "labels [n]")?;
     let count = dims[0];
     if count == 0 {
         return Err(data_error(source, "empty labels: header says 0 labels"));
     }
-    let labels = read_body(&mut reader, source, count, &format!("{count} labels"))?;
-    if let Some((index, label)) = labels
-        .iter()
-        .enumerate()
-        .find(|&(_, &label)| usize::from(label) >= classes)
-    {
-        return Err(data_error(
-            source,
-            format!("label {label} at index {index} is out of range (expected < {classes})"),
-        ));
-    }
-    Ok(labels)
+    read_body(&mut reader, source, count, &format!("{count} labels"))
 }
 
-/// The header of an IDX images stream: `(count, height, width)`, each checked non-zero.
-pub fn read_images_header(reader: &mut dyn Read, source: &Path) -> Result<(usize, usize, usize)> {
-    let dims = read_header(reader, source, IMAGES_MAGIC, "images [n, height, width]")?;
-    let (count, height, width) = (dims[0], dims[1], dims[2]);
-    if count == 0 || height == 0 || width == 0 {
-        return Err(data_error(
-            source,
-            format!("empty images: header says {count} images of {height}×{width}"),
-        ));
+/// The header of an IDX samples stream: the count and one sample's shape (`[d]` or
+/// `[c, h, w]`; `[n, h, w]` files hold `[1, h, w]` samples), each checked non-zero.
+pub fn read_images_header(reader: &mut dyn Read, source: &Path) -> Result<(usize, Vec<usize>)> {
+    let dims = read_header(
+        reader,
+        source,
+        &[U8_TYPE | 2, IMAGES_MAGIC, U8_TYPE | 4],
+        "samples [n, d], [n, h, w] or [n, c, h, w]",
+    )?;
+    if dims.contains(&0) {
+        return Err(data_error(source, format!("empty: header says dimensions {dims:?}")));
     }
-    count
-        .checked_mul(height)
-        .and_then(|n| n.checked_mul(width))
-        .ok_or_else(|| data_error(source, format!("{count}×{height}×{width} pixels overflow")))?;
-    Ok((count, height, width))
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| data_error(source, format!("{dims:?} values overflow")))?;
+    let (count, sample) = (dims[0], &dims[1..]);
+    let shape = match sample {
+        [h, w] => vec![1, *h, *w],
+        other => other.to_vec(),
+    };
+    Ok((count, shape))
 }
 
 /// The images `rows` (strictly ascending) of an IDX images stream of `expected` images:
@@ -162,7 +147,7 @@ pub fn read_images_header(reader: &mut dyn Read, source: &Path) -> Result<(usize
 /// (a node keeps its shard, not the dataset). The whole stream is still read and checked
 /// as [`parse_images`] checks it (length, trailing bytes, gzip CRC).
 pub fn read_image_rows(reader: &mut dyn Read, source: &Path, expected: usize, rows: &[usize]) -> Result<Images> {
-    let (count, height, width) = read_images_header(reader, source)?;
+    let (count, shape) = read_images_header(reader, source)?;
     if count != expected {
         return Err(data_error(
             source,
@@ -175,7 +160,7 @@ pub fn read_image_rows(reader: &mut dyn Read, source: &Path, expected: usize, ro
     if rows.windows(2).any(|w| w[0] >= w[1]) {
         return Err(data_error(source, "the rows to keep are not strictly ascending"));
     }
-    let row = height * width;
+    let row: usize = shape.iter().product();
     let mut pixels = Vec::with_capacity(rows.len() * row);
     let mut skipped = vec![0u8; row];
     let mut wanted = rows.iter().peekable();
@@ -191,17 +176,16 @@ pub fn read_image_rows(reader: &mut dyn Read, source: &Path, expected: usize, ro
         reader.read_exact(buffer).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => data_error(
                 source,
-                format!("truncated: header says {count} images of {height}×{width} but it ends in image {i}"),
+                format!("truncated: header says {count} samples of {shape:?} but it ends in image {i}"),
             ),
             _ => stream_error(source, &e),
         })?;
     }
-    check_end(reader, source, &format!("{count} images of {height}×{width}"))?;
+    check_end(reader, source, &format!("{count} samples of {shape:?}"))?;
     Ok(Images {
         pixels,
         count: rows.len(),
-        height,
-        width,
+        shape,
     })
 }
 
@@ -220,20 +204,23 @@ pub fn open(path: &Path) -> Result<Box<dyn Read>> {
     })
 }
 
-/// Encodes images as an (uncompressed) IDX images file.
-pub fn encode_images(set: &ImageSet) -> Result<Vec<u8>> {
+/// Encodes u8 samples as an (uncompressed) IDX file: `[n, h, w]` for one-channel images
+/// (as MNIST's), else `[n, d]` or `[n, c, h, w]`.
+pub fn encode_images(set: &Samples) -> Result<Vec<u8>> {
     let source = Path::new("<images being encoded>");
-    let dims = [
-        u32_dim(set.len(), source)?,
-        u32_dim(set.height, source)?,
-        u32_dim(set.width, source)?,
-    ];
-    let mut out = Vec::with_capacity(16 + set.images.len());
-    out.extend_from_slice(&IMAGES_MAGIC.to_be_bytes());
-    for dim in dims {
-        out.extend_from_slice(&dim.to_be_bytes());
+    let Values::U8(values) = &set.values else {
+        return Err(data_error(source, "IDX holds u8 values; these are f32"));
+    };
+    let sample = match set.shape[..] {
+        [1, h, w] => vec![h, w],
+        _ => set.shape.clone(),
+    };
+    let mut out = Vec::with_capacity(4 + 4 * (1 + sample.len()) + values.len());
+    out.extend_from_slice(&(U8_TYPE | (1 + sample.len() as u32)).to_be_bytes());
+    for dim in std::iter::once(set.len()).chain(sample) {
+        out.extend_from_slice(&u32_dim(dim, source)?.to_be_bytes());
     }
-    out.extend_from_slice(&set.images);
+    out.extend_from_slice(values);
     Ok(out)
 }
 
@@ -278,21 +265,25 @@ pub fn decoder(bytes: &[u8]) -> Box<dyn Read + '_> {
     }
 }
 
-/// Reads the magic number and the dimensions, checking the magic is `expected`.
-fn read_header(reader: &mut dyn Read, source: &Path, expected: u32, layout: &str) -> Result<Vec<usize>> {
+/// Reads the magic number and the dimensions, checking the magic is one of `expected`.
+fn read_header(reader: &mut dyn Read, source: &Path, expected: &[u32], layout: &str) -> Result<Vec<usize>> {
     let magic = read_u32(reader, source, "magic number")?;
-    if magic != expected {
+    if !expected.contains(&magic) {
         let hint = match magic {
-            IMAGES_MAGIC => " (this is an images file)",
             LABELS_MAGIC => " (this is a labels file)",
+            m if m & !0xff == U8_TYPE && (2..=4).contains(&(m & 0xff)) => " (this is a samples file)",
             _ => "",
         };
+        let expected: Vec<String> = expected.iter().map(|m| format!("{m:#010x}")).collect();
         return Err(data_error(
             source,
-            format!("bad magic number {magic:#010x}{hint}; expected {expected:#010x}, IDX u8 {layout}"),
+            format!(
+                "bad magic number {magic:#010x}{hint}; expected {}, IDX u8 {layout}",
+                expected.join(" or ")
+            ),
         ));
     }
-    let ndims = (expected & 0xff) as usize;
+    let ndims = (magic & 0xff) as usize;
     (0..ndims)
         .map(|i| {
             let dim = read_u32(reader, source, &format!("dimension {i}"))?;
@@ -380,12 +371,11 @@ mod tests {
     use super::*;
     use crate::data::test_util::TempDir;
 
-    fn tiny() -> ImageSet {
-        ImageSet {
-            images: (0..3 * 2 * 4).map(|i| (i * 7) as u8).collect(),
+    fn tiny() -> Samples {
+        Samples {
+            shape: vec![1, 2, 4],
+            values: Values::U8((0..3 * 2 * 4).map(|i| (i * 7) as u8).collect()),
             labels: vec![0, 9, 4],
-            height: 2,
-            width: 4,
         }
     }
 
@@ -412,7 +402,7 @@ mod tests {
             let (images, labels) = write_tiny(dir.path(), gzip);
             let bytes = fs::read(&images).unwrap();
             assert_eq!(bytes.starts_with(&GZIP_MAGIC), gzip);
-            assert_eq!(read_set(&images, &labels, 10).unwrap(), tiny());
+            assert_eq!(read_set(&images, &labels).unwrap(), tiny());
         }
     }
 
@@ -425,7 +415,7 @@ mod tests {
         let raw_gz_ext = dir.path().join("labels.gz");
         write(&gz_no_ext, &encode_images(&set).unwrap(), true).unwrap();
         write(&raw_gz_ext, &encode_labels(&set.labels).unwrap(), false).unwrap();
-        assert_eq!(read_set(&gz_no_ext, &raw_gz_ext, 10).unwrap(), set);
+        assert_eq!(read_set(&gz_no_ext, &raw_gz_ext).unwrap(), set);
     }
 
     #[test]
@@ -438,7 +428,7 @@ mod tests {
 
         let mut junk = encode_labels(&[1, 2]).unwrap();
         junk[2] = 0x0d; // int32 element type
-        let (_, why) = reason(parse_labels(&junk, Path::new("l"), 10).unwrap_err());
+        let (_, why) = reason(parse_labels(&junk, Path::new("l")).unwrap_err());
         assert!(why.contains("bad magic number 0x00000d01"), "{why}");
     }
 
@@ -450,7 +440,7 @@ mod tests {
 
         let (_, why) = reason(parse_images(&full[..full.len() - 1], Path::new("i")).unwrap_err());
         assert!(
-            why.contains("truncated: header says 3 images of 2×4 (24 bytes) but only 23"),
+            why.contains("truncated: header says 3 samples of [1, 2, 4] (24 bytes) but only 23"),
             "{why}"
         );
 
@@ -467,7 +457,7 @@ mod tests {
     fn trailing_bytes_are_rejected() {
         let mut bytes = encode_labels(&[1, 2]).unwrap();
         bytes.push(3);
-        let (_, why) = reason(parse_labels(&bytes, Path::new("l"), 10).unwrap_err());
+        let (_, why) = reason(parse_labels(&bytes, Path::new("l")).unwrap_err());
         assert!(
             why.contains("holds more data than its header declares: bytes follow the 2 bytes of 2 labels"),
             "{why}"
@@ -548,7 +538,7 @@ mod tests {
         let mut gz = gz.finish().unwrap();
         let crc_at = gz.len() - 8;
         gz[crc_at] ^= 0xff;
-        let (_, why) = reason(parse_labels(&gz, Path::new("l.gz"), 10).unwrap_err());
+        let (_, why) = reason(parse_labels(&gz, Path::new("l.gz")).unwrap_err());
         assert!(why.contains("corrupt or truncated gzip stream"), "{why}");
     }
 
@@ -557,18 +547,38 @@ mod tests {
         let set = tiny();
         let images = encode_images(&set).unwrap();
         let labels = encode_labels(&set.labels[..2]).unwrap();
-        let err = parse_set(&images, Path::new("imgs"), &labels, Path::new("lbls"), 10).unwrap_err();
+        let err = parse_set(&images, Path::new("imgs"), &labels, Path::new("lbls")).unwrap_err();
         let (path, why) = reason(err);
         assert_eq!(path, Path::new("lbls"));
         assert_eq!(why, "holds 2 labels but imgs holds 3 images");
     }
 
     #[test]
-    fn labels_out_of_range_are_rejected() {
-        let bytes = encode_labels(&[0, 3, 10]).unwrap();
-        let (_, why) = reason(parse_labels(&bytes, Path::new("l"), 10).unwrap_err());
-        assert_eq!(why, "label 10 at index 2 is out of range (expected < 10)");
-        assert!(parse_labels(&bytes, Path::new("l"), 11).is_ok());
+    fn features_and_colour_images_round_trip_and_grey_ones_gain_a_channel() {
+        for shape in [vec![5], vec![1, 2, 3], vec![3, 2, 2]] {
+            let len: usize = shape.iter().product();
+            let set = Samples {
+                shape: shape.clone(),
+                values: Values::U8((0..2 * len).map(|i| i as u8).collect()),
+                labels: vec![1, 0],
+            };
+            let bytes = encode_images(&set).unwrap();
+            // Grey images are stored [n, h, w], as MNIST's are.
+            assert_eq!(
+                bytes[3] as usize,
+                1 + if shape[0] == 1 { 2 } else { shape.len() },
+                "{shape:?}"
+            );
+            let labels = encode_labels(&set.labels).unwrap();
+            assert_eq!(parse_set(&bytes, Path::new("i"), &labels, Path::new("l")).unwrap(), set);
+        }
+        // Rank 5 is not a sample WDML learns.
+        let mut bytes = (U8_TYPE | 5).to_be_bytes().to_vec();
+        for dim in [1u32, 1, 1, 1, 1] {
+            bytes.extend_from_slice(&dim.to_be_bytes());
+        }
+        let (_, why) = reason(parse_images(&bytes, Path::new("i")).unwrap_err());
+        assert!(why.contains("bad magic number 0x00000805"), "{why}");
     }
 
     #[test]
@@ -578,7 +588,7 @@ mod tests {
             bytes.extend_from_slice(&dim.to_be_bytes());
         }
         let (_, why) = reason(parse_images(&bytes, Path::new("i")).unwrap_err());
-        assert!(why.contains("empty images"), "{why}");
+        assert!(why.contains("empty: header says dimensions [5, 0, 28]"), "{why}");
 
         // A header promising ~64 PB must fail cleanly, not try to allocate it.
         let mut bytes = IMAGES_MAGIC.to_be_bytes().to_vec();

@@ -47,7 +47,7 @@
 //!    - `iid`: nothing more;
 //!    - `shards:<k>`: a shuffle of the `n·k` shard ids, dealt `k` at a time;
 //!    - the Dirichlet splits: first a shuffle of the class ids `0..C` (the class order,
-//!      `C` = [`CLASSES`], or more if the labels go higher), then
+//!      `C` = the dataset's classes, [`Dataset::classes`]), then
 //!      - `dirichlet` / `dirichlet-balanced`: per attempt, per class in the class order
 //!        (empty classes included), per node `0..n`: one uniform `U` then one
 //!        `Gamma(α+1)` sample (together one `Gamma(α)` sample, see below);
@@ -67,7 +67,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Distribution, Gamma};
 use serde::{Deserialize, Serialize};
 
-use super::{CLASSES, Dataset};
+use super::Dataset;
 use crate::seed::Rng as SeedRng;
 use crate::{Error, Result};
 
@@ -292,25 +292,25 @@ pub struct NodeStats {
     pub node: usize,
     /// Private samples the node holds.
     pub samples: usize,
-    /// `histogram[c]`: how many of them have label `c`.
-    pub histogram: [usize; CLASSES],
+    /// `histogram[c]`: how many of them have label `c`, for every class.
+    pub histogram: Vec<usize>,
 }
 
 impl Split {
-    /// Each node's shard size and label histogram; `labels` are the training labels
-    /// (`dataset.train.labels`). A label `>= CLASSES` (which the loaders never produce)
-    /// counts in `samples` but in no histogram bin.
+    /// Each node's shard size and label histogram over `classes`; `labels` are the
+    /// training labels (`dataset.train.labels`). A label `>= classes` (which the loaders
+    /// never produce) counts in `samples` but in no histogram bin.
     ///
     /// # Panics
     /// If a shard index is out of range of `labels` (i.e. `labels` is not the training
     /// set this split was made from).
-    pub fn stats(&self, labels: &[u8]) -> SplitStats {
+    pub fn stats(&self, labels: &[u8], classes: usize) -> SplitStats {
         let nodes = self
             .private
             .iter()
             .enumerate()
             .map(|(node, shard)| {
-                let mut histogram = [0; CLASSES];
+                let mut histogram = vec![0; classes];
                 for &i in shard {
                     if let Some(bin) = histogram.get_mut(usize::from(labels[i])) {
                         *bin += 1;
@@ -336,7 +336,7 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
         Partition::Iid => iid(&private_pool, nodes),
         Partition::Shards { per_node } => shards(&private_pool, labels, nodes, per_node, &mut rng),
         Partition::Dirichlet { alpha } | Partition::DirichletBalanced { alpha } => {
-            let by_class = by_class(&private_pool, labels);
+            let by_class = by_class(&private_pool, labels, dataset.classes);
             let order = draw_class_order(by_class.len(), &mut rng);
             let balanced = matches!(cfg.partition, Partition::DirichletBalanced { .. });
             match per_class_dirichlet(&by_class, &order, nodes, alpha, balanced, &mut rng)? {
@@ -356,7 +356,7 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
             }
         }
         Partition::DirichletPerNode { alpha } => {
-            let by_class = by_class(&private_pool, labels);
+            let by_class = by_class(&private_pool, labels, dataset.classes);
             let order = draw_class_order(by_class.len(), &mut rng);
             per_node_dirichlet(&by_class, &order, nodes, alpha, &mut rng)?
         }
@@ -387,7 +387,7 @@ pub fn class_order(dataset: &Dataset, cfg: &SplitConfig) -> Result<Option<Vec<us
         return Ok(None);
     }
     let (mut rng, _, private_pool) = shuffled_pool(dataset, cfg)?;
-    let classes = by_class(&private_pool, &dataset.train.labels).len();
+    let classes = by_class(&private_pool, &dataset.train.labels, dataset.classes).len();
     Ok(Some(draw_class_order(classes, &mut rng)))
 }
 
@@ -402,11 +402,11 @@ fn shuffled_pool(dataset: &Dataset, cfg: &SplitConfig) -> Result<(SeedRng, Vec<u
     Ok((rng, order, private_pool))
 }
 
-/// The pool's indices by label, each class in pool order. Sized by the labels present (at
-/// least [`CLASSES`]), so a hand-built set with more classes loses nothing.
-fn by_class(pool: &[usize], labels: &[u8]) -> Vec<Vec<usize>> {
-    let classes = pool.iter().map(|&i| usize::from(labels[i]) + 1).max().unwrap_or(0);
-    let mut by_class = vec![Vec::new(); classes.max(CLASSES)];
+/// The pool's indices by label, each class in pool order: `classes` of them (empty ones
+/// included), or more if the labels go higher (a hand-built set loses nothing).
+fn by_class(pool: &[usize], labels: &[u8], classes: usize) -> Vec<Vec<usize>> {
+    let present = pool.iter().map(|&i| usize::from(labels[i]) + 1).max().unwrap_or(0);
+    let mut by_class = vec![Vec::new(); present.max(classes)];
     for &index in pool {
         by_class[usize::from(labels[index])].push(index);
     }
@@ -622,23 +622,26 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::data::ImageSet;
+    use crate::data::{Format, Samples, Values};
+
+    const CLASSES: usize = 10;
 
     /// A synthetic dataset: `per_class` 1×1 images of each class, labels in class order.
     fn synthetic(per_class: usize) -> Dataset {
         let labels: Vec<u8> = (0..CLASSES as u8)
             .flat_map(|c| std::iter::repeat_n(c, per_class))
             .collect();
-        let set = ImageSet {
-            images: vec![0; labels.len()],
+        let set = Samples {
+            shape: vec![1, 1, 1],
+            values: Values::U8(vec![0; labels.len()]),
             labels,
-            height: 1,
-            width: 1,
         };
         Dataset {
             name: "synthetic".into(),
+            format: Format::Idx,
             train: set.clone(),
             test: set,
+            classes: CLASSES,
         }
     }
 
@@ -675,8 +678,13 @@ mod tests {
     }
 
     /// Node k's label counts, `counts[k][c]`.
-    fn counts(split: &Split, labels: &[u8]) -> Vec<[usize; CLASSES]> {
-        split.stats(labels).nodes.into_iter().map(|n| n.histogram).collect()
+    fn counts(split: &Split, labels: &[u8]) -> Vec<Vec<usize>> {
+        split
+            .stats(labels, CLASSES)
+            .nodes
+            .into_iter()
+            .map(|n| n.histogram)
+            .collect()
     }
 
     /// Mean over nodes of the entropy (bits) of the node's label distribution.
@@ -874,7 +882,7 @@ mod tests {
         let labels = &dataset.train.labels;
         for partition in all_partitions() {
             let split = split(&dataset, &cfg(partition.clone())).unwrap();
-            let stats = split.stats(labels);
+            let stats = split.stats(labels, CLASSES);
             assert_eq!(stats.nodes.len(), split.private.len(), "{partition}");
             let mut pooled = [0usize; CLASSES];
             for (k, (node, shard)) in stats.nodes.iter().zip(&split.private).enumerate() {
@@ -901,7 +909,7 @@ mod tests {
                 public: vec![],
                 test: vec![],
             }
-            .stats(labels),
+            .stats(labels, CLASSES),
         )
         .unwrap();
         assert_eq!(
@@ -1165,7 +1173,7 @@ mod tests {
                     },
                 )
                 .unwrap();
-                let by_class = by_class(&pool, labels);
+                let by_class = by_class(&pool, labels, CLASSES);
                 let order = draw_class_order(by_class.len(), &mut rng);
                 let (shards, attempts) = per_class_dirichlet(&by_class, &order, 5, 0.05, balanced, &mut rng)
                     .unwrap()

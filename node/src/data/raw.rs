@@ -11,7 +11,7 @@ use std::path::Path;
 use crate::{Error, Result};
 
 /// The values of every sample, row-major, one sample after the other.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Values {
     /// Pixels `0..=255`; normalisation divides by 255 first (as torchvision's ToTensor).
     U8(Vec<u8>),

@@ -20,7 +20,6 @@ use candle_core::{Device, Tensor};
 pub use losses::{kl_to_target, soft_targets, trust_weighted_targets, weighted_kl_to_target};
 pub use trainer::{Evaluation, Learner, LearnerConfig, StepLosses};
 
-use crate::model::{CLASSES, INPUT_DIM};
 use crate::{Error, Result};
 
 /// How peers' predictions are combined into one target distribution per row (the
@@ -28,8 +27,9 @@ use crate::{Error, Result};
 /// `trust-weighted`).
 pub use wdml_proto::Aggregate;
 
-/// What a node needs of its model, whatever computes it. Images are `[rows, 784]` f32
-/// tensors of normalised pixels, labels `[rows]` u32, logits row-major `rows × 10`.
+/// What a node needs of its model, whatever computes it. Samples are `[rows, values]`
+/// f32 tensors of normalised values (each row a sample of the run's shape), labels
+/// `[rows]` u32, logits row-major `rows × classes`.
 pub trait Learn: Send {
     /// Trainable parameters (what the node declares when it joins).
     fn parameter_count(&self) -> usize;
@@ -39,7 +39,7 @@ pub trait Learn: Send {
     /// are not known from its shapes).
     fn flops(&self) -> Arc<AtomicU64>;
 
-    /// Inference logits, `rows × 10` values, row-major: the payload of a prediction
+    /// Inference logits, `rows × classes` values, row-major: the payload of a prediction
     /// message.
     fn logits_vec(&self, images: &Tensor) -> Result<Vec<f32>>;
 
@@ -105,21 +105,21 @@ impl Learn for Learner {
     }
 }
 
-/// Accuracy and mean cross-entropy of `logits` (`rows × 10`, row-major) against
+/// Accuracy and mean cross-entropy of `logits` (`rows × classes`, row-major) against
 /// `labels`: the evaluation of a model that only gives its logits. The cross-entropy
 /// is a log-sum-exp per row in f64; a tie counts for the lowest class.
-pub fn evaluation_of(logits: &[f32], labels: &[u32]) -> Result<Evaluation> {
-    if labels.is_empty() || logits.len() != labels.len() * CLASSES {
+pub fn evaluation_of(logits: &[f32], labels: &[u32], classes: usize) -> Result<Evaluation> {
+    if labels.is_empty() || classes == 0 || logits.len() != labels.len() * classes {
         return Err(invalid(format!(
-            "{} logits for {} labels: expected {CLASSES} a row",
+            "{} logits for {} labels: expected {classes} a row",
             logits.len(),
             labels.len()
         )));
     }
     let (mut correct, mut ce) = (0u64, 0f64);
-    for (row, &label) in logits.chunks(CLASSES).zip(labels) {
+    for (row, &label) in logits.chunks(classes).zip(labels) {
         let label = label as usize;
-        if label >= CLASSES {
+        if label >= classes {
             return Err(invalid(format!("label {label} is not a class")));
         }
         let best = row
@@ -145,42 +145,42 @@ pub(crate) fn invalid(msg: impl Into<String>) -> Error {
     Error::Candle(candle_core::Error::Msg(msg.into()))
 }
 
-/// Wraps row-major pixels (`rows × 784` values, as the data module gathers them) in an
-/// `[rows, 784]` tensor, without copying.
-pub fn images_tensor(pixels: Vec<f32>) -> Result<Tensor> {
-    if !pixels.len().is_multiple_of(INPUT_DIM) {
+/// Wraps row-major samples (`rows × values`, as the data module gathers them) in a
+/// `[rows, values]` tensor, without copying.
+pub fn images_tensor(samples: Vec<f32>, values: usize) -> Result<Tensor> {
+    if values == 0 || !samples.len().is_multiple_of(values) {
         return Err(invalid(format!(
-            "{} pixel values is not a whole number of {INPUT_DIM}-pixel images",
-            pixels.len()
+            "{} values is not a whole number of {values}-value samples",
+            samples.len()
         )));
     }
-    let rows = pixels.len() / INPUT_DIM;
-    Ok(Tensor::from_vec(pixels, (rows, INPUT_DIM), &Device::Cpu)?)
+    let rows = samples.len() / values;
+    Ok(Tensor::from_vec(samples, (rows, values), &Device::Cpu)?)
 }
 
-/// Wraps class labels in a `[rows]` `u32` tensor, checking they are below 10.
-pub fn labels_tensor(labels: Vec<u32>) -> Result<Tensor> {
-    if let Some(bad) = labels.iter().find(|&&l| l as usize >= CLASSES) {
+/// Wraps class labels in a `[rows]` `u32` tensor, checking they are below `classes`.
+pub fn labels_tensor(labels: Vec<u32>, classes: usize) -> Result<Tensor> {
+    if let Some(bad) = labels.iter().find(|&&l| l as usize >= classes) {
         return Err(invalid(format!(
             "label {bad} is not a class (classes 0 to {})",
-            CLASSES - 1
+            classes.saturating_sub(1)
         )));
     }
     let rows = labels.len();
     Ok(Tensor::from_vec(labels, rows, &Device::Cpu)?)
 }
 
-/// Wraps row-major probabilities (`rows × 10`, e.g. from [`soft_targets`]) in an
-/// `[rows, 10]` tensor, without copying.
-pub fn targets_tensor(probabilities: Vec<f32>) -> Result<Tensor> {
-    if !probabilities.len().is_multiple_of(CLASSES) {
+/// Wraps row-major probabilities (`rows × classes`, e.g. from [`soft_targets`]) in a
+/// `[rows, classes]` tensor, without copying.
+pub fn targets_tensor(probabilities: Vec<f32>, classes: usize) -> Result<Tensor> {
+    if classes == 0 || !probabilities.len().is_multiple_of(classes) {
         return Err(invalid(format!(
-            "{} probabilities is not a whole number of {CLASSES}-class rows",
+            "{} probabilities is not a whole number of {classes}-class rows",
             probabilities.len()
         )));
     }
-    let rows = probabilities.len() / CLASSES;
-    Ok(Tensor::from_vec(probabilities, (rows, CLASSES), &Device::Cpu)?)
+    let rows = probabilities.len() / classes;
+    Ok(Tensor::from_vec(probabilities, (rows, classes), &Device::Cpu)?)
 }
 
 #[cfg(test)]
@@ -189,12 +189,14 @@ mod tests {
 
     #[test]
     fn tensor_helpers_check_shapes() {
-        assert_eq!(images_tensor(vec![0.0; 2 * INPUT_DIM]).unwrap().dims(), &[2, INPUT_DIM]);
-        assert!(images_tensor(vec![0.0; INPUT_DIM + 1]).is_err());
-        assert_eq!(labels_tensor(vec![0, 9]).unwrap().dims(), &[2]);
-        assert!(labels_tensor(vec![10]).is_err());
-        assert_eq!(targets_tensor(vec![0.1; 30]).unwrap().dims(), &[3, CLASSES]);
-        assert!(targets_tensor(vec![0.1; 11]).is_err());
+        assert_eq!(images_tensor(vec![0.0; 2 * 784], 784).unwrap().dims(), &[2, 784]);
+        assert!(images_tensor(vec![0.0; 784 + 1], 784).is_err());
+        assert_eq!(labels_tensor(vec![0, 9], 10).unwrap().dims(), &[2]);
+        assert!(labels_tensor(vec![10], 10).is_err());
+        assert!(labels_tensor(vec![99], 100).is_ok());
+        assert_eq!(targets_tensor(vec![0.1; 30], 10).unwrap().dims(), &[3, 10]);
+        assert_eq!(targets_tensor(vec![0.5; 30], 2).unwrap().dims(), &[15, 2]);
+        assert!(targets_tensor(vec![0.1; 11], 10).is_err());
     }
 
     #[test]
@@ -202,6 +204,7 @@ mod tests {
         use crate::model::ModelSpec;
         let learner = Learner::new(
             &ModelSpec::Mlp { hidden: vec![8] },
+            &wdml_proto::data::fashion_mnist(),
             LearnerConfig {
                 learning_rate: 1e-3,
                 temperature: 1.0,
@@ -210,16 +213,20 @@ mod tests {
             3,
         )
         .unwrap();
-        let pixels: Vec<f32> = (0..20 * INPUT_DIM).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
-        let images = images_tensor(pixels).unwrap();
+        let pixels: Vec<f32> = (0..20 * 784).map(|i| ((i * 7919) % 255) as f32 / 255.0).collect();
+        let images = images_tensor(pixels, 784).unwrap();
         let labels: Vec<u32> = (0..20).map(|i| i % 10).collect();
         let theirs = learner
-            .evaluate(&images, &labels_tensor(labels.clone()).unwrap(), 7)
+            .evaluate(&images, &labels_tensor(labels.clone(), 10).unwrap(), 7)
             .unwrap();
-        let ours = evaluation_of(&learner.logits_vec(&images).unwrap(), &labels).unwrap();
+        let ours = evaluation_of(&learner.logits_vec(&images).unwrap(), &labels, 10).unwrap();
         assert_eq!(ours.accuracy, theirs.accuracy);
         assert!((ours.loss - theirs.loss).abs() < 1e-5, "{ours:?} vs {theirs:?}");
-        assert!(evaluation_of(&[0.0; 10], &[10]).is_err(), "a label beyond the classes");
-        assert!(evaluation_of(&[0.0; 9], &[1]).is_err(), "a short row");
+        assert!(
+            evaluation_of(&[0.0; 10], &[10], 10).is_err(),
+            "a label beyond the classes"
+        );
+        assert!(evaluation_of(&[0.0; 9], &[1], 10).is_err(), "a short row");
+        assert_eq!(evaluation_of(&[0.0, 1.0, 2.0, 1.0], &[1, 0], 2).unwrap().accuracy, 1.0);
     }
 }

@@ -13,7 +13,7 @@ use candle_core::{D, DType, Tensor};
 use super::adam::Adam;
 use super::{invalid, kl_to_target, weighted_kl_to_target};
 use crate::model::ops::tensor_f32;
-use crate::model::{CLASSES, Flops, INPUT_DIM, ModelSpec, Network};
+use crate::model::{DataSpec, Flops, ModelSpec, Network};
 use crate::{Error, Result};
 
 /// Hyper-parameters of a learner.
@@ -76,6 +76,9 @@ pub struct Evaluation {
 /// One device's model and optimiser.
 pub struct Learner {
     net: Network,
+    /// Values per sample and classes: the shapes every call is checked against.
+    values: usize,
+    classes: usize,
     opt: Adam,
     cfg: LearnerConfig,
     /// The model's FLOPs per image.
@@ -94,17 +97,17 @@ impl std::fmt::Debug for Learner {
     }
 }
 
-/// Checks `images` is `[rows ≥ 1, 784]` `f32` with finite values; returns `rows`.
+/// Checks `images` is `[rows ≥ 1, values]` `f32` with finite values; returns `rows`.
 ///
 /// Finiteness matters beyond the loss: ReLU maps a NaN activation to 0, so a NaN pixel
 /// can leave the loss finite while its weight gradient (`x · 0 = NaN`) poisons the first
 /// layer.
-fn check_images(images: &Tensor, what: &str) -> Result<usize> {
+fn check_images(images: &Tensor, values: usize, what: &str) -> Result<usize> {
     let rows = match images.dims() {
-        &[rows, INPUT_DIM] if rows > 0 && images.dtype() == DType::F32 => rows,
+        &[rows, v] if rows > 0 && v == values && images.dtype() == DType::F32 => rows,
         dims => {
             return Err(invalid(format!(
-                "{what}: expected a non-empty [rows, {INPUT_DIM}] f32 tensor, got {dims:?} {:?}",
+                "{what}: expected a non-empty [rows, {values}] f32 tensor, got {dims:?} {:?}",
                 images.dtype()
             )));
         }
@@ -136,15 +139,17 @@ fn check_labels(labels: &Tensor, rows: usize) -> Result<()> {
 impl Learner {
     /// Builds the model of `spec` initialised from `seed`, and a fresh Adam optimiser
     /// (β = 0.9/0.999, ε = 1e-8, no weight decay; see [`Adam`]).
-    pub fn new(spec: &ModelSpec, cfg: LearnerConfig, seed: u64) -> Result<Self> {
+    pub fn new(spec: &ModelSpec, data: &DataSpec, cfg: LearnerConfig, seed: u64) -> Result<Self> {
         cfg.validate()?;
-        let net = Network::new(spec, seed)?;
+        let net = Network::new(spec, data, seed)?;
         let opt = Adam::new(net.variables(), cfg.learning_rate);
         Ok(Self {
             net,
+            values: data.sample_len(),
+            classes: data.classes as usize,
             opt,
             cfg,
-            per_image: spec.flops(),
+            per_image: spec.flops(data),
             flops: Arc::default(),
         })
     }
@@ -195,7 +200,7 @@ impl Learner {
 
     /// Inference logits, row-major `[rows, 10]`, for `images` `[rows, 784]`.
     pub fn logits(&self, images: &Tensor) -> Result<Tensor> {
-        let rows = check_images(images, "images")?;
+        let rows = check_images(images, self.values, "images")?;
         // Detached so that the forward graph (every intermediate activation) is freed
         // now rather than when the caller drops the logits.
         let logits = self.net.forward(images)?.detach();
@@ -236,14 +241,15 @@ impl Learner {
         distill: Option<(&Tensor, &Tensor)>,
         weights: Option<&Tensor>,
     ) -> Result<StepLosses> {
-        let rows = check_images(images, "images")?;
+        let rows = check_images(images, self.values, "images")?;
         check_labels(labels, rows)?;
         let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
         if let Some((public, target)) = distill {
-            let p = check_images(public, "public images")?;
-            if target.dims() != [p, CLASSES] || target.dtype() != DType::F32 {
+            let p = check_images(public, self.values, "public images")?;
+            if target.dims() != [p, self.classes] || target.dtype() != DType::F32 {
                 return Err(invalid(format!(
-                    "distillation target: expected [{p}, {CLASSES}] f32, got {:?} {:?}",
+                    "distillation target: expected [{p}, {}] f32, got {:?} {:?}",
+                    self.classes,
                     target.dims(),
                     target.dtype()
                 )));
@@ -348,7 +354,7 @@ impl Learner {
     /// Accuracy and mean cross-entropy on `images` `[N, 784]` / `labels` `[N]`, in
     /// batches of at most `batch` rows (bounding the memory of activations).
     pub fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation> {
-        let rows = check_images(images, "images")?;
+        let rows = check_images(images, self.values, "images")?;
         check_labels(labels, rows)?;
         if batch == 0 {
             return Err(invalid("evaluation batch size must be at least 1"));
@@ -378,6 +384,13 @@ mod tests {
     use rand_distr::{Distribution, StandardNormal};
 
     use super::*;
+
+    const CLASSES: usize = 10;
+    const INPUT_DIM: usize = 784;
+
+    fn fm() -> DataSpec {
+        wdml_proto::data::fashion_mnist()
+    }
     use crate::learn::{labels_tensor, targets_tensor};
 
     fn cfg(learning_rate: f64, temperature: f64, kl_weight: f64) -> LearnerConfig {
@@ -403,7 +416,7 @@ mod tests {
         }
         (
             Tensor::from_vec(xs, (n, INPUT_DIM), &Device::Cpu).unwrap(),
-            labels_tensor(ys).unwrap(),
+            labels_tensor(ys, CLASSES).unwrap(),
         )
     }
 
@@ -423,12 +436,12 @@ mod tests {
             (cfg(1e-3, f64::NAN, 1.0), "train.temperature"),
             (cfg(1e-3, 1.0, -0.1), "train.kl_weight"),
         ] {
-            match Learner::new(&spec, c, 0) {
+            match Learner::new(&spec, &fm(), c, 0) {
                 Err(Error::Config { field: f, .. }) => assert_eq!(f, field),
                 other => panic!("{c:?}: {other:?}"),
             }
         }
-        let l = Learner::new(&spec, cfg(1e-3, 1.0, 0.0), 0).unwrap();
+        let l = Learner::new(&spec, &fm(), cfg(1e-3, 1.0, 0.0), 0).unwrap();
         assert_eq!(l.spec(), &spec);
         assert_eq!(l.parameter_count(), 784 * 4 + 4 + 4 * 10 + 10);
     }
@@ -437,7 +450,7 @@ mod tests {
     fn ce_steps_learn_a_separable_problem() {
         let (xs, ys) = separable(320, 1);
         let (test_x, test_y) = separable(200, 1);
-        let mut l = Learner::new(&"mlp:32".parse().unwrap(), cfg(1e-3, 1.0, 0.0), 7).unwrap();
+        let mut l = Learner::new(&"mlp:32".parse().unwrap(), &fm(), cfg(1e-3, 1.0, 0.0), 7).unwrap();
         let before = l.evaluate(&test_x, &test_y, 64).unwrap();
         let batch = 32;
         for step in 0..200 {
@@ -461,8 +474,8 @@ mod tests {
         let probs: Vec<f32> = (0..64)
             .flat_map(|r| (0..CLASSES).map(move |c| if c == r % CLASSES { 0.7 } else { 0.3 / 9.0 }))
             .collect();
-        let target = targets_tensor(probs).unwrap();
-        let mut l = Learner::new(&"mlp:32".parse().unwrap(), cfg(1e-3, 2.0, 1.0), 1).unwrap();
+        let target = targets_tensor(probs, CLASSES).unwrap();
+        let mut l = Learner::new(&"mlp:32".parse().unwrap(), &fm(), cfg(1e-3, 2.0, 1.0), 1).unwrap();
         let first = l.train_step(&xs, &ys, Some((&public, &target))).unwrap();
         let t2 = 2.0f32 * 2.0;
         assert!((first.total - (first.ce + t2 * first.kl)).abs() < 1e-4, "{first:?}");
@@ -477,11 +490,11 @@ mod tests {
     fn training_is_deterministic() {
         let (xs, ys) = separable(16, 4);
         let (public, _) = separable(8, 5);
-        let target = targets_tensor(vec![0.1; 8 * CLASSES]).unwrap();
+        let target = targets_tensor(vec![0.1; 8 * CLASSES], CLASSES).unwrap();
         for spec in ["mlp:16,8", "cnn:2,4,8"] {
             let spec: ModelSpec = spec.parse().unwrap();
             let run = || {
-                let mut l = Learner::new(&spec, cfg(1e-2, 3.0, 0.5), 9).unwrap();
+                let mut l = Learner::new(&spec, &fm(), cfg(1e-2, 3.0, 0.5), 9).unwrap();
                 let mut losses = Vec::new();
                 for i in 0..3 {
                     let d = (i > 0).then_some((&public, &target));
@@ -501,7 +514,7 @@ mod tests {
     fn evaluate_on_a_known_case() {
         // All parameters zero except the output bias: every image gets the logits
         // (ln 2, 0, …, 0), so the prediction is class 0 and p(0) = 2/11, p(c) = 1/11.
-        let l = Learner::new(&"mlp:4".parse().unwrap(), cfg(1e-3, 1.0, 0.0), 0).unwrap();
+        let l = Learner::new(&"mlp:4".parse().unwrap(), &fm(), cfg(1e-3, 1.0, 0.0), 0).unwrap();
         for (name, var) in l.network().named_parameters() {
             let mut v = vec![0f32; var.elem_count()];
             if name == "fc2.bias" {
@@ -511,7 +524,7 @@ mod tests {
                 .unwrap();
         }
         let xs = separable(5, 0).0;
-        let ys = labels_tensor(vec![0, 0, 1, 2, 3]).unwrap();
+        let ys = labels_tensor(vec![0, 0, 1, 2, 3], CLASSES).unwrap();
         let expected_loss = (2.0 * (11f64 / 2.0).ln() + 3.0 * 11f64.ln()) / 5.0;
         for batch in [1, 2, 5, 100] {
             let e = l.evaluate(&xs, &ys, batch).unwrap();
@@ -526,20 +539,23 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_and_changes_nothing() {
-        let mut l = Learner::new(&"mlp:4".parse().unwrap(), cfg(1e-3, 1.0, 1.0), 0).unwrap();
+        let mut l = Learner::new(&"mlp:4".parse().unwrap(), &fm(), cfg(1e-3, 1.0, 1.0), 0).unwrap();
         let before = l.parameters_flat().unwrap();
         let (xs, ys) = separable(4, 0);
-        let target = targets_tensor(vec![0.1; 4 * CLASSES]).unwrap();
-        let short = labels_tensor(vec![0, 1, 2]).unwrap();
+        let target = targets_tensor(vec![0.1; 4 * CLASSES], CLASSES).unwrap();
+        let short = labels_tensor(vec![0, 1, 2], CLASSES).unwrap();
         assert!(l.train_step(&xs, &short, None).is_err());
         let wide = Tensor::zeros((4, 10), DType::F32, &Device::Cpu).unwrap();
         assert!(l.train_step(&wide, &ys, None).is_err());
-        let bad_target = targets_tensor(vec![0.1; 3 * CLASSES]).unwrap();
+        let bad_target = targets_tensor(vec![0.1; 3 * CLASSES], CLASSES).unwrap();
         assert!(l.train_step(&xs, &ys, Some((&xs, &bad_target))).is_err());
         let nan = (&xs * f64::NAN).unwrap();
         assert!(l.train_step(&nan, &ys, Some((&xs, &target))).is_err());
         assert!(l.train_step(&xs, &ys, Some((&nan, &target))).is_err());
-        let big = labels_tensor(vec![0, 1, 2, 3]).unwrap().affine(1.0, 20.0).unwrap();
+        let big = labels_tensor(vec![0, 1, 2, 3], CLASSES)
+            .unwrap()
+            .affine(1.0, 20.0)
+            .unwrap();
         assert!(l.train_step(&xs, &big, None).is_err());
         assert!(l.evaluate(&xs, &ys, 0).is_err());
         assert!(l.evaluate(&wide, &ys, 2).is_err());

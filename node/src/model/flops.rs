@@ -13,8 +13,7 @@
 //!
 //! So a training image costs 3 · forward − the first layer's forward.
 
-use super::cnn::FLAT_SIDE;
-use super::{CLASSES, IMAGE_SIDE, INPUT_DIM, ModelSpec};
+use super::{DataSpec, ModelSpec};
 
 /// FLOPs per image of one model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,30 +32,32 @@ impl Flops {
 }
 
 impl ModelSpec {
-    /// The FLOPs per image of this model (saturating on absurd sizes, which
-    /// [`ModelSpec::validate`] refuses anyway).
-    pub fn flops(&self) -> Flops {
+    /// The FLOPs per sample of this model on `data` (saturating on absurd sizes, which
+    /// [`ModelSpec::fits`] refuses anyway).
+    pub fn flops(&self, data: &DataSpec) -> Flops {
+        let classes = u64::from(data.classes);
         // MACs of each layer, input side first.
         let macs: Vec<u64> = match self {
             ModelSpec::Mlp { hidden } => {
-                let widths: Vec<u64> = std::iter::once(INPUT_DIM)
+                let widths: Vec<u64> = std::iter::once(data.sample_len())
                     .chain(hidden.iter().copied())
-                    .chain(std::iter::once(CLASSES))
                     .map(|w| w as u64)
+                    .chain(std::iter::once(classes))
                     .collect();
                 widths.windows(2).map(|w| w[0].saturating_mul(w[1])).collect()
             }
             &ModelSpec::Cnn { conv1, conv2, hidden } => {
+                let [c, height, width] = data.image().unwrap_or([1, 0, 0]).map(|d| d as u64);
                 let (c1, c2, h) = (conv1 as u64, conv2 as u64, hidden as u64);
-                let side = IMAGE_SIDE as u64;
-                let half = side / 2;
-                let flat = c2.saturating_mul((FLAT_SIDE * FLAT_SIDE) as u64);
+                let plane = height * width;
+                let quarter = (height / 2) * (width / 2);
+                let flat = c2.saturating_mul((height / 4) * (width / 4));
                 vec![
                     // 3×3 convolutions with same padding, each before a 2×2 max-pool.
-                    (side * side * 9).saturating_mul(c1),
-                    (half * half * 9).saturating_mul(c1).saturating_mul(c2),
+                    (plane * 9 * c).saturating_mul(c1),
+                    (quarter * 9).saturating_mul(c1).saturating_mul(c2),
                     flat.saturating_mul(h),
-                    h.saturating_mul(CLASSES as u64),
+                    h.saturating_mul(classes),
                 ]
             }
             // Unknown: its device's program computes it.
@@ -77,21 +78,25 @@ impl ModelSpec {
 mod tests {
     use super::*;
 
+    fn fm() -> DataSpec {
+        wdml_proto::data::fashion_mnist()
+    }
+
     #[test]
     fn the_counts_are_the_hand_counts() {
         // mlp:64 = 784-64-10: 50,176 + 640 MACs.
         let mlp: ModelSpec = "mlp:64".parse().unwrap();
-        let f = mlp.flops();
+        let f = mlp.flops(&fm());
         assert_eq!(f.forward, 2 * (784 * 64 + 64 * 10));
         assert_eq!(f.backward, 2 * (784 * 64 + 64 * 10) + 2 * (64 * 10));
         assert_eq!(f.train(), 101_632 + 102_912);
         // The case study's MLP, 784-256-128-10.
         let mlp: ModelSpec = "mlp:256,128".parse().unwrap();
-        assert_eq!(mlp.flops().forward, 2 * (200_704 + 32_768 + 1_280));
+        assert_eq!(mlp.flops(&fm()).forward, 2 * (200_704 + 32_768 + 1_280));
         // cnn:16,32,128: conv1 28·28·9·16 = 112,896; conv2 14·14·9·16·32 = 903,168;
         // fc1 (32·7·7)·128 = 200,704; fc2 128·10 = 1,280 MACs.
         let cnn: ModelSpec = "cnn:16,32,128".parse().unwrap();
-        let f = cnn.flops();
+        let f = cnn.flops(&fm());
         assert_eq!(f.forward, 2 * (112_896 + 903_168 + 200_704 + 1_280));
         assert_eq!(f.forward, 2_436_096);
         assert_eq!(f.backward, 2 * f.forward - 2 * 112_896);

@@ -1,10 +1,11 @@
-//! The multilayer perceptron: 784 → hidden… → 10 with ReLU between dense layers.
+//! The multilayer perceptron: a sample's values → hidden… → the classes, with ReLU
+//! between dense layers.
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::layers::Dense;
-use super::{CLASSES, INPUT_DIM, Model};
+use super::{DataSpec, Model};
 
 /// A stack of dense layers named `fc1`, `fc2`, …, the last one producing the logits.
 #[derive(Clone, Debug)]
@@ -15,10 +16,11 @@ pub struct Mlp {
 impl Mlp {
     /// Declares the layers in `vb`. Values are placeholders until
     /// [`super::init::init_seeded`] overwrites them, which [`super::Network::new`] does.
-    pub fn new(hidden: &[usize], vb: VarBuilder) -> candle_core::Result<Self> {
+    pub fn new(data: &DataSpec, hidden: &[usize], vb: VarBuilder) -> candle_core::Result<Self> {
         let mut layers = Vec::with_capacity(hidden.len() + 1);
-        let mut prev = INPUT_DIM;
-        for (i, &width) in hidden.iter().chain(std::iter::once(&CLASSES)).enumerate() {
+        let mut prev = data.sample_len();
+        let classes = data.classes as usize;
+        for (i, &width) in hidden.iter().chain(std::iter::once(&classes)).enumerate() {
             layers.push(Dense::new(prev, width, vb.pp(format!("fc{}", i + 1)))?);
             prev = width;
         }

@@ -3,8 +3,10 @@
 //! its named, seeded parameters.
 //!
 //! Every device may run a different architecture: mutual learning only exchanges
-//! predictions, so the only contract between models is "784 normalised pixels in,
-//! 10 logits out". Parameters live in a [`candle_nn::VarMap`] under stable names
+//! predictions, so the only contract between models is the run's data ([`DataSpec`]):
+//! "a normalised sample of its shape in, one logit per class out". A spec names sizes
+//! that do not depend on the data (`mlp:256,128`); the layers at either end follow
+//! from the data when the model is built. Parameters live in a [`candle_nn::VarMap`] under stable names
 //! (`fc1.weight`, `conv2.bias`, …); whatever needs a fixed order over them (seeded
 //! initialisation, the flat vector gossip-FedAvg averages) walks them sorted by name.
 
@@ -27,14 +29,9 @@ pub use cnn::Cnn;
 pub use flops::Flops;
 pub use mlp::Mlp;
 
-use crate::{Error, Result};
+pub use wdml_proto::DataSpec;
 
-/// Pixels per input image (28×28, row-major).
-pub const INPUT_DIM: usize = 28 * 28;
-/// Side of the square input image.
-pub const IMAGE_SIDE: usize = 28;
-/// Classes of the datasets (the wire's: the columns of a prediction message).
-pub use wdml_proto::message::CLASSES;
+use crate::{Error, Result};
 /// Largest model a spec may describe. A typo such as `mlp:1000000` would otherwise
 /// try to allocate gigabytes and abort the process instead of returning an error.
 pub const MAX_PARAMETERS: usize = 50_000_000;
@@ -46,12 +43,14 @@ pub const MAX_PARAMETERS: usize = 50_000_000;
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ModelSpec {
-    /// A multilayer perceptron: 784 → `hidden[0]` → … → 10, ReLU between layers.
+    /// A multilayer perceptron: the sample's values → `hidden[0]` → … → the classes,
+    /// ReLU between layers.
     Mlp {
         /// Widths of the hidden layers, input side first.
         hidden: Vec<usize>,
     },
-    /// A small LeNet-style CNN: two 3×3 conv/ReLU/max-pool stages, then two dense layers.
+    /// A small LeNet-style CNN: two 3×3 conv/ReLU/max-pool stages, then two dense layers
+    /// (images whose height and width are multiples of 4).
     Cnn {
         /// Channels of the first convolution.
         conv1: usize,
@@ -78,7 +77,7 @@ const SPEC_FORMS: &str = "`mlp` (= mlp:256,128), `mlp:W1[,W2…]` (hidden widths
      or `ext:NAME` (a model of the device's own program, e.g. a Python device)";
 
 impl ModelSpec {
-    /// The default MLP, 784-256-128-10.
+    /// The default MLP, 256-128 hidden (784-256-128-10 on Fashion-MNIST).
     pub fn default_mlp() -> Self {
         ModelSpec::Mlp { hidden: vec![256, 128] }
     }
@@ -92,26 +91,29 @@ impl ModelSpec {
         }
     }
 
-    /// Number of trainable parameters this spec describes, or `None` when it overflows.
-    fn checked_parameter_count(&self) -> Option<usize> {
+    /// Number of trainable parameters this spec describes on `data`, or `None` when it
+    /// overflows or the model cannot take the data.
+    fn checked_parameter_count(&self, data: &DataSpec) -> Option<usize> {
         // A dense layer in → out holds out·in weights and out biases.
         let dense = |i: usize, o: usize| o.checked_mul(i)?.checked_add(o);
+        let classes = data.classes as usize;
         match self {
             ModelSpec::Mlp { hidden } => {
                 let mut total = 0usize;
-                let mut prev = INPUT_DIM;
-                for &w in hidden.iter().chain(std::iter::once(&CLASSES)) {
+                let mut prev = data.sample_len();
+                for &w in hidden.iter().chain(std::iter::once(&classes)) {
                     total = total.checked_add(dense(prev, w)?)?;
                     prev = w;
                 }
                 Some(total)
             }
             &ModelSpec::Cnn { conv1, conv2, hidden } => {
-                let c1 = dense(9, conv1)?; // 1 input channel × 3×3 kernel
+                let [c, h, w] = cnn::input(data).ok()?;
+                let c1 = dense(c.checked_mul(9)?, conv1)?; // C input channels × 3×3 kernel
                 let c2 = dense(conv1.checked_mul(9)?, conv2)?;
-                let flat = conv2.checked_mul(cnn::FLAT_SIDE * cnn::FLAT_SIDE)?;
+                let flat = conv2.checked_mul((h / 4) * (w / 4))?;
                 let f1 = dense(flat, hidden)?;
-                let f2 = dense(hidden, CLASSES)?;
+                let f2 = dense(hidden, classes)?;
                 c1.checked_add(c2)?.checked_add(f1)?.checked_add(f2)
             }
             ModelSpec::External { .. } => Some(0),
@@ -123,14 +125,33 @@ impl ModelSpec {
         matches!(self, ModelSpec::External { .. })
     }
 
-    /// Number of trainable parameters this spec describes (saturating on absurd sizes;
-    /// 0 for an external model, whose count only its device knows).
-    pub fn parameter_count(&self) -> usize {
-        self.checked_parameter_count().unwrap_or(usize::MAX)
+    /// Number of trainable parameters this spec describes on `data` (saturating on
+    /// absurd sizes or data it cannot take, which [`Self::fits`] refuses; 0 for an
+    /// external model, whose count only its device knows).
+    pub fn parameter_count(&self, data: &DataSpec) -> usize {
+        self.checked_parameter_count(data).unwrap_or(usize::MAX)
     }
 
-    /// Checks that every size is at least 1 and the model stays below
-    /// [`MAX_PARAMETERS`]; specs parsed from strings already pass the first check.
+    /// Checks that this model can learn `data` (a CNN needs images of a size its
+    /// pooling allows) and stays below [`MAX_PARAMETERS`] on it.
+    pub fn fits(&self, data: &DataSpec) -> std::result::Result<(), ParseModelSpecError> {
+        self.validate()?;
+        if let ModelSpec::Cnn { .. } = self {
+            cnn::input(data).map_err(|reason| ParseModelSpecError::new(self.to_string(), reason))?;
+        }
+        match self.checked_parameter_count(data) {
+            Some(n) if n <= MAX_PARAMETERS => Ok(()),
+            _ => Err(ParseModelSpecError::new(
+                self.to_string(),
+                format!("more than {MAX_PARAMETERS} parameters on {data}"),
+            )),
+        }
+    }
+
+    /// Checks that every size is at least 1, and that the model stays below
+    /// [`MAX_PARAMETERS`] on Fashion-MNIST (a typo such as `mlp:1000000` is refused
+    /// where it is read; [`Self::fits`] checks it on the run's data); specs parsed from
+    /// strings pass this.
     pub fn validate(&self) -> std::result::Result<(), ParseModelSpecError> {
         let sizes_ok = match self {
             ModelSpec::Mlp { hidden } => !hidden.is_empty() && hidden.iter().all(|&w| w > 0),
@@ -148,7 +169,7 @@ impl ModelSpec {
         if !sizes_ok {
             return Err(ParseModelSpecError::new(self.to_string(), "a size is zero or missing"));
         }
-        match self.checked_parameter_count() {
+        match self.checked_parameter_count(&wdml_proto::data::fashion_mnist()) {
             Some(n) if n <= MAX_PARAMETERS => Ok(()),
             _ => Err(ParseModelSpecError::new(
                 self.to_string(),
@@ -276,9 +297,10 @@ impl From<ModelSpec> for String {
     }
 }
 
-/// A classifier over 28×28 images.
+/// A classifier over the run's samples.
 pub trait Model: Send + Sync {
-    /// `xs`: `[batch, 784]` normalised pixels → logits `[batch, 10]`.
+    /// `xs`: `[batch, values]` normalised samples, each row-major in its shape (an
+    /// image channels first) → logits `[batch, classes]`.
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor>;
 }
 
@@ -305,16 +327,16 @@ impl fmt::Debug for Network {
 }
 
 impl Network {
-    /// Builds `spec` on the CPU and initialises every parameter from `seed`
+    /// Builds `spec` for `data` on the CPU and initialises every parameter from `seed`
     /// (PyTorch's default uniform ranges, see [`init`]). Same seed ⇒ identical bits.
-    pub fn new(spec: &ModelSpec, seed: u64) -> Result<Self> {
-        spec.validate().map_err(|e| Error::config("model", e.to_string()))?;
+    pub fn new(spec: &ModelSpec, data: &DataSpec, seed: u64) -> Result<Self> {
+        spec.fits(data).map_err(|e| Error::config("model", e.to_string()))?;
         let device = Device::Cpu;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
         let model: Box<dyn Model> = match spec {
-            ModelSpec::Mlp { hidden } => Box::new(Mlp::new(hidden, vb)?),
-            &ModelSpec::Cnn { conv1, conv2, hidden } => Box::new(Cnn::new(conv1, conv2, hidden, vb)?),
+            ModelSpec::Mlp { hidden } => Box::new(Mlp::new(data, hidden, vb)?),
+            &ModelSpec::Cnn { conv1, conv2, hidden } => Box::new(Cnn::new(data, conv1, conv2, hidden, vb)?),
             ModelSpec::External { .. } => {
                 return Err(Error::config(
                     "model",
@@ -346,7 +368,8 @@ impl Network {
         &self.spec
     }
 
-    /// Logits `[batch, 10]` for `xs` `[batch, 784]` (records the graph for backprop).
+    /// Logits `[batch, classes]` for `xs` `[batch, values]` (records the graph for
+    /// backprop).
     pub fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
         self.model.forward(xs)
     }
@@ -415,33 +438,92 @@ impl Network {
 mod tests {
     use super::*;
 
+    fn fm() -> DataSpec {
+        wdml_proto::data::fashion_mnist()
+    }
+
     #[test]
     fn parameter_counts() {
-        let mlp = Network::new(&ModelSpec::default_mlp(), 1).unwrap();
+        let mlp = Network::new(&ModelSpec::default_mlp(), &fm(), 1).unwrap();
         assert_eq!(mlp.parameter_count(), 235_146);
-        assert_eq!(ModelSpec::default_mlp().parameter_count(), 235_146);
-        let cnn = Network::new(&ModelSpec::default_cnn(), 1).unwrap();
+        assert_eq!(ModelSpec::default_mlp().parameter_count(&fm()), 235_146);
+        let cnn = Network::new(&ModelSpec::default_cnn(), &fm(), 1).unwrap();
         assert_eq!(cnn.parameter_count(), 206_922);
-        assert_eq!(ModelSpec::default_cnn().parameter_count(), 206_922);
+        assert_eq!(ModelSpec::default_cnn().parameter_count(&fm()), 206_922);
         for s in ["mlp:512", "mlp:32,16,8", "cnn:8,16,64", "cnn:1,1,1"] {
             let spec: ModelSpec = s.parse().unwrap();
-            let net = Network::new(&spec, 0).unwrap();
-            assert_eq!(net.parameter_count(), spec.parameter_count(), "{s}");
+            let net = Network::new(&spec, &fm(), 0).unwrap();
+            assert_eq!(net.parameter_count(), spec.parameter_count(&fm()), "{s}");
         }
     }
 
     #[test]
     fn forward_shapes() {
-        let xs = Tensor::zeros((3, INPUT_DIM), DType::F32, &Device::Cpu).unwrap();
+        let xs = Tensor::zeros((3, 784), DType::F32, &Device::Cpu).unwrap();
         for spec in [ModelSpec::default_mlp(), "cnn:4,8,16".parse().unwrap()] {
-            let net = Network::new(&spec, 5).unwrap();
-            assert_eq!(net.forward(&xs).unwrap().dims(), &[3, CLASSES], "{spec}");
+            let net = Network::new(&spec, &fm(), 5).unwrap();
+            assert_eq!(net.forward(&xs).unwrap().dims(), &[3, 10], "{spec}");
         }
+    }
+
+    /// The layers at either end follow from the data: any image a CNN's pooling allows,
+    /// any feature vector for an MLP, 2 to 256 classes.
+    #[test]
+    fn models_take_their_input_and_classes_from_the_data() {
+        let data = |shape: &[u32], classes| DataSpec {
+            shape: shape.to_vec(),
+            classes,
+        };
+        for (spec, d) in [
+            ("cnn:4,8,16", data(&[3, 32, 32], 100)),
+            ("cnn:4,8,16", data(&[1, 8, 8], 10)),
+            ("mlp:16", data(&[30], 2)),
+            ("mlp:16", data(&[3, 32, 32], 256)),
+        ] {
+            let spec: ModelSpec = spec.parse().unwrap();
+            let net = Network::new(&spec, &d, 3).unwrap();
+            assert_eq!(net.parameter_count(), spec.parameter_count(&d), "{spec} on {d}");
+            let xs = Tensor::ones((2, d.sample_len()), DType::F32, &Device::Cpu).unwrap();
+            assert_eq!(
+                net.forward(&xs).unwrap().dims(),
+                &[2, d.classes as usize],
+                "{spec} on {d}"
+            );
+        }
+        // conv1 has 3·9 weights per output channel for colour images.
+        let cnn: ModelSpec = "cnn:4,8,16".parse().unwrap();
+        let colour = data(&[3, 32, 32], 10);
+        assert_eq!(
+            cnn.parameter_count(&colour),
+            (27 * 4 + 4) + (36 * 8 + 8) + (8 * 8 * 8 * 16 + 16) + (16 * 10 + 10)
+        );
+        for (d, says) in [
+            (
+                data(&[13], 3),
+                "a CNN learns images [channels, height, width]; this data's samples are [13]",
+            ),
+            (data(&[1, 6, 6], 10), "multiples of 4; these images are 6×6"),
+        ] {
+            let error = cnn.fits(&d).unwrap_err().to_string();
+            assert!(error.contains(says), "{error}");
+            assert!(Network::new(&cnn, &d, 0).is_err());
+        }
+        let error = "mlp:4096"
+            .parse::<ModelSpec>()
+            .unwrap()
+            .fits(&data(&[3, 128, 128], 10))
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("more than 50000000 parameters on [3, 128, 128] × 10 classes"),
+            "{error}"
+        );
     }
 
     #[test]
     fn parameter_names_are_sorted_and_stable() {
-        let net = Network::new(&ModelSpec::default_cnn(), 0).unwrap();
+        let net = Network::new(&ModelSpec::default_cnn(), &fm(), 0).unwrap();
         let names: Vec<&str> = net.named_parameters().iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
@@ -461,9 +543,9 @@ mod tests {
     #[test]
     fn seeded_init_is_deterministic() {
         for spec in [ModelSpec::default_mlp(), ModelSpec::default_cnn()] {
-            let a = Network::new(&spec, 42).unwrap().parameters_flat().unwrap();
-            let b = Network::new(&spec, 42).unwrap().parameters_flat().unwrap();
-            let c = Network::new(&spec, 43).unwrap().parameters_flat().unwrap();
+            let a = Network::new(&spec, &fm(), 42).unwrap().parameters_flat().unwrap();
+            let b = Network::new(&spec, &fm(), 42).unwrap().parameters_flat().unwrap();
+            let c = Network::new(&spec, &fm(), 43).unwrap().parameters_flat().unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b));
             assert_ne!(bits(&a), bits(&c));
@@ -472,7 +554,7 @@ mod tests {
 
     #[test]
     fn init_ranges_follow_fan_in() {
-        let net = Network::new(&ModelSpec::default_cnn(), 3).unwrap();
+        let net = Network::new(&ModelSpec::default_cnn(), &fm(), 3).unwrap();
         for (name, var) in net.named_parameters() {
             let fan_in: usize = match name.as_str() {
                 "conv1.weight" | "conv1.bias" => 9,
@@ -492,8 +574,8 @@ mod tests {
     #[test]
     fn flat_parameters_round_trip() {
         let spec: ModelSpec = "mlp:8".parse().unwrap();
-        let mut a = Network::new(&spec, 1).unwrap();
-        let b = Network::new(&spec, 2).unwrap();
+        let mut a = Network::new(&spec, &fm(), 1).unwrap();
+        let b = Network::new(&spec, &fm(), 2).unwrap();
         let flat = b.parameters_flat().unwrap();
         assert_eq!(flat.len(), a.parameter_count());
         a.set_parameters_flat(&flat).unwrap();
@@ -565,14 +647,14 @@ mod tests {
             let err = bad.parse::<ModelSpec>().unwrap_err().to_string();
             assert!(err.contains("expected `mlp`"), "{bad}: {err}");
         }
-        assert!(Network::new(&ModelSpec::Mlp { hidden: vec![] }, 0).is_err());
+        assert!(Network::new(&ModelSpec::Mlp { hidden: vec![] }, &fm(), 0).is_err());
         let external: ModelSpec = "ext:numpy-mlp".parse().unwrap();
-        let err = Network::new(&external, 0).unwrap_err().to_string();
+        let err = Network::new(&external, &fm(), 0).unwrap_err().to_string();
         assert!(
             err.contains("ext:numpy-mlp is a model of the device's own program"),
             "{err}"
         );
-        assert_eq!((external.parameter_count(), external.flops().train()), (0, 0));
+        assert_eq!((external.parameter_count(&fm()), external.flops(&fm()).train()), (0, 0));
         assert!(
             Network::new(
                 &ModelSpec::Cnn {
@@ -580,6 +662,7 @@ mod tests {
                     conv2: 0,
                     hidden: 1
                 },
+                &fm(),
                 0
             )
             .is_err()

@@ -14,7 +14,7 @@ use wdml_channel::{derive_external_seed, purpose};
 use crate::exchange::{Collected, Delivered};
 use crate::learn::trust::Trust;
 use crate::learn::{Aggregate, soft_targets, trust_weighted_targets};
-use crate::model::{CLASSES, ModelSpec};
+use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{Distill, Node, Round, train};
 use crate::{Error, Result};
@@ -24,12 +24,12 @@ pub(crate) struct Dml;
 impl Strategy for Dml {
     /// Its predictions on the public batch.
     fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
-        plan.public_batch as u64 * model.flops().forward
+        plan.public_batch as u64 * model.flops(&plan.spec).forward
     }
 
     /// Its local steps: private rows and the public rows of the distillation term.
     fn flops_after_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
-        u64::from(plan.local_steps) * (plan.batch_size + plan.distill_batch) as u64 * model.flops().train()
+        u64::from(plan.local_steps) * (plan.batch_size + plan.distill_batch) as u64 * model.flops(&plan.spec).train()
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
@@ -42,7 +42,7 @@ impl Strategy for Dml {
             Ok((public, logits))
         })?;
         if node.adversary == Some(AdversaryKind::ConfidentWrong) {
-            confidently_wrong(&mut logits);
+            confidently_wrong(&mut logits, node.plan.classes());
         }
         // 2. Swap predictions with the neighbours.
         let collected = round.exchange(node, &logits).await?;
@@ -59,15 +59,15 @@ impl Strategy for Dml {
 
 /// An adversary's predictions: every row a large logit on the class after the one its
 /// own model picks, zero elsewhere — confident, and wrong whenever its model is right.
-fn confidently_wrong(logits: &mut [f32]) {
-    for row in logits.chunks_mut(CLASSES) {
+fn confidently_wrong(logits: &mut [f32], classes: usize) {
+    for row in logits.chunks_mut(classes) {
         let own = row
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(i, _)| i);
         row.fill(0.0);
-        row[(own + 1) % CLASSES] = 20.0;
+        row[(own + 1) % classes] = 20.0;
     }
 }
 
@@ -91,9 +91,9 @@ fn over_the_air_targets(
     if plan.channel.air_noise {
         spectrum::add_air_noise(&mut mean, slot, fresh.len(), plan.seed, u64::from(start.round));
     }
-    onto_simplex(&mut mean, CLASSES);
+    onto_simplex(&mut mean, plan.classes());
     Ok(Some(Distill {
-        targets: Tensor::from_vec(mean, (plan.public_batch, CLASSES), &Device::Cpu)?,
+        targets: Tensor::from_vec(mean, (plan.public_batch, plan.classes()), &Device::Cpu)?,
         public,
         weights: None,
     }))
@@ -106,13 +106,20 @@ fn over_the_air_targets(
 fn aggregate(plan: &RunPlan, trust: Option<(&mut Trust, Option<&[f32]>)>, messages: &[&Delivered]) -> Result<Vec<f32>> {
     if let (Aggregate::TrustWeighted, Some((trust, own))) = (plan.aggregate, trust) {
         let peers: Vec<(u32, &[f32])> = messages.iter().map(|m| (m.sender, m.values.as_slice())).collect();
-        return trust_weighted_targets(trust, own, &peers, plan.public_batch, CLASSES, plan.learner.temperature);
+        return trust_weighted_targets(
+            trust,
+            own,
+            &peers,
+            plan.public_batch,
+            plan.classes(),
+            plan.learner.temperature,
+        );
     }
     let peers: Vec<&[f32]> = messages.iter().map(|m| m.values.as_slice()).collect();
     soft_targets(
         &peers,
         plan.public_batch,
-        CLASSES,
+        plan.classes(),
         plan.learner.temperature,
         plan.aggregate,
     )
@@ -160,7 +167,7 @@ fn targets(node: &mut Node, round: u32, public: Tensor, own: &[f32], collected: 
                 scores.join(" ")
             );
         }
-        Tensor::from_vec(target, (plan.public_batch, CLASSES), &Device::Cpu).map_err(Error::from)
+        Tensor::from_vec(target, (plan.public_batch, plan.classes()), &Device::Cpu).map_err(Error::from)
     };
     let fresh: Vec<&Delivered> = collected.messages.iter().collect();
     if collected.stale.is_empty() {

@@ -25,7 +25,7 @@ impl Strategy for Fedavg {
 
     /// Its local steps.
     fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
-        u64::from(plan.local_steps) * plan.batch_size as u64 * model.flops().train()
+        u64::from(plan.local_steps) * plan.batch_size as u64 * model.flops(&plan.spec).train()
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

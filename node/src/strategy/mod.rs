@@ -90,14 +90,15 @@ pub fn message(
     public_batch: u32,
     encoding: Encoding,
     top_k: u32,
+    classes: u32,
     parameters: usize,
 ) -> Option<MessageShape> {
-    wdml_proto::message::shape(algorithm, public_batch, encoding, top_k, parameters as u64)
+    wdml_proto::message::shape(algorithm, public_batch, encoding, top_k, classes, parameters as u64)
 }
 
 /// Whether `algorithm` exchanges anything (its figures have a radio cost).
 pub fn exchanges(algorithm: Algorithm) -> bool {
-    message(algorithm, 1, Encoding::F32, 0, 1).is_some()
+    message(algorithm, 1, Encoding::F32, 0, 2, 1).is_some()
 }
 
 /// Whether `algorithm` needs every node on one model from one initialisation.

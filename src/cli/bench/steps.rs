@@ -17,7 +17,11 @@ use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use wdml_node::learn::{Aggregate, Learner, LearnerConfig, labels_tensor, soft_targets, targets_tensor};
-use wdml_node::model::{CLASSES, INPUT_DIM, ModelSpec};
+use wdml_node::model::ModelSpec;
+
+/// The benchmark's data: Fashion-MNIST's shape (784 values, 10 classes).
+const CLASSES: usize = 10;
+const INPUT_DIM: usize = 784;
 use wdml_node::round::thread_cpu_time;
 
 pub const PRIVATE: usize = 64;
@@ -80,7 +84,7 @@ pub fn steps(trials: usize, out: &Path) -> Result<()> {
         kl_weight: 1.0,
     };
     let xs = pixels(PRIVATE, 1)?;
-    let ys = labels_tensor((0..PRIVATE as u32).map(|i| i % CLASSES as u32).collect())?;
+    let ys = labels_tensor((0..PRIVATE as u32).map(|i| i % CLASSES as u32).collect(), CLASSES)?;
     let public = pixels(PUBLIC, 2)?;
     println!(
         "\n== steps: a node's model work on one thread (private batch {PRIVATE}, public batch {PUBLIC}, Adam); \
@@ -92,10 +96,14 @@ pub fn steps(trials: usize, out: &Path) -> Result<()> {
     );
     let mut timings = Vec::new();
     for spec in [ModelSpec::default_mlp(), ModelSpec::default_cnn()] {
-        let mut learner = Learner::new(&spec, cfg, 0)?;
-        let peer = Learner::new(&spec, cfg, 1)?;
+        let data = wdml_proto::data::fashion_mnist();
+        let mut learner = Learner::new(&spec, &data, cfg, 0)?;
+        let peer = Learner::new(&spec, &data, cfg, 1)?;
         let z = peer.logits_vec(&public)?;
-        let target = targets_tensor(soft_targets(&[&z], PUBLIC, CLASSES, cfg.temperature, Aggregate::Mean)?)?;
+        let target = targets_tensor(
+            soft_targets(&[&z], PUBLIC, CLASSES, cfg.temperature, Aggregate::Mean)?,
+            CLASSES,
+        )?;
         let mut best = [(Duration::MAX, Duration::ZERO); 3];
         for _ in 0..trials {
             // The three operations take turns, so a disturbance spreads over them.
