@@ -202,7 +202,9 @@ def split(labels, seed, nodes, partition, public_pool):
         shuffle(deal, r)
         return public, None, [sum((shards[d] for d in deal[j * k:(j + 1) * k]), []) for j in range(nodes)]
     alpha = float(arg)
-    classes = max(10, max((labels[i] + 1 for i in pool), default=0))
+    # The dataset's classes (its highest label + 1; a file's, as the vectors are), or more
+    # if the pool's labels go higher (docs/determinism.md).
+    classes = max(max(labels) + 1, max((labels[i] + 1 for i in pool), default=0))
     by_class = [[] for _ in range(classes)]
     for i in pool:
         by_class[labels[i]].append(i)
