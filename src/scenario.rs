@@ -171,6 +171,9 @@ pub struct DataSection {
     pub dir: Option<PathBuf>,
     /// Which labels, where the format has a choice (a CSV file's label column).
     pub labels: Option<String>,
+    /// Another dataset of the same sample shape to draw the public pool from (its
+    /// labels never used), as FedMD does; absent: the pool comes from the training set.
+    pub public: Option<PathBuf>,
     /// Per-channel means and standard deviations to normalise with; absent: the
     /// dataset's own (Fashion-MNIST's for IDX 28×28 images, else computed from the
     /// training set).
@@ -191,6 +194,7 @@ impl Default for DataSection {
         DataSection {
             dir: None,
             labels: None,
+            public: None,
             mean: None,
             std: None,
             partition: "dirichlet:0.5".into(),
@@ -451,6 +455,7 @@ impl Scenario {
                 self.exchange.public_batch
             );
         }
+        self.public_from()?;
         if self.exchange.public_batch > self.data.public_pool {
             bail!(
                 "exchange.public_batch ({}) is larger than data.public_pool ({})",
@@ -714,6 +719,26 @@ impl Scenario {
         }
     }
 
+    /// The size of the public dataset's training set (`data.public`), checked to have
+    /// the run's sample shape; `None` without one.
+    pub fn public_from(&self) -> Result<Option<usize>> {
+        let Some(path) = &self.data.public else {
+            return Ok(None);
+        };
+        let public = wdml_node::data::Dataset::load_labels(&Location::at(Some(path)))
+            .map_err(|e| anyhow::anyhow!("data.public: {e}"))?;
+        let run = self.data()?.spec;
+        let shape: Vec<usize> = run.shape.iter().map(|&d| d as usize).collect();
+        if public.train.shape != shape {
+            bail!(
+                "data.public: its samples are {:?}, the run's are {shape:?}: the public set must have the \
+                 run's sample shape",
+                public.train.shape
+            );
+        }
+        Ok(Some(public.train.len()))
+    }
+
     /// The run's data: its shape, classes and normalisation, read from the data
     /// (`data.mean` and `data.std` replace its own normalisation).
     pub fn data(&self) -> Result<Description> {
@@ -770,6 +795,12 @@ impl Scenario {
                 std: data.normalisation.std,
             }),
             data_labels: self.data.labels.clone().unwrap_or_default(),
+            public_dir: self
+                .data
+                .public
+                .as_ref()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default(),
             heartbeat_interval_ms: self.coordinator.heartbeat_interval_ms,
             models: (0..self.nodes.count).map(|k| self.model_of(k).to_string()).collect(),
             devices: (0..self.nodes.count)

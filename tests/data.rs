@@ -126,3 +126,54 @@ fn a_node_with_other_data_is_refused_at_join_naming_both_shapes() {
     );
     drop(cluster);
 }
+
+/// A public pool from a dataset of its own (another distribution, as in FedMD): the
+/// whole training set is private, and the pool may be larger than it could spare; a
+/// public set of another shape is refused before anything starts, naming both.
+#[test]
+fn a_public_set_of_its_own_feeds_the_exchange_and_must_have_the_runs_shape() {
+    let tmp = TempDir::new("data-public");
+    let data = tmp.path().join("private");
+    write_idx(&data, &blocks(3, 40, 8, 1), &blocks(3, 30, 8, 2));
+    // Another distribution of the same shape: 5 block positions, so 2 of them are not
+    // among the private classes at all.
+    let public = tmp.path().join("public");
+    write_idx(&public, &blocks(5, 100, 8, 3), &blocks(5, 2, 8, 4));
+    let out = tmp.path().join("run");
+    let mut overrides = on(&data, 3, 2, "mlp:16");
+    overrides.retain(|o| !o.starts_with("data.public_pool"));
+    // 400 public samples: more than the 120 training samples hold.
+    overrides.extend([
+        format!("data.public={:?}", public.display().to_string()),
+        "data.public_pool=400".into(),
+    ]);
+    let output = launch(&out, &overrides);
+    assert!(output.status.success(), "the run failed");
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 6);
+    assert!(
+        rows.iter().all(|r| r.metrics.payload_bytes_received > 0),
+        "every node heard its neighbours"
+    );
+    // Every private sample is a shard's: 120 over 3 nodes.
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("split.json")).unwrap()).unwrap();
+    let samples: u64 = split["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["samples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(samples, 120, "{split}");
+
+    let wrong = tmp.path().join("public-12x12");
+    write_idx(&wrong, &blocks(3, 50, 12, 5), &blocks(3, 2, 12, 6));
+    overrides.push(format!("data.public={:?}", wrong.display().to_string()));
+    let output = launch(&tmp.path().join("refused"), &overrides);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("data.public: its samples are [1, 12, 12], the run's are [1, 8, 8]"),
+        "{stderr}"
+    );
+}

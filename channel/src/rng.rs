@@ -61,6 +61,8 @@ pub mod purpose {
     // run seed; they are secrets from the OS random source now. Not reused.
     /// Which node gets which device profile of a mix (coordinate: shuffle step).
     pub const DEVICES: u64 = 6;
+    /// The public pool drawn from a dataset of its own (`data.public`; no coordinate).
+    pub const PUBLIC_POOL: u64 = 7;
 }
 
 /// A 64-bit seed for `stream` at the coordinates `words`, derived from `run_seed`.

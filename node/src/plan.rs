@@ -43,6 +43,8 @@ pub struct RunPlan {
     pub max_message_bytes: u64,
     /// Where the data is, unless the node was given its own.
     pub data: Location,
+    /// Where the public pool is drawn from, if not from the training set.
+    pub public: Option<Location>,
     /// The run's data: the shape and classes every member's must have.
     pub spec: DataSpec,
     pub normalisation: Normalisation,
@@ -255,6 +257,10 @@ impl RunPlan {
                 path: (!s.data_dir.is_empty()).then(|| PathBuf::from(s.data_dir)),
                 labels: (!s.data_labels.is_empty()).then_some(s.data_labels),
             },
+            public: (!s.public_dir.is_empty()).then(|| Location {
+                path: Some(PathBuf::from(&s.public_dir)),
+                labels: None,
+            }),
             spec,
             normalisation,
             partition,
@@ -295,13 +301,15 @@ impl RunPlan {
     }
 
     /// How the data is split: the same on every node, so each computes it alone.
-    pub fn split_config(&self) -> SplitConfig {
+    /// `public_from`: the samples of the public dataset, when the run has one.
+    pub fn split_config(&self, public_from: Option<usize>) -> SplitConfig {
         SplitConfig {
             seed: self.seed,
             nodes: self.nodes as usize,
             partition: self.partition.clone(),
             public_pool: self.public_pool,
             test_size: self.test_size,
+            public_from,
         }
     }
 }

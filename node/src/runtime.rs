@@ -291,8 +291,19 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
                 reason: format!("not this run's data: {e}"),
             });
         }
-        let split = split(&dataset, &plan.split_config())?;
-        let shard = Shard::load(&location, &split, id as usize, &plan.normalisation)?;
+        // A public pool of its own: only its size is needed to split.
+        let public_from = match &plan.public {
+            Some(public) => Some(Dataset::load_labels(public)?.train.len()),
+            None => None,
+        };
+        let split = split(&dataset, &plan.split_config(public_from))?;
+        let shard = Shard::load(
+            &location,
+            plan.public.as_ref(),
+            &split,
+            id as usize,
+            &plan.normalisation,
+        )?;
         info!(
             node = id,
             dataset = %dataset.name,

@@ -33,44 +33,84 @@ impl Shard {
     /// normalised by `norm`.
     pub fn new(dataset: &Dataset, split: &Split, node: usize, norm: &Normalisation) -> Result<Self> {
         let private = shard_of(split, node)?;
-        Self::gather(&dataset.train, private, &split.public, &dataset.test, &split.test, norm)
+        Self::gather(
+            &dataset.train,
+            private,
+            (&dataset.train, &split.public),
+            &dataset.test,
+            &split.test,
+            norm,
+        )
     }
 
     /// The same tensors as [`Shard::new`] on the dataset [`Dataset::load`] would load from
     /// `location`, reading only the samples they hold ([`Dataset::load_rows`]): a node's
-    /// memory holds its shard, the public pool and the test set, not the dataset.
-    pub fn load(location: &Location, split: &Split, node: usize, norm: &Normalisation) -> Result<Self> {
+    /// memory holds its shard, the public pool and the test set, not the dataset. With
+    /// `public` (`data.public`), the public pool's rows are that dataset's.
+    pub fn load(
+        location: &Location,
+        public: Option<&Location>,
+        split: &Split,
+        node: usize,
+        norm: &Normalisation,
+    ) -> Result<Self> {
         let private = shard_of(split, node)?;
         let ascending = |rows: &mut Vec<usize>| {
             rows.sort_unstable();
             rows.dedup();
         };
-        let mut train_rows: Vec<usize> = private.iter().chain(&split.public).copied().collect();
-        ascending(&mut train_rows);
-        let mut test_rows = split.test.clone();
-        ascending(&mut test_rows);
-        let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
-        // Indices of the dataset, to positions among the rows held.
+        // Indices of a dataset, to positions among the rows held.
         let at = |rows: &[usize], indices: &[usize]| -> Vec<usize> {
             indices
                 .iter()
                 .map(|i| rows.binary_search(i).expect("every index asked for is held"))
                 .collect()
         };
+        let mut test_rows = split.test.clone();
+        ascending(&mut test_rows);
+        let Some(public) = public else {
+            let mut train_rows: Vec<usize> = private.iter().chain(&split.public).copied().collect();
+            ascending(&mut train_rows);
+            let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
+            return Self::gather(
+                &train,
+                &at(&train_rows, private),
+                (&train, &at(&train_rows, &split.public)),
+                &test,
+                &at(&test_rows, &split.test),
+                norm,
+            );
+        };
+        let mut train_rows = private.to_vec();
+        ascending(&mut train_rows);
+        let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
+        let mut public_rows = split.public.clone();
+        ascending(&mut public_rows);
+        let (pool, _) = Dataset::load_rows(public, &public_rows, &[])?;
+        if pool.shape != train.shape {
+            return Err(Error::Data {
+                path: public.path.clone().unwrap_or_default(),
+                reason: format!(
+                    "the public set's samples are {:?}; the run's are {:?}: they must be the same shape",
+                    pool.shape, train.shape
+                ),
+            });
+        }
         Self::gather(
             &train,
             &at(&train_rows, private),
-            &at(&train_rows, &split.public),
+            (&pool, &at(&public_rows, &split.public)),
             &test,
             &at(&test_rows, &split.test),
             norm,
         )
     }
 
+    /// `public`: the set the public pool's rows are of, and those rows.
     fn gather(
         train: &Samples,
         private: &[usize],
-        public: &[usize],
+        (pool, public): (&Samples, &[usize]),
         test: &Samples,
         tests: &[usize],
         norm: &Normalisation,
@@ -81,7 +121,7 @@ impl Shard {
         let device = Device::Cpu;
         let images = |values_of: Vec<f32>, rows: usize| Tensor::from_vec(values_of, (rows, values), &device);
         let (private_x, private_y) = train.gather(private, norm);
-        let (public_x, _) = train.gather(public, norm);
+        let (public_x, _) = pool.gather(public, norm);
         let (test_x, test_y) = test.gather(tests, norm);
         Ok(Shard {
             private_images: images(private_x, private.len())?,
@@ -219,13 +259,21 @@ mod tests {
                 partition: partition.clone(),
                 public_pool: 300,
                 test_size: 250,
+                public_from: None,
             };
             let split = split(&Dataset::load_labels(&Location::default()).unwrap(), &cfg).unwrap();
             assert_eq!(split, crate::data::split(&whole, &cfg).unwrap());
             for node in [0, 5] {
                 let (a, b) = (
                     Shard::new(&whole, &split, node, &Normalisation::fashion_mnist()).unwrap(),
-                    Shard::load(&Location::default(), &split, node, &Normalisation::fashion_mnist()).unwrap(),
+                    Shard::load(
+                        &Location::default(),
+                        None,
+                        &split,
+                        node,
+                        &Normalisation::fashion_mnist(),
+                    )
+                    .unwrap(),
                 );
                 let flat = |t: &Tensor| {
                     t.flatten_all()
@@ -250,6 +298,7 @@ mod tests {
         assert!(
             Shard::load(
                 &Location::default(),
+                None,
                 &crate::data::split(
                     &whole,
                     &SplitConfig {
@@ -257,7 +306,8 @@ mod tests {
                         nodes: 2,
                         partition: Partition::Iid,
                         public_pool: 10,
-                        test_size: 5
+                        test_size: 5,
+                        public_from: None,
                     }
                 )
                 .unwrap(),

@@ -510,6 +510,7 @@ fn split_config(block: &Block) -> SplitConfig {
         partition: block.get("partition").parse::<Partition>().unwrap(),
         public_pool: block.num("public_pool"),
         test_size: 0,
+        public_from: None,
     }
 }
 

@@ -211,6 +211,10 @@ pub struct SplitConfig {
     pub public_pool: usize,
     /// 0 for the whole test set, else the first `test_size` test images.
     pub test_size: usize,
+    /// `Some(n)`: the public pool is drawn from another dataset of `n` samples
+    /// (`data.public`), and the whole training set is private.
+    #[serde(default)]
+    pub public_from: Option<usize>,
 }
 
 impl SplitConfig {
@@ -221,16 +225,33 @@ impl SplitConfig {
         }
         self.partition.check()?;
         let train = dataset.train.len();
-        if self.public_pool >= train {
-            return Err(Error::config(
-                "data.public_pool",
-                format!(
-                    "{} leaves no private data: the training set has {train} images",
-                    self.public_pool
-                ),
-            ));
-        }
-        let private = train - self.public_pool;
+        let private = match self.public_from {
+            Some(public) if self.public_pool > public => {
+                return Err(Error::config(
+                    "data.public_pool",
+                    format!(
+                        "{} is more than the public dataset's {public} samples (data.public)",
+                        self.public_pool
+                    ),
+                ));
+            }
+            Some(_) => train,
+            None if self.public_pool >= train => {
+                return Err(Error::config(
+                    "data.public_pool",
+                    format!(
+                        "{} leaves no private data: the training set has {train} images",
+                        self.public_pool
+                    ),
+                ));
+            }
+            None => train - self.public_pool,
+        };
+        let public = if self.public_from.is_some() {
+            0
+        } else {
+            self.public_pool
+        };
         let per_node = self.partition.min_per_node();
         let why = match self.partition {
             Partition::Iid => "so every node gets at least one".to_string(),
@@ -246,9 +267,9 @@ impl SplitConfig {
             return Err(Error::config(
                 field,
                 format!(
-                    "the private pool ({train} training images - {} public = {private}) is too small for {} nodes: \
-                     needs at least {needed} ({why})",
-                    self.public_pool, self.nodes
+                    "the private pool ({train} training images - {public} public = {private}) is too small for {} \
+                     nodes: needs at least {needed} ({why})",
+                    self.nodes
                 ),
             ));
         }
@@ -267,7 +288,8 @@ impl SplitConfig {
 }
 
 /// Indices into `dataset.train` for each node's private shard and for the public pool
-/// (labels never used), and indices into `dataset.test`.
+/// (labels never used; into the public dataset's training set when it has its own),
+/// and indices into `dataset.test`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Split {
     /// `private[k]`: node k's shard, never empty.
@@ -398,6 +420,17 @@ fn shuffled_pool(dataset: &Dataset, cfg: &SplitConfig) -> Result<(SeedRng, Vec<u
     let mut rng = crate::seed::rng(cfg.seed);
     let mut order: Vec<usize> = (0..dataset.train.len()).collect();
     order.shuffle(&mut rng);
+    if let Some(public) = cfg.public_from {
+        // A pool of its own: the whole training set is private, and the public pool the
+        // first of a shuffle of the public set, drawn from a seed of its own.
+        let mut pool: Vec<usize> = (0..public).collect();
+        pool.shuffle(&mut crate::seed::rng(crate::seed::derive(
+            cfg.seed,
+            &[crate::seed::PUBLIC_POOL],
+        )));
+        pool.truncate(cfg.public_pool);
+        return Ok((rng, pool, order));
+    }
     let private_pool = order.split_off(cfg.public_pool);
     Ok((rng, order, private_pool))
 }
@@ -652,6 +685,7 @@ mod tests {
             partition,
             public_pool: 100,
             test_size: 0,
+            public_from: None,
         }
     }
 
@@ -969,6 +1003,7 @@ mod tests {
                 partition: Partition::Dirichlet { alpha },
                 public_pool: 12,
                 test_size: 0,
+                public_from: None,
             };
             let got = split(&dataset, &cfg).unwrap();
             assert_eq!(got.private, reference_plain_dirichlet(&dataset, &cfg, alpha), "{cfg:?}");
@@ -987,6 +1022,7 @@ mod tests {
                 partition: Partition::DirichletBalanced { alpha },
                 public_pool: 1000,
                 test_size: 0,
+                public_from: None,
             };
             let split = split(&dataset, &cfg).unwrap();
             let order = class_order(&dataset, &cfg).unwrap().unwrap();
@@ -1026,6 +1062,7 @@ mod tests {
                         partition: partition.clone(),
                         public_pool: 10000,
                         test_size: 0,
+                        public_from: None,
                     };
                     empty_fraction(&split(&dataset, &cfg).unwrap(), labels)
                 })
@@ -1055,6 +1092,7 @@ mod tests {
                 partition: Partition::DirichletPerNode { alpha },
                 public_pool: 1000,
                 test_size: 0,
+                public_from: None,
             };
             split(&dataset, &cfg).unwrap()
         };
@@ -1107,6 +1145,7 @@ mod tests {
                     partition,
                     public_pool: 1000,
                     test_size: 0,
+                    public_from: None,
                 };
                 mean_label_entropy(&split(&dataset, &cfg).unwrap(), &dataset.train.labels)
             };
@@ -1126,6 +1165,7 @@ mod tests {
             partition,
             public_pool: 500,
             test_size: 100,
+            public_from: None,
         };
         let cases = [
             (Partition::DirichletBalanced { alpha: 0.001 }, vec![2, 5, 10]),
@@ -1196,6 +1236,7 @@ mod tests {
                 partition: Partition::Shards { per_node: 2 },
                 public_pool: 0,
                 test_size: 0,
+                public_from: None,
             };
             let split = split(&dataset, &cfg).unwrap();
             for shard in &split.private {
@@ -1214,6 +1255,7 @@ mod tests {
                 partition: Partition::Shards { per_node: k },
                 public_pool: 500,
                 test_size: 0,
+                public_from: None,
             };
             let split = split(&dataset, &cfg).unwrap();
             for shard in &split.private {
@@ -1232,6 +1274,7 @@ mod tests {
             partition: Partition::Iid,
             public_pool: 20,
             test_size: 0,
+            public_from: None,
         };
         assert!(base.validate(&dataset).is_ok());
         let cases = [
