@@ -8,6 +8,7 @@
 //! public pool, and picks the test images; every node computes the same split from the
 //! shared seed, so no data or index list is ever sent.
 
+pub mod bounds;
 pub mod embedded;
 pub mod idx;
 pub mod partition;
