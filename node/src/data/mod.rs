@@ -9,6 +9,7 @@
 //! shared seed, so no data or index list is ever sent.
 
 pub mod bounds;
+pub mod cifar;
 pub mod embedded;
 pub mod idx;
 pub mod partition;
