@@ -12,6 +12,7 @@ pub mod bounds;
 pub mod cifar;
 pub mod embedded;
 pub mod idx;
+pub mod npy;
 pub mod partition;
 pub mod raw;
 
