@@ -10,6 +10,7 @@
 
 pub mod bounds;
 pub mod cifar;
+pub mod csv;
 pub mod embedded;
 pub mod idx;
 pub mod npy;
