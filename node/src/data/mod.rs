@@ -14,8 +14,12 @@
 //! private shards and the public pool, and picks the test samples; every node computes
 //! the same split from the shared seed, so no data or index list is ever sent.
 
+pub mod bounds;
+pub mod cifar;
+pub mod csv;
 pub mod embedded;
 pub mod idx;
+pub mod npy;
 pub mod partition;
 pub mod raw;
 
