@@ -711,6 +711,21 @@ impl Scenario {
         names
     }
 
+    /// The scenario as the run directory's `config.json` records it: every field, and
+    /// under `dataset` what the data turned out to be (its name, sample shape, classes
+    /// and normalisation).
+    fn resolved(&self) -> Result<serde_json::Value> {
+        let mut value = serde_json::to_value(self)?;
+        let data = self.data()?;
+        value["dataset"] = serde_json::json!({
+            "name": data.name,
+            "shape": data.spec.shape,
+            "classes": data.spec.classes,
+            "normalisation": { "mean": data.normalisation.mean, "std": data.normalisation.std },
+        });
+        Ok(value)
+    }
+
     /// Where the data is.
     pub fn location(&self) -> Location {
         Location {
@@ -854,7 +869,7 @@ impl Scenario {
             exchange_timeout: Duration::from_millis(self.exchange.timeout_ms),
             heartbeat_timeout: Duration::from_millis(c.heartbeat_timeout_ms),
             sync_timeout: Duration::from_millis(c.sync_timeout_ms),
-            resolved: serde_json::to_value(self)?,
+            resolved: self.resolved()?,
             security,
             overwrite,
             scenario_toml: Some(self.to_toml()?),

@@ -56,6 +56,13 @@ fn write_idx(dir: &Path, train: &Samples, test: &Samples) {
     }
 }
 
+/// What the run directory records of the data (`config.json`'s `dataset`).
+fn dataset(out: &Path) -> serde_json::Value {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    config["dataset"].clone()
+}
+
 /// The overrides of a short run of `nodes` nodes on the dataset at `dir`.
 fn on(dir: &Path, nodes: u32, rounds: u32, models: &str) -> Vec<String> {
     let mut overrides = small(nodes, rounds);
@@ -176,4 +183,162 @@ fn a_public_set_of_its_own_feeds_the_exchange_and_must_have_the_runs_shape() {
         stderr.contains("data.public: its samples are [1, 12, 12], the run's are [1, 8, 8]"),
         "{stderr}"
     );
+}
+
+/// `rows` rows of a two-class table of 6 features, as CSV with a header and a `label`
+/// column (first, to show it need not be last): class 1's features sit higher.
+fn table(rows: usize, seed: u32) -> String {
+    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(7);
+    let mut uniform = || {
+        state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        f64::from(state >> 8) / f64::from(1u32 << 24)
+    };
+    let mut out = String::from("label,f0,f1,f2,f3,f4,f5\n");
+    for i in 0..rows {
+        let class = i % 2;
+        let features: Vec<String> = (0..6)
+            .map(|f| format!("{:.4}", uniform() + class as f64 * 0.8 + f as f64))
+            .collect();
+        out.push_str(&format!("{class},{}\n", features.join(",")));
+    }
+    out
+}
+
+/// A tabular dataset of two classes from CSV files, over the air: the analog slots
+/// carry 32 × 2 soft predictions; the label column is named by `data.labels`.
+#[test]
+fn a_two_class_table_from_csv_runs_over_the_air() {
+    let tmp = TempDir::new("data-csv");
+    let data = tmp.path().join("table");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("train.csv"), table(400, 1)).unwrap();
+    std::fs::write(data.join("test.csv"), table(100, 2)).unwrap();
+    let out = tmp.path().join("run");
+    let mut overrides = common::small_mesh(3, 3);
+    overrides.retain(|o| !o.starts_with("nodes.models") && !o.starts_with("data.test_size"));
+    overrides.extend([
+        format!("data.dir={:?}", data.display().to_string()),
+        "data.labels=\"label\"".into(),
+        "nodes.models=[\"mlp:16\"]".into(),
+        "data.public_pool=90".into(),
+        "exchange.public_batch=32".into(),
+        "exchange.encoding=\"f32\"".into(),
+        "channel.access=\"shared\"".into(),
+        "channel.mode=\"over_the_air\"".into(),
+        "channel.air_min_snr_db=-100".into(),
+        "channel.time_scale=0".into(),
+    ]);
+    let output = launch(&out, &overrides);
+    assert!(output.status.success(), "the run failed");
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 9);
+    assert!(
+        rows.iter().all(|r| r.metrics.peers_heard == 2),
+        "every neighbour aligned in its slot"
+    );
+    let last: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.round == 2)
+        .map(|r| r.metrics.test_accuracy)
+        .collect();
+    // Two well-separated classes, chance 0.5: after 3 short rounds every node learned
+    // something, most of them all of it.
+    let mean = last.iter().sum::<f64>() / last.len() as f64;
+    assert!(last.iter().all(|&a| a > 0.55) && mean > 0.75, "{last:?}");
+    let data = &dataset(&out);
+    assert_eq!(
+        (data["shape"].clone(), data["classes"].clone()),
+        (serde_json::json!([6]), serde_json::json!(2)),
+        "{data}"
+    );
+    // Standardised per feature, from the training set.
+    assert_eq!(
+        data["normalisation"]["mean"].as_array().map(Vec::len),
+        Some(6),
+        "{data}"
+    );
+}
+
+/// One `.npy` file (format 1.0, as numpy writes it) of `shape`, little-endian f32 or u8.
+fn npy(shape: &[usize], dtype: &str, data: &[u8]) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(ToString::to_string).collect();
+    let tuple = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '{dtype}', 'fortran_order': False, 'shape': {tuple}, }}");
+    // The magic (6), version (2), length (2) and header end on a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+/// Keras-style NumPy arrays (`x_train.npy`, … channels last, as Keras stores colour
+/// images) and CIFAR-100 batches in their exact binary layout: both run, the first
+/// transposed to channels first, the second with 100 classes through top-k.
+#[test]
+fn numpy_arrays_and_cifar_100_batches_run_end_to_end() {
+    use wdml_node::data::cifar::{self, Cifar100Labels, Kind};
+    let tmp = TempDir::new("data-npy-cifar");
+    // NumPy: 8×8 RGB-like images, channels last, f32; 3 classes.
+    let numpy = tmp.path().join("blocks-npy");
+    std::fs::create_dir_all(&numpy).unwrap();
+    for (name, set) in [("train", blocks(3, 100, 8, 1)), ("test", blocks(3, 20, 8, 2))] {
+        let Values::U8(grey) = &set.values else { unreachable!() };
+        // Each pixel to (v, v/2, 255 - v), channels last.
+        let values: Vec<u8> = grey
+            .iter()
+            .flat_map(|&v| [v, v / 2, 255 - v])
+            .flat_map(|v| f32::from(v).to_le_bytes())
+            .collect();
+        let x = npy(&[set.len(), 8, 8, 3], "<f4", &values);
+        let y = npy(&[set.len()], "|u1", &set.labels);
+        std::fs::write(numpy.join(format!("x_{name}.npy")), x).unwrap();
+        std::fs::write(numpy.join(format!("y_{name}.npy")), y).unwrap();
+    }
+    let out = tmp.path().join("run-npy");
+    let output = launch(&out, &on(&numpy, 3, 2, "cnn:4,8,16"));
+    assert!(output.status.success(), "the NumPy run failed");
+    assert_eq!(metrics(&out).len(), 6);
+    assert_eq!(dataset(&out)["shape"], serde_json::json!([3, 8, 8]), "channels first");
+
+    // CIFAR-100: 32×32 colour images of 100 classes, 5 training samples each.
+    let cifar_dir = tmp.path().join("cifar-100-binary");
+    std::fs::create_dir_all(&cifar_dir).unwrap();
+    for (file, per_class, seed) in [("train.bin", 5, 3u32), ("test.bin", 1, 4)] {
+        let mut state = seed;
+        let (mut values, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..100 * per_class {
+            labels.push((i % 100) as u8);
+            values.extend((0..3 * 32 * 32).map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 24) as u8
+            }));
+        }
+        let coarse: Vec<u8> = labels.iter().map(|l| l / 5).collect();
+        let set = Samples {
+            shape: vec![3, 32, 32],
+            values: Values::U8(values),
+            labels,
+        };
+        let bytes = cifar::encode(&set, Kind::Cifar100(Cifar100Labels::Fine), Some(&coarse)).unwrap();
+        std::fs::write(cifar_dir.join(file), bytes).unwrap();
+    }
+    let out = tmp.path().join("run-cifar");
+    let mut overrides = on(&cifar_dir, 3, 2, "cnn:4,8,16");
+    overrides.extend(["exchange.encoding=\"topk\"".into(), "exchange.top_k=5".into()]);
+    let output = launch(&out, &overrides);
+    assert!(output.status.success(), "the CIFAR-100 run failed");
+    let rows = metrics(&out);
+    assert_eq!(rows.len(), 6);
+    // 32 rows × (5 entries of 3 bytes + a 2-byte rest), to each of two neighbours.
+    assert!(rows.iter().all(|r| r.metrics.payload_bytes_sent == 2 * 32 * 17));
+    assert_eq!(dataset(&out)["classes"], serde_json::json!(100));
 }

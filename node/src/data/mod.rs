@@ -5,7 +5,10 @@
 //! the formats below ([`Dataset::load`]), told apart by their names:
 //! - IDX, the MNIST family's (`train-images-idx3-ubyte` … in a directory, each raw or
 //!   gzipped), e.g. the full Fashion-MNIST that Debian's `dataset-fashion-mnist` installs
-//!   at `/usr/share/datasets/fashion-mnist`; samples of any rank ([`idx`]).
+//!   at `/usr/share/datasets/fashion-mnist`; samples of any rank ([`idx`]);
+//! - CIFAR-10 and CIFAR-100 binary batches ([`cifar`]);
+//! - NumPy `.npz` / `.npy` arrays in the Keras convention ([`npy`]);
+//! - CSV tables with a label column ([`csv`]).
 //!
 //! Every sample is `[C, H, W]` (an image, channels first) or `[D]` (a feature vector),
 //! with a label below the dataset's classes; the shape and the classes are the run's
@@ -204,6 +207,12 @@ impl Samples {
 pub enum Format {
     /// IDX files (the embedded dataset is too).
     Idx,
+    /// CIFAR-10 or CIFAR-100 binary batches.
+    Cifar,
+    /// NumPy `.npz` or `.npy` arrays.
+    Npy,
+    /// CSV tables.
+    Csv,
 }
 
 /// A named dataset: a training set (split into private shards and the public pool) and
@@ -239,15 +248,41 @@ impl Dataset {
         let Some(path) = location.path.as_deref() else {
             return Dataset::embedded();
         };
-        match format_of(path)? {
+        let format = format_of(path)?;
+        let loaded = match format {
             Format::Idx => {
                 let files = Files::of(Some(path))?;
                 let set = |images: &IdxFile, labels: &IdxFile| idx::read_set(&images.path, &labels.path);
                 let train = set(&files.train_images, &files.train_labels)?;
                 let test = set(&files.test_images, &files.test_labels)?;
-                Dataset::new(files.name, Format::Idx, train, Some(test), None, path)
+                return Dataset::new(files.name, Format::Idx, train, Some(test), None, path);
             }
-        }
+            Format::Cifar => {
+                let labels = match location.labels.as_deref() {
+                    None | Some("fine") => cifar::Cifar100Labels::Fine,
+                    Some("coarse") => cifar::Cifar100Labels::Coarse,
+                    Some(other) => {
+                        return Err(data_error(
+                            path,
+                            format!("labels `{other}`: CIFAR-100's are `fine` (100 classes) or `coarse` (20)"),
+                        ));
+                    }
+                };
+                cifar::load_dir(path, labels)?
+            }
+            Format::Npy => npy::load(path)?,
+            Format::Csv => {
+                let column = match location.labels.as_deref() {
+                    None => csv::LabelColumn::Last,
+                    Some(name) => match name.parse::<usize>() {
+                        Ok(index) => csv::LabelColumn::Index(index),
+                        Err(_) => csv::LabelColumn::Name(name.to_string()),
+                    },
+                };
+                csv::load(path, &column, csv::Header::Auto)?
+            }
+        };
+        Dataset::new(dir_name(path), format, loaded.train, loaded.test, loaded.classes, path)
     }
 
     /// Checks what a loader read (one shape for both sets, the classes) and holds out a
@@ -457,17 +492,35 @@ pub fn hold_out(set: &Samples) -> (Samples, Samples) {
 
 /// The format of the dataset at `path`, by its file names.
 fn format_of(path: &Path) -> Result<Format> {
-    if path.is_dir() && (find(path, TRAIN_IMAGES).is_ok() || find(path, TRAIN_LABELS).is_ok()) {
-        return Ok(Format::Idx);
-    }
     if !path.exists() {
         return Err(data_error(path, "no such file or directory"));
     }
-    if !path.is_dir() {
-        return Err(data_error(path, "not a directory"));
+    if path.is_dir() && (find(path, TRAIN_IMAGES).is_ok() || find(path, TRAIN_LABELS).is_ok()) {
+        return Ok(Format::Idx);
     }
-    // The IDX files' own error: which one is missing.
-    Files::of(Some(path)).map(|_| Format::Idx)
+    if path.is_dir() && cifar::is_cifar_dir(path) {
+        return Ok(Format::Cifar);
+    }
+    if npy::is_numpy(path) {
+        return Ok(Format::Npy);
+    }
+    if csv::is_csv(path) {
+        return Ok(Format::Csv);
+    }
+    if !path.is_dir() {
+        return Err(data_error(
+            path,
+            "not a dataset: expected a directory of IDX or CIFAR files, an .npz file or a .csv file",
+        ));
+    }
+    Err(data_error(
+        path,
+        format!(
+            "no dataset here: expected IDX files (`{TRAIN_IMAGES}`, …, raw or .gz), CIFAR batches \
+             (`data_batch_1.bin` … or `train.bin`), NumPy arrays (one `.npz`, or `x_train.npy` and \
+             `y_train.npy`) or CSV tables (`train.csv` and `test.csv`)"
+        ),
+    ))
 }
 
 /// Whether `location` is IDX files (the embedded dataset is).
