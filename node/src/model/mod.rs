@@ -16,6 +16,7 @@ pub mod kernels;
 mod layers;
 mod mlp;
 pub(crate) mod ops;
+mod resnet;
 
 use std::fmt;
 use std::str::FromStr;
@@ -26,6 +27,7 @@ use candle_nn::{VarBuilder, VarMap};
 pub use cnn::Cnn;
 pub use flops::Flops;
 pub use mlp::Mlp;
+pub use resnet::{ResNet, resnet_flops, resnet_parameter_count};
 
 use crate::{Error, Result};
 
