@@ -611,6 +611,13 @@ pub fn conv3x3_pool_relu(x: &Tensor, w_full: &Tensor) -> Result<Tensor> {
     )
 }
 
+fn block_floats() -> usize {
+    std::env::var("WDML_BLOCK")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 18)
+}
+
 /// A convolution without bias over NHWC maps, for any [`Window`] (the ResNet's 3×3 of
 /// stride 1 and 2 and its 1×1 stride-2 projections): `x` `[b, h, w, c]` by `w_rows`
 /// `[out, k·k·c]` (each output channel's weights in (ky, kx, channel) order) gives
@@ -645,31 +652,17 @@ impl Conv {
         let (ho, wo) = self.window.out_dims(h, w);
         let per_block = self
             .images_per_block
-            .unwrap_or((1 << 18) / (cols * ho * wo).max(1))
+            .unwrap_or(block_floats() / (cols * ho * wo).max(1))
             .clamp(1, b.max(1));
         Ok((dims, out, per_block))
     }
-}
 
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "conv_nhwc"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x_storage: &CpuStorage,
-        x_layout: &Layout,
-        w_storage: &CpuStorage,
-        w_layout: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (dims, out, per_block) = self.dims(x_layout.shape(), w_layout.shape())?;
+    /// The output values `[b, ho, wo, out]` of NHWC `x` by `w_rows` `[out, k²·c]`.
+    fn forward_values(&self, x: &[f32], dims: Nhwc, w_rows: Mat, per_block: usize) -> Result<Vec<f32>> {
         let (b, h, w, c) = dims;
         let (ho, wo) = self.window.out_dims(h, w);
         let cols_per_row = self.window.k * self.window.k * c;
-        let x = contiguous_f32(x_storage, x_layout, self.name())?;
-        let w_rows = Mat::row_major(contiguous_f32(w_storage, w_layout, self.name())?, out, cols_per_row)?;
-        let mut y = Vec::with_capacity(b * ho * wo * out);
+        let mut y = Vec::with_capacity(b * ho * wo * w_rows.rows());
         for first in (0..b).step_by(per_block) {
             let imgs = per_block.min(b - first);
             let rows = first * ho * wo..(first + imgs) * ho * wo;
@@ -679,34 +672,26 @@ impl CustomOp2 for Conv {
                 w_rows.t(),
             )?);
         }
-        Ok((CpuStorage::F32(y), Shape::from((b, ho, wo, out))))
+        Ok(y)
     }
 
-    fn bwd(
+    /// The gradients of `x` (when `wants_x`) and of `w_mat` `[out, k²·c]` from the
+    /// output gradient `g` `[b, ho, wo, out]`.
+    fn backward_values(
         &self,
-        x: &Tensor,
-        w_rows: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dims, out, per_block) = self.dims(x.shape(), w_rows.shape())?;
+        xv: &[f32],
+        dims: Nhwc,
+        w_mat: Mat,
+        g: &[f32],
+        per_block: usize,
+        wants_x: bool,
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
         let (b, h, w, c) = dims;
         let (ho, wo) = self.window.out_dims(h, w);
+        let out = w_mat.rows();
         let cols_per_row = self.window.k * self.window.k * c;
-        let (x_c, grad_c) = (x.contiguous()?, grad_res.contiguous()?);
-        let (xs, xl) = x_c.storage_and_layout();
-        let (gs, gl) = grad_c.storage_and_layout();
-        let (ws, wl) = w_rows.storage_and_layout();
-        let xv = tensor_f32(&xs, xl, self.name())?;
-        let g = tensor_f32(&gs, gl, self.name())?;
-        let w_mat = tensor_matrix(&ws, wl, self.name())?;
         if g.len() != b * ho * wo * out {
-            bail!(
-                "{}: gradient of {} values for {} outputs",
-                self.name(),
-                g.len(),
-                b * ho * wo * out
-            )
+            bail!("conv: gradient of {} values for {} outputs", g.len(), b * ho * wo * out)
         }
         let k = self.window.k;
         // The input gradient. With stride 1 it is itself a convolution, of `g` by the
@@ -716,7 +701,6 @@ impl CustomOp2 for Conv {
         // only `out` values into a matrix `k²` times the input, then adds it back with a
         // read-modify-write per tap onto zeros; in ResNet's 16-channel stage it ran
         // several times slower than the forward product of the same size.
-        let wants_x = self.input_grad && x.track_op();
         let w_flip: Option<Vec<f32>> = (wants_x && self.window.stride == 1).then(|| {
             let w_at = |o: usize, ci: usize, ky: usize, kx: usize| w_mat.at(o, (ky * k + kx) * c + ci);
             let mut flip = Vec::with_capacity(c * k * k * out);
@@ -739,9 +723,14 @@ impl CustomOp2 for Conv {
             let rows = first * ho * wo..(first + imgs) * ho * wo;
             let g_block = Mat::row_major(&g[rows.start * out..rows.end * out], rows.len(), out)?;
             let cols = gather(xv, dims, self.window, rows.clone(), false);
-            let block_w = gemm::matmul(g_block.t(), Mat::row_major(&cols, rows.len(), cols_per_row)?)?;
-            for (sum, v) in grad_w.iter_mut().zip(&block_w) {
-                *sum += v;
+            // As `(gather(x)ᵀ · g)ᵀ`: with the long side (`k²·c`) as the product's rows,
+            // `gemm` runs its widest kernel (24 rows) rather than the 16-row one it takes
+            // for `out` = 16 rows; the transpose is a few thousand values.
+            let block_wt = gemm::matmul(Mat::row_major(&cols, rows.len(), cols_per_row)?.t(), g_block)?;
+            for (o, sums) in grad_w.chunks_exact_mut(cols_per_row).enumerate() {
+                for (sum, v) in sums.iter_mut().zip(block_wt.iter().skip(o).step_by(out)) {
+                    *sum += v;
+                }
             }
             match (grad_x.as_mut(), &w_flip) {
                 (Some(grad_x), Some(flip)) => {
@@ -756,6 +745,48 @@ impl CustomOp2 for Conv {
                 (None, _) => {}
             }
         }
+        Ok((grad_x, grad_w))
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv_nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dims, out, per_block) = self.dims(x_layout.shape(), w_layout.shape())?;
+        let (b, h, w, c) = dims;
+        let (ho, wo) = self.window.out_dims(h, w);
+        let cols_per_row = self.window.k * self.window.k * c;
+        let x = contiguous_f32(x_storage, x_layout, self.name())?;
+        let w_rows = Mat::row_major(contiguous_f32(w_storage, w_layout, self.name())?, out, cols_per_row)?;
+        let y = self.forward_values(x, dims, w_rows, per_block)?;
+        Ok((CpuStorage::F32(y), Shape::from((b, ho, wo, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w_rows: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dims, _, per_block) = self.dims(x.shape(), w_rows.shape())?;
+        let (x_c, grad_c) = (x.contiguous()?, grad_res.contiguous()?);
+        let (xs, xl) = x_c.storage_and_layout();
+        let (gs, gl) = grad_c.storage_and_layout();
+        let (ws, wl) = w_rows.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, self.name())?;
+        let g = tensor_f32(&gs, gl, self.name())?;
+        let w_mat = tensor_matrix(&ws, wl, self.name())?;
+        let (grad_x, grad_w) = self.backward_values(xv, dims, w_mat, g, per_block, self.input_grad && x.track_op())?;
         let grad_x = grad_x.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
         Ok((grad_x, Some(Tensor::from_vec(grad_w, w_rows.shape(), w_rows.device())?)))
     }
@@ -765,6 +796,10 @@ impl CustomOp2 for Conv {
 /// in (ky, kx, channel) order), `k × k` kernel (odd), padding `k / 2`, `stride`:
 /// `[b, ⌈h/stride⌉, ⌈w/stride⌉, out]`. Differentiable in both; the input gradient is
 /// skipped when `x` needs none.
+///
+/// The ResNet runs it fused with its norm ([`conv_norm`]); the op alone is that one's
+/// reference in the tests.
+#[cfg(test)]
 pub fn conv(x: &Tensor, w_rows: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
     x.apply_op2(
         w_rows,
@@ -897,34 +932,23 @@ impl GroupNorm {
         Ok(y)
     }
 
-    /// The gradients of `x`, of the affine `[2, c]` (γ's then β's) and, when the op has
-    /// a residual, of it.
-    fn backward(
+    /// The gradients of the input `xv`, of the affine (γ's then β's) and of the sum
+    /// before the ReLU (the residual's), from the op's output `out` and its gradient `g`.
+    fn backward_values(
         &self,
-        x: &Tensor,
-        affine: &Tensor,
-        res: &Tensor,
-        grad_res: &Tensor,
-        residual: bool,
-    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let ((b, h, w, c), per_group) = self.dims(x.shape(), affine.shape(), None)?;
+        xv: &[f32],
+        gamma: &[f32],
+        out: &[f32],
+        g: &[f32],
+        (b, h, w, c): Nhwc,
+        per_group: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let Some(stats) = self.stats.get() else {
             bail!("group_norm: backward before forward")
         };
-        let (x_c, a_c, r_c, g_c) = (
-            x.contiguous()?,
-            affine.contiguous()?,
-            res.contiguous()?,
-            grad_res.contiguous()?,
-        );
-        let (xs, xl) = x_c.storage_and_layout();
-        let (as_, al) = a_c.storage_and_layout();
-        let (rs, rl) = r_c.storage_and_layout();
-        let (gs, gl) = g_c.storage_and_layout();
-        let xv = tensor_f32(&xs, xl, "group_norm")?;
-        let gamma = &tensor_f32(&as_, al, "group_norm")?[..c];
-        let out = tensor_f32(&rs, rl, "group_norm")?;
-        let g = tensor_f32(&gs, gl, "group_norm")?;
+        if xv.len() != b * h * w * c || out.len() != xv.len() || g.len() != xv.len() || gamma.len() != c {
+            bail!("group_norm: backward on {} values for maps {:?}", g.len(), (b, h, w, c))
+        }
         let pixels = h * w;
         let count = (pixels * per_group) as f64;
         // The output gradient through the ReLU: the residual's gradient, and γ·x̂'s.
@@ -983,6 +1007,35 @@ impl GroupNorm {
             }
         }
         let grad_affine: Vec<f32> = d_gamma.iter().chain(&d_beta).map(|&v| v as f32).collect();
+        Ok((grad_x, grad_affine, gp))
+    }
+
+    /// The gradients of `x`, of the affine `[2, c]` (γ's then β's) and, when the op has
+    /// a residual, of it.
+    fn backward(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+        residual: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let ((b, h, w, c), per_group) = self.dims(x.shape(), affine.shape(), None)?;
+        let (x_c, a_c, r_c, g_c) = (
+            x.contiguous()?,
+            affine.contiguous()?,
+            res.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (xs, xl) = x_c.storage_and_layout();
+        let (as_, al) = a_c.storage_and_layout();
+        let (rs, rl) = r_c.storage_and_layout();
+        let (gs, gl) = g_c.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, "group_norm")?;
+        let gamma = &tensor_f32(&as_, al, "group_norm")?[..c];
+        let out = tensor_f32(&rs, rl, "group_norm")?;
+        let g = tensor_f32(&gs, gl, "group_norm")?;
+        let (grad_x, grad_affine, gp) = self.backward_values(xv, gamma, out, g, (b, h, w, c), per_group)?;
         let grad_r = residual
             .then(|| Tensor::from_vec(gp, x.shape(), x.device()))
             .transpose()?;
@@ -1057,6 +1110,10 @@ impl CustomOp3 for GroupNorm {
 /// Group normalisation of NHWC `x` `[b, h, w, c]` in `groups` groups of consecutive
 /// channels, with `affine` `[2, c]` (γ, then β), then `+ residual` (same shape as `x`)
 /// when given, then a ReLU when `relu`. Differentiable in every input.
+///
+/// The ResNet runs it fused with its convolution ([`conv_norm`]); the op alone is that
+/// one's reference in the tests.
+#[cfg(test)]
 pub fn group_norm(x: &Tensor, affine: &Tensor, groups: usize, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
     let op = GroupNorm {
         groups,
@@ -1066,6 +1123,200 @@ pub fn group_norm(x: &Tensor, affine: &Tensor, groups: usize, residual: Option<&
     match residual {
         Some(r) => x.apply_op3(affine, r, op),
         None => x.apply_op2(affine, op),
+    }
+}
+
+/// A ResNet layer in one op: [`Conv`] then [`GroupNorm`] (with its residual sum and
+/// ReLU), over `params` = `[w_rows (out × k²·c) | γ (out) | β (out)]`, one flat tensor
+/// so that the op has at most three inputs.
+///
+/// As two ops, the convolution's output and its gradient were tensors of the graph, and
+/// Candle's backward pass accumulates every gradient into a fresh zero tensor (a fill and
+/// an addition over megabytes per layer); here the convolution's output stays inside
+/// the op, kept for the norm's backward pass, and its gradient goes straight from the
+/// norm's backward pass into the convolution's.
+struct ConvNorm {
+    conv: Conv,
+    norm: GroupNorm,
+    out: usize,
+    /// The convolution's output, from the forward pass.
+    conv_out: OnceLock<Vec<f32>>,
+}
+
+impl ConvNorm {
+    /// `([b, h, w, c], images per block, output dims, channels per group)`, checked.
+    fn dims(&self, x: &Shape, params: &Shape, residual: Option<&Shape>) -> Result<(Nhwc, usize, Nhwc, usize)> {
+        let (_, h, w, c) = x.dims4()?;
+        let k = self.conv.window.k;
+        let w_len = self.out * k * k * c;
+        if params.dims() != [w_len + 2 * self.out] {
+            bail!(
+                "conv_norm: {c} channels in, {} out, a {k}×{k} kernel: expects [{}] parameters, got {:?}",
+                self.out,
+                w_len + 2 * self.out,
+                params.dims()
+            )
+        }
+        let (dims, _, per_block) = self.conv.dims(x, &Shape::from((self.out, k * k * c)))?;
+        let (ho, wo) = self.conv.window.out_dims(h, w);
+        let y = Shape::from((dims.0, ho, wo, self.out));
+        let (y_dims, per_group) = self.norm.dims(&y, &Shape::from((2, self.out)), residual)?;
+        Ok((dims, per_block, y_dims, per_group))
+    }
+
+    fn forward(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ps, pl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dims, per_block, y_dims, per_group) =
+            self.dims(xl.shape(), pl.shape(), residual.map(|(_, l)| l.shape()))?;
+        let x = contiguous_f32(xs, xl, "conv_norm")?;
+        let params = contiguous_f32(ps, pl, "conv_norm")?;
+        let (w_rows, affine) = params.split_at(params.len() - 2 * self.out);
+        let w_rows = Mat::row_major(w_rows, self.out, w_rows.len() / self.out.max(1))?;
+        let residual = residual
+            .map(|(rs, rl)| contiguous_f32(rs, rl, "conv_norm"))
+            .transpose()?;
+        let y = self.conv.forward_values(x, dims, w_rows, per_block)?;
+        let z = self.norm.forward(&y, affine, residual, y_dims, per_group)?;
+        if self.conv_out.set(y).is_err() {
+            bail!("conv_norm: op applied twice")
+        }
+        Ok((CpuStorage::F32(z), Shape::from(y_dims)))
+    }
+
+    /// The gradients of `x` (if it needs one), of `params`, and of the residual.
+    fn backward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let (dims, per_block, y_dims, per_group) = self.dims(x.shape(), params.shape(), None)?;
+        let Some(y) = self.conv_out.get() else {
+            bail!("conv_norm: backward before forward")
+        };
+        let (x_c, p_c, r_c, g_c) = (
+            x.contiguous()?,
+            params.contiguous()?,
+            res.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (xs, xl) = x_c.storage_and_layout();
+        let (ps, pl) = p_c.storage_and_layout();
+        let (rs, rl) = r_c.storage_and_layout();
+        let (gs, gl) = g_c.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, "conv_norm")?;
+        let pv = tensor_f32(&ps, pl, "conv_norm")?;
+        let (w_rows, affine) = pv.split_at(pv.len() - 2 * self.out);
+        let w_mat = Mat::row_major(w_rows, self.out, w_rows.len() / self.out.max(1))?;
+        let out = tensor_f32(&rs, rl, "conv_norm")?;
+        let g = tensor_f32(&gs, gl, "conv_norm")?;
+        let (grad_y, grad_affine, grad_sum) =
+            self.norm
+                .backward_values(y, &affine[..self.out], out, g, y_dims, per_group)?;
+        let (grad_x, mut grad_params) = self.conv.backward_values(
+            xv,
+            dims,
+            w_mat,
+            &grad_y,
+            per_block,
+            self.conv.input_grad && x.track_op(),
+        )?;
+        grad_params.extend_from_slice(&grad_affine);
+        Ok((
+            grad_x.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?,
+            Tensor::from_vec(grad_params, params.shape(), params.device())?,
+            Tensor::from_vec(grad_sum, y_dims, x.device())?,
+        ))
+    }
+}
+
+impl CustomOp2 for ConvNorm {
+    fn name(&self) -> &'static str {
+        "conv_norm_nhwc"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ps: &CpuStorage, pl: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ps, pl), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gp, _) = self.backward(x, params, res, grad_res)?;
+        Ok((gx, Some(gp)))
+    }
+}
+
+impl CustomOp3 for ConvNorm {
+    fn name(&self) -> &'static str {
+        "conv_norm_add_nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ps, pl), Some((rs, rl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gp, gr) = self.backward(x, params, res, grad_res)?;
+        Ok((gx, Some(gp), Some(gr)))
+    }
+}
+
+/// `relu?(group_norm(conv(x)) [+ residual])` in one op ([`ConvNorm`]): NHWC `x`
+/// `[b, h, w, c]`; `params` `[out·k²·c + 2·out]`, the convolution's `[out, k²·c]` rows
+/// (as [`conv`] takes them), then γ, then β; a `k × k` kernel (odd) with padding `k / 2`
+/// and `stride`; `groups` groups. Returns `[b, ⌈h/stride⌉, ⌈w/stride⌉, out]`; the
+/// same values and gradients as [`conv`] followed by [`group_norm`], in one op.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm(
+    x: &Tensor,
+    params: &Tensor,
+    (out, k, stride): (usize, usize, usize),
+    groups: usize,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = ConvNorm {
+        conv: Conv {
+            window: Window { k, stride },
+            input_grad: x.track_op(),
+            images_per_block: None,
+        },
+        norm: GroupNorm {
+            groups,
+            relu,
+            stats: OnceLock::new(),
+        },
+        out,
+        conv_out: OnceLock::new(),
+    };
+    match residual {
+        Some(r) => x.apply_op3(params, r, op),
+        None => x.apply_op2(params, op),
     }
 }
 
@@ -1641,6 +1892,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fused layer computes what the convolution and the norm compute as two ops:
+    /// the same values and gradients (to the bit: the same arithmetic in the same order).
+    #[test]
+    fn conv_norm_is_conv_then_group_norm() {
+        let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for ((b, h, w, c), out, k, s) in [
+            ((2, 5, 7, 3), 4, 3, 1),
+            ((3, 6, 5, 4), 6, 3, 2),
+            ((2, 5, 4, 4), 4, 1, 2),
+        ] {
+            for (residual, relu) in [(false, true), (true, true), (false, false)] {
+                let what = format!("{b}×{h}×{w}×{c} by {out}×{k}×{k}, stride {s}, residual {residual}, relu {relu}");
+                let (ho, wo) = ((h - 1) / s + 1, (w - 1) / s + 1);
+                let x = Var::from_tensor(&ramp(&[b, h, w, c])).unwrap();
+                let wr = Var::from_tensor(&(ramp(&[out, k * k * c]) * 0.3).unwrap()).unwrap();
+                let gamma = Var::from_tensor(&(ramp(&[out]) * 0.5).unwrap().cos().unwrap()).unwrap();
+                let beta = Var::from_tensor(&(ramp(&[out]) * 0.3).unwrap()).unwrap();
+                let r = Var::from_tensor(&(ramp(&[b, ho, wo, out]) * 0.9).unwrap().sin().unwrap()).unwrap();
+                let probe = (ramp(&[b, ho, wo, out]) * 0.7).unwrap().cos().unwrap();
+                let r_arg = residual.then_some(r.as_tensor());
+                let params =
+                    Tensor::cat(&[&wr.flatten_all().unwrap(), gamma.as_tensor(), beta.as_tensor()], 0).unwrap();
+                let fused = conv_norm(&x, &params, (out, k, s), 2, r_arg, relu).unwrap();
+                let affine = Tensor::stack(&[gamma.as_tensor(), beta.as_tensor()], 0).unwrap();
+                let apart = group_norm(&conv(&x, &wr, k, s).unwrap(), &affine, 2, r_arg, relu).unwrap();
+                assert_eq!(bits(&fused), bits(&apart), "{what}");
+                let g1 = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&apart * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for (var, name) in [
+                    (&x, "x"),
+                    (&wr, "weights"),
+                    (&gamma, "γ"),
+                    (&beta, "β"),
+                    (&r, "residual"),
+                ] {
+                    match (g1.get(var), g2.get(var)) {
+                        (Some(a), Some(b)) => assert_eq!(bits(a), bits(b), "{what}: {name}"),
+                        (None, None) => assert!(!residual && name == "residual", "{what}: {name}"),
+                        _ => panic!("{what}: {name}: gradient in one only"),
+                    }
+                }
+            }
+        }
+        let x = ramp(&[2, 4, 4, 3]);
+        assert!(conv_norm(&x, &ramp(&[4 * 27 + 8]), (4, 3, 1), 2, None, true).is_ok());
+        assert!(
+            conv_norm(&x, &ramp(&[4 * 27 + 7]), (4, 3, 1), 2, None, true).is_err(),
+            "parameters"
+        );
+        assert!(
+            conv_norm(&x, &ramp(&[3 * 27 + 6]), (3, 3, 1), 2, None, true).is_err(),
+            "3 channels in 2 groups"
+        );
     }
 
     #[test]

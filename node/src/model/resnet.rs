@@ -33,7 +33,7 @@ use candle_nn::VarBuilder;
 use super::Model;
 use super::flops::Flops;
 use super::init::PLACEHOLDER;
-use super::ops::{conv, group_norm, linear};
+use super::ops::{conv_norm, linear};
 
 /// Groups of every group norm.
 pub const GROUPS: usize = 2;
@@ -147,15 +147,14 @@ impl ConvNorm {
     /// `relu?(gn(conv(x)) [+ residual])`, NHWC.
     fn forward(&self, x: &Tensor, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         let (out, in_ch) = (self.weight.dim(0)?, self.weight.dim(1)?);
-        // One row per output channel in the kernel's (ky, kx, channel) column order (a
-        // copy of at most 37k values), and γ, β side by side for the norm's one op.
+        // One row per output channel in the kernel's (ky, kx, channel) column order, then
+        // γ and β, in one vector for the layer's one op (a copy of at most 37k values).
         let w_rows = self
             .weight
             .permute((0, 2, 3, 1))?
             .reshape((out, self.k * self.k * in_ch))?;
-        let affine = Tensor::stack(&[&self.gamma, &self.beta], 0)?;
-        let y = conv(x, &w_rows, self.k, self.stride)?;
-        group_norm(&y, &affine, GROUPS, residual, relu)
+        let params = Tensor::cat(&[&w_rows.flatten_all()?, &self.gamma, &self.beta], 0)?;
+        conv_norm(x, &params, (out, self.k, self.stride), GROUPS, residual, relu)
     }
 }
 
