@@ -611,12 +611,9 @@ pub fn conv3x3_pool_relu(x: &Tensor, w_full: &Tensor) -> Result<Tensor> {
     )
 }
 
-fn block_floats() -> usize {
-    std::env::var("WDML_BLOCK")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 18)
-}
+/// Columns per block of a [`Conv`]: 1 MB, as [`ConvPoolRelu`]'s. (One Zen 3 core,
+/// ResNet-8 step: 0.5, 2 and 4 MB were 7 to 20 % slower, on a busy machine.)
+const BLOCK_FLOATS: usize = 1 << 18;
 
 /// A convolution without bias over NHWC maps, for any [`Window`] (the ResNet's 3×3 of
 /// stride 1 and 2 and its 1×1 stride-2 projections): `x` `[b, h, w, c]` by `w_rows`
@@ -652,7 +649,7 @@ impl Conv {
         let (ho, wo) = self.window.out_dims(h, w);
         let per_block = self
             .images_per_block
-            .unwrap_or(block_floats() / (cols * ho * wo).max(1))
+            .unwrap_or(BLOCK_FLOATS / (cols * ho * wo).max(1))
             .clamp(1, b.max(1));
         Ok((dims, out, per_block))
     }
@@ -723,14 +720,12 @@ impl Conv {
             let rows = first * ho * wo..(first + imgs) * ho * wo;
             let g_block = Mat::row_major(&g[rows.start * out..rows.end * out], rows.len(), out)?;
             let cols = gather(xv, dims, self.window, rows.clone(), false);
-            // As `(gather(x)ᵀ · g)ᵀ`: with the long side (`k²·c`) as the product's rows,
-            // `gemm` runs its widest kernel (24 rows) rather than the 16-row one it takes
-            // for `out` = 16 rows; the transpose is a few thousand values.
-            let block_wt = gemm::matmul(Mat::row_major(&cols, rows.len(), cols_per_row)?.t(), g_block)?;
-            for (o, sums) in grad_w.chunks_exact_mut(cols_per_row).enumerate() {
-                for (sum, v) in sums.iter_mut().zip(block_wt.iter().skip(o).step_by(out)) {
-                    *sum += v;
-                }
+            // `gemm` runs a row-major product as its transpose: here the `k²·c` columns
+            // become its kernel's rows, in whole tiles of 24. (Asking for the transpose
+            // instead put the 16 channels there, in its narrower kernel: 8 % slower.)
+            let block_w = gemm::matmul(g_block.t(), Mat::row_major(&cols, rows.len(), cols_per_row)?)?;
+            for (sum, v) in grad_w.iter_mut().zip(&block_w) {
+                *sum += v;
             }
             match (grad_x.as_mut(), &w_flip) {
                 (Some(grad_x), Some(flip)) => {
