@@ -123,7 +123,7 @@ impl Window {
 
     /// Checked: an odd kernel and a stride of at least 1, on a map of at least 1×1.
     fn check(self, h: usize, w: usize, op: &str) -> Result<()> {
-        if self.k % 2 == 0 || self.stride == 0 || h == 0 || w == 0 {
+        if self.k.is_multiple_of(2) || self.stride == 0 || h == 0 || w == 0 {
             bail!(
                 "{op}: a {k}×{k} kernel, stride {s}, on a {h}×{w} map",
                 k = self.k,

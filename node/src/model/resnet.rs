@@ -45,7 +45,7 @@ pub const MIN_SIDE: usize = 4;
 
 /// Blocks per stage of a ResNet `depth` deep, checked against the input and classes.
 fn blocks_per_stage(depth: usize, [c, h, w]: [usize; 3], classes: usize) -> Result<usize> {
-    if depth < 8 || (depth - 2) % 6 != 0 {
+    if depth < 8 || !(depth - 2).is_multiple_of(6) {
         return Err(Error::Msg(format!(
             "resnet: depth {depth} is not 6n + 2 with n ≥ 1 (8, 14, 20, 26, 32, 44, 56, 110 …)"
         )));
