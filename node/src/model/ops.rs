@@ -17,6 +17,11 @@
 //!   channel) skips im2col: [`conv_one_channel`] computes the same bits directly.
 //! - [`linear`] is a dense layer, `x · wᵀ + b` and its ReLU, in one op whose products
 //!   run on [`super::gemm`] and which skips the input gradient when the input is data.
+//! - [`conv_norm`] is a ResNet layer: a convolution without bias for any odd window
+//!   and stride (the CNN's im2col generalised, [`gather`]; the input gradient of a
+//!   stride-1 one as a convolution by the flipped kernel, of others a [`scatter`]),
+//!   then a group norm with its affine γ/β, the block's residual sum and the ReLU, all
+//!   one op.
 //!
 //! NHWC keeps everything contiguous: a convolution's output already is the next layer's
 //! input, and a `[b, 784]` batch of images is an NHWC tensor with one channel.

@@ -19,9 +19,8 @@
 //! and β per channel (`ε = 1e-5`). Convolutions have no bias (the norm's β replaces it),
 //! as in every ResNet.
 //!
-//! Activations are NHWC and every layer is one of the hand-written kernels of
-//! [`super::ops`] (convolutions as im2col + product, the norm with its residual sum and
-//! ReLU fused). Inputs arrive as PyTorch stores images, each row channels-first
+//! Activations are NHWC and every layer is one op of [`super::ops`]: the convolution
+//! (im2col + product), its group norm, the residual sum and the ReLU together. Inputs arrive as PyTorch stores images, each row channels-first
 //! `(C, H, W)`, and are permuted to NHWC once. Parameters keep PyTorch's names and
 //! layouts (`conv1.weight` `[16, C, 3, 3]`, `layer2.0.shortcut.0.weight`, `gn1.bias`, …,
 //! as `nn.Sequential` numbers a shortcut's convolution and norm), so a PyTorch model's
@@ -190,7 +189,7 @@ pub struct ResNet {
 
 impl ResNet {
     /// Declares the layers of a ResNet `depth` deep (6n + 2) for images `input` =
-    /// `[C, H, W]` (each side at least [`MIN_SIDE`]) and `classes` outputs in `vb`.
+    /// `[C, H, W]` (each side at least 4) and `classes` outputs in `vb`.
     /// Values are placeholders until [`super::init::init_seeded_resnet`] overwrites them.
     pub fn new(depth: usize, input: [usize; 3], classes: usize, vb: VarBuilder) -> Result<Self> {
         let n = blocks_per_stage(depth, input, classes)?;
