@@ -13,7 +13,10 @@
 //!   runtime built as a node's; and what a handshake costs.
 //! - `steps` (not by default): the default models' predictions and training steps on
 //!   one thread ([`steps`]).
+//! - `resnet` (not by default): a ResNet-8 training step on CIFAR-sized images on one
+//!   thread ([`resnet`]).
 
+mod resnet;
 mod steps;
 
 use std::path::PathBuf;
@@ -49,10 +52,11 @@ pub struct Args {
     /// Where the runs go (one sub-directory per run; default: a new runs/bench-<date>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Parts to run: learning, radio, shaper, tls, steps.
+    /// Parts to run: learning, radio, shaper, tls, steps, resnet.
     #[arg(long, value_delimiter = ',', default_value = "learning,radio,shaper,tls")]
     only: Vec<String>,
-    /// `steps`: interleaved trials per operation (the least is reported).
+    /// `steps`, `resnet`: interleaved trials per operation (the least is reported; for
+    /// `resnet` the median too).
     #[arg(long, default_value_t = 5)]
     trials: usize,
 }
@@ -78,7 +82,10 @@ pub fn main(args: Args) -> Result<ExitCode> {
             "shaper" => runtime.block_on(shaper())?,
             "tls" => runtime.block_on(tls())?,
             "steps" => steps::steps(args.trials, &out)?,
-            other => anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper, tls or steps"),
+            "resnet" => resnet::resnet(args.trials, &out)?,
+            other => {
+                anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper, tls, steps or resnet")
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -80,7 +80,7 @@ impl<'a> Mat<'a> {
         self.rows
     }
 
-    fn at(&self, i: usize, j: usize) -> f32 {
+    pub(crate) fn at(&self, i: usize, j: usize) -> f32 {
         self.data[i * self.rs + j * self.cs]
     }
 }

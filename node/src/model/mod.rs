@@ -18,6 +18,7 @@ pub mod kernels;
 mod layers;
 mod mlp;
 pub(crate) mod ops;
+mod resnet;
 
 use std::fmt;
 use std::str::FromStr;
@@ -28,6 +29,7 @@ use candle_nn::{VarBuilder, VarMap};
 pub use cnn::Cnn;
 pub use flops::Flops;
 pub use mlp::Mlp;
+pub use resnet::{ResNet, resnet_flops, resnet_parameter_count};
 
 pub use wdml_proto::DataSpec;
 

@@ -17,6 +17,11 @@
 //!   channel) skips im2col: [`conv_one_channel`] computes the same bits directly.
 //! - [`linear`] is a dense layer, `x · wᵀ + b` and its ReLU, in one op whose products
 //!   run on [`super::gemm`] and which skips the input gradient when the input is data.
+//! - [`conv_norm`] is a ResNet layer: a convolution without bias for any odd window
+//!   and stride (the CNN's im2col generalised, [`gather`]; the input gradient of a
+//!   stride-1 one as a convolution by the flipped kernel, of others a [`scatter`]),
+//!   then a group norm with its affine γ/β, the block's residual sum and the ReLU, all
+//!   one op.
 //!
 //! NHWC keeps everything contiguous: a convolution's output already is the next layer's
 //! input, and a `[b, 784]` batch of images is an NHWC tensor with one channel.
@@ -93,32 +98,94 @@ impl Pixel {
     }
 }
 
+/// A convolution's window over NHWC maps: a `k × k` kernel (`k` odd), a stride, and
+/// padding `k / 2`, so that output pixel `(y, x)` is centred on input pixel
+/// `(y·stride, x·stride)` and a map `h` high gives `⌈h / stride⌉` rows, whatever the
+/// kernel: a ResNet's 3×3 and 1×1 stride-2 branches meet on the same grid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl Window {
+    /// The CNN's: 3×3, stride 1.
+    pub const THREE: Window = Window { k: 3, stride: 1 };
+
+    fn pad(self) -> usize {
+        self.k / 2
+    }
+
+    /// Output side for an input side.
+    pub fn out_side(self, side: usize) -> usize {
+        (side + 2 * self.pad() - self.k) / self.stride + 1
+    }
+
+    /// Output `(rows, columns)` for an input `h × w`.
+    fn out_dims(self, h: usize, w: usize) -> (usize, usize) {
+        (self.out_side(h), self.out_side(w))
+    }
+
+    /// Checked: an odd kernel and a stride of at least 1, on a map of at least 1×1.
+    fn check(self, h: usize, w: usize, op: &str) -> Result<()> {
+        if self.k.is_multiple_of(2) || self.stride == 0 || h == 0 || w == 0 {
+            bail!(
+                "{op}: a {k}×{k} kernel, stride {s}, on a {h}×{w} map",
+                k = self.k,
+                s = self.stride
+            )
+        }
+        Ok(())
+    }
+
+    /// The taps `kx ∈ [lo, hi)` of the window of output column `ox` that fall inside a
+    /// row `w` wide (padding supplies the rest); the first of them reads input column
+    /// `ox·stride + lo − pad`. With an odd kernel and padding `k / 2` the centre tap is
+    /// always inside, so `lo < hi`.
+    fn taps(self, ox: usize, w: usize) -> (usize, usize) {
+        let x0 = ox * self.stride;
+        (self.pad().saturating_sub(x0), self.k.min(w + self.pad() - x0))
+    }
+}
+
 /// Gathers the 3×3 neighbourhoods (padding 1) of pixels `rows` of an NHWC tensor
 /// `[b, h, w, c]` into `[rows.len(), 9·c + 1]`: row `(n, y, x)` holds
 /// `x[n, y+ky−1, x+kx−1, ci]` at column `(ky·3 + kx)·c + ci` (zero outside the
-/// image), then a 1 that multiplies the bias.
-fn im2col(x: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>) -> Vec<f32> {
-    let k = row_len(c);
+/// image), then a 1 that multiplies the bias. ([`gather`] for the CNN's window.)
+fn im2col(x: &[f32], dims: Nhwc, rows: Range<usize>) -> Vec<f32> {
+    gather(x, dims, Window::THREE, rows, true)
+}
+
+/// im2col for any [`Window`]: the windows of output pixels `rows` (numbered in NHWC
+/// order over the output grid) of an NHWC tensor `[b, h, w, c]`, one row each of
+/// `k·k·c` columns in (ky, kx, channel) order, zero outside the image, then (`bias`) a 1.
+fn gather(x: &[f32], (_, h, w, c): Nhwc, win: Window, rows: Range<usize>, bias: bool) -> Vec<f32> {
+    let (k, s, p) = (win.k, win.stride, win.pad());
+    let (ho, wo) = win.out_dims(h, w);
+    let len = k * k * c + usize::from(bias);
     // Appended in order, zeros only where a tap is outside the image: zero-filling the
     // whole matrix first was a pass over megabytes that the copies then overwrote.
-    let mut out = Vec::with_capacity(rows.len() * k);
-    let mut pixel = Pixel::at(rows.start, h, w);
+    let mut out = Vec::with_capacity(rows.len() * len);
+    let mut pixel = Pixel::at(rows.start, ho, wo);
     for _ in rows {
-        let (lo, hi) = taps(pixel.x, w);
+        let (lo, hi) = win.taps(pixel.x, w);
+        let first_x = pixel.x * s + lo - p;
         // With columns in (ky, kx, channel) order, the in-image taps of one kernel row
         // are one contiguous run in both source and destination.
-        for ky in 0..3 {
-            let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
-                out.resize(out.len() + 3 * c, 0.0);
+        for ky in 0..k {
+            let Some(sy) = (pixel.y * s + ky).checked_sub(p).filter(|&sy| sy < h) else {
+                out.resize(out.len() + k * c, 0.0);
                 continue;
             };
-            let src = ((pixel.n * h + sy) * w + pixel.x + lo - 1) * c;
+            let src = ((pixel.n * h + sy) * w + first_x) * c;
             out.resize(out.len() + lo * c, 0.0);
             out.extend_from_slice(&x[src..src + (hi - lo) * c]);
-            out.resize(out.len() + (3 - hi) * c, 0.0);
+            out.resize(out.len() + (k - hi) * c, 0.0);
         }
-        out.push(1.0);
-        pixel.advance(h, w);
+        if bias {
+            out.push(1.0);
+        }
+        pixel.advance(ho, wo);
     }
     out
 }
@@ -304,23 +371,32 @@ unsafe fn one_channel_weight_grad(
 
 /// The adjoint of [`im2col`]: scatter-adds the columns of pixels `rows` onto the
 /// `[b, h, w, c]` gradient `grad` (the bias column has no pixel and is skipped).
-fn col2im(cols: &[f32], (_, h, w, c): Nhwc, rows: Range<usize>, grad: &mut [f32]) {
-    let k = row_len(c);
-    let mut pixel = Pixel::at(rows.start, h, w);
-    for row in cols.chunks_exact(k).take(rows.len()) {
-        let (lo, hi) = taps(pixel.x, w);
-        for ky in 0..3 {
-            let Some(sy) = (pixel.y + ky).checked_sub(1).filter(|&sy| sy < h) else {
+fn col2im(cols: &[f32], dims: Nhwc, rows: Range<usize>, grad: &mut [f32]) {
+    scatter(cols, dims, Window::THREE, rows, true, grad)
+}
+
+/// The adjoint of [`gather`]: scatter-adds the columns of output pixels `rows` onto
+/// the `[b, h, w, c]` input gradient `grad` (a bias column has no pixel: skipped).
+fn scatter(cols: &[f32], (_, h, w, c): Nhwc, win: Window, rows: Range<usize>, bias: bool, grad: &mut [f32]) {
+    let (k, s, p) = (win.k, win.stride, win.pad());
+    let (ho, wo) = win.out_dims(h, w);
+    let len = k * k * c + usize::from(bias);
+    let mut pixel = Pixel::at(rows.start, ho, wo);
+    for row in cols.chunks_exact(len).take(rows.len()) {
+        let (lo, hi) = win.taps(pixel.x, w);
+        let first_x = pixel.x * s + lo - p;
+        for ky in 0..k {
+            let Some(sy) = (pixel.y * s + ky).checked_sub(p).filter(|&sy| sy < h) else {
                 continue;
             };
-            let dst = ((pixel.n * h + sy) * w + pixel.x + lo - 1) * c;
-            let src = (ky * 3 + lo) * c;
-            let len = (hi - lo) * c;
-            for (o, g) in grad[dst..dst + len].iter_mut().zip(&row[src..src + len]) {
+            let dst = ((pixel.n * h + sy) * w + first_x) * c;
+            let src = (ky * k + lo) * c;
+            let run = (hi - lo) * c;
+            for (o, g) in grad[dst..dst + run].iter_mut().zip(&row[src..src + run]) {
                 *o += g;
             }
         }
-        pixel.advance(h, w);
+        pixel.advance(ho, wo);
     }
 }
 
@@ -538,6 +614,710 @@ pub fn conv3x3_pool_relu(x: &Tensor, w_full: &Tensor) -> Result<Tensor> {
             winners: OnceLock::new(),
         },
     )
+}
+
+/// Columns per block of a [`Conv`]: 1 MB, as [`ConvPoolRelu`]'s. (One Zen 3 core,
+/// ResNet-8 step: 0.5, 2 and 4 MB were 7 to 20 % slower, on a busy machine.)
+const BLOCK_FLOATS: usize = 1 << 18;
+
+/// A convolution without bias over NHWC maps, for any [`Window`] (the ResNet's 3×3 of
+/// stride 1 and 2 and its 1×1 stride-2 projections): `x` `[b, h, w, c]` by `w_rows`
+/// `[out, k·k·c]` (each output channel's weights in (ky, kx, channel) order) gives
+/// `[b, ⌈h/s⌉, ⌈w/s⌉, out]`, as `gather(x) · w_rowsᵀ`.
+///
+/// Run a few images at a time, as [`ConvPoolRelu`] is (about 1 MB of columns per block,
+/// gathered again in the backward pass rather than kept). The backward pass takes the
+/// weight gradient as `gᵀ · gather(x)`, summed over the blocks, and the input gradient as
+/// `g · w_rows` scattered back (the adjoint of the gather); the latter is skipped when
+/// `x` needs no gradient (the images).
+struct Conv {
+    window: Window,
+    input_grad: bool,
+    /// Images per block; `None`: about 1 MB of columns (the tests set 1).
+    images_per_block: Option<usize>,
+}
+
+impl Conv {
+    /// `([b, h, w, c], out, images per block)`, checked.
+    fn dims(&self, x: &Shape, w_rows: &Shape) -> Result<(Nhwc, usize, usize)> {
+        let dims = x.dims4()?;
+        let (b, h, w, c) = dims;
+        self.window.check(h, w, "conv")?;
+        let (out, cols) = w_rows.dims2()?;
+        let k = self.window.k;
+        if cols != k * k * c {
+            bail!(
+                "conv: a {k}×{k} kernel on {c} channels needs {} weight columns, got {cols}",
+                k * k * c
+            )
+        }
+        let (ho, wo) = self.window.out_dims(h, w);
+        let per_block = self
+            .images_per_block
+            .unwrap_or(BLOCK_FLOATS / (cols * ho * wo).max(1))
+            .clamp(1, b.max(1));
+        Ok((dims, out, per_block))
+    }
+
+    /// The output values `[b, ho, wo, out]` of NHWC `x` by `w_rows` `[out, k²·c]`.
+    fn forward_values(&self, x: &[f32], dims: Nhwc, w_rows: Mat, per_block: usize) -> Result<Vec<f32>> {
+        let (b, h, w, c) = dims;
+        let (ho, wo) = self.window.out_dims(h, w);
+        let cols_per_row = self.window.k * self.window.k * c;
+        let mut y = Vec::with_capacity(b * ho * wo * w_rows.rows());
+        for first in (0..b).step_by(per_block) {
+            let imgs = per_block.min(b - first);
+            let rows = first * ho * wo..(first + imgs) * ho * wo;
+            let cols = gather(x, dims, self.window, rows.clone(), false);
+            y.extend_from_slice(&gemm::matmul(
+                Mat::row_major(&cols, rows.len(), cols_per_row)?,
+                w_rows.t(),
+            )?);
+        }
+        Ok(y)
+    }
+
+    /// The gradients of `x` (when `wants_x`) and of `w_mat` `[out, k²·c]` from the
+    /// output gradient `g` `[b, ho, wo, out]`.
+    fn backward_values(
+        &self,
+        xv: &[f32],
+        dims: Nhwc,
+        w_mat: Mat,
+        g: &[f32],
+        per_block: usize,
+        wants_x: bool,
+    ) -> Result<(Option<Vec<f32>>, Vec<f32>)> {
+        let (b, h, w, c) = dims;
+        let (ho, wo) = self.window.out_dims(h, w);
+        let out = w_mat.rows();
+        let cols_per_row = self.window.k * self.window.k * c;
+        if g.len() != b * ho * wo * out {
+            bail!("conv: gradient of {} values for {} outputs", g.len(), b * ho * wo * out)
+        }
+        let k = self.window.k;
+        // The input gradient. With stride 1 it is itself a convolution, of `g` by the
+        // kernel turned half a turn with inputs and outputs swapped: `gather(g) · w_flipᵀ`
+        // with `w_flip[ci, (ky, kx, o)] = w[o, ci, k−1−ky, k−1−kx]`, which writes each
+        // value once. The adjoint form `scatter(g · w_rows)` (any stride) multiplies over
+        // only `out` values into a matrix `k²` times the input, then adds it back with a
+        // read-modify-write per tap onto zeros; in ResNet's 16-channel stage it ran
+        // several times slower than the forward product of the same size.
+        let w_flip: Option<Vec<f32>> = (wants_x && self.window.stride == 1).then(|| {
+            let w_at = |o: usize, ci: usize, ky: usize, kx: usize| w_mat.at(o, (ky * k + kx) * c + ci);
+            let mut flip = Vec::with_capacity(c * k * k * out);
+            for ci in 0..c {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        flip.extend((0..out).map(|o| w_at(o, ci, k - 1 - ky, k - 1 - kx)));
+                    }
+                }
+            }
+            flip
+        });
+        let mut grad_x = match &w_flip {
+            Some(_) => wants_x.then(|| Vec::with_capacity(b * h * w * c)),
+            None => wants_x.then(|| vec![0f32; b * h * w * c]),
+        };
+        let mut grad_w = vec![0f32; out * cols_per_row];
+        for first in (0..b).step_by(per_block) {
+            let imgs = per_block.min(b - first);
+            let rows = first * ho * wo..(first + imgs) * ho * wo;
+            let g_block = Mat::row_major(&g[rows.start * out..rows.end * out], rows.len(), out)?;
+            let cols = gather(xv, dims, self.window, rows.clone(), false);
+            // `gemm` runs a row-major product as its transpose: here the `k²·c` columns
+            // become its kernel's rows, in whole tiles of 24. (Asking for the transpose
+            // instead put the 16 channels there, in its narrower kernel: 8 % slower.)
+            let block_w = gemm::matmul(g_block.t(), Mat::row_major(&cols, rows.len(), cols_per_row)?)?;
+            for (sum, v) in grad_w.iter_mut().zip(&block_w) {
+                *sum += v;
+            }
+            match (grad_x.as_mut(), &w_flip) {
+                (Some(grad_x), Some(flip)) => {
+                    // Stride 1: the output grid is the input's, pixel for pixel.
+                    let g_cols = gather(g, (b, ho, wo, out), self.window, rows.clone(), false);
+                    grad_x.extend_from_slice(&gemm::matmul(
+                        Mat::row_major(&g_cols, rows.len(), k * k * out)?,
+                        Mat::row_major(flip, c, k * k * out)?.t(),
+                    )?);
+                }
+                (Some(grad_x), None) => scatter(&gemm::matmul(g_block, w_mat)?, dims, self.window, rows, false, grad_x),
+                (None, _) => {}
+            }
+        }
+        Ok((grad_x, grad_w))
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "conv_nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dims, out, per_block) = self.dims(x_layout.shape(), w_layout.shape())?;
+        let (b, h, w, c) = dims;
+        let (ho, wo) = self.window.out_dims(h, w);
+        let cols_per_row = self.window.k * self.window.k * c;
+        let x = contiguous_f32(x_storage, x_layout, self.name())?;
+        let w_rows = Mat::row_major(contiguous_f32(w_storage, w_layout, self.name())?, out, cols_per_row)?;
+        let y = self.forward_values(x, dims, w_rows, per_block)?;
+        Ok((CpuStorage::F32(y), Shape::from((b, ho, wo, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w_rows: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dims, _, per_block) = self.dims(x.shape(), w_rows.shape())?;
+        let (x_c, grad_c) = (x.contiguous()?, grad_res.contiguous()?);
+        let (xs, xl) = x_c.storage_and_layout();
+        let (gs, gl) = grad_c.storage_and_layout();
+        let (ws, wl) = w_rows.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, self.name())?;
+        let g = tensor_f32(&gs, gl, self.name())?;
+        let w_mat = tensor_matrix(&ws, wl, self.name())?;
+        let (grad_x, grad_w) = self.backward_values(xv, dims, w_mat, g, per_block, self.input_grad && x.track_op())?;
+        let grad_x = grad_x.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?;
+        Ok((grad_x, Some(Tensor::from_vec(grad_w, w_rows.shape(), w_rows.device())?)))
+    }
+}
+
+/// A convolution without bias, NHWC `x` `[b, h, w, c]` by `w_rows` `[out, k·k·c]` (rows
+/// in (ky, kx, channel) order), `k × k` kernel (odd), padding `k / 2`, `stride`:
+/// `[b, ⌈h/stride⌉, ⌈w/stride⌉, out]`. Differentiable in both; the input gradient is
+/// skipped when `x` needs none.
+///
+/// The ResNet runs it fused with its norm ([`conv_norm`]); the op alone is that one's
+/// reference in the tests.
+#[cfg(test)]
+pub fn conv(x: &Tensor, w_rows: &Tensor, k: usize, stride: usize) -> Result<Tensor> {
+    x.apply_op2(
+        w_rows,
+        Conv {
+            window: Window { k, stride },
+            input_grad: x.track_op(),
+            images_per_block: None,
+        },
+    )
+}
+
+/// Group normalisation over NHWC maps (Wu & He, 2018), with an affine scale and shift
+/// per channel, optionally followed by a residual sum and a ReLU:
+/// `y = relu?(γ · (x − μ) / √(σ² + ε) + β [+ r])`, with `μ`, `σ²` the mean and (biased)
+/// variance of each image's group of `c / groups` consecutive channels over all its
+/// pixels (PyTorch's `nn.GroupNorm` on NCHW, channel order being the same).
+///
+/// Candle's composition of the same (reshape, mean, broadcast arithmetic, sqrt, ReLU)
+/// is a dozen ops, each a pass over the activations forward and again backward; this is
+/// two passes forward (statistics, then the output) and two backward. The backward pass
+/// rebuilds `x̂ = (x − μ)/σ` from `x` and the saved statistics, and uses the standard
+/// gradient `∂x = (γ·g − mean(γ·g) − x̂ · mean(γ·g·x̂)) / σ` (means over the group), with
+/// `g` the output gradient masked by the ReLU (output > 0, PyTorch's convention), which
+/// is also the residual's gradient.
+struct GroupNorm {
+    groups: usize,
+    relu: bool,
+    /// Per image and group: the mean and 1/σ, from the forward pass.
+    stats: OnceLock<Vec<(f32, f32)>>,
+}
+
+/// The `ε` of [`GroupNorm`], PyTorch's default.
+const GN_EPS: f64 = 1e-5;
+
+impl GroupNorm {
+    /// `([b, h, w, c], channels per group)`, checked against the affine `[2, c]`.
+    fn dims(&self, x: &Shape, affine: &Shape, residual: Option<&Shape>) -> Result<(Nhwc, usize)> {
+        let dims = x.dims4()?;
+        let c = dims.3;
+        if self.groups == 0 || !c.is_multiple_of(self.groups) {
+            bail!("group_norm: {c} channels do not split into {} groups", self.groups)
+        }
+        if affine.dims() != [2, c] {
+            bail!("group_norm: expects γ and β as [2, {c}], got {:?}", affine.dims())
+        }
+        if let Some(r) = residual
+            && r.dims() != x.dims()
+        {
+            bail!("group_norm: residual {:?} for maps {:?}", r.dims(), x.dims())
+        }
+        Ok((dims, c / self.groups))
+    }
+
+    fn forward(
+        &self,
+        x: &[f32],
+        affine: &[f32],
+        residual: Option<&[f32]>,
+        (b, h, w, c): Nhwc,
+        per_group: usize,
+    ) -> Result<Vec<f32>> {
+        let (gamma, beta) = affine.split_at(c);
+        let pixels = h * w;
+        let count = (pixels * per_group) as f64;
+        let mut stats = Vec::with_capacity(b * self.groups);
+        let mut y = Vec::with_capacity(x.len());
+        // Per channel: the mean and 1/σ of its group; then the scale and shift that map
+        // x to γ·x̂ + β in one multiply-add.
+        let (mut sums, mut scale, mut shift) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+        for (n, image) in x.chunks_exact(pixels * c).enumerate() {
+            // Two passes over one image's maps (in cache): the mean, then the squared
+            // deviations, each summed per channel in f32 over a row of pixels and per
+            // group in f64; no cancellation from E[x²] − E[x]².
+            let mut group_mean = vec![0f64; self.groups];
+            sums.fill(0.0);
+            for pixel in image.chunks_exact(c) {
+                for (s, &v) in sums.iter_mut().zip(pixel) {
+                    *s += v;
+                }
+            }
+            for (ch, &s) in sums.iter().enumerate() {
+                group_mean[ch / per_group] += f64::from(s);
+            }
+            group_mean.iter_mut().for_each(|m| *m /= count);
+            let mean: Vec<f32> = (0..c).map(|ch| group_mean[ch / per_group] as f32).collect();
+            sums.fill(0.0);
+            for pixel in image.chunks_exact(c) {
+                for ((s, &v), &m) in sums.iter_mut().zip(pixel).zip(&mean) {
+                    let d = v - m;
+                    *s += d * d;
+                }
+            }
+            let mut group_var = vec![0f64; self.groups];
+            for (ch, &s) in sums.iter().enumerate() {
+                group_var[ch / per_group] += f64::from(s);
+            }
+            for (g, (&m, &v)) in group_mean.iter().zip(&group_var).enumerate() {
+                let rstd = 1.0 / (v / count + GN_EPS).sqrt();
+                stats.push((m as f32, rstd as f32));
+                for ch in g * per_group..(g + 1) * per_group {
+                    scale[ch] = gamma[ch] * rstd as f32;
+                    shift[ch] = beta[ch] - m as f32 * scale[ch];
+                }
+            }
+            // Appended, not written over zeros (a pass over megabytes saved); a plain
+            // multiply and add: `mul_add` is a call to `fmaf` where the build does not
+            // assume FMA, and was a twentieth of a ResNet step.
+            let start = y.len();
+            match residual {
+                Some(r) => {
+                    let r = &r[n * pixels * c..(n + 1) * pixels * c];
+                    for (pixel, rp) in image.chunks_exact(c).zip(r.chunks_exact(c)) {
+                        let values = pixel.iter().zip(&scale).zip(&shift).zip(rp);
+                        y.extend(values.map(|(((&v, &a), &s), &r)| v * a + s + r));
+                    }
+                }
+                None => {
+                    for pixel in image.chunks_exact(c) {
+                        y.extend(pixel.iter().zip(&scale).zip(&shift).map(|((&v, &a), &s)| v * a + s));
+                    }
+                }
+            }
+            if self.relu {
+                y[start..].iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        }
+        if self.stats.set(stats).is_err() {
+            bail!("group_norm: op applied twice")
+        }
+        Ok(y)
+    }
+
+    /// The gradients of the input `xv`, of the affine (γ's then β's) and of the sum
+    /// before the ReLU (the residual's), from the op's output `out` and its gradient `g`.
+    fn backward_values(
+        &self,
+        xv: &[f32],
+        gamma: &[f32],
+        out: &[f32],
+        g: &[f32],
+        (b, h, w, c): Nhwc,
+        per_group: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let Some(stats) = self.stats.get() else {
+            bail!("group_norm: backward before forward")
+        };
+        if xv.len() != b * h * w * c || out.len() != xv.len() || g.len() != xv.len() || gamma.len() != c {
+            bail!("group_norm: backward on {} values for maps {:?}", g.len(), (b, h, w, c))
+        }
+        let pixels = h * w;
+        let count = (pixels * per_group) as f64;
+        // The output gradient through the ReLU: the residual's gradient, and γ·x̂'s.
+        let gp: Vec<f32> = if self.relu {
+            g.iter()
+                .zip(out)
+                .map(|(&g, &o)| if o > 0.0 { g } else { 0.0 })
+                .collect()
+        } else {
+            g.to_vec()
+        };
+        let mut grad_x = Vec::with_capacity(xv.len());
+        let (mut d_gamma, mut d_beta) = (vec![0f64; c], vec![0f64; c]);
+        let (mut mean, mut rstd) = (vec![0f32; c], vec![0f32; c]);
+        let (mut sum_g, mut sum_gx) = (vec![0f32; c], vec![0f32; c]);
+        let (mut on_g, mut on_x, mut constant) = (vec![0f32; c], vec![0f32; c], vec![0f32; c]);
+        for n in 0..b {
+            let span = n * pixels * c..(n + 1) * pixels * c;
+            let (image, grads) = (&xv[span.clone()], &gp[span]);
+            for ch in 0..c {
+                (mean[ch], rstd[ch]) = stats[n * self.groups + ch / per_group];
+            }
+            // Per channel: Σ g and Σ g·x̂ over the image's pixels (β's and γ's gradients).
+            sum_g.fill(0.0);
+            sum_gx.fill(0.0);
+            for (pixel, gpix) in image.chunks_exact(c).zip(grads.chunks_exact(c)) {
+                let sums = sum_g.iter_mut().zip(sum_gx.iter_mut());
+                let terms = pixel.iter().zip(gpix).zip(mean.iter().zip(&rstd));
+                for ((sg, sgx), ((&x, &g), (&m, &r))) in sums.zip(terms) {
+                    *sg += g;
+                    *sgx += g * ((x - m) * r);
+                }
+            }
+            // Per group: the means of γ·g and of γ·g·x̂.
+            let mut group = vec![(0f64, 0f64); self.groups];
+            for ch in 0..c {
+                d_beta[ch] += f64::from(sum_g[ch]);
+                d_gamma[ch] += f64::from(sum_gx[ch]);
+                let (a, bb) = &mut group[ch / per_group];
+                *a += f64::from(gamma[ch]) * f64::from(sum_g[ch]);
+                *bb += f64::from(gamma[ch]) * f64::from(sum_gx[ch]);
+            }
+            // ∂x = (γ·g − m₁ − x̂·m₂)/σ, as one multiply-add per value:
+            // ∂x = (γ/σ)·g + (−m₂/σ²)·x + (μ·m₂/σ² − m₁/σ).
+            for ch in 0..c {
+                let (a, bb) = group[ch / per_group];
+                let (m1, m2) = ((a / count) as f32, (bb / count) as f32);
+                let r = rstd[ch];
+                on_g[ch] = gamma[ch] * r;
+                on_x[ch] = -m2 * r * r;
+                constant[ch] = mean[ch] * m2 * r * r - m1 * r;
+            }
+            for (pixel, gpix) in image.chunks_exact(c).zip(grads.chunks_exact(c)) {
+                let terms = gpix.iter().zip(pixel).zip(&on_g).zip(&on_x).zip(&constant);
+                grad_x.extend(terms.map(|((((&g, &x), &a), &b), &k)| a * g + b * x + k));
+            }
+        }
+        let grad_affine: Vec<f32> = d_gamma.iter().chain(&d_beta).map(|&v| v as f32).collect();
+        Ok((grad_x, grad_affine, gp))
+    }
+
+    /// The gradients of `x`, of the affine `[2, c]` (γ's then β's) and, when the op has
+    /// a residual, of it.
+    fn backward(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+        residual: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let ((b, h, w, c), per_group) = self.dims(x.shape(), affine.shape(), None)?;
+        let (x_c, a_c, r_c, g_c) = (
+            x.contiguous()?,
+            affine.contiguous()?,
+            res.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (xs, xl) = x_c.storage_and_layout();
+        let (as_, al) = a_c.storage_and_layout();
+        let (rs, rl) = r_c.storage_and_layout();
+        let (gs, gl) = g_c.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, "group_norm")?;
+        let gamma = &tensor_f32(&as_, al, "group_norm")?[..c];
+        let out = tensor_f32(&rs, rl, "group_norm")?;
+        let g = tensor_f32(&gs, gl, "group_norm")?;
+        let (grad_x, grad_affine, gp) = self.backward_values(xv, gamma, out, g, (b, h, w, c), per_group)?;
+        let grad_r = residual
+            .then(|| Tensor::from_vec(gp, x.shape(), x.device()))
+            .transpose()?;
+        Ok((
+            Tensor::from_vec(grad_x, x.shape(), x.device())?,
+            Tensor::from_vec(grad_affine, affine.shape(), affine.device())?,
+            grad_r,
+        ))
+    }
+}
+
+impl CustomOp2 for GroupNorm {
+    fn name(&self) -> &'static str {
+        "group_norm_nhwc"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, a_s: &CpuStorage, al: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (dims, per_group) = self.dims(xl.shape(), al.shape(), None)?;
+        let x = contiguous_f32(xs, xl, "group_norm_nhwc")?;
+        let affine = contiguous_f32(a_s, al, "group_norm_nhwc")?;
+        let y = self.forward(x, affine, None, dims, per_group)?;
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, ga, _) = self.backward(x, affine, res, grad_res, false)?;
+        Ok((Some(gx), Some(ga)))
+    }
+}
+
+impl CustomOp3 for GroupNorm {
+    fn name(&self) -> &'static str {
+        "group_norm_add_nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        a_s: &CpuStorage,
+        al: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dims, per_group) = self.dims(xl.shape(), al.shape(), Some(rl.shape()))?;
+        let x = contiguous_f32(xs, xl, "group_norm_add_nhwc")?;
+        let affine = contiguous_f32(a_s, al, "group_norm_add_nhwc")?;
+        let r = contiguous_f32(rs, rl, "group_norm_add_nhwc")?;
+        let y = self.forward(x, affine, Some(r), dims, per_group)?;
+        Ok((CpuStorage::F32(y), xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        affine: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, ga, gr) = self.backward(x, affine, res, grad_res, true)?;
+        Ok((Some(gx), Some(ga), gr))
+    }
+}
+
+/// Group normalisation of NHWC `x` `[b, h, w, c]` in `groups` groups of consecutive
+/// channels, with `affine` `[2, c]` (γ, then β), then `+ residual` (same shape as `x`)
+/// when given, then a ReLU when `relu`. Differentiable in every input.
+///
+/// The ResNet runs it fused with its convolution ([`conv_norm`]); the op alone is that
+/// one's reference in the tests.
+#[cfg(test)]
+pub fn group_norm(x: &Tensor, affine: &Tensor, groups: usize, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
+    let op = GroupNorm {
+        groups,
+        relu,
+        stats: OnceLock::new(),
+    };
+    match residual {
+        Some(r) => x.apply_op3(affine, r, op),
+        None => x.apply_op2(affine, op),
+    }
+}
+
+/// A ResNet layer in one op: [`Conv`] then [`GroupNorm`] (with its residual sum and
+/// ReLU), over `params` = `[w_rows (out × k²·c) | γ (out) | β (out)]`, one flat tensor
+/// so that the op has at most three inputs.
+///
+/// As two ops, the convolution's output and its gradient were tensors of the graph, and
+/// Candle's backward pass accumulates every gradient into a fresh zero tensor (a fill and
+/// an addition over megabytes per layer); here the convolution's output stays inside
+/// the op, kept for the norm's backward pass, and its gradient goes straight from the
+/// norm's backward pass into the convolution's.
+struct ConvNorm {
+    conv: Conv,
+    norm: GroupNorm,
+    out: usize,
+    /// The convolution's output, from the forward pass.
+    conv_out: OnceLock<Vec<f32>>,
+}
+
+impl ConvNorm {
+    /// `([b, h, w, c], images per block, output dims, channels per group)`, checked.
+    fn dims(&self, x: &Shape, params: &Shape, residual: Option<&Shape>) -> Result<(Nhwc, usize, Nhwc, usize)> {
+        let (_, h, w, c) = x.dims4()?;
+        let k = self.conv.window.k;
+        let w_len = self.out * k * k * c;
+        if params.dims() != [w_len + 2 * self.out] {
+            bail!(
+                "conv_norm: {c} channels in, {} out, a {k}×{k} kernel: expects [{}] parameters, got {:?}",
+                self.out,
+                w_len + 2 * self.out,
+                params.dims()
+            )
+        }
+        let (dims, _, per_block) = self.conv.dims(x, &Shape::from((self.out, k * k * c)))?;
+        let (ho, wo) = self.conv.window.out_dims(h, w);
+        let y = Shape::from((dims.0, ho, wo, self.out));
+        let (y_dims, per_group) = self.norm.dims(&y, &Shape::from((2, self.out)), residual)?;
+        Ok((dims, per_block, y_dims, per_group))
+    }
+
+    fn forward(
+        &self,
+        (xs, xl): (&CpuStorage, &Layout),
+        (ps, pl): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (dims, per_block, y_dims, per_group) =
+            self.dims(xl.shape(), pl.shape(), residual.map(|(_, l)| l.shape()))?;
+        let x = contiguous_f32(xs, xl, "conv_norm")?;
+        let params = contiguous_f32(ps, pl, "conv_norm")?;
+        let (w_rows, affine) = params.split_at(params.len() - 2 * self.out);
+        let w_rows = Mat::row_major(w_rows, self.out, w_rows.len() / self.out.max(1))?;
+        let residual = residual
+            .map(|(rs, rl)| contiguous_f32(rs, rl, "conv_norm"))
+            .transpose()?;
+        let y = self.conv.forward_values(x, dims, w_rows, per_block)?;
+        let z = self.norm.forward(&y, affine, residual, y_dims, per_group)?;
+        if self.conv_out.set(y).is_err() {
+            bail!("conv_norm: op applied twice")
+        }
+        Ok((CpuStorage::F32(z), Shape::from(y_dims)))
+    }
+
+    /// The gradients of `x` (if it needs one), of `params`, and of the residual.
+    fn backward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let (dims, per_block, y_dims, per_group) = self.dims(x.shape(), params.shape(), None)?;
+        let Some(y) = self.conv_out.get() else {
+            bail!("conv_norm: backward before forward")
+        };
+        let (x_c, p_c, r_c, g_c) = (
+            x.contiguous()?,
+            params.contiguous()?,
+            res.contiguous()?,
+            grad_res.contiguous()?,
+        );
+        let (xs, xl) = x_c.storage_and_layout();
+        let (ps, pl) = p_c.storage_and_layout();
+        let (rs, rl) = r_c.storage_and_layout();
+        let (gs, gl) = g_c.storage_and_layout();
+        let xv = tensor_f32(&xs, xl, "conv_norm")?;
+        let pv = tensor_f32(&ps, pl, "conv_norm")?;
+        let (w_rows, affine) = pv.split_at(pv.len() - 2 * self.out);
+        let w_mat = Mat::row_major(w_rows, self.out, w_rows.len() / self.out.max(1))?;
+        let out = tensor_f32(&rs, rl, "conv_norm")?;
+        let g = tensor_f32(&gs, gl, "conv_norm")?;
+        let (grad_y, grad_affine, grad_sum) =
+            self.norm
+                .backward_values(y, &affine[..self.out], out, g, y_dims, per_group)?;
+        let (grad_x, mut grad_params) = self.conv.backward_values(
+            xv,
+            dims,
+            w_mat,
+            &grad_y,
+            per_block,
+            self.conv.input_grad && x.track_op(),
+        )?;
+        grad_params.extend_from_slice(&grad_affine);
+        Ok((
+            grad_x.map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()?,
+            Tensor::from_vec(grad_params, params.shape(), params.device())?,
+            Tensor::from_vec(grad_sum, y_dims, x.device())?,
+        ))
+    }
+}
+
+impl CustomOp2 for ConvNorm {
+    fn name(&self) -> &'static str {
+        "conv_norm_nhwc"
+    }
+
+    fn cpu_fwd(&self, xs: &CpuStorage, xl: &Layout, ps: &CpuStorage, pl: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ps, pl), None)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gp, _) = self.backward(x, params, res, grad_res)?;
+        Ok((gx, Some(gp)))
+    }
+}
+
+impl CustomOp3 for ConvNorm {
+    fn name(&self) -> &'static str {
+        "conv_norm_add_nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ps: &CpuStorage,
+        pl: &Layout,
+        rs: &CpuStorage,
+        rl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.forward((xs, xl), (ps, pl), Some((rs, rl)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _residual: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gp, gr) = self.backward(x, params, res, grad_res)?;
+        Ok((gx, Some(gp), Some(gr)))
+    }
+}
+
+/// `relu?(group_norm(conv(x)) [+ residual])` in one op ([`ConvNorm`]): NHWC `x`
+/// `[b, h, w, c]`; `params` `[out·k²·c + 2·out]`, the convolution's `[out, k²·c]` rows
+/// (as [`conv`] takes them), then γ, then β; a `k × k` kernel (odd) with padding `k / 2`
+/// and `stride`; `groups` groups. Returns `[b, ⌈h/stride⌉, ⌈w/stride⌉, out]`; the
+/// same values and gradients as [`conv`] followed by [`group_norm`], in one op.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_norm(
+    x: &Tensor,
+    params: &Tensor,
+    (out, k, stride): (usize, usize, usize),
+    groups: usize,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    let op = ConvNorm {
+        conv: Conv {
+            window: Window { k, stride },
+            input_grad: x.track_op(),
+            images_per_block: None,
+        },
+        norm: GroupNorm {
+            groups,
+            relu,
+            stats: OnceLock::new(),
+        },
+        out,
+        conv_out: OnceLock::new(),
+    };
+    match residual {
+        Some(r) => x.apply_op3(params, r, op),
+        None => x.apply_op2(params, op),
+    }
 }
 
 /// A dense layer, `y = x · wᵀ + b` and optionally `relu(y)`, with its gradients.
@@ -925,6 +1705,269 @@ mod tests {
             .and_then(|t| t.max_pool2d(2)?.relu()?.permute((0, 2, 3, 1)))
             .unwrap();
         assert_close(&values(&reference), &want_y, 1e-5, "candle forward");
+    }
+
+    /// A convolution without bias by direct sums, NHWC: the output and, for the probe
+    /// `p` (the output gradient), the input and weight gradients. `w` is PyTorch's
+    /// `[out, c, k, k]`; padding `k / 2`.
+    #[allow(clippy::type_complexity)]
+    fn conv_by_hand(
+        x: &[f32],
+        (b, h, w, c): Nhwc,
+        wt: &[f32],
+        (o, k, s): (usize, usize, usize),
+        p: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let pad = k / 2;
+        let (ho, wo) = ((h - 1) / s + 1, (w - 1) / s + 1);
+        let (mut y, mut gx, mut gw) = (vec![0f32; b * ho * wo * o], vec![0f32; x.len()], vec![0f32; wt.len()]);
+        for n in 0..b {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    for oc in 0..o {
+                        let at = ((n * ho + oy) * wo + ox) * o + oc;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (sy, sx) = (oy * s + ky, ox * s + kx);
+                                if sy < pad || sx < pad || sy - pad >= h || sx - pad >= w {
+                                    continue;
+                                }
+                                for ci in 0..c {
+                                    let xi = ((n * h + sy - pad) * w + sx - pad) * c + ci;
+                                    let wi = ((oc * c + ci) * k + ky) * k + kx;
+                                    y[at] += wt[wi] * x[xi];
+                                    gx[xi] += wt[wi] * p[at];
+                                    gw[wi] += x[xi] * p[at];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (y, gx, gw)
+    }
+
+    /// [`conv`]'s values and both gradients against direct sums, its values against
+    /// Candle's forward `conv2d` (right; only its backward is not), and its weight
+    /// gradient against central differences (exact up to rounding: the loss is linear
+    /// in the weights). 3×3 and 1×1 windows, strides 1 and 2, odd and even sizes, two
+    /// and three images, one image per block as well as all in one.
+    #[test]
+    fn conv_matches_direct_sums_candle_and_finite_differences() {
+        for (dims, o, k, s) in [
+            ((2, 5, 7, 3), 4, 3, 1),
+            ((3, 6, 4, 2), 5, 3, 2),
+            ((2, 7, 5, 3), 2, 3, 2),
+            ((3, 6, 6, 4), 3, 1, 2),
+            ((2, 5, 3, 2), 4, 1, 2),
+            ((2, 1, 1, 3), 2, 3, 2),
+        ] {
+            let (b, h, w, c) = dims;
+            let what = format!("{b}×{h}×{w}×{c} by {o}×{k}×{k}, stride {s}");
+            let (ho, wo) = ((h - 1) / s + 1, (w - 1) / s + 1);
+            let x = Var::from_tensor(&ramp(&[b, h, w, c])).unwrap();
+            let wt = Var::from_tensor(&(ramp(&[o, c, k, k]) * 0.3).unwrap()).unwrap();
+            let probe = (ramp(&[b, ho, wo, o]) * 0.7).unwrap().sin().unwrap();
+            let (want_y, want_gx, want_gw) = conv_by_hand(&values(&x), dims, &values(&wt), (o, k, s), &values(&probe));
+            let rows = |wt: &Tensor| wt.permute((0, 2, 3, 1)).unwrap().reshape((o, k * k * c)).unwrap();
+            let y = conv(&x, &rows(&wt), k, s).unwrap();
+            assert_eq!(y.dims(), &[b, ho, wo, o], "{what}");
+            assert_close(&values(&y), &want_y, 1e-4, &what);
+            let grads = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_close(
+                &values(grads.get(&x).unwrap()),
+                &want_gx,
+                1e-4,
+                &format!("{what}: input gradient"),
+            );
+            let gw = values(grads.get(&wt).unwrap());
+            assert_close(&gw, &want_gw, 1e-4, &format!("{what}: weight gradient"));
+
+            // One image per block: the same values, the weight gradient summed over blocks.
+            let op = Conv {
+                window: Window { k, stride: s },
+                input_grad: true,
+                images_per_block: Some(1),
+            };
+            let y1 = x.apply_op2(&rows(&wt), op).unwrap();
+            assert_close(&values(&y1), &want_y, 1e-4, &format!("{what}: by image"));
+            let grads = (&y1 * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_close(
+                &values(grads.get(&x).unwrap()),
+                &want_gx,
+                1e-4,
+                &format!("{what}: by image, input gradient"),
+            );
+            assert_close(
+                &values(grads.get(&wt).unwrap()),
+                &want_gw,
+                1e-4,
+                &format!("{what}: by image, weight gradient"),
+            );
+
+            let reference = x
+                .permute((0, 3, 1, 2))
+                .and_then(|t| t.conv2d(&wt, k / 2, s, 1, 1)?.permute((0, 2, 3, 1)))
+                .unwrap();
+            assert_close(&values(&reference), &want_y, 1e-4, &format!("{what}: candle forward"));
+
+            let loss = |wv: &[f32]| -> f64 {
+                let wt = Tensor::from_vec(wv.to_vec(), (o, c, k, k), &Device::Cpu).unwrap();
+                let y = conv(x.as_tensor(), &rows(&wt), k, s).unwrap();
+                values(&y)
+                    .iter()
+                    .zip(values(&probe))
+                    .map(|(a, b)| f64::from(*a) * f64::from(b))
+                    .sum()
+            };
+            let w0 = values(&wt);
+            for i in (0..w0.len()).step_by(7) {
+                let (mut plus, mut minus) = (w0.clone(), w0.clone());
+                plus[i] += 0.5;
+                minus[i] -= 0.5;
+                let fd = (loss(&plus) - loss(&minus)) as f32;
+                assert!(
+                    (fd - gw[i]).abs() < 1e-3 * (1.0 + fd.abs()),
+                    "{what}: weight {i}: {fd} vs {}",
+                    gw[i]
+                );
+            }
+        }
+    }
+
+    /// Group norm with its residual sum and ReLU against the same composed of Candle's
+    /// own differentiable ops: values and the gradients of x, γ, β and the residual;
+    /// odd and even sizes, 2 and 3 groups, 2 and 3 images.
+    #[test]
+    fn group_norm_matches_candles_composition() {
+        for ((b, h, w, c), groups) in [((2, 5, 3, 4), 2), ((3, 4, 6, 6), 3), ((2, 3, 3, 8), 2)] {
+            for (residual, relu) in [(false, false), (false, true), (true, true), (true, false)] {
+                let what = format!("{b}×{h}×{w}×{c}, {groups} groups, residual {residual}, relu {relu}");
+                // Offsets per channel, so the groups' means are far from 0.
+                let x = Var::from_tensor(&((ramp(&[b, h, w, c]) * 1.3).unwrap() + 0.8).unwrap()).unwrap();
+                let gamma = Var::from_tensor(&(ramp(&[c]) * 0.5).unwrap().cos().unwrap()).unwrap();
+                let beta = Var::from_tensor(&(ramp(&[c]) * 0.3).unwrap()).unwrap();
+                let r = Var::from_tensor(&(ramp(&[b, h, w, c]) * 0.9).unwrap().sin().unwrap()).unwrap();
+                let probe = (ramp(&[b, h, w, c]) * 0.7).unwrap().cos().unwrap();
+
+                let affine = Tensor::stack(&[gamma.as_tensor(), beta.as_tensor()], 0).unwrap();
+                let ours = group_norm(&x, &affine, groups, residual.then_some(r.as_tensor()), relu).unwrap();
+
+                let reference = {
+                    let xg = x.reshape((b, h * w, groups, c / groups)).unwrap();
+                    let mean = xg.mean_keepdim(1).unwrap().mean_keepdim(3).unwrap();
+                    let d = xg.broadcast_sub(&mean).unwrap();
+                    let var = d.sqr().unwrap().mean_keepdim(1).unwrap().mean_keepdim(3).unwrap();
+                    let xhat = d.broadcast_div(&(var + GN_EPS).unwrap().sqrt().unwrap()).unwrap();
+                    let mut y = xhat
+                        .reshape((b, h, w, c))
+                        .unwrap()
+                        .broadcast_mul(&gamma)
+                        .unwrap()
+                        .broadcast_add(&beta)
+                        .unwrap();
+                    if residual {
+                        y = (y + r.as_tensor()).unwrap();
+                    }
+                    if relu { y.relu().unwrap() } else { y }
+                };
+                assert_close(&values(&ours), &values(&reference), 1e-5, &what);
+                if relu {
+                    assert!(values(&ours).contains(&0.0), "{what}: the ReLU cuts some");
+                }
+                let g1 = (&ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for (var, name) in [(&x, "x"), (&gamma, "γ"), (&beta, "β"), (&r, "residual")] {
+                    match (g1.get(var), g2.get(var)) {
+                        (Some(a), Some(b)) => assert_close(
+                            &values(a),
+                            &values(b),
+                            2e-5 * (b.elem_count() as f32).sqrt().max(1.0),
+                            &format!("{what}: {name}"),
+                        ),
+                        (None, None) => assert!(!residual && name == "residual", "{what}: {name}"),
+                        _ => panic!("{what}: {name}: gradient present in one only"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fused layer computes what the convolution and the norm compute as two ops:
+    /// the same values and gradients (to the bit: the same arithmetic in the same order).
+    #[test]
+    fn conv_norm_is_conv_then_group_norm() {
+        let bits = |t: &Tensor| values(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for ((b, h, w, c), out, k, s) in [
+            ((2, 5, 7, 3), 4, 3, 1),
+            ((3, 6, 5, 4), 6, 3, 2),
+            ((2, 5, 4, 4), 4, 1, 2),
+        ] {
+            for (residual, relu) in [(false, true), (true, true), (false, false)] {
+                let what = format!("{b}×{h}×{w}×{c} by {out}×{k}×{k}, stride {s}, residual {residual}, relu {relu}");
+                let (ho, wo) = ((h - 1) / s + 1, (w - 1) / s + 1);
+                let x = Var::from_tensor(&ramp(&[b, h, w, c])).unwrap();
+                let wr = Var::from_tensor(&(ramp(&[out, k * k * c]) * 0.3).unwrap()).unwrap();
+                let gamma = Var::from_tensor(&(ramp(&[out]) * 0.5).unwrap().cos().unwrap()).unwrap();
+                let beta = Var::from_tensor(&(ramp(&[out]) * 0.3).unwrap()).unwrap();
+                let r = Var::from_tensor(&(ramp(&[b, ho, wo, out]) * 0.9).unwrap().sin().unwrap()).unwrap();
+                let probe = (ramp(&[b, ho, wo, out]) * 0.7).unwrap().cos().unwrap();
+                let r_arg = residual.then_some(r.as_tensor());
+                let params =
+                    Tensor::cat(&[&wr.flatten_all().unwrap(), gamma.as_tensor(), beta.as_tensor()], 0).unwrap();
+                let fused = conv_norm(&x, &params, (out, k, s), 2, r_arg, relu).unwrap();
+                let affine = Tensor::stack(&[gamma.as_tensor(), beta.as_tensor()], 0).unwrap();
+                let apart = group_norm(&conv(&x, &wr, k, s).unwrap(), &affine, 2, r_arg, relu).unwrap();
+                assert_eq!(bits(&fused), bits(&apart), "{what}");
+                let g1 = (&fused * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&apart * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                for (var, name) in [
+                    (&x, "x"),
+                    (&wr, "weights"),
+                    (&gamma, "γ"),
+                    (&beta, "β"),
+                    (&r, "residual"),
+                ] {
+                    match (g1.get(var), g2.get(var)) {
+                        (Some(a), Some(b)) => assert_eq!(bits(a), bits(b), "{what}: {name}"),
+                        (None, None) => assert!(!residual && name == "residual", "{what}: {name}"),
+                        _ => panic!("{what}: {name}: gradient in one only"),
+                    }
+                }
+            }
+        }
+        let x = ramp(&[2, 4, 4, 3]);
+        assert!(conv_norm(&x, &ramp(&[4 * 27 + 8]), (4, 3, 1), 2, None, true).is_ok());
+        assert!(
+            conv_norm(&x, &ramp(&[4 * 27 + 7]), (4, 3, 1), 2, None, true).is_err(),
+            "parameters"
+        );
+        assert!(
+            conv_norm(&x, &ramp(&[3 * 27 + 6]), (3, 3, 1), 2, None, true).is_err(),
+            "3 channels in 2 groups"
+        );
+    }
+
+    #[test]
+    fn conv_and_norm_refuse_bad_shapes() {
+        let x = ramp(&[2, 4, 4, 3]);
+        assert!(conv(&x, &ramp(&[2, 27]), 3, 1).is_ok());
+        assert!(conv(&x, &ramp(&[2, 26]), 3, 1).is_err(), "27 columns for 3 channels");
+        assert!(conv(&x, &ramp(&[2, 12]), 2, 1).is_err(), "even kernel");
+        assert!(conv(&x, &ramp(&[2, 27]), 3, 0).is_err(), "stride 0");
+        assert!(conv(&ramp(&[4, 4]), &ramp(&[2, 27]), 3, 1).is_err(), "not NHWC");
+        let affine = ramp(&[2, 3]);
+        assert!(group_norm(&x, &affine, 3, None, true).is_ok());
+        assert!(
+            group_norm(&x, &affine, 2, None, true).is_err(),
+            "3 channels in 2 groups"
+        );
+        assert!(group_norm(&x, &ramp(&[3]), 3, None, true).is_err(), "affine [2, c]");
+        assert!(
+            group_norm(&x, &affine, 3, Some(&ramp(&[2, 4, 4, 2])), true).is_err(),
+            "residual shape"
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use wdml_node::round::thread_cpu_time;
 pub const PRIVATE: usize = 64;
 pub const PUBLIC: usize = 256;
 /// Calls before a trial's clock starts (allocator pools, caches).
-const WARMUP: usize = 3;
+pub(super) const WARMUP: usize = 3;
 /// Calls per trial.
 const CALLS: usize = 30;
 
@@ -59,16 +59,16 @@ fn pixels(rows: usize, seed: u64) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (rows, INPUT_DIM), &Device::Cpu)?)
 }
 
-/// CPU and wall time per call of `f` over one trial.
-fn trial(f: &mut dyn FnMut() -> Result<()>) -> Result<(Duration, Duration)> {
+/// CPU and wall time per call of `f` over one trial of `calls` calls.
+pub(super) fn trial(calls: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<(Duration, Duration)> {
     for _ in 0..WARMUP {
         f()?;
     }
     let (wall, cpu) = (Instant::now(), thread_cpu_time());
-    for _ in 0..CALLS {
+    for _ in 0..calls {
         f()?;
     }
-    let n = CALLS as u32;
+    let n = calls as u32;
     Ok(((thread_cpu_time() - cpu) / n, wall.elapsed() / n))
 }
 
@@ -108,7 +108,7 @@ pub fn steps(trials: usize, out: &Path) -> Result<()> {
         for _ in 0..trials {
             // The three operations take turns, so a disturbance spreads over them.
             for (op, best) in best.iter_mut().enumerate() {
-                let t = trial(&mut || {
+                let t = trial(CALLS, &mut || {
                     match op {
                         0 => drop(learner.logits(&public)?),
                         1 => drop(learner.train_step(&xs, &ys, None)?),
