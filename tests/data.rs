@@ -333,7 +333,13 @@ fn numpy_arrays_and_cifar_100_batches_run_end_to_end() {
     }
     let out = tmp.path().join("run-cifar");
     let mut overrides = on(&cifar_dir, 3, 2, "cnn:4,8,16");
-    overrides.extend(["exchange.encoding=\"topk\"".into(), "exchange.top_k=5".into()]);
+    // Devices of two architectures: the small CNN and a ResNet-8 (GroupNorm).
+    overrides.extend([
+        "exchange.encoding=\"topk\"".into(),
+        "exchange.top_k=5".into(),
+        "nodes.models=[\"cnn:4,8,16\", \"resnet:8\"]".into(),
+        "train.local_steps=3".into(),
+    ]);
     let output = launch(&out, &overrides);
     assert!(output.status.success(), "the CIFAR-100 run failed");
     let rows = metrics(&out);
@@ -341,4 +347,9 @@ fn numpy_arrays_and_cifar_100_batches_run_end_to_end() {
     // 32 rows × (5 entries of 3 bytes + a 2-byte rest), to each of two neighbours.
     assert!(rows.iter().all(|r| r.metrics.payload_bytes_sent == 2 * 32 * 17));
     assert_eq!(dataset(&out)["classes"], serde_json::json!(100));
+    let models: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
+    assert!(
+        models.contains(&"resnet:8") && models.contains(&"cnn:4,8,16"),
+        "{models:?}"
+    );
 }

@@ -8,6 +8,11 @@ against a running coordinator:
     WDML_NODE_ID=3 WDML_MODEL=ext:torch-resnet WDML_COORDINATOR=HOST:PORT \
         WDML_TLS_DIR=run/tls python3 examples/python/torch_device.py
 
+On CIFAR-10 (`--data-dir cifar-10-batches-bin` on the coordinator's run, see
+docs/data.md), the same network takes colour images and the run's classes:
+
+    ... python3 examples/python/torch_device.py --channels 3 --classes 10
+
 Needs `pip install ./python torch`.
 """
 
@@ -38,10 +43,11 @@ class Residual(nn.Module):
         return torch.relu(x + self.body(x))
 
 
-def resnet(width: int = 16) -> nn.Module:
-    """28×28 → stem → residual → pool → residual (2× width) → pool → global average → 10."""
+def resnet(width: int = 16, channels: int = 1, classes: int = 10) -> nn.Module:
+    """H×W (28×28, 32×32, …) → stem → residual → pool → residual (2× width) → pool →
+    global average → classes."""
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.Conv2d(channels, width, 3, padding=1, bias=False),
         nn.BatchNorm2d(width),
         nn.ReLU(),
         Residual(width),
@@ -51,7 +57,7 @@ def resnet(width: int = 16) -> nn.Module:
         nn.MaxPool2d(2),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
-        nn.Linear(2 * width, 10),
+        nn.Linear(2 * width, classes),
     )
 
 
@@ -64,7 +70,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=["resnet", "mlp"], default="resnet")
     parser.add_argument("--threads", type=int, default=1, help="torch's intra-op threads (1 when devices share a host)")
+    parser.add_argument("--channels", type=int, default=1, help="the run's image channels (3 for CIFAR)")
+    parser.add_argument("--classes", type=int, default=10, help="the run's classes (100 for CIFAR-100)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = TorchModel(resnet, image_shape=True) if args.arch == "resnet" else TorchModel(mlp)
+    if args.arch == "resnet":
+        model = TorchModel(lambda: resnet(channels=args.channels, classes=args.classes), image_shape=True)
+    else:
+        model = TorchModel(mlp)
     sys.exit(0 if wdml.run(model) else 1)

@@ -60,6 +60,15 @@ impl ModelSpec {
                     h.saturating_mul(classes),
                 ]
             }
+            &ModelSpec::ResNet { depth } => {
+                return match data.image() {
+                    Some(input) => super::resnet_flops(depth, input, data.classes as usize),
+                    None => Flops {
+                        forward: 0,
+                        backward: 0,
+                    },
+                };
+            }
             // Unknown: its device's program computes it.
             ModelSpec::External { .. } => Vec::new(),
         };

@@ -61,6 +61,13 @@ pub enum ModelSpec {
         /// Width of the hidden dense layer.
         hidden: usize,
     },
+    /// A residual network for small images, CIFAR style (He et al. 2016: a 16-channel
+    /// stem, three stages of 16/32/64 channels), with GroupNorm for non-IID clients
+    /// (Hsieh et al. 2020); `depth` = 6n + 2 (8, 20, …).
+    ResNet {
+        /// Layers with weights: 8 (one block per stage), 20 (three), …
+        depth: usize,
+    },
     /// A model of the device's own program (a PyTorch or numpy model behind the Python
     /// package): the node runtime knows its name, and its parameter count only as the
     /// device declares it; its FLOPs are unknown (counted as 0).
@@ -76,7 +83,7 @@ pub const EXTERNAL_NAME_MAX: usize = 40;
 /// The forms [`ModelSpec::from_str`] accepts, quoted in its errors.
 const SPEC_FORMS: &str = "`mlp` (= mlp:256,128), `mlp:W1[,W2…]` (hidden widths), \
      `cnn` (= cnn:16,32,128) or `cnn:C1,C2,H` (conv channels and hidden width), all sizes ≥ 1, \
-     or `ext:NAME` (a model of the device's own program, e.g. a Python device)";
+     `resnet:DEPTH` (6n + 2: 8, 20, …), or `ext:NAME` (a model of the device's own program, e.g. a Python device)";
 
 impl ModelSpec {
     /// The default MLP, 256-128 hidden (784-256-128-10 on Fashion-MNIST).
@@ -118,6 +125,11 @@ impl ModelSpec {
                 let f2 = dense(hidden, classes)?;
                 c1.checked_add(c2)?.checked_add(f1)?.checked_add(f2)
             }
+            &ModelSpec::ResNet { depth } => {
+                resnet::check(depth, data).ok()?;
+                let input = data.image()?;
+                Some(resnet_parameter_count(depth, input, classes))
+            }
             ModelSpec::External { .. } => Some(0),
         }
     }
@@ -138,9 +150,12 @@ impl ModelSpec {
     /// pooling allows) and stays below [`MAX_PARAMETERS`] on it.
     pub fn fits(&self, data: &DataSpec) -> std::result::Result<(), ParseModelSpecError> {
         self.validate()?;
-        if let ModelSpec::Cnn { .. } = self {
-            cnn::input(data).map_err(|reason| ParseModelSpecError::new(self.to_string(), reason))?;
-        }
+        let shape = match self {
+            ModelSpec::Cnn { .. } => cnn::input(data).map(|_| ()),
+            &ModelSpec::ResNet { depth } => resnet::check(depth, data),
+            _ => Ok(()),
+        };
+        shape.map_err(|reason| ParseModelSpecError::new(self.to_string(), reason))?;
         match self.checked_parameter_count(data) {
             Some(n) if n <= MAX_PARAMETERS => Ok(()),
             _ => Err(ParseModelSpecError::new(
@@ -158,6 +173,15 @@ impl ModelSpec {
         let sizes_ok = match self {
             ModelSpec::Mlp { hidden } => !hidden.is_empty() && hidden.iter().all(|&w| w > 0),
             &ModelSpec::Cnn { conv1, conv2, hidden } => conv1 > 0 && conv2 > 0 && hidden > 0,
+            &ModelSpec::ResNet { depth } => {
+                if depth < 8 || !(depth - 2).is_multiple_of(6) {
+                    return Err(ParseModelSpecError::new(
+                        self.to_string(),
+                        format!("depth {depth} is not 6n + 2 with n ≥ 1 (8, 14, 20, 26, 32, 44, 56, 110 …)"),
+                    ));
+                }
+                return Ok(());
+            }
             ModelSpec::External { name } => {
                 return match external_name_ok(name) {
                     true => Ok(()),
@@ -254,6 +278,15 @@ impl FromStr for ModelSpec {
                     ));
                 }
             },
+            ("resnet", Some(depth)) => match parse_sizes(s, depth)?.as_slice() {
+                &[depth] => ModelSpec::ResNet { depth },
+                other => {
+                    return Err(ParseModelSpecError::new(
+                        s,
+                        format!("resnet takes one size, its depth, got {}", other.len()),
+                    ));
+                }
+            },
             ("ext", Some(name)) => ModelSpec::External {
                 name: name.trim().to_string(),
             },
@@ -280,6 +313,7 @@ impl fmt::Display for ModelSpec {
                 Ok(())
             }
             ModelSpec::Cnn { conv1, conv2, hidden } => write!(f, "cnn:{conv1},{conv2},{hidden}"),
+            ModelSpec::ResNet { depth } => write!(f, "resnet:{depth}"),
             ModelSpec::External { name } => write!(f, "ext:{name}"),
         }
     }
@@ -339,6 +373,12 @@ impl Network {
         let model: Box<dyn Model> = match spec {
             ModelSpec::Mlp { hidden } => Box::new(Mlp::new(data, hidden, vb)?),
             &ModelSpec::Cnn { conv1, conv2, hidden } => Box::new(Cnn::new(data, conv1, conv2, hidden, vb)?),
+            &ModelSpec::ResNet { depth } => {
+                let input = data
+                    .image()
+                    .ok_or_else(|| Error::config("model", "a ResNet learns images"))?;
+                Box::new(ResNet::new(depth, input, data.classes as usize, vb)?)
+            }
             ModelSpec::External { .. } => {
                 return Err(Error::config(
                     "model",
@@ -354,7 +394,12 @@ impl Network {
             data.iter().map(|(name, var)| (name.clone(), var.clone())).collect()
         };
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        init::init_seeded(&params, seed)?;
+        // He init for a ResNet's convolutions and identity norms, as torchvision's;
+        // PyTorch's layer defaults for the others.
+        match spec {
+            ModelSpec::ResNet { .. } => init::init_seeded_resnet(&params, seed)?,
+            _ => init::init_seeded(&params, seed)?,
+        }
         let count = params.iter().map(|(_, v)| v.elem_count()).sum();
         Ok(Self {
             spec: spec.clone(),

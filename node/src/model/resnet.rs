@@ -61,6 +61,20 @@ fn blocks_per_stage(depth: usize, [c, h, w]: [usize; 3], classes: usize) -> Resu
     Ok((depth - 2) / 6)
 }
 
+/// `Ok` if a ResNet `depth` deep can learn `data`'s images, else why not (naming the
+/// sizes).
+pub(super) fn check(depth: usize, data: &super::DataSpec) -> std::result::Result<(), String> {
+    let Some(input) = data.image() else {
+        return Err(format!(
+            "a ResNet learns images [channels, height, width]; this data's samples are {:?} (use an mlp)",
+            data.shape
+        ));
+    };
+    blocks_per_stage(depth, input, data.classes as usize)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// The convolutions of a ResNet in order, input side first, as `(in, out, k, stride,
 /// output side h, output side w)`; an error naming the sizes [`ResNet::new`] refuses.
 fn convolutions(depth: usize, input: [usize; 3], classes: usize) -> Result<Vec<[usize; 6]>> {
