@@ -253,9 +253,11 @@ impl Dataset {
             Format::Idx => {
                 let files = Files::of(Some(path))?;
                 let set = |images: &IdxFile, labels: &IdxFile| idx::read_set(&images.path, &labels.path);
-                let train = set(&files.train_images, &files.train_labels)?;
-                let test = set(&files.test_images, &files.test_labels)?;
-                return Dataset::new(files.name, Format::Idx, train, Some(test), None, path);
+                Loaded {
+                    train: set(&files.train_images, &files.train_labels)?,
+                    test: Some(set(&files.test_images, &files.test_labels)?),
+                    classes: None,
+                }
             }
             Format::Cifar => {
                 let labels = match location.labels.as_deref() {
@@ -295,16 +297,29 @@ impl Dataset {
         classes: Option<usize>,
         path: &Path,
     ) -> Result<Dataset> {
-        let test_path = path;
         train.check(path)?;
         let (train, test) = match test {
             Some(test) => {
-                test.check(test_path)?;
-                same_shape(&train, &test, test_path)?;
+                test.check(path)?;
+                same_shape(&train, &test, path)?;
                 (train, test)
             }
             None => hold_out(&train),
         };
+        Dataset::of_sets(name, format, train, test, classes, path)
+    }
+
+    /// The dataset of `train` and `test` (checked to be of one shape), its classes as
+    /// the format states them or one more than the highest label, checked to be a run's
+    /// ([`DataSpec::validate`]); errors name `path`.
+    fn of_sets(
+        name: String,
+        format: Format,
+        train: Samples,
+        test: Samples,
+        classes: Option<usize>,
+        path: &Path,
+    ) -> Result<Dataset> {
         let highest = train.labels.iter().chain(&test.labels).copied().max().unwrap_or(0);
         let classes = classes.unwrap_or(usize::from(highest) + 1);
         if usize::from(highest) >= classes {
@@ -351,22 +366,7 @@ impl Dataset {
         let test = set(&files.test_images, &files.test_labels)?;
         same_shape(&train, &test, &files.test_images.path)?;
         let path = location.path.clone().unwrap_or_else(|| files.train_labels.path.clone());
-        let highest = train.labels.iter().chain(&test.labels).copied().max().unwrap_or(0);
-        if highest == 0 {
-            return Err(data_error(
-                &path,
-                "every label is 0: a classification needs at least 2 classes",
-            ));
-        }
-        let dataset = Dataset {
-            name: files.name.clone(),
-            format: Format::Idx,
-            train,
-            test,
-            classes: usize::from(highest) + 1,
-        };
-        dataset.spec().validate().map_err(|e| data_error(&path, e))?;
-        Ok(dataset)
+        Dataset::of_sets(files.name, Format::Idx, train, test, None, &path)
     }
 
     /// Only the training samples `train` and the test samples `test` (each strictly
