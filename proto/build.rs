@@ -15,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "wdml.v1.RoundMetrics",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
+        // Absent, not null, in the rows of a run without a validation set.
+        .field_attribute(
+            "wdml.v1.RoundMetrics.validation_accuracy",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

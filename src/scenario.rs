@@ -187,6 +187,10 @@ pub struct DataSection {
     pub public_pool: u32,
     /// Test images every node evaluates on; 0 for the whole test set.
     pub test_size: u32,
+    /// Training samples held out as the validation set, in no node's shard: every node
+    /// evaluates on it each round, so rounds, targets and settings are chosen on it and
+    /// not on the test set. 0 (the default): none.
+    pub validation: u32,
 }
 
 impl Default for DataSection {
@@ -200,6 +204,7 @@ impl Default for DataSection {
             partition: "dirichlet:0.5".into(),
             public_pool: 1000,
             test_size: 0,
+            validation: 0,
         }
     }
 }
@@ -804,6 +809,7 @@ impl Scenario {
             partition: self.data.partition.clone(),
             public_pool: self.data.public_pool,
             test_size: self.data.test_size,
+            validation: self.data.validation,
             data: Some(data.spec),
             normalisation: Some(wdml_proto::Normalisation {
                 mean: data.normalisation.mean,

@@ -357,13 +357,15 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
 }
 
 #[test]
-fn compare_across_seeds_runs_each_seed_and_reports_their_spread() {
+fn compare_across_seeds_gives_intervals_paired_differences_and_chooses_on_validation() {
     let wdml = || {
         let mut command = std::process::Command::new(common::WDML);
         command.arg("compare").args(["--algorithms", "local,dml"]);
         for o in small(3, 1) {
             command.arg("--set").arg(o);
         }
+        // A validation set: rounds are selected on it, not on the test set.
+        command.args(["--set", "data.validation=300"]);
         command
     };
     // A seed given twice is a mistake, refused before anything runs.
@@ -388,28 +390,43 @@ fn compare_across_seeds_runs_each_seed_and_reports_their_spread() {
             .train_loss
     };
     assert_ne!(first_loss(4), first_loss(5));
-    let final_mean = |seed: u64| -> f64 {
+    // Every node reported its validation accuracy every round.
+    let rows = metrics(&dir.path().join("seed-4/dml"));
+    assert!(
+        rows.iter()
+            .all(|r| r.metrics.validation_accuracy.is_some_and(|v| (0.0..=1.0).contains(&v))),
+        "{rows:?}"
+    );
+    let outcome = |seed: u64, i: usize, field: &str| -> f64 {
         let json = std::fs::read_to_string(dir.path().join(format!("seed-{seed}/comparison.json"))).unwrap();
         let outcomes: serde_json::Value = serde_json::from_str(&json).unwrap();
-        outcomes[1]["final_mean_accuracy"].as_f64().unwrap()
+        assert_eq!(outcomes[i]["selected"]["basis"], "validation");
+        outcomes[i][field].as_f64().unwrap()
     };
     let table = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();
     assert!(table.contains("\n| 4 |") && table.contains("\n| 5 |"), "{table}");
-    // Its figure: per algorithm a line (the mean over the seeds) in a band (lowest to
-    // highest seed), accuracy in percent.
+    assert!(table.contains("best on the validation set"), "{table}");
+    // Its figure: per algorithm a line (the mean over the seeds) in its interval, and
+    // dml's paired difference to local beside them, accuracy in percent.
     let svg = std::fs::read_to_string(dir.path().join("seeds.svg")).expect("seeds.svg");
-    assert_eq!(svg.matches("<polygon").count(), 2, "{svg}");
-    assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 2, "{svg}");
+    assert_eq!(svg.matches("<polygon").count(), 3, "{svg}");
     assert!(svg.contains("mean test accuracy, %"), "{svg}");
     assert!(dir.path().join("seeds.png").exists());
-    // The summary row: dml's mean over both seeds, as the per-seed files give them.
-    let mean = 100.0 * (final_mean(4) + final_mean(5)) / 2.0;
-    let summary_row = table.lines().find(|l| l.starts_with("| mean ± sd |")).expect(&table);
-    let dml_mean = summary_row.split('|').nth(4).unwrap().trim();
-    assert!(
-        dml_mean.starts_with(&format!("{mean:.2} ± ")),
-        "{dml_mean} against {mean:.2}"
-    );
+    // seeds.json: dml's mean and the paired difference, as the per-seed files give them.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("seeds.json")).unwrap()).unwrap();
+    assert_eq!(json["basis"], "validation");
+    let final_mean = |seed, i| outcome(seed, i, "final_mean_accuracy");
+    let mean = (final_mean(4, 1) + final_mean(5, 1)) / 2.0;
+    let dml = &json["algorithms"][1];
+    assert_eq!(dml["algorithm"], "dml");
+    assert!((dml["final_mean_accuracy"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    let gain = (final_mean(4, 1) - final_mean(4, 0) + final_mean(5, 1) - final_mean(5, 0)) / 2.0;
+    let difference = &json["differences"][0];
+    assert_eq!((&difference["a"], &difference["b"]), (&"local".into(), &"dml".into()));
+    assert!((difference["final_mean_accuracy"]["mean"].as_f64().unwrap() - gain).abs() < 1e-12);
+    let row = format!("| dml − local | {:+.2}", 100.0 * gain);
+    assert!(table.contains(&row), "{row} in {table}");
 }
 
 #[test]

@@ -13,6 +13,9 @@ use crate::MetricsRow;
 pub struct CurvePoint {
     pub round: u32,
     pub mean_accuracy: f64,
+    /// The same mean on the run's validation set (`data.validation`); `None` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_validation_accuracy: Option<f64>,
     /// Summed over every node, up to and including this round.
     pub cumulative_energy_j: f64,
     pub cumulative_airtime_s: f64,
@@ -30,6 +33,7 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
     let last = rows.iter().map(|r| r.round).max().unwrap_or(0);
     let (mut energy, mut airtime, mut emulated) = (0.0, 0.0, 0.0);
     let mut newest: BTreeMap<u32, f64> = BTreeMap::new();
+    let mut newest_validation: BTreeMap<u32, f64> = BTreeMap::new();
     let mut points = Vec::new();
     for round in 0..=last {
         let all: Vec<&MetricsRow> = rows.iter().filter(|r| r.round == round).collect();
@@ -37,6 +41,9 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
         airtime += all.iter().map(|r| r.metrics.airtime_s).sum::<f64>();
         for r in &all {
             newest.insert(r.node, r.metrics.test_accuracy);
+            if let Some(v) = r.metrics.validation_accuracy.filter(|v| v.is_finite()) {
+                newest_validation.insert(r.node, v);
+            }
         }
         let these: Vec<&&MetricsRow> = all.iter().filter(|r| !r.late).collect();
         if these.is_empty() {
@@ -51,6 +58,10 @@ pub fn curve(rows: &[MetricsRow]) -> Vec<CurvePoint> {
         points.push(CurvePoint {
             round,
             mean_accuracy: newest.values().sum::<f64>() / newest.len() as f64,
+            // Over the same nodes as the test mean, or none: a mean over some would
+            // not be the same quantity.
+            mean_validation_accuracy: (newest_validation.len() == newest.len())
+                .then(|| newest_validation.values().sum::<f64>() / newest.len() as f64),
             cumulative_energy_j: energy,
             cumulative_airtime_s: airtime,
             cumulative_emulated_s: emulated,

@@ -46,6 +46,9 @@ pub struct Metric {
     /// Measured on the wall or CPU clock, so it moves with the machine's load: not
     /// bit-for-bit reproducible (docs/determinism.md), left out of the golden run.
     pub clock: bool,
+    /// Reported only by some runs (an optional field of the wire): its value is NaN in
+    /// a row without it, which the checks let through and the means leave out.
+    pub optional: bool,
     pub help: &'static str,
     pub value: fn(&MetricsRow) -> f64,
     /// What the coordinator checks it against (reported metrics only).
@@ -66,6 +69,7 @@ const fn metric(
         unit,
         kind,
         clock: false,
+        optional: false,
         help,
         value,
         bound: Bound::None,
@@ -84,6 +88,11 @@ impl Metric {
     const fn bounded(self, bound: Bound) -> Metric {
         Metric { bound, ..self }
     }
+
+    /// The same metric, absent (NaN) from some rows.
+    const fn optional(self) -> Metric {
+        Metric { optional: true, ..self }
+    }
 }
 
 use Bound::{Elapsed, Fraction, Neighbours, Payload, Wire};
@@ -92,6 +101,7 @@ use Bound::{Elapsed, Fraction, Neighbours, Payload, Wire};
 #[rustfmt::skip]
 pub static METRICS: &[Metric] = &[
     metric("test_accuracy", Level, "", "Test accuracy after the round.", |r| r.metrics.test_accuracy).bounded(Fraction),
+    metric("validation_accuracy", Level, "", "Accuracy on the run's validation set after the round (data.validation; absent without one).", |r| r.metrics.validation_accuracy.unwrap_or(f64::NAN)).bounded(Fraction).optional(),
     metric("test_loss", Level, "", "Test cross-entropy after the round.", |r| r.metrics.test_loss),
     metric("train_loss", Level, "", "Mean training loss of the round's local steps.", |r| r.metrics.train_loss),
     metric("ce_loss", Level, "", "Its cross-entropy part.", |r| r.metrics.ce_loss),

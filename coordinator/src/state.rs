@@ -467,6 +467,10 @@ fn validate_metrics(m: &wdml_proto::RoundMetrics) -> Result<(), Status> {
     };
     for metric in METRICS {
         let (name, value) = (metric.name, (metric.value)(&row));
+        // Absent: a NaN sent as the value is taken as absent too (it is written as null).
+        if metric.optional && value.is_nan() {
+            continue;
+        }
         if !value.is_finite() || !(0.0..=MAX_METRIC).contains(&value) {
             return Err(Status::invalid_argument(format!(
                 "report refused: metric {name} = {value} must be finite, ≥ 0 and ≤ {MAX_METRIC:e}"

@@ -51,6 +51,8 @@ pub struct RunPlan {
     pub partition: Partition,
     pub public_pool: usize,
     pub test_size: usize,
+    /// Training samples held out as the validation set (0: none).
+    pub validation: usize,
     pub heartbeat_interval: Duration,
     /// Each node's model, by id.
     pub models: Vec<ModelSpec>,
@@ -266,6 +268,7 @@ impl RunPlan {
             partition,
             public_pool: positive("data.public_pool", s.public_pool)? as usize,
             test_size: s.test_size as usize,
+            validation: s.validation as usize,
             heartbeat_interval: Duration::from_millis(u64::from(positive(
                 "coordinator.heartbeat_interval_ms",
                 s.heartbeat_interval_ms,
@@ -309,6 +312,7 @@ impl RunPlan {
             partition: self.partition.clone(),
             public_pool: self.public_pool,
             test_size: self.test_size,
+            validation: self.validation,
             public_from,
         }
     }

@@ -554,9 +554,16 @@ pub async fn run_round(node: &mut Node, start: &StartRound, book: &AddressBook) 
     // What the device computed this round: evaluation below is the experimenter's.
     let flops = round.flops.0.load(Ordering::Relaxed) - round.flops.1;
 
-    let evaluation = round.compute(|| {
-        node.learner
-            .evaluate(&node.shard.test_images, &node.shard.test_labels, EVAL_BATCH)
+    let (evaluation, validation) = round.compute(|| -> Result<_> {
+        let shard = &node.shard;
+        let test = node
+            .learner
+            .evaluate(&shard.test_images, &shard.test_labels, EVAL_BATCH)?;
+        let validation = match &shard.validation {
+            Some((images, labels)) => Some(node.learner.evaluate(images, labels, EVAL_BATCH)?),
+            None => None,
+        };
+        Ok((test, validation))
     })?;
 
     let mut metrics = round.metrics;
@@ -565,6 +572,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound, book: &AddressBook) 
     metrics.train_loss = losses.total;
     metrics.test_accuracy = f64::from(evaluation.accuracy);
     metrics.test_loss = f64::from(evaluation.loss);
+    metrics.validation_accuracy = validation.map(|v| f64::from(v.accuracy));
     metrics.compute_ms = ms(round.compute.wall);
     metrics.compute_cpu_ms = ms(round.compute.cpu);
     metrics.flops = flops;

@@ -26,6 +26,8 @@ pub struct Shard {
     pub public_images: Tensor,
     pub test_images: Tensor,
     pub test_labels: Tensor,
+    /// The run's validation set (`data.validation`), `None` when it holds none out.
+    pub validation: Option<(Tensor, Tensor)>,
 }
 
 impl Shard {
@@ -35,7 +37,7 @@ impl Shard {
         let private = shard_of(split, node)?;
         Self::gather(
             &dataset.train,
-            private,
+            (private, &split.validation),
             (&dataset.train, &split.public),
             &dataset.test,
             &split.test,
@@ -69,19 +71,24 @@ impl Shard {
         let mut test_rows = split.test.clone();
         ascending(&mut test_rows);
         let Some(public) = public else {
-            let mut train_rows: Vec<usize> = private.iter().chain(&split.public).copied().collect();
+            let mut train_rows: Vec<usize> = private
+                .iter()
+                .chain(&split.public)
+                .chain(&split.validation)
+                .copied()
+                .collect();
             ascending(&mut train_rows);
             let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
             return Self::gather(
                 &train,
-                &at(&train_rows, private),
+                (&at(&train_rows, private), &at(&train_rows, &split.validation)),
                 (&train, &at(&train_rows, &split.public)),
                 &test,
                 &at(&test_rows, &split.test),
                 norm,
             );
         };
-        let mut train_rows = private.to_vec();
+        let mut train_rows: Vec<usize> = private.iter().chain(&split.validation).copied().collect();
         ascending(&mut train_rows);
         let (train, test) = Dataset::load_rows(location, &train_rows, &test_rows)?;
         let mut public_rows = split.public.clone();
@@ -98,7 +105,7 @@ impl Shard {
         }
         Self::gather(
             &train,
-            &at(&train_rows, private),
+            (&at(&train_rows, private), &at(&train_rows, &split.validation)),
             (&pool, &at(&public_rows, &split.public)),
             &test,
             &at(&test_rows, &split.test),
@@ -106,10 +113,11 @@ impl Shard {
         )
     }
 
-    /// `public`: the set the public pool's rows are of, and those rows.
+    /// `(private, validation)`: rows of `train`; `public`: the set the public pool's
+    /// rows are of, and those rows.
     fn gather(
         train: &Samples,
-        private: &[usize],
+        (private, validation): (&[usize], &[usize]),
         (pool, public): (&Samples, &[usize]),
         test: &Samples,
         tests: &[usize],
@@ -123,12 +131,22 @@ impl Shard {
         let (private_x, private_y) = train.gather(private, norm);
         let (public_x, _) = pool.gather(public, norm);
         let (test_x, test_y) = test.gather(tests, norm);
+        let validation = if validation.is_empty() {
+            None
+        } else {
+            let (x, y) = train.gather(validation, norm);
+            Some((
+                images(x, validation.len())?,
+                Tensor::from_vec(y, validation.len(), &device)?,
+            ))
+        };
         Ok(Shard {
             private_images: images(private_x, private.len())?,
             private_labels: Tensor::from_vec(private_y, private.len(), &device)?,
             public_images: images(public_x, public.len())?,
             test_images: images(test_x, tests.len())?,
             test_labels: Tensor::from_vec(test_y, tests.len(), &device)?,
+            validation,
         })
     }
 
@@ -260,6 +278,7 @@ mod tests {
                 public_pool: 300,
                 test_size: 250,
                 public_from: None,
+                validation: 0,
             };
             let split = split(&Dataset::load_labels(&Location::default()).unwrap(), &cfg).unwrap();
             assert_eq!(split, crate::data::split(&whole, &cfg).unwrap());
@@ -308,6 +327,7 @@ mod tests {
                         public_pool: 10,
                         test_size: 5,
                         public_from: None,
+                        validation: 0,
                     }
                 )
                 .unwrap(),
@@ -328,6 +348,7 @@ mod tests {
             public_images: Tensor::zeros((4, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
             test_images: Tensor::zeros((1, 1), candle_core::DType::F32, &Device::Cpu).unwrap(),
             test_labels: Tensor::zeros(1, candle_core::DType::U32, &Device::Cpu).unwrap(),
+            validation: None,
         };
         let mut sampler = BatchSampler::new(samples, 5, 7);
         let mut seen: Vec<u32> = Vec::new();

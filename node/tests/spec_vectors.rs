@@ -511,6 +511,7 @@ fn split_config(block: &Block) -> SplitConfig {
         public_pool: block.num("public_pool"),
         test_size: 0,
         public_from: None,
+        validation: 0,
     }
 }
 
@@ -525,6 +526,7 @@ fn indexed_shard(private: usize, public: usize) -> Shard {
         public_images: rows(public),
         test_images: rows(1),
         test_labels: Tensor::from_vec(vec![0u32], 1, &device).unwrap(),
+        validation: None,
     }
 }
 

@@ -19,14 +19,16 @@ pub mod policy;
 /// neighbour's address only where its stream has not given it already. 4: the
 /// aggregate `TRUST_WEIGHTED` is accepted. 5: a run's data has any shape and number of
 /// classes (`DataSpec`, in RunSettings, Join and Hello), and messages have that many
-/// columns.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// columns. 6: a run may hold out a validation set (`RunSettings.validation`), and a
+/// node reports its accuracy on it (`RoundMetrics.validation_accuracy`).
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
 /// 2: any dataset: the classes follow from the labels, a dataset without a test set
-/// holds one out, and the public pool may come from another dataset.
-pub const DATA_CONTRACT: u32 = 2;
+/// holds one out, and the public pool may come from another dataset. 3: the first
+/// `validation` samples of the private pool are the validation set, in no shard.
+pub const DATA_CONTRACT: u32 = 3;
 
 /// Version 1 of the protocol.
 pub mod v1 {

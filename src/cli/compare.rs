@@ -6,10 +6,13 @@
 //! Writes `comparison.md`, `comparison.svg` / `.png` and `comparison.json` next to one run
 //! directory per algorithm. With `--seeds`, does that once per seed (each seed draws
 //! its own split, initialisation, placement and fading) under `seed-<s>/`, and adds
-//! `seeds.md` / `seeds.json`: every seed's final accuracies and their mean and
-//! standard deviation, since one partition can flatter or sink an algorithm; and
-//! `seeds.svg` / `.png`: each algorithm's mean accuracy over the seeds per round, in a
-//! band from the lowest seed's to the highest's.
+//! `seeds.md` / `seeds.json` / `seeds.svg`, since one partition can flatter or sink an
+//! algorithm: each algorithm's mean over the seeds with its 95 % t-interval, and the
+//! paired difference of every two algorithms ([`seeds`]).
+//!
+//! Rounds and targets are chosen on the validation set when the scenario holds one
+//! out (`data.validation`), and on the test set otherwise, which every report then says
+//! ([`Basis`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +28,9 @@ use super::plot::{Figure, Panel, Scale, Series, Unit, algorithm_color};
 use crate::scenario::Scenario;
 use wdml_node::strategy;
 use wdml_proto::Algorithm;
+
+mod seeds;
+mod stats;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -64,10 +70,14 @@ pub struct Args {
 }
 
 #[derive(Debug, Serialize)]
-struct Outcome {
+pub(crate) struct Outcome {
     algorithm: String,
+    /// The last round's mean over the nodes, each counting once.
     final_mean_accuracy: f64,
-    best_mean_accuracy: f64,
+    /// The same, each node weighted by its private samples.
+    weighted_final_accuracy: f64,
+    /// The round an experimenter would keep, chosen on the basis.
+    selected: Selected,
     worst_node_final_accuracy: f64,
     wire_bytes_per_round_per_node: f64,
     energy_j: f64,
@@ -89,6 +99,71 @@ struct Outcome {
     emulated_to_target_s: Option<f64>,
     curve: Vec<CurvePoint>,
     final_accuracy_per_node: Vec<Option<f64>>,
+}
+
+/// What rounds and targets are chosen on: the validation set when every run of the
+/// comparison holds one out (`data.validation`), else the test set (and then the
+/// reports say the choice saw the test set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Basis {
+    Validation,
+    Test,
+}
+
+impl Basis {
+    /// The validation set if every round of `curve` has its mean, else the test set.
+    fn of(curve: &[CurvePoint]) -> Basis {
+        if !curve.is_empty() && curve.iter().all(|p| p.mean_validation_accuracy.is_some()) {
+            Basis::Validation
+        } else {
+            Basis::Test
+        }
+    }
+
+    /// The mean accuracy a round is judged by.
+    fn accuracy(self, p: &CurvePoint) -> f64 {
+        match self {
+            Basis::Validation => p.mean_validation_accuracy.unwrap_or(0.0),
+            Basis::Test => p.mean_accuracy,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Basis::Validation => "validation",
+            Basis::Test => "test",
+        }
+    }
+}
+
+/// The round with the best mean accuracy on the basis (the first to reach it), and the
+/// test accuracy there: under [`Basis::Validation`], an estimate the choice did not see.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+struct Selected {
+    basis: Basis,
+    /// As `metrics.jsonl` numbers rounds (from 1).
+    round: u32,
+    /// On the basis.
+    accuracy: f64,
+    test_accuracy: f64,
+}
+
+impl Selected {
+    fn of(curve: &[CurvePoint], basis: Basis) -> Selected {
+        let mut best: Option<&CurvePoint> = None;
+        for p in curve {
+            if best.is_none_or(|b| basis.accuracy(p) > basis.accuracy(b)) {
+                best = Some(p);
+            }
+        }
+        Selected {
+            basis,
+            round: best.map_or(0, |p| p.round),
+            accuracy: best.map_or(0.0, |p| basis.accuracy(p)),
+            test_accuracy: best.map_or(0.0, |p| p.mean_accuracy),
+        }
+    }
 }
 
 /// One seed's comparison.
@@ -203,6 +278,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 setting: setting.iter().cloned().collect(),
                 algorithm: o.algorithm,
                 final_mean_accuracy: o.final_mean_accuracy,
+                selected: o.selected,
                 worst_node_final_accuracy: o.worst_node_final_accuracy,
                 wire_bytes_per_round_per_node: o.wire_bytes_per_round_per_node,
                 energy_j: o.energy_j,
@@ -242,10 +318,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
         )?;
         per_seed.push(SeedOutcome { seed, outcomes });
     }
-    write(&out, "seeds.md", seeds_report(&base, &per_seed))?;
-    write(&out, "seeds.json", serde_json::to_string_pretty(&per_seed)? + "\n")?;
-    seeds_plot(&base, &per_seed).write(&out, "seeds")?;
-    print!("{}", seeds_terminal(&per_seed));
+    let summary = seeds::Summary::of(&per_seed);
+    write(&out, "seeds.md", seeds::report(&base, &per_seed, &summary))?;
+    write(&out, "seeds.json", serde_json::to_string_pretty(&summary)? + "\n")?;
+    seeds::plot(&base, &per_seed).write(&out, "seeds")?;
+    print!("{}", seeds::terminal(&summary));
     println!(
         "every column: {}/seeds.{{md,json,svg,png}} and seed-<s>/comparison.{{md,svg,json}}",
         out.display()
@@ -402,6 +479,9 @@ struct SweepPoint {
     setting: BTreeMap<String, String>,
     algorithm: String,
     final_mean_accuracy: f64,
+    /// The setting's selected round: a grid is tuned on its accuracy there (on the
+    /// validation set when the scenario holds one out).
+    selected: Selected,
     worst_node_final_accuracy: f64,
     wire_bytes_per_round_per_node: f64,
     energy_j: f64,
@@ -457,12 +537,27 @@ fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -
         setup(scenario),
         scenario.run.seed,
     );
+    let basis = results.first().map_or(Basis::Test, |p| p.selected.basis);
     let _ = writeln!(
         md,
-        "| {} | algorithm | final mean acc | worst node | wire bytes / round / node | air time | energy | on the energy front |",
-        fields.join(" | ")
+        "To tune a setting, compare each algorithm's best mean {0} accuracy (the selected round's){1}.\n",
+        basis.name(),
+        match basis {
+            Basis::Validation => ", then report the test accuracy of the chosen setting only",
+            Basis::Test => "; without a validation set (data.validation) that choice sees the test set",
+        }
     );
-    let _ = writeln!(md, "|{}---|---:|---:|---:|---:|---:|---|", "---|".repeat(fields.len()));
+    let _ = writeln!(
+        md,
+        "| {} | algorithm | selected round: {} acc | final mean acc | worst node | wire bytes / round / node | air time | energy | on the energy front |",
+        fields.join(" | "),
+        basis.name()
+    );
+    let _ = writeln!(
+        md,
+        "|{}---|---:|---:|---:|---:|---:|---:|---|",
+        "---|".repeat(fields.len())
+    );
     for algorithm in algorithms_of(results) {
         let these: Vec<&SweepPoint> = results.iter().filter(|p| p.algorithm == algorithm).collect();
         let front = pareto(
@@ -475,9 +570,11 @@ fn sweep_report(scenario: &Scenario, sweeps: &[Sweep], results: &[SweepPoint]) -
             let on_front = front.contains(&(p.energy_j, p.final_mean_accuracy));
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {} |",
+                "| {} | {} | {} ({:.2} %) | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {} |",
                 p.cells(sweeps),
                 p.algorithm,
+                p.selected.round,
+                100.0 * p.selected.accuracy,
                 100.0 * p.final_mean_accuracy,
                 100.0 * p.worst_node_final_accuracy,
                 bytes(p.wire_bytes_per_round_per_node as u64),
@@ -628,10 +725,19 @@ fn compare(
         runs.push((algorithm, summary, rows));
     }
 
+    let basis = if runs
+        .iter()
+        .all(|(_, _, rows)| Basis::of(&curve(rows)) == Basis::Validation)
+    {
+        Basis::Validation
+    } else {
+        Basis::Test
+    };
+    let best = |rows: &[MetricsRow]| Selected::of(&curve(rows), basis).accuracy;
     let exchanging: Vec<f64> = runs
         .iter()
         .filter(|(a, _, _)| strategy::exchanges(*a))
-        .map(|(_, _, rows)| best(&curve(rows)))
+        .map(|(_, _, rows)| best(rows))
         .collect();
     let (target, how) = match target {
         Some(t) => (t, "given"),
@@ -640,11 +746,14 @@ fn compare(
             "the best mean accuracy every exchanging algorithm reached",
         ),
         None => (
-            runs.iter().map(|(_, _, r)| best(&curve(r))).fold(0.0, f64::max),
+            runs.iter().map(|(_, _, r)| best(r)).fold(0.0, f64::max),
             "the best mean accuracy reached",
         ),
     };
-    let outcomes: Vec<Outcome> = runs.iter().map(|(a, s, rows)| outcome(*a, s, rows, target)).collect();
+    let outcomes: Vec<Outcome> = runs
+        .iter()
+        .map(|(a, s, rows)| outcome(*a, s, rows, target, basis))
+        .collect();
 
     write(out, "comparison.md", report(scenario, &outcomes, target, how, skipped))?;
     plot(scenario, &outcomes).write(out, "comparison")?;
@@ -707,46 +816,23 @@ fn wrap(text: &str, width: usize) -> String {
     out
 }
 
-/// The comparison across seeds for a terminal, within 80 columns.
-fn seeds_terminal(per_seed: &[SeedOutcome]) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<9} {:>5} {:>21} {:>21}",
-        "algorithm", "seeds", "final mean acc", "worst node"
-    );
-    let algorithms = per_seed.first().map_or(0, |s| s.outcomes.len());
-    for i in 0..algorithms {
-        let stat = |field: fn(&Outcome) -> f64| {
-            let values: Vec<f64> = per_seed.iter().map(|s| 100.0 * field(&s.outcomes[i])).collect();
-            let (mean, sd) = mean_sd(&values);
-            format!("{mean:.2} ± {sd:.2} %")
-        };
-        let _ = writeln!(
-            out,
-            "{:<9} {:>5} {:>21} {:>21}",
-            per_seed[0].outcomes[i].algorithm,
-            per_seed.len(),
-            stat(|o| o.final_mean_accuracy),
-            stat(|o| o.worst_node_final_accuracy),
-        );
-    }
-    let _ = writeln!(out, "(mean ± sample standard deviation over the seeds)");
-    out
-}
-
-fn best(curve: &[CurvePoint]) -> f64 {
-    curve.iter().map(|p| p.mean_accuracy).fold(0.0, f64::max)
-}
-
-fn outcome(algorithm: Algorithm, summary: &Summary, rows: &[MetricsRow], target: f64) -> Outcome {
+fn outcome(algorithm: Algorithm, summary: &Summary, rows: &[MetricsRow], target: f64, basis: Basis) -> Outcome {
     let curve = curve(rows);
     let last = curve.last();
-    let reached = curve.iter().find(|p| p.mean_accuracy >= target - 1e-9);
+    let reached = curve.iter().find(|p| basis.accuracy(p) >= target - 1e-9);
+    // The nodes the mean counts (an adversary's model is left out of it).
+    let counted: Vec<(f64, f64)> = summary
+        .nodes
+        .iter()
+        .filter(|n| !n.adversary)
+        .filter_map(|n| Some((f64::from(n.private_samples), n.final_accuracy?)))
+        .collect();
+    let samples: f64 = counted.iter().map(|(n, _)| n).sum();
     Outcome {
         algorithm: algorithm.name().to_string(),
         final_mean_accuracy: last.map_or(0.0, |p| p.mean_accuracy),
-        best_mean_accuracy: best(&curve),
+        weighted_final_accuracy: counted.iter().map(|(n, a)| n * a).sum::<f64>() / samples.max(1.0),
+        selected: Selected::of(&curve, basis),
         worst_node_final_accuracy: summary.min_final_accuracy.unwrap_or(0.0),
         wire_bytes_per_round_per_node: curve.iter().map(|p| p.wire_bytes_per_node).sum::<f64>()
             / curve.len().max(1) as f64,
@@ -785,17 +871,29 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
     for skip in skipped {
         let _ = writeln!(md, "Not run: {skip}.\n");
     }
+    let basis = outcomes.first().map_or(Basis::Test, |o| o.selected.basis);
     let _ = writeln!(
         md,
-        "Target accuracy {:.2} % ({how}). Energy and air time (the emulated radio's) and \
-         compute (CPU time of the model work, measured on this machine) are summed over all nodes.\n",
-        100.0 * target
+        "Target: {:.2} % mean {} accuracy ({how}). {} Energy and air time (the emulated radio's) and \
+         compute (CPU time of the model work, measured on this machine) are summed over all nodes. \
+         Mean accuracy: over the nodes, each counting once; weighted: each node by its private samples.\n",
+        100.0 * target,
+        basis.name(),
+        match basis {
+            Basis::Validation =>
+                "The selected round is each run's best on the validation set \
+                                  (data.validation), and its test accuracy an estimate that choice did not see.",
+            Basis::Test =>
+                "No validation set (data.validation = 0): the selected round and the target are \
+                            chosen on the test set, so the accuracy there is optimistic.",
+        }
     );
     let _ = writeln!(
         md,
-        "| algorithm | final mean acc | best mean acc (picked on the test set) | worst node (final) | wire bytes / round / node | air time | energy | compute CPU | rounds to target | air time to target | energy to target |"
+        "| algorithm | final mean acc | weighted | selected round ({}) | test acc there | worst node (final) | wire bytes / round / node | air time | energy | compute CPU | rounds to target | air time to target | energy to target |",
+        basis.name()
     );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for o in outcomes {
         let (rounds, energy, airtime) = match o.to_target {
             Some((r, e, a)) => (r.to_string(), format!("{:.4} J", e), format!("{:.3} s", a)),
@@ -803,10 +901,13 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
         };
         let _ = writeln!(
             md,
-            "| {} | {:.2} % | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {:.1} s | {rounds} | {airtime} | {energy} |",
+            "| {} | {:.2} % | {:.2} % | {} ({:.2} %) | {:.2} % | {:.2} % | {} | {:.3} s | {:.4} J | {:.1} s | {rounds} | {airtime} | {energy} |",
             o.algorithm,
             100.0 * o.final_mean_accuracy,
-            100.0 * o.best_mean_accuracy,
+            100.0 * o.weighted_final_accuracy,
+            o.selected.round,
+            100.0 * o.selected.accuracy,
+            100.0 * o.selected.test_accuracy,
             100.0 * o.worst_node_final_accuracy,
             bytes(o.wire_bytes_per_round_per_node as u64),
             o.airtime_s,
@@ -899,133 +1000,6 @@ fn report(scenario: &Scenario, outcomes: &[Outcome], target: f64, how: &str, ski
     md
 }
 
-/// The across-seeds table: each seed's final mean and worst-node accuracy per
-/// algorithm, then their mean ± sample standard deviation.
-fn seeds_report(scenario: &Scenario, per_seed: &[SeedOutcome]) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "# Comparison across seeds: {}\n", scenario.run.name);
-    let _ = writeln!(
-        md,
-        "{}; seeds {}. Each seed draws its own split, initialisation, placement and fading; \
-         `seed-<s>/comparison.md` has each seed's full table.\n",
-        setup(scenario),
-        per_seed
-            .iter()
-            .map(|s| s.seed.to_string())
-            .collect::<Vec<_>>()
-            .join(", "),
-    );
-    let algorithms: Vec<&str> = per_seed
-        .first()
-        .map(|s| s.outcomes.iter().map(|o| o.algorithm.as_str()).collect())
-        .unwrap_or_default();
-    let _ = write!(md, "| seed |");
-    for a in &algorithms {
-        let _ = write!(md, " {a}: mean acc | {a}: worst node |");
-    }
-    let _ = writeln!(md, "\n|---|{}", "---:|---:|".repeat(algorithms.len()));
-    for s in per_seed {
-        let _ = write!(md, "| {} |", s.seed);
-        for o in &s.outcomes {
-            let _ = write!(
-                md,
-                " {:.2} % | {:.2} % |",
-                100.0 * o.final_mean_accuracy,
-                100.0 * o.worst_node_final_accuracy
-            );
-        }
-        let _ = writeln!(md);
-    }
-    let _ = write!(md, "| mean ± sd |");
-    for i in 0..algorithms.len() {
-        for field in [
-            |o: &Outcome| o.final_mean_accuracy,
-            |o: &Outcome| o.worst_node_final_accuracy,
-        ] {
-            let values: Vec<f64> = per_seed.iter().map(|s| 100.0 * field(&s.outcomes[i])).collect();
-            let (mean, sd) = mean_sd(&values);
-            let _ = write!(md, " {mean:.2} ± {sd:.2} % |");
-        }
-    }
-    let _ = writeln!(md);
-    let _ = writeln!(
-        md,
-        "\n![mean accuracy per round over the seeds, in a min–max band](seeds.svg)"
-    );
-    md
-}
-
-/// An algorithm's accuracy over seeds: per round, `(round, mean, lowest, highest)`.
-type SeedsCurve = (String, Vec<(f64, f64, f64, f64)>);
-
-/// Per algorithm (in the order they ran), per round that every seed closed: the mean
-/// accuracy over the seeds, and the lowest and highest seed's, in percent.
-fn seeds_curves(per_seed: &[SeedOutcome]) -> Vec<SeedsCurve> {
-    let algorithms = per_seed.first().map_or(0, |s| s.outcomes.len());
-    (0..algorithms)
-        .map(|i| {
-            let mut rounds: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-            for s in per_seed {
-                for p in &s.outcomes[i].curve {
-                    rounds.entry(p.round).or_default().push(100.0 * p.mean_accuracy);
-                }
-            }
-            let points = rounds
-                .into_iter()
-                .filter(|(_, values)| values.len() == per_seed.len())
-                .map(|(round, values)| {
-                    let (mean, _) = mean_sd(&values);
-                    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
-                    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    (f64::from(round), mean, lo, hi)
-                })
-                .collect();
-            (per_seed[0].outcomes[i].algorithm.clone(), points)
-        })
-        .collect()
-}
-
-/// `seeds.svg`: per algorithm, the mean accuracy over the seeds against rounds (the
-/// line) and the range the seeds span (the band, from the lowest seed's to the
-/// highest's: with a handful of seeds a range hides nothing an interval would smooth).
-fn seeds_plot(scenario: &Scenario, per_seed: &[SeedOutcome]) -> Figure {
-    let seeds: Vec<String> = per_seed.iter().map(|s| s.seed.to_string()).collect();
-    let series = seeds_curves(per_seed)
-        .into_iter()
-        .map(|(algorithm, points)| Series {
-            band: points.iter().map(|&(r, _, lo, hi)| (r, lo, hi)).collect(),
-            ..Series::line(
-                algorithm.clone(),
-                algorithm_color(&algorithm),
-                points.iter().map(|&(r, mean, _, _)| (r, mean)).collect(),
-            )
-        })
-        .collect();
-    Figure {
-        title: format!("{}: {} seeds ({})", scenario.run.name, seeds.len(), seeds.join(", ")),
-        panels: vec![Panel {
-            title: "mean over the seeds; band: lowest to highest seed",
-            x_label: "round",
-            y_label: "mean test accuracy, %",
-            x: Scale::Rounds,
-            x_unit: Unit::None,
-            y_unit: Unit::None,
-            series,
-        }],
-    }
-}
-
-/// Mean and sample standard deviation (0 for a single value).
-fn mean_sd(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n.max(1.0);
-    if values.len() < 2 {
-        return (mean, 0.0);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, var.sqrt())
-}
-
 fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
     let series = |x: fn(&CurvePoint) -> f64| -> Vec<Series> {
         outcomes
@@ -1073,7 +1047,7 @@ fn plot(scenario: &Scenario, outcomes: &[Outcome]) -> Figure {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1102,12 +1076,29 @@ mod tests {
         assert_eq!(front, [(1.0, 0.70), (3.0, 0.82)]);
     }
 
-    fn outcome_with(algorithm: &str, accuracies: &[f64]) -> Outcome {
+    /// An algorithm's outcome with these mean test accuracies per round (and, with
+    /// `validation`, these on the validation set), its worst node 10 points below.
+    pub(crate) fn outcome_with(algorithm: &str, accuracies: &[f64], validation: Option<&[f64]>) -> Outcome {
+        let curve: Vec<CurvePoint> = accuracies
+            .iter()
+            .enumerate()
+            .map(|(i, &mean_accuracy)| CurvePoint {
+                round: i as u32 + 1,
+                mean_accuracy,
+                mean_validation_accuracy: validation.map(|v| v[i]),
+                cumulative_energy_j: 0.0,
+                cumulative_airtime_s: 0.0,
+                cumulative_emulated_s: 0.0,
+                wire_bytes_per_node: 0.0,
+            })
+            .collect();
+        let last = *accuracies.last().unwrap();
         Outcome {
             algorithm: algorithm.into(),
-            final_mean_accuracy: *accuracies.last().unwrap(),
-            best_mean_accuracy: 0.0,
-            worst_node_final_accuracy: 0.0,
+            final_mean_accuracy: last,
+            weighted_final_accuracy: last,
+            selected: Selected::of(&curve, Basis::of(&curve)),
+            worst_node_final_accuracy: last - 0.1,
             wire_bytes_per_round_per_node: 0.0,
             energy_j: 0.0,
             airtime_s: 0.0,
@@ -1118,54 +1109,9 @@ mod tests {
             to_target: None,
             emulated_s: 0.0,
             emulated_to_target_s: None,
-            curve: accuracies
-                .iter()
-                .enumerate()
-                .map(|(round, &mean_accuracy)| CurvePoint {
-                    round: round as u32,
-                    mean_accuracy,
-                    cumulative_energy_j: 0.0,
-                    cumulative_airtime_s: 0.0,
-                    cumulative_emulated_s: 0.0,
-                    wire_bytes_per_node: 0.0,
-                })
-                .collect(),
+            curve,
             final_accuracy_per_node: Vec::new(),
         }
-    }
-
-    #[test]
-    fn the_seeds_figure_draws_each_algorithms_mean_in_its_min_max_band() {
-        let per_seed: Vec<SeedOutcome> = [(4, [0.5, 0.7, 0.8]), (5, [0.6, 0.7, 0.9]), (6, [0.4, 0.7, 0.7])]
-            .into_iter()
-            .map(|(seed, dml)| SeedOutcome {
-                seed,
-                outcomes: vec![outcome_with("local", &[0.5, 0.6, 0.6]), outcome_with("dml", &dml)],
-            })
-            .collect();
-        let curves = seeds_curves(&per_seed);
-        assert_eq!(curves[1].0, "dml");
-        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        let (round, mean, lo, hi) = curves[1].1[2];
-        assert!(round == 2.0 && close(mean, 80.0) && close(lo, 70.0) && close(hi, 90.0));
-        let dir = std::env::temp_dir().join(format!("wdml-seeds-figure-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let scenario = Scenario::load(None, &[] as &[String]).unwrap();
-        seeds_plot(&scenario, &per_seed).write(&dir, "seeds").unwrap();
-        let svg = std::fs::read_to_string(dir.join("seeds.svg")).unwrap();
-        assert!(dir.join("seeds.png").exists());
-        std::fs::remove_dir_all(&dir).unwrap();
-        // A band and a line per algorithm; the legend says what the band is.
-        assert_eq!(svg.matches("<polygon").count(), 2, "{svg}");
-        assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 2, "{svg}");
-        let texts = crate::cli::plot::tests::texts(&svg);
-        assert!(texts.iter().any(|t| t == "dml"), "{texts:?}");
-        assert!(
-            texts.iter().any(|t| t.contains("band: lowest to highest seed")),
-            "{texts:?}"
-        );
-        assert!(texts.iter().any(|t| t.contains("3 seeds (4, 5, 6)")), "{texts:?}");
-        assert!(texts.iter().any(|t| t == "90"), "percent, the band's top: {texts:?}");
     }
 
     #[test]
@@ -1177,6 +1123,12 @@ mod tests {
             setting: setting.iter().cloned().collect(),
             algorithm: "dml".into(),
             final_mean_accuracy: 0.8,
+            selected: Selected {
+                basis: Basis::Validation,
+                round: 3,
+                accuracy: 0.81,
+                test_accuracy: 0.8,
+            },
             worst_node_final_accuracy: 0.7,
             wire_bytes_per_round_per_node: 1000.0,
             energy_j: 0.2,
@@ -1194,12 +1146,5 @@ mod tests {
                 .iter()
                 .all(|p| p.series[0].labels == ["public_batch=64,encoding=q4"])
         );
-    }
-
-    #[test]
-    fn spread_is_the_sample_standard_deviation() {
-        assert_eq!(mean_sd(&[84.0, 86.0, 88.0]), (86.0, 2.0));
-        // One seed has no spread to report, not NaN.
-        assert_eq!(mean_sd(&[71.5]), (71.5, 0.0));
     }
 }

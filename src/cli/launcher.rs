@@ -383,6 +383,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
         partition: scenario.data.partition.parse()?,
         public_pool: scenario.data.public_pool as usize,
         test_size: scenario.data.test_size as usize,
+        validation: scenario.data.validation as usize,
         public_from: scenario.public_from()?,
     };
     // The split itself, as every node will draw it: a Dirichlet split can leave a node

@@ -42,7 +42,8 @@
 //! order:
 //!
 //! 1. a shuffle of all training indices (`SliceRandom::shuffle`); the first `public_pool`
-//!    are the public pool, the rest (in that order) the private pool;
+//!    are the public pool, the rest (in that order) the private pool, whose first
+//!    `validation` are the validation set (`data.validation`; no draw of its own);
 //! 2. per scheme —
 //!    - `iid`: nothing more;
 //!    - `shards:<k>`: a shuffle of the `n·k` shard ids, dealt `k` at a time;
@@ -211,6 +212,11 @@ pub struct SplitConfig {
     pub public_pool: usize,
     /// 0 for the whole test set, else the first `test_size` test images.
     pub test_size: usize,
+    /// Training samples held out as the validation set: the first this many of the
+    /// shuffled private pool, before it is divided (0: none, and the split is what it
+    /// was before validation sets existed).
+    #[serde(default)]
+    pub validation: usize,
     /// `Some(n)`: the public pool is drawn from another dataset of `n` samples
     /// (`data.public`), and the whole training set is private.
     #[serde(default)]
@@ -247,6 +253,16 @@ impl SplitConfig {
             }
             None => train - self.public_pool,
         };
+        if self.validation >= private {
+            return Err(Error::config(
+                "data.validation",
+                format!(
+                    "{} leaves no private data: the private pool has {private} samples; hold out fewer",
+                    self.validation
+                ),
+            ));
+        }
+        let private = private - self.validation;
         let public = if self.public_from.is_some() {
             0
         } else {
@@ -267,9 +283,9 @@ impl SplitConfig {
             return Err(Error::config(
                 field,
                 format!(
-                    "the private pool ({train} training images - {public} public = {private}) is too small for {} \
-                     nodes: needs at least {needed} ({why})",
-                    self.nodes
+                    "the private pool ({train} training images - {public} public - {} validation = {private}) is \
+                     too small for {} nodes: needs at least {needed} ({why})",
+                    self.validation, self.nodes
                 ),
             ));
         }
@@ -298,6 +314,9 @@ pub struct Split {
     pub public: Vec<usize>,
     /// The test images every node evaluates on.
     pub test: Vec<usize>,
+    /// The validation set every node evaluates on: indices into `dataset.train`, in
+    /// no shard and not in the public pool (empty: none).
+    pub validation: Vec<usize>,
 }
 
 /// The realised split: each node's shard size and label histogram.
@@ -351,7 +370,10 @@ impl Split {
 
 /// Splits `dataset` as `cfg` says; deterministic for a given seed (and build).
 pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
-    let (mut rng, public, private_pool) = shuffled_pool(dataset, cfg)?;
+    let (mut rng, public, mut private_pool) = shuffled_pool(dataset, cfg)?;
+    // No draw of its own: with no validation set the split is the one before they
+    // existed, bit for bit.
+    let validation: Vec<usize> = private_pool.drain(..cfg.validation).collect();
     let labels = &dataset.train.labels;
     let nodes = cfg.nodes;
     let private = match cfg.partition {
@@ -397,6 +419,7 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
         private,
         public,
         test: (0..test_len).collect(),
+        validation,
     })
 }
 
@@ -408,7 +431,8 @@ pub fn class_order(dataset: &Dataset, cfg: &SplitConfig) -> Result<Option<Vec<us
         cfg.validate(dataset)?;
         return Ok(None);
     }
-    let (mut rng, _, private_pool) = shuffled_pool(dataset, cfg)?;
+    let (mut rng, _, mut private_pool) = shuffled_pool(dataset, cfg)?;
+    private_pool.drain(..cfg.validation);
     let classes = by_class(&private_pool, &dataset.train.labels, dataset.classes).len();
     Ok(Some(draw_class_order(classes, &mut rng)))
 }
@@ -686,6 +710,7 @@ mod tests {
             public_pool: 100,
             test_size: 0,
             public_from: None,
+            validation: 0,
         }
     }
 
@@ -942,6 +967,7 @@ mod tests {
                 private: vec![vec![0, 61]],
                 public: vec![],
                 test: vec![],
+                validation: vec![],
             }
             .stats(labels, CLASSES),
         )
@@ -1004,6 +1030,7 @@ mod tests {
                 public_pool: 12,
                 test_size: 0,
                 public_from: None,
+                validation: 0,
             };
             let got = split(&dataset, &cfg).unwrap();
             assert_eq!(got.private, reference_plain_dirichlet(&dataset, &cfg, alpha), "{cfg:?}");
@@ -1023,6 +1050,7 @@ mod tests {
                 public_pool: 1000,
                 test_size: 0,
                 public_from: None,
+                validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
             let order = class_order(&dataset, &cfg).unwrap().unwrap();
@@ -1063,6 +1091,7 @@ mod tests {
                         public_pool: 10000,
                         test_size: 0,
                         public_from: None,
+                        validation: 0,
                     };
                     empty_fraction(&split(&dataset, &cfg).unwrap(), labels)
                 })
@@ -1093,6 +1122,7 @@ mod tests {
                 public_pool: 1000,
                 test_size: 0,
                 public_from: None,
+                validation: 0,
             };
             split(&dataset, &cfg).unwrap()
         };
@@ -1146,6 +1176,7 @@ mod tests {
                     public_pool: 1000,
                     test_size: 0,
                     public_from: None,
+                    validation: 0,
                 };
                 mean_label_entropy(&split(&dataset, &cfg).unwrap(), &dataset.train.labels)
             };
@@ -1166,6 +1197,7 @@ mod tests {
             public_pool: 500,
             test_size: 100,
             public_from: None,
+            validation: 0,
         };
         let cases = [
             (Partition::DirichletBalanced { alpha: 0.001 }, vec![2, 5, 10]),
@@ -1237,6 +1269,7 @@ mod tests {
                 public_pool: 0,
                 test_size: 0,
                 public_from: None,
+                validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
             for shard in &split.private {
@@ -1256,12 +1289,43 @@ mod tests {
                 public_pool: 500,
                 test_size: 0,
                 public_from: None,
+                validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
             for shard in &split.private {
                 let labels: BTreeSet<u8> = shard.iter().map(|&i| dataset.train.labels[i]).collect();
                 assert!(labels.len() <= 2 * k, "k = {k}: {labels:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_validation_set_is_held_out_of_every_shard_and_leaves_the_rest_as_it_was() {
+        let dataset = synthetic(60);
+        for partition in [Partition::Iid, Partition::Dirichlet { alpha: 0.5 }] {
+            let plain = split(&dataset, &cfg(partition.clone())).unwrap();
+            assert!(plain.validation.is_empty());
+            let held = split(
+                &dataset,
+                &SplitConfig {
+                    validation: 50,
+                    ..cfg(partition.clone())
+                },
+            )
+            .unwrap();
+            assert_eq!(held.validation.len(), 50, "{partition}");
+            // The same public pool and test set; the validation set in no shard.
+            assert_eq!((&held.public, &held.test), (&plain.public, &plain.test));
+            let validation: std::collections::BTreeSet<usize> = held.validation.iter().copied().collect();
+            assert_eq!(validation.len(), 50);
+            assert!(held.private.iter().flatten().all(|i| !validation.contains(i)));
+            assert!(held.public.iter().all(|i| !validation.contains(i)));
+            // The first samples of the private pool: what the shards of the plain split
+            // held, less those 50.
+            let before: usize = plain.private.iter().map(Vec::len).sum();
+            let after: usize = held.private.iter().map(Vec::len).sum();
+            assert_eq!(after + 50, before, "{partition}");
+            assert!(plain.private.iter().flatten().any(|i| validation.contains(i)));
         }
     }
 
@@ -1275,6 +1339,7 @@ mod tests {
             public_pool: 20,
             test_size: 0,
             public_from: None,
+            validation: 0,
         };
         assert!(base.validate(&dataset).is_ok());
         let cases = [
@@ -1372,6 +1437,21 @@ mod tests {
                     ..base.clone()
                 },
                 "data.test_size",
+            ),
+            (
+                SplitConfig {
+                    validation: 80,
+                    ..base.clone()
+                },
+                "data.validation",
+            ),
+            (
+                // 3 private samples left for 4 nodes: the pool names what took them.
+                SplitConfig {
+                    validation: 77,
+                    ..base.clone()
+                },
+                "data.public_pool",
             ),
         ];
         for (cfg, expected) in cases {
