@@ -16,8 +16,11 @@ use super::{Basis, Outcome, SeedOutcome};
 use crate::cli::plot::{Figure, Panel, Scale, Series, Unit, algorithm_color};
 use crate::scenario::Scenario;
 
+/// A figure of one seed's outcome.
+type Field = fn(&Outcome) -> f64;
+
 /// What an algorithm's seeds are summarised by, in the order the tables show them.
-const MEASURES: [(&str, fn(&Outcome) -> f64); 4] = [
+const MEASURES: [(&str, Field); 4] = [
     ("final mean acc", |o| o.final_mean_accuracy),
     ("weighted by samples", |o| o.weighted_final_accuracy),
     ("worst node", |o| o.worst_node_final_accuracy),
@@ -60,7 +63,7 @@ pub struct Summary<'a> {
 }
 
 /// `field` of algorithm `i` in each seed.
-fn values(per_seed: &[SeedOutcome], i: usize, field: fn(&Outcome) -> f64) -> Vec<f64> {
+fn values(per_seed: &[SeedOutcome], i: usize, field: Field) -> Vec<f64> {
     per_seed.iter().map(|s| field(&s.outcomes[i])).collect()
 }
 
