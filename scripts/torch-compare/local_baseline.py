@@ -42,22 +42,23 @@ rounds' means, a steadier estimate: one node's accuracy moves a point or more fr
 to round) and each node's, and the mean curve; with several inits, mean ± sample sd and a
 95 % t-interval of both.
 
-Measured 2026-12-07, 20:47–21:30 UTC, on a 2-core x86-64 virtual machine under heavy
+Measured 2026-12-07, 20:47–21:33 UTC, on a 2-core x86-64 virtual machine under heavy
 load (load average 12–30: other sessions' builds and runs; torch 2.15.0, one thread per
 process; accuracies do not depend on load). Split: seed 7, `dirichlet:0.5`, 8 nodes,
 public pool 10,000, test 2,000; shard sizes 5366 5504 9302 5462 6194 9996 1701 6475, label
 histograms identical to WDML's run `split.json`. Final mean test accuracy (round 30), and
 the mean of rounds 26–30 ("last 5"), mean ± sample sd over inits:
 
-    defaults (WDML's choices), inits 0,1,2    final 71.08 69.99 70.30 → 70.45 ± 0.56 %
-                                              last 5 70.01 69.63 69.75 → 69.80 ± 0.19 %
-    --norm none, init 0                       final 69.03 % (last 5 68.08 %)
+    defaults (WDML's choices), inits 0-4   final 71.08 69.99 70.30 69.73 70.54 → 70.33 ± 0.52 %
+                                           last 5 70.01 69.64 69.75 69.86 69.49 → 69.75 ± 0.20 %
+    --norm none, init 0                    final 69.03 % (last 5 68.08 %)
+    --adam reset, init 0                   final 69.06 % (last 5 68.61 %)
+    --sampling replacement, init 0         final 69.89 % (last 5 69.45 %)
 
 against WDML on the same split (`wdml run examples/case-hetero-a0.5.toml --set
-run.algorithm=local`, seed 7: 68.79 %, last 5 69.32 %; and three more inits on that split
+run.algorithm=local`, seed 7: 68.79 %, last 5 69.32 %; and five more inits on that split
 with scripts/torch-compare/init-salt.patch: 70.35, 69.55, 69.73, 69.38, 68.01 %; six runs
-69.30 ± 0.81 %, last 5 69.57 ± 0.18 %). The --sampling and --adam variants were not run (WDML already does
-what the defaults do).
+69.30 ± 0.81 %, last 5 69.57 ± 0.18 %).
 """
 
 import argparse
