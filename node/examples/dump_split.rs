@@ -31,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         public_pool: public_pool.parse()?,
         test_size: test_size.parse()?,
         public_from: None,
+        // The results' case studies hold no validation set out.
+        validation: 0,
     };
     let drawn = split(&dataset, &config)?;
     let classes = dataset.classes;
