@@ -44,8 +44,10 @@ pub struct RunSection {
     /// Seeds everything: split, models, batches, public batches, round tokens.
     pub seed: u64,
     pub rounds: u32,
-    /// `dml` (share predictions on the public batch), `local` (no exchange) or
-    /// `fedavg` (gossip averaging of full parameters; identical models only).
+    /// `dml` (share predictions on the public batch), `local` (no exchange), `fedavg`
+    /// (gossip averaging of full parameters; identical models only), `fedmd` (FedMD:
+    /// digest the mean logits, then revisit the private data) or `dsfl` (DS-FL: distil
+    /// toward the entropy-reduced mean of the softmax outputs, then train privately).
     pub algorithm: Algorithm,
 }
 
@@ -76,6 +78,13 @@ pub struct TrainSection {
     /// round's public batch (0: all of them at every step). Fewer cut dml's compute.
     pub distill_batch: u32,
     pub aggregate: Aggregate,
+    /// `fedmd`'s digest and `dsfl`'s distillation: optimiser steps on the public batch
+    /// alone (`distill_batch` rows each) before the `local_steps` private steps; 0: as
+    /// many as `local_steps` (then a round computes exactly what a dml round does).
+    pub public_steps: u32,
+    /// `dsfl`: the temperature of Entropy Reduction Aggregation, softmax(mean / T), in
+    /// (0, 1]; the paper's 0.1.
+    pub era_temperature: f64,
 }
 
 impl Default for TrainSection {
@@ -88,6 +97,8 @@ impl Default for TrainSection {
             kl_weight: 1.0,
             distill_batch: 0,
             aggregate: Aggregate::Mean,
+            public_steps: 0,
+            era_temperature: 0.1,
         }
     }
 }
@@ -651,6 +662,13 @@ impl Scenario {
                     self.run.algorithm
                 );
             }
+            if strategy::public_alone(self.run.algorithm) {
+                bail!(
+                    "nodes.models: {} trains on the public batch alone, a step node {node}'s external model \
+                     ({model}) does not offer (its program trains only through train_step)",
+                    self.run.algorithm
+                );
+            }
             if self.device_of(node).is_some() {
                 bail!(
                     "nodes.devices: node {node} runs an external model ({model}) whose FLOPs are unknown, \
@@ -797,6 +815,8 @@ impl Scenario {
             temperature: self.train.temperature,
             kl_weight: self.train.kl_weight,
             distill_batch: self.train.distill_batch,
+            public_steps: self.train.public_steps,
+            era_temperature: self.train.era_temperature,
             public_batch: self.exchange.public_batch,
             channel: serde_json::to_string(&channel).expect("a resolved channel serialises"),
             max_message_bytes: self.exchange.max_message_bytes,
@@ -1234,6 +1254,99 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
         }
+    }
+
+    #[test]
+    fn fedmd_and_dsfl_settings_that_cannot_work_are_refused_naming_the_field() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            Scenario::load(None, &sets).map(drop).map_err(|e| format!("{e:#}"))
+        };
+        load(&["run.algorithm=\"fedmd\""]).unwrap();
+        load(&["run.algorithm=\"dsfl\""]).unwrap();
+        load(&[
+            "run.algorithm=\"dsfl\"",
+            "train.era_temperature=1.0",
+            "train.public_steps=3",
+        ])
+        .unwrap();
+        // dml ignores the ERA temperature.
+        load(&["train.era_temperature=5.0"]).unwrap();
+        for (sets, says) in [
+            (
+                &["run.algorithm=\"dsfl\"", "train.era_temperature=0.0"][..],
+                "train.era_temperature",
+            ),
+            (
+                &["run.algorithm=\"dsfl\"", "train.era_temperature=1.5"],
+                "must lie in (0, 1]",
+            ),
+            (
+                &["run.algorithm=\"dsfl\"", "train.era_temperature=nan"],
+                "train.era_temperature",
+            ),
+            (
+                &["run.algorithm=\"fedmd\"", "train.aggregate=\"median\""],
+                "train.aggregate",
+            ),
+            (
+                &["run.algorithm=\"dsfl\"", "exchange.max_staleness=2"],
+                "exchange.max_staleness",
+            ),
+            (
+                &["run.algorithm=\"fedmd\"", "train.public_steps=-1"],
+                "train.public_steps",
+            ),
+        ] {
+            let error = load(sets).unwrap_err();
+            assert!(error.contains(says), "{sets:?}: {error}");
+        }
+        // A node checks again what another coordinator could send.
+        let good = Scenario::load(None, &["run.algorithm=\"dsfl\"".into()])
+            .unwrap()
+            .settings()
+            .unwrap();
+        let error = wdml_node::plan::RunPlan::from_settings(RunSettings {
+            era_temperature: 0.0,
+            ..good
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("train.era_temperature"), "{error}");
+    }
+
+    /// FedMD and DS-FL declare the FLOPs a round of theirs counts: the public batch's
+    /// forward pass, then `public_steps × distill_batch` public rows and `local_steps ×
+    /// batch_size` private rows of training; at the defaults (public_steps =
+    /// local_steps, distill_batch = public_batch) exactly dml's.
+    #[test]
+    fn fedmd_and_dsfl_declare_their_flops_and_match_dml_at_the_defaults() {
+        let plan = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            let settings = Scenario::load(None, &sets).unwrap().settings().unwrap();
+            wdml_node::plan::RunPlan::from_settings(settings).unwrap()
+        };
+        let base = ["train.local_steps=7", "train.batch_size=32", "exchange.public_batch=64"];
+        let p = plan(&base);
+        assert_eq!(p.public_steps, 7, "0: as many as local_steps");
+        let model: ModelSpec = "mlp:8".parse().unwrap();
+        let flops = model.flops(&p.spec);
+        for a in [Algorithm::Fedmd, Algorithm::Dsfl] {
+            assert_eq!(strategy::flops_before_exchange(a, &p, &model), 64 * flops.forward);
+            assert_eq!(
+                strategy::flops_after_exchange(a, &p, &model),
+                (7 * 64 + 7 * 32) * flops.train()
+            );
+            assert_eq!(
+                strategy::flops_after_exchange(a, &p, &model),
+                strategy::flops_after_exchange(Algorithm::Dml, &p, &model)
+            );
+        }
+        let p = plan(&[&base[..], &["train.public_steps=3", "train.distill_batch=16"]].concat());
+        assert_eq!(
+            strategy::flops_after_exchange(Algorithm::Fedmd, &p, &model),
+            (3 * 16 + 7 * 32) * flops.train()
+        );
     }
 
     #[test]

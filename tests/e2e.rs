@@ -319,19 +319,22 @@ fn compare_runs_every_algorithm_and_writes_the_table_and_the_plot() {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     let table = std::fs::read_to_string(dir.path().join("comparison.md")).unwrap();
-    for algorithm in ["| local |", "| fedavg |", "| dml |"] {
+    for algorithm in ["| local |", "| fedavg |", "| dml |", "| fedmd |", "| dsfl |"] {
         assert!(table.contains(algorithm), "{algorithm} missing from\n{table}");
     }
     let svg = std::fs::read_to_string(dir.path().join("comparison.svg")).unwrap();
-    // Accuracy per round for all three; against energy and air time (log axes) for the
-    // two that spend any.
-    assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 3 + 2 + 2, "{svg}");
+    // Accuracy per round for all five; against energy and air time (log axes) for the
+    // four that spend any.
+    assert_eq!(svg.matches(r#"stroke-width="2" points"#).count(), 5 + 4 + 4, "{svg}");
     assert!(dir.path().join("comparison.png").exists());
 
     // Parameters (50,890 of mlp:64, f32) against predictions (64 × 10, q8), per neighbour.
     let payload = |algorithm: &str| metrics(&dir.path().join(algorithm))[0].metrics.payload_bytes_sent;
     assert_eq!(payload("fedavg"), 2 * 50_890 * 4);
     assert_eq!(payload("dml"), 2 * 64 * 10);
+    // FedMD and DS-FL send dml's message.
+    assert_eq!(payload("fedmd"), 2 * 64 * 10);
+    assert_eq!(payload("dsfl"), 2 * 64 * 10);
     assert_eq!(payload("local"), 0);
 
     // FedAvg starts every node from one model, and over a lossless full mesh of three

@@ -71,6 +71,12 @@ pub struct RunPlan {
     pub closing: Closing,
     /// How old a neighbour's message may be, and its weight.
     pub staleness: Staleness,
+    /// `fedmd`'s digest and `dsfl`'s distillation: optimiser steps on the public batch
+    /// alone, `distill_batch` rows each, before the private steps (0 in the settings:
+    /// `local_steps`, the public rows a dml round trains on).
+    pub public_steps: u32,
+    /// `dsfl`: the temperature of its Entropy Reduction Aggregation, in (0, 1].
+    pub era_temperature: f64,
 }
 
 impl RunPlan {
@@ -212,9 +218,15 @@ impl RunPlan {
         if channel.mode == wdml_channel::Mode::OverTheAir {
             over_the_air_fits(algorithm, aggregate, encoding, s.max_staleness)?;
         }
+        consensus_fits(algorithm, aggregate, s.max_staleness, s.era_temperature)?;
         let closing = Closing::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         let staleness = Staleness::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         Ok(RunPlan {
+            public_steps: match s.public_steps {
+                0 => s.local_steps,
+                k => k,
+            },
+            era_temperature: s.era_temperature,
             closing,
             staleness,
             run_instance: s.run_instance,
@@ -316,6 +328,42 @@ impl RunPlan {
             public_from,
         }
     }
+}
+
+/// `fedmd` and `dsfl` form one consensus of this round's predictions, their own
+/// included, as their papers do: the plain mean (FedMD), or its sharpened softmax
+/// (DS-FL's ERA, whose temperature must lie in (0, 1]: below 1 it sharpens the mean,
+/// above it would flatten it). No other aggregate, and no older round's predictions.
+fn consensus_fits(algorithm: Algorithm, aggregate: Aggregate, max_staleness: u32, era_temperature: f64) -> Result<()> {
+    if !matches!(algorithm, Algorithm::Fedmd | Algorithm::Dsfl) {
+        return Ok(());
+    }
+    if aggregate != Aggregate::Mean {
+        return Err(Error::config(
+            "train.aggregate",
+            format!("{aggregate}: {algorithm} forms its consensus as its paper does, from the mean; set \"mean\""),
+        ));
+    }
+    if max_staleness > 0 {
+        return Err(Error::config(
+            "exchange.max_staleness",
+            format!(
+                "{max_staleness}: {algorithm}'s consensus is of one public batch, this round's; an older round's \
+                 predictions cannot join it (set 0)"
+            ),
+        ));
+    }
+    if algorithm == Algorithm::Dsfl && !(era_temperature.is_finite() && era_temperature > 0.0 && era_temperature <= 1.0)
+    {
+        return Err(Error::config(
+            "train.era_temperature",
+            format!(
+                "{era_temperature}: the temperature of DS-FL's entropy reduction, softmax(mean / T), must lie in \
+                 (0, 1] (below 1 it sharpens the mean; the paper uses 0.1)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Over the air, the channel itself computes the neighbours' mean soft prediction: only

@@ -711,7 +711,7 @@ pub(crate) fn train(node: &mut Node, distill: Option<&Distill>) -> Result<Losses
 }
 
 /// `len` rows of `t` from `start`, wrapping past the end (all of `t` when it has `len`).
-fn cyclic_rows(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+pub(crate) fn cyclic_rows(t: &Tensor, start: usize, len: usize) -> Result<Tensor> {
     let rows = t.dim(0)?;
     if len >= rows {
         return Ok(t.clone());

@@ -19,8 +19,9 @@ pub mod policy;
 /// neighbour's address only where its stream has not given it already. 4: the
 /// aggregate `TRUST_WEIGHTED` is accepted. 5: a run's data has any shape and number of
 /// classes (`DataSpec`, in RunSettings, Join and Hello), and messages have that many
-/// columns. 6: a run may hold out a validation set (`RunSettings.validation`), and a
-/// node reports its accuracy on it (`RoundMetrics.validation_accuracy`).
+/// columns. 6: the algorithms `FEDMD` and `DSFL` and their settings `public_steps` and
+/// `era_temperature`; a run may hold out a validation set (`RunSettings.validation`),
+/// and a node reports its accuracy on it (`RoundMetrics.validation_accuracy`).
 pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
@@ -109,7 +110,8 @@ mod names {
         };
     }
 
-    named!(Algorithm, "algorithm", "`dml`, `local` or `fedavg`", [Dml => "dml", Local => "local", Fedavg => "fedavg"]);
+    named!(Algorithm, "algorithm", "`dml`, `local`, `fedavg`, `fedmd` or `dsfl`",
+        [Dml => "dml", Local => "local", Fedavg => "fedavg", Fedmd => "fedmd", Dsfl => "dsfl"]);
     named!(Encoding, "encoding", "`f32`, `f16`, `q8`, `q4` or `topk`",
         [F32 => "f32", F16 => "f16", Q8 => "q8", Q4 => "q4", Topk => "topk"]);
     named!(Aggregate, "aggregate", "`mean`, `median`, `trimmed-mean` or `trust-weighted`",
@@ -125,7 +127,7 @@ mod names {
 
         #[test]
         fn names_round_trip() {
-            for a in [Algorithm::Dml, Algorithm::Local, Algorithm::Fedavg] {
+            for &a in Algorithm::ALL {
                 assert_eq!(a.to_string().parse::<Algorithm>().unwrap(), a);
             }
             assert_eq!("trimmed-mean".parse::<Aggregate>().unwrap(), Aggregate::TrimmedMean);

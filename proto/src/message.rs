@@ -64,8 +64,8 @@ pub fn shape(
     parameters: u64,
 ) -> Option<MessageShape> {
     match algorithm {
-        // Predictions on the public batch, in the run's encoding.
-        Algorithm::Dml => Some(MessageShape {
+        // Predictions (logits) on the public batch, in the run's encoding.
+        Algorithm::Dml | Algorithm::Fedmd | Algorithm::Dsfl => Some(MessageShape {
             rows: public_batch,
             cols: classes,
             encoding,
@@ -95,6 +95,10 @@ mod tests {
         assert_eq!((fedavg.rows, fedavg.cols, fedavg.encoding), (1, 50_890, Encoding::F32));
         assert_eq!(fedavg.bytes(), 203_560);
         assert_eq!(shape(Algorithm::Local, 128, Encoding::Q8, 0, 10, 50_890), None);
+        // FedMD and DS-FL send what dml sends.
+        for a in [Algorithm::Fedmd, Algorithm::Dsfl] {
+            assert_eq!(shape(a, 128, Encoding::Q8, 0, 10, 50_890), Some(dml));
+        }
         // Half a byte a value, the last byte half used when the count is odd.
         assert_eq!(shape(Algorithm::Dml, 128, Encoding::Q4, 0, 10, 1).unwrap().bytes(), 640);
         assert_eq!(payload_bytes(Encoding::Q4, 1, 7, 0), Some(4));

@@ -123,6 +123,8 @@ pub fn algorithm_color(algorithm: &str) -> RGBColor {
         "dml" => PALETTE[3],
         "fedavg" => PALETTE[0],
         "local" => PALETTE[7],
+        "fedmd" => PALETTE[1],
+        "dsfl" => PALETTE[2],
         _ => PALETTE[4],
     }
 }

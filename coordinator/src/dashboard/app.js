@@ -215,8 +215,8 @@ async function load() {
   return run;
 }
 
-// Algorithms by the colours of the figures: DML red, FedAvg blue, local grey.
-const ALGORITHM_COLOURS = { dml: "#d62728", fedavg: "#1f77b4", local: "#7f7f7f" };
+// Algorithms by the colours of the figures: DML red, FedAvg blue, local grey, FedMD orange, DS-FL green.
+const ALGORITHM_COLOURS = { dml: "#d62728", fedavg: "#1f77b4", local: "#7f7f7f", fedmd: "#ff7f0e", dsfl: "#2ca02c" };
 
 // A comparison: each algorithm's mean accuracy and radio costs against rounds, side by
 // side, from the same curve `wdml compare` writes to comparison.json.

@@ -18,7 +18,7 @@ use std::sync::atomic::AtomicU64;
 use candle_core::{Device, Tensor};
 
 pub use losses::{kl_to_target, soft_targets, trust_weighted_targets, weighted_kl_to_target};
-pub use trainer::{Evaluation, Learner, LearnerConfig, StepLosses};
+pub use trainer::{Evaluation, Learner, LearnerConfig, PublicLoss, StepLosses};
 
 use crate::{Error, Result};
 
@@ -57,6 +57,16 @@ pub trait Learn: Send {
     /// Accuracy and mean cross-entropy on a labelled set, `batch` rows at a time.
     fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation>;
 
+    /// One optimiser step on the public batch alone toward `target` (FedMD's digest,
+    /// DS-FL's distillation); see [`Learner::public_step`]. A model in the device's own
+    /// program has no such step (its program trains only through `train_step`).
+    fn public_step(&mut self, _public: &Tensor, _target: &Tensor, loss: PublicLoss) -> Result<f32> {
+        Err(invalid(format!(
+            "this model's own program has no step on the public batch alone ({loss:?}): fedmd and dsfl \
+             need a model wdml node builds"
+        )))
+    }
+
     /// The Candle learner, when this is one: what needs its parameters (checkpoints,
     /// gossip averaging) works only with it.
     fn candle(&self) -> Option<&Learner> {
@@ -94,6 +104,10 @@ impl Learn for Learner {
 
     fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation> {
         Learner::evaluate(self, images, labels, batch)
+    }
+
+    fn public_step(&mut self, public: &Tensor, target: &Tensor, loss: PublicLoss) -> Result<f32> {
+        Learner::public_step(self, public, target, loss)
     }
 
     fn candle(&self) -> Option<&Learner> {

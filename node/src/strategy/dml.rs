@@ -59,7 +59,7 @@ impl Strategy for Dml {
 
 /// An adversary's predictions: every row a large logit on the class after the one its
 /// own model picks, zero elsewhere — confident, and wrong whenever its model is right.
-fn confidently_wrong(logits: &mut [f32], classes: usize) {
+pub(super) fn confidently_wrong(logits: &mut [f32], classes: usize) {
     for row in logits.chunks_mut(classes) {
         let own = row
             .iter()

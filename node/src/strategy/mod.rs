@@ -9,8 +9,11 @@
 //! `with_strategy!`; the compiler finds each one missing, and the plan, the scenario's
 //! checks and `wdml compare`'s default list follow from them.
 
+mod consensus;
 mod dml;
+mod dsfl;
 mod fedavg;
+mod fedmd;
 mod local;
 
 use wdml_proto::{Algorithm, Encoding};
@@ -49,6 +52,12 @@ pub(crate) trait Strategy {
         false
     }
 
+    /// Whether it trains on the public batch alone ([`crate::learn::Learn::public_step`]),
+    /// which a model in the device's own program cannot.
+    fn public_alone(&self) -> bool {
+        false
+    }
+
     /// The round's learning, step by step: model work through [`Round::compute`], the
     /// exchange through [`Round::exchange`]. Returns the local steps' losses.
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses>;
@@ -71,6 +80,14 @@ macro_rules! with_strategy {
             }
             Algorithm::Local => {
                 let $s = local::Local;
+                Some($body)
+            }
+            Algorithm::Fedmd => {
+                let $s = fedmd::Fedmd;
+                Some($body)
+            }
+            Algorithm::Dsfl => {
+                let $s = dsfl::Dsfl;
                 Some($body)
             }
             // Protobuf's zero value, what a peer sends when it names no algorithm.
@@ -106,6 +123,12 @@ pub fn same_model(algorithm: Algorithm) -> bool {
     with_strategy!(algorithm, s => s.same_model()).unwrap_or(false)
 }
 
+/// Whether `algorithm` trains on the public batch alone, which needs a model wdml node
+/// builds (not one in a device's own program).
+pub fn public_alone(algorithm: Algorithm) -> bool {
+    with_strategy!(algorithm, s => s.public_alone()).unwrap_or(false)
+}
+
 /// The FLOPs a node running `model` computes before it sends under `algorithm`.
 pub fn flops_before_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
     with_strategy!(algorithm, s => s.flops_before_exchange(plan, model)).unwrap_or(0)
@@ -138,10 +161,16 @@ mod tests {
         assert_eq!(
             Algorithm::ALL
                 .iter()
-                .map(|&a| (exchanges(a), same_model(a)))
+                .map(|&a| (exchanges(a), same_model(a), public_alone(a)))
                 .collect::<Vec<_>>(),
-            [(true, false), (false, false), (true, true)],
-            "dml, local, fedavg"
+            [
+                (true, false, false),
+                (false, false, false),
+                (true, true, false),
+                (true, false, true),
+                (true, false, true)
+            ],
+            "dml, local, fedavg, fedmd, dsfl"
         );
     }
 }
