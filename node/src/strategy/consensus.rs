@@ -20,10 +20,9 @@
 //! dml's compute, so the comparison is at equal FLOPs.
 
 use candle_core::{Device, Tensor};
-use wdml_proto::AdversaryKind;
 
 use super::Losses;
-use super::dml::confidently_wrong;
+use super::dml::predict_public;
 use crate::Result;
 use crate::learn::PublicLoss;
 use crate::learn::invalid;
@@ -72,15 +71,7 @@ pub(super) async fn learn(
     loss: PublicLoss,
     consensus: impl FnOnce(&RunPlan, &[&[f32]]) -> Result<Vec<f32>>,
 ) -> Result<Losses> {
-    let start = round.start;
-    let (public, mut logits) = round.compute(|| -> Result<_> {
-        let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
-        let logits = node.learner.logits_vec(&public)?;
-        Ok((public, logits))
-    })?;
-    if node.adversary == Some(AdversaryKind::ConfidentWrong) {
-        confidently_wrong(&mut logits, node.plan.classes());
-    }
+    let (public, logits) = predict_public(node, round)?;
     let collected = round.exchange(node, &logits).await?;
     let public_loss = if collected.messages.is_empty() {
         None

@@ -34,16 +34,8 @@ impl Strategy for Dml {
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
         let start = round.start;
-        // 1. The round's public batch, drawn from the coordinator's seed (no image is
-        //    sent), and our predictions on it.
-        let (public, mut logits) = round.compute(|| -> Result<_> {
-            let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
-            let logits = node.learner.logits_vec(&public)?;
-            Ok((public, logits))
-        })?;
-        if node.adversary == Some(AdversaryKind::ConfidentWrong) {
-            confidently_wrong(&mut logits, node.plan.classes());
-        }
+        // 1. The round's public batch and our predictions on it.
+        let (public, logits) = predict_public(node, round)?;
         // 2. Swap predictions with the neighbours.
         let collected = round.exchange(node, &logits).await?;
         // 3. E local steps: CE on private batches plus λ·T²·KL toward the neighbours'
@@ -57,9 +49,25 @@ impl Strategy for Dml {
     }
 }
 
+/// The round's public batch, drawn from the coordinator's seed (no image is sent), and
+/// the node's predictions on it, as it will send them (an adversary's made wrong): the
+/// first step of every prediction-sharing strategy.
+pub(super) fn predict_public(node: &mut Node, round: &mut Round<'_>) -> Result<(Tensor, Vec<f32>)> {
+    let start = round.start;
+    let (public, mut logits) = round.compute(|| -> Result<_> {
+        let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
+        let logits = node.learner.logits_vec(&public)?;
+        Ok((public, logits))
+    })?;
+    if node.adversary == Some(AdversaryKind::ConfidentWrong) {
+        confidently_wrong(&mut logits, node.plan.classes());
+    }
+    Ok((public, logits))
+}
+
 /// An adversary's predictions: every row a large logit on the class after the one its
 /// own model picks, zero elsewhere — confident, and wrong whenever its model is right.
-pub(super) fn confidently_wrong(logits: &mut [f32], classes: usize) {
+fn confidently_wrong(logits: &mut [f32], classes: usize) {
     for row in logits.chunks_mut(classes) {
         let own = row
             .iter()
