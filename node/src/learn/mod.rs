@@ -67,6 +67,24 @@ pub trait Learn: Send {
         )))
     }
 
+    /// One DP-SGD step ([`Learner::private_step`]): `private` is the step's Poisson
+    /// batch (`None` when it took no row). A model in the device's own program has no
+    /// per-example gradients wdml can clip.
+    fn private_step(
+        &mut self,
+        _private: Option<(&Tensor, &Tensor)>,
+        _distill: Option<(&Tensor, &Tensor)>,
+        _weights: Option<&Tensor>,
+        _dp: &crate::privacy::dpsgd::DpSgd,
+        _rng: &mut dyn rand::RngCore,
+    ) -> Result<StepLosses> {
+        Err(Error::config(
+            "privacy.noise_multiplier",
+            "DP-SGD clips each example's gradient, which needs a model wdml node builds; \
+             this device's model lives in its own program",
+        ))
+    }
+
     /// The Candle learner, when this is one: what needs its parameters (checkpoints,
     /// gossip averaging) works only with it.
     fn candle(&self) -> Option<&Learner> {
@@ -104,6 +122,17 @@ impl Learn for Learner {
 
     fn evaluate(&self, images: &Tensor, labels: &Tensor, batch: usize) -> Result<Evaluation> {
         Learner::evaluate(self, images, labels, batch)
+    }
+
+    fn private_step(
+        &mut self,
+        private: Option<(&Tensor, &Tensor)>,
+        distill: Option<(&Tensor, &Tensor)>,
+        weights: Option<&Tensor>,
+        dp: &crate::privacy::dpsgd::DpSgd,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<StepLosses> {
+        Learner::private_step(self, private, distill, weights, dp, rng)
     }
 
     fn public_step(&mut self, public: &Tensor, target: &Tensor, loss: PublicLoss) -> Result<f32> {

@@ -311,6 +311,121 @@ impl Learner {
         Ok(losses)
     }
 
+    /// Each example's gradient of its own cross-entropy, one tensor per parameter in
+    /// [`Network::variables`] order: one forward and backward pass per row (see
+    /// [`crate::privacy::dpsgd`] for why). `images` `[B, values]`, `labels` `[B]`.
+    /// Returns them with the sum of the examples' cross-entropies.
+    pub fn per_example_gradients(&self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Vec<Tensor>>, f64)> {
+        let rows = check_images(images, self.values, "images")?;
+        check_labels(labels, rows)?;
+        let vars = self.net.variables();
+        let mut gradients = Vec::with_capacity(rows);
+        let mut ce_sum = 0f64;
+        for row in 0..rows {
+            let logits = self.net.forward(&images.narrow(0, row, 1)?)?;
+            let ce = candle_nn::loss::cross_entropy(&logits, &labels.narrow(0, row, 1)?)?;
+            ce_sum += f64::from(ce.to_scalar::<f32>()?);
+            let grads = ce.backward()?;
+            let gradient = vars
+                .iter()
+                .map(|v| match grads.get(v.as_tensor()) {
+                    Some(g) => Ok(g.clone()),
+                    None => v.as_tensor().zeros_like(),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            gradients.push(gradient);
+        }
+        self.count(rows, self.per_image.train());
+        Ok((gradients, ce_sum))
+    }
+
+    /// One DP-SGD step ([`crate::privacy::dpsgd`]): the private rows' gradients, each
+    /// clipped to `dp.max_grad_norm`, summed, noised and divided by the expected batch;
+    /// plus, unclipped, the distillation term's gradient on the public rows as in
+    /// [`Self::train_step_weighted`] (it reads no private example). `images` may hold
+    /// no row (a Poisson batch can be empty): the step is then noise and distillation.
+    /// `ce` is the mean over the rows taken (0 for none).
+    pub fn private_step(
+        &mut self,
+        private: Option<(&Tensor, &Tensor)>,
+        distill: Option<(&Tensor, &Tensor)>,
+        weights: Option<&Tensor>,
+        dp: &crate::privacy::dpsgd::DpSgd,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<StepLosses> {
+        let vars = self.net.variables();
+        let mut sums = vars
+            .iter()
+            .map(|v| v.as_tensor().zeros_like())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut ce = 0f64;
+        if let Some((images, labels)) = private {
+            let (gradients, ce_sum) = self.per_example_gradients(images, labels)?;
+            ce = ce_sum / gradients.len().max(1) as f64;
+            for mut gradient in gradients {
+                crate::privacy::dpsgd::clip(&mut gradient, dp.max_grad_norm)?;
+                for (sum, g) in sums.iter_mut().zip(&gradient) {
+                    *sum = (&*sum + g)?;
+                }
+            }
+        }
+        crate::privacy::dpsgd::privatise(&mut sums, dp, rng)?;
+
+        let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
+        let t = self.cfg.temperature;
+        // The store Adam reads: a backward pass of the distillation loss when there is
+        // one (its gradients are added to below), else of a zero-cost sum that gives
+        // every parameter an entry to overwrite.
+        let (kl, mut store) = match distill {
+            Some((public, target)) => {
+                let p = check_images(public, self.values, "public images")?;
+                if target.dims() != [p, self.classes] || target.dtype() != DType::F32 {
+                    return Err(invalid(format!(
+                        "distillation target: expected [{p}, {}] f32, got {:?} {:?}",
+                        self.classes,
+                        target.dims(),
+                        target.dtype()
+                    )));
+                }
+                let own = self.net.forward(public)?;
+                let kl = match weights {
+                    Some(weights) => weighted_kl_to_target(&own, target, weights, t)?,
+                    None => kl_to_target(&own, target, t)?,
+                };
+                let store = kl.affine(self.cfg.kl_weight * t * t, 0.0)?.backward()?;
+                self.count(p, self.per_image.train());
+                (kl.to_scalar::<f32>()?, store)
+            }
+            None => {
+                let mut zero = Tensor::zeros((), DType::F32, &candle_core::Device::Cpu)?;
+                for v in &vars {
+                    zero = (zero + v.as_tensor().sum_all()?.affine(0.0, 0.0)?)?;
+                }
+                (0.0, zero.backward()?)
+            }
+        };
+        for (v, noisy) in vars.iter().zip(sums) {
+            let gradient = match (distill.is_some(), store.get(v.as_tensor())) {
+                (true, Some(g)) => (noisy + g)?,
+                _ => noisy,
+            };
+            store.insert(v.as_tensor(), gradient);
+        }
+        let losses = StepLosses {
+            ce: ce as f32,
+            kl,
+            total: ce as f32 + (self.cfg.kl_weight * t * t) as f32 * kl,
+        };
+        if !losses.total.is_finite() {
+            return Err(invalid(format!(
+                "non-finite loss (ce {}, kl {}); step skipped",
+                losses.ce, losses.kl
+            )));
+        }
+        self.opt.step(&store)?;
+        Ok(losses)
+    }
+
     /// One optimiser step on the public batch alone: `loss` between the logits of
     /// `public` `[P, values]` and `target` `[P, classes]` (logits for
     /// [`PublicLoss::L1Logits`], probabilities for [`PublicLoss::Kl`]); no private row,
@@ -507,6 +622,85 @@ mod tests {
         let after = l.evaluate(&test_x, &test_y, 64).unwrap();
         assert!(after.accuracy >= 0.95, "{before:?} → {after:?}");
         assert!(after.loss < 0.2 * before.loss, "{before:?} → {after:?}");
+    }
+
+    /// The per-example gradients are the batch's: they sum to B × the gradient of the
+    /// batch's mean cross-entropy, on a CNN (the hand-written convolution ops) and an
+    /// MLP; clipped, every one of them has a norm of at most C.
+    #[test]
+    fn per_example_gradients_sum_to_the_batch_gradient_and_clip_to_the_norm() {
+        use crate::privacy::dpsgd::{clip, norm};
+        let (xs, ys) = separable(6, 4);
+        for spec in ["mlp:16", "cnn:4,8,16"] {
+            let l = Learner::new(&spec.parse().unwrap(), &fm(), cfg(1e-3, 1.0, 0.0), 5).unwrap();
+            let (mut each, ce_sum) = l.per_example_gradients(&xs, &ys).unwrap();
+            assert_eq!(each.len(), 6);
+            let batch_ce = candle_nn::loss::cross_entropy(&l.net.forward(&xs).unwrap(), &ys).unwrap();
+            assert!((ce_sum / 6.0 - f64::from(batch_ce.to_scalar::<f32>().unwrap())).abs() < 1e-5);
+            let grads = batch_ce.backward().unwrap();
+            for (k, v) in l.net.variables().iter().enumerate() {
+                let batch: Vec<f32> = grads
+                    .get(v.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut summed = vec![0f32; batch.len()];
+                for g in &each {
+                    for (s, x) in summed
+                        .iter_mut()
+                        .zip(g[k].flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                    {
+                        *s += x;
+                    }
+                }
+                for (s, b) in summed.iter().zip(&batch) {
+                    assert!(
+                        (s - 6.0 * b).abs() <= 1e-4 + 1e-3 * (6.0 * b).abs(),
+                        "{spec} parameter {k}: {s} vs 6 × {b}"
+                    );
+                }
+            }
+            let norms: Vec<f64> = each.iter().map(|g| norm(g).unwrap()).collect();
+            let c = norms.iter().cloned().fold(f64::INFINITY, f64::min) / 2.0;
+            assert!(c > 0.0, "{spec}: {norms:?}");
+            for (g, before) in each.iter_mut().zip(&norms) {
+                assert_eq!(clip(g, c).unwrap(), *before);
+                let after = norm(g).unwrap();
+                assert!(
+                    after <= c * (1.0 + 1e-5),
+                    "{spec}: {before} clipped to {after} > C = {c}"
+                );
+            }
+        }
+    }
+
+    /// With a modest noise the private steps still learn, and the parameters move only
+    /// through them (a step with no private row and no distillation is noise alone).
+    #[test]
+    fn private_steps_learn_a_separable_problem() {
+        use crate::privacy::dpsgd::{DpSgd, poisson_batch};
+        use rand::SeedableRng;
+        let (xs, ys) = separable(640, 1);
+        let (test_x, test_y) = separable(200, 1);
+        // DP-SGD usually runs a larger step size than plain training (clipped gradients).
+        let mut l = Learner::new(&"mlp:32".parse().unwrap(), &fm(), cfg(5e-3, 1.0, 0.0), 7).unwrap();
+        let dp = DpSgd::new(0.6, 1.0, 32, 640).unwrap();
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(9);
+        for _ in 0..200 {
+            let rows = poisson_batch(640, dp.sample_rate, &mut rng);
+            let index = Tensor::from_slice(&rows, rows.len(), &Device::Cpu).unwrap();
+            let (x, y) = (xs.index_select(&index, 0).unwrap(), ys.index_select(&index, 0).unwrap());
+            let private = (!rows.is_empty()).then_some((&x, &y));
+            let s = l.private_step(private, None, None, &dp, &mut rng).unwrap();
+            assert!(s.ce.is_finite() && s.kl == 0.0);
+        }
+        let after = l.evaluate(&test_x, &test_y, 64).unwrap();
+        assert!(after.accuracy >= 0.9, "{after:?}");
+        let before = l.parameters_flat().unwrap();
+        l.private_step(None, None, None, &dp, &mut rng).unwrap();
+        assert_ne!(l.parameters_flat().unwrap(), before, "an empty batch still adds noise");
     }
 
     #[test]

@@ -1,0 +1,3 @@
+//! Differential privacy of a node's training (in progress: DP-SGD's step).
+
+pub mod dpsgd;
