@@ -12,6 +12,7 @@ pub mod exchange;
 pub mod learn;
 pub mod model;
 pub mod plan;
+pub mod privacy;
 pub mod round;
 pub mod runtime;
 pub mod seed;
