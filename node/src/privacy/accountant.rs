@@ -8,8 +8,8 @@
 //!
 //! What we wrote ourselves and why: no crate in the lock file has this accountant, and
 //! OpenDP's Rust crate does not either (it amplifies only pure and approximate DP by
-//! subsampling, and by default pulls in OpenSSL and its proc macros), so the ~150 lines
-//! are here; the one special function, erfc, is `libm`'s (already in the lock file).
+//! subsampling, and by default pulls in OpenSSL and its proc macros), so it is written
+//! here; the one special function, erfc, is `libm`'s (already in the lock file).
 //!
 //! Inputs outside their domain are answered, never panicked on, and always on the safe
 //! side, "no guarantee": a sampling rate `q` outside [0, 1], a negative noise multiplier
@@ -24,13 +24,14 @@ use std::f64::consts::{LN_2, PI, SQRT_2};
 /// multiplier this much smaller does not.
 pub const NOISE_PRECISION: f64 = 0.01;
 
-/// The largest noise multiplier [`noise_for_epsilon`] tries (Opacus's `MAX_SIGMA`). With
-/// the default orders no noise at all brings ε below the conversion's floor (about 0.1
+/// The largest noise multiplier [`noise_for_epsilon`] tries (Opacus's `MAX_SIGMA`). Over
+/// the default orders no amount of noise brings ε below the conversion's floor (about 0.1
 /// for δ = 10⁻⁵), so a larger bound would only search longer.
 pub const MAX_NOISE_MULTIPLIER: f64 = 1e6;
 
-/// The largest order computed: the sums take O(order) terms, and RDP only grows with the
-/// order, so an order beyond this (never the best one in DP-SGD) is given +∞.
+/// The largest order computed: the sums take O(order) terms, so an order beyond this (far
+/// beyond the default orders' 63) is given +∞, a valid bound since RDP only grows with
+/// the order.
 pub const MAX_ORDER: f64 = 10_000.0;
 
 /// Opacus's stopping rule for the fractional-order series: stop once both new terms are
