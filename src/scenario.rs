@@ -31,6 +31,8 @@ pub struct Scenario {
     pub nodes: NodesSection,
     pub coordinator: CoordinatorSection,
     pub adversary: AdversarySection,
+    /// The privacy audit and differential privacy (DP-SGD).
+    pub privacy: PrivacySection,
     /// The radio between the nodes: a preset (`ideal`, `lan`, `wifi`, `d2d-urban`,
     /// `d2d-edge`) and overrides; see channel/README.md.
     pub channel: ChannelConfig,
@@ -169,6 +171,49 @@ impl Default for AdversarySection {
         AdversarySection {
             nodes: Vec::new(),
             kind: AdversaryKind::ConfidentWrong,
+        }
+    }
+}
+
+/// What a node's neighbours may learn of its private data, measured and bounded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySection {
+    /// Every node records what its neighbours receive of it each round
+    /// (`audit.jsonl` in its state directory), for `wdml privacy RUN` to attack.
+    pub audit: bool,
+    /// DP-SGD's noise multiplier σ (the noise's standard deviation is σ·C); 0: no DP.
+    pub noise_multiplier: f64,
+    /// DP-SGD's per-example clipping norm C.
+    pub max_grad_norm: f64,
+    /// The δ of each node's (ε, δ) guarantee.
+    pub delta: f64,
+    /// Each node's privacy budget ε; 0: none.
+    pub epsilon: f64,
+}
+
+impl Default for PrivacySection {
+    fn default() -> Self {
+        let p = wdml_node::plan::Privacy::default();
+        PrivacySection {
+            audit: p.audit,
+            noise_multiplier: p.noise_multiplier,
+            max_grad_norm: p.max_grad_norm,
+            delta: p.delta,
+            epsilon: p.epsilon,
+        }
+    }
+}
+
+impl PrivacySection {
+    /// The wire form, as every node receives it.
+    fn to_proto(&self) -> wdml_proto::Privacy {
+        wdml_proto::Privacy {
+            audit: self.audit,
+            noise_multiplier: self.noise_multiplier,
+            max_grad_norm: self.max_grad_norm,
+            delta: self.delta,
+            epsilon: self.epsilon,
         }
     }
 }
@@ -485,6 +530,18 @@ impl Scenario {
                 "nodes.count {} is more than the {MAX_NODES} nodes a run can describe (the neighbour tables \
                  alone would not fit in memory)",
                 self.nodes.count
+            );
+        }
+        // The node's own check, so both say the same; the accountant's (can the budget
+        // be met?) comes with DP-SGD.
+        wdml_node::plan::Privacy::check(&self.privacy.to_proto()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if self.privacy.audit
+            && let Some(program) = self.nodes.programs.first()
+        {
+            bail!(
+                "privacy.audit: nodes {:?} run a device program of their own, which keeps no state directory for \
+                 the audit's record; turn the audit off, or run them as built-in nodes",
+                program.ids
             );
         }
         if let Some(bad) = self.adversary.nodes.iter().find(|&&n| n >= self.nodes.count) {
@@ -866,6 +923,7 @@ impl Scenario {
             max_staleness: self.exchange.max_staleness,
             staleness_decay: self.exchange.staleness_decay,
             top_k: self.exchange.top_k,
+            privacy: Some(self.privacy.to_proto()),
             ..RunSettings::default()
         };
         settings.set_round_policy(self.coordinator.round_policy);
@@ -1253,6 +1311,95 @@ mod tests {
         for (assignment, field) in cases {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
+        }
+    }
+
+    #[test]
+    fn privacy_settings_out_of_range_are_refused_naming_the_field_and_the_way() {
+        let defaults = Scenario::load(None, &[]).unwrap();
+        assert_eq!(
+            wdml_node::plan::RunPlan::from_settings(defaults.settings().unwrap())
+                .unwrap()
+                .privacy,
+            wdml_node::plan::Privacy::default()
+        );
+        let set = Scenario::load(
+            None,
+            &[
+                "privacy.audit=true".into(),
+                "privacy.noise_multiplier=1.1".into(),
+                "privacy.epsilon=8.0".into(),
+            ],
+        )
+        .unwrap();
+        let plan = wdml_node::plan::RunPlan::from_settings(set.settings().unwrap()).unwrap();
+        assert!(plan.privacy.audit);
+        assert_eq!((plan.privacy.noise_multiplier, plan.privacy.epsilon), (1.1, 8.0));
+        // The scenario's refusal, then the node's of the same value from the wire.
+        for (assignment, field, way) in [
+            ("privacy.noise_multiplier=-0.5", "privacy.noise_multiplier", "raise it"),
+            (
+                "privacy.noise_multiplier=nan",
+                "privacy.noise_multiplier",
+                "not a finite number",
+            ),
+            ("privacy.max_grad_norm=0.0", "privacy.max_grad_norm", "raise it"),
+            (
+                "privacy.max_grad_norm=inf",
+                "privacy.max_grad_norm",
+                "not a finite number",
+            ),
+            ("privacy.delta=0.0", "privacy.delta", "raise it"),
+            ("privacy.delta=1.0", "privacy.delta", "lower it"),
+            ("privacy.epsilon=-1.0", "privacy.epsilon", "raise it"),
+            ("privacy.epsilon=inf", "privacy.epsilon", "not a finite number"),
+            ("privacy.budget=1.0", "budget", "unknown field"),
+        ] {
+            let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
+            assert!(error.contains(field) && error.contains(way), "{assignment}: {error}");
+        }
+        let good = defaults.settings().unwrap();
+        let wire = good.privacy.unwrap();
+        for (privacy, field, way) in [
+            (
+                Some(wdml_proto::Privacy {
+                    noise_multiplier: -1.0,
+                    ..wire
+                }),
+                "privacy.noise_multiplier",
+                "raise it",
+            ),
+            (
+                Some(wdml_proto::Privacy {
+                    max_grad_norm: -1.0,
+                    ..wire
+                }),
+                "privacy.max_grad_norm",
+                "raise it",
+            ),
+            (
+                Some(wdml_proto::Privacy { delta: 2.0, ..wire }),
+                "privacy.delta",
+                "lower it",
+            ),
+            (
+                Some(wdml_proto::Privacy {
+                    epsilon: f64::NAN,
+                    ..wire
+                }),
+                "privacy.epsilon",
+                "not a finite number",
+            ),
+            // A coordinator that does not send it (its defaults would read as C = 0, δ = 0).
+            (None, "privacy", "missing"),
+        ] {
+            let error = wdml_node::plan::RunPlan::from_settings(RunSettings {
+                privacy,
+                ..good.clone()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(error.contains(field) && error.contains(way), "{field}: {error}");
         }
     }
 

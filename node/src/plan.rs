@@ -77,6 +77,90 @@ pub struct RunPlan {
     pub public_steps: u32,
     /// `dsfl`: the temperature of its Entropy Reduction Aggregation, in (0, 1].
     pub era_temperature: f64,
+    /// The privacy audit and DP-SGD's settings.
+    pub privacy: Privacy,
+}
+
+/// The run's `[privacy]` settings, range-checked. Whether a budget can be met with the
+/// noise and the rounds asked for is the accountant's question, not this check's.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Privacy {
+    /// Record what the neighbours receive of this node each round (`audit.jsonl` in the
+    /// state directory), for `wdml privacy` to attack offline.
+    pub audit: bool,
+    /// DP-SGD's noise multiplier σ: the noise's standard deviation is σ·C; 0: no DP.
+    pub noise_multiplier: f64,
+    /// DP-SGD's per-example clipping norm C.
+    pub max_grad_norm: f64,
+    /// The δ of the (ε, δ) guarantee.
+    pub delta: f64,
+    /// The node's privacy budget ε; 0: none.
+    pub epsilon: f64,
+}
+
+impl Default for Privacy {
+    /// No audit and no DP; C = 1 and δ = 10⁻⁵, the usual values, for when DP is turned on.
+    fn default() -> Self {
+        Privacy {
+            audit: false,
+            noise_multiplier: 0.0,
+            max_grad_norm: 1.0,
+            delta: 1e-5,
+            epsilon: 0.0,
+        }
+    }
+}
+
+impl Privacy {
+    /// Checks each value's range, naming the field (`privacy.<name>`) and which way to
+    /// move it. The scenario and the node both check with this, so they agree.
+    pub fn check(p: &wdml_proto::Privacy) -> Result<Privacy> {
+        fn finite(field: &str, value: f64) -> Result<f64> {
+            if value.is_finite() {
+                Ok(value)
+            } else {
+                Err(Error::config(field, format!("{value} is not a finite number")))
+            }
+        }
+        let noise_multiplier = finite("privacy.noise_multiplier", p.noise_multiplier)?;
+        if noise_multiplier < 0.0 {
+            return Err(Error::config(
+                "privacy.noise_multiplier",
+                format!("{noise_multiplier} is negative: DP-SGD's σ must be ≥ 0 (0: no DP); raise it"),
+            ));
+        }
+        let max_grad_norm = finite("privacy.max_grad_norm", p.max_grad_norm)?;
+        if max_grad_norm <= 0.0 {
+            return Err(Error::config(
+                "privacy.max_grad_norm",
+                format!("{max_grad_norm}: the per-example clipping norm C must be > 0; raise it (1.0 is usual)"),
+            ));
+        }
+        let delta = finite("privacy.delta", p.delta)?;
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(Error::config(
+                "privacy.delta",
+                format!(
+                    "{delta}: δ must lie strictly between 0 and 1 ({} it; 1e-5 is usual, below 1 / the samples of a shard)",
+                    if delta <= 0.0 { "raise" } else { "lower" }
+                ),
+            ));
+        }
+        let epsilon = finite("privacy.epsilon", p.epsilon)?;
+        if epsilon < 0.0 {
+            return Err(Error::config(
+                "privacy.epsilon",
+                format!("{epsilon} is negative: the budget ε must be ≥ 0 (0: none); raise it"),
+            ));
+        }
+        Ok(Privacy {
+            audit: p.audit,
+            noise_multiplier,
+            max_grad_norm,
+            delta,
+            epsilon,
+        })
+    }
 }
 
 impl RunPlan {
@@ -221,12 +305,20 @@ impl RunPlan {
         consensus_fits(algorithm, aggregate, s.max_staleness, s.era_temperature)?;
         let closing = Closing::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
         let staleness = Staleness::from_settings(&s).map_err(|(field, e)| Error::config(field, e))?;
+        // Absent would read as C = 0 and δ = 0: refused like any other missing section,
+        // since a node that guessed defaults could train without the guarantee asked for.
+        let privacy = Privacy::check(
+            s.privacy
+                .as_ref()
+                .ok_or_else(|| Error::config("privacy", "missing (a coordinator of protocol version 7 sends it)"))?,
+        )?;
         Ok(RunPlan {
             public_steps: match s.public_steps {
                 0 => s.local_steps,
                 k => k,
             },
             era_temperature: s.era_temperature,
+            privacy,
             closing,
             staleness,
             run_instance: s.run_instance,

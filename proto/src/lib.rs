@@ -21,8 +21,11 @@ pub mod policy;
 /// classes (`DataSpec`, in RunSettings, Join and Hello), and messages have that many
 /// columns. 6: the algorithms `FEDMD` and `DSFL` and their settings `public_steps` and
 /// `era_temperature`; a run may hold out a validation set (`RunSettings.validation`),
-/// and a node reports its accuracy on it (`RoundMetrics.validation_accuracy`).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// and a node reports its accuracy on it (`RoundMetrics.validation_accuracy`). 7: the
+/// run's privacy settings (`RunSettings.privacy`: the audit record, DP-SGD's noise and
+/// clipping, the budget), which a version-6 node would ignore and so train without the
+/// guarantee the run asked for.
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
