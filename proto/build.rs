@@ -20,6 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "wdml.v1.RoundMetrics.validation_accuracy",
             "#[serde(skip_serializing_if = \"Option::is_none\")]",
         )
+        // Absent, not null, in the rows of a node that trains without DP-SGD.
+        .field_attribute(
+            "wdml.v1.RoundMetrics.epsilon",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -544,6 +544,19 @@ impl Scenario {
                 program.ids
             );
         }
+        // DP-SGD clips each example's gradient: only a model wdml node builds has them
+        // (a device program always runs a model of its own).
+        if (self.privacy.noise_multiplier > 0.0 || self.privacy.epsilon > 0.0)
+            && let Some(model) = (0..self.nodes.count)
+                .map(|k| self.model_of(k))
+                .find(|m| m.is_external())
+        {
+            bail!(
+                "privacy.noise_multiplier: {model} is a model of the device's own program, whose per-example \
+                 gradients DP-SGD cannot clip; use models wdml node builds, or turn DP off (privacy.noise_multiplier \
+                 = 0 and privacy.epsilon = 0)"
+            );
+        }
         if let Some(bad) = self.adversary.nodes.iter().find(|&&n| n >= self.nodes.count) {
             bail!(
                 "adversary.nodes: node {bad} is not in the run (nodes 0 to {})",
@@ -1312,6 +1325,21 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field), "{assignment}: {error}");
         }
+    }
+
+    #[test]
+    fn dp_with_a_model_of_the_devices_own_program_is_refused() {
+        let e = Scenario::load(
+            None,
+            &[
+                "nodes.models=[\"mlp\", \"ext:torch-mlp\"]".into(),
+                "privacy.epsilon=4.0".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("privacy.noise_multiplier: ext:torch-mlp"), "{e}");
+        Scenario::load(None, &["nodes.models=[\"mlp\", \"ext:torch-mlp\"]".into()]).expect("without DP it runs");
     }
 
     #[test]

@@ -102,6 +102,7 @@ use Bound::{Elapsed, Fraction, Neighbours, Payload, Wire};
 pub static METRICS: &[Metric] = &[
     metric("test_accuracy", Level, "", "Test accuracy after the round.", |r| r.metrics.test_accuracy).bounded(Fraction),
     metric("validation_accuracy", Level, "", "Accuracy on the run's validation set after the round (data.validation; absent without one).", |r| r.metrics.validation_accuracy.unwrap_or(f64::NAN)).bounded(Fraction).optional(),
+    metric("epsilon", Level, "", "The (ε, δ)-DP budget the node's training has spent after the round (privacy.*; absent without DP-SGD).", |r| r.metrics.epsilon.unwrap_or(f64::NAN)).optional(),
     metric("test_loss", Level, "", "Test cross-entropy after the round.", |r| r.metrics.test_loss),
     metric("train_loss", Level, "", "Mean training loss of the round's local steps.", |r| r.metrics.train_loss),
     metric("ce_loss", Level, "", "Its cross-entropy part.", |r| r.metrics.ce_loss),

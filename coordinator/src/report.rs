@@ -132,6 +132,10 @@ pub struct NodeSummary {
     pub late_reports: u32,
     pub final_accuracy: Option<f64>,
     pub best_accuracy: Option<f64>,
+    /// The (ε, δ)-DP its training spent, as of its newest report (absent without
+    /// DP-SGD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
     pub payload_bytes_sent: u64,
     pub wire_bytes_sent: u64,
     pub wire_bytes_received: u64,
@@ -864,6 +868,7 @@ impl Report {
                         .count() as u32,
                     final_accuracy: self.newest_accuracy(m.id).map(|(_, a)| a),
                     best_accuracy: rows.iter().map(|r| r.metrics.test_accuracy).reduce(f64::max),
+                    epsilon: rows.iter().max_by_key(|r| r.round).and_then(|r| r.metrics.epsilon),
                     payload_bytes_sent: total(rows.iter().map(|r| r.metrics.payload_bytes_sent)),
                     wire_bytes_sent: total(rows.iter().map(|r| r.metrics.wire_bytes_sent)),
                     wire_bytes_received: total(rows.iter().map(|r| r.metrics.wire_bytes_received)),

@@ -123,7 +123,7 @@ impl Coordinator for CoordinatorService {
         let request = request.into_inner();
         caller.require(Identity::Node(request.node_id))?;
         self.shared
-            .leave(request.node_id, request.session)
+            .leave(request.node_id, request.session, &request.reason)
             .map_err(|status| caller.refuse(status.code(), status.message()))?;
         Ok(Response::new(LeaveResponse {}))
     }

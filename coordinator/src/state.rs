@@ -163,10 +163,21 @@ impl Shared {
         Ok(connection)
     }
 
-    /// Node `id` leaves the run (its `session` proves the join).
-    pub fn leave(&self, id: u32, session: u64) -> Result<(), Status> {
+    /// Node `id` leaves the run (its `session` proves the join), saying why (`reason`,
+    /// at most [`MAX_LEAVE_REASON`] printable characters; empty: asked to stop).
+    pub fn leave(&self, id: u32, session: u64, reason: &str) -> Result<(), Status> {
+        if reason.chars().count() > MAX_LEAVE_REASON || reason.chars().any(char::is_control) {
+            return Err(Status::invalid_argument(format!(
+                "leave refused: the reason must be at most {MAX_LEAVE_REASON} printable characters"
+            )));
+        }
         self.state().members.authenticate(id, session)?;
-        self.remove(id, None, Presence::Left, "left");
+        let reason = if reason.is_empty() {
+            "left".to_string()
+        } else {
+            format!("left: {reason}")
+        };
+        self.remove(id, None, Presence::Left, &reason);
         Ok(())
     }
 
@@ -180,6 +191,10 @@ impl Shared {
         }
     }
 }
+
+/// The longest reason a node may give when it leaves (it goes into the journal and
+/// the membership events).
+pub const MAX_LEAVE_REASON: usize = 200;
 
 /// What the Sync stream does after an event.
 pub(crate) enum Flow {

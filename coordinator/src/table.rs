@@ -42,18 +42,35 @@ fn render(summary: &Summary) -> String {
     let mark = |adversary: bool| if adversary { "!" } else { " " };
     // As wide as the longest model name (an external one can be 44 characters).
     let width = summary.nodes.iter().map(|n| n.model.len()).fold(14, usize::max);
+    // A column for the privacy spent, only in a run that trained with DP-SGD.
+    let private = summary.nodes.iter().any(|n| n.epsilon.is_some());
     let _ = writeln!(
         out,
-        "{:>5}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}",
-        "node", "model", "params", "status", "rounds", "final acc"
+        "{:>5}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}{}",
+        "node",
+        "model",
+        "params",
+        "status",
+        "rounds",
+        "final acc",
+        if private {
+            format!("  {:>7}", "ε")
+        } else {
+            String::new()
+        }
     );
     for n in &summary.nodes {
         let final_accuracy = n
             .final_accuracy
             .map_or("-".to_string(), |a| format!("{:.1}%", 100.0 * a));
+        let epsilon = match (private, n.epsilon) {
+            (false, _) => String::new(),
+            (true, Some(e)) => format!("  {e:>7.2}"),
+            (true, None) => format!("  {:>7}", "-"),
+        };
         let _ = writeln!(
             out,
-            "{:>4}{}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}",
+            "{:>4}{}  {:<width$} {:>8}  {:<8} {:>7}  {:>9}{epsilon}",
             n.id,
             mark(n.adversary),
             n.model,
@@ -150,6 +167,7 @@ mod tests {
             adversary,
             rounds_reported: 999,
             final_accuracy: Some(0.9999),
+            epsilon: Some(9_999.99),
             wire_bytes_sent: 999 << 30,
             messages_lost: 99_999,
             airtime_s: 9_999.9,
@@ -176,5 +194,6 @@ mod tests {
             assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
         }
         assert!(table.contains("4095 ") && table.contains("   1! "), "{table}");
+        assert!(table.contains("9999.99"), "the privacy spent, in a DP run: {table}");
     }
 }

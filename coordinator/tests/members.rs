@@ -432,3 +432,62 @@ async fn a_run_that_heard_from_too_few_nodes_is_not_called_finished() {
         summary.reason
     );
 }
+
+/// A member that leaves on its own says why (a node whose privacy budget is spent
+/// leaves before the round that would exceed it): the round after closes on the others'
+/// reports, the run finishes without it, and its reason is in the membership events.
+/// A reason longer than the bound, or with control characters, is refused and the
+/// member stays.
+#[tokio::test(start_paused = true)]
+async fn a_member_that_leaves_says_why_and_a_runaway_reason_is_refused() {
+    let rounds = 4;
+    let mut coordinator = Coordinator::start("leaves", 3, rounds, |c| {
+        c.round_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut plays = Vec::new();
+    for id in 0..2 {
+        plays.push(tokio::spawn(play_taking(coordinator.member(id).await, ms(1_000))));
+    }
+    let mut leaving = coordinator.member(2).await;
+    let start = leaving.next_start().await.expect("round 1 starts");
+    leaving.report_after(ms(500), &start, honest_metrics(0.5));
+    let session = leaving.session;
+    let leave = |reason: String| wdml_proto::LeaveRequest {
+        node_id: 2,
+        session,
+        reason,
+    };
+    let mut client = leaving.client.clone();
+    for bad in ["x".repeat(201), "budget\nspent".to_string()] {
+        let refused = client.leave(leave(bad)).await.expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    }
+    let start = leaving.next_start().await.expect("still a member: round 2 starts");
+    assert_eq!(start.round, 1);
+    let reason = "privacy budget spent: round 2 would take ε to 3.104, past privacy.epsilon = 3";
+    client
+        .leave(leave(reason.to_string()))
+        .await
+        .expect("a reason of its size is taken");
+    let summary = coordinator.end().await.expect("the run ends well");
+    assert!(summary.finished, "{}", summary.reason);
+    let node2 = summary.nodes.iter().find(|n| n.id == 2).unwrap();
+    assert_eq!((node2.status.as_str(), node2.rounds_reported), ("left", 1));
+    assert!(
+        summary
+            .events
+            .iter()
+            .any(|e| e.node == 2 && e.reason == format!("left: {reason}")),
+        "{:?}",
+        summary.events
+    );
+    let times = coordinator.round_ms();
+    assert!(
+        times[&2] < 1_100.0,
+        "round 2 waited for the member that left: {times:?}"
+    );
+    for play in plays {
+        play.await.unwrap();
+    }
+}

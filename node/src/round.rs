@@ -32,6 +32,7 @@ use crate::exchange::{Collected, Mailbox, MessageShape, Outgoing, Punctuality, Q
 use crate::learn::Learn;
 use crate::learn::trust::Trust;
 use crate::plan::RunPlan;
+use crate::privacy::PrivateTraining;
 use crate::shard::{BatchSampler, Shard};
 use crate::strategy::{self, Losses};
 use crate::{Error, Result};
@@ -61,6 +62,8 @@ pub struct Node {
     /// Where its checkpoint goes, and whose it is.
     pub state_dir: Option<PathBuf>,
     pub owner: Owner,
+    /// DP-SGD and its budget, when the run's `[privacy]` asks for them.
+    pub privacy: Option<PrivateTraining>,
     /// Neighbours that went silent in the round under way (for its outcome).
     pub newly_silent: Vec<(u32, u32)>,
     /// Where a message that could not be delivered is said at once (the session tells
@@ -573,6 +576,7 @@ pub async fn run_round(node: &mut Node, start: &StartRound, book: &AddressBook) 
     metrics.test_accuracy = f64::from(evaluation.accuracy);
     metrics.test_loss = f64::from(evaluation.loss);
     metrics.validation_accuracy = validation.map(|v| f64::from(v.accuracy));
+    metrics.epsilon = node.privacy.as_ref().map(|p| p.epsilon_after(start.round + 1));
     metrics.compute_ms = ms(round.compute.wall);
     metrics.compute_cpu_ms = ms(round.compute.cpu);
     metrics.flops = flops;
@@ -675,7 +679,6 @@ pub(crate) fn train(node: &mut Node, distill: Option<&Distill>) -> Result<Losses
     let steps = node.plan.local_steps;
     let (mut ce, mut kl, mut total) = (0.0, 0.0, 0.0);
     for step in 0..steps {
-        let (images, labels) = node.batches.next_batch(&node.shard)?;
         let slice = match distill {
             Some(d) => {
                 let rows = d.public.dim(0)?;
@@ -692,12 +695,22 @@ pub(crate) fn train(node: &mut Node, distill: Option<&Distill>) -> Result<Losses
             }
             None => None,
         };
-        let losses = node.learner.train_step_weighted(
-            &images,
-            &labels,
-            slice.as_ref().map(|(p, t, _)| (p, t)),
-            slice.as_ref().and_then(|(_, _, w)| w.as_ref()),
-        )?;
+        let distill = slice.as_ref().map(|(p, t, _)| (p, t));
+        let weights = slice.as_ref().and_then(|(_, _, w)| w.as_ref());
+        let losses = match &mut node.privacy {
+            // DP-SGD: a Poisson batch from the node's secret randomness.
+            Some(privacy) => {
+                let private = privacy.batch(&node.shard)?;
+                let dp = privacy.dp;
+                let private = private.as_ref().map(|(x, y)| (x, y));
+                node.learner
+                    .private_step(private, distill, weights, &dp, privacy.rng())?
+            }
+            None => {
+                let (images, labels) = node.batches.next_batch(&node.shard)?;
+                node.learner.train_step_weighted(&images, &labels, distill, weights)?
+            }
+        };
         ce += f64::from(losses.ce);
         kl += f64::from(losses.kl);
         total += f64::from(losses.total);

@@ -39,6 +39,7 @@ use crate::learn::{Learn, Learner};
 use crate::model::ModelSpec;
 use crate::model::kernels::{self, Kernels};
 use crate::plan::RunPlan;
+use crate::privacy::PrivateTraining;
 use crate::round::{AddressBook, EVAL_BATCH, Node, message, run_round};
 use crate::shard::{BatchSampler, Shard};
 use crate::{Error, Result, seed, strategy};
@@ -98,6 +99,9 @@ pub enum Outcome {
     Complete(RunComplete),
     /// This node was asked to stop.
     Shutdown,
+    /// This node left the run on its own, for the reason given (its privacy budget
+    /// was spent).
+    Left(String),
 }
 
 /// Runs the node with its peer service on `listener` until the run ends or
@@ -362,6 +366,31 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
                 Trust::default(),
             ),
         };
+        // Its DP-SGD, with σ and the budget for its own shard (each node's sampling
+        // rate, and so its ε, is its own).
+        let privacy = PrivateTraining::new(
+            &plan.privacy,
+            plan.batch_size,
+            shard.private_len(),
+            plan.local_steps,
+            plan.rounds,
+        )?;
+        if privacy.is_some() && learner.candle().is_none() {
+            return Err(Error::config(
+                "privacy.noise_multiplier",
+                "DP-SGD clips each example's gradient, which needs a model wdml node builds; this device's \
+                 model lives in its own program",
+            ));
+        }
+        if let Some(privacy) = &privacy {
+            info!(
+                node = id,
+                noise_multiplier = privacy.dp.noise_multiplier,
+                sample_rate = privacy.dp.sample_rate,
+                planned_epsilon = privacy.epsilon_after(plan.rounds),
+                "DP-SGD"
+            );
+        }
         let mailbox = Arc::new(Mailbox::new(plan.nodes, plan.staleness.max));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
         let peers = PeerClients::new(security, plan.connect_timeout);
@@ -377,6 +406,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
             mailbox,
             peers,
             punctuality: Punctuality::default(),
+            privacy,
             newly_silent: Vec::new(),
             undelivered: None,
             state_dir,
@@ -389,9 +419,12 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
 
 /// What the round worker tells the session.
 enum Report {
-    Done(Done),
+    // Boxed: a report with its metrics is ten times the size of the others.
+    Done(Box<Done>),
     Silent(NeighbourSilent),
     Failed(RoundFailed),
+    /// The node leaves the run before the next round, for this reason.
+    Leave(String),
 }
 
 /// Runs each round the session hands over, and sends back its report. A round that
@@ -409,6 +442,11 @@ async fn round_worker(
         let token = start.round_token;
         // Numbered from 1 in logs and reports, as everywhere a person reads it.
         let round = start.round + 1;
+        if let Some(reason) = node.privacy.as_ref().and_then(|p| p.spent_before(round)) {
+            warn!(node = node.id, round, "{reason}; leaving the run");
+            let _ = reports.send(Report::Leave(reason)).await;
+            return;
+        }
         // Its own task, so that a panic in the model code is caught here.
         let task = tokio::spawn(async move {
             if panic_at_round == Some(start.round + 1) {
@@ -463,7 +501,7 @@ async fn round_worker(
                             round_token: token,
                             metrics: Some(outcome.metrics),
                         };
-                        if reports.send(Report::Done(done)).await.is_err() {
+                        if reports.send(Report::Done(Box::new(done))).await.is_err() {
                             return;
                         }
                         continue;
@@ -692,7 +730,11 @@ impl Session {
                     },
                     Some(report) = reports.recv() => {
                         let (event, failed) = match report {
-                            Report::Done(done) => (node_event::Event::Done(done), None),
+                            Report::Leave(reason) => {
+                                self.leave(&reason).await;
+                                return Ok(Outcome::Left(reason));
+                            }
+                            Report::Done(done) => (node_event::Event::Done(*done), None),
                             Report::Silent(silent) => (node_event::Event::Silent(silent), None),
                             Report::Failed(failed) => (node_event::Event::Failed(failed.clone()), Some(failed)),
                         };
@@ -723,7 +765,7 @@ impl Session {
                         }
                     }
                     () = &mut shutdown => {
-                        self.leave().await;
+                        self.leave("").await;
                         return Ok(Outcome::Shutdown);
                     }
                 }
@@ -773,10 +815,12 @@ impl Session {
         }
     }
 
-    async fn leave(&self) {
+    /// Tells the coordinator this node leaves, and why (`""`: it was asked to stop).
+    async fn leave(&self, reason: &str) {
         let request = LeaveRequest {
             node_id: self.join.node_id,
             session: self.session,
+            reason: reason.to_string(),
         };
         match tokio::time::timeout(Duration::from_secs(2), self.coordinator.client().leave(request)).await {
             Ok(Ok(_)) => info!(node = self.join.node_id, "left the run"),

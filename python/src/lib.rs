@@ -339,6 +339,10 @@ fn run_device(
             Ok(complete.finished)
         }
         Ok(Outcome::Shutdown) => Ok(false),
+        Ok(Outcome::Left(reason)) => {
+            tracing::warn!("left the run: {reason}");
+            Ok(false)
+        }
         Err(e) => Err(PyRuntimeError::new_err(e)),
     }
 }

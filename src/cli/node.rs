@@ -80,8 +80,13 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let listener = crate::cli::bind(args.listen, "--listen").await?;
         crate::cli::announce_listening(listener.local_addr()?);
         let outcome = wdml_node::run(config, listener, crate::cli::shutdown_signal()).await?;
-        let wdml_node::Outcome::Complete(complete) = outcome else {
-            return Ok(ExitCode::SUCCESS);
+        let complete = match outcome {
+            wdml_node::Outcome::Complete(complete) => complete,
+            wdml_node::Outcome::Left(reason) => {
+                eprintln!("left the run: {reason}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            wdml_node::Outcome::Shutdown => return Ok(ExitCode::SUCCESS),
         };
         if !complete.finished {
             eprintln!("the run ended early: {}", complete.reason);

@@ -190,6 +190,12 @@ async function load() {
   // Cumulative series as the server sums them (coordinator/src/metrics.rs).
   lineChart(document.getElementById("energy"), series((rows) => rows.map((r) => [r.round, r.totals.radio_energy_j])), 0);
   lineChart(document.getElementById("airtime"), series((rows) => rows.map((r) => [r.round, r.totals.airtime_s])), 0);
+  // The privacy spent: only a run whose nodes train with DP-SGD reports it.
+  const privateRun = rounds.some((r) => r.epsilon != null);
+  document.getElementById("privacy").hidden = !privateRun;
+  if (privateRun) {
+    lineChart(document.getElementById("epsilon"), series((rows) => rows.filter((r) => r.epsilon != null).map((r) => [r.round, r.epsilon])), 0);
+  }
   split(document.getElementById("split"), rounds);
   const legend = document.getElementById("legend");
   legend.replaceChildren(...nodes.map((n) => {
@@ -202,8 +208,10 @@ async function load() {
   const members = document.getElementById("members");
   members.replaceChildren(...nodes.map((n) => {
     const li = document.createElement("li");
-    const rows = rounds.filter((r) => r.node === n.id).length;
-    li.textContent = `node ${n.id}: ${n.model}, ${n.parameters} parameters, ${n.status}, ${rows} rounds reported`;
+    const own = rounds.filter((r) => r.node === n.id);
+    const newest = own.reduce((a, r) => (a && a.round > r.round ? a : r), null);
+    const spent = newest && newest.epsilon != null ? `, ε = ${newest.epsilon.toFixed(2)}` : "";
+    li.textContent = `node ${n.id}: ${n.model}, ${n.parameters} parameters, ${n.status}, ${own.length} rounds reported${spent}`;
     li.dataset.status = n.status;
     return li;
   }));
