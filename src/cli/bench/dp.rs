@@ -8,7 +8,8 @@
 //! - `dp`: [`Learner::private_step`] on the same rows with σ = 1, C = 1: one forward
 //!   and backward per row, each gradient clipped to C, summed, Gaussian noise σ·C added,
 //!   divided by the expected batch, Adam. The noise is drawn from `rand::rng()` (a
-//!   ChaCha stream seeded from the operating system, as a node's would be).
+//!   ChaCha12 stream seeded from the operating system, not from the run seed; drawing
+//!   each number from the operating system itself would cost far more).
 //!
 //! and, to see where the DP step's time goes, its parts measured alone on the same rows:
 //! `dp_per_example` ([`Learner::per_example_gradients`]), `dp_clip_sum` (clipping
