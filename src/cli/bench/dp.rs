@@ -9,7 +9,8 @@
 //!   and backward per row, each gradient clipped to C, summed, Gaussian noise σ·C added,
 //!   divided by the expected batch, Adam. The noise is drawn from `rand::rng()` (a
 //!   ChaCha12 stream seeded from the operating system, not from the run seed; drawing
-//!   each number from the operating system itself would cost far more).
+//!   each number from the operating system, a system call per number, would cost more;
+//!   not measured here).
 //!
 //! and, to see where the DP step's time goes, its parts measured alone on the same rows:
 //! `dp_per_example` ([`Learner::per_example_gradients`]), `dp_clip_sum` (clipping
