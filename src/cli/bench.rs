@@ -15,7 +15,10 @@
 //!   one thread ([`steps`]).
 //! - `resnet` (not by default): a ResNet-8 training step on CIFAR-sized images on one
 //!   thread ([`resnet`]).
+//! - `dp` (not by default): DP-SGD's step against the plain step for the default models
+//!   on one thread ([`dp`]).
 
+mod dp;
 mod resnet;
 mod steps;
 
@@ -52,11 +55,11 @@ pub struct Args {
     /// Where the runs go (one sub-directory per run; default: a new runs/bench-<date>-<time>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Parts to run: learning, radio, shaper, tls, steps, resnet.
+    /// Parts to run: learning, radio, shaper, tls, steps, resnet, dp.
     #[arg(long, value_delimiter = ',', default_value = "learning,radio,shaper,tls")]
     only: Vec<String>,
-    /// `steps`, `resnet`: interleaved trials per operation (the least is reported; for
-    /// `resnet` the median too).
+    /// `steps`, `resnet`, `dp`: interleaved trials per operation (the least is reported;
+    /// for `resnet` and `dp` the median too).
     #[arg(long, default_value_t = 5)]
     trials: usize,
 }
@@ -83,8 +86,11 @@ pub fn main(args: Args) -> Result<ExitCode> {
             "tls" => runtime.block_on(tls())?,
             "steps" => steps::steps(args.trials, &out)?,
             "resnet" => resnet::resnet(args.trials, &out)?,
+            "dp" => dp::dp(args.trials, &out)?,
             other => {
-                anyhow::bail!("--only: unknown part {other:?}; expected learning, radio, shaper, tls, steps or resnet")
+                anyhow::bail!(
+                    "--only: unknown part {other:?}; expected learning, radio, shaper, tls, steps, resnet or dp"
+                )
             }
         }
     }

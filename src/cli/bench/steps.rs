@@ -48,7 +48,7 @@ struct Timing {
 
 /// Pseudo-pixels in [−1, 1) from a fixed LCG: timing does not depend on their values,
 /// and every run times the same inputs.
-fn pixels(rows: usize, seed: u64) -> Result<Tensor> {
+pub(super) fn pixels(rows: usize, seed: u64) -> Result<Tensor> {
     let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     let v: Vec<f32> = (0..rows * INPUT_DIM)
         .map(|_| {
