@@ -316,10 +316,25 @@ impl Learner {
     /// [`crate::privacy::dpsgd`] for why). `images` `[B, values]`, `labels` `[B]`.
     /// Returns them with the sum of the examples' cross-entropies.
     pub fn per_example_gradients(&self, images: &Tensor, labels: &Tensor) -> Result<(Vec<Vec<Tensor>>, f64)> {
+        let mut gradients = Vec::new();
+        let ce_sum = self.each_example_gradient(images, labels, |g| {
+            gradients.push(g);
+            Ok(())
+        })?;
+        Ok((gradients, ce_sum))
+    }
+
+    /// [`Self::per_example_gradients`], each handed to `each` as it is computed (a
+    /// step keeps one at a time, not the batch's). Returns the summed cross-entropy.
+    fn each_example_gradient(
+        &self,
+        images: &Tensor,
+        labels: &Tensor,
+        mut each: impl FnMut(Vec<Tensor>) -> Result<()>,
+    ) -> Result<f64> {
         let rows = check_images(images, self.values, "images")?;
         check_labels(labels, rows)?;
         let vars = self.net.variables();
-        let mut gradients = Vec::with_capacity(rows);
         let mut ce_sum = 0f64;
         for row in 0..rows {
             let logits = self.net.forward(&images.narrow(0, row, 1)?)?;
@@ -333,18 +348,18 @@ impl Learner {
                     None => v.as_tensor().zeros_like(),
                 })
                 .collect::<candle_core::Result<Vec<_>>>()?;
-            gradients.push(gradient);
+            each(gradient)?;
         }
         self.count(rows, self.per_image.train());
-        Ok((gradients, ce_sum))
+        Ok(ce_sum)
     }
 
     /// One DP-SGD step ([`crate::privacy::dpsgd`]): the private rows' gradients, each
     /// clipped to `dp.max_grad_norm`, summed, noised and divided by the expected batch;
     /// plus, unclipped, the distillation term's gradient on the public rows as in
-    /// [`Self::train_step_weighted`] (it reads no private example). `images` may hold
-    /// no row (a Poisson batch can be empty): the step is then noise and distillation.
-    /// `ce` is the mean over the rows taken (0 for none).
+    /// [`Self::train_step_weighted`] (it reads no private example). `private` is
+    /// `None` when the step's Poisson batch took no row: the step is then noise and
+    /// distillation. `ce` is the mean over the rows taken (0 for none).
     pub fn private_step(
         &mut self,
         private: Option<(&Tensor, &Tensor)>,
@@ -354,22 +369,14 @@ impl Learner {
         rng: &mut dyn rand::RngCore,
     ) -> Result<StepLosses> {
         let vars = self.net.variables();
-        let mut sums = vars
-            .iter()
-            .map(|v| v.as_tensor().zeros_like())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let parameters: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let mut clipped = crate::privacy::dpsgd::ClippedSum::new(&parameters, dp.max_grad_norm);
         let mut ce = 0f64;
         if let Some((images, labels)) = private {
-            let (gradients, ce_sum) = self.per_example_gradients(images, labels)?;
-            ce = ce_sum / gradients.len().max(1) as f64;
-            for mut gradient in gradients {
-                crate::privacy::dpsgd::clip(&mut gradient, dp.max_grad_norm)?;
-                for (sum, g) in sums.iter_mut().zip(&gradient) {
-                    *sum = (&*sum + g)?;
-                }
-            }
+            let ce_sum = self.each_example_gradient(images, labels, |g| clipped.add(&g).map(drop))?;
+            ce = ce_sum / images.dim(0)? as f64;
         }
-        crate::privacy::dpsgd::privatise(&mut sums, dp, rng)?;
+        let sums = clipped.privatise(dp, rng)?;
 
         let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
         let t = self.cfg.temperature;

@@ -14,9 +14,9 @@
 //!
 //! and, to see where the DP step's time goes, its parts measured alone on the same rows:
 //! `dp_per_example` ([`Learner::per_example_gradients`]), `dp_clip_sum` (clipping
-//! [`BATCH`] per-example gradients computed beforehand and summing them, as
-//! `private_step` does) and `dp_noise` ([`dpsgd::privatise`] on sums of the parameters'
-//! shapes). What `dp` spends beyond the three is the store of zero gradients and Adam.
+//! [`BATCH`] per-example gradients computed beforehand into a [`dpsgd::ClippedSum`], as
+//! `private_step` does) and `dp_noise` ([`dpsgd::ClippedSum::privatise`] of an empty
+//! sum of the parameters' shapes). What `dp` spends beyond the three is the store of zero gradients and Adam.
 //!
 //! One thread, this binary's allocator; per trial, the thread's CPU time per step over
 //! a fixed number of calls (after [`super::steps::WARMUP`]); the operations take turns
@@ -105,8 +105,7 @@ pub fn dp(trials: usize, out: &Path) -> Result<()> {
     for spec in [ModelSpec::default_mlp(), ModelSpec::default_cnn()] {
         let data = wdml_proto::data::fashion_mnist();
         let mut learner = Learner::new(&spec, &data, cfg, 0)?;
-        // Fixed per-example gradients for `dp_clip_sum` (clipping replaces them, so each
-        // call clips fresh clones: cloning a tensor is a reference count).
+        // Fixed per-example gradients for `dp_clip_sum` (the sum reads them in place).
         let (gradients, _) = learner.per_example_gradients(&xs, &ys)?;
         let shapes: Vec<Tensor> = gradients[0]
             .iter()
@@ -121,19 +120,12 @@ pub fn dp(trials: usize, out: &Path) -> Result<()> {
                         "dp" => drop(learner.private_step(Some((&xs, &ys)), None, None, &dp, &mut rng)?),
                         "dp_per_example" => drop(learner.per_example_gradients(&xs, &ys)?),
                         "dp_clip_sum" => {
-                            let mut sums = shapes.clone();
+                            let mut sum = dpsgd::ClippedSum::new(&shapes, dp.max_grad_norm);
                             for gradient in &gradients {
-                                let mut gradient = gradient.clone();
-                                dpsgd::clip(&mut gradient, dp.max_grad_norm)?;
-                                for (sum, g) in sums.iter_mut().zip(&gradient) {
-                                    *sum = (&*sum + g)?;
-                                }
+                                sum.add(gradient)?;
                             }
                         }
-                        _ => {
-                            let mut sums = shapes.clone();
-                            dpsgd::privatise(&mut sums, &dp, &mut rng)?;
-                        }
+                        _ => drop(dpsgd::ClippedSum::new(&shapes, dp.max_grad_norm).privatise(&dp, &mut rng)?),
                     }
                     Ok(())
                 })?;
