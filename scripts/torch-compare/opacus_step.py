@@ -32,36 +32,21 @@ Candle's over PyTorch's or Opacus's (below 1: Candle is faster).
 
 PyTorch and Opacus are not dependencies of the project or its CI; this is run by hand.
 
-Measured 2026-12-07 at ecc051e, AMD EPYC (family 25 model 17: Zen 4, AVX-512, 2 cores,
-KVM), torch 2.15.0 (its AVX512 kernels), opacus 1.6.0, on a machine shared with two
-other builds (load average 4.8 to 5.8 over 2 cores: every figure inflated and noisy, the
-interleaved ratios mean more). Three runs of `--trials 9` and two with `--keep-heap`; ms
-of thread CPU per step, medians of each run (raw data: docs/results/dp/):
+Measured 2026-12-07 at 399000e (per-example gradients clipped and summed on f32
+buffers), AMD EPYC (Zen 4, AVX-512, 2 cores, KVM), torch 2.15.0, opacus 1.6.0, load
+average ~9.8 on 2 cores (the ratios mean more than the milliseconds); `--trials 7
+--keep-heap`, ms of thread CPU per step, medians:
 
-    run         model  plain Candle  DP Candle  plain torch  Opacus DP  DP Candle/Opacus
-    a           mlp        0.80        16.34        1.70        30.79        0.53
-    b           mlp        0.70        16.54        1.48        36.78        0.45
-    c           mlp        0.72        16.77        1.77        17.60        0.95
-    keep-heap a mlp        0.72        15.78        1.65        14.63        1.08
-    keep-heap b mlp        0.73        16.09        1.64        16.88        0.95
-    a           cnn        4.69        21.03       10.08        29.22        0.72
-    b           cnn        4.54        21.02        9.70        28.31        0.74
-    c           cnn        4.79        21.18       10.19        26.86        0.79
-    keep-heap a cnn        4.47        20.62       10.10        25.42        0.81
-    keep-heap b cnn        4.58        21.86        9.96        27.14        0.81
+    model  plain Candle  DP Candle  plain torch  Opacus DP  DP Candle/Opacus
+    mlp        0.65         6.90        1.47        13.92        0.50
+    cnn        4.27        11.74        9.71        23.24        0.51
 
-Opacus's MLP step is bimodal with glibc's malloc as it is: 14 to 18 ms in some trials,
-35 to 42 ms in others, where the thread takes about 11,000 page faults per step (glibc
-hands the 25.7 MB per-sample gradients of fc1 back to the OS and faults them in again);
-`--keep-heap` (or `MALLOC_MMAP_THRESHOLD_` and `MALLOC_TRIM_THRESHOLD_` set by hand,
-run "keep-heap a") removes those faults. Against that faster Opacus the Candle DP step
-of the MLP is at parity (1.08 and 0.95), that of the CNN 0.81 (its least over the trials:
-MLP 15.5 ms against Opacus's 14.0 and 14.9; CNN 20.3 against 22.8 and 25.0). Candle's
-plain step is 0.41 to 0.47 of PyTorch's, so its DP step costs 20 to 24 plain steps for
-the MLP and 4.4 to 4.8 for the CNN (Opacus: 9 to 25 and 2.5 to 2.9). The parts of
-Candle's DP step, timed alone by the bench (medians over the five runs' medians):
-per-example gradients 4.6 ms (MLP) and 10.0 ms (CNN), clipping and summing them
-10.3 and 9.1 ms, the noise 1.6 and 1.5 ms; see docs/privacy.md for what they are.
+`--keep-heap` keeps glibc from handing Opacus's per-sample gradients (25.7 MB for the
+MLP's first layer) back to the operating system after every step: without it Opacus's
+MLP step is bimodal (14 to 18 ms, or 35 to 42 ms with ~11,000 page faults a step), and
+the ratios above are against its faster mode. At ecc051e, before the buffers, Candle's DP
+step was 0.95 to 1.08 (MLP) and 0.81 (CNN) of Opacus's (raw data: docs/results/dp/).
+docs/privacy.md has the whole account.
 """
 
 import argparse
