@@ -448,7 +448,7 @@ fn table(report: &Report) -> String {
             .min_by(|a, b| a.tv_votes.total_cmp(&b.tv_votes))
             .expect("not empty");
         out += &format!(
-            "round by round (calibrated / votes, mean over nodes): {}\nclosest: round {}, votes {:.3} against the prior's {:.3}\n",
+            "round by round (calibrated / votes, mean over nodes): {}\nclosest round (picked in hindsight): {}, votes {:.3} against the prior's {:.3}\n",
             report
                 .per_round
                 .iter()
