@@ -1386,6 +1386,17 @@ mod tests {
             let error = format!("{:#}", Scenario::load(None, &[assignment.to_string()]).unwrap_err());
             assert!(error.contains(field) && error.contains(way), "{assignment}: {error}");
         }
+        // A device program keeps no state directory for the record.
+        let mixed = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/mixed.toml");
+        assert!(Scenario::load(Some(&mixed), &[]).is_ok());
+        let error = format!(
+            "{:#}",
+            Scenario::load(Some(&mixed), &["privacy.audit=true".into()]).unwrap_err()
+        );
+        assert!(
+            error.contains("privacy.audit") && error.contains("device program"),
+            "{error}"
+        );
         let good = defaults.settings().unwrap();
         let wire = good.privacy.unwrap();
         for (privacy, field, way) in [

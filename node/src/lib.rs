@@ -3,6 +3,7 @@
 //! The round, in the order it happens, is in [`round`]; every other module is
 //! something the round calls. [`runtime::run`] is the whole node process.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

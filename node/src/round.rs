@@ -22,6 +22,7 @@ use tracing::{debug, warn};
 use wdml_proto::policy::Closing;
 use wdml_proto::{AdversaryKind, Peer, RoundMetrics, StartRound, Undelivered};
 
+use crate::audit::AuditLog;
 use crate::checkpoint::Owner;
 use crate::device::DeviceProfile;
 use crate::emulated::{self, Sent, band_phase_s, band_wait_s};
@@ -61,6 +62,9 @@ pub struct Node {
     pub punctuality: Punctuality,
     /// Where its checkpoint goes, and whose it is.
     pub state_dir: Option<PathBuf>,
+    /// The privacy audit's record of what it sends (`privacy.audit`; `None`: off, or an
+    /// algorithm that sends nothing).
+    pub audit: Option<AuditLog>,
     pub owner: Owner,
     /// DP-SGD and its budget, when the run's `[privacy]` asks for them.
     pub privacy: Option<PrivateTraining>,
@@ -259,7 +263,30 @@ impl Round<'_> {
         self.metrics.exchange_ms = ms(began.elapsed());
         let ready = self.emulated_ready(node, before, air_busy_s, &collected);
         self.exchanged = Some((ready, before));
+        // A message withheld, or with no neighbour to go to, gave nobody anything.
+        if node.audit.is_some() && !withhold && !self.start.neighbours.is_empty() {
+            self.audit(node, values)?;
+        }
         Ok(collected)
+    }
+
+    /// The privacy audit: records what the neighbours now hold of this node
+    /// ([`crate::audit`]). After the exchange and its timing, so that the message does
+    /// not leave later for it, and outside [`Round::compute`], so that neither the
+    /// emulated clock nor the FLOPs count it: a run's figures are the same with the
+    /// audit on.
+    fn audit(&self, node: &mut Node, sent: &[f32]) -> Result<()> {
+        let start = self.start;
+        block_in_place(|| {
+            let Some((kind, logits)) = strategy::neighbours_view(node.plan.algorithm, node, start, sent)? else {
+                return Ok(());
+            };
+            let classes = node.plan.classes();
+            match node.audit.as_mut() {
+                Some(log) => log.record(start.round + 1, start.public_seed, kind, classes, &logits),
+                None => Ok(()),
+            }
+        })
     }
 
     /// Where this round's message goes: each neighbour's link (`None`: it could not be

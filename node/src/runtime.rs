@@ -29,6 +29,7 @@ use wdml_proto::{
 };
 use wdml_transport::{self as transport, Identity, Limits, Security};
 
+use crate::audit::AuditLog;
 use crate::checkpoint::{self, Owner};
 use crate::data::{DataSpec, Dataset, Location, split};
 use crate::exchange::client::{MAX_FRAME_BYTES, PeerClients};
@@ -177,6 +178,15 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
                 config.id,
                 plan.nodes - 1
             ),
+        ));
+    }
+    // The audit's record lives in the state directory: a node without one would run
+    // without the record the run asked for.
+    if plan.privacy.audit && config.state_dir.is_none() {
+        return Err(Error::config(
+            "privacy.audit",
+            "the run records what each node sends (audit.jsonl) in the node's state directory, and this node \
+             has none: start it with --state-dir DIR",
         ));
     }
     let parameters = match model {
@@ -391,6 +401,13 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
                 "DP-SGD"
             );
         }
+        // Only an algorithm that sends something has anything to record.
+        let audit = match &state_dir {
+            Some(dir) if plan.privacy.audit && strategy::exchanges(plan.algorithm) => {
+                Some(AuditLog::open(dir, &plan.run_instance, id)?)
+            }
+            _ => None,
+        };
         let mailbox = Arc::new(Mailbox::new(plan.nodes, plan.staleness.max));
         let shaper = Shaper::new(plan.channel.clone(), plan.seed, plan.nodes, id)?;
         let peers = PeerClients::new(security, plan.connect_timeout);
@@ -410,6 +427,7 @@ async fn prepare(config: &Config, plan: RunPlan, model: ModelSpec, own_data: Opt
             newly_silent: Vec::new(),
             undelivered: None,
             state_dir,
+            audit,
             owner,
         })
     })

@@ -9,6 +9,7 @@ mod health;
 mod launcher;
 mod node;
 mod plot;
+mod privacy;
 mod view;
 
 use std::process::ExitCode;
@@ -40,6 +41,10 @@ enum Command {
     /// Run a scenario under several algorithms (local, fedavg, dml) with the same
     /// seeds and write the comparison: tables, plots, cost to a target accuracy.
     Compare(compare::Args),
+    /// Attack a finished run as a curious neighbour would: estimate each node's private
+    /// class histogram from what it sent (`privacy.audit`) and score the estimates
+    /// against the truth and a blind guess; writes RUN_DIR/privacy.json.
+    Privacy(privacy::Args),
     /// Write a run's certificates (a CA, the coordinator, an observer, each node) for
     /// processes started by hand; `wdml run` makes its own.
     Certs(certs::Args),
@@ -65,6 +70,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Bench(args) => bench::main(args),
         Command::Compare(args) => compare::main(args),
         Command::Certs(args) => certs::main(args),
+        Command::Privacy(args) => privacy::main(args),
         Command::Health(args) => health::main(args),
         Command::View(args) => view::main(args),
     };

@@ -228,6 +228,14 @@ impl Learner {
         Ok(self.logits(images)?.flatten_all()?.to_vec1::<f32>()?)
     }
 
+    /// [`Self::logits_vec`] left out of the FLOP count: inference that is not the
+    /// device's work in the round (the privacy audit's view of a parameter message),
+    /// which must not move its emulated clock or its reported FLOPs.
+    pub fn logits_vec_uncounted(&self, images: &Tensor) -> Result<Vec<f32>> {
+        check_images(images, self.values, "images")?;
+        Ok(self.net.forward(images)?.detach().flatten_all()?.to_vec1::<f32>()?)
+    }
+
     /// One optimiser step on `CE(private batch) + λ·T²·KL(target ‖ softmax(f(public)/T))`.
     ///
     /// `images` `[B, 784]`, `labels` `[B]` (u32); `distill` = `Some((public [P, 784],

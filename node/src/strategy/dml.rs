@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use wdml_channel::{derive_external_seed, purpose};
 
+use crate::audit::Sent;
 use crate::exchange::{Collected, Delivered};
 use crate::learn::trust::Trust;
 use crate::learn::{Aggregate, soft_targets, trust_weighted_targets};
@@ -30,6 +31,10 @@ impl Strategy for Dml {
     /// Its local steps: private rows and the public rows of the distillation term.
     fn flops_after_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
         u64::from(plan.local_steps) * (plan.batch_size + plan.distill_batch) as u64 * model.flops(&plan.spec).train()
+    }
+
+    fn neighbours_view(&self, _node: &Node, _start: &StartRound, sent: &[f32]) -> Result<Option<(Sent, Vec<f32>)>> {
+        Ok(predictions_view(sent))
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {
@@ -63,6 +68,11 @@ pub(super) fn predict_public(node: &mut Node, round: &mut Round<'_>) -> Result<(
         confidently_wrong(&mut logits, node.plan.classes());
     }
     Ok((public, logits))
+}
+
+/// The view of an algorithm that sends its predictions: they are the message.
+pub(super) fn predictions_view(sent: &[f32]) -> Option<(Sent, Vec<f32>)> {
+    Some((Sent::Predictions, sent.to_vec()))
 }
 
 /// An adversary's predictions: every row a large logit on the class after the one its

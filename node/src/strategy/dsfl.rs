@@ -29,12 +29,15 @@
 //! accepts only (0, 1].
 
 use super::consensus::{self, check_predictions};
+use super::dml::predictions_view;
 use super::{Losses, Strategy};
 use crate::Result;
+use crate::audit::Sent;
 use crate::learn::{Aggregate, PublicLoss, soft_targets};
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{Node, Round};
+use wdml_proto::StartRound;
 
 pub(crate) struct Dsfl;
 
@@ -49,6 +52,10 @@ impl Strategy for Dsfl {
 
     fn public_alone(&self) -> bool {
         true
+    }
+
+    fn neighbours_view(&self, _node: &Node, _start: &StartRound, sent: &[f32]) -> Result<Option<(Sent, Vec<f32>)>> {
+        Ok(predictions_view(sent))
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

@@ -6,6 +6,7 @@
 use wdml_proto::StartRound;
 
 use super::{Losses, Strategy};
+use crate::audit::Sent;
 use crate::exchange::Collected;
 use crate::learn::Learner;
 use crate::model::ModelSpec;
@@ -26,6 +27,16 @@ impl Strategy for Fedavg {
     /// Its local steps.
     fn flops_before_exchange(&self, plan: &RunPlan, model: &ModelSpec) -> u64 {
         u64::from(plan.local_steps) * plan.batch_size as u64 * model.flops(&plan.spec).train()
+    }
+
+    /// A neighbour holding the parameters can run the model on any input: the audit
+    /// records its logits on the round's public batch, as a prediction-sharing node
+    /// would have sent them. The model still holds the parameters sent (the average
+    /// replaces them only after this), and the forward pass is not counted as the
+    /// device's work.
+    fn neighbours_view(&self, node: &Node, start: &StartRound, _sent: &[f32]) -> Result<Option<(Sent, Vec<f32>)>> {
+        let public = node.shard.public_batch(start.public_seed, node.plan.public_batch)?;
+        Ok(Some((Sent::Parameters, candle(node)?.logits_vec_uncounted(&public)?)))
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

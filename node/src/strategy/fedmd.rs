@@ -27,12 +27,15 @@
 //! averaged parameters, which needs parameter pools per model family, not predictions.
 
 use super::consensus::{self, check_predictions};
+use super::dml::predictions_view;
 use super::{Losses, Strategy};
 use crate::Result;
+use crate::audit::Sent;
 use crate::learn::PublicLoss;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
 use crate::round::{Node, Round};
+use wdml_proto::StartRound;
 
 pub(crate) struct Fedmd;
 
@@ -47,6 +50,10 @@ impl Strategy for Fedmd {
 
     fn public_alone(&self) -> bool {
         true
+    }
+
+    fn neighbours_view(&self, _node: &Node, _start: &StartRound, sent: &[f32]) -> Result<Option<(Sent, Vec<f32>)>> {
+        Ok(predictions_view(sent))
     }
 
     async fn learn(&self, node: &mut Node, round: &mut Round<'_>) -> Result<Losses> {

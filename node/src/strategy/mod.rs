@@ -16,9 +16,10 @@ mod fedavg;
 mod fedmd;
 mod local;
 
-use wdml_proto::{Algorithm, Encoding};
+use wdml_proto::{Algorithm, Encoding, StartRound};
 
 use crate::Result;
+use crate::audit::Sent;
 use crate::exchange::MessageShape;
 use crate::model::ModelSpec;
 use crate::plan::RunPlan;
@@ -57,6 +58,14 @@ pub(crate) trait Strategy {
     fn public_alone(&self) -> bool {
         false
     }
+
+    /// What a neighbour that received `sent`, this round's message, holds of this node's
+    /// predictions on the round's public batch (the privacy audit's record,
+    /// [`crate::audit`]): the predictions themselves, or the logits of the parameters
+    /// sent. Called after the exchange, before anything changes the model. `None`: the
+    /// algorithm sends nothing. No default, so that a new algorithm says what it gives
+    /// away.
+    fn neighbours_view(&self, node: &Node, start: &StartRound, sent: &[f32]) -> Result<Option<(Sent, Vec<f32>)>>;
 
     /// The round's learning, step by step: model work through [`Round::compute`], the
     /// exchange through [`Round::exchange`]. Returns the local steps' losses.
@@ -137,6 +146,17 @@ pub fn flops_before_exchange(algorithm: Algorithm, plan: &RunPlan, model: &Model
 /// The FLOPs a node running `model` computes after its exchange under `algorithm`.
 pub fn flops_after_exchange(algorithm: Algorithm, plan: &RunPlan, model: &ModelSpec) -> u64 {
     with_strategy!(algorithm, s => s.flops_after_exchange(plan, model)).unwrap_or(0)
+}
+
+/// What the neighbours hold of a node's predictions after it sent `sent` under
+/// `algorithm` ([`Strategy::neighbours_view`]).
+pub(crate) fn neighbours_view(
+    algorithm: Algorithm,
+    node: &Node,
+    start: &StartRound,
+    sent: &[f32],
+) -> Result<Option<(Sent, Vec<f32>)>> {
+    with_strategy!(algorithm, s => s.neighbours_view(node, start, sent)).unwrap_or(Ok(None))
 }
 
 /// Runs `algorithm`'s learning for the round.

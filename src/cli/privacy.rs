@@ -1,0 +1,513 @@
+//! `wdml privacy RUN_DIR`: what a curious neighbour learns of each node's private data
+//! from what the node sent it, measured on a finished run.
+//!
+//! The attack: estimate a node's private class histogram from its audit record
+//! (`privacy.audit`, `RUN/state/node-N/audit.jsonl`, written by the node itself; see
+//! `wdml_node::audit`), every recorded round or those of `--rounds A-B`:
+//!
+//! - *raw*: the mean softmax (temperature 1) over every recorded public row. A model
+//!   trained on a skewed shard predicts its own classes for much of any input.
+//! - *calibrated*: the raw estimate divided by the public pool's class distribution π,
+//!   renormalised (ĥ ∝ mean softmax / π): a class the public rows hold more of draws
+//!   more predictions whatever the node holds. The attacker is assumed to know π (the
+//!   pool's labels were never sent, but a public set's class balance is rarely secret,
+//!   and a few labelled public samples estimate it); here π is the pool's true label
+//!   histogram, recomputed from the run's seed and data as every node draws it.
+//! - *votes*: the share of public rows whose largest logit is each class, calibrated by
+//!   π as above. A soft model spreads probability over every class; its top choices
+//!   fall on the classes it was trained on more sharply.
+//!
+//! The calibrated and vote estimates are also scored round by round (`per_round`, over
+//! every recorded round): how the leak grows or fades as the models learn.
+//!
+//! Each estimate is scored by its total-variation distance to the node's realised
+//! histogram (`split.json`, normalised), against two blind guesses an attacker makes
+//! without any message: π, and the uniform distribution. The records are the sender's,
+//! before the encoding and the radio, so the figures bound what any one neighbour can do
+//! with this attack from above.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use wdml_node::audit;
+use wdml_proto::Algorithm;
+
+use crate::scenario::Scenario;
+
+/// The result file in the run directory.
+pub const FILE: &str = "privacy.json";
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run directory of a run made with `--set privacy.audit=true`.
+    run_dir: PathBuf,
+    /// Attack only these rounds (1-based, inclusive): `A-B`, `A-` (from A on) or `A`
+    /// (default: every recorded round).
+    #[arg(long, value_name = "A-B", value_parser = parse_rounds)]
+    rounds: Option<(u32, u32)>,
+    /// Where the nodes' state directories are, one `node-N` each (default:
+    /// RUN_DIR/state, where `wdml run` puts them).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// `privacy.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub run_id: String,
+    pub algorithm: Algorithm,
+    /// Whether the algorithm sends anything a neighbour could attack.
+    pub sends: bool,
+    /// Whether any node's record was found.
+    pub recorded: bool,
+    /// What the figures are, in a sentence.
+    pub note: String,
+    /// The rounds attacked, first and last, 1-based (`None`: every recorded one).
+    pub rounds: Option<(u32, u32)>,
+    /// π: the public pool's class distribution (the calibration, and a blind guess).
+    pub public_prior: Vec<f64>,
+    pub nodes: Vec<NodeReport>,
+    /// Means over the nodes attacked (every node when none was).
+    pub mean: Mean,
+    /// Each recorded round attacked alone, means over the nodes that recorded it.
+    pub per_round: Vec<RoundLeak>,
+}
+
+/// One round's record attacked alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundLeak {
+    pub round: u32,
+    pub nodes: usize,
+    pub tv_calibrated: f64,
+    pub tv_votes: f64,
+    /// The blind guess π, over the same nodes.
+    pub tv_prior: f64,
+}
+
+/// One node's figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub node: u32,
+    /// Its private samples, and their class distribution (`split.json`, normalised).
+    pub samples: u64,
+    pub histogram: Vec<f64>,
+    /// Rounds and public rows attacked.
+    pub rounds: usize,
+    pub rows: usize,
+    /// The estimates (absent: nothing recorded).
+    pub raw: Option<Vec<f64>>,
+    pub calibrated: Option<Vec<f64>>,
+    pub votes: Option<Vec<f64>>,
+    /// Total-variation distances to `histogram`.
+    pub tv_raw: Option<f64>,
+    pub tv_calibrated: Option<f64>,
+    pub tv_votes: Option<f64>,
+    pub tv_prior: f64,
+    pub tv_uniform: f64,
+}
+
+/// Means over nodes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Mean {
+    pub nodes: usize,
+    pub tv_raw: Option<f64>,
+    pub tv_calibrated: Option<f64>,
+    pub tv_votes: Option<f64>,
+    pub tv_prior: f64,
+    pub tv_uniform: f64,
+}
+
+pub fn main(args: Args) -> Result<ExitCode> {
+    let report = attack(&args.run_dir, args.state_dir.as_deref(), args.rounds)?;
+    print!("{}", table(&report));
+    let json = serde_json::to_string_pretty(&report)? + "\n";
+    let path = args.run_dir.join(FILE);
+    wdml_files::write_atomic(&path, json.as_bytes(), wdml_files::Mode::Public)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("written: {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run's scenario as `config.json` records it (with the data it resolved to
+/// under `dataset`, which is not a scenario field).
+fn scenario_of(run_dir: &Path) -> Result<Scenario> {
+    let path = run_dir.join("config.json");
+    let text = wdml_files::read_bounded_text(&path, 64 << 20)
+        .with_context(|| format!("{} holds no run (no readable config.json)", run_dir.display()))?;
+    let mut value: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    if let Some(object) = value.as_object_mut() {
+        object.remove("dataset");
+    }
+    serde_json::from_value(value).with_context(|| format!("{}: not a scenario this build reads", path.display()))
+}
+
+/// The public pool's class distribution, from the run's seed and data as every node
+/// draws the pool.
+fn public_prior(scenario: &Scenario, classes: usize) -> Result<Vec<f64>> {
+    let dataset = wdml_node::data::Dataset::load_labels(&scenario.location()).context("the run's data (data.dir)")?;
+    let public = match &scenario.data.public {
+        Some(path) => Some(
+            wdml_node::data::Dataset::load_labels(&wdml_node::data::Location::at(Some(path)))
+                .context("the run's public set (data.public)")?,
+        ),
+        None => None,
+    };
+    let config = wdml_node::data::SplitConfig {
+        seed: scenario.run.seed,
+        nodes: scenario.nodes.count as usize,
+        partition: scenario.data.partition.parse()?,
+        public_pool: scenario.data.public_pool as usize,
+        test_size: scenario.data.test_size as usize,
+        validation: scenario.data.validation as usize,
+        public_from: public.as_ref().map(|p| p.train.len()),
+    };
+    let split = wdml_node::data::split(&dataset, &config)?;
+    let labels = &public.as_ref().unwrap_or(&dataset).train.labels;
+    let mut counts = vec![0.0; classes];
+    for &i in &split.public {
+        // A public set with more classes than the run's: those rows pull no class.
+        if let Some(count) = counts.get_mut(usize::from(labels[i])) {
+            *count += 1.0;
+        }
+    }
+    Ok(normalised(&counts))
+}
+
+/// Runs the attack on `run_dir`'s records.
+pub fn attack(run_dir: &Path, state_dir: Option<&Path>, rounds: Option<(u32, u32)>) -> Result<Report> {
+    let scenario = scenario_of(run_dir)?;
+    let algorithm = scenario.run.algorithm;
+    let sends = wdml_node::strategy::exchanges(algorithm);
+    if sends && !scenario.privacy.audit {
+        bail!(
+            "{}: the run kept no audit record (privacy.audit = false), so there is nothing to attack; run it again \
+             with --set privacy.audit=true",
+            run_dir.display()
+        );
+    }
+    let path = run_dir.join("split.json");
+    let text = wdml_files::read_bounded_text(&path, 64 << 20)
+        .with_context(|| format!("{}: the realised split is needed", path.display()))?;
+    let split: wdml_coordinator::SplitRecord =
+        serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?;
+    let classes = split.nodes.iter().map(|n| n.histogram.len()).max().unwrap_or(0);
+    if classes < 2 {
+        bail!("{}: no node's histogram has two classes or more", path.display());
+    }
+    let prior = public_prior(&scenario, classes)?;
+    let uniform = vec![1.0 / classes as f64; classes];
+    let states = state_dir.map_or_else(|| run_dir.join("state"), Path::to_path_buf);
+    let mut nodes = Vec::new();
+    // Per round: nodes, and the sums of their calibrated, vote and prior distances.
+    let mut by_round: std::collections::BTreeMap<u32, (usize, f64, f64, f64)> = Default::default();
+    for node in &split.nodes {
+        let counts: Vec<f64> = (0..classes)
+            .map(|c| f64::from(node.histogram.get(c).copied().unwrap_or(0)))
+            .collect();
+        let histogram = normalised(&counts);
+        let mut report = NodeReport {
+            node: node.node,
+            samples: node.samples,
+            tv_prior: total_variation(&prior, &histogram),
+            tv_uniform: total_variation(&uniform, &histogram),
+            histogram,
+            rounds: 0,
+            rows: 0,
+            raw: None,
+            calibrated: None,
+            votes: None,
+            tv_raw: None,
+            tv_calibrated: None,
+            tv_votes: None,
+        };
+        let file = states.join(format!("node-{}", node.node)).join(audit::FILE);
+        if sends && file.exists() {
+            let record = audit::read(&file)?;
+            if record.torn {
+                eprintln!("{}: a torn last line (a crash mid-write) left out", file.display());
+            }
+            if let Some(wrong) = record
+                .records
+                .iter()
+                .find(|r| r.classes as usize != classes || r.node != node.node)
+            {
+                bail!(
+                    "{}: round {} records node {} with {} classes; the run's split has node {} with {classes}",
+                    file.display(),
+                    wrong.round,
+                    wrong.node,
+                    wrong.classes,
+                    node.node
+                );
+            }
+            for one in &record.records {
+                let single = std::slice::from_ref(one);
+                let (Some(raw), Some(votes)) = (mean_softmax(single, classes), votes(single, classes)) else {
+                    continue;
+                };
+                let leak = by_round.entry(one.round).or_insert((0, 0.0, 0.0, 0.0));
+                leak.0 += 1;
+                leak.1 += total_variation(&calibrate(&raw, &prior), &report.histogram);
+                leak.2 += total_variation(&calibrate(&votes, &prior), &report.histogram);
+                leak.3 += report.tv_prior;
+            }
+            let used: Vec<audit::Record> = record
+                .records
+                .into_iter()
+                .filter(|r| rounds.is_none_or(|(first, last)| (first..=last).contains(&r.round)))
+                .collect();
+            let used = used.as_slice();
+            if let (Some(raw), Some(votes)) = (mean_softmax(used, classes), votes(used, classes)) {
+                let calibrated = calibrate(&raw, &prior);
+                let votes = calibrate(&votes, &prior);
+                report.tv_votes = Some(total_variation(&votes, &report.histogram));
+                report.votes = Some(votes);
+                report.rounds = used.len();
+                report.rows = used.iter().map(|r| r.rows as usize).sum();
+                report.tv_raw = Some(total_variation(&raw, &report.histogram));
+                report.tv_calibrated = Some(total_variation(&calibrated, &report.histogram));
+                report.raw = Some(raw);
+                report.calibrated = Some(calibrated);
+            }
+        }
+        nodes.push(report);
+    }
+    let attacked: Vec<&NodeReport> = nodes.iter().filter(|n| n.raw.is_some()).collect();
+    let recorded = !attacked.is_empty();
+    let over: Vec<&NodeReport> = if recorded { attacked } else { nodes.iter().collect() };
+    let mean_of = |f: &dyn Fn(&NodeReport) -> f64| over.iter().map(|n| f(n)).sum::<f64>() / over.len().max(1) as f64;
+    let mean = Mean {
+        nodes: over.len(),
+        tv_raw: recorded.then(|| mean_of(&|n| n.tv_raw.unwrap_or(0.0))),
+        tv_calibrated: recorded.then(|| mean_of(&|n| n.tv_calibrated.unwrap_or(0.0))),
+        tv_votes: recorded.then(|| mean_of(&|n| n.tv_votes.unwrap_or(0.0))),
+        tv_prior: mean_of(&|n| n.tv_prior),
+        tv_uniform: mean_of(&|n| n.tv_uniform),
+    };
+    let note = match (sends, recorded) {
+        (false, _) => format!("{algorithm} sends nothing: nothing was sent; the attacker's best is the blind guess"),
+        (true, false) => format!(
+            "no audit record found under {}: no node sent anything to a neighbour, or the records are elsewhere \
+             (--state-dir); only the blind guess is reported",
+            states.display()
+        ),
+        (true, true) if over.len() < nodes.len() => format!(
+            "{} of {} nodes recorded what they sent; the means are over those",
+            over.len(),
+            nodes.len()
+        ),
+        (true, true) => format!("every node's record attacked ({algorithm})"),
+    };
+    Ok(Report {
+        run_id: format!("{}-{}", scenario.run.name, scenario.run.seed),
+        algorithm,
+        sends,
+        recorded,
+        note,
+        rounds,
+        per_round: by_round
+            .into_iter()
+            .map(|(round, (n, calibrated, votes, prior))| RoundLeak {
+                round,
+                nodes: n,
+                tv_calibrated: calibrated / n as f64,
+                tv_votes: votes / n as f64,
+                tv_prior: prior / n as f64,
+            })
+            .collect(),
+        public_prior: prior,
+        nodes,
+        mean,
+    })
+}
+
+/// `--rounds`: `A-B`, `A-` or `A`, 1-based.
+fn parse_rounds(text: &str) -> std::result::Result<(u32, u32), String> {
+    let number = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} is not a round number"))
+    };
+    let (first, last) = match text.split_once('-') {
+        Some((a, "")) => (number(a)?, u32::MAX),
+        Some((a, b)) => (number(a)?, number(b)?),
+        None => (number(text)?, number(text)?),
+    };
+    if first == 0 || last < first {
+        return Err(format!(
+            "{text}: rounds count from 1, and the first must not come after the last"
+        ));
+    }
+    Ok((first, last))
+}
+
+/// The mean softmax (temperature 1) over every row of `records` (`None`: no row).
+fn mean_softmax(records: &[audit::Record], classes: usize) -> Option<Vec<f64>> {
+    let mut sum = vec![0.0f64; classes];
+    let mut rows = 0usize;
+    for row in records.iter().flat_map(|r| r.logits.chunks(classes)) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+        let exp: Vec<f64> = row.iter().map(|&v| (f64::from(v) - max).exp()).collect();
+        let total: f64 = exp.iter().sum();
+        for (s, e) in sum.iter_mut().zip(&exp) {
+            *s += e / total;
+        }
+        rows += 1;
+    }
+    (rows > 0).then(|| sum.iter().map(|s| s / rows as f64).collect())
+}
+
+/// The share of rows of `records` whose largest logit is each class (a tie goes to the
+/// lowest class); `None`: no row.
+fn votes(records: &[audit::Record], classes: usize) -> Option<Vec<f64>> {
+    let mut counts = vec![0.0f64; classes];
+    let mut rows = 0usize;
+    for row in records.iter().flat_map(|r| r.logits.chunks(classes)) {
+        let top = row
+            .iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |best, (c, &v)| if v > best.1 { (c, v) } else { best },
+            )
+            .0;
+        counts[top] += 1.0;
+        rows += 1;
+    }
+    (rows > 0).then(|| counts.iter().map(|c| c / rows as f64).collect())
+}
+
+/// ĥ ∝ raw / π, renormalised. A class the pool lacks (π = 0) cannot be calibrated and
+/// keeps its raw share's weight relative to a class of average π.
+fn calibrate(raw: &[f64], prior: &[f64]) -> Vec<f64> {
+    let average = 1.0 / prior.len() as f64;
+    let ratio: Vec<f64> = raw
+        .iter()
+        .zip(prior)
+        .map(|(&r, &p)| if p > 0.0 { r / p } else { r / average })
+        .collect();
+    normalised(&ratio)
+}
+
+fn normalised(values: &[f64]) -> Vec<f64> {
+    let total: f64 = values.iter().sum();
+    if total > 0.0 {
+        values.iter().map(|v| v / total).collect()
+    } else {
+        vec![1.0 / values.len() as f64; values.len()]
+    }
+}
+
+/// ½ Σ |p − q|: 0 for the same distribution, 1 for disjoint ones.
+fn total_variation(p: &[f64], q: &[f64]) -> f64 {
+    0.5 * p.iter().zip(q).map(|(a, b)| (a - b).abs()).sum::<f64>()
+}
+
+/// The report as a table, for the terminal.
+fn table(report: &Report) -> String {
+    let mut out = format!(
+        "{} ({}): what a neighbour learns of each node's class histogram from what it sent\n{}\n",
+        report.run_id, report.algorithm, report.note
+    );
+    let cell = |v: Option<f64>| v.map_or_else(|| "—".to_string(), |v| format!("{v:.3}"));
+    out += &format!(
+        "{:>6} {:>8} {:>7} {:>8} {:>14} {:>9} {:>11} {:>11}\n",
+        "node", "samples", "rounds", "TV raw", "TV calibrated", "TV votes", "TV prior π", "TV uniform"
+    );
+    for n in &report.nodes {
+        out += &format!(
+            "{:>6} {:>8} {:>7} {:>8} {:>14} {:>9} {:>11} {:>11}\n",
+            n.node,
+            n.samples,
+            n.rounds,
+            cell(n.tv_raw),
+            cell(n.tv_calibrated),
+            cell(n.tv_votes),
+            cell(Some(n.tv_prior)),
+            cell(Some(n.tv_uniform))
+        );
+    }
+    let m = &report.mean;
+    out += &format!(
+        "{:>6} {:>8} {:>7} {:>8} {:>14} {:>9} {:>11} {:>11}\n",
+        "mean",
+        "",
+        "",
+        cell(m.tv_raw),
+        cell(m.tv_calibrated),
+        cell(m.tv_votes),
+        cell(Some(m.tv_prior)),
+        cell(Some(m.tv_uniform))
+    );
+    if !report.per_round.is_empty() {
+        let best = report
+            .per_round
+            .iter()
+            .min_by(|a, b| a.tv_votes.total_cmp(&b.tv_votes))
+            .expect("not empty");
+        out += &format!(
+            "round by round (calibrated / votes, mean over nodes): {}\nclosest round (picked in hindsight): {}, votes {:.3} against the prior's {:.3}\n",
+            report
+                .per_round
+                .iter()
+                .map(|r| format!("{}: {:.2}/{:.2}", r.round, r.tv_calibrated, r.tv_votes))
+                .collect::<Vec<_>>()
+                .join(", "),
+            best.round,
+            best.tv_votes,
+            best.tv_prior
+        );
+    }
+    out += "(total-variation distance to the node's true histogram: 0 = exact, 1 = disjoint; \
+            the blind guesses use no message)\n";
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(round: u32, logits: Vec<f32>) -> audit::Record {
+        audit::Record {
+            run_instance: "x".into(),
+            node: 0,
+            round,
+            public_seed: 0,
+            sent: audit::Sent::Predictions,
+            rows: (logits.len() / 2) as u32,
+            classes: 2,
+            logits,
+        }
+    }
+
+    #[test]
+    fn the_estimates_and_distances_are_what_they_say() {
+        // Rows of logits (0, 0) and (ln 3, 0): softmax (½, ½) and (¾, ¼).
+        let records = [record(1, vec![0.0, 0.0]), record(2, vec![3f32.ln(), 0.0])];
+        let raw = mean_softmax(&records, 2).unwrap();
+        assert!(
+            (raw[0] - 0.625).abs() < 1e-6 && (raw[1] - 0.375).abs() < 1e-6,
+            "{raw:?}"
+        );
+        assert_eq!(mean_softmax(&[], 2), None);
+        // A pool three quarters class 0: the calibrated estimate leans the other way.
+        let calibrated = calibrate(&raw, &[0.75, 0.25]);
+        let expected = [0.625 / 0.75, 0.375 / 0.25];
+        let total: f64 = expected.iter().sum();
+        assert!((calibrated[0] - expected[0] / total).abs() < 1e-6, "{calibrated:?}");
+        // The votes: row 1 is a tie (class 0 by the lower index), row 2 class 0.
+        assert_eq!(votes(&records, 2), Some(vec![1.0, 0.0]));
+        // A class the pool lacks is not divided by zero.
+        assert!(calibrate(&[0.5, 0.5], &[1.0, 0.0]).iter().all(|v| v.is_finite()));
+        assert_eq!(total_variation(&[1.0, 0.0], &[0.0, 1.0]), 1.0);
+        assert_eq!(total_variation(&[0.5, 0.5], &[0.5, 0.5]), 0.0);
+        assert!((total_variation(&[0.625, 0.375], &[1.0, 0.0]) - 0.375).abs() < 1e-12);
+        assert_eq!(normalised(&[0.0, 0.0]), vec![0.5, 0.5]);
+        assert_eq!(parse_rounds("2-5"), Ok((2, 5)));
+        assert_eq!(parse_rounds("3"), Ok((3, 3)));
+        assert_eq!(parse_rounds("3-"), Ok((3, u32::MAX)));
+        assert!(parse_rounds("0-2").is_err() && parse_rounds("5-2").is_err() && parse_rounds("x").is_err());
+    }
+}
