@@ -236,6 +236,21 @@ impl Learner {
         Ok(self.net.forward(images)?.detach().flatten_all()?.to_vec1::<f32>()?)
     }
 
+    /// Checks public rows `[P, values]` and their `target` `[P, classes]` f32 (`what`
+    /// names the target in the error); returns P.
+    fn check_public(&self, public: &Tensor, target: &Tensor, what: &str) -> Result<usize> {
+        let rows = check_images(public, self.values, "public images")?;
+        if target.dims() != [rows, self.classes] || target.dtype() != DType::F32 {
+            return Err(invalid(format!(
+                "{what}: expected [{rows}, {}] f32, got {:?} {:?}",
+                self.classes,
+                target.dims(),
+                target.dtype()
+            )));
+        }
+        Ok(rows)
+    }
+
     /// One optimiser step on `CE(private batch) + λ·T²·KL(target ‖ softmax(f(public)/T))`.
     ///
     /// `images` `[B, 784]`, `labels` `[B]` (u32); `distill` = `Some((public [P, 784],
@@ -267,15 +282,7 @@ impl Learner {
         check_labels(labels, rows)?;
         let distill = distill.filter(|_| self.cfg.kl_weight > 0.0);
         if let Some((public, target)) = distill {
-            let p = check_images(public, self.values, "public images")?;
-            if target.dims() != [p, self.classes] || target.dtype() != DType::F32 {
-                return Err(invalid(format!(
-                    "distillation target: expected [{p}, {}] f32, got {:?} {:?}",
-                    self.classes,
-                    target.dims(),
-                    target.dtype()
-                )));
-            }
+            self.check_public(public, target, "distillation target")?;
         }
 
         let (ce, kl) = match distill {
@@ -393,15 +400,7 @@ impl Learner {
         // every parameter an entry to overwrite.
         let (kl, mut store) = match distill {
             Some((public, target)) => {
-                let p = check_images(public, self.values, "public images")?;
-                if target.dims() != [p, self.classes] || target.dtype() != DType::F32 {
-                    return Err(invalid(format!(
-                        "distillation target: expected [{p}, {}] f32, got {:?} {:?}",
-                        self.classes,
-                        target.dims(),
-                        target.dtype()
-                    )));
-                }
+                let p = self.check_public(public, target, "distillation target")?;
                 let own = self.net.forward(public)?;
                 let kl = match weights {
                     Some(weights) => weighted_kl_to_target(&own, target, weights, t)?,
@@ -447,15 +446,7 @@ impl Learner {
     /// no `kl_weight`, no temperature. Returns the loss before the update. A non-finite
     /// loss (or target) is an error and leaves the parameters unchanged.
     pub fn public_step(&mut self, public: &Tensor, target: &Tensor, loss: PublicLoss) -> Result<f32> {
-        let rows = check_images(public, self.values, "public images")?;
-        if target.dims() != [rows, self.classes] || target.dtype() != DType::F32 {
-            return Err(invalid(format!(
-                "public-step target: expected [{rows}, {}] f32, got {:?} {:?}",
-                self.classes,
-                target.dims(),
-                target.dtype()
-            )));
-        }
+        let rows = self.check_public(public, target, "public-step target")?;
         let logits = self.net.forward(public)?;
         let value = match loss {
             PublicLoss::L1Logits => (logits - target)?.abs()?.mean_all()?,
