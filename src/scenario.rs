@@ -827,6 +827,21 @@ impl Scenario {
         }
     }
 
+    /// How the run splits its data (every node draws its shard from this), with
+    /// `public_from` the size of the public set's own training part (`data.public`; see
+    /// [`Scenario::public_from`]).
+    pub fn split_config(&self, public_from: Option<usize>) -> Result<wdml_node::data::SplitConfig> {
+        Ok(wdml_node::data::SplitConfig {
+            seed: self.run.seed,
+            nodes: self.nodes.count as usize,
+            partition: self.data.partition.parse()?,
+            public_pool: self.data.public_pool as usize,
+            test_size: self.data.test_size as usize,
+            validation: self.data.validation as usize,
+            public_from,
+        })
+    }
+
     /// The size of the public dataset's training set (`data.public`), checked to have
     /// the run's sample shape; `None` without one.
     pub fn public_from(&self) -> Result<Option<usize>> {

@@ -377,15 +377,7 @@ pub async fn launch(scenario: &Scenario, out: &Path, options: Launch) -> Result<
     }
     // The split needs the dataset: check it now rather than in every node.
     let dataset = wdml_node::data::Dataset::load_labels(&scenario.location())?;
-    let split = wdml_node::data::SplitConfig {
-        seed: scenario.run.seed,
-        nodes: scenario.nodes.count as usize,
-        partition: scenario.data.partition.parse()?,
-        public_pool: scenario.data.public_pool as usize,
-        test_size: scenario.data.test_size as usize,
-        validation: scenario.data.validation as usize,
-        public_from: scenario.public_from()?,
-    };
+    let split = scenario.split_config(scenario.public_from()?)?;
     // The split itself, as every node will draw it: a Dirichlet split can leave a node
     // below the minimum however the sizes look, and that is refused here, before any
     // process starts, rather than by every node after it joined.

@@ -154,15 +154,7 @@ fn public_prior(scenario: &Scenario, classes: usize) -> Result<Vec<f64>> {
         ),
         None => None,
     };
-    let config = wdml_node::data::SplitConfig {
-        seed: scenario.run.seed,
-        nodes: scenario.nodes.count as usize,
-        partition: scenario.data.partition.parse()?,
-        public_pool: scenario.data.public_pool as usize,
-        test_size: scenario.data.test_size as usize,
-        validation: scenario.data.validation as usize,
-        public_from: public.as_ref().map(|p| p.train.len()),
-    };
+    let config = scenario.split_config(public.as_ref().map(|p| p.train.len()))?;
     let split = wdml_node::data::split(&dataset, &config)?;
     let labels = &public.as_ref().unwrap_or(&dataset).train.labels;
     let mut counts = vec![0.0; classes];
