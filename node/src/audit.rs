@@ -93,15 +93,15 @@ impl AuditLog {
     /// `run_instance`. A torn last line is cut off; a file of an earlier run of this
     /// node is started afresh (as its checkpoint would be); another node's is refused.
     pub fn open(dir: &Path, run_instance: &str, node: u32) -> Result<AuditLog> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
         let path = dir.join(FILE);
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
-            .map_err(|e| io(&path, e))?;
-        let (keep, line) = last_line(&mut file).map_err(|e| io(&path, e))?;
+            .map_err(|e| Error::file(&path, e))?;
+        let (keep, line) = last_line(&mut file).map_err(|e| Error::file(&path, e))?;
         let bad = |reason: String| Error::Data {
             path: path.clone(),
             reason,
@@ -117,7 +117,7 @@ impl AuditLog {
                         "the audit record is from an earlier run (instance {}); starting afresh",
                         record.run_instance
                     );
-                    file.set_len(0).map_err(|e| io(&path, e))?;
+                    file.set_len(0).map_err(|e| Error::file(&path, e))?;
                     None
                 } else if record.node != node {
                     return Err(bad(format!(
@@ -129,13 +129,13 @@ impl AuditLog {
                 }
             }
         };
-        let length = file.metadata().map_err(|e| io(&path, e))?.len();
+        let length = file.metadata().map_err(|e| Error::file(&path, e))?.len();
         if last.is_some() && keep < length {
             tracing::warn!(path = %path.display(), "cutting off a torn last line ({} bytes)", length - keep);
-            file.set_len(keep).map_err(|e| io(&path, e))?;
+            file.set_len(keep).map_err(|e| Error::file(&path, e))?;
         } else if last.is_none() && length > 0 && keep == 0 {
             // Nothing but a torn first line.
-            file.set_len(0).map_err(|e| io(&path, e))?;
+            file.set_len(0).map_err(|e| Error::file(&path, e))?;
         }
         Ok(AuditLog {
             path,
@@ -168,9 +168,9 @@ impl AuditLog {
             classes: classes as u32,
             logits: logits.to_vec(),
         };
-        let mut line = serde_json::to_vec(&record).map_err(|e| io(&self.path, std::io::Error::other(e)))?;
+        let mut line = serde_json::to_vec(&record).map_err(|e| Error::file(&self.path, std::io::Error::other(e)))?;
         line.push(b'\n');
-        wdml_files::append_durable(&mut self.file, &line).map_err(|e| io(&self.path, e))?;
+        wdml_files::append_durable(&mut self.file, &line).map_err(|e| Error::file(&self.path, e))?;
         self.last = Some(round);
         Ok(())
     }
@@ -230,7 +230,7 @@ pub struct Audit {
 /// Reads `path`, checking every record's shape; a torn last line is left out (and
 /// said), any other line that is not a record is an error naming its line.
 pub fn read(path: &Path) -> Result<Audit> {
-    let text = wdml_files::read_bounded_text(path, MAX_FILE_BYTES).map_err(|e| io(path, e))?;
+    let text = wdml_files::read_bounded_text(path, MAX_FILE_BYTES).map_err(|e| Error::file(path, e))?;
     let bad = |reason: String| Error::Data {
         path: path.to_path_buf(),
         reason,
@@ -274,13 +274,6 @@ pub fn read(path: &Path) -> Result<Audit> {
         audit.records.push(record);
     }
     Ok(audit)
-}
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ pub fn save(
     trust: &Trust,
 ) -> Result<Written> {
     let began = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::file(dir, e))?;
     let (tensors, step) = learner.state()?;
     let metadata: HashMap<String, String> = [
         ("format", FORMAT.to_string()),
@@ -87,7 +87,7 @@ pub fn save(
     let bytes = safetensors::serialize(tensors, &Some(metadata))
         .map_err(|e| Error::config("checkpoint", format!("cannot encode: {e}")))?;
     let path = dir.join(FILE);
-    write_atomic(&path, &bytes, Mode::Public).map_err(|e| io(&path, e))?;
+    write_atomic(&path, &bytes, Mode::Public).map_err(|e| Error::file(&path, e))?;
     Ok(Written {
         bytes: bytes.len() as u64,
         took: began.elapsed(),
@@ -101,7 +101,7 @@ pub fn load(dir: &Path, owner: &Owner, learner: &mut Learner) -> Result<Option<R
     let bytes = match wdml_files::read_bounded(&path, MAX_BYTES) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(&path, e)),
+        Err(e) => return Err(Error::file(&path, e)),
     };
     let bad = |reason: String| Error::Data {
         path: path.clone(),
@@ -184,13 +184,6 @@ fn decode_trust(text: &str) -> Option<Trust> {
         entries.push((id, score));
     }
     Some(Trust::from_entries(entries))
-}
-
-fn io(path: &Path, e: std::io::Error) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    }
 }
 
 #[cfg(test)]

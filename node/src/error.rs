@@ -49,4 +49,13 @@ impl Error {
             reason: reason.into(),
         }
     }
+
+    /// An I/O failure on the node's own file at `path` (its checkpoint, its audit
+    /// record).
+    pub fn file(path: &std::path::Path, e: std::io::Error) -> Self {
+        Error::Data {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }
+    }
 }

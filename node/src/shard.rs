@@ -169,6 +169,15 @@ impl Shard {
         self.public_images.dims()[0]
     }
 
+    /// The private images and labels of these rows of the shard (a batch).
+    pub fn private_rows(&self, rows: &[u32]) -> Result<(Tensor, Tensor)> {
+        let index = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
+        Ok((
+            self.private_images.index_select(&index, 0)?,
+            self.private_labels.index_select(&index, 0)?,
+        ))
+    }
+
     /// The round's public batch: `size` distinct rows of the public pool drawn from
     /// the round's seed, the same on every node.
     pub fn public_batch(&self, seed: u64, size: usize) -> Result<Tensor> {
@@ -252,11 +261,7 @@ impl BatchSampler {
         }
         let rows = &self.order[self.next..self.next + self.batch];
         self.next += self.batch;
-        let index = Tensor::from_slice(rows, rows.len(), &Device::Cpu)?;
-        Ok((
-            shard.private_images.index_select(&index, 0)?,
-            shard.private_labels.index_select(&index, 0)?,
-        ))
+        shard.private_rows(rows)
     }
 }
 

@@ -635,11 +635,11 @@ mod tests {
     /// MLP; clipped, every one of them has a norm of at most C.
     #[test]
     fn per_example_gradients_sum_to_the_batch_gradient_and_clip_to_the_norm() {
-        use crate::privacy::dpsgd::{clip, norm};
+        use crate::privacy::dpsgd::{ClippedSum, DpSgd, norm};
         let (xs, ys) = separable(6, 4);
         for spec in ["mlp:16", "cnn:4,8,16"] {
             let l = Learner::new(&spec.parse().unwrap(), &fm(), cfg(1e-3, 1.0, 0.0), 5).unwrap();
-            let (mut each, ce_sum) = l.per_example_gradients(&xs, &ys).unwrap();
+            let (each, ce_sum) = l.per_example_gradients(&xs, &ys).unwrap();
             assert_eq!(each.len(), 6);
             let batch_ce = candle_nn::loss::cross_entropy(&l.net.forward(&xs).unwrap(), &ys).unwrap();
             assert!((ce_sum / 6.0 - f64::from(batch_ce.to_scalar::<f32>().unwrap())).abs() < 1e-5);
@@ -671,12 +671,31 @@ mod tests {
             let norms: Vec<f64> = each.iter().map(|g| norm(g).unwrap()).collect();
             let c = norms.iter().cloned().fold(f64::INFINITY, f64::min) / 2.0;
             assert!(c > 0.0, "{spec}: {norms:?}");
-            for (g, before) in each.iter_mut().zip(&norms) {
-                assert_eq!(clip(g, c).unwrap(), *before);
-                let after = norm(g).unwrap();
+            // Each example alone through the step's sum, without noise or division:
+            // what it contributes is its clipped gradient.
+            let alone = DpSgd {
+                noise_multiplier: 0.0,
+                max_grad_norm: c,
+                sample_rate: 1.0,
+                expected_batch: 1.0,
+            };
+            let parameters: Vec<Tensor> = l.net.variables().iter().map(|v| v.as_tensor().clone()).collect();
+            for (g, before) in each.iter().zip(&norms) {
+                let mut sum = ClippedSum::new(&parameters, c);
+                let seen = sum.add(g).unwrap();
+                assert!(
+                    (seen - before).abs() <= 1e-6 * before,
+                    "{spec}: norm {seen} against {before}"
+                );
+                let clipped = sum.privatise(&alone, &mut rand::rng()).unwrap();
+                let after = norm(&clipped).unwrap();
                 assert!(
                     after <= c * (1.0 + 1e-5),
                     "{spec}: {before} clipped to {after} > C = {c}"
+                );
+                assert!(
+                    after >= c * (1.0 - 1e-4),
+                    "{spec}: a gradient above C is clipped to C, not below it"
                 );
             }
         }

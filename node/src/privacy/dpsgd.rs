@@ -81,31 +81,15 @@ pub fn poisson_batch<R: Rng + ?Sized>(examples: usize, q: f64, rng: &mut R) -> V
     (0..examples as u32).filter(|_| rng.random::<f64>() < q).collect()
 }
 
-/// The L2 norm of a gradient given as one tensor per parameter, in f64.
-pub fn norm(gradient: &[Tensor]) -> Result<f64> {
+/// The L2 norm of a gradient given as one tensor per parameter, in f64 (what the
+/// tests check a clipped gradient against).
+#[cfg(test)]
+pub(crate) fn norm(gradient: &[Tensor]) -> Result<f64> {
     let mut squares = 0f64;
     for g in gradient {
         squares += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
     }
     Ok(squares.sqrt())
-}
-
-/// Scales `gradient` (one tensor per parameter) so its L2 norm is at most
-/// `max_norm`, as Opacus does (`min(1, C / (‖g‖ + 1e-6))`); returns the norm before.
-pub fn clip(gradient: &mut [Tensor], max_norm: f64) -> Result<f64> {
-    let before = norm(gradient)?;
-    if !before.is_finite() {
-        return Err(invalid(format!(
-            "a per-example gradient has a non-finite norm ({before})"
-        )));
-    }
-    let factor = clip_factor(before, max_norm);
-    if factor < 1.0 {
-        for g in gradient.iter_mut() {
-            *g = g.affine(factor, 0.0)?;
-        }
-    }
-    Ok(before)
 }
 
 /// The sum of a step's clipped per-example gradients, kept as plain `f32` buffers, one
@@ -212,18 +196,6 @@ mod tests {
 
     fn t(values: &[f32]) -> Tensor {
         Tensor::from_slice(values, values.len(), &Device::Cpu).unwrap()
-    }
-
-    #[test]
-    fn clipping_bounds_the_norm_and_keeps_a_small_gradient() {
-        let mut big = vec![t(&[3.0, 0.0]), t(&[0.0, 4.0])];
-        assert_eq!(clip(&mut big, 1.0).unwrap(), 5.0);
-        assert!((norm(&big).unwrap() - 1.0).abs() < 1e-5);
-        assert_eq!(big[0].to_vec1::<f32>().unwrap()[0], 3.0 / (5.0 + 1e-6) as f32);
-        let mut small = vec![t(&[0.3, 0.4])];
-        clip(&mut small, 1.0).unwrap();
-        assert_eq!(small[0].to_vec1::<f32>().unwrap(), [0.3, 0.4], "left as it is");
-        assert!(clip(&mut [t(&[f32::NAN])], 1.0).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 pub mod accountant;
 pub mod dpsgd;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 
@@ -142,11 +142,7 @@ impl PrivateTraining {
         if rows.is_empty() {
             return Ok(None);
         }
-        let index = Tensor::from_slice(&rows, rows.len(), &Device::Cpu)?;
-        Ok(Some((
-            shard.private_images.index_select(&index, 0)?,
-            shard.private_labels.index_select(&index, 0)?,
-        )))
+        shard.private_rows(&rows).map(Some)
     }
 
     /// The randomness a step's noise draws from.
