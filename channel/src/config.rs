@@ -18,6 +18,7 @@ use crate::geometry::{Placement, Position};
 use crate::link::Channel;
 use crate::loss::LossModel;
 use crate::mobility::{DEFAULT_DECORRELATION_M, Mobility};
+use crate::policy::{BandOrder, PowerControl, Selection};
 use crate::preset::{Preset, Shaping};
 use crate::propagation::{Fading, PathLoss};
 use crate::radio::RadioParams;
@@ -87,6 +88,13 @@ pub struct ChannelConfig {
     /// Neighbour selection; default the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub topology: Option<Topology>,
+    /// With which live neighbours each node exchanges each round. Default all.
+    pub selection: Selection,
+    /// On a shared band: the order of the senders' turns. Default by id.
+    pub band_order: BandOrder,
+    /// Overrides [`RadioParams::power_control`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub power_control: Option<PowerControl>,
     /// Side of the square area devices are placed in uniformly, m; default the preset's.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub area_m: Option<f64>,
@@ -168,6 +176,9 @@ impl Default for ChannelConfig {
             air_min_snr_db: None,
             air_noise: true,
             topology: None,
+            selection: Selection::All,
+            band_order: BandOrder::Id,
+            power_control: None,
             area_m: None,
             positions: None,
             path_loss: None,
@@ -218,6 +229,12 @@ pub struct ResolvedChannel {
     pub air_noise: bool,
     /// Neighbour selection.
     pub topology: Topology,
+    /// With which live neighbours each node exchanges each round.
+    #[serde(default, skip_serializing_if = "Selection::is_all")]
+    pub selection: Selection,
+    /// On a shared band: the order of the senders' turns.
+    #[serde(default, skip_serializing_if = "BandOrder::is_id")]
+    pub band_order: BandOrder,
     /// Device placement.
     pub placement: Placement,
     /// The radio parameters.
@@ -324,6 +341,32 @@ impl ChannelConfig {
         topology.validate()?;
         let radio = self.apply_overrides(self.preset.radio_params());
         radio.validate()?;
+        self.selection.validate()?;
+        crate::error::ensure(
+            radio.power_control.is_full() || self.preset.shaping() == Shaping::Emulate,
+            "channel.power_control",
+            "can be set only on an emulated radio (the preset's links are not emulated, so \
+             there is no power to control)",
+            format!("set, with preset {}", self.preset),
+        )?;
+        crate::error::ensure(
+            radio.power_control.is_full() || self.mode != Mode::OverTheAir,
+            "channel.power_control",
+            "must be `full` over the air: channel inversion already sets each sender's power",
+            "set, with mode over_the_air",
+        )?;
+        crate::error::ensure(
+            self.band_order.is_id() || self.access == Access::Shared,
+            "channel.band_order",
+            "orders the turns on a shared band: set channel.access = \"shared\", or drop it",
+            "set, with dedicated bands",
+        )?;
+        crate::error::ensure(
+            self.band_order.is_id() || self.mode != Mode::OverTheAir,
+            "channel.band_order",
+            "orders the senders' turns; over the air every receiver has a slot, in id order: drop it",
+            "set, with mode over_the_air",
+        )?;
         let mut mobility = self.mobility.clone();
         if let Mobility::RandomWaypoint(walk) = &mut mobility
             && walk.area_m.is_none()
@@ -370,6 +413,8 @@ impl ChannelConfig {
             air_min_snr_db,
             air_noise: self.air_noise,
             topology,
+            selection: self.selection,
+            band_order: self.band_order,
             placement,
             radio,
             mobility,
@@ -405,6 +450,7 @@ impl ChannelConfig {
             frame_header_bytes: self.frame_header_bytes.unwrap_or(base.frame_header_bytes),
             max_retransmissions: self.max_retransmissions.unwrap_or(base.max_retransmissions),
             loss: self.loss.unwrap_or(base.loss),
+            power_control: self.power_control.unwrap_or(base.power_control),
         }
     }
 }

@@ -30,6 +30,7 @@ mod geometry;
 mod link;
 mod loss;
 mod mobility;
+pub mod policy;
 mod preset;
 #[cfg(test)]
 mod preset_behaviour_tests;
@@ -49,6 +50,7 @@ pub use loss::{
     CODED_BPSK_FIT_A, CODED_BPSK_FIT_G, CODED_BPSK_FIT_PACKET_BITS, FrameLoss, LossModel, coded_bpsk_frame_error_rate,
 };
 pub use mobility::{DEFAULT_DECORRELATION_M, Mobility, RandomWaypoint, SHADOWING_STEP_S, Trace, TraceSample};
+pub use policy::{BandOrder, PowerControl, Selection};
 pub use preset::{Preset, Shaping};
 pub use propagation::{Fading, PathLoss};
 pub use radio::{MAX_RETRANSMISSIONS_LIMIT, RadioParams, airtime_s};

@@ -15,6 +15,7 @@ use crate::error::{Error, Result, ensure_finite};
 use crate::geometry::Position;
 use crate::loss::FrameLoss;
 use crate::mobility::{Mobility, Motion};
+use crate::policy::at_power;
 use crate::propagation::draw_shadowing_db;
 use crate::radio::{RadioParams, airtime_s};
 use crate::rng::{SplitMix64, Stream, derive_seed};
@@ -74,6 +75,9 @@ pub struct LinkState {
     pub snr_db: f64,
     /// Achieved rate this round, bit/s; 0 in outage.
     pub rate_bps: f64,
+    /// Transmit power, dBm: the radio's maximum, or what `channel.power_control`
+    /// chose for the transmission ([`Channel::sending_state`]).
+    pub tx_power_dbm: f64,
     /// Mean loss probability of a full-size frame this round (1 in outage).
     pub frame_error_rate: f64,
     /// Whether the SNR is below the outage threshold: nothing gets through this round.
@@ -216,7 +220,8 @@ impl Channel {
         Ok(self.params.snr_db(path_loss_db, self.shadowing_db(link)?, 1.0))
     }
 
-    /// The state of `link` in `round`.
+    /// The state of `link` in `round` at the radio's full power: what a pilot measures,
+    /// and what topologies and neighbour selection decide on.
     pub fn link_state(&self, link: Link, round: u64) -> Result<LinkState> {
         let distance_m = self.distance_m(link)?;
         let path_loss_db = self.params.path_loss.loss_db(distance_m, self.params.min_distance_m);
@@ -248,24 +253,36 @@ impl Channel {
             mean_snr_db,
             snr_db,
             rate_bps: self.params.rate_bps(snr_db),
+            tx_power_dbm: self.params.tx_power_dbm,
             frame_error_rate,
             outage,
             latency_s: (self.params.latency_ms + jitter_ms) / 1000.0,
         })
     }
 
+    /// The state a unicast transmission on `link` in `round` meets: at the power
+    /// `channel.power_control` chooses for it.
+    pub fn sending_state(&self, link: Link, round: u64) -> Result<LinkState> {
+        let full = self.link_state(link, round)?;
+        let control = &self.params.power_control;
+        if control.is_full() {
+            return Ok(full);
+        }
+        Ok(at_power(&self.params, &full, control.power_dbm(&self.params, &full)))
+    }
+
     /// The frame-loss process of message number `message` (0 for the first) sent on
     /// `link` in `round`. Numbering messages keeps two messages of one round from
     /// sharing their loss draws.
     pub fn frame_loss(&self, link: Link, round: u64, message: u64) -> Result<FrameLoss> {
-        let state = self.link_state(link, round)?;
+        let state = self.sending_state(link, round)?;
         Ok(self.frame_loss_for(&state, message))
     }
 
     /// A unicast transmission of `payload_bytes` on `link` in `round`, as message number
     /// `message`; iterate it to step frame by frame, or [`UnicastTransmission::run`] it.
     pub fn unicast(&self, link: Link, round: u64, message: u64, payload_bytes: u64) -> Result<UnicastTransmission> {
-        let state = self.link_state(link, round)?;
+        let state = self.sending_state(link, round)?;
         let loss = self.frame_loss_for(&state, message);
         Ok(UnicastTransmission::new(&self.params, &state, loss, payload_bytes))
     }
@@ -281,16 +298,61 @@ impl Channel {
         payload_bytes: u64,
     ) -> Result<BroadcastTransmission> {
         self.check_node(from)?;
-        let mut links = Vec::with_capacity(receivers.len());
+        let mut states = Vec::with_capacity(receivers.len());
         for (position, &to) in receivers.iter().enumerate() {
             if receivers[..position].contains(&to) {
                 return Err(Error::DuplicateReceiver { node: to });
             }
-            let state = self.link_state(Link::new(from, to), round)?;
-            let loss = self.frame_loss_for(&state, message);
-            links.push((state, loss));
+            states.push(self.link_state(Link::new(from, to), round)?);
         }
+        if !self.params.power_control.is_full() {
+            let dbm = self.broadcast_power_dbm(&states);
+            states = states.iter().map(|s| at_power(&self.params, s, dbm)).collect();
+        }
+        let links = states
+            .into_iter()
+            .map(|state| {
+                let loss = self.frame_loss_for(&state, message);
+                (state, loss)
+            })
+            .collect();
         Ok(BroadcastTransmission::new(&self.params, from, links, payload_bytes))
+    }
+
+    /// A broadcast's one power, dBm, for receivers in full-power `states`: the
+    /// policy's for the weakest receiver the radio can reach at all (it sets the
+    /// broadcast's rate).
+    fn broadcast_power_dbm(&self, states: &[LinkState]) -> f64 {
+        let weakest = states
+            .iter()
+            .filter(|s| !s.outage)
+            .min_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+        weakest.map_or(self.params.tx_power_dbm, |weakest| {
+            self.params.power_control.power_dbm(&self.params, weakest)
+        })
+    }
+
+    /// The power, dBm, `from` transmits its round message at to `receivers` under
+    /// `mode`: one per receiver for unicast, one for all for a broadcast.
+    pub fn sending_powers_dbm(
+        &self,
+        mode: crate::Mode,
+        from: usize,
+        receivers: &[usize],
+        round: u64,
+    ) -> Result<Vec<f64>> {
+        let full: Vec<LinkState> = receivers
+            .iter()
+            .map(|&to| self.link_state(Link::new(from, to), round))
+            .collect::<Result<_>>()?;
+        Ok(match mode {
+            crate::Mode::Broadcast if !full.is_empty() => vec![self.broadcast_power_dbm(&full)],
+            crate::Mode::Broadcast => Vec::new(),
+            _ => full
+                .iter()
+                .map(|s| self.params.power_control.power_dbm(&self.params, s))
+                .collect(),
+        })
     }
 
     /// The loss process of a message on a link whose round state is already known.

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ensure, ensure_finite, ensure_non_negative, ensure_positive};
 use crate::loss::LossModel;
+use crate::policy::PowerControl;
 use crate::propagation::{Fading, PathLoss};
 use crate::units::{db_to_linear, dbm_to_watts};
 
@@ -87,6 +88,10 @@ pub struct RadioParams {
     pub max_retransmissions: u32,
     /// How frames are lost. Default [`LossModel::FromSnr`].
     pub loss: LossModel,
+    /// How much of `tx_power_dbm` each transmission uses. Default
+    /// [`PowerControl::Full`].
+    #[serde(skip_serializing_if = "PowerControl::is_full")]
+    pub power_control: PowerControl,
 }
 
 impl Default for RadioParams {
@@ -111,6 +116,7 @@ impl Default for RadioParams {
             frame_header_bytes: 40,
             max_retransmissions: 3,
             loss: LossModel::FromSnr,
+            power_control: PowerControl::Full,
         }
     }
 }
@@ -152,7 +158,8 @@ impl RadioParams {
             &format!("must be <= {MAX_RETRANSMISSIONS_LIMIT}"),
             self.max_retransmissions,
         )?;
-        self.loss.validate()
+        self.loss.validate()?;
+        self.power_control.validate(self.tx_power_dbm)
     }
 
     /// Transmit power in watts.
@@ -217,9 +224,15 @@ impl RadioParams {
             .saturating_mul(8)
     }
 
-    /// Energy the transmitter spends over `airtime_s`, J: `(P_tx + P_circuit)·t`.
+    /// Energy the transmitter spends over `airtime_s` at full power, J:
+    /// `(P_tx + P_circuit)·t`.
     pub fn tx_energy_j(&self, airtime_s: f64) -> f64 {
-        (self.tx_power_w() + self.circuit_power_w) * airtime_s
+        self.tx_energy_at_j(self.tx_power_dbm, airtime_s)
+    }
+
+    /// Energy the transmitter spends over `airtime_s` radiating `tx_power_dbm`, J.
+    pub fn tx_energy_at_j(&self, tx_power_dbm: f64, airtime_s: f64) -> f64 {
+        (dbm_to_watts(tx_power_dbm) + self.circuit_power_w) * airtime_s
     }
 
     /// Energy a receiver spends listening for `airtime_s`, J: `P_rx·t`.

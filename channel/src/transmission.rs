@@ -92,6 +92,7 @@ impl TransmissionOutcome {
 #[derive(Debug, Clone)]
 pub struct UnicastTransmission {
     params: RadioParams,
+    tx_power_dbm: f64,
     payload_bytes: u64,
     link_latency_s: f64,
     loss: FrameLoss,
@@ -108,6 +109,7 @@ impl UnicastTransmission {
         let outage = state.outage || state.airtime_s(1).is_none();
         Self {
             params: params.clone(),
+            tx_power_dbm: state.tx_power_dbm,
             payload_bytes,
             link_latency_s: state.latency_s,
             loss,
@@ -168,7 +170,7 @@ impl Iterator for UnicastTransmission {
         outcome.frames_lost += u64::from(lost);
         outcome.bits_on_air = outcome.bits_on_air.saturating_add(bits);
         outcome.airtime_s += airtime_s;
-        outcome.tx_energy_j += self.params.tx_energy_j(airtime_s);
+        outcome.tx_energy_j += self.params.tx_energy_at_j(self.tx_power_dbm, airtime_s);
         outcome.rx_energy_j += self.params.rx_energy_j(airtime_s);
 
         if !lost {
@@ -299,6 +301,7 @@ struct ReceiverProgress {
 #[derive(Debug, Clone)]
 pub struct BroadcastTransmission {
     params: RadioParams,
+    tx_power_dbm: f64,
     payload_bytes: u64,
     progress: Vec<ReceiverProgress>,
     next_frame: u64,
@@ -312,6 +315,10 @@ impl BroadcastTransmission {
     /// receiver's link state this round and its loss process).
     /// [`crate::Channel::broadcast`] builds one from the run's channel.
     pub fn new(params: &RadioParams, from: usize, links: Vec<(LinkState, FrameLoss)>, payload_bytes: u64) -> Self {
+        // One transmission, one power: every link's state is at it.
+        let tx_power_dbm = links
+            .first()
+            .map_or(params.tx_power_dbm, |(state, _)| state.tx_power_dbm);
         let usable = |state: &LinkState| !state.outage && state.airtime_s(1).is_some();
         let rate_bps = links
             .iter()
@@ -344,6 +351,7 @@ impl BroadcastTransmission {
         let finished = !progress.iter().any(|p| p.listening);
         Self {
             params: params.clone(),
+            tx_power_dbm,
             payload_bytes,
             progress,
             next_frame: 0,
@@ -422,7 +430,7 @@ impl Iterator for BroadcastTransmission {
         outcome.retransmissions += u64::from(self.next_attempt > 0);
         outcome.bits_on_air = outcome.bits_on_air.saturating_add(bits);
         outcome.airtime_s += airtime_s;
-        outcome.tx_energy_j += self.params.tx_energy_j(airtime_s);
+        outcome.tx_energy_j += self.params.tx_energy_at_j(self.tx_power_dbm, airtime_s);
         let attempt = BroadcastAttempt {
             frame: self.next_frame,
             attempt: self.next_attempt,

@@ -33,6 +33,8 @@ pub(crate) struct OpenRound {
     pub failed: std::collections::BTreeSet<u32>,
     /// Where moving devices are this round, and who hears whom (`None`: static).
     pub moved: Option<Moved>,
+    /// What the radio policies decided this round (`None`: no policy set).
+    pub decisions: Option<crate::report::Decisions>,
 }
 
 /// Where moving devices are in a round (`channel.mobility`).

@@ -30,8 +30,8 @@ pub use curve::{CurvePoint, curve};
 pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{
-    ChannelRecord, LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage,
-    SplitRecord, Summary,
+    ChannelRecord, Decisions, LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary,
+    Outage, POLICY_FILE, SenderDecision, SplitRecord, Summary,
 };
 pub use table::{bytes, joules, seconds};
 

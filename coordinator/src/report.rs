@@ -261,6 +261,32 @@ pub(crate) struct Recovered {
 /// Where moving devices were in each round, and their neighbours.
 pub const POSITIONS_FILE: &str = "positions.jsonl";
 
+/// What the radio policies decided, one line per round of a run that sets one.
+pub const POLICY_FILE: &str = "policy.jsonl";
+
+/// One round of `policy.jsonl`: what `channel.selection`, `channel.power_control` and
+/// `channel.band_order` decided, as every node computed it too.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Decisions {
+    /// The round, from 1.
+    pub round: u32,
+    /// Every live sender, ascending by id.
+    pub senders: Vec<SenderDecision>,
+}
+
+/// One sender's round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SenderDecision {
+    pub node: u32,
+    /// The neighbours it exchanges with this round (ascending).
+    pub receivers: Vec<u32>,
+    /// Its transmit power, dBm: one per receiver under unicast, one under broadcast.
+    pub power_dbm: Vec<f64>,
+    /// On a shared band: when its turn starts and how long it lasts, emulated s.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub turn_s: Option<[f64; 2]>,
+}
+
 /// The radio as the run resolved it, in `channel.json`.
 pub const CHANNEL_FILE: &str = "channel.json";
 
@@ -302,9 +328,10 @@ pub(crate) struct Report {
 }
 
 /// The files of a run directory this coordinator writes (and `--overwrite` removes).
-const RUN_FILES: [&str; 16] = [
+const RUN_FILES: [&str; 17] = [
     journal::FILE,
     CHANNEL_FILE,
+    POLICY_FILE,
     LATE_FILE,
     POSITIONS_FILE,
     "positions.svg",
@@ -590,6 +617,11 @@ impl Report {
             neighbours,
         };
         self.append_line(POSITIONS_FILE, &line)
+    }
+
+    /// Records what the radio policies decided in a round: `policy.jsonl`.
+    pub fn file_decisions(&mut self, decisions: &Decisions) -> Result<()> {
+        self.append_line(POLICY_FILE, decisions)
     }
 
     /// Appends `value` as one JSON line to `file` of the run directory, flushed to disk.

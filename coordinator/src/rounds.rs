@@ -163,7 +163,10 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // The channel of this moment, once, for whoever needs it: moving devices' topology
     // and the shared band's plan.
     let resolved = &shared.config.channel;
-    let channel = match !resolved.mobility.is_static() || resolved.access == Access::Shared {
+    let policies =
+        !resolved.selection.is_all() || !resolved.radio.power_control.is_full() || !resolved.band_order.is_id();
+    let needs_channel = !resolved.mobility.is_static() || resolved.access == Access::Shared || policies;
+    let channel = match needs_channel {
         true => Some(
             resolved
                 .channel_at(settings.seed, settings.nodes as usize, emulated_start_s)
@@ -173,6 +176,34 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     };
     let moved = neighbours_at(shared, channel.as_ref(), emulated_start_s)?;
     let radio_neighbours = moved.as_ref().map_or(&shared.config.neighbours, |m| &m.neighbours);
+    // With a selection policy, the round's neighbours are its choice among the live
+    // radio neighbours; every node computes the same from the channel and the absences.
+    let selected = match (&channel, resolved.selection.is_all()) {
+        (Some(channel), false) => {
+            let live_lists: Vec<Vec<usize>> = (0..settings.nodes)
+                .map(|id| match is_live(&id) {
+                    true => radio_neighbours[id as usize]
+                        .iter()
+                        .filter(|j| is_live(j))
+                        .map(|&j| j as usize)
+                        .collect(),
+                    false => Vec::new(),
+                })
+                .collect();
+            let chosen = resolved
+                .selection
+                .round_neighbours(channel, u64::from(round), &live_lists)
+                .map_err(channel_error)?;
+            Some(
+                chosen
+                    .into_iter()
+                    .map(|l| l.into_iter().map(|j| j as u32).collect::<Vec<u32>>())
+                    .collect::<Vec<_>>(),
+            )
+        }
+        _ => None,
+    };
+    let radio_neighbours = selected.as_ref().unwrap_or(radio_neighbours);
     // The radio neighbours that are live this round.
     let neighbours_of =
         |id: u32| -> Vec<u32> { radio_neighbours[id as usize].iter().copied().filter(is_live).collect() };
@@ -181,6 +212,10 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         None => BandPlan::default(),
     };
     let band_start = |id: u32| band.turn(id as usize).map_or(0.0, |t| t.start_s);
+    let decisions = match (&channel, policies) {
+        (Some(channel), true) => Some(decide(channel, resolved.mode, round, &live, &neighbours_of, &band)?),
+        _ => None,
+    };
     let absent: Vec<u32> = (0..settings.nodes).filter(|j| !is_live(j)).collect();
     let nobody = BTreeMap::new();
     let common = StartRound {
@@ -201,7 +236,14 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         .map(|(&id, &(_, connection))| {
             let told = state.members.get(id).map_or(&[][..], |m| m.told.as_slice());
             let (start, told) = match unreachable.contains(&id) {
-                false => start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start),
+                false => {
+                    let (mut start, told) = start_for(id, &common, radio_neighbours, &live, told, &absent, &band_start);
+                    if selected.is_some() {
+                        // The node computes everyone's choice, so it needs every absence.
+                        start.absent = absent.clone();
+                    }
+                    (start, told)
+                }
                 true => {
                     let everyone_else: Vec<u32> = (0..settings.nodes).filter(|&j| j != id).collect();
                     start_for(
@@ -255,6 +297,7 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
         reported: BTreeMap::new(),
         failed: Default::default(),
         moved,
+        decisions,
     });
     Ok(())
 }
@@ -378,11 +421,48 @@ fn band_plan(
     spectrum::tdma(
         channel,
         resolved.mode,
+        resolved.band_order,
         u64::from(round),
         spectrum::ROUND_MESSAGE,
         &senders,
     )
     .map_err(channel_error)
+}
+
+/// The round's radio decisions for `policy.jsonl`: each live sender's receivers, powers
+/// and band turn, from the same pure functions the nodes evaluate.
+fn decide(
+    channel: &Channel,
+    mode: Mode,
+    round: u32,
+    live: &BTreeMap<u32, (String, u64)>,
+    neighbours_of: &dyn Fn(u32) -> Vec<u32>,
+    band: &BandPlan,
+) -> Result<crate::report::Decisions> {
+    let senders = live
+        .keys()
+        .map(|&node| {
+            let receivers = neighbours_of(node);
+            let targets: Vec<usize> = receivers.iter().map(|&j| j as usize).collect();
+            let power_dbm = match mode {
+                // Channel inversion sets each analog sender's power per slot.
+                Mode::OverTheAir => Vec::new(),
+                _ => channel
+                    .sending_powers_dbm(mode, node as usize, &targets, u64::from(round))
+                    .map_err(channel_error)?,
+            };
+            Ok(crate::report::SenderDecision {
+                node,
+                receivers,
+                power_dbm,
+                turn_s: band.turn(node as usize).map(|t| [t.start_s, t.airtime_s]),
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(crate::report::Decisions {
+        round: round + 1,
+        senders,
+    })
 }
 
 /// With moving devices (`channel.mobility`), each node's radio neighbours at emulated
@@ -498,6 +578,9 @@ fn close_round(shared: &Shared, awaited: usize) -> Result<()> {
         shared
             .report()
             .file_positions(open.round + 1, moved.emulated_s, &moved.positions, &moved.neighbours)?;
+    }
+    if let Some(decisions) = &open.decisions {
+        shared.report().file_decisions(decisions)?;
     }
     let reported: Vec<u32> = open.reported.keys().copied().collect();
     state.members.count_reports(&participants, &reported, open.round + 1);

@@ -417,7 +417,8 @@ pub fn message(node: &Node) -> Option<MessageShape> {
 /// A round's neighbourhood as this node derives it: each live neighbour's own live
 /// neighbours, which set its broadcast's rate, its unicast order and its over-the-air
 /// slot. They are its radio neighbours (from the channel, as the coordinator computes
-/// them) minus the members the coordinator lists as absent.
+/// them) minus the members the coordinator lists as absent, narrowed by
+/// `channel.selection` when the run sets one.
 #[derive(Debug, Default)]
 pub(crate) struct Neighbourhood(pub(crate) BTreeMap<u32, Vec<u32>>);
 
@@ -437,7 +438,22 @@ impl Neighbourhood {
         let live = |j: &u32| absent.binary_search(j).is_err();
         let live_neighbours =
             |j: u32| -> Vec<u32> { shaper.radio_neighbours(j).iter().copied().filter(live).collect() };
-        let mine = live_neighbours(me);
+        // With a selection policy, the round's neighbours are its choice among everyone's
+        // live neighbours (the coordinator then lists every absence, not only those near).
+        let selected = match shaper.selects() {
+            false => None,
+            true => {
+                let everyone: Vec<Vec<u32>> = (0..nodes)
+                    .map(|j| if live(&j) { live_neighbours(j) } else { Vec::new() })
+                    .collect();
+                Some(shaper.select(start.round, &everyone)?)
+            }
+        };
+        let round_neighbours = |j: u32| match &selected {
+            Some(lists) => lists.get(j as usize).cloned().unwrap_or_default(),
+            None => live_neighbours(j),
+        };
+        let mine = round_neighbours(me);
         if start.neighbour_count as usize != mine.len() {
             return Err(Error::config(
                 "StartRound.neighbour_count",
@@ -465,7 +481,7 @@ impl Neighbourhood {
             ));
         }
         Ok(Neighbourhood(
-            mine.into_iter().map(|j| (j, live_neighbours(j))).collect(),
+            mine.into_iter().map(|j| (j, round_neighbours(j))).collect(),
         ))
     }
 

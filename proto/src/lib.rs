@@ -24,8 +24,10 @@ pub mod policy;
 /// and a node reports its accuracy on it (`RoundMetrics.validation_accuracy`). 7: the
 /// run's privacy settings (`RunSettings.privacy`: the audit record, DP-SGD's noise and
 /// clipping, the budget), which a version-6 node would ignore and so train without the
-/// guarantee the run asked for.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// guarantee the run asked for. 8: the radio policies in the channel JSON
+/// (`selection`, `band_order`, `radio.power_control`), which a version-7 node would
+/// refuse as unknown keys.
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.

@@ -106,6 +106,28 @@ impl Shaper {
         self.adjacency.get(node as usize).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether `channel.selection` narrows a round's neighbours down from the live
+    /// radio neighbours (then every node's choice depends on who is live anywhere).
+    pub fn selects(&self) -> bool {
+        !self.resolved.selection.is_all()
+    }
+
+    /// The round's neighbours of every node by `channel.selection`: `live[j]` are node
+    /// `j`'s live radio neighbours (empty for an absent one). The coordinator computes
+    /// the same lists (a pure function of the channel and the round).
+    pub fn select(&self, round: u32, live: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
+        let live: Vec<Vec<usize>> = live.iter().map(|l| l.iter().map(|&j| j as usize).collect()).collect();
+        let chosen = self
+            .resolved
+            .selection
+            .round_neighbours(&self.channel, u64::from(round), &live)
+            .map_err(channel_error)?;
+        Ok(chosen
+            .into_iter()
+            .map(|l| l.into_iter().map(|j| j as u32).collect())
+            .collect())
+    }
+
     /// Moves the devices to where they are at emulated time `t` (the round's start, from
     /// the coordinator): positions, path loss and shadowing follow. Nothing to do when
     /// they do not move.
