@@ -225,3 +225,58 @@ fn bad_policies_are_refused_naming_the_field() {
         assert!(stderr.contains(field), "{setting}: {stderr}");
     }
 }
+
+#[test]
+fn compare_sweeps_policies_over_seeds_by_energy_to_target_and_resumes_what_finished() {
+    let dir = TempDir::new("radio-policy-frontier");
+    let compare = || {
+        let mut command = std::process::Command::new(common::WDML);
+        command.args(["compare", "--algorithms", "dml", "--seeds", "1,2"]);
+        for o in radio(&[]) {
+            command.arg("--set").arg(o);
+        }
+        command
+            .args(["--set", "data.validation=300", "--sweep", "channel.selection=all,pairs"])
+            .arg("--out")
+            .arg(dir.path());
+        command
+    };
+    let output = compare().output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let read = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sweep.json")).unwrap()).unwrap()
+    };
+    let first = read();
+    assert_eq!(first["basis"], "validation");
+    assert_eq!(first["seeds"], serde_json::json!([1, 2]));
+    let points = first["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    let (mesh, pairs) = (&points[0], &points[1]);
+    assert_eq!(pairs["setting"]["channel.selection"], "\"pairs\"");
+    // The default target is the lowest best of any run: every run reached it.
+    assert_eq!((mesh["reached"].as_u64(), pairs["reached"].as_u64()), (Some(2), Some(2)));
+    // Seed by seed: the ratio's mean is the mean of the two seeds' ratios, from the runs.
+    let to_target = |setting: &str, seed: u64| -> f64 {
+        let run = dir.path().join(format!("seed-{seed}/selection={setting}/dml"));
+        let target = first["target"].as_f64().unwrap();
+        let curve = wdml_coordinator::curve(&metrics(&run));
+        let reached = curve
+            .iter()
+            .find(|p| p.mean_validation_accuracy.unwrap() >= target - 1e-9)
+            .unwrap();
+        reached.cumulative_energy_j
+    };
+    let ratio = (to_target("pairs", 1) / to_target("all", 1) + to_target("pairs", 2) / to_target("all", 2)) / 2.0;
+    let shown = pairs["energy_to_target_ratio_vs_first"]["mean"].as_f64().unwrap();
+    assert!((shown - ratio).abs() < 1e-12, "{shown} vs {ratio}");
+    assert!(std::fs::read_to_string(dir.path().join("sweep.md")).unwrap().contains("energy to target vs first"));
+
+    // Interrupted: one run lost. --resume keeps the three others and runs it again,
+    // to the same figures (a seeded run is deterministic).
+    std::fs::remove_dir_all(dir.path().join("seed-2/selection=pairs")).unwrap();
+    let output = compare().arg("--resume").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("kept (finished under the same scenario)").count(), 3, "{stderr}");
+    assert_eq!(read()["points"], first["points"]);
+}

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use wdml_coordinator::{CurvePoint, MetricsRow, Summary, bytes, curve, joules, seconds};
 
@@ -29,6 +29,7 @@ use crate::scenario::Scenario;
 use wdml_node::strategy;
 use wdml_proto::Algorithm;
 
+mod frontier;
 mod seeds;
 mod stats;
 
@@ -64,6 +65,10 @@ pub struct Args {
     /// Replace what an earlier comparison left in the output directory.
     #[arg(long)]
     overwrite: bool,
+    /// Keep every run an earlier, interrupted comparison in the output directory
+    /// finished under exactly the same scenario, and run only the rest.
+    #[arg(long, conflicts_with = "overwrite")]
+    resume: bool,
     /// Run every process without TLS (debugging only).
     #[arg(long)]
     insecure: bool,
@@ -229,15 +234,20 @@ pub fn main(args: Args) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("{kind}-{}", base.run.name)));
-    RunDirArgs {
-        overwrite: args.overwrite,
-        resume: false,
+    if args.resume {
+        // What is there is kept run by run (`finished_under`).
+        std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    } else {
+        RunDirArgs {
+            overwrite: args.overwrite,
+            resume: false,
+        }
+        .prepare_with(
+            &out,
+            &["comparison.json", "seeds.json", "comparison.md", "sweep.json"],
+            false,
+        )?;
     }
-    .prepare_with(
-        &out,
-        &["comparison.json", "seeds.json", "comparison.md", "sweep.json"],
-        false,
-    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -246,11 +256,9 @@ pub fn main(args: Args) -> Result<ExitCode> {
         progress: Progress::Auto,
         insecure: args.insecure,
     };
+    let resume = args.resume;
 
     if !args.sweep.is_empty() {
-        if !args.seeds.is_empty() {
-            bail!("--sweep and --seeds: give one of them (a sweep runs one seed per setting)");
-        }
         let sweeps = parse_sweeps(&args.sweep)?;
         let grid = grid(&sweeps);
         // Every setting is loaded and checked before anything runs.
@@ -269,35 +277,86 @@ pub fn main(args: Args) -> Result<ExitCode> {
                 .map_err(|e| e.context(format!("--sweep {}", label(setting))))?;
             points.push((setting.clone(), scenario));
         }
-        let mut results = Vec::new();
-        for (setting, scenario) in points {
-            eprintln!("==== {}", label(&setting));
-            let dir = out.join(label(&setting));
-            let (outcomes, _) = compare(&runtime, &scenario, &algorithms, &skipped, args.target, &dir, options)?;
-            results.extend(outcomes.into_iter().map(|o| SweepPoint {
-                setting: setting.iter().cloned().collect(),
-                algorithm: o.algorithm,
-                final_mean_accuracy: o.final_mean_accuracy,
-                selected: o.selected,
-                worst_node_final_accuracy: o.worst_node_final_accuracy,
-                wire_bytes_per_round_per_node: o.wire_bytes_per_round_per_node,
-                energy_j: o.energy_j,
-                airtime_s: o.airtime_s,
-            }));
+        if args.seeds.is_empty() {
+            let outcomes = sweep(
+                &runtime,
+                &points,
+                &algorithms,
+                &skipped,
+                args.target,
+                &out,
+                options,
+                resume,
+            )?;
+            let results: Vec<SweepPoint> = outcomes.iter().map(SweepPoint::of).collect();
+            write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
+            write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
+            sweep_plot(&base, &sweeps, &results).write(&out, "sweep")?;
+            print!("{}", sweep_terminal(&sweeps, &results));
+            println!(
+                "every column: {}/sweep.{{md,json,svg,png}} and <setting>/comparison.{{md,svg,png,json}}",
+                out.display()
+            );
+            return Ok(ExitCode::SUCCESS);
         }
-        write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
-        write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
-        sweep_plot(&base, &sweeps, &results).write(&out, "sweep")?;
-        print!("{}", sweep_terminal(&sweeps, &results));
+        // The whole sweep once per seed (each seed's own sweep.md in seed-<s>/), then every
+        // setting across the seeds.
+        let mut runs = Vec::new();
+        for &seed in &args.seeds {
+            eprintln!("===== seed {seed}");
+            let seeded: Vec<(Vec<(String, String)>, Scenario)> = points
+                .iter()
+                .map(|(setting, scenario)| {
+                    let mut scenario = scenario.clone();
+                    scenario.run.seed = seed;
+                    (setting.clone(), scenario)
+                })
+                .collect();
+            let root = out.join(format!("seed-{seed}"));
+            let mut base = base.clone();
+            base.run.seed = seed;
+            let outcomes = sweep(
+                &runtime,
+                &seeded,
+                &algorithms,
+                &skipped,
+                args.target,
+                &root,
+                options,
+                resume,
+            )?;
+            let results: Vec<SweepPoint> = outcomes.iter().map(SweepPoint::of).collect();
+            write(&root, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
+            write(&root, "sweep.md", sweep_report(&base, &sweeps, &results))?;
+            runs.extend(
+                outcomes
+                    .into_iter()
+                    .map(|(setting, outcome)| frontier::Run { seed, setting, outcome }),
+            );
+        }
+        let settings: Vec<Vec<(String, String)>> = points.iter().map(|(setting, _)| setting.clone()).collect();
+        let frontier = frontier::Frontier::of(&runs, &settings, &args.seeds, args.target);
+        write(&out, "sweep.json", serde_json::to_string_pretty(&frontier)? + "\n")?;
+        write(&out, "sweep.md", frontier::report(&base, &sweeps, &frontier))?;
+        print!("{}", frontier::terminal(&sweeps, &frontier));
         println!(
-            "every column: {}/sweep.{{md,json,svg,png}} and <setting>/comparison.{{md,svg,png,json}}",
+            "every column: {}/sweep.{{md,json}}, and seed-<s>/sweep.md and seed-<s>/<setting>/ for each seed",
             out.display()
         );
         return Ok(ExitCode::SUCCESS);
     }
     if args.seeds.is_empty() {
         let _dashboard = serve_comparison(&runtime, &out, args.insecure)?;
-        let (outcomes, target) = compare(&runtime, &base, &algorithms, &skipped, args.target, &out, options)?;
+        let (outcomes, target) = compare(
+            &runtime,
+            &base,
+            &algorithms,
+            &skipped,
+            args.target,
+            &out,
+            options,
+            resume,
+        )?;
         print!("{}", terminal(&outcomes, target, &skipped));
         println!("every column: {}/comparison.{{md,svg,json}}", out.display());
         return Ok(ExitCode::SUCCESS);
@@ -315,6 +374,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             args.target,
             &out.join(format!("seed-{seed}")),
             options,
+            resume,
         )?;
         per_seed.push(SeedOutcome { seed, outcomes });
     }
@@ -372,6 +432,9 @@ fn serve_comparison(
 
 /// A field swept and its values (TOML, as `--set` takes them; a bare word is a string).
 type Sweep = (String, Vec<String>);
+
+/// One point of a sweep's grid: each swept field with its value.
+type Setting = Vec<(String, String)>;
 
 /// `--sweep` arguments: at most two fields, each with at least one value, no field
 /// twice.
@@ -489,6 +552,19 @@ struct SweepPoint {
 }
 
 impl SweepPoint {
+    fn of((setting, o): &(Setting, Outcome)) -> SweepPoint {
+        SweepPoint {
+            setting: setting.iter().cloned().collect(),
+            algorithm: o.algorithm.clone(),
+            final_mean_accuracy: o.final_mean_accuracy,
+            selected: o.selected,
+            worst_node_final_accuracy: o.worst_node_final_accuracy,
+            wire_bytes_per_round_per_node: o.wire_bytes_per_round_per_node,
+            energy_j: o.energy_j,
+            airtime_s: o.airtime_s,
+        }
+    }
+
     /// The setting's values in the order of the sweeps, e.g. `64 | q4` (a table's cells).
     fn cells(&self, sweeps: &[Sweep]) -> String {
         sweeps
@@ -696,6 +772,44 @@ fn sweep_terminal(sweeps: &[Sweep], results: &[SweepPoint]) -> String {
 
 /// Runs `scenario` under each algorithm into `out/<algorithm>` and writes the
 /// comparison files into `out`.
+/// Every setting of a sweep, each compared under `algorithms` in `out/<setting>/`:
+/// every run's outcome beside its setting.
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    runtime: &tokio::runtime::Runtime,
+    points: &[(Setting, Scenario)],
+    algorithms: &[Algorithm],
+    skipped: &[String],
+    target: Option<f64>,
+    out: &Path,
+    options: Launch,
+    resume: bool,
+) -> Result<Vec<(Setting, Outcome)>> {
+    let mut outcomes = Vec::new();
+    for (setting, scenario) in points {
+        eprintln!("==== {}", label(setting));
+        let dir = out.join(label(setting));
+        let (these, _) = compare(runtime, scenario, algorithms, skipped, target, &dir, options, resume)?;
+        outcomes.extend(these.into_iter().map(|o| (setting.clone(), o)));
+    }
+    Ok(outcomes)
+}
+
+/// The summary of the run in `dir`, if it finished under exactly `scenario` (its
+/// `scenario.toml` is the one this run would write): what `--resume` keeps.
+fn finished_under(dir: &Path, scenario: &Scenario) -> Result<Option<Summary>> {
+    let (Ok(stored), Ok(summary)) = (
+        std::fs::read_to_string(dir.join("scenario.toml")),
+        std::fs::read_to_string(dir.join("summary.json")),
+    ) else {
+        return Ok(None);
+    };
+    let summary: Summary = serde_json::from_str(&summary)
+        .with_context(|| format!("{}: not a run summary", dir.join("summary.json").display()))?;
+    Ok((summary.finished && stored == scenario.to_toml()?).then_some(summary))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn compare(
     runtime: &tokio::runtime::Runtime,
     scenario: &Scenario,
@@ -704,20 +818,37 @@ fn compare(
     target: Option<f64>,
     out: &Path,
     options: Launch,
+    resume: bool,
 ) -> Result<(Vec<Outcome>, f64)> {
     let mut runs = Vec::new();
     for &algorithm in algorithms {
         let mut scenario = scenario.clone();
         scenario.run.algorithm = algorithm;
-        eprintln!(
-            "== {} under {} (seed {})",
-            scenario.run.name,
-            algorithm.name(),
-            scenario.run.seed
-        );
         let dir = out.join(algorithm.name());
-        RunDirArgs::default().prepare(&dir)?;
-        let summary = runtime.block_on(launch(&scenario, &dir, options))?;
+        let kept = match resume {
+            true => finished_under(&dir, &scenario)?,
+            false => None,
+        };
+        let summary = match kept {
+            Some(summary) => {
+                eprintln!("== {}: kept (finished under the same scenario)", dir.display());
+                summary
+            }
+            None => {
+                eprintln!(
+                    "== {} under {} (seed {})",
+                    scenario.run.name,
+                    algorithm.name(),
+                    scenario.run.seed
+                );
+                RunDirArgs {
+                    overwrite: resume,
+                    resume: false,
+                }
+                .prepare(&dir)?;
+                runtime.block_on(launch(&scenario, &dir, options))?
+            }
+        };
         eprintln!("{}", summary.table());
         // Late reports (semi-synchronous rounds) count for costs and accuracy too.
         let mut rows = MetricsRow::read_all(&dir)?;
