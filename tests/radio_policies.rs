@@ -254,7 +254,10 @@ fn compare_sweeps_policies_over_seeds_by_energy_to_target_and_resumes_what_finis
     let (mesh, pairs) = (&points[0], &points[1]);
     assert_eq!(pairs["setting"]["channel.selection"], "\"pairs\"");
     // The default target is the lowest best of any run: every run reached it.
-    assert_eq!((mesh["reached"].as_u64(), pairs["reached"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (mesh["reached"].as_u64(), pairs["reached"].as_u64()),
+        (Some(2), Some(2))
+    );
     // Seed by seed: the ratio's mean is the mean of the two seeds' ratios, from the runs.
     let to_target = |setting: &str, seed: u64| -> f64 {
         let run = dir.path().join(format!("seed-{seed}/selection={setting}/dml"));
@@ -269,7 +272,11 @@ fn compare_sweeps_policies_over_seeds_by_energy_to_target_and_resumes_what_finis
     let ratio = (to_target("pairs", 1) / to_target("all", 1) + to_target("pairs", 2) / to_target("all", 2)) / 2.0;
     let shown = pairs["energy_to_target_ratio_vs_first"]["mean"].as_f64().unwrap();
     assert!((shown - ratio).abs() < 1e-12, "{shown} vs {ratio}");
-    assert!(std::fs::read_to_string(dir.path().join("sweep.md")).unwrap().contains("energy to target vs first"));
+    assert!(
+        std::fs::read_to_string(dir.path().join("sweep.md"))
+            .unwrap()
+            .contains("energy to target vs first")
+    );
 
     // Interrupted: one run lost. --resume keeps the three others and runs it again,
     // to the same figures (a seeded run is deterministic).
@@ -277,6 +284,10 @@ fn compare_sweeps_policies_over_seeds_by_energy_to_target_and_resumes_what_finis
     let output = compare().arg("--resume").output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert_eq!(stderr.matches("kept (finished under the same scenario)").count(), 3, "{stderr}");
+    assert_eq!(
+        stderr.matches("kept (finished under the same scenario)").count(),
+        3,
+        "{stderr}"
+    );
     assert_eq!(read()["points"], first["points"]);
 }
