@@ -313,6 +313,67 @@ fn a_browser_shows_the_live_run_and_the_api_says_what_the_metrics_say() {
     eprintln!("screenshot: {}", screenshot.display());
 }
 
+/// `wdml view` serving `dir` on a free port, and its URL.
+fn view(dir: &Path) -> (common::Process, String) {
+    let child = Command::new(common::WDML)
+        .args(["view", "--http", "127.0.0.1:0"])
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut view = common::Process::adopt("view", child);
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(view.child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("dashboard on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (view, url)
+}
+
+#[test]
+fn the_radio_view_shows_whom_a_policy_chose_and_at_what_power() {
+    if !common::have_chromium("the_radio_view_shows_whom_a_policy_chose") {
+        return;
+    }
+    let dir = TempDir::new("dashboard-policy");
+    let mut overrides = common::small_mesh(6, 2);
+    overrides.extend([
+        "channel.time_scale=0".into(),
+        "channel.selection=\"pairs\"".into(),
+        "channel.power_control={min_energy={}}".into(),
+    ]);
+    assert!(common::launch(dir.path(), &overrides).status.success());
+    let (mut view, url) = view(dir.path());
+    let ca = dir.path().join("tls/ca.pem");
+    // The API gives the round's line of policy.jsonl as it is.
+    let api: serde_json::Value = serde_json::from_str(&get(&url, "/api/radio?round=2", &ca)).unwrap();
+    let written: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(dir.path().join("policy.jsonl"))
+            .unwrap()
+            .lines()
+            .nth(1)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(api["policy"], written);
+    // The page draws the newest round: its three pairs in full, the other twelve
+    // neighbour pairs of the full mesh faint; nothing on the console.
+    let (dom, console) = chromium(&url, 500, None);
+    view.kill();
+    assert!(console.is_empty(), "console: {console:#?}");
+    let chosen = attributes(&dom, "data-link=", "data-chosen");
+    assert_eq!(chosen.len(), 15, "{dom}");
+    assert_eq!(chosen.iter().filter(|c| *c == "true").count(), 3, "{chosen:?}");
+    assert!(dom.contains("not chosen this round"), "{dom}");
+}
+
 #[test]
 fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison_json() {
     if !common::have_chromium("a_comparison_shows_its_algorithms_side_by_side") {
@@ -335,25 +396,7 @@ fn a_comparison_shows_its_algorithms_side_by_side_with_the_numbers_of_comparison
 
     // Afterwards, `wdml view` serves it from the directory, with the comparison's
     // certificate.
-    let child = Command::new(common::WDML)
-        .args(["view", "--http", "127.0.0.1:0"])
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut view = common::Process::adopt("view", child);
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(view.child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("dashboard on ")
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_string();
+    let (mut view, url) = view(dir.path());
     let ca = dir.path().join("tls/ca.pem");
 
     // The API gives each algorithm's curve, exactly as comparison.json has it.

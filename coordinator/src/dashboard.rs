@@ -16,7 +16,7 @@
 //! | `/api/nodes` | each node: id, model, parameters, status, position |
 //! | `/api/rounds` | every `metrics.jsonl` row so far; `?since=R`: those of rounds after R |
 //! | `/api/links` | `links.json`: each neighbour link's distance and long-term SNR, the positions |
-//! | `/api/radio` | one round's radio (`?round=R`, default the newest closed): where the devices were, each neighbour link's SNR, rate and outage that round (`null` without an emulated radio) |
+//! | `/api/radio` | one round's radio (`?round=R`, default the newest closed): where the devices were, each neighbour link's SNR, rate and outage that round, and what the radio policies decided (`policy`, `policy.jsonl`'s line; absent without a policy) (`null` without an emulated radio) |
 //! | `/api/membership` | membership events: joined, gone, rejoined, left, … with their round |
 //! | `/api/compare` | a comparison's algorithms side by side: each one's curve (`wdml compare`'s) |
 //! | `/api/events` | server-sent events: `round` (a round closed), `finished` |
@@ -47,7 +47,8 @@ use wdml_transport::Identity;
 use crate::members::Presence;
 use crate::metrics;
 use crate::report::{
-    CHANNEL_FILE, ChannelRecord, LinksRecord, MembershipEventRecord, MetricsRow, POSITIONS_FILE, Summary,
+    CHANNEL_FILE, ChannelRecord, Decisions, LinksRecord, MembershipEventRecord, MetricsRow, POLICY_FILE,
+    POSITIONS_FILE, Summary,
 };
 use crate::state::Shared;
 
@@ -118,6 +119,7 @@ impl Source {
                     "metrics.jsonl",
                     "links.json",
                     POSITIONS_FILE,
+                    POLICY_FILE,
                     CHANNEL_FILE,
                 ],
             ),
@@ -279,6 +281,7 @@ impl RunView {
             },
             neighbours: shared.config.neighbours.clone(),
             moves: read_moves(&dir),
+            decisions: read_decisions(&dir),
         });
         let nodes = presence
             .into_iter()
@@ -350,6 +353,7 @@ impl RunView {
                 record,
                 neighbours,
                 moves: read_moves(dir),
+                decisions: read_decisions(dir),
             }
         });
         Ok(RunView {
@@ -513,6 +517,15 @@ fn read_moves(dir: &Path) -> Vec<Moved> {
     text.lines().map_while(|line| serde_json::from_str(line).ok()).collect()
 }
 
+/// What the radio policies decided each round, from `policy.jsonl` (none without one).
+fn read_decisions(dir: &Path) -> Vec<Decisions> {
+    let Ok(text) = wdml_files::read_bounded_text(&dir.join(POLICY_FILE), 1 << 30) else {
+        return Vec::new();
+    };
+    // A line being written (or torn by a crash) is not a round yet.
+    text.lines().map_while(|line| serde_json::from_str(line).ok()).collect()
+}
+
 /// One line of `positions.jsonl`.
 #[derive(Clone, Debug, serde::Deserialize)]
 struct Moved {
@@ -530,6 +543,8 @@ struct Radio {
     /// The placement's neighbours (moving devices: each round's are in `moves`).
     neighbours: Vec<Vec<u32>>,
     moves: Vec<Moved>,
+    /// `policy.jsonl`, when the run sets a radio policy.
+    decisions: Vec<Decisions>,
 }
 
 /// One round's radio, as `/api/radio` gives it.
@@ -540,6 +555,10 @@ pub struct RadioRound {
     pub emulated_s: f64,
     pub positions: Vec<[f64; 2]>,
     pub links: Vec<LinkRound>,
+    /// What the radio policies decided this round: who exchanged with whom, at what
+    /// power, in which band turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Decisions>,
 }
 
 /// One directed neighbour link in one round.
@@ -598,6 +617,7 @@ impl Radio {
                 |m| m.positions.clone(),
             ),
             links,
+            policy: self.decisions.iter().find(|d| d.round == round).cloned(),
         })
     }
 }

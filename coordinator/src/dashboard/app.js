@@ -99,19 +99,32 @@ function topology(svg, nodes, radio, rounds) {
     const seen = pairs.get(key);
     if (!seen || l.snr_db < seen.snr_db) pairs.set(key, l);
   }
+  // With a radio policy (policy.jsonl): who exchanged this round, and at what power.
+  const policy = radio && radio.policy;
+  const power = new Map();
+  for (const s of policy ? policy.senders : []) {
+    s.receivers.forEach((to, i) => power.set(`${s.node}>${to}`, s.power_dbm.length === 1 ? s.power_dbm[0] : s.power_dbm[i]));
+  }
+  const dbm = (from, to) => power.has(`${from}>${to}`) ? `${power.get(`${from}>${to}`).toFixed(1)} dBm` : null;
   for (const [key, l] of pairs) {
     if (!positions[l.from] || !positions[l.to]) continue;
     const [ax, ay] = at(l.from), [bx, by] = at(l.to);
     const q = Math.min(1, Math.max(0, l.snr_db / 30));
+    const chosen = !policy || power.has(`${l.from}>${l.to}`) || power.has(`${l.to}>${l.from}`);
     const line = el("line", { x1: ax, y1: ay, x2: bx, y2: by, "data-link": key, "data-snr": l.snr_db.toFixed(2),
-      stroke: l.outage ? "#999" : snrColour(l.snr_db), "stroke-width": 1 + 2 * q, opacity: 0.8,
+      "data-chosen": String(chosen),
+      stroke: l.outage ? "#999" : snrColour(l.snr_db), "stroke-width": 1 + 2 * q, opacity: chosen ? 0.8 : 0.12,
       "stroke-dasharray": l.outage ? "4 3" : "none" }, svg);
+    const powers = [dbm(l.from, l.to) && `${l.from}→${l.to} at ${dbm(l.from, l.to)}`,
+      dbm(l.to, l.from) && `${l.to}→${l.from} at ${dbm(l.to, l.from)}`].filter(Boolean);
     el("title", {}, line, `${key}: ${l.snr_db.toFixed(1)} dB this round (${l.mean_snr_db.toFixed(1)} dB long-term), ` +
-      (l.outage ? "outage" : `${(l.rate_bps / 1e6).toFixed(2)} Mbit/s`));
+      (l.outage ? "outage" : `${(l.rate_bps / 1e6).toFixed(2)} Mbit/s`) +
+      (policy ? (chosen ? `; ${powers.join(", ")}` : "; not chosen this round") : ""));
   }
   if (radio) {
     svg.dataset.round = radio.round;
     el("text", { x: W - 4, y: 14, "text-anchor": "end" }, svg, `round ${radio.round}, t = ${radio.emulated_s.toFixed(1)} s`);
+    if (policy) el("text", { x: W - 4, y: 28, "text-anchor": "end", class: "policy" }, svg, "faint: not chosen this round (policy.jsonl)");
   }
   const last = Math.max(0, ...rounds.map((r) => r.round));
   for (const n of placed) {
