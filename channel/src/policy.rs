@@ -158,8 +158,10 @@ pub fn at_power(params: &RadioParams, state: &LinkState, dbm: f64) -> LinkState 
 }
 
 /// The most live nodes [`Selection::Pairs`] matches exactly; above, it matches greedily.
-/// The exact search visits every subset of the nodes (2ⁿ states): 16 nodes take about
-/// a millisecond, and every node repeats it each round.
+/// The exact search visits every subset of the nodes (2ⁿ states, n choices each), and
+/// every node repeats it each round: a full mesh of 16 took 8.6 ms, of 12 0.17 ms (one
+/// thread of this project's 2-core VM while it ran 16 other processes; timed in a
+/// throwaway loop of 20 pairings, release build).
 pub const MAX_EXACT_PAIRING: usize = 16;
 
 /// With whom each node exchanges in a round.
