@@ -256,7 +256,14 @@ pub fn main(args: Args) -> Result<ExitCode> {
         progress: Progress::Auto,
         insecure: args.insecure,
     };
-    let resume = args.resume;
+    let runner = Runner {
+        runtime: &runtime,
+        algorithms: &algorithms,
+        skipped: &skipped,
+        target: args.target,
+        options,
+        resume: args.resume,
+    };
 
     if !args.sweep.is_empty() {
         let sweeps = parse_sweeps(&args.sweep)?;
@@ -278,16 +285,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             points.push((setting.clone(), scenario));
         }
         if args.seeds.is_empty() {
-            let outcomes = sweep(
-                &runtime,
-                &points,
-                &algorithms,
-                &skipped,
-                args.target,
-                &out,
-                options,
-                resume,
-            )?;
+            let outcomes = runner.sweep(&points, &out)?;
             let results: Vec<SweepPoint> = outcomes.iter().map(SweepPoint::of).collect();
             write(&out, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
             write(&out, "sweep.md", sweep_report(&base, &sweeps, &results))?;
@@ -315,16 +313,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
             let root = out.join(format!("seed-{seed}"));
             let mut base = base.clone();
             base.run.seed = seed;
-            let outcomes = sweep(
-                &runtime,
-                &seeded,
-                &algorithms,
-                &skipped,
-                args.target,
-                &root,
-                options,
-                resume,
-            )?;
+            let outcomes = runner.sweep(&seeded, &root)?;
             let results: Vec<SweepPoint> = outcomes.iter().map(SweepPoint::of).collect();
             write(&root, "sweep.json", serde_json::to_string_pretty(&results)? + "\n")?;
             write(&root, "sweep.md", sweep_report(&base, &sweeps, &results))?;
@@ -347,16 +336,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
     }
     if args.seeds.is_empty() {
         let _dashboard = serve_comparison(&runtime, &out, args.insecure)?;
-        let (outcomes, target) = compare(
-            &runtime,
-            &base,
-            &algorithms,
-            &skipped,
-            args.target,
-            &out,
-            options,
-            resume,
-        )?;
+        let (outcomes, target) = runner.compare(&base, &out)?;
         print!("{}", terminal(&outcomes, target, &skipped));
         println!("every column: {}/comparison.{{md,svg,json}}", out.display());
         return Ok(ExitCode::SUCCESS);
@@ -366,16 +346,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         let mut scenario = base.clone();
         scenario.run.seed = seed;
         eprintln!("==== seed {seed}");
-        let (outcomes, _) = compare(
-            &runtime,
-            &scenario,
-            &algorithms,
-            &skipped,
-            args.target,
-            &out.join(format!("seed-{seed}")),
-            options,
-            resume,
-        )?;
+        let (outcomes, _) = runner.compare(&scenario, &out.join(format!("seed-{seed}")))?;
         per_seed.push(SeedOutcome { seed, outcomes });
     }
     let summary = seeds::Summary::of(&per_seed);
@@ -770,29 +741,112 @@ fn sweep_terminal(sweeps: &[Sweep], results: &[SweepPoint]) -> String {
     out
 }
 
-/// Runs `scenario` under each algorithm into `out/<algorithm>` and writes the
-/// comparison files into `out`.
-/// Every setting of a sweep, each compared under `algorithms` in `out/<setting>/`:
-/// every run's outcome beside its setting.
-#[allow(clippy::too_many_arguments)]
-fn sweep(
-    runtime: &tokio::runtime::Runtime,
-    points: &[(Setting, Scenario)],
-    algorithms: &[Algorithm],
-    skipped: &[String],
+/// How every comparison of one command runs: the algorithms, the target, the launch
+/// options and whether finished runs are kept.
+struct Runner<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    algorithms: &'a [Algorithm],
+    skipped: &'a [String],
     target: Option<f64>,
-    out: &Path,
     options: Launch,
     resume: bool,
-) -> Result<Vec<(Setting, Outcome)>> {
-    let mut outcomes = Vec::new();
-    for (setting, scenario) in points {
-        eprintln!("==== {}", label(setting));
-        let dir = out.join(label(setting));
-        let (these, _) = compare(runtime, scenario, algorithms, skipped, target, &dir, options, resume)?;
-        outcomes.extend(these.into_iter().map(|o| (setting.clone(), o)));
+}
+
+impl Runner<'_> {
+    /// Every setting of a sweep, each compared in `out/<setting>/`: every run's outcome
+    /// beside its setting.
+    fn sweep(&self, points: &[(Setting, Scenario)], out: &Path) -> Result<Vec<(Setting, Outcome)>> {
+        let mut outcomes = Vec::new();
+        for (setting, scenario) in points {
+            eprintln!("==== {}", label(setting));
+            let (these, _) = self.compare(scenario, &out.join(label(setting)))?;
+            outcomes.extend(these.into_iter().map(|o| (setting.clone(), o)));
+        }
+        Ok(outcomes)
     }
-    Ok(outcomes)
+
+    /// `scenario` under each algorithm in `out/<algorithm>/`, and the comparison's
+    /// files in `out`.
+    fn compare(&self, scenario: &Scenario, out: &Path) -> Result<(Vec<Outcome>, f64)> {
+        let Runner {
+            runtime,
+            algorithms,
+            skipped,
+            target,
+            options,
+            resume,
+        } = *self;
+        let mut runs = Vec::new();
+        for &algorithm in algorithms {
+            let mut scenario = scenario.clone();
+            scenario.run.algorithm = algorithm;
+            let dir = out.join(algorithm.name());
+            let kept = match resume {
+                true => finished_under(&dir, &scenario)?,
+                false => None,
+            };
+            let summary = match kept {
+                Some(summary) => {
+                    eprintln!("== {}: kept (finished under the same scenario)", dir.display());
+                    summary
+                }
+                None => {
+                    eprintln!(
+                        "== {} under {} (seed {})",
+                        scenario.run.name,
+                        algorithm.name(),
+                        scenario.run.seed
+                    );
+                    RunDirArgs {
+                        overwrite: resume,
+                        resume: false,
+                    }
+                    .prepare(&dir)?;
+                    runtime.block_on(launch(&scenario, &dir, options))?
+                }
+            };
+            eprintln!("{}", summary.table());
+            // Late reports (semi-synchronous rounds) count for costs and accuracy too.
+            let mut rows = MetricsRow::read_all(&dir)?;
+            rows.extend(MetricsRow::read_late(&dir)?);
+            runs.push((algorithm, summary, rows));
+        }
+
+        let basis = if runs
+            .iter()
+            .all(|(_, _, rows)| Basis::of(&curve(rows)) == Basis::Validation)
+        {
+            Basis::Validation
+        } else {
+            Basis::Test
+        };
+        let best = |rows: &[MetricsRow]| Selected::of(&curve(rows), basis).accuracy;
+        let exchanging: Vec<f64> = runs
+            .iter()
+            .filter(|(a, _, _)| strategy::exchanges(*a))
+            .map(|(_, _, rows)| best(rows))
+            .collect();
+        let (target, how) = match target {
+            Some(t) => (t, "given"),
+            None if !exchanging.is_empty() => (
+                exchanging.iter().copied().fold(f64::INFINITY, f64::min),
+                "the best mean accuracy every exchanging algorithm reached",
+            ),
+            None => (
+                runs.iter().map(|(_, _, r)| best(r)).fold(0.0, f64::max),
+                "the best mean accuracy reached",
+            ),
+        };
+        let outcomes: Vec<Outcome> = runs
+            .iter()
+            .map(|(a, s, rows)| outcome(*a, s, rows, target, basis))
+            .collect();
+
+        write(out, "comparison.md", report(scenario, &outcomes, target, how, skipped))?;
+        plot(scenario, &outcomes).write(out, "comparison")?;
+        write(out, "comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
+        Ok((outcomes, target))
+    }
 }
 
 /// The summary of the run in `dir`, if it finished under exactly `scenario` (its
@@ -807,89 +861,6 @@ fn finished_under(dir: &Path, scenario: &Scenario) -> Result<Option<Summary>> {
     let summary: Summary = serde_json::from_str(&summary)
         .with_context(|| format!("{}: not a run summary", dir.join("summary.json").display()))?;
     Ok((summary.finished && stored == scenario.to_toml()?).then_some(summary))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn compare(
-    runtime: &tokio::runtime::Runtime,
-    scenario: &Scenario,
-    algorithms: &[Algorithm],
-    skipped: &[String],
-    target: Option<f64>,
-    out: &Path,
-    options: Launch,
-    resume: bool,
-) -> Result<(Vec<Outcome>, f64)> {
-    let mut runs = Vec::new();
-    for &algorithm in algorithms {
-        let mut scenario = scenario.clone();
-        scenario.run.algorithm = algorithm;
-        let dir = out.join(algorithm.name());
-        let kept = match resume {
-            true => finished_under(&dir, &scenario)?,
-            false => None,
-        };
-        let summary = match kept {
-            Some(summary) => {
-                eprintln!("== {}: kept (finished under the same scenario)", dir.display());
-                summary
-            }
-            None => {
-                eprintln!(
-                    "== {} under {} (seed {})",
-                    scenario.run.name,
-                    algorithm.name(),
-                    scenario.run.seed
-                );
-                RunDirArgs {
-                    overwrite: resume,
-                    resume: false,
-                }
-                .prepare(&dir)?;
-                runtime.block_on(launch(&scenario, &dir, options))?
-            }
-        };
-        eprintln!("{}", summary.table());
-        // Late reports (semi-synchronous rounds) count for costs and accuracy too.
-        let mut rows = MetricsRow::read_all(&dir)?;
-        rows.extend(MetricsRow::read_late(&dir)?);
-        runs.push((algorithm, summary, rows));
-    }
-
-    let basis = if runs
-        .iter()
-        .all(|(_, _, rows)| Basis::of(&curve(rows)) == Basis::Validation)
-    {
-        Basis::Validation
-    } else {
-        Basis::Test
-    };
-    let best = |rows: &[MetricsRow]| Selected::of(&curve(rows), basis).accuracy;
-    let exchanging: Vec<f64> = runs
-        .iter()
-        .filter(|(a, _, _)| strategy::exchanges(*a))
-        .map(|(_, _, rows)| best(rows))
-        .collect();
-    let (target, how) = match target {
-        Some(t) => (t, "given"),
-        None if !exchanging.is_empty() => (
-            exchanging.iter().copied().fold(f64::INFINITY, f64::min),
-            "the best mean accuracy every exchanging algorithm reached",
-        ),
-        None => (
-            runs.iter().map(|(_, _, r)| best(r)).fold(0.0, f64::max),
-            "the best mean accuracy reached",
-        ),
-    };
-    let outcomes: Vec<Outcome> = runs
-        .iter()
-        .map(|(a, s, rows)| outcome(*a, s, rows, target, basis))
-        .collect();
-
-    write(out, "comparison.md", report(scenario, &outcomes, target, how, skipped))?;
-    plot(scenario, &outcomes).write(out, "comparison")?;
-    write(out, "comparison.json", serde_json::to_string_pretty(&outcomes)? + "\n")?;
-    Ok((outcomes, target))
 }
 
 /// The comparison for a terminal, within 80 columns (comparison.md has every column).
