@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, ensure, ensure_finite};
 use crate::link::{Channel, Link, LinkState};
 use crate::radio::RadioParams;
+use crate::topology::symmetric_union;
 use crate::units::dbm_to_watts;
 
 /// The lowest transmit power a device can set, dBm, by default: a UE's minimum output
@@ -205,7 +206,7 @@ impl Selection {
         match *self {
             Selection::All => Ok(live.to_vec()),
             Selection::Strongest { k } => {
-                let mut chosen = vec![Vec::new(); live.len()];
+                let mut picks = Vec::with_capacity(live.len());
                 for (node, neighbours) in live.iter().enumerate() {
                     let mut ranked = Vec::with_capacity(neighbours.len());
                     for &other in neighbours {
@@ -213,16 +214,9 @@ impl Selection {
                     }
                     // Best first; a tie (or NaN) goes to the lower id.
                     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-                    for &(_, other) in ranked.iter().take(k) {
-                        chosen[node].push(other);
-                        chosen[other].push(node);
-                    }
+                    picks.push(ranked.iter().take(k).map(|&(_, other)| other).collect());
                 }
-                for list in &mut chosen {
-                    list.sort_unstable();
-                    list.dedup();
-                }
-                Ok(chosen)
+                Ok(symmetric_union(&picks))
             }
             Selection::Pairs => {
                 let mut edges = Vec::new();

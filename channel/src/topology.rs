@@ -89,19 +89,26 @@ impl Topology {
         // Each node's own picks once, then their union: node by node, every node would
         // redo everyone's picks (O(n³ log n): minutes at 1,024 nodes, every round for
         // moving devices).
-        let mut adjacency = vec![Vec::new(); channel.nodes()];
-        for node in 0..channel.nodes() {
-            for other in nearest(node, k, channel) {
-                adjacency[node].push(other);
-                adjacency[other].push(node);
-            }
-        }
-        for neighbours in &mut adjacency {
-            neighbours.sort_unstable();
-            neighbours.dedup();
-        }
-        Ok(adjacency)
+        let picks: Vec<Vec<usize>> = (0..channel.nodes()).map(|node| nearest(node, k, channel)).collect();
+        Ok(symmetric_union(&picks))
     }
+}
+
+/// Each node's picks made symmetric by union: `i` and `j` are neighbours when either
+/// picked the other. Ascending lists.
+pub(crate) fn symmetric_union(picks: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    let mut union = vec![Vec::new(); picks.len()];
+    for (node, picked) in picks.iter().enumerate() {
+        for &other in picked {
+            union[node].push(other);
+            union[other].push(node);
+        }
+    }
+    for neighbours in &mut union {
+        neighbours.sort_unstable();
+        neighbours.dedup();
+    }
+    union
 }
 
 /// The `k` nodes nearest to `node` (ties to the lower index).
