@@ -268,7 +268,7 @@ impl Channel {
         if control.is_full() {
             return Ok(full);
         }
-        Ok(at_power(&self.params, &full, control.power_dbm(&self.params, &full)))
+        Ok(at_power(&self.params, &full, control.power_dbm(&self.params, &full, 1)))
     }
 
     /// The frame-loss process of message number `message` (0 for the first) sent on
@@ -321,14 +321,14 @@ impl Channel {
 
     /// A broadcast's one power, dBm, for receivers in full-power `states`: the
     /// policy's for the weakest receiver the radio can reach at all (it sets the
-    /// broadcast's rate).
+    /// broadcast's rate), heard by every reachable one.
     fn broadcast_power_dbm(&self, states: &[LinkState]) -> f64 {
-        let weakest = states
-            .iter()
-            .filter(|s| !s.outage)
-            .min_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
+        let reachable = states.iter().filter(|s| !s.outage);
+        let weakest = reachable.clone().min_by(|a, b| a.snr_db.total_cmp(&b.snr_db));
         weakest.map_or(self.params.tx_power_dbm, |weakest| {
-            self.params.power_control.power_dbm(&self.params, weakest)
+            self.params
+                .power_control
+                .power_dbm(&self.params, weakest, reachable.count())
         })
     }
 
@@ -350,7 +350,7 @@ impl Channel {
             crate::Mode::Broadcast => Vec::new(),
             _ => full
                 .iter()
-                .map(|s| self.params.power_control.power_dbm(&self.params, s))
+                .map(|s| self.params.power_control.power_dbm(&self.params, s, 1))
                 .collect(),
         })
     }
