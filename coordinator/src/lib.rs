@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{
     ChannelRecord, LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary, Outage,
-    SplitRecord, Summary,
+    PublicOverlap, SplitRecord, Summary,
 };
 pub use table::{bytes, joules, seconds};
 
