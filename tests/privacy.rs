@@ -186,6 +186,7 @@ fn the_overlap_puts_the_stated_rows_in_the_pool_and_an_overfit_node_gives_its_me
     assert!(control.abs() < 0.1 && low < 0.0 && high > 0.0, "control: {m}");
     assert_eq!(m["per_round"].as_array().unwrap().len(), 6, "{m}");
     assert!(m["best_round"]["advantage"].as_f64().unwrap() >= advantage - 0.2, "{m}");
+    assert!(m["best_round_control"]["advantage"].is_f64(), "{m}");
     assert!(table.contains("picked in hindsight"), "{table}");
 
     // `local` sends nothing: no advantage is made up.

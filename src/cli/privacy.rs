@@ -101,6 +101,10 @@ pub struct Membership {
     /// The round with the largest advantage, picked in hindsight with the truth: an
     /// optimistic attacker's figure, not one an attacker could choose.
     pub best_round: Option<RoundMembership>,
+    /// The same pick among the rounds with the membership labels shuffled: what the
+    /// largest of that many noisy rounds gives without any membership signal, the
+    /// baseline of `best_round`.
+    pub best_round_control: Option<RoundMembership>,
     /// Each node's whole-run attack, by node id.
     pub nodes: Vec<NodeMembership>,
 }
@@ -442,6 +446,7 @@ fn observe(
                 node: index,
                 round: record.round,
                 position,
+                class: label,
                 score: membership::margin(logits, label),
                 member,
             });
@@ -458,6 +463,7 @@ impl Membership {
             control: None,
             per_round: Vec::new(),
             best_round: None,
+            best_round_control: None,
             nodes: Vec::new(),
         }
     }
@@ -482,38 +488,52 @@ fn attack_membership(
         .copied()
         .collect();
     let (whole_run, by_node) = membership::advantage(&used, &half, nodes, &mut rng);
-    let control = membership::shuffled(&used, nodes, pool, &mut rng);
-    let (control, _) = membership::advantage(&control, &half, nodes, &mut rng);
+    // One shuffle of every recorded round's labels: the control of the whole run and of
+    // each round alone.
+    let shuffled = membership::shuffled(observations, nodes, pool, &mut rng);
+    let in_rounds: Vec<membership::Observation> = shuffled
+        .iter()
+        .filter(|o| rounds.is_none_or(|(first, last)| (first..=last).contains(&o.round)))
+        .copied()
+        .collect();
+    let (control, _) = membership::advantage(&in_rounds, &half, nodes, &mut rng);
     let mut recorded: Vec<u32> = observations.iter().map(|o| o.round).collect();
     recorded.sort_unstable();
     recorded.dedup();
-    let per_round: Vec<RoundMembership> = recorded
-        .into_iter()
-        .map(|round| {
-            let alone: Vec<membership::Observation> =
-                observations.iter().filter(|o| o.round == round).copied().collect();
+    let mut per_round = Vec::new();
+    let mut per_round_control = Vec::new();
+    for round in recorded {
+        let mut alone = |of: &[membership::Observation]| {
+            let alone: Vec<membership::Observation> = of.iter().filter(|o| o.round == round).copied().collect();
             RoundMembership {
                 round,
                 attack: membership::advantage(&alone, &half, nodes, &mut rng).0,
             }
-        })
-        .collect();
-    let best_round = per_round
-        .iter()
-        .max_by(|a, b| a.attack.advantage.total_cmp(&b.attack.advantage))
-        .cloned();
+        };
+        per_round.push(alone(observations));
+        per_round_control.push(alone(&shuffled));
+    }
+    let best = |rounds: &[RoundMembership]| {
+        rounds
+            .iter()
+            .max_by(|a, b| a.attack.advantage.total_cmp(&b.attack.advantage))
+            .cloned()
+    };
+    let (best_round, best_round_control) = (best(&per_round), best(&per_round_control));
     Membership {
         share: scenario.data.public_overlap,
         note: format!(
             "confidence-threshold attack on each node's rows among the public rows it sent (true label's log-odds, \
-             threshold chosen on one half of the rows and applied to the other, pooled over nodes; 95 % \
-             bootstrap over rows, {} replicates); best_round is picked in hindsight (optimistic)",
+             a threshold per class; non-members weighted to the node's members' classes; thresholds chosen on one \
+             half of the rows and applied to the other, pooled over nodes; 95 % bootstrap over rows, {} \
+             replicates); best_round is picked in hindsight (optimistic)",
             membership::REPLICATES
         ),
         whole_run: Some(whole_run),
         control: Some(control),
         per_round,
         best_round,
+        best_round_control,
         nodes: split
             .nodes
             .iter()
@@ -677,11 +697,13 @@ fn table(report: &Report) -> String {
                 figure(whole),
                 figure(control)
             );
-            if let Some(best) = &m.best_round {
+            if let (Some(best), Some(baseline)) = (&m.best_round, &m.best_round_control) {
                 out += &format!(
-                    "  best round (picked in hindsight, optimistic): {}: {}\n",
+                    "  best round (picked in hindsight, optimistic): {}: {}\n  best round of the control (the pick's own baseline): {}: {:+.3}\n",
                     best.round,
-                    figure(&best.attack)
+                    figure(&best.attack),
+                    baseline.round,
+                    baseline.attack.advantage
                 );
             }
             out += &format!(

@@ -1,6 +1,9 @@
 //! Membership inference against what a node sent: the loss/confidence-threshold attack
-//! (Yeom et al. 2018, "Privacy Risk in Machine Learning"; the threshold form of Shokri et
-//! al. 2017's attack), by a curious neighbour that knows each candidate row's label.
+//! (Yeom et al. 2018, "Privacy Risk in Machine Learning"), with a threshold for each
+//! class as Shokri et al. 2017 train an attack model for each class and Song & Mittal
+//! 2021 ("Systematic Evaluation of Privacy Risks of Machine Learning Models") choose
+//! class-dependent thresholds, by a curious neighbour that knows each candidate row's
+//! label.
 //!
 //! Ground truth: a run with `data.public_overlap` > 0 puts a share of each node's shard in
 //! the public pool too (`split.json`, `public_overlap.members`). For node k the
@@ -12,12 +15,22 @@
 //! `log(p_y / (1 − p_y))` = `z_y − logsumexp_{j≠y} z_j`: the same order as the
 //! confidence and as the loss `−log p_y`, without the ties at `p_y = 1` that the
 //! confident rows of an overfit model would make in floating point. The attacker
-//! guesses "member" when the score is at or above a threshold.
+//! guesses "member" when the score is at or above its threshold for the row's class (a
+//! model is surer of some classes than of others, member or not).
+//!
+//! Members and non-members must come from one distribution, or the attack measures
+//! something else: a node's shard leans to its classes (a Dirichlet split), on which its
+//! model is confident for any row, member or not, while the non-members follow the
+//! pool's classes. So the non-members are weighted to the node's members' class mix
+//! (each non-member of class c by `share of c among the members / share among the
+//! non-members`; a member of a class no non-member has is left out): the FPR is the one
+//! over non-members of the members' classes, and a model that is only sure of its
+//! classes gains nothing. With an IID split the weights are about 1.
 //!
 //! No test-set selection: the public rows are cut in two halves (a seeded shuffle of
 //! the positions; every observation of a row falls in its row's half). For each node the
 //! threshold maximising TPR − FPR on one half is applied to the other, and the other way
-//! round, so every observation is scored once by a threshold chosen without it. The
+//! round (per class), so every observation is scored once by a threshold chosen without it. The
 //! advantage is TPR − FPR over those held-out guesses, pooled over the nodes (each node
 //! its own thresholds): 0 for a guess that ignores the message, 1 for a perfect one.
 //!
@@ -42,10 +55,15 @@ pub struct Observation {
     pub round: u32,
     /// Position in the public pool.
     pub position: usize,
+    /// The row's true label.
+    pub class: usize,
     /// The true label's logit margin.
     pub score: f64,
     pub member: bool,
 }
+
+/// A row of the attack: (score, member, position in the pool, class).
+type Row = (f64, bool, usize, usize);
 
 /// An attack's figures.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,7 +75,7 @@ pub struct Advantage {
     pub high: f64,
     pub tpr: f64,
     pub fpr: f64,
-    /// Observations of members and of non-members.
+    /// Observations of members and of non-members (before the class weights).
     pub members: usize,
     pub non_members: usize,
 }
@@ -115,16 +133,16 @@ impl Counts {
     }
 }
 
-/// The threshold maximising TPR − FPR on `rows` (sorted by score, highest first, each
-/// with its weight): guess "member" at or above it. `INFINITY` (guess none, advantage
-/// 0) when no threshold does better, or the rows lack members or non-members.
-fn best_threshold(rows: &[(f64, bool, usize)], weights: &[f64]) -> f64 {
+/// The threshold maximising TPR − FPR on `rows` (sorted by score, highest first;
+/// `weights[i]` is row i's): guess "member" at or above it. `INFINITY` (guess none,
+/// advantage 0) when no threshold does better, or the rows lack members or non-members.
+fn best_threshold(rows: &[Row], weights: &[f64]) -> f64 {
     let (mut members, mut non_members) = (0.0, 0.0);
-    for &(_, member, position) in rows {
+    for (&(_, member, _, _), &w) in rows.iter().zip(weights) {
         if member {
-            members += weights[position];
+            members += w;
         } else {
-            non_members += weights[position];
+            non_members += w;
         }
     }
     if members == 0.0 || non_members == 0.0 {
@@ -132,11 +150,11 @@ fn best_threshold(rows: &[(f64, bool, usize)], weights: &[f64]) -> f64 {
     }
     let (mut best, mut threshold) = (0.0, f64::INFINITY);
     let (mut tp, mut fp) = (0.0, 0.0);
-    for (i, &(score, member, position)) in rows.iter().enumerate() {
+    for (i, (&(score, member, _, _), &w)) in rows.iter().zip(weights).enumerate() {
         if member {
-            tp += weights[position];
+            tp += w;
         } else {
-            fp += weights[position];
+            fp += w;
         }
         // Only between distinct scores: a threshold takes a tie whole.
         if rows.get(i + 1).is_some_and(|next| next.0 == score) {
@@ -152,11 +170,10 @@ fn best_threshold(rows: &[(f64, bool, usize)], weights: &[f64]) -> f64 {
     threshold
 }
 
-/// The guesses of `threshold` on `rows`.
-fn evaluate(rows: &[(f64, bool, usize)], weights: &[f64], threshold: f64) -> Counts {
+/// The guesses of `threshold` on `rows`, row i weighing `weights[i]`.
+fn evaluate(rows: &[Row], weights: &[f64], threshold: f64) -> Counts {
     let mut counts = Counts::default();
-    for &(score, member, position) in rows {
-        let weight = weights[position];
+    for (&(score, member, _, _), &weight) in rows.iter().zip(weights) {
         let guess = score >= threshold;
         if member {
             counts.members += weight;
@@ -169,10 +186,43 @@ fn evaluate(rows: &[(f64, bool, usize)], weights: &[f64], threshold: f64) -> Cou
     counts
 }
 
-/// Observations grouped for the attack: per node, per half, sorted by score.
+/// Each row's weight, class by class (`by_class[c]`: one half's rows of class c): its
+/// position's (`by_position`, the bootstrap's count), times, for a non-member, its
+/// class's `share among the members / share among the non-members` (the members'
+/// class mix); a row of a class that lacks members or non-members weighs 0.
+fn class_matched(by_class: &[Vec<Row>], by_position: &[f64]) -> Vec<Vec<f64>> {
+    let mass =
+        |rows: &[Row], member: bool| -> f64 { rows.iter().filter(|r| r.1 == member).map(|r| by_position[r.2]).sum() };
+    let (members, non_members): (Vec<f64>, Vec<f64>) = by_class
+        .iter()
+        .map(|rows| (mass(rows, true), mass(rows, false)))
+        .unzip();
+    // Over the classes both have (a scale common to every weight cancels in the rates).
+    let both = |c: &usize| members[*c] > 0.0 && non_members[*c] > 0.0;
+    let matched: f64 = (0..by_class.len()).filter(both).map(|c| members[c]).sum();
+    let all: f64 = (0..by_class.len()).filter(both).map(|c| non_members[c]).sum();
+    by_class
+        .iter()
+        .enumerate()
+        .map(|(c, rows)| {
+            let (member_factor, non_member_factor) = if both(&c) {
+                (1.0, (members[c] / matched) / (non_members[c] / all))
+            } else {
+                (0.0, 0.0)
+            };
+            rows.iter()
+                .map(|&(_, member, position, _)| {
+                    by_position[position] * if member { member_factor } else { non_member_factor }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Observations grouped for the attack: per node, per half, per class, sorted by score.
 struct Prepared {
-    /// `groups[node][half]`: (score, member, position), highest score first.
-    groups: Vec<[Vec<(f64, bool, usize)>; 2]>,
+    /// `groups[node][half][class]`: the rows, highest score first.
+    groups: Vec<[Vec<Vec<Row>>; 2]>,
     /// The distinct positions observed, for the bootstrap.
     positions: Vec<usize>,
     /// Positions in the pool (for the weights' length).
@@ -182,16 +232,17 @@ struct Prepared {
 impl Prepared {
     fn new(observations: &[Observation], half: &[bool], nodes: usize) -> Prepared {
         let pool = half.len();
-        let mut groups: Vec<[Vec<(f64, bool, usize)>; 2]> = (0..nodes).map(|_| [Vec::new(), Vec::new()]).collect();
+        let classes = observations.iter().map(|o| o.class + 1).max().unwrap_or(0);
+        let mut groups: Vec<[Vec<Vec<Row>>; 2]> = (0..nodes)
+            .map(|_| [vec![Vec::new(); classes], vec![Vec::new(); classes]])
+            .collect();
         let mut seen = vec![false; pool];
         for o in observations {
-            groups[o.node][usize::from(half[o.position])].push((o.score, o.member, o.position));
+            groups[o.node][usize::from(half[o.position])][o.class].push((o.score, o.member, o.position, o.class));
             seen[o.position] = true;
         }
-        for pair in &mut groups {
-            for rows in pair {
-                rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-            }
+        for rows in groups.iter_mut().flatten().flatten() {
+            rows.sort_by(|a, b| b.0.total_cmp(&a.0));
         }
         Prepared {
             groups,
@@ -200,14 +251,19 @@ impl Prepared {
         }
     }
 
-    /// Every node's held-out guesses under `weights` (by position): each half's
-    /// threshold applied to the other half.
-    fn attack(&self, weights: &[f64]) -> Vec<Counts> {
+    /// Every node's held-out guesses under `by_position` (the bootstrap's counts), the
+    /// non-members of each half matched to its members' classes: each half's threshold
+    /// for a class applied to the other half's rows of that class.
+    fn attack(&self, by_position: &[f64]) -> Vec<Counts> {
         self.groups
             .iter()
             .map(|[a, b]| {
-                let mut counts = evaluate(b, weights, best_threshold(a, weights));
-                counts.add(evaluate(a, weights, best_threshold(b, weights)));
+                let (wa, wb) = (class_matched(a, by_position), class_matched(b, by_position));
+                let mut counts = Counts::default();
+                for c in 0..a.len() {
+                    counts.add(evaluate(&b[c], &wb[c], best_threshold(&a[c], &wa[c])));
+                    counts.add(evaluate(&a[c], &wa[c], best_threshold(&b[c], &wb[c])));
+                }
                 counts
             })
             .collect()
@@ -254,15 +310,31 @@ pub fn advantage(
             high,
             tpr: counts.tpr(),
             fpr: counts.fpr(),
-            members: counts.members as usize,
-            non_members: counts.non_members as usize,
+            members: 0,
+            non_members: 0,
         }
     };
-    let pooled = figures(&total(&per_node), &mut pooled_draws);
+    // Observations as seen, before the class weights.
+    let seen = |node: Option<usize>| {
+        let of = |member: bool| {
+            observations
+                .iter()
+                .filter(|o| o.member == member && node.is_none_or(|n| o.node == n))
+                .count()
+        };
+        (of(true), of(false))
+    };
+    let mut pooled = figures(&total(&per_node), &mut pooled_draws);
+    (pooled.members, pooled.non_members) = seen(None);
     let nodes = per_node
         .iter()
         .zip(&mut node_draws)
-        .map(|(c, draws)| figures(c, draws))
+        .enumerate()
+        .map(|(node, (c, draws))| {
+            let mut figures = figures(c, draws);
+            (figures.members, figures.non_members) = seen(Some(node));
+            figures
+        })
         .collect();
     (pooled, nodes)
 }
@@ -317,8 +389,8 @@ pub fn shuffled(observations: &[Observation], nodes: usize, pool: usize, rng: &m
 mod tests {
     use super::*;
 
-    fn rows(scored: &[(f64, bool)]) -> (Vec<(f64, bool, usize)>, Vec<f64>) {
-        let mut rows: Vec<(f64, bool, usize)> = scored.iter().enumerate().map(|(p, &(s, m))| (s, m, p)).collect();
+    fn rows(scored: &[(f64, bool)]) -> (Vec<Row>, Vec<f64>) {
+        let mut rows: Vec<Row> = scored.iter().enumerate().map(|(p, &(s, m))| (s, m, p, 0)).collect();
         rows.sort_by(|a, b| b.0.total_cmp(&a.0));
         (rows, vec![1.0; scored.len()])
     }
@@ -362,9 +434,81 @@ mod tests {
         // Members scoring lower than non-members: no threshold above guesses better.
         let (r, w) = rows(&[(0.1, true), (0.9, false)]);
         assert_eq!(best_threshold(&r, &w), f64::INFINITY);
-        // Weights count as repeated rows: a non-member drawn twice outweighs a member.
-        let (r, _) = rows(&[(0.9, true), (0.8, false), (0.1, false)]);
-        assert_eq!(best_threshold(&r, &[1.0, 0.0, 1.0]), 0.9);
+        // Weights count as repeated rows: without the non-member at 0.8 the best
+        // threshold takes both members.
+        let (r, _) = rows(&[(0.9, true), (0.8, false), (0.7, true), (0.1, false)]);
+        assert_eq!(best_threshold(&r, &[1.0, 1.0, 1.0, 1.0]), 0.9);
+        assert_eq!(best_threshold(&r, &[1.0, 0.0, 1.0, 1.0]), 0.7);
+    }
+
+    #[test]
+    fn non_members_are_weighted_to_the_members_classes() {
+        // Members: 3 of class 0, 1 of class 1. Non-members: 1 of class 0, 3 of class 1,
+        // 2 of class 2 (which no member has: weight 0). Matched: class 0 weighs
+        // (3/4)/(1/4) = 3, class 1 (1/4)/(3/4) = 1/3, so the non-members' mass, 4, is
+        // ¾ class 0 like the members'.
+        let rows: Vec<Row> = [
+            (0, true),
+            (0, true),
+            (0, true),
+            (1, true),
+            (0, false),
+            (1, false),
+            (1, false),
+            (1, false),
+            (2, false),
+            (2, false),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(p, &(class, member))| (0.0, member, p, class))
+        .collect();
+        let by_class = |rows: &[Row], classes: usize| -> Vec<Vec<Row>> {
+            (0..classes)
+                .map(|c| rows.iter().filter(|r| r.3 == c).copied().collect())
+                .collect()
+        };
+        let w: Vec<f64> = class_matched(&by_class(&rows, 3), &[1.0; 10]).concat();
+        let expected = [1.0, 1.0, 1.0, 3.0, 1.0, 1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0, 0.0, 0.0];
+        assert!(w.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-12), "{w:?}");
+        // A member of a class no non-member has is left out.
+        let rows: Vec<Row> = vec![(0.0, true, 0, 0), (0.0, true, 1, 1), (0.0, false, 2, 0)];
+        assert_eq!(
+            class_matched(&by_class(&rows, 2), &[1.0; 3]),
+            vec![vec![1.0, 1.0], vec![0.0]]
+        );
+    }
+
+    #[test]
+    fn a_model_only_sure_of_its_classes_gains_nothing() {
+        // Node 0's members are 90 % class 0, the non-members 10 %; the model is sure of
+        // class 0 whatever the row (score 2 ± 1, else 0 ± 1), member or not: a
+        // threshold at 1 would tell the classes apart, not members from non-members.
+        let mut rng = wdml_node::seed::rng(4);
+        let mut seen = Vec::new();
+        for position in 0..2000 {
+            let member = position < 400;
+            let class = match (member, position % 10) {
+                (true, 0) | (false, 1..) => 1,
+                _ => 0,
+            };
+            let score = if class == 0 { 2.0 } else { 0.0 } + rng.random_range(-1.0..1.0);
+            seen.push(Observation {
+                node: 0,
+                round: 1,
+                position,
+                class,
+                score,
+                member,
+            });
+        }
+        let half = halves(2000, &mut rng);
+        let (pooled, _) = advantage(&seen, &half, 1, &mut rng);
+        assert!(
+            pooled.advantage.abs() < 0.08 && pooled.low < 0.0 && pooled.high > 0.0,
+            "{pooled:?}"
+        );
+        assert_eq!((pooled.members, pooled.non_members), (400, 1600));
     }
 
     fn observations(separated: bool, rng: &mut impl Rng) -> Vec<Observation> {
@@ -384,6 +528,7 @@ mod tests {
                         node,
                         round,
                         position,
+                        class: position % 3,
                         score,
                         member,
                     });
