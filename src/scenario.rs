@@ -247,6 +247,10 @@ pub struct DataSection {
     /// evaluates on it each round, so rounds, targets and settings are chosen on it and
     /// not on the test set. 0 (the default): none.
     pub validation: u32,
+    /// The share of each node's private shard also put in the public pool, in [0, 1]:
+    /// those rows are the node's members for a membership attack (`wdml privacy`), the
+    /// rest of the pool no node's. 0 (the default): none.
+    pub public_overlap: f64,
 }
 
 impl Default for DataSection {
@@ -261,6 +265,7 @@ impl Default for DataSection {
             public_pool: 1000,
             test_size: 0,
             validation: 0,
+            public_overlap: 0.0,
         }
     }
 }
@@ -509,6 +514,7 @@ impl Scenario {
         }
         self.data.partition.parse::<Partition>()?;
         positive("data.public_pool", u64::from(self.data.public_pool))?;
+        wdml_node::data::check_public_overlap(self.data.public_overlap, self.data.public.is_some())?;
         if self.train.distill_batch > self.exchange.public_batch {
             bail!(
                 "train.distill_batch ({}) is larger than exchange.public_batch ({}); 0 means all of it",
@@ -839,6 +845,7 @@ impl Scenario {
             test_size: self.data.test_size as usize,
             validation: self.data.validation as usize,
             public_from,
+            public_overlap: self.data.public_overlap,
         })
     }
 
@@ -915,6 +922,7 @@ impl Scenario {
             public_pool: self.data.public_pool,
             test_size: self.data.test_size,
             validation: self.data.validation,
+            public_overlap: self.data.public_overlap,
             data: Some(data.spec),
             normalisation: Some(wdml_proto::Normalisation {
                 mean: data.normalisation.mean,
@@ -985,7 +993,27 @@ impl Scenario {
             security,
             overwrite,
             scenario_toml: Some(self.to_toml()?),
+            public_overlap: self.public_overlap()?,
         })
+    }
+
+    /// Which public rows are which node's (`data.public_overlap`), for `split.json`:
+    /// the split as every node draws it. `None` without the overlap.
+    fn public_overlap(&self) -> Result<Option<wdml_coordinator::PublicOverlap>> {
+        if self.data.public_overlap == 0.0 {
+            return Ok(None);
+        }
+        let dataset = wdml_node::data::Dataset::load_labels(&self.location())?;
+        let split = wdml_node::data::split(&dataset, &self.split_config(self.public_from()?)?)?;
+        Ok(Some(wdml_coordinator::PublicOverlap {
+            share: self.data.public_overlap,
+            public_rows: split.public.len() as u64,
+            members: split
+                .members
+                .iter()
+                .map(|rows| rows.iter().map(|&p| p as u64).collect())
+                .collect(),
+        }))
     }
 
     /// The `[channel]` section with the preset's values filled in, and a mobility

@@ -120,3 +120,97 @@ fn a_node_without_a_state_directory_refuses_an_audited_run() {
     let log = std::fs::read_to_string(cluster.out().join("logs/node-0.log")).unwrap();
     assert!(log.contains("privacy.audit") && log.contains("--state-dir"), "{log}");
 }
+
+/// A run built for membership inference: 2 nodes of 200 private rows each (the rest of
+/// the embedded set held out as validation), half of each shard also in the public pool,
+/// many passes over the shard (30 steps of 32 a round: 4.8 epochs a round), and a large
+/// public batch, so that each round's batch holds about 50 of each node's members.
+fn overfit(algorithm: &str, rounds: u32) -> Vec<String> {
+    let mut overrides = small(2, rounds);
+    overrides.retain(|o| !o.starts_with("train.local_steps") && !o.starts_with("exchange.public_batch"));
+    overrides.extend([
+        format!("run.algorithm=\"{algorithm}\""),
+        "privacy.audit=true".to_string(),
+        "data.public_pool=1000".to_string(),
+        "data.validation=4600".to_string(),
+        "data.public_overlap=0.5".to_string(),
+        "train.local_steps=30".to_string(),
+        "exchange.public_batch=600".to_string(),
+    ]);
+    overrides
+}
+
+#[test]
+fn the_overlap_puts_the_stated_rows_in_the_pool_and_an_overfit_node_gives_its_members_away() {
+    let dir = TempDir::new("privacy-members");
+    assert!(common::launch(dir.path(), &overfit("dml", 6)).status.success());
+    // split.json: node k's members are round(0.5 · 200) = 100 public rows, appended after
+    // the 1,000 that are no node's, node by node.
+    let split: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("split.json")).unwrap()).unwrap();
+    let overlap = &split["public_overlap"];
+    assert_eq!(overlap["share"], 0.5, "{split}");
+    assert_eq!(overlap["public_rows"], 1200, "{split}");
+    let mut next = 1000;
+    for (k, members) in overlap["members"].as_array().unwrap().iter().enumerate() {
+        let samples = split["nodes"][k]["samples"].as_u64().unwrap();
+        assert_eq!(samples, 200, "{split}");
+        let members: Vec<u64> = members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_u64().unwrap())
+            .collect();
+        assert_eq!(members, (next..next + 100).collect::<Vec<_>>(), "node {k}");
+        next += 100;
+    }
+
+    let (table, report) = attack(dir.path());
+    eprintln!("{table}");
+    let m = &report["membership"];
+    let figure = |key: &str| {
+        let a = &m[key];
+        let f = |k: &str| a[k].as_f64().unwrap_or_else(|| panic!("{key}.{k} in {m}"));
+        (f("advantage"), f("low"), f("high"), a["members"].as_u64().unwrap())
+    };
+    // The batches drew the members: about 50 of each node's a round.
+    let (advantage, low, high, members) = figure("whole_run");
+    assert!(members > 300, "{m}");
+    // 200 rows seen ~29 times each: the node's own rows stand out, well clear of 0.
+    assert!(
+        low > 0.05 && advantage > 0.1 && low < advantage && advantage < high,
+        "{m}"
+    );
+    // The same scores with membership shuffled: nothing.
+    let (control, low, high, _) = figure("control");
+    assert!(control.abs() < 0.1 && low < 0.0 && high > 0.0, "control: {m}");
+    assert_eq!(m["per_round"].as_array().unwrap().len(), 6, "{m}");
+    assert!(m["best_round"]["advantage"].as_f64().unwrap() >= advantage - 0.2, "{m}");
+    assert!(m["best_round_control"]["advantage"].is_f64(), "{m}");
+    assert!(table.contains("picked in hindsight"), "{table}");
+
+    // `local` sends nothing: no advantage is made up.
+    let local = TempDir::new("privacy-members-local");
+    assert!(common::launch(local.path(), &overfit("local", 1)).status.success());
+    let (table, report) = attack(local.path());
+    assert!(report["membership"]["whole_run"].is_null(), "{report}");
+    assert!(table.contains("sends nothing"), "{table}");
+}
+
+/// Out-of-range shares are refused before anything starts, naming the field and the
+/// way to move it.
+#[test]
+fn a_bad_overlap_is_refused_naming_the_field() {
+    for (share, way) in [("-0.1", "raise it"), ("1.5", "lower it"), ("nan", "finite")] {
+        let dir = TempDir::new("privacy-bad-overlap");
+        let mut o = small(2, 1);
+        o.push(format!("data.public_overlap={share}"));
+        let output = common::launch(dir.path(), &o);
+        assert!(!output.status.success(), "{share} accepted");
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            said.contains("data.public_overlap") && said.contains(way),
+            "{share}: {said}"
+        );
+    }
+}

@@ -63,6 +63,9 @@ pub mod purpose {
     pub const DEVICES: u64 = 6;
     /// The public pool drawn from a dataset of its own (`data.public`; no coordinate).
     pub const PUBLIC_POOL: u64 = 7;
+    /// Which of each node's private rows `data.public_overlap` also puts in the public
+    /// pool (no coordinate).
+    pub const PUBLIC_OVERLAP: u64 = 8;
 }
 
 /// A 64-bit seed for `stream` at the coordinates `words`, derived from `run_seed`.

@@ -48,6 +48,9 @@ pub struct Config {
     /// time scale turns the round policy's emulated grace and deadline into wall time,
     /// and with moving devices each round's neighbours come from it.
     pub channel: wdml_channel::ResolvedChannel,
+    /// Which public rows are which node's (`data.public_overlap`), for `split.json`;
+    /// `None` without the overlap.
+    pub public_overlap: Option<crate::PublicOverlap>,
 }
 
 /// The longest timeout the wire can carry (milliseconds in a `uint32`).

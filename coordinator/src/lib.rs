@@ -31,7 +31,7 @@ pub use error::{Error, Result};
 pub use members::MembershipEvent;
 pub use report::{
     ChannelRecord, Decisions, LinkRecord, LinksRecord, MembershipEventRecord, MetricsRow, NodeSplit, NodeSummary,
-    Outage, POLICY_FILE, SenderDecision, SplitRecord, Summary,
+    Outage, POLICY_FILE, PublicOverlap, SenderDecision, SplitRecord, Summary,
 };
 pub use table::{bytes, joules, seconds};
 

@@ -229,6 +229,22 @@ pub struct SplitRecord {
     /// The scenario's `data.partition`, e.g. `dirichlet:0.5`.
     pub partition: String,
     pub nodes: Vec<NodeSplit>,
+    /// The public rows that are also private (`data.public_overlap`); absent without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_overlap: Option<PublicOverlap>,
+}
+
+/// Which public rows are which node's private rows too (`data.public_overlap`): the
+/// ground truth of a membership attack.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PublicOverlap {
+    /// `data.public_overlap`: the share of each shard also in the public pool.
+    pub share: f64,
+    /// Rows of the public pool, members included: the batch sampler draws from all.
+    pub public_rows: u64,
+    /// `members[k]`: positions in the public pool (0-based, the sampler's) of node k's
+    /// rows; every other position is no node's.
+    pub members: Vec<Vec<u64>>,
 }
 
 /// One node's shard in `split.json`.
@@ -783,8 +799,9 @@ impl Report {
     }
 
     /// Writes `split.json`: every known member's shard, as its Hello described it.
-    pub fn write_split(&self, members: &Members, partition: &str) -> Result<()> {
+    pub fn write_split(&self, members: &Members, partition: &str, overlap: Option<&PublicOverlap>) -> Result<()> {
         let record = SplitRecord {
+            public_overlap: overlap.cloned(),
             partition: partition.to_string(),
             nodes: members
                 .all()

@@ -633,10 +633,11 @@ fn write_split(shared: &Shared) {
 }
 
 fn write_split_locked(shared: &Shared, state: &State) {
-    if let Err(e) = shared
-        .report()
-        .write_split(&state.members, &shared.config.settings.partition)
-    {
+    if let Err(e) = shared.report().write_split(
+        &state.members,
+        &shared.config.settings.partition,
+        shared.config.public_overlap.as_ref(),
+    ) {
         warn!("no split.json: {e}");
     }
 }

@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         public_pool: public_pool.parse()?,
         test_size: test_size.parse()?,
         public_from: None,
+        public_overlap: 0.0,
         // The results' case studies hold no validation set out.
         validation: 0,
     };

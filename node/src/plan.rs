@@ -53,6 +53,8 @@ pub struct RunPlan {
     pub test_size: usize,
     /// Training samples held out as the validation set (0: none).
     pub validation: usize,
+    /// The share of each shard also in the public pool (`data.public_overlap`; 0: none).
+    pub public_overlap: f64,
     pub heartbeat_interval: Duration,
     /// Each node's model, by id.
     pub models: Vec<ModelSpec>,
@@ -373,6 +375,8 @@ impl RunPlan {
             public_pool: positive("data.public_pool", s.public_pool)? as usize,
             test_size: s.test_size as usize,
             validation: s.validation as usize,
+            // Range-checked with the split (`SplitConfig::validate`), which knows data.public.
+            public_overlap: s.public_overlap,
             heartbeat_interval: Duration::from_millis(u64::from(positive(
                 "coordinator.heartbeat_interval_ms",
                 s.heartbeat_interval_ms,
@@ -418,6 +422,7 @@ impl RunPlan {
             test_size: self.test_size,
             validation: self.validation,
             public_from,
+            public_overlap: self.public_overlap,
         }
     }
 }

@@ -13,7 +13,7 @@
 //! unchanged); `StdRng` itself is not used because rand may change its algorithm in any
 //! release.
 
-pub use wdml_channel::purpose::{BATCHES, MODEL, PUBLIC_POOL};
+pub use wdml_channel::purpose::{BATCHES, MODEL, PUBLIC_OVERLAP, PUBLIC_POOL};
 
 /// The generator behind the node's own draws: split, initialisation, mini-batches and
 /// the round's public batch.

@@ -188,11 +188,19 @@ impl Shard {
                 format!("{size} is larger than the public pool ({pool})"),
             ));
         }
-        let mut order: Vec<u32> = (0..pool as u32).collect();
-        let (chosen, _) = order.partial_shuffle(&mut rng(seed), size);
-        let index = Tensor::from_slice(chosen, size, &Device::Cpu)?;
+        let chosen = public_rows(seed, pool, size);
+        let index = Tensor::from_slice(&chosen, size, &Device::Cpu)?;
         Ok(self.public_images.index_select(&index, 0)?)
     }
+}
+
+/// The positions in a public pool of `pool` rows of the round's public batch of `size`
+/// rows drawn from `seed` (`size` ≤ `pool`), in batch order: what [`Shard::public_batch`]
+/// gathers, and what `wdml privacy` reads an audit record's rows as.
+pub fn public_rows(seed: u64, pool: usize, size: usize) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..pool as u32).collect();
+    let (chosen, _) = order.partial_shuffle(&mut rng(seed), size);
+    chosen.to_vec()
 }
 
 /// Draws private mini-batches epoch by epoch: every sample once per epoch, in a fresh
@@ -283,6 +291,7 @@ mod tests {
                 public_pool: 300,
                 test_size: 250,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             let split = split(&Dataset::load_labels(&Location::default()).unwrap(), &cfg).unwrap();
@@ -332,6 +341,7 @@ mod tests {
                         public_pool: 10,
                         test_size: 5,
                         public_from: None,
+                        public_overlap: 0.0,
                         validation: 0,
                     }
                 )
@@ -380,5 +390,11 @@ mod tests {
             "a batch larger than the pool is refused"
         );
         assert_eq!(shard.public_batch(1, 3).unwrap().dims(), [3, 1]);
+        // The batch draws from the whole pool, the rows data.public_overlap appends
+        // included: 600 of 1,200 rows, the last 200 of them members, over 20 rounds.
+        let drawn: Vec<u32> = (0..20).flat_map(|seed| public_rows(seed, 1200, 600)).collect();
+        let members = drawn.iter().filter(|&&p| p >= 1000).count() as f64 / drawn.len() as f64;
+        assert!((members - 200.0 / 1200.0).abs() < 0.02, "{members}");
+        assert!(drawn.iter().all(|&p| p < 1200));
     }
 }

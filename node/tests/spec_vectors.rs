@@ -511,6 +511,7 @@ fn split_config(block: &Block) -> SplitConfig {
         public_pool: block.num("public_pool"),
         test_size: 0,
         public_from: None,
+        public_overlap: 0.0,
         validation: 0,
     }
 }

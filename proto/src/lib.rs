@@ -26,15 +26,18 @@ pub mod policy;
 /// clipping, the budget), which a version-6 node would ignore and so train without the
 /// guarantee the run asked for. 8: the radio policies in the channel JSON
 /// (`selection`, `band_order`, `radio.power_control`), which a version-7 node would
-/// refuse as unknown keys.
+/// refuse as unknown keys, and `RunSettings.public_overlap` (data contract 4), which a
+/// version-7 node would ignore and so draw another public pool than its neighbours.
 pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The data contract this build follows (docs/determinism.md): any change to how the
 /// split, a round's public batch or the embedded dataset follow from the seeds bumps it.
 /// 2: any dataset: the classes follow from the labels, a dataset without a test set
 /// holds one out, and the public pool may come from another dataset. 3: the first
-/// `validation` samples of the private pool are the validation set, in no shard.
-pub const DATA_CONTRACT: u32 = 3;
+/// `validation` samples of the private pool are the validation set, in no shard. 4: with
+/// `public_overlap` > 0, a share of each shard is also appended to the public pool (none:
+/// the split of contract 3).
+pub const DATA_CONTRACT: u32 = 4;
 
 /// Version 1 of the protocol.
 pub mod v1 {

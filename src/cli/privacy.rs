@@ -25,6 +25,12 @@
 //! without any message: π, and the uniform distribution. The records are the sender's,
 //! before the encoding and the radio, so the figures bound what any one neighbour can do
 //! with this attack from above.
+//!
+//! With `data.public_overlap` > 0 it also runs a membership attack on the same records
+//! (`membership`; see [`membership`]): how well the neighbour tells node k's own rows
+//! among the public rows it received predictions on.
+
+mod membership;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -73,6 +79,48 @@ pub struct Report {
     pub mean: Mean,
     /// Each recorded round attacked alone, means over the nodes that recorded it.
     pub per_round: Vec<RoundLeak>,
+    /// The membership attack (`data.public_overlap`).
+    pub membership: Membership,
+}
+
+/// The membership attack's figures in `privacy.json`: advantages TPR − FPR with 95 %
+/// bootstrap intervals over the public rows (see [`membership`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Membership {
+    /// `data.public_overlap` (0: not measured).
+    pub share: f64,
+    /// What the figures are, or why there are none.
+    pub note: String,
+    /// Every attacked round's observations together, pooled over the nodes.
+    pub whole_run: Option<membership::Advantage>,
+    /// The same with each node's membership labels shuffled: about 0, or the attack is
+    /// reading something other than membership.
+    pub control: Option<membership::Advantage>,
+    /// Each recorded round alone (every recorded round, whatever `--rounds`).
+    pub per_round: Vec<RoundMembership>,
+    /// The round with the largest advantage, picked in hindsight with the truth: an
+    /// optimistic attacker's figure, not one an attacker could choose.
+    pub best_round: Option<RoundMembership>,
+    /// The same pick among the rounds with the membership labels shuffled: what the
+    /// largest of that many noisy rounds gives without any membership signal, the
+    /// baseline of `best_round`.
+    pub best_round_control: Option<RoundMembership>,
+    /// Each node's whole-run attack, by node id.
+    pub nodes: Vec<NodeMembership>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoundMembership {
+    pub round: u32,
+    #[serde(flatten)]
+    pub attack: membership::Advantage,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeMembership {
+    pub node: u32,
+    #[serde(flatten)]
+    pub attack: membership::Advantage,
 }
 
 /// One round's record attacked alone.
@@ -143,9 +191,9 @@ fn scenario_of(run_dir: &Path) -> Result<Scenario> {
     serde_json::from_value(value).with_context(|| format!("{}: not a scenario this build reads", path.display()))
 }
 
-/// The public pool's class distribution, from the run's seed and data as every node
-/// draws the pool.
-fn public_prior(scenario: &Scenario, classes: usize) -> Result<Vec<f64>> {
+/// The labels of the public pool's rows, in pool order, from the run's seed and data as
+/// every node draws the pool.
+fn public_labels(scenario: &Scenario) -> Result<Vec<u8>> {
     let dataset = wdml_node::data::Dataset::load_labels(&scenario.location()).context("the run's data (data.dir)")?;
     let public = match &scenario.data.public {
         Some(path) => Some(
@@ -157,14 +205,19 @@ fn public_prior(scenario: &Scenario, classes: usize) -> Result<Vec<f64>> {
     let config = scenario.split_config(public.as_ref().map(|p| p.train.len()))?;
     let split = wdml_node::data::split(&dataset, &config)?;
     let labels = &public.as_ref().unwrap_or(&dataset).train.labels;
+    Ok(split.public.iter().map(|&i| labels[i]).collect())
+}
+
+/// The public pool's class distribution.
+fn public_prior(labels: &[u8], classes: usize) -> Vec<f64> {
     let mut counts = vec![0.0; classes];
-    for &i in &split.public {
+    for &label in labels {
         // A public set with more classes than the run's: those rows pull no class.
-        if let Some(count) = counts.get_mut(usize::from(labels[i])) {
+        if let Some(count) = counts.get_mut(usize::from(label)) {
             *count += 1.0;
         }
     }
-    Ok(normalised(&counts))
+    normalised(&counts)
 }
 
 /// Runs the attack on `run_dir`'s records.
@@ -188,13 +241,40 @@ pub fn attack(run_dir: &Path, state_dir: Option<&Path>, rounds: Option<(u32, u32
     if classes < 2 {
         bail!("{}: no node's histogram has two classes or more", path.display());
     }
-    let prior = public_prior(&scenario, classes)?;
+    let labels = public_labels(&scenario)?;
+    let prior = public_prior(&labels, classes);
+    // Membership's ground truth: which node's row each public position is (`None`: no
+    // node's), from split.json; `None` without the overlap.
+    let owners: Option<Vec<Option<u32>>> = match &split.public_overlap {
+        None => None,
+        Some(overlap) => {
+            if overlap.public_rows != labels.len() as u64 {
+                bail!(
+                    "{}: its public pool has {} rows, but the run's data and seed give {}: the data changed since the run",
+                    path.display(),
+                    overlap.public_rows,
+                    labels.len()
+                );
+            }
+            let mut owners = vec![None; labels.len()];
+            for (node, members) in overlap.members.iter().enumerate() {
+                for &p in members {
+                    let slot = owners
+                        .get_mut(p as usize)
+                        .with_context(|| format!("{}: member row {p} is outside the public pool", path.display()))?;
+                    *slot = Some(node as u32);
+                }
+            }
+            Some(owners)
+        }
+    };
+    let mut observations: Vec<membership::Observation> = Vec::new();
     let uniform = vec![1.0 / classes as f64; classes];
     let states = state_dir.map_or_else(|| run_dir.join("state"), Path::to_path_buf);
     let mut nodes = Vec::new();
     // Per round: nodes, and the sums of their calibrated, vote and prior distances.
     let mut by_round: std::collections::BTreeMap<u32, (usize, f64, f64, f64)> = Default::default();
-    for node in &split.nodes {
+    for (index, node) in split.nodes.iter().enumerate() {
         let counts: Vec<f64> = (0..classes)
             .map(|c| f64::from(node.histogram.get(c).copied().unwrap_or(0)))
             .collect();
@@ -233,6 +313,9 @@ pub fn attack(run_dir: &Path, state_dir: Option<&Path>, rounds: Option<(u32, u32
                     wrong.classes,
                     node.node
                 );
+            }
+            if let Some(owners) = &owners {
+                observe(&record.records, index, node.node, owners, &labels, &mut observations);
             }
             for one in &record.records {
                 let single = std::slice::from_ref(one);
@@ -292,7 +375,25 @@ pub fn attack(run_dir: &Path, state_dir: Option<&Path>, rounds: Option<(u32, u32
         ),
         (true, true) => format!("every node's record attacked ({algorithm})"),
     };
+    let membership = match owners {
+        None => Membership::none(
+            0.0,
+            "not measured: the run has no data.public_overlap, so no public row is any node's; run with \
+             --set data.public_overlap=0.1 (for example)"
+                .into(),
+        ),
+        Some(_) if !sends => Membership::none(
+            scenario.data.public_overlap,
+            format!("{algorithm} sends nothing: a neighbour has nothing to attack, so no advantage is defined"),
+        ),
+        Some(_) if observations.is_empty() => Membership::none(
+            scenario.data.public_overlap,
+            "no recorded public row was a candidate (no record, or no round attacked)".into(),
+        ),
+        Some(_) => attack_membership(&observations, rounds, &split, labels.len(), &scenario),
+    };
     Ok(Report {
+        membership,
         run_id: format!("{}-{}", scenario.run.name, scenario.run.seed),
         algorithm,
         sends,
@@ -313,6 +414,133 @@ pub fn attack(run_dir: &Path, state_dir: Option<&Path>, rounds: Option<(u32, u32
         nodes,
         mean,
     })
+}
+
+/// Node `node`'s (index `index` in split.json) observations from its `records`: each
+/// public row it sent that is its own (a member) or no node's (a non-member), scored by
+/// the margin of its true label. Another node's member, or a row whose label is not
+/// one of the record's classes, is left out.
+fn observe(
+    records: &[audit::Record],
+    index: usize,
+    node: u32,
+    owners: &[Option<u32>],
+    labels: &[u8],
+    observations: &mut Vec<membership::Observation>,
+) {
+    for record in records {
+        let classes = record.classes as usize;
+        let positions = wdml_node::shard::public_rows(record.public_seed, owners.len(), record.rows as usize);
+        for (&position, logits) in positions.iter().zip(record.logits.chunks(classes)) {
+            let position = position as usize;
+            let label = usize::from(labels[position]);
+            let member = match owners[position] {
+                Some(owner) if owner == node => true,
+                Some(_) => continue,
+                None => false,
+            };
+            if label >= classes {
+                continue;
+            }
+            observations.push(membership::Observation {
+                node: index,
+                round: record.round,
+                position,
+                class: label,
+                score: membership::margin(logits, label),
+                member,
+            });
+        }
+    }
+}
+
+impl Membership {
+    fn none(share: f64, note: String) -> Membership {
+        Membership {
+            share,
+            note,
+            whole_run: None,
+            control: None,
+            per_round: Vec::new(),
+            best_round: None,
+            best_round_control: None,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// The membership attack on `observations` (of every recorded round; the whole-run and
+/// control figures over `rounds` only), seeded with the run seed so that its figures
+/// are reproducible.
+fn attack_membership(
+    observations: &[membership::Observation],
+    rounds: Option<(u32, u32)>,
+    split: &wdml_coordinator::SplitRecord,
+    pool: usize,
+    scenario: &Scenario,
+) -> Membership {
+    let nodes = split.nodes.len();
+    let mut rng = wdml_node::seed::rng(scenario.run.seed);
+    let half = membership::halves(pool, &mut rng);
+    let used: Vec<membership::Observation> = observations
+        .iter()
+        .filter(|o| rounds.is_none_or(|(first, last)| (first..=last).contains(&o.round)))
+        .copied()
+        .collect();
+    let (whole_run, by_node) = membership::advantage(&used, &half, nodes, &mut rng);
+    // One shuffle of every recorded round's labels: the control of the whole run and of
+    // each round alone.
+    let shuffled = membership::shuffled(observations, nodes, pool, &mut rng);
+    let in_rounds: Vec<membership::Observation> = shuffled
+        .iter()
+        .filter(|o| rounds.is_none_or(|(first, last)| (first..=last).contains(&o.round)))
+        .copied()
+        .collect();
+    let (control, _) = membership::advantage(&in_rounds, &half, nodes, &mut rng);
+    let mut recorded: Vec<u32> = observations.iter().map(|o| o.round).collect();
+    recorded.sort_unstable();
+    recorded.dedup();
+    let mut per_round = Vec::new();
+    let mut per_round_control = Vec::new();
+    for round in recorded {
+        let mut alone = |of: &[membership::Observation]| {
+            let alone: Vec<membership::Observation> = of.iter().filter(|o| o.round == round).copied().collect();
+            RoundMembership {
+                round,
+                attack: membership::advantage(&alone, &half, nodes, &mut rng).0,
+            }
+        };
+        per_round.push(alone(observations));
+        per_round_control.push(alone(&shuffled));
+    }
+    let best = |rounds: &[RoundMembership]| {
+        rounds
+            .iter()
+            .max_by(|a, b| a.attack.advantage.total_cmp(&b.attack.advantage))
+            .cloned()
+    };
+    let (best_round, best_round_control) = (best(&per_round), best(&per_round_control));
+    Membership {
+        share: scenario.data.public_overlap,
+        note: format!(
+            "confidence-threshold attack on each node's rows among the public rows it sent (true label's log-odds, \
+             a threshold per class; non-members weighted to the node's members' classes; thresholds chosen on one \
+             half of the rows and applied to the other, pooled over nodes; 95 % bootstrap over rows, {} \
+             replicates); best_round is picked in hindsight (optimistic)",
+            membership::REPLICATES
+        ),
+        whole_run: Some(whole_run),
+        control: Some(control),
+        per_round,
+        best_round,
+        best_round_control,
+        nodes: split
+            .nodes
+            .iter()
+            .zip(by_node)
+            .map(|(n, attack)| NodeMembership { node: n.node, attack })
+            .collect(),
+    }
 }
 
 /// `--rounds`: `A-B`, `A-` or `A`, 1-based.
@@ -454,6 +682,41 @@ fn table(report: &Report) -> String {
     }
     out += "(total-variation distance to the node's true histogram: 0 = exact, 1 = disjoint; \
             the blind guesses use no message)\n";
+    let m = &report.membership;
+    match (&m.whole_run, &m.control) {
+        (Some(whole), Some(control)) => {
+            let figure = |a: &membership::Advantage| {
+                format!(
+                    "{:+.3} [{:+.3}, {:+.3}] (TPR {:.3}, FPR {:.3}; {} member and {} non-member observations)",
+                    a.advantage, a.low, a.high, a.tpr, a.fpr, a.members, a.non_members
+                )
+            };
+            out += &format!(
+                "membership (data.public_overlap = {}): advantage TPR − FPR, 95 % bootstrap interval\n  whole run: {}\n  control (membership shuffled): {}\n",
+                m.share,
+                figure(whole),
+                figure(control)
+            );
+            if let (Some(best), Some(baseline)) = (&m.best_round, &m.best_round_control) {
+                out += &format!(
+                    "  best round (picked in hindsight, optimistic): {}: {}\n  best round of the control (the pick's own baseline): {}: {:+.3}\n",
+                    best.round,
+                    figure(&best.attack),
+                    baseline.round,
+                    baseline.attack.advantage
+                );
+            }
+            out += &format!(
+                "  by node: {}\n",
+                m.nodes
+                    .iter()
+                    .map(|n| format!("{}: {:+.3}", n.node, n.attack.advantage))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        _ => out += &format!("membership: {}\n", m.note),
+    }
     out
 }
 

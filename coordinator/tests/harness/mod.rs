@@ -109,6 +109,7 @@ pub fn config(run_dir: &Path, security: Security, nodes: u32, rounds: u32) -> Co
         security,
         overwrite: false,
         scenario_toml: None,
+        public_overlap: None,
         channel,
     };
     config.settings.set_round_policy(wdml_proto::RoundPolicy::Sync);

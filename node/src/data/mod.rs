@@ -28,7 +28,7 @@ pub mod raw;
 
 use std::path::{Path, PathBuf};
 
-pub use partition::{NodeStats, Partition, Split, SplitConfig, SplitStats, split};
+pub use partition::{NodeStats, Partition, Split, SplitConfig, SplitStats, check_public_overlap, overlap_rows, split};
 pub use raw::{Loaded, Samples, Values};
 pub use wdml_proto::DataSpec;
 

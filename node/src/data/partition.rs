@@ -221,6 +221,11 @@ pub struct SplitConfig {
     /// (`data.public`), and the whole training set is private.
     #[serde(default)]
     pub public_from: Option<usize>,
+    /// `data.public_overlap`: the share of each node's shard that is also put in the
+    /// public pool, for membership inference to be measurable (0: none, and the split
+    /// is the one before the knob existed, bit for bit). See [`Split::members`].
+    #[serde(default)]
+    pub public_overlap: f64,
 }
 
 impl SplitConfig {
@@ -230,6 +235,7 @@ impl SplitConfig {
             return Err(Error::config("nodes", "must be at least 1"));
         }
         self.partition.check()?;
+        self.check_overlap()?;
         let train = dataset.train.len();
         let private = match self.public_from {
             Some(public) if self.public_pool > public => {
@@ -301,6 +307,52 @@ impl SplitConfig {
         }
         Ok(())
     }
+
+    fn check_overlap(&self) -> Result<()> {
+        check_public_overlap(self.public_overlap, self.public_from.is_some())
+    }
+}
+
+/// `data.public_overlap`: a share in [0, 1], and only where the public pool comes from
+/// the training set (`public_set`: it comes from `data.public`, another dataset, which
+/// cannot hold a private row). The error names the field and the way to move it.
+pub fn check_public_overlap(share: f64, public_set: bool) -> Result<()> {
+    let field = "data.public_overlap";
+    if !share.is_finite() {
+        return Err(Error::config(field, format!("{share} is not a finite number")));
+    }
+    if share < 0.0 {
+        return Err(Error::config(
+            field,
+            format!(
+                "{share} is negative: it is the share of each shard also put in the public pool; raise it to 0 or more"
+            ),
+        ));
+    }
+    if share > 1.0 {
+        return Err(Error::config(
+            field,
+            format!(
+                "{share} is more than 1: it is the share of each shard also put in the public pool; lower it to 1 or less"
+            ),
+        ));
+    }
+    if share > 0.0 && public_set {
+        return Err(Error::config(
+            field,
+            format!(
+                "{share} with data.public: the public pool is drawn from another dataset, which holds no private \
+                 row; set it to 0, or draw the pool from the training set (no data.public)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// How many of a shard of `len` rows `share` puts in the public pool: `share · len`
+/// rounded half up.
+pub fn overlap_rows(share: f64, len: usize) -> usize {
+    ((share * len as f64 + 0.5).floor() as usize).min(len)
 }
 
 /// Indices into `dataset.train` for each node's private shard and for the public pool
@@ -317,6 +369,10 @@ pub struct Split {
     /// The validation set every node evaluates on: indices into `dataset.train`, in
     /// no shard and not in the public pool (empty: none).
     pub validation: Vec<usize>,
+    /// `members[k]`: positions in `public` of node k's rows that `data.public_overlap`
+    /// also put there (its members, for a membership attack), ascending; empty for
+    /// every node without the overlap. Every other public row is no node's.
+    pub members: Vec<Vec<usize>>,
 }
 
 /// The realised split: each node's shard size and label histogram.
@@ -415,12 +471,34 @@ pub fn split(dataset: &Dataset, cfg: &SplitConfig) -> Result<Split> {
     } else {
         cfg.test_size
     };
+    let (public, members) = overlap(public, &private, cfg);
     Ok(Split {
         private,
         public,
         test: (0..test_len).collect(),
         validation,
+        members,
     })
+}
+
+/// Appends each node's members (`data.public_overlap`) to the public pool, node by node:
+/// for node k, the first `overlap_rows(share, |shard k|)` of a shuffle of its shard, from
+/// a generator of their own (so the rest of the split draws what it drew without them).
+/// The pool and the members' positions in it, ascending.
+fn overlap(mut public: Vec<usize>, private: &[Vec<usize>], cfg: &SplitConfig) -> (Vec<usize>, Vec<Vec<usize>>) {
+    if cfg.public_overlap == 0.0 {
+        return (public, vec![Vec::new(); private.len()]);
+    }
+    let mut rng = crate::seed::rng(crate::seed::derive(cfg.seed, &[crate::seed::PUBLIC_OVERLAP]));
+    let mut members = Vec::with_capacity(private.len());
+    for shard in private {
+        let mut rows = shard.clone();
+        let (chosen, _) = rows.partial_shuffle(&mut rng, overlap_rows(cfg.public_overlap, shard.len()));
+        let start = public.len();
+        public.extend_from_slice(chosen);
+        members.push((start..public.len()).collect());
+    }
+    (public, members)
 }
 
 /// The order in which a Dirichlet split of `dataset` under `cfg` takes the classes (class
@@ -710,6 +788,7 @@ mod tests {
             public_pool: 100,
             test_size: 0,
             public_from: None,
+            public_overlap: 0.0,
             validation: 0,
         }
     }
@@ -968,6 +1047,7 @@ mod tests {
                 public: vec![],
                 test: vec![],
                 validation: vec![],
+                members: vec![],
             }
             .stats(labels, CLASSES),
         )
@@ -1030,6 +1110,7 @@ mod tests {
                 public_pool: 12,
                 test_size: 0,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             let got = split(&dataset, &cfg).unwrap();
@@ -1050,6 +1131,7 @@ mod tests {
                 public_pool: 1000,
                 test_size: 0,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
@@ -1091,6 +1173,7 @@ mod tests {
                         public_pool: 10000,
                         test_size: 0,
                         public_from: None,
+                        public_overlap: 0.0,
                         validation: 0,
                     };
                     empty_fraction(&split(&dataset, &cfg).unwrap(), labels)
@@ -1122,6 +1205,7 @@ mod tests {
                 public_pool: 1000,
                 test_size: 0,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             split(&dataset, &cfg).unwrap()
@@ -1176,6 +1260,7 @@ mod tests {
                     public_pool: 1000,
                     test_size: 0,
                     public_from: None,
+                    public_overlap: 0.0,
                     validation: 0,
                 };
                 mean_label_entropy(&split(&dataset, &cfg).unwrap(), &dataset.train.labels)
@@ -1197,6 +1282,7 @@ mod tests {
             public_pool: 500,
             test_size: 100,
             public_from: None,
+            public_overlap: 0.0,
             validation: 0,
         };
         let cases = [
@@ -1269,6 +1355,7 @@ mod tests {
                 public_pool: 0,
                 test_size: 0,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
@@ -1289,6 +1376,7 @@ mod tests {
                 public_pool: 500,
                 test_size: 0,
                 public_from: None,
+                public_overlap: 0.0,
                 validation: 0,
             };
             let split = split(&dataset, &cfg).unwrap();
@@ -1330,6 +1418,83 @@ mod tests {
     }
 
     #[test]
+    fn the_overlap_puts_a_share_of_each_shard_in_the_public_pool_and_moves_nothing_else() {
+        let dataset = Dataset::embedded().unwrap();
+        for partition in [Partition::Iid, Partition::Dirichlet { alpha: 0.5 }] {
+            let base = SplitConfig {
+                seed: 3,
+                nodes: 4,
+                partition: partition.clone(),
+                public_pool: 500,
+                test_size: 0,
+                public_from: None,
+                public_overlap: 0.0,
+                validation: 100,
+            };
+            let plain = split(&dataset, &base).unwrap();
+            assert_eq!(plain.members, vec![Vec::<usize>::new(); 4]);
+            let with = split(
+                &dataset,
+                &SplitConfig {
+                    public_overlap: 0.1,
+                    ..base.clone()
+                },
+            )
+            .unwrap();
+            // The same shards, validation and test sets, and the same pool before the members.
+            assert_eq!(
+                (&with.private, &with.validation, &with.test),
+                (&plain.private, &plain.validation, &plain.test)
+            );
+            assert_eq!(with.public[..500], plain.public[..], "{partition}");
+            let mut next = 500;
+            for (k, members) in with.members.iter().enumerate() {
+                let n = overlap_rows(0.1, plain.private[k].len());
+                assert!(n > 0);
+                assert_eq!(members, &(next..next + n).collect::<Vec<_>>(), "{partition} node {k}");
+                next += n;
+                // n distinct rows of node k's shard, and of no other node's.
+                let shard: BTreeSet<usize> = with.private[k].iter().copied().collect();
+                let rows: BTreeSet<usize> = members.iter().map(|&p| with.public[p]).collect();
+                assert_eq!(rows.len(), n);
+                assert!(rows.is_subset(&shard), "{partition} node {k}");
+            }
+            assert_eq!(with.public.len(), next);
+        }
+        assert_eq!(
+            [
+                overlap_rows(0.5, 3),
+                overlap_rows(0.1, 14),
+                overlap_rows(0.1, 15),
+                overlap_rows(1.0, 7),
+                overlap_rows(0.0, 7)
+            ],
+            [2, 1, 2, 7, 0]
+        );
+        for (share, public_from, says) in [
+            (-0.1, None, "raise it"),
+            (1.5, None, "lower it"),
+            (f64::NAN, None, "finite"),
+            (0.1, Some(1000), "data.public"),
+        ] {
+            let cfg = SplitConfig {
+                public_overlap: share,
+                public_from,
+                ..cfg(Partition::Iid)
+            };
+            let err = split(&synthetic(60), &cfg).unwrap_err();
+            assert!(err.to_string().contains(says), "{share}: {err}");
+            assert_eq!(field(err), "data.public_overlap");
+        }
+        // The whole shard is allowed, and with data.public no overlap is.
+        let cfg = SplitConfig {
+            public_overlap: 1.0,
+            ..cfg(Partition::Iid)
+        };
+        assert!(split(&synthetic(60), &cfg).is_ok());
+    }
+
+    #[test]
     fn validation_names_the_field() {
         let dataset = synthetic(10); // 100 training images
         let base = SplitConfig {
@@ -1339,6 +1504,7 @@ mod tests {
             public_pool: 20,
             test_size: 0,
             public_from: None,
+            public_overlap: 0.0,
             validation: 0,
         };
         assert!(base.validate(&dataset).is_ok());
