@@ -43,7 +43,8 @@ enum Command {
     Compare(compare::Args),
     /// Attack a finished run as a curious neighbour would: estimate each node's private
     /// class histogram from what it sent (`privacy.audit`) and score the estimates
-    /// against the truth and a blind guess; writes RUN_DIR/privacy.json.
+    /// against the truth and a blind guess, and with `data.public_overlap` tell its own
+    /// rows among the public ones (membership); writes RUN_DIR/privacy.json.
     Privacy(privacy::Args),
     /// Write a run's certificates (a CA, the coordinator, an observer, each node) for
     /// processes started by hand; `wdml run` makes its own.

@@ -567,6 +567,31 @@ mod tests {
     }
 
     #[test]
+    fn a_threshold_per_class_finds_what_one_threshold_for_all_misses() {
+        // Members score 1 above non-members of their class, uniform over 2 wide, but
+        // class 1 sits 4 above class 0: per class the advantage is 0.5; one threshold for
+        // both classes reaches 0.25 at best.
+        let mut rng = wdml_node::seed::rng(6);
+        let seen: Vec<Observation> = (0..4000)
+            .map(|position| {
+                let (member, class) = (position % 2 == 0, (position / 2) % 2);
+                let score = 4.0 * class as f64 + f64::from(u8::from(member)) + rng.random_range(0.0..2.0);
+                Observation {
+                    node: 0,
+                    round: 1,
+                    position,
+                    class,
+                    score,
+                    member,
+                }
+            })
+            .collect();
+        let half = halves(4000, &mut rng);
+        let (pooled, _) = advantage(&seen, &half, 1, &mut rng);
+        assert!(pooled.advantage > 0.42 && pooled.low > 0.35, "{pooled:?}");
+    }
+
+    #[test]
     fn the_interval_is_the_nearest_rank_percentiles() {
         let mut draws: Vec<f64> = (1..=1000).rev().map(f64::from).collect();
         assert_eq!(percentile_interval(&mut draws), (25.0, 975.0));
