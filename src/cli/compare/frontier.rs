@@ -211,14 +211,10 @@ pub fn report(scenario: &Scenario, sweeps: &[Sweep], frontier: &Frontier) -> Str
     );
     let _ = writeln!(
         md,
-        "| {} | algorithm | final mean acc, % | test acc at selected round, % | energy to target, J | air time to target, s | rounds to target | accuracy vs first, points | energy to target vs first, × | on the front |",
+        "| {} | algorithm | final mean acc, % | test acc at selected round, % | energy to target, mJ | air time to target, s | rounds to target | accuracy vs first, points | energy to target vs first, × | on the front |",
         fields.join(" | ")
     );
-    let _ = writeln!(
-        md,
-        "|{}---|---:|---:|---:|---:|---:|---:|---:|---|",
-        "---|".repeat(fields.len()) + "---|"
-    );
+    let _ = writeln!(md, "|{}---|{}---|", "---|".repeat(fields.len()), "---:|".repeat(7));
     for p in &frontier.points {
         let cells: Vec<String> = sweeps
             .iter()
@@ -241,7 +237,7 @@ pub fn report(scenario: &Scenario, sweeps: &[Sweep], frontier: &Frontier) -> Str
             p.selected_test_accuracy.show(100.0, false),
             p.energy_to_target_j
                 .as_ref()
-                .map_or_else(missing, |i| i.show(1.0, false)),
+                .map_or_else(missing, |i| i.show(1e3, false)),
             p.airtime_to_target_s
                 .as_ref()
                 .map_or_else(missing, |i| i.show(1.0, false)),
@@ -345,7 +341,15 @@ mod tests {
         assert_eq!(pairs.reached, 0);
         assert!(pairs.energy_to_target_j.is_none() && pairs.energy_to_target_ratio_vs_first.is_none());
         assert!(!pairs.on_front);
-        assert!(report_text(&frontier).contains("0/2 reached"));
+        let text = report_text(&frontier);
+        assert!(text.contains("0/2 reached"));
+        // Every row of the table has as many cells as its header.
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+        let cells = |l: &str| l.matches('|').count();
+        assert!(
+            rows.len() >= 4 && rows.iter().all(|r| cells(r) == cells(rows[0])),
+            "{text}"
+        );
     }
 
     fn report_text(frontier: &Frontier) -> String {
