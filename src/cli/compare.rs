@@ -849,8 +849,9 @@ impl Runner<'_> {
     }
 }
 
-/// The summary of the run in `dir`, if it finished under exactly `scenario` (its
-/// `scenario.toml` is the one this run would write): what `--resume` keeps.
+/// The summary of the run in `dir`, if it finished under exactly `scenario`: what
+/// `--resume` keeps. Its `scenario.toml` is read back as a scenario and compared field
+/// by field (a field added since it was written reads as its default, as the run had it).
 fn finished_under(dir: &Path, scenario: &Scenario) -> Result<Option<Summary>> {
     let (Ok(stored), Ok(summary)) = (
         std::fs::read_to_string(dir.join("scenario.toml")),
@@ -860,7 +861,11 @@ fn finished_under(dir: &Path, scenario: &Scenario) -> Result<Option<Summary>> {
     };
     let summary: Summary = serde_json::from_str(&summary)
         .with_context(|| format!("{}: not a run summary", dir.join("summary.json").display()))?;
-    Ok((summary.finished && stored == scenario.to_toml()?).then_some(summary))
+    let Ok(stored) = Scenario::parse(&stored, &dir.join("scenario.toml").display().to_string(), &[]) else {
+        // A record this build cannot read is not a run it can keep.
+        return Ok(None);
+    };
+    Ok((summary.finished && stored.to_toml()? == scenario.to_toml()?).then_some(summary))
 }
 
 /// The comparison for a terminal, within 80 columns (comparison.md has every column).
