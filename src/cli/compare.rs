@@ -8,7 +8,9 @@
 //! its own split, initialisation, placement and fading) under `seed-<s>/`, and adds
 //! `seeds.md` / `seeds.json` / `seeds.svg`, since one partition can flatter or sink an
 //! algorithm: each algorithm's mean over the seeds with its 95 % t-interval, and the
-//! paired difference of every two algorithms ([`seeds`]).
+//! paired difference of every two algorithms ([`seeds`]). With `--sweep`, does it at
+//! every setting of a grid; with both, once per seed under `seed-<s>/`, and judges each
+//! setting over the seeds by its energy to one target ([`frontier`]).
 //!
 //! Rounds and targets are chosen on the validation set when the scenario holds one
 //! out (`data.validation`), and on the test set otherwise, which every report then says
@@ -59,7 +61,10 @@ pub struct Args {
     /// Run the comparison at every value of a field, e.g. `--sweep
     /// exchange.public_batch=32,64,128,256`; given twice, over the grid of both (e.g.
     /// with `--sweep exchange.encoding=q8,q4`). Writes sweep.{md,json,svg}: accuracy
-    /// against energy and against air time, with the Pareto front.
+    /// against energy and against air time, with the Pareto front. With --seeds, the
+    /// sweep once per seed, and sweep.{md,json} judge each setting over the seeds:
+    /// energy and air time to one target, final accuracy, each with its interval,
+    /// against the first setting paired by seed.
     #[arg(long, value_name = "FIELD=V1,V2,…")]
     sweep: Vec<String>,
     /// Replace what an earlier comparison left in the output directory.
