@@ -293,3 +293,38 @@ fn compare_sweeps_policies_over_seeds_by_energy_to_target_and_resumes_what_finis
     );
     assert_eq!(read()["points"], first["points"]);
 }
+
+#[test]
+fn a_selection_holds_over_the_air_and_for_moving_devices() {
+    // Over the air each receiver's slot is shared by the neighbours the selection gave
+    // it: every node hears, in one analog sum, exactly its chosen ones.
+    let (rows, decisions) = run(
+        "over-the-air",
+        &[
+            "channel.access=\"shared\"",
+            "channel.mode=\"over_the_air\"",
+            "exchange.encoding=\"f32\"",
+            "channel.selection={strongest={k=2}}",
+        ],
+    );
+    check_against_the_wire(&rows, &decisions);
+    assert!(
+        decisions
+            .iter()
+            .flat_map(|d| &d.senders)
+            .all(|s| s.power_dbm.is_empty()),
+        "over the air, channel inversion sets the powers"
+    );
+    // Walking devices: each round's pairing on the channel of that moment.
+    let (rows, decisions) = run(
+        "moving",
+        &[
+            "channel.mobility={random_waypoint={speed_min_mps=5,speed_max_mps=10}}",
+            "channel.selection=\"pairs\"",
+        ],
+    );
+    check_against_the_wire(&rows, &decisions);
+    for decision in &decisions {
+        assert!(decision.senders.iter().all(|s| s.receivers.len() <= 1));
+    }
+}
