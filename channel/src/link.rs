@@ -341,18 +341,21 @@ impl Channel {
         receivers: &[usize],
         round: u64,
     ) -> Result<Vec<f64>> {
-        let full: Vec<LinkState> = receivers
-            .iter()
-            .map(|&to| self.link_state(Link::new(from, to), round))
-            .collect::<Result<_>>()?;
-        Ok(match mode {
-            crate::Mode::Broadcast if !full.is_empty() => vec![self.broadcast_power_dbm(&full)],
-            crate::Mode::Broadcast => Vec::new(),
-            _ => full
+        let link = |to: usize| Link::new(from, to);
+        match mode {
+            crate::Mode::Broadcast if receivers.is_empty() => Ok(Vec::new()),
+            crate::Mode::Broadcast => {
+                let full: Vec<LinkState> = receivers
+                    .iter()
+                    .map(|&to| self.link_state(link(to), round))
+                    .collect::<Result<_>>()?;
+                Ok(vec![self.broadcast_power_dbm(&full)])
+            }
+            _ => receivers
                 .iter()
-                .map(|s| self.params.power_control.power_dbm(&self.params, s, 1))
+                .map(|&to| Ok(self.sending_state(link(to), round)?.tx_power_dbm))
                 .collect(),
-        })
+        }
     }
 
     /// The loss process of a message on a link whose round state is already known.

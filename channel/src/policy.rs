@@ -204,6 +204,34 @@ impl Selection {
         }
     }
 
+    /// [`Self::round_neighbours`] for node ids as the wire numbers them: `radio[i]` are
+    /// node `i`'s radio neighbours, `is_live` says who takes part this round (an absent
+    /// node has no neighbours, and is nobody's). The coordinator and every node call
+    /// this, so both derive the round's neighbours the same way.
+    pub fn choose(
+        &self,
+        channel: &Channel,
+        round: u64,
+        radio: &[Vec<u32>],
+        is_live: impl Fn(u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let live: Vec<Vec<usize>> = (0..radio.len() as u32)
+            .map(|id| match is_live(id) {
+                true => radio[id as usize]
+                    .iter()
+                    .filter(|&&j| is_live(j))
+                    .map(|&j| j as usize)
+                    .collect(),
+                false => Vec::new(),
+            })
+            .collect();
+        Ok(self
+            .round_neighbours(channel, round, &live)?
+            .into_iter()
+            .map(|l| l.into_iter().map(|j| j as u32).collect())
+            .collect())
+    }
+
     /// The round's neighbours of every node: `live[i]` are node `i`'s live radio
     /// neighbours (ascending; empty for an absent node), the result a symmetric subset
     /// of them, ascending.

@@ -179,28 +179,12 @@ fn open_round(shared: &Shared, round: u32, token: u64) -> Result<()> {
     // With a selection policy, the round's neighbours are its choice among the live
     // radio neighbours; every node computes the same from the channel and the absences.
     let selected = match (&channel, resolved.selection.is_all()) {
-        (Some(channel), false) => {
-            let live_lists: Vec<Vec<usize>> = (0..settings.nodes)
-                .map(|id| match is_live(&id) {
-                    true => radio_neighbours[id as usize]
-                        .iter()
-                        .filter(|j| is_live(j))
-                        .map(|&j| j as usize)
-                        .collect(),
-                    false => Vec::new(),
-                })
-                .collect();
-            let chosen = resolved
+        (Some(channel), false) => Some(
+            resolved
                 .selection
-                .round_neighbours(channel, u64::from(round), &live_lists)
-                .map_err(channel_error)?;
-            Some(
-                chosen
-                    .into_iter()
-                    .map(|l| l.into_iter().map(|j| j as u32).collect::<Vec<u32>>())
-                    .collect::<Vec<_>>(),
-            )
-        }
+                .choose(channel, u64::from(round), radio_neighbours, |j| is_live(&j))
+                .map_err(channel_error)?,
+        ),
         _ => None,
     };
     let radio_neighbours = selected.as_ref().unwrap_or(radio_neighbours);

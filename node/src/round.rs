@@ -442,12 +442,7 @@ impl Neighbourhood {
         // live neighbours (the coordinator then lists every absence, not only those near).
         let selected = match shaper.selects() {
             false => None,
-            true => {
-                let everyone: Vec<Vec<u32>> = (0..nodes)
-                    .map(|j| if live(&j) { live_neighbours(j) } else { Vec::new() })
-                    .collect();
-                Some(shaper.select(start.round, &everyone)?)
-            }
+            true => Some(shaper.select(start.round, |j| live(&j))?),
         };
         let round_neighbours = |j: u32| match &selected {
             Some(lists) => lists.get(j as usize).cloned().unwrap_or_default(),

@@ -112,20 +112,14 @@ impl Shaper {
         !self.resolved.selection.is_all()
     }
 
-    /// The round's neighbours of every node by `channel.selection`: `live[j]` are node
-    /// `j`'s live radio neighbours (empty for an absent one). The coordinator computes
-    /// the same lists (a pure function of the channel and the round).
-    pub fn select(&self, round: u32, live: &[Vec<u32>]) -> Result<Vec<Vec<u32>>> {
-        let live: Vec<Vec<usize>> = live.iter().map(|l| l.iter().map(|&j| j as usize).collect()).collect();
-        let chosen = self
-            .resolved
+    /// The round's neighbours of every node by `channel.selection`, among the radio
+    /// neighbours of those `is_live` says take part (the coordinator computes the same:
+    /// [`wdml_channel::Selection::choose`]).
+    pub fn select(&self, round: u32, is_live: impl Fn(u32) -> bool) -> Result<Vec<Vec<u32>>> {
+        self.resolved
             .selection
-            .round_neighbours(&self.channel, u64::from(round), &live)
-            .map_err(channel_error)?;
-        Ok(chosen
-            .into_iter()
-            .map(|l| l.into_iter().map(|j| j as u32).collect())
-            .collect())
+            .choose(&self.channel, u64::from(round), &self.adjacency, is_live)
+            .map_err(channel_error)
     }
 
     /// Moves the devices to where they are at emulated time `t` (the round's start, from
